@@ -1,0 +1,374 @@
+/* The term codec: shapes, element types, axes, scalars and arrays between
+ * Erlang terms and the shim's C values. Every check happens here, on the
+ * calling scheduler, before MLX sees anything. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "emlx_nif.h"
+
+/* Raises %ArgumentError{message: ...} from the NIF. */
+ERL_NIF_TERM emlx_raise_arg(ErlNifEnv *env, const char *fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  enif_vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  ErlNifBinary bin;
+  size_t n = strlen(buf);
+  if (!enif_alloc_binary(n, &bin)) return enif_make_badarg(env);
+  memcpy(bin.data, buf, n);
+  ERL_NIF_TERM keys[3] = {ATOM.struct_, ATOM.exception, ATOM.message};
+  ERL_NIF_TERM vals[3] = {ATOM.argument_error, ATOM.true_, enif_make_binary(env, &bin)};
+  ERL_NIF_TERM map;
+  if (!enif_make_map_from_arrays(env, keys, vals, 3, &map)) return enif_make_badarg(env);
+  return enif_raise_exception(env, map);
+}
+
+static const struct {
+  const char *kind;
+  int bits;
+} dtype_names[EMLX_DTYPE_COUNT] = {
+    {"bool", 8}, {"u", 8},  {"u", 16},  {"u", 32},  {"u", 64},  {"s", 8},  {"s", 16},
+    {"s", 32},   {"s", 64}, {"f", 16},  {"bf", 16}, {"f", 32},  {"f", 64}, {"c", 64},
+};
+
+int emlx_decode_dtype(ErlNifEnv *env, ERL_NIF_TERM t, int *dtype) {
+  if (enif_is_identical(t, ATOM.bool_)) {
+    *dtype = EMLX_BOOL;
+    return 1;
+  }
+  int arity;
+  const ERL_NIF_TERM *el;
+  char kind[8];
+  int bits;
+  if (!enif_get_tuple(env, t, &arity, &el) || arity != 2) return 0;
+  if (enif_get_atom(env, el[0], kind, sizeof kind, ERL_NIF_LATIN1) <= 0) return 0;
+  if (!enif_get_int(env, el[1], &bits)) return 0;
+  for (int i = 1; i < EMLX_DTYPE_COUNT; i++) {
+    if (dtype_names[i].bits == bits && strcmp(dtype_names[i].kind, kind) == 0) {
+      *dtype = i;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+ERL_NIF_TERM emlx_encode_dtype(ErlNifEnv *env, int dtype) {
+  if (dtype == EMLX_BOOL) return ATOM.bool_;
+  if (dtype < 0 || dtype >= EMLX_DTYPE_COUNT) return ATOM.nil;
+  return enif_make_tuple2(env, enif_make_atom(env, dtype_names[dtype].kind), enif_make_int(env, dtype_names[dtype].bits));
+}
+
+/* A shape: a tuple or a list of non-negative integers that fit MLX's int32 dims. */
+int emlx_decode_dims(ErlNifEnv *env, ERL_NIF_TERM t, int64_t *dims, int *ndim) {
+  int arity;
+  const ERL_NIF_TERM *el;
+  if (enif_get_tuple(env, t, &arity, &el)) {
+    if (arity > EMLX_MAX_DIMS) return 0;
+    for (int i = 0; i < arity; i++) {
+      ErlNifSInt64 v;
+      if (!enif_get_int64(env, el[i], &v) || v < 0 || v > INT32_MAX) return 0;
+      dims[i] = v;
+    }
+    *ndim = arity;
+    return 1;
+  }
+  unsigned len;
+  if (!enif_get_list_length(env, t, &len) || len > EMLX_MAX_DIMS) return 0;
+  ERL_NIF_TERM head, tail = t;
+  int i = 0;
+  while (enif_get_list_cell(env, tail, &head, &tail)) {
+    ErlNifSInt64 v;
+    if (!enif_get_int64(env, head, &v) || v < 0 || v > INT32_MAX) return 0;
+    dims[i++] = v;
+  }
+  *ndim = i;
+  return 1;
+}
+
+ERL_NIF_TERM emlx_encode_dims(ErlNifEnv *env, const int64_t *dims, int ndim) {
+  ERL_NIF_TERM el[EMLX_MAX_DIMS];
+  for (int i = 0; i < ndim; i++) el[i] = enif_make_int64(env, dims[i]);
+  return enif_make_tuple_from_array(env, el, (unsigned)ndim);
+}
+
+int emlx_decode_device(ErlNifEnv *env, ERL_NIF_TERM t, emlx_device *dev) {
+  (void)env;
+  if (enif_is_identical(t, ATOM.cpu)) {
+    *dev = EMLX_DEV_CPU;
+    return 1;
+  }
+  if (enif_is_identical(t, ATOM.gpu)) {
+    *dev = EMLX_DEV_GPU;
+    return 1;
+  }
+  return 0;
+}
+
+static int decode_double(ErlNifEnv *env, ERL_NIF_TERM t, double *out) {
+  ErlNifSInt64 i;
+  if (enif_get_double(env, t, out)) return 1;
+  if (enif_get_int64(env, t, &i)) {
+    *out = (double)i;
+    return 1;
+  }
+  if (enif_is_identical(t, ATOM.nan)) {
+    *out = NAN;
+    return 1;
+  }
+  if (enif_is_identical(t, ATOM.infinity)) {
+    *out = INFINITY;
+    return 1;
+  }
+  if (enif_is_identical(t, ATOM.neg_infinity)) {
+    *out = -INFINITY;
+    return 1;
+  }
+  return 0;
+}
+
+static int decode_scalar(ErlNifEnv *env, ERL_NIF_TERM t, emlx_scalar *s) {
+  ErlNifSInt64 i;
+  ErlNifUInt64 u;
+  int arity;
+  const ERL_NIF_TERM *el;
+  memset(s, 0, sizeof *s);
+  if (enif_get_int64(env, t, &i)) {
+    s->kind = EMLX_SCALAR_INT;
+    s->i = i;
+    s->re = (double)i;
+    return 1;
+  }
+  if (enif_get_uint64(env, t, &u)) {
+    s->kind = EMLX_SCALAR_UINT;
+    s->u = u;
+    s->re = (double)u;
+    return 1;
+  }
+  if (enif_get_tuple(env, t, &arity, &el) && arity == 2) {
+    s->kind = EMLX_SCALAR_COMPLEX;
+    return decode_double(env, el[0], &s->re) && decode_double(env, el[1], &s->im);
+  }
+  s->kind = EMLX_SCALAR_FLOAT;
+  return decode_double(env, t, &s->re);
+}
+
+void *emlx_job_alloc(emlx_job *job, size_t bytes) {
+  emlx_block *b = enif_alloc(sizeof(emlx_block) + bytes + sizeof(max_align_t));
+  if (!b) return NULL;
+  b->next = job->blocks;
+  job->blocks = b;
+  return b->data;
+}
+
+int emlx_job_hold(emlx_job *job, emlx_arr *a) {
+  if (job->nheld == job->cap_held) {
+    int cap = job->cap_held ? job->cap_held * 2 : 8;
+    emlx_arr **n = enif_realloc(job->held, sizeof(emlx_arr *) * (size_t)cap);
+    if (!n) return 0;
+    job->held = n;
+    job->cap_held = cap;
+  }
+  job->held[job->nheld++] = a;
+  return 1;
+}
+
+static void spin_lock(emlx_array_res *r) {
+  while (atomic_flag_test_and_set_explicit(&r->lock, memory_order_acquire)) {
+  }
+}
+static void spin_unlock(emlx_array_res *r) { atomic_flag_clear_explicit(&r->lock, memory_order_release); }
+
+emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_array_res **res_out, char *err, size_t errlen) {
+  emlx_array_res *res;
+  if (!enif_get_resource(env, t, emlx_array_type, (void **)&res)) {
+    snprintf(err, errlen, "expected an EMLX array reference");
+    return NULL;
+  }
+  spin_lock(res);
+  emlx_arr *copy = res->arr ? emlx_arr_retain(res->arr) : NULL;
+  int dead = res->arr == NULL;
+  spin_unlock(res);
+  if (dead) {
+    snprintf(err, errlen, "the tensor has been deallocated");
+    return NULL;
+  }
+  if (!copy) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  if (res_out) *res_out = res;
+  return copy;
+}
+
+/* An array used on a queue other than its own must already be evaluated:
+ * MLX streams are thread-local. */
+static emlx_arr *take_for_job(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job *job, char *err, size_t errlen) {
+  emlx_array_res *res;
+  emlx_arr *a = emlx_take_array(env, t, &res, err, errlen);
+  if (!a) return NULL;
+  if (!emlx_job_hold(job, a)) {
+    emlx_arr_free(a);
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  if (res->owner->q != job->qres->q && !emlx_arr_is_available(a)) {
+    snprintf(err, errlen, "a tensor from another command queue must be evaluated before use on this queue");
+    return NULL;
+  }
+  return a;
+}
+
+int emlx_decode_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *job, emlx_arg *out, char *err,
+                    size_t errlen) {
+  out->kind = kind;
+  switch (kind) {
+    case EMLX_ARG_ARR:
+      out->u.arr = take_for_job(env, t, job, err, errlen);
+      return out->u.arr != NULL;
+    case EMLX_ARG_ARRS: {
+      unsigned len;
+      if (!enif_get_list_length(env, t, &len) || len == 0) {
+        snprintf(err, errlen, "expected a non-empty list of arrays");
+        return 0;
+      }
+      emlx_arr **v = emlx_job_alloc(job, sizeof(emlx_arr *) * len);
+      if (!v) {
+        snprintf(err, errlen, "out of memory");
+        return 0;
+      }
+      ERL_NIF_TERM head, tail = t;
+      int n = 0;
+      while (enif_get_list_cell(env, tail, &head, &tail)) {
+        v[n] = take_for_job(env, head, job, err, errlen);
+        if (!v[n]) return 0;
+        n++;
+      }
+      out->u.arrs.v = v;
+      out->u.arrs.n = n;
+      return 1;
+    }
+    case EMLX_ARG_INT: {
+      ErlNifSInt64 v;
+      if (enif_is_identical(t, ATOM.nil)) {
+        out->u.i = -1;
+        return 1;
+      }
+      if (!enif_get_int64(env, t, &v)) {
+        snprintf(err, errlen, "expected an integer");
+        return 0;
+      }
+      out->u.i = v;
+      return 1;
+    }
+    case EMLX_ARG_INTS: {
+      unsigned len;
+      int arity;
+      const ERL_NIF_TERM *el;
+      int is_tuple = enif_get_tuple(env, t, &arity, &el);
+      if (!is_tuple && !enif_get_list_length(env, t, &len)) {
+        snprintf(err, errlen, "expected a list of integers");
+        return 0;
+      }
+      if (is_tuple) len = (unsigned)arity;
+      if (len > 4096) {
+        snprintf(err, errlen, "list of integers too long");
+        return 0;
+      }
+      int64_t *v = emlx_job_alloc(job, sizeof(int64_t) * (len ? len : 1));
+      if (!v) {
+        snprintf(err, errlen, "out of memory");
+        return 0;
+      }
+      ERL_NIF_TERM head, tail = t;
+      for (unsigned i = 0; i < len; i++) {
+        ErlNifSInt64 x;
+        if (is_tuple)
+          head = el[i];
+        else
+          enif_get_list_cell(env, tail, &head, &tail);
+        if (!enif_get_int64(env, head, &x) || x < INT32_MIN || x > INT32_MAX) {
+          snprintf(err, errlen, "expected a list of 32-bit integers");
+          return 0;
+        }
+        v[i] = x;
+      }
+      out->u.ints.v = v;
+      out->u.ints.n = (int)len;
+      return 1;
+    }
+    case EMLX_ARG_FLOAT:
+      if (!decode_double(env, t, &out->u.f)) {
+        snprintf(err, errlen, "expected a number");
+        return 0;
+      }
+      return 1;
+    case EMLX_ARG_DTYPE:
+      if (!emlx_decode_dtype(env, t, &out->u.dtype)) {
+        snprintf(err, errlen, "expected an element type MLX supports");
+        return 0;
+      }
+      return 1;
+    case EMLX_ARG_BOOL:
+      if (enif_is_identical(t, ATOM.true_))
+        out->u.b = 1;
+      else if (enif_is_identical(t, ATOM.false_))
+        out->u.b = 0;
+      else {
+        snprintf(err, errlen, "expected a boolean");
+        return 0;
+      }
+      return 1;
+    case EMLX_ARG_SCALAR:
+      if (!decode_scalar(env, t, &out->u.scalar)) {
+        snprintf(err, errlen, "expected a number");
+        return 0;
+      }
+      return 1;
+    case EMLX_ARG_STR: {
+      ErlNifBinary bin;
+      if (!enif_inspect_binary(env, t, &bin) || bin.size > 256) {
+        snprintf(err, errlen, "expected a short binary string");
+        return 0;
+      }
+      char *s = emlx_job_alloc(job, bin.size + 1);
+      if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return 0;
+      }
+      memcpy(s, bin.data, bin.size);
+      s[bin.size] = 0;
+      out->u.str = s;
+      return 1;
+    }
+    default:
+      snprintf(err, errlen, "unknown argument kind");
+      return 0;
+  }
+}
+
+ERL_NIF_TERM emlx_make_array(ErlNifEnv *env, emlx_queue_res *owner, emlx_arr *a) {
+  emlx_array_res *res = enif_alloc_resource(emlx_array_type, sizeof(emlx_array_res));
+  if (!res) {
+    emlx_arr_free(a);
+    return 0;
+  }
+  res->arr = a;
+  res->owner = owner;
+  atomic_flag_clear(&res->lock);
+  enif_keep_resource(owner);
+  ERL_NIF_TERM t = enif_make_resource(env, res);
+  enif_release_resource(res);
+  return t;
+}
+
+/* Used by deallocate: takes the handle out under the lock. */
+emlx_arr *emlx_array_detach(emlx_array_res *res) {
+  spin_lock(res);
+  emlx_arr *a = res->arr;
+  res->arr = NULL;
+  spin_unlock(res);
+  return a;
+}

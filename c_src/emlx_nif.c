@@ -1,0 +1,374 @@
+/* The NIF entry: resource types, and the functions EMLX.NIF exposes.
+ *
+ * Every function here decodes and checks its terms on the calling
+ * scheduler, then hands MLX work to the queue's worker thread and returns
+ * a reference at once; the result arrives as a message {Ref, Result}. */
+#include <string.h>
+
+#include "emlx_nif.h"
+
+ErlNifResourceType *emlx_queue_type;
+ErlNifResourceType *emlx_array_type;
+emlx_atoms ATOM;
+
+static ERL_NIF_TERM *op_atoms;
+static int op_count;
+
+/* ---- resource destructors ---- */
+
+static void queue_dtor(ErlNifEnv *env, void *obj) {
+  (void)env;
+  emlx_queue_res *r = obj;
+  if (!r->q) return;
+  emlx_job *stop = emlx_job_new(EMLX_JOB_STOP, NULL);
+  if (stop) emlx_queue_post(r->q, stop);
+}
+
+/* MLX handles are dropped on their own queue's thread, after any job
+ * already queued there that may still use them. */
+static void array_dtor(ErlNifEnv *env, void *obj) {
+  (void)env;
+  emlx_array_res *r = obj;
+  if (r->arr) emlx_post_free(r->owner, r->arr);
+  r->arr = NULL;
+  if (r->owner) enif_release_resource(r->owner);
+}
+
+/* ---- helpers ---- */
+
+static int get_queue(ErlNifEnv *env, ERL_NIF_TERM t, emlx_queue_res **out) {
+  return enif_get_resource(env, t, emlx_queue_type, (void **)out) && (*out)->q != NULL;
+}
+
+/* Sends the job to its queue and returns the reply reference. */
+static ERL_NIF_TERM submit(ErlNifEnv *env, emlx_job *job) {
+  ERL_NIF_TERM ref = enif_make_ref(env);
+  job->ref = enif_make_copy(job->env, ref);
+  if (!enif_self(env, &job->pid)) {
+    emlx_job_free(job);
+    return emlx_raise_arg(env, "EMLX calls must come from a process");
+  }
+  emlx_queue_post(job->qres->q, job);
+  return ref;
+}
+
+static ERL_NIF_TERM fail(ErlNifEnv *env, emlx_job *job, const char *msg) {
+  emlx_job_free(job);
+  return emlx_raise_arg(env, "%s", msg);
+}
+
+/* ---- queues ---- */
+
+static ERL_NIF_TERM nif_queue_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_device dev;
+  if (!emlx_decode_device(env, argv[0], &dev)) return emlx_raise_arg(env, "device must be :cpu or :gpu");
+  emlx_queue *q = emlx_queue_start(dev);
+  if (!q) return enif_make_tuple2(env, ATOM.error, enif_make_string(env, "out of memory", ERL_NIF_LATIN1));
+  if (q->state != 1) {
+    ERL_NIF_TERM msg = enif_make_string(env, q->error, ERL_NIF_LATIN1);
+    emlx_queue_discard(q);
+    return enif_make_tuple2(env, ATOM.error, msg);
+  }
+  emlx_queue_res *r = enif_alloc_resource(emlx_queue_type, sizeof(emlx_queue_res));
+  if (!r) {
+    emlx_job *stop = emlx_job_new(EMLX_JOB_STOP, NULL);
+    if (stop) emlx_queue_post(q, stop);
+    return enif_make_tuple2(env, ATOM.error, enif_make_string(env, "out of memory", ERL_NIF_LATIN1));
+  }
+  r->q = q;
+  ERL_NIF_TERM t = enif_make_resource(env, r);
+  enif_release_resource(r);
+  return enif_make_tuple2(env, ATOM.ok, t);
+}
+
+static ERL_NIF_TERM nif_queue_device(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_queue_res *qr;
+  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  return qr->q->device == EMLX_DEV_GPU ? ATOM.gpu : ATOM.cpu;
+}
+
+static ERL_NIF_TERM nif_queue_sync(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_queue_res *qr;
+  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  emlx_job *job = emlx_job_new(EMLX_JOB_SYNC, qr);
+  if (!job) return emlx_raise_arg(env, "out of memory");
+  return submit(env, job);
+}
+
+/* ---- ops ---- */
+
+static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_queue_res *qr;
+  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  int op = -1;
+  for (int i = 0; i < op_count; i++)
+    if (enif_is_identical(argv[1], op_atoms[i])) {
+      op = i;
+      break;
+    }
+  if (op < 0) return emlx_raise_arg(env, "unknown EMLX op %T", argv[1]);
+  const char *sig = emlx_op_signature(op);
+  int nsig = (int)strlen(sig);
+  unsigned len;
+  if (!enif_get_list_length(env, argv[2], &len) || (int)len != nsig)
+    return emlx_raise_arg(env, "op %s expects %d arguments", emlx_op_name(op), nsig);
+
+  emlx_job *job = emlx_job_new(EMLX_JOB_OP, qr);
+  if (!job) return emlx_raise_arg(env, "out of memory");
+  job->op = op;
+  if (!enif_is_identical(argv[3], ATOM.nil) && !emlx_decode_dtype(env, argv[3], &job->out_dtype))
+    return fail(env, job, "the output type is not one MLX supports");
+
+  ERL_NIF_TERM head, tail = argv[2];
+  char err[256];
+  for (int i = 0; i < nsig; i++) {
+    enif_get_list_cell(env, tail, &head, &tail);
+    if (!emlx_decode_arg(env, head, sig[i], job, &job->args[i], err, sizeof err)) {
+      char msg[400];
+      snprintf(msg, sizeof msg, "%s, argument %d: %s", emlx_op_name(op), i + 1, err);
+      return fail(env, job, msg);
+    }
+  }
+  job->nargs = nsig;
+  return submit(env, job);
+}
+
+static ERL_NIF_TERM nif_op_list(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  (void)argv;
+  ERL_NIF_TERM list = enif_make_list(env, 0);
+  for (int i = op_count - 1; i >= 0; i--) {
+    ERL_NIF_TERM sig = enif_make_string(env, emlx_op_signature(i), ERL_NIF_LATIN1);
+    list = enif_make_list_cell(env, enif_make_tuple2(env, op_atoms[i], sig), list);
+  }
+  return list;
+}
+
+/* ---- data in and out ---- */
+
+static ERL_NIF_TERM nif_from_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_queue_res *qr;
+  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  if (!enif_is_binary(env, argv[1])) return emlx_raise_arg(env, "expected a binary");
+  emlx_job *job = emlx_job_new(EMLX_JOB_FROM_BINARY, qr);
+  if (!job) return emlx_raise_arg(env, "out of memory");
+  if (!emlx_decode_dims(env, argv[2], job->dims, &job->ndim)) return fail(env, job, "invalid shape");
+  if (!emlx_decode_dtype(env, argv[3], &job->dtype)) return fail(env, job, "the type is not one MLX supports");
+  ErlNifBinary bin;
+  ERL_NIF_TERM copy = enif_make_copy(job->env, argv[1]); /* refc binaries are shared, not copied */
+  if (!enif_inspect_binary(job->env, copy, &bin)) return fail(env, job, "expected a binary");
+  size_t count = 1;
+  for (int i = 0; i < job->ndim; i++) {
+    if (job->dims[i] != 0 && count > SIZE_MAX / (size_t)job->dims[i]) return fail(env, job, "shape too large");
+    count *= (size_t)job->dims[i];
+  }
+  size_t isz = emlx_dtype_size(job->dtype);
+  if (count > SIZE_MAX / isz || count * isz != bin.size) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "binary of %zu bytes does not match the shape and type (%zu bytes expected)", bin.size,
+             count > SIZE_MAX / isz ? SIZE_MAX : count * isz);
+    return fail(env, job, msg);
+  }
+  job->data = bin.data;
+  job->nbytes = bin.size;
+  return submit(env, job);
+}
+
+static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_queue_res *qr;
+  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  ErlNifUInt64 limit;
+  if (!enif_get_uint64(env, argv[2], &limit)) return emlx_raise_arg(env, "limit must be a non-negative integer");
+  emlx_job *job = emlx_job_new(EMLX_JOB_TO_BINARY, qr);
+  if (!job) return emlx_raise_arg(env, "out of memory");
+  char err[256];
+  if (!emlx_decode_arg(env, argv[1], EMLX_ARG_ARR, job, &job->args[0], err, sizeof err)) return fail(env, job, err);
+  job->nargs = 1;
+  job->limit = (size_t)limit;
+  return submit(env, job);
+}
+
+static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_queue_res *qr;
+  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  emlx_job *job = emlx_job_new(EMLX_JOB_EVAL, qr);
+  if (!job) return emlx_raise_arg(env, "out of memory");
+  ERL_NIF_TERM head, tail = argv[1];
+  char err[256];
+  if (!enif_is_list(env, tail)) return fail(env, job, "expected a list of arrays");
+  while (enif_get_list_cell(env, tail, &head, &tail)) {
+    emlx_arg tmp;
+    if (!emlx_decode_arg(env, head, EMLX_ARG_ARR, job, &tmp, err, sizeof err)) return fail(env, job, err);
+  }
+  return submit(env, job);
+}
+
+/* ---- array metadata (immutable once made, so read on the scheduler) ---- */
+
+static ERL_NIF_TERM nif_array_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  char err[256];
+  emlx_array_res *res;
+  emlx_arr *a = emlx_take_array(env, argv[0], &res, err, sizeof err);
+  if (!a) return emlx_raise_arg(env, "%s", err);
+  int64_t dims[EMLX_MAX_DIMS];
+  int nd = emlx_arr_ndim(a);
+  if (nd > EMLX_MAX_DIMS) nd = EMLX_MAX_DIMS;
+  emlx_arr_shape(a, dims);
+  int dt = emlx_arr_dtype(a);
+  emlx_arr_free(a);
+  ERL_NIF_TERM owner = enif_make_resource(env, res->owner);
+  return enif_make_tuple3(env, emlx_encode_dims(env, dims, nd), emlx_encode_dtype(env, dt), owner);
+}
+
+static ERL_NIF_TERM nif_array_strides(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  char err[256];
+  emlx_arr *a = emlx_take_array(env, argv[0], NULL, err, sizeof err);
+  if (!a) return emlx_raise_arg(env, "%s", err);
+  int64_t st[EMLX_MAX_DIMS];
+  int nd = emlx_arr_ndim(a);
+  if (nd > EMLX_MAX_DIMS) nd = EMLX_MAX_DIMS;
+  emlx_arr_strides(a, st);
+  emlx_arr_free(a);
+  return emlx_encode_dims(env, st, nd);
+}
+
+static ERL_NIF_TERM nif_deallocate(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_array_res *res;
+  if (!enif_get_resource(env, argv[0], emlx_array_type, (void **)&res))
+    return emlx_raise_arg(env, "expected an EMLX array reference");
+  emlx_arr *a = emlx_array_detach(res);
+  if (!a) return ATOM.already_deallocated;
+  emlx_post_free(res->owner, a);
+  return ATOM.ok;
+}
+
+/* ---- devices and memory ---- */
+
+static ERL_NIF_TERM nif_device_available(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_device dev;
+  if (!emlx_decode_device(env, argv[0], &dev)) return emlx_raise_arg(env, "device must be :cpu or :gpu");
+  return emlx_device_available(dev) ? ATOM.true_ : ATOM.false_;
+}
+
+static ERL_NIF_TERM nif_memory_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  (void)argv;
+  size_t active, peak, cache;
+  emlx_memory_info(&active, &peak, &cache);
+  ERL_NIF_TERM keys[3] = {ATOM.active_memory, ATOM.peak_memory, ATOM.cache_memory};
+  ERL_NIF_TERM vals[3] = {enif_make_uint64(env, active), enif_make_uint64(env, peak), enif_make_uint64(env, cache)};
+  ERL_NIF_TERM map;
+  enif_make_map_from_arrays(env, keys, vals, 3, &map);
+  return map;
+}
+
+static ERL_NIF_TERM nif_reset_peak_memory(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)env;
+  (void)argc;
+  (void)argv;
+  emlx_reset_peak_memory();
+  return ATOM.ok;
+}
+
+static ERL_NIF_TERM nif_clear_cache(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)env;
+  (void)argc;
+  (void)argv;
+  emlx_clear_cache();
+  return ATOM.ok;
+}
+
+static ERL_NIF_TERM nif_set_cache_limit(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  ErlNifUInt64 v;
+  if (!enif_get_uint64(env, argv[0], &v)) return emlx_raise_arg(env, "limit must be a non-negative integer");
+  return enif_make_uint64(env, emlx_set_cache_limit((size_t)v));
+}
+
+static ERL_NIF_TERM nif_set_memory_limit(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  ErlNifUInt64 v;
+  if (!enif_get_uint64(env, argv[0], &v)) return emlx_raise_arg(env, "limit must be a non-negative integer");
+  return enif_make_uint64(env, emlx_set_memory_limit((size_t)v));
+}
+
+static ERL_NIF_TERM nif_mlx_version(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  (void)argv;
+  return enif_make_string(env, emlx_mlx_version(), ERL_NIF_LATIN1);
+}
+
+/* ---- load ---- */
+
+static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
+  (void)priv;
+  (void)info;
+  emlx_queue_type = enif_open_resource_type(env, NULL, "emlx_queue", queue_dtor, ERL_NIF_RT_CREATE, NULL);
+  emlx_array_type = enif_open_resource_type(env, NULL, "emlx_array", array_dtor, ERL_NIF_RT_CREATE, NULL);
+  if (!emlx_queue_type || !emlx_array_type) return 1;
+
+#define A(name) enif_make_atom(env, name)
+  ATOM.ok = A("ok");
+  ATOM.error = A("error");
+  ATOM.nil = A("nil");
+  ATOM.true_ = A("true");
+  ATOM.false_ = A("false");
+  ATOM.cpu = A("cpu");
+  ATOM.gpu = A("gpu");
+  ATOM.mlx = A("mlx");
+  ATOM.argument = A("argument");
+  ATOM.nan = A("nan");
+  ATOM.infinity = A("infinity");
+  ATOM.neg_infinity = A("neg_infinity");
+  ATOM.already_deallocated = A("already_deallocated");
+  ATOM.bool_ = A("bool");
+  ATOM.exception = A("__exception__");
+  ATOM.struct_ = A("__struct__");
+  ATOM.message = A("message");
+  ATOM.argument_error = A("Elixir.ArgumentError");
+  ATOM.active_memory = A("active_memory");
+  ATOM.peak_memory = A("peak_memory");
+  ATOM.cache_memory = A("cache_memory");
+#undef A
+
+  op_count = emlx_op_count();
+  op_atoms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)op_count);
+  if (!op_atoms) return 1;
+  for (int i = 0; i < op_count; i++) op_atoms[i] = enif_make_atom(env, emlx_op_name(i));
+  emlx_shim_init();
+  return 0;
+}
+
+static ErlNifFunc funcs[] = {
+    {"queue_new", 1, nif_queue_new, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"queue_device", 1, nif_queue_device, 0},
+    {"queue_sync", 1, nif_queue_sync, 0},
+    {"op", 4, nif_op, 0},
+    {"op_list", 0, nif_op_list, 0},
+    {"from_binary", 4, nif_from_binary, 0},
+    {"to_binary", 3, nif_to_binary, 0},
+    {"eval", 2, nif_eval, 0},
+    {"array_info", 1, nif_array_info, 0},
+    {"array_strides", 1, nif_array_strides, 0},
+    {"deallocate", 1, nif_deallocate, 0},
+    {"device_available", 1, nif_device_available, 0},
+    {"memory_info", 0, nif_memory_info, 0},
+    {"reset_peak_memory", 0, nif_reset_peak_memory, 0},
+    {"clear_cache", 0, nif_clear_cache, 0},
+    {"set_cache_limit", 1, nif_set_cache_limit, 0},
+    {"set_memory_limit", 1, nif_set_memory_limit, 0},
+    {"mlx_version", 0, nif_mlx_version, 0},
+};
+
+ERL_NIF_INIT(Elixir.EMLX.NIF, funcs, load, NULL, NULL, NULL)

@@ -1,0 +1,125 @@
+/* Shared declarations of the EMLX NIF: resource types, jobs, atoms. */
+#ifndef EMLX_NIF_H
+#define EMLX_NIF_H
+
+#include <erl_nif.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "emlx_shim.h"
+
+/* ---- command queues: one OS thread and one MLX stream each ---- */
+
+typedef struct emlx_job emlx_job;
+
+typedef struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  emlx_job *head, *tail;
+  emlx_stream *stream;
+  emlx_device device;
+  int state; /* 0 starting, 1 running, -1 failed to start */
+  char error[512];
+} emlx_queue;
+
+/* The NIF resource for a queue. The worker thread outlives it: the
+ * destructor posts a stop job and the thread frees the queue. */
+typedef struct {
+  emlx_queue *q;
+} emlx_queue_res;
+
+/* The NIF resource for an array. `arr` becomes NULL once deallocated. */
+typedef struct {
+  emlx_arr *arr;
+  emlx_queue_res *owner; /* kept alive while the array lives */
+  atomic_flag lock;
+} emlx_array_res;
+
+/* ---- jobs ---- */
+
+typedef enum {
+  EMLX_JOB_OP,
+  EMLX_JOB_FROM_BINARY,
+  EMLX_JOB_TO_BINARY,
+  EMLX_JOB_EVAL,
+  EMLX_JOB_SYNC,
+  EMLX_JOB_FREE,
+  EMLX_JOB_STOP
+} emlx_job_kind;
+
+typedef struct emlx_block {
+  struct emlx_block *next;
+  max_align_t data[];
+} emlx_block;
+
+struct emlx_job {
+  emlx_job *next;
+  emlx_job_kind kind;
+  emlx_queue_res *qres; /* kept for the job's life (not for FREE/STOP) */
+  ErlNifPid pid;
+  ErlNifEnv *env; /* reply env; also holds the binaries the job reads */
+  ERL_NIF_TERM ref;
+
+  int op;
+  int out_dtype;
+  emlx_arg args[EMLX_MAX_ARGS];
+  int nargs;
+
+  emlx_arr **held; /* retained input handles, freed after the job */
+  int nheld, cap_held;
+  emlx_block *blocks; /* scratch memory for decoded lists */
+
+  /* FROM_BINARY */
+  const void *data;
+  size_t nbytes;
+  int64_t dims[EMLX_MAX_DIMS];
+  int ndim;
+  int dtype;
+
+  /* TO_BINARY */
+  size_t limit;
+
+  /* FREE */
+  emlx_arr *free_arr;
+};
+
+/* ---- globals set at load ---- */
+extern ErlNifResourceType *emlx_queue_type;
+extern ErlNifResourceType *emlx_array_type;
+
+typedef struct {
+  ERL_NIF_TERM ok, error, nil, true_, false_, cpu, gpu, mlx, argument, nan, infinity, neg_infinity,
+      already_deallocated, bool_, exception, struct_, message, argument_error,
+      active_memory, peak_memory, cache_memory;
+} emlx_atoms;
+extern emlx_atoms ATOM;
+
+/* ---- worker (emlx_worker.c) ---- */
+emlx_queue *emlx_queue_start(emlx_device dev);
+void emlx_queue_discard(emlx_queue *q); /* for a queue whose thread never started */
+void emlx_queue_post(emlx_queue *q, emlx_job *job);
+emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres);
+void emlx_job_free(emlx_job *job);
+void *emlx_job_alloc(emlx_job *job, size_t bytes);
+int emlx_job_hold(emlx_job *job, emlx_arr *a);
+void emlx_post_free(emlx_queue_res *owner, emlx_arr *a);
+
+/* ---- codec (emlx_codec.c) ---- */
+ERL_NIF_TERM emlx_raise_arg(ErlNifEnv *env, const char *fmt, ...);
+int emlx_decode_dtype(ErlNifEnv *env, ERL_NIF_TERM t, int *dtype);
+ERL_NIF_TERM emlx_encode_dtype(ErlNifEnv *env, int dtype);
+int emlx_decode_dims(ErlNifEnv *env, ERL_NIF_TERM t, int64_t *dims, int *ndim);
+ERL_NIF_TERM emlx_encode_dims(ErlNifEnv *env, const int64_t *dims, int ndim);
+int emlx_decode_device(ErlNifEnv *env, ERL_NIF_TERM t, emlx_device *dev);
+/* Decodes one op argument of the given kind into job->args[i]; on failure
+ * writes a message to err. */
+int emlx_decode_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *job, emlx_arg *out, char *err,
+                    size_t errlen);
+/* Takes a retained handle from an array term; NULL and a message when the term is no live array. */
+emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_array_res **res_out, char *err, size_t errlen);
+ERL_NIF_TERM emlx_make_array(ErlNifEnv *env, emlx_queue_res *owner, emlx_arr *a);
+emlx_arr *emlx_array_detach(emlx_array_res *res);
+
+#endif

@@ -1,0 +1,160 @@
+/*
+ * The C face of the MLX shim.
+ *
+ * Everything MLX (C++) lives behind this header; the NIF is plain C11 and
+ * only ever sees opaque handles. Every function here catches every C++
+ * exception: a non-zero status is returned and the message is kept in a
+ * thread-local buffer read with emlx_last_error().
+ */
+#ifndef EMLX_SHIM_H
+#define EMLX_SHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct emlx_arr emlx_arr;       /* one mx::array handle */
+typedef struct emlx_stream emlx_stream; /* one mx::Stream, owned by a worker */
+
+/* Element types, in the order the codec knows them. */
+typedef enum {
+  EMLX_BOOL = 0,
+  EMLX_U8,
+  EMLX_U16,
+  EMLX_U32,
+  EMLX_U64,
+  EMLX_S8,
+  EMLX_S16,
+  EMLX_S32,
+  EMLX_S64,
+  EMLX_F16,
+  EMLX_BF16,
+  EMLX_F32,
+  EMLX_F64,
+  EMLX_C64,
+  EMLX_DTYPE_COUNT
+} emlx_dtype;
+
+typedef enum { EMLX_DEV_CPU = 0, EMLX_DEV_GPU = 1 } emlx_device;
+
+typedef enum {
+  EMLX_OK = 0,
+  EMLX_ERR_MLX = 1, /* MLX threw: becomes EMLX.NIFError */
+  EMLX_ERR_ARG = 2  /* a check in the shim failed: becomes ArgumentError */
+} emlx_status;
+
+#define EMLX_MAX_DIMS 32
+#define EMLX_MAX_ARGS 16
+#define EMLX_MAX_OUTS 4
+
+/* Argument kinds, each one letter in an op's signature string. */
+typedef enum {
+  EMLX_ARG_ARR = 'a',    /* one array */
+  EMLX_ARG_ARRS = 'A',   /* a list of arrays */
+  EMLX_ARG_INT = 'i',    /* int64 */
+  EMLX_ARG_INTS = 'I',   /* a list of int64 (shape, axes, starts...) */
+  EMLX_ARG_FLOAT = 'f',  /* double */
+  EMLX_ARG_DTYPE = 't',  /* an element type */
+  EMLX_ARG_BOOL = 'b',   /* true/false */
+  EMLX_ARG_SCALAR = 'n', /* a number: integer, float, complex, nan/inf */
+  EMLX_ARG_STR = 's'     /* a short string (einsum spec, uplo...) */
+} emlx_arg_kind;
+
+typedef enum { EMLX_SCALAR_INT = 0, EMLX_SCALAR_UINT, EMLX_SCALAR_FLOAT, EMLX_SCALAR_COMPLEX } emlx_scalar_kind;
+
+typedef struct {
+  emlx_scalar_kind kind;
+  int64_t i;
+  uint64_t u;
+  double re, im;
+} emlx_scalar;
+
+typedef struct {
+  char kind; /* an emlx_arg_kind */
+  union {
+    emlx_arr *arr;
+    struct {
+      emlx_arr **v;
+      int n;
+    } arrs;
+    int64_t i;
+    struct {
+      int64_t *v;
+      int n;
+    } ints;
+    double f;
+    int dtype;
+    int b;
+    emlx_scalar scalar;
+    const char *str;
+  } u;
+} emlx_arg;
+
+/* ---- the op table (see emlx_ops.def) ---- */
+int emlx_op_count(void);
+const char *emlx_op_name(int op);
+const char *emlx_op_signature(int op);
+
+/*
+ * Runs op `op` on stream `s`. On success writes up to EMLX_MAX_OUTS new
+ * handles to outs and their count to nouts. When out_dtype >= 0 every
+ * result is cast to it when its own type differs.
+ */
+emlx_status emlx_op_run(int op, emlx_stream *s, const emlx_arg *args, int nargs, int out_dtype,
+                        emlx_arr **outs, int *nouts);
+
+const char *emlx_last_error(void);
+
+/* ---- streams (one per worker thread, created on that thread) ---- */
+int emlx_device_available(emlx_device dev);
+emlx_status emlx_stream_new(emlx_device dev, emlx_stream **out);
+void emlx_stream_free(emlx_stream *s);
+emlx_status emlx_stream_synchronize(emlx_stream *s);
+
+/* ---- arrays ---- */
+emlx_arr *emlx_arr_retain(const emlx_arr *a); /* a new handle on the same array; NULL on OOM */
+void emlx_arr_free(emlx_arr *a);
+int emlx_arr_ndim(const emlx_arr *a);
+void emlx_arr_shape(const emlx_arr *a, int64_t *dims);
+void emlx_arr_strides(const emlx_arr *a, int64_t *strides);
+int emlx_arr_dtype(const emlx_arr *a);
+int emlx_arr_is_available(const emlx_arr *a);
+size_t emlx_dtype_size(int dtype);
+
+/* Copies `nbytes` of host data into a new array of the given shape and type. */
+emlx_status emlx_arr_from_bytes(emlx_stream *s, const void *data, size_t nbytes, const int64_t *dims,
+                                int ndim, int dtype, emlx_arr **out);
+
+/* Wraps host memory without a copy; `deleter(ctx)` runs when MLX lets go. */
+emlx_status emlx_arr_from_external(void *data, const int64_t *dims, int ndim, int dtype,
+                                   void (*deleter)(void *ctx), void *ctx, emlx_arr **out);
+
+/* Evaluates the arrays on stream s. */
+emlx_status emlx_eval(emlx_stream *s, emlx_arr **arrs, int n);
+
+/*
+ * Evaluates a and returns a row-contiguous evaluated handle on the same
+ * data (or a contiguous copy) with its host pointer and byte size.
+ */
+emlx_status emlx_arr_host_view(emlx_stream *s, const emlx_arr *a, emlx_arr **view, const void **data,
+                               size_t *nbytes);
+
+/* ---- memory ---- */
+void emlx_memory_info(size_t *active, size_t *peak, size_t *cache);
+void emlx_reset_peak_memory(void);
+void emlx_clear_cache(void);
+size_t emlx_set_cache_limit(size_t limit);
+size_t emlx_set_memory_limit(size_t limit);
+
+/* ---- process-wide set-up ---- */
+void emlx_shim_init(void);
+const char *emlx_mlx_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,277 @@
+/* Worker threads and their job queues.
+ *
+ * Each command queue owns one OS thread, and the MLX stream is created on
+ * that thread: MLX streams and their encoders are thread-local, so every
+ * MLX call for the queue runs here. Jobs are FIFO; replies go back to the
+ * calling process with enif_send as {Ref, Result}. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "emlx_nif.h"
+
+#define WORKER_STACK_BYTES (64u * 1024u * 1024u)
+
+emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
+  emlx_job *job = enif_alloc(sizeof(emlx_job));
+  if (!job) return NULL;
+  memset(job, 0, sizeof *job);
+  job->kind = kind;
+  job->out_dtype = -1;
+  if (kind != EMLX_JOB_FREE && kind != EMLX_JOB_STOP) {
+    job->env = enif_alloc_env();
+    if (!job->env) {
+      enif_free(job);
+      return NULL;
+    }
+  }
+  if (qres) {
+    job->qres = qres;
+    enif_keep_resource(qres);
+  }
+  return job;
+}
+
+void emlx_job_free(emlx_job *job) {
+  for (int i = 0; i < job->nheld; i++) emlx_arr_free(job->held[i]);
+  if (job->held) enif_free(job->held);
+  while (job->blocks) {
+    emlx_block *n = job->blocks->next;
+    enif_free(job->blocks);
+    job->blocks = n;
+  }
+  if (job->free_arr) emlx_arr_free(job->free_arr);
+  if (job->env) enif_free_env(job->env);
+  if (job->qres) enif_release_resource(job->qres);
+  enif_free(job);
+}
+
+void emlx_queue_post(emlx_queue *q, emlx_job *job) {
+  job->next = NULL;
+  pthread_mutex_lock(&q->mu);
+  if (q->tail)
+    q->tail->next = job;
+  else
+    q->head = job;
+  q->tail = job;
+  pthread_cond_signal(&q->cv);
+  pthread_mutex_unlock(&q->mu);
+}
+
+void emlx_post_free(emlx_queue_res *owner, emlx_arr *a) {
+  emlx_job *job = emlx_job_new(EMLX_JOB_FREE, NULL);
+  if (!job) {
+    /* No memory for a job: free here rather than leak. */
+    emlx_arr_free(a);
+    return;
+  }
+  job->free_arr = a;
+  emlx_queue_post(owner->q, job);
+}
+
+/* ---- replies ---- */
+
+static void reply(emlx_job *job, ERL_NIF_TERM result) {
+  ERL_NIF_TERM msg = enif_make_tuple2(job->env, job->ref, result);
+  enif_send(NULL, &job->pid, job->env, msg);
+  enif_clear_env(job->env);
+}
+
+static ERL_NIF_TERM make_string(ErlNifEnv *env, const char *s) {
+  ErlNifBinary bin;
+  size_t n = strlen(s);
+  if (!enif_alloc_binary(n, &bin)) return enif_make_atom(env, "out_of_memory");
+  memcpy(bin.data, s, n);
+  return enif_make_binary(env, &bin);
+}
+
+static void reply_error(emlx_job *job, emlx_status st) {
+  ERL_NIF_TERM kind = st == EMLX_ERR_ARG ? ATOM.argument : ATOM.mlx;
+  reply(job, enif_make_tuple3(job->env, ATOM.error, kind, make_string(job->env, emlx_last_error())));
+}
+
+static void reply_ok(emlx_job *job, ERL_NIF_TERM value) { reply(job, enif_make_tuple2(job->env, ATOM.ok, value)); }
+
+static void reply_oom(emlx_job *job) {
+  reply(job, enif_make_tuple3(job->env, ATOM.error, ATOM.mlx, make_string(job->env, "out of memory")));
+}
+
+/* ---- job bodies ---- */
+
+static void run_op(emlx_queue *q, emlx_job *job) {
+  emlx_arr *outs[EMLX_MAX_OUTS];
+  int n = 0;
+  emlx_status st = emlx_op_run(job->op, q->stream, job->args, job->nargs, job->out_dtype, outs, &n);
+  if (st != EMLX_OK) {
+    reply_error(job, st);
+    return;
+  }
+  ERL_NIF_TERM terms[EMLX_MAX_OUTS];
+  int ok = 1;
+  for (int i = 0; i < n; i++) {
+    if (!ok) {
+      emlx_arr_free(outs[i]);
+      continue;
+    }
+    terms[i] = emlx_make_array(job->env, job->qres, outs[i]);
+    if (!terms[i]) ok = 0;
+  }
+  if (!ok) {
+    reply_oom(job);
+    return;
+  }
+  if (n == 1)
+    reply_ok(job, terms[0]);
+  else
+    reply_ok(job, enif_make_list_from_array(job->env, terms, (unsigned)n));
+}
+
+static void run_from_binary(emlx_queue *q, emlx_job *job) {
+  emlx_arr *out;
+  emlx_status st = emlx_arr_from_bytes(q->stream, job->data, job->nbytes, job->dims, job->ndim, job->dtype, &out);
+  if (st != EMLX_OK) {
+    reply_error(job, st);
+    return;
+  }
+  ERL_NIF_TERM t = emlx_make_array(job->env, job->qres, out);
+  if (!t)
+    reply_oom(job);
+  else
+    reply_ok(job, t);
+}
+
+/* The binary is a resource binary over the evaluated array's own memory:
+ * no copy, and the array lives as long as the binary does. */
+static void run_to_binary(emlx_queue *q, emlx_job *job) {
+  emlx_arr *view;
+  const void *data;
+  size_t nbytes;
+  emlx_status st = emlx_arr_host_view(q->stream, job->args[0].u.arr, &view, &data, &nbytes);
+  if (st != EMLX_OK) {
+    reply_error(job, st);
+    return;
+  }
+  emlx_array_res *res = enif_alloc_resource(emlx_array_type, sizeof(emlx_array_res));
+  if (!res) {
+    emlx_arr_free(view);
+    reply_oom(job);
+    return;
+  }
+  res->arr = view;
+  res->owner = job->qres;
+  atomic_flag_clear(&res->lock);
+  enif_keep_resource(job->qres);
+  size_t size = job->limit < nbytes ? job->limit : nbytes;
+  ERL_NIF_TERM bin = enif_make_resource_binary(job->env, res, data, size);
+  enif_release_resource(res);
+  reply_ok(job, bin);
+}
+
+static void run_eval(emlx_queue *q, emlx_job *job) {
+  emlx_status st = emlx_eval(q->stream, job->held, job->nheld);
+  if (st == EMLX_OK) st = emlx_stream_synchronize(q->stream);
+  if (st != EMLX_OK)
+    reply_error(job, st);
+  else
+    reply(job, ATOM.ok);
+}
+
+static void run_sync(emlx_queue *q, emlx_job *job) {
+  emlx_status st = emlx_stream_synchronize(q->stream);
+  if (st != EMLX_OK)
+    reply_error(job, st);
+  else
+    reply(job, ATOM.ok);
+}
+
+/* ---- the thread ---- */
+
+static void queue_destroy(emlx_queue *q) {
+  if (q->stream) emlx_stream_free(q->stream);
+  pthread_cond_destroy(&q->cv);
+  pthread_mutex_destroy(&q->mu);
+  enif_free(q);
+}
+
+static void *worker_main(void *arg) {
+  emlx_queue *q = arg;
+  emlx_stream *s = NULL;
+  emlx_status st = emlx_stream_new(q->device, &s);
+  pthread_mutex_lock(&q->mu);
+  if (st != EMLX_OK) {
+    snprintf(q->error, sizeof q->error, "%s", emlx_last_error());
+    q->state = -1;
+    pthread_cond_broadcast(&q->cv);
+    pthread_mutex_unlock(&q->mu);
+    return NULL; /* the starter frees q */
+  }
+  q->stream = s;
+  q->state = 1;
+  pthread_cond_broadcast(&q->cv);
+  pthread_mutex_unlock(&q->mu);
+
+  for (;;) {
+    pthread_mutex_lock(&q->mu);
+    while (!q->head) pthread_cond_wait(&q->cv, &q->mu);
+    emlx_job *job = q->head;
+    q->head = job->next;
+    if (!q->head) q->tail = NULL;
+    pthread_mutex_unlock(&q->mu);
+
+    int stop = 0;
+    switch (job->kind) {
+      case EMLX_JOB_OP:
+        run_op(q, job);
+        break;
+      case EMLX_JOB_FROM_BINARY:
+        run_from_binary(q, job);
+        break;
+      case EMLX_JOB_TO_BINARY:
+        run_to_binary(q, job);
+        break;
+      case EMLX_JOB_EVAL:
+        run_eval(q, job);
+        break;
+      case EMLX_JOB_SYNC:
+        run_sync(q, job);
+        break;
+      case EMLX_JOB_FREE:
+        break;
+      case EMLX_JOB_STOP:
+        stop = 1;
+        break;
+    }
+    emlx_job_free(job);
+    if (stop) break;
+  }
+  queue_destroy(q);
+  return NULL;
+}
+
+emlx_queue *emlx_queue_start(emlx_device dev) {
+  emlx_queue *q = enif_alloc(sizeof(emlx_queue));
+  if (!q) return NULL;
+  memset(q, 0, sizeof *q);
+  q->device = dev;
+  pthread_mutex_init(&q->mu, NULL);
+  pthread_cond_init(&q->cv, NULL);
+
+  pthread_attr_t attr;
+  pthread_t tid;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, WORKER_STACK_BYTES);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  int rc = pthread_create(&tid, &attr, worker_main, q);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) {
+    snprintf(q->error, sizeof q->error, "could not start a worker thread (error %d)", rc);
+    q->state = -1;
+    return q;
+  }
+  pthread_mutex_lock(&q->mu);
+  while (q->state == 0) pthread_cond_wait(&q->cv, &q->mu);
+  pthread_mutex_unlock(&q->mu);
+  return q;
+}
+
+void emlx_queue_discard(emlx_queue *q) { queue_destroy(q); }

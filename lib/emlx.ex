@@ -1,0 +1,302 @@
+defmodule EMLX do
+  @moduledoc """
+  EMLX is the Nx backend for Apple's MLX array library, on Linux CPU (and
+  CUDA GPU builds of MLX).
+
+      Nx.default_backend(EMLX.Backend)
+      Nx.default_backend({EMLX.Backend, device: :cpu})
+
+  or in configuration:
+
+      config :nx, :default_backend, {EMLX.Backend, device: :cpu}
+
+  MLX work runs on dedicated OS threads, one per `EMLX.CommandQueue`, never
+  on BEAM schedulers. Results come back to the calling process as messages.
+
+  The functions in this module work on *device refs*: `{device, ref}` pairs
+  naming an MLX array on a device. `EMLX.Backend.from_nx/1` and `to_nx/1`
+  convert between them and `Nx.Tensor`s.
+  """
+
+  alias EMLX.NIF
+
+  @type device :: :cpu | :gpu
+  @type device_ref :: {device, reference()}
+
+  ## Devices and queues
+
+  @doc """
+  Returns the default MLX device for this process.
+
+  Reads `:default_device` from the `:emlx` application environment. Without
+  it, the GPU is the default where this MLX build has one, else the CPU.
+
+      Application.put_env(:emlx, :default_device, :cpu)
+  """
+  @spec default_device() :: device
+  def default_device do
+    case Application.get_env(:emlx, :default_device) do
+      nil -> if NIF.device_available(:gpu), do: :gpu, else: :cpu
+      device -> device
+    end
+  end
+
+  @doc """
+  Returns the command queue (worker) reference that work for `device` runs on.
+
+    * If the process bound a queue with `EMLX.CommandQueue.with_queue/2` for
+      the same device, that queue.
+    * If the bound queue is for another device: with
+      `config :emlx, cross_device_promotion: true` the bound queue is used
+      anyway; otherwise (the default) the device's application-default queue.
+      `config :emlx, warn_cross_device: true` logs a warning on a mismatch.
+    * Otherwise the application-default queue of `device`.
+  """
+  @spec resolve_worker(device) :: reference()
+  def resolve_worker(device) do
+    case Process.get(:emlx_command_queue) do
+      {ref, ^device} ->
+        ref
+
+      {ref, bound} ->
+        if Application.get_env(:emlx, :warn_cross_device, false) do
+          require Logger
+
+          Logger.warning(
+            "EMLX: a #{device} tensor is used inside a #{bound} command queue binding"
+          )
+        end
+
+        if Application.get_env(:emlx, :cross_device_promotion, false),
+          do: ref,
+          else: EMLX.Application.default_worker(device)
+
+      nil ->
+        EMLX.Application.default_worker(device)
+    end
+  end
+
+  ## Evaluation and read-back
+
+  @doc """
+  Evaluates a (possibly lazy) MLX tensor on its command queue and waits for
+  it. Accepts an `Nx.Tensor` on `EMLX.Backend` or a device ref.
+  """
+  def eval(%Nx.Tensor{data: %EMLX.Backend{ref: ref, queue: queue}} = tensor) do
+    NIF.eval(queue, [ref]) |> NIF.await()
+    tensor
+  end
+
+  def eval({device, ref} = device_ref) when is_reference(ref) do
+    NIF.eval(resolve_worker(device), [ref]) |> NIF.await()
+    device_ref
+  end
+
+  @doc "Reads the whole tensor back as a binary (evaluating it first)."
+  def to_blob({device, ref}), do: to_blob({device, ref}, :infinity)
+
+  @doc "Reads at most `limit` elements of the tensor back as a binary."
+  def to_blob({device, ref}, limit) do
+    {_shape, type, _owner} = NIF.array_info(ref)
+    bytes = if limit == :infinity, do: 0xFFFFFFFFFFFFFFFF, else: limit * elem_bytes(type)
+    NIF.to_binary(resolve_worker(device), ref, bytes) |> NIF.await()
+  end
+
+  @doc "Returns the value of a one-element tensor as a number."
+  def item({_device, ref} = device_ref) do
+    {_shape, type, _owner} = NIF.array_info(ref)
+    type = if type == :bool, do: {:u, 8}, else: type
+
+    size = elem_bytes(type)
+
+    case to_blob(device_ref) do
+      binary when byte_size(binary) == size ->
+        binary |> Nx.from_binary(type, backend: Nx.BinaryBackend) |> Nx.reshape({}) |> Nx.to_number()
+
+      _ ->
+        raise ArgumentError, "item/1 expects a tensor with exactly one element"
+    end
+  end
+
+  @doc "Converts a device ref into an `Nx.Tensor` on `EMLX.Backend`."
+  def to_nx({device, ref}) when is_reference(ref), do: EMLX.Backend.to_nx({device, ref})
+
+  @doc "The shape of a device ref's array."
+  def shape({_device, ref}), do: ref |> NIF.array_info() |> elem(0)
+
+  @doc "The Nx type of a device ref's array (`:bool` for MLX booleans)."
+  def scalar_type({_device, ref}), do: ref |> NIF.array_info() |> elem(1)
+
+  @doc "The strides of a device ref's array, in elements."
+  def strides({_device, ref}), do: NIF.array_strides(ref)
+
+  @doc "Drops the array's memory now. Later use raises."
+  def deallocate({_device, ref}), do: NIF.deallocate(ref)
+  def deallocate(ref) when is_reference(ref), do: NIF.deallocate(ref)
+
+  @doc "Whether `term` is a device ref."
+  defmacro is_tensor(device, ref) do
+    quote do
+      unquote(device) in [:cpu, :gpu] and is_reference(unquote(ref))
+    end
+  end
+
+  ## Memory
+
+  @doc """
+  Returns a map with current memory usage information.
+
+    * `:active_memory` - bytes currently allocated and in use
+    * `:peak_memory` - highest active memory since last reset
+    * `:cache_memory` - bytes in the allocator cache (freed but not returned to the OS)
+
+      iex> info = EMLX.memory_info()
+      iex> is_integer(info.active_memory) and is_integer(info.peak_memory) and is_integer(info.cache_memory)
+      true
+  """
+  def memory_info, do: NIF.memory_info()
+
+  @doc "Resets the peak memory counter to zero."
+  @spec reset_peak_memory() :: :ok
+  def reset_peak_memory, do: NIF.reset_peak_memory()
+
+  @doc """
+  Clears the MLX memory cache, releasing unused memory back to the system.
+  Tensors still referenced are not affected.
+  """
+  @spec clear_cache() :: :ok
+  def clear_cache, do: NIF.clear_cache()
+
+  @doc """
+  Sets the cache limit in bytes and returns the previous limit. With 0 the
+  allocator keeps no cache.
+  """
+  def set_cache_limit(limit) when is_integer(limit) and limit >= 0, do: NIF.set_cache_limit(limit)
+
+  @doc """
+  Sets the memory limit in bytes (a guideline for graph evaluation) and
+  returns the previous limit.
+  """
+  def set_memory_limit(limit) when is_integer(limit) and limit >= 0, do: NIF.set_memory_limit(limit)
+
+  ## Ops on device refs
+
+  @doc """
+  Runs op `name` of the op table (`EMLX.NIF.op_list/0`) on device refs and
+  returns a device ref (or a list of them). Arrays in `args` are device refs.
+  """
+  def op(name, args, out_type \\ nil) do
+    device = Enum.find_value(args, default_device(), &ref_device/1)
+    op_on(device, name, args, out_type)
+  end
+
+  @doc "Like `op/3`, on the queue of the given device."
+  def op_on(device, name, args, out_type \\ nil) do
+    queue = resolve_worker(device)
+    raw = Enum.map(args, &unwrap_arg/1)
+
+    case NIF.op(queue, name, raw, out_type) |> NIF.await() do
+      list when is_list(list) -> Enum.map(list, &{device, &1})
+      ref -> {device, ref}
+    end
+  end
+
+  defp ref_device({device, ref}) when device in [:cpu, :gpu] and is_reference(ref), do: device
+  defp ref_device([first | _]), do: ref_device(first)
+  defp ref_device(_), do: nil
+
+  defp unwrap_arg({device, ref}) when device in [:cpu, :gpu] and is_reference(ref), do: ref
+  defp unwrap_arg(list) when is_list(list), do: Enum.map(list, &unwrap_arg/1)
+  defp unwrap_arg(other), do: other
+
+  @unary ~w(abs acos acosh asin asinh atan atanh ceil conjugate cos cosh erf erf_inv exp expm1
+            floor imag is_infinity is_nan log log1p logical_not negate real round rsqrt sigmoid
+            sign sin sinh sqrt tan tanh bitwise_not)a
+  @binary ~w(add subtract multiply divide pow remainder quotient atan2 equal not_equal greater
+             greater_equal less less_equal logical_and logical_or logical_xor maximum minimum
+             bitwise_and bitwise_or bitwise_xor left_shift right_shift)a
+  @renamed %{maximum: :max, minimum: :min}
+
+  for name <- @unary do
+    @doc "Element-wise `#{name}` of a device ref."
+    def unquote(name)(tensor), do: op(unquote(name), [tensor])
+  end
+
+  for name <- @binary do
+    @doc "Element-wise `#{name}` of two device refs."
+    def unquote(name)(a, b), do: op(unquote(Map.get(@renamed, name, name)), [a, b])
+  end
+
+  @doc "Sum over `axes`."
+  def sum(t, axes, keep_axes), do: op(:sum, [t, axes, keep_axes])
+  @doc "Product over `axes`."
+  def product(t, axes, keep_axes), do: op(:product, [t, axes, keep_axes])
+  @doc "Maximum over `axes`."
+  def max(t, axes, keep_axes), do: op(:reduce_max, [t, axes, keep_axes])
+  @doc "Minimum over `axes`."
+  def min(t, axes, keep_axes), do: op(:reduce_min, [t, axes, keep_axes])
+  @doc "Whether all entries over `axes` are non-zero."
+  def all(t, axes, keep_axes), do: op(:all, [t, axes, keep_axes])
+  @doc "Whether any entry over `axes` is non-zero."
+  def any(t, axes, keep_axes), do: op(:any, [t, axes, keep_axes])
+  @doc "Index of the maximum along `axis`."
+  def argmax(t, axis, keep_axis), do: op(:argmax, [t, axis, keep_axis, false])
+  @doc "Index of the minimum along `axis`."
+  def argmin(t, axis, keep_axis), do: op(:argmin, [t, axis, keep_axis, false])
+  @doc "Reshapes to `shape`."
+  def reshape(t, shape), do: op(:reshape, [t, shape])
+  @doc "Permutes the axes."
+  def transpose(t, axes), do: op(:transpose, [t, axes])
+  @doc "Removes the given size-1 axes."
+  def squeeze(t, axes), do: op(:squeeze, [t, axes])
+  @doc "Broadcasts to `shape`."
+  def broadcast_to(t, shape), do: op(:broadcast_to, [t, shape])
+  @doc "Casts to the Nx `type`."
+  def astype(t, type), do: op(:as_type, [t, type])
+  @doc "Reinterprets the bytes as the Nx `type`."
+  def view(t, type), do: op(:bitcast, [t, type])
+  @doc "Selects from `a` where `pred` is non-zero, else from `b`."
+  def where(pred, a, b), do: op(:select, [pred, a, b])
+  @doc "Clips between two tensors."
+  def clip(t, min, max), do: op(:clip, [t, min, max])
+  @doc "Concatenates along `axis`."
+  def concatenate(tensors, axis), do: op(:concatenate, [tensors, axis])
+  @doc "Stacks along a new `axis`."
+  def stack(tensors, axis), do: op(:stack, [tensors, axis])
+  @doc "Sorts along `axis`."
+  def sort(t, axis), do: op(:sort, [t, axis, false, true])
+  @doc "Indices that sort along `axis`."
+  def argsort(t, axis), do: op(:argsort, [t, axis, false, true])
+  @doc "Takes `indices` along `axis`."
+  def take(t, indices, axis), do: op(:take, [t, indices, axis])
+  @doc "Takes along `axis` with indices of the same rank."
+  def take_along_axis(t, indices, axis), do: op(:take_along_axis, [t, indices, axis])
+  @doc "Cumulative sum along `axis`."
+  def cumulative_sum(t, axis, reverse), do: op(:cumulative_sum, [t, axis, reverse])
+  @doc "Cumulative product along `axis`."
+  def cumulative_product(t, axis, reverse), do: op(:cumulative_product, [t, axis, reverse])
+  @doc "Cumulative max along `axis`."
+  def cumulative_max(t, axis, reverse), do: op(:cumulative_max, [t, axis, reverse])
+  @doc "Cumulative min along `axis`."
+  def cumulative_min(t, axis, reverse), do: op(:cumulative_min, [t, axis, reverse])
+
+  @doc "A tensor of `shape` filled with `value`."
+  def full(value, shape, type, device \\ default_device()),
+    do: op_on(device, :full, [value, shape, type])
+
+  @doc "A scalar tensor."
+  def scalar_tensor(value, type, device \\ default_device()), do: full(value, {}, type, device)
+  @doc "A tensor of ones."
+  def ones(shape, type, device \\ default_device()), do: full(1, shape, type, device)
+  @doc "An identity matrix of `m` rows and `n` columns."
+  def eye(m, n, type, device \\ default_device()), do: op_on(device, :eye, [{m, n}, type])
+
+  @doc "Builds a tensor from a binary blob."
+  def from_blob(blob, shape, type, device \\ default_device()) do
+    ref = NIF.from_binary(resolve_worker(device), blob, shape, type) |> NIF.await()
+    {device, ref}
+  end
+
+  defp elem_bytes(:bool), do: 1
+  defp elem_bytes({_, bits}), do: div(bits, 8)
+end

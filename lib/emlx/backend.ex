@@ -1,0 +1,486 @@
+defmodule EMLX.Backend do
+  @moduledoc """
+  The `Nx.Backend` of EMLX: every tensor is an MLX array, and every op is
+  computed by MLX on the worker thread of a command queue.
+
+      Nx.default_backend({EMLX.Backend, device: :cpu})
+
+  Options: `:device` (`:cpu` or `:gpu`, default `EMLX.default_device/0`).
+
+  Types: u8..u64, s8..s64, f16, bf16, f32, c64, and f64 (computed in f64,
+  CPU only). Types MLX lacks (f8, c128, sub-byte integers) raise an
+  `ArgumentError` naming the type; nothing is silently downcast.
+  """
+
+  @behaviour Nx.Backend
+
+  defstruct [:ref, :device, :queue, :quantization_config]
+
+  alias Nx.Tensor, as: T
+  alias EMLX.NIF
+
+  @supported_types [
+    {:u, 8},
+    {:u, 16},
+    {:u, 32},
+    {:u, 64},
+    {:s, 8},
+    {:s, 16},
+    {:s, 32},
+    {:s, 64},
+    {:f, 16},
+    {:bf, 16},
+    {:f, 32},
+    {:f, 64},
+    {:c, 64}
+  ]
+
+  ## Conversions
+
+  @doc "Converts an Nx tensor to a device ref `{device, ref}` (transferring it to EMLX when needed)."
+  def from_nx(%T{data: %__MODULE__{ref: ref, device: device}}), do: {device, ref}
+
+  def from_nx(%T{} = tensor) do
+    tensor |> Nx.backend_copy(EMLX.Backend) |> from_nx()
+  end
+
+  @doc "Converts a device ref to an Nx tensor."
+  def to_nx({device, ref}) when is_reference(ref) do
+    {shape, type, owner} = NIF.array_info(ref)
+    type = if type == :bool, do: {:u, 8}, else: type
+    ref = if type == {:u, 8} and elem(NIF.array_info(ref), 1) == :bool, do: cast_bool(ref, owner), else: ref
+    names = List.duplicate(nil, tuple_size(shape))
+    %T{shape: shape, type: type, names: names, data: %__MODULE__{ref: ref, device: device, queue: owner}}
+  end
+
+  @doc "Converts a device ref to an Nx tensor, checking it against the template `t`."
+  def to_nx({_device, _ref} = device_ref, %T{shape: shape, type: type} = t) do
+    %T{shape: got_shape, type: got_type, data: data} = to_nx(device_ref)
+
+    if got_shape != shape do
+      raise ArgumentError, "expected an array of shape #{inspect(shape)}, got #{inspect(got_shape)}"
+    end
+
+    data =
+      if got_type != type,
+        do: %{data | ref: run_ref(data.queue, :as_type, [data.ref, type], nil)},
+        else: data
+
+    %{t | data: data}
+  end
+
+  defp cast_bool(ref, queue), do: run_ref(queue, :as_type, [ref, {:u, 8}], nil)
+
+  ## Creation
+
+  @impl true
+  def init(opts) do
+    device = Keyword.get(opts, :device, EMLX.default_device())
+
+    unless device in [:cpu, :gpu] do
+      raise ArgumentError, "EMLX.Backend :device must be :cpu or :gpu, got: #{inspect(device)}"
+    end
+
+    _ = EMLX.Application.default_worker(device)
+    Keyword.put(opts, :device, device)
+  end
+
+  @impl true
+  def constant(%T{shape: shape, type: type} = out, number, opts) do
+    create(out, opts, :full, [number_arg(number), shape, type], :constant)
+  end
+
+  @impl true
+  def eye(%T{shape: shape, type: type} = out, opts),
+    do: create(out, opts, :eye, [shape, type], :eye)
+
+  @impl true
+  def iota(%T{shape: shape, type: type} = out, axis, opts),
+    do: create(out, opts, :iota, [shape, axis, type], :iota)
+
+  @impl true
+  def from_binary(%T{shape: shape, type: type} = out, binary, opts) do
+    device = device_option(opts)
+    check_type!(type, device, :from_binary)
+    queue = EMLX.resolve_worker(device)
+    ref = NIF.from_binary(queue, binary, shape, type) |> NIF.await()
+    wrap(out, ref, device, queue)
+  end
+
+  defp create(%T{type: type} = out, opts, op, args, callback) do
+    device = device_option(opts)
+    check_type!(type, device, callback)
+    queue = EMLX.resolve_worker(device)
+    wrap(out, run_ref(queue, op, args, type), device, queue)
+  end
+
+  defp device_option(opts) do
+    case Keyword.get(opts, :device) do
+      nil -> EMLX.default_device()
+      device -> device
+    end
+  end
+
+  defp number_arg(%Complex{re: re, im: im}), do: {re, im}
+  defp number_arg(n), do: n
+
+  ## Read-back, copies, inspection
+
+  @impl true
+  def to_binary(%T{type: type, data: %__MODULE__{ref: ref, queue: queue}} = t, limit) do
+    bytes = min(limit, Nx.size(t)) * elem_bytes(type)
+    NIF.to_binary(queue, ref, bytes) |> NIF.await()
+  end
+
+  @impl true
+  def inspect(%T{} = tensor, inspect_opts) do
+    limit = if inspect_opts.limit == :infinity, do: Nx.size(tensor), else: inspect_opts.limit + 1
+    binary = to_binary(tensor, min(limit, Nx.size(tensor)))
+    Nx.Backend.inspect(tensor, binary, inspect_opts)
+  end
+
+  @impl true
+  def backend_copy(%T{data: %__MODULE__{} = data} = tensor, EMLX.Backend, opts) do
+    device = Keyword.get(opts, :device, data.device)
+
+    if device == data.device do
+      # Arrays are immutable: a new handle on the same array is a copy
+      # that can be deallocated on its own.
+      %{tensor | data: %{data | ref: run_ref(data.queue, :as_type, [data.ref, tensor.type], nil)}}
+    else
+      from_binary(tensor, to_binary(tensor, Nx.size(tensor)), device: device)
+    end
+  end
+
+  def backend_copy(%T{} = tensor, backend, opts) do
+    backend.from_binary(tensor, to_binary(tensor, Nx.size(tensor)), opts)
+  end
+
+  @impl true
+  def backend_transfer(%T{data: %__MODULE__{device: device}} = tensor, EMLX.Backend, opts) do
+    if Keyword.get(opts, :device, device) == device do
+      tensor
+    else
+      copy = backend_copy(tensor, EMLX.Backend, opts)
+      backend_deallocate(tensor)
+      copy
+    end
+  end
+
+  def backend_transfer(tensor, backend, opts) do
+    copy = backend_copy(tensor, backend, opts)
+    backend_deallocate(tensor)
+    copy
+  end
+
+  @impl true
+  def backend_deallocate(%T{data: %__MODULE__{ref: ref}}), do: NIF.deallocate(ref)
+
+  @impl true
+  def to_batched(%T{shape: out_shape} = out, %T{shape: shape} = tensor, opts) do
+    leftover = opts[:leftover]
+    batch_size = elem(out_shape, 0)
+    axis_size = elem(shape, 0)
+    remainder = rem(axis_size, batch_size)
+    full = div(axis_size, batch_size)
+    rank = tuple_size(shape)
+    zeros = List.duplicate(0, rank - 1)
+    ones = List.duplicate(1, rank)
+    rest = tl(Tuple.to_list(out_shape))
+
+    range = if remainder != 0 and leftover == :repeat, do: 0..full, else: 0..(full - 1)//1
+
+    Stream.map(range, fn
+      ^full ->
+        tail = %{out | shape: List.to_tuple([remainder | rest])}
+        head = %{out | shape: List.to_tuple([batch_size - remainder | rest])}
+
+        concatenate(
+          out,
+          [
+            slice(tail, tensor, [full * batch_size | zeros], [remainder | rest], ones),
+            slice(head, tensor, [0 | zeros], [batch_size - remainder | rest], ones)
+          ],
+          0
+        )
+
+      i ->
+        slice(out, tensor, [i * batch_size | zeros], Tuple.to_list(out_shape), ones)
+    end)
+  end
+
+  ## Types and shapes
+
+  @impl true
+  def as_type(%T{type: type} = out, tensor), do: run(out, :as_type, [tensor, type], nil)
+
+  @impl true
+  def bitcast(%T{type: type} = out, tensor), do: run(out, :bitcast, [tensor, type], nil)
+
+  @impl true
+  def reshape(%T{shape: shape} = out, tensor), do: run(out, :reshape, [tensor, shape], nil)
+
+  @impl true
+  def squeeze(%T{shape: shape} = out, tensor, _axes), do: run(out, :reshape, [tensor, shape], nil)
+
+  @impl true
+  def broadcast(out, tensor, shape, axes), do: run(out, :broadcast, [tensor, shape, axes], nil)
+
+  @impl true
+  def transpose(out, tensor, axes), do: run(out, :transpose, [tensor, axes], nil)
+
+  @impl true
+  def pad(out, tensor, pad_value, config) do
+    {lo, hi, interior} =
+      Enum.reduce(Enum.reverse(config), {[], [], []}, fn {l, h, i}, {ls, hs, is} ->
+        {[l | ls], [h | hs], [i | is]}
+      end)
+
+    run(out, :pad, [tensor, pad_value, lo, hi, interior])
+  end
+
+  @impl true
+  def reverse(out, tensor, axes), do: run(out, :reverse, [tensor, axes], nil)
+
+  @impl true
+  def concatenate(out, tensors, axis), do: run(out, :concatenate, [tensors, axis])
+
+  @impl true
+  def stack(out, tensors, axis), do: run(out, :stack, [tensors, axis])
+
+  @impl true
+  def slice(out, %T{shape: shape} = tensor, starts, lengths, strides) do
+    if Enum.all?(starts, &is_integer/1) do
+      starts =
+        [starts, Tuple.to_list(shape), lengths, strides]
+        |> Enum.zip_with(fn [s, dim, len, stride] ->
+          span = if len == 0, do: 0, else: (len - 1) * stride + 1
+          s |> max(0) |> min(max(dim - span, 0))
+        end)
+
+      run(out, :slice, [tensor, starts, lengths, strides], nil)
+    else
+      run(out, :dynamic_slice, [tensor, index_tensors(starts, tensor), lengths, strides], nil)
+    end
+  end
+
+  @impl true
+  def put_slice(%T{type: type} = out, tensor, starts, slice) do
+    tensor = if tensor.type != type, do: as_type(%{tensor | type: type}, tensor), else: tensor
+    run(out, :put_slice, [tensor, slice, index_tensors(starts, tensor)])
+  end
+
+  # Start indices as scalar tensors on the target's backend.
+  defp index_tensors(starts, %T{data: data}) do
+    device = device_of(data)
+
+    Enum.map(starts, fn
+      %T{} = t -> t
+      i when is_integer(i) -> Nx.tensor(i, type: {:s, 32}, backend: {EMLX.Backend, device: device})
+    end)
+  end
+
+  defp device_of(%__MODULE__{device: device}), do: device
+  defp device_of(_), do: EMLX.default_device()
+
+  @impl true
+  def select(out, pred, on_true, on_false), do: run(out, :select, [pred, on_true, on_false])
+
+  @impl true
+  def clip(out, tensor, min, max), do: run(out, :clip, [tensor, min, max])
+
+  ## Element-wise
+
+  binary_ops =
+    [:add, :subtract, :multiply, :pow, :remainder, :divide, :atan2, :min, :max, :quotient] ++
+      [:bitwise_and, :bitwise_or, :bitwise_xor, :left_shift, :right_shift] ++
+      [:equal, :not_equal, :greater, :less, :greater_equal, :less_equal] ++
+      [:logical_and, :logical_or, :logical_xor]
+
+  for op <- binary_ops do
+    @impl true
+    def unquote(op)(out, a, b), do: run(out, unquote(op), [a, b])
+  end
+
+  unary_ops =
+    Enum.map(Nx.Shared.unary_math_funs(), &elem(&1, 0)) ++
+      [:abs, :bitwise_not, :ceil, :conjugate, :floor, :negate, :round, :sign] ++
+      [:count_leading_zeros, :population_count, :real, :imag, :is_nan, :is_infinity]
+
+  for op <- unary_ops do
+    @impl true
+    def unquote(op)(out, tensor), do: run(out, unquote(op), [tensor])
+  end
+
+  ## Reductions
+
+  for op <- [:sum, :product, :reduce_max, :reduce_min, :all, :any] do
+    @impl true
+    def unquote(op)(out, %T{shape: shape} = tensor, opts) do
+      axes = opts[:axes] || Nx.axes(shape)
+      run(out, unquote(op), [tensor, axes, opts[:keep_axes] || false])
+    end
+  end
+
+  for op <- [:argmax, :argmin] do
+    @impl true
+    def unquote(op)(out, tensor, opts) do
+      tie_high = opts[:tie_break] == :high
+      run(out, unquote(op), [tensor, opts[:axis], opts[:keep_axis] || false, tie_high])
+    end
+  end
+
+  ## Linear algebra, sorting, indexing
+
+  @impl true
+  def dot(out, a, contract_a, batch_a, b, contract_b, batch_b),
+    do: run(out, :dot, [a, contract_a, batch_a, b, contract_b, batch_b])
+
+  @impl true
+  def sort(out, tensor, opts),
+    do: run(out, :sort, [tensor, opts[:axis], opts[:direction] == :desc, true], nil)
+
+  @impl true
+  def argsort(out, tensor, opts),
+    do: run(out, :argsort, [tensor, opts[:axis], opts[:direction] == :desc, true])
+
+  @impl true
+  def gather(out, tensor, indices, opts), do: run(out, :gather, [tensor, indices, opts[:axes]])
+
+  @impl true
+  def indexed_add(out, tensor, indices, updates, opts),
+    do: indexed(out, :indexed_add, tensor, indices, updates, opts)
+
+  @impl true
+  def indexed_put(out, tensor, indices, updates, opts),
+    do: indexed(out, :indexed_put, tensor, indices, updates, opts)
+
+  defp indexed(%T{type: type} = out, op, tensor, indices, updates, opts) do
+    tensor = if tensor.type != type, do: as_type(%{tensor | type: type}, tensor), else: tensor
+    run(out, op, [tensor, indices, updates, opts[:axes]])
+  end
+
+  ## Blocks: native where MLX has the op, else Nx's own composition (run on EMLX)
+
+  @impl true
+  def block(%Nx.Block.CumulativeSum{axis: axis, reverse: reverse}, out, [t | _], _fun),
+    do: run(out, :cumulative_sum, [t, axis, reverse])
+
+  def block(%Nx.Block.CumulativeProduct{axis: axis, reverse: reverse}, out, [t | _], _fun),
+    do: run(out, :cumulative_product, [t, axis, reverse])
+
+  def block(%Nx.Block.CumulativeMax{axis: axis, reverse: reverse}, out, [t | _], _fun),
+    do: run(out, :cumulative_max, [t, axis, reverse])
+
+  def block(%Nx.Block.CumulativeMin{axis: axis, reverse: reverse}, out, [t | _], _fun),
+    do: run(out, :cumulative_min, [t, axis, reverse])
+
+  def block(%Nx.Block.Take{axis: axis}, out, [t, indices | _], _fun),
+    do: run(out, :take, [t, indices, axis], nil)
+
+  def block(%Nx.Block.TakeAlongAxis{axis: axis}, out, [t, indices | _], _fun),
+    do: run(out, :take_along_axis, [t, indices, axis], nil)
+
+  def block(struct, _out, args, fun), do: apply(fun, [struct | args])
+
+  ## Not implemented yet: each raises naming the callback
+
+  not_yet = [
+    conv: 4,
+    window_sum: 4,
+    window_product: 4,
+    window_max: 4,
+    window_min: 4,
+    window_scatter_max: 6,
+    window_scatter_min: 6,
+    reduce: 5,
+    window_reduce: 6,
+    triangular_solve: 4,
+    fft: 3,
+    ifft: 3,
+    from_pointer: 5,
+    to_pointer: 2
+  ]
+
+  for {name, arity} <- not_yet do
+    args = Macro.generate_arguments(arity, __MODULE__)
+
+    @impl true
+    def unquote(name)(unquote_splicing(args)) do
+      _ = {unquote_splicing(args)}
+      raise ArgumentError, "EMLX.Backend does not implement #{unquote(name)}/#{unquote(arity)} yet"
+    end
+  end
+
+  ## Running ops
+
+  # Runs `op` for the output template `out`: picks the device and queue,
+  # brings every tensor argument onto that queue, and wraps the result.
+  # Results are cast to `out.type` unless `cast` is nil.
+  defp run(%T{type: type} = out, op, args, cast \\ :out) do
+    device = args_device(args)
+    check_type!(type, device, op)
+    queue = EMLX.resolve_worker(device)
+    raw = Enum.map(args, &arg_on(&1, device, queue))
+    ref = run_ref(queue, op, raw, if(cast == :out, do: type, else: cast))
+    wrap(out, ref, device, queue)
+  end
+
+  defp run_ref(queue, op, raw_args, out_type) do
+    NIF.op(queue, op, raw_args, out_type) |> NIF.await()
+  end
+
+  defp wrap(out, ref, device, queue),
+    do: %{out | data: %__MODULE__{ref: ref, device: device, queue: queue}}
+
+  defp args_device(args) do
+    Enum.find_value(args, EMLX.default_device(), fn
+      %T{data: %__MODULE__{device: device}} -> device
+      [%T{} | _] = list -> Enum.find_value(list, &tensor_device/1)
+      _ -> nil
+    end)
+  end
+
+  defp tensor_device(%T{data: %__MODULE__{device: device}}), do: device
+  defp tensor_device(_), do: nil
+
+  defp arg_on(%T{data: %__MODULE__{ref: ref, queue: queue}}, _device, queue), do: ref
+
+  defp arg_on(%T{data: %__MODULE__{ref: ref, queue: other}}, _device, _queue) do
+    # MLX streams are thread-local: evaluate on the array's own queue first.
+    NIF.eval(other, [ref]) |> NIF.await()
+    ref
+  end
+
+  defp arg_on(%T{shape: shape, type: type} = t, device, queue) do
+    check_type!(type, device, :backend_transfer)
+    NIF.from_binary(queue, Nx.to_binary(t), shape, type) |> NIF.await()
+  end
+
+  defp arg_on(list, device, queue) when is_list(list) do
+    if Enum.all?(list, &match?(%T{}, &1)),
+      do: Enum.map(list, &arg_on(&1, device, queue)),
+      else: list
+  end
+
+  defp arg_on(other, _device, _queue), do: other
+
+  defp check_type!(type, device, callback) do
+    cond do
+      type not in @supported_types ->
+        raise ArgumentError,
+              "EMLX.Backend: MLX has no #{Nx.Type.to_string(type)} type " <>
+                "(in #{callback}); supported types: " <>
+                Enum.map_join(@supported_types, ", ", &Nx.Type.to_string/1)
+
+      type == {:f, 64} and device == :gpu ->
+        raise ArgumentError,
+              "EMLX.Backend: f64 is only available on the :cpu device (in #{callback})"
+
+      true ->
+        :ok
+    end
+  end
+
+  defp elem_bytes({_, bits}), do: div(bits, 8)
+end

@@ -1,0 +1,71 @@
+defmodule EMLX.NIF do
+  @moduledoc """
+  The native functions of EMLX (C11 NIF over a C++ shim of MLX).
+
+  Functions that do MLX work (`op/4`, `from_binary/4`, `to_binary/3`,
+  `eval/2`, `queue_sync/1`) post a job to the command queue's worker
+  thread and return a reference at once; the result arrives as the message
+  `{ref, result}`, which `await/1` receives. No BEAM scheduler waits on MLX.
+
+  Bad terms raise `ArgumentError` in the NIF itself, before MLX sees them;
+  an exception thrown by MLX arrives as an error reply and `await/1` raises
+  `EMLX.NIFError` with MLX's message.
+  """
+
+  @on_load :__load__
+
+  @doc false
+  def __load__ do
+    path = :filename.join(:code.priv_dir(:emlx), ~c"libemlx")
+    :erlang.load_nif(path, 0)
+  end
+
+  @doc "Starts a worker thread with a new MLX stream on `device`."
+  def queue_new(_device), do: :erlang.nif_error(:nif_not_loaded)
+  @doc "The device of a queue."
+  def queue_device(_queue), do: :erlang.nif_error(:nif_not_loaded)
+  @doc "Posts a barrier that synchronizes the queue's stream."
+  def queue_sync(_queue), do: :erlang.nif_error(:nif_not_loaded)
+  @doc "Posts op `name` (see `op_list/0`) with its argument list, casting results to `out_type` unless nil."
+  def op(_queue, _name, _args, _out_type), do: :erlang.nif_error(:nif_not_loaded)
+  @doc "The op table: `[{name, signature}]`."
+  def op_list, do: :erlang.nif_error(:nif_not_loaded)
+  @doc "Posts the copy of a binary into a new array."
+  def from_binary(_queue, _binary, _shape, _type), do: :erlang.nif_error(:nif_not_loaded)
+  @doc "Posts evaluation and read-back of up to `limit_bytes` of an array."
+  def to_binary(_queue, _array, _limit_bytes), do: :erlang.nif_error(:nif_not_loaded)
+  @doc "Posts the evaluation of a list of arrays."
+  def eval(_queue, _arrays), do: :erlang.nif_error(:nif_not_loaded)
+  @doc "`{shape, type, owner_queue}` of an array."
+  def array_info(_array), do: :erlang.nif_error(:nif_not_loaded)
+  @doc "The strides (in elements) of an array."
+  def array_strides(_array), do: :erlang.nif_error(:nif_not_loaded)
+  @doc "Drops the array's data now: `:ok` or `:already_deallocated`."
+  def deallocate(_array), do: :erlang.nif_error(:nif_not_loaded)
+  @doc "Whether MLX can run on the device in this build."
+  def device_available(_device), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def memory_info, do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def reset_peak_memory, do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def clear_cache, do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def set_cache_limit(_limit), do: :erlang.nif_error(:nif_not_loaded)
+  @doc false
+  def set_memory_limit(_limit), do: :erlang.nif_error(:nif_not_loaded)
+  @doc "The version of the libmlx EMLX runs on."
+  def mlx_version, do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc """
+  Waits for the reply to a posted job and unwraps it.
+  """
+  def await(ref) when is_reference(ref) do
+    receive do
+      {^ref, :ok} -> :ok
+      {^ref, {:ok, value}} -> value
+      {^ref, {:error, :argument, message}} -> raise ArgumentError, message
+      {^ref, {:error, :mlx, message}} -> raise EMLX.NIFError, message
+    end
+  end
+end
