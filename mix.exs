@@ -46,8 +46,8 @@ defmodule EMLX.MixProject do
   end
 
   defp clean_nif(_) do
-    File.rm_rf!("priv/libemlx.so")
-    File.rm_rf!(Path.join(Mix.Project.build_path(), "c"))
+    File.rm_rf!(Path.join(Mix.Project.app_path(), "priv"))
+    File.rm_rf!(Path.join(Mix.Project.app_path(), "c_obj"))
   end
 end
 
@@ -71,10 +71,16 @@ defmodule Mix.Tasks.Compile.EmlxNif do
       {"MLX_INCLUDE_DIR", mlx.include},
       {"MLX_LIB_DIR", mlx.lib},
       {"ERTS_INCLUDE_DIR", erts_include},
-      {"BUILD_DIR", Path.join(Mix.Project.build_path(), "c")}
+      {"BUILD_DIR", Path.join(Mix.Project.app_path(), "c_obj")},
+      # The NIF goes straight into the build's priv dir, so build paths never share it.
+      {"PRIV_DIR", Path.join(Mix.Project.app_path(), "priv")}
     ]
 
-    File.write!(Path.join(Mix.Project.build_path(), "emlx_mlx.txt"), inspect(mlx))
+    File.mkdir_p!(Mix.Project.app_path())
+    priv = Path.join(Mix.Project.app_path(), "priv")
+    # An older layout linked priv/ to the source tree; the NIF now lives in the build.
+    if match?({:ok, %{type: :symlink}}, File.lstat(priv)), do: File.rm!(priv)
+    File.write!(Path.join(Mix.Project.app_path(), "libmlx.txt"), inspect(mlx))
 
     case System.cmd("make", ["-s", "--no-print-directory"], env: env, stderr_to_stdout: true) do
       {out, 0} ->

@@ -358,10 +358,16 @@ mx::array emlx_as_type(const mx::array &x, mx::Dtype d, SD s) {
   if (x.dtype() == d) return x;
   if (is_complex(x.dtype()) && !is_complex(d)) return mx::astype(mx::real(x, s), d, s);
   if (is_float(x.dtype()) && is_int(d)) {
-    // NaN becomes 0 rather than whatever the hardware conversion yields.
+    // As Nx: NaN becomes 0, +inf the type's maximum, -inf its minimum.
     auto nan = mx::isnan(x, s);
-    auto xs = mx::where(nan, mx::zeros_like(x, s), x, s);
-    return mx::astype(xs, d, s);
+    auto cast = mx::astype(mx::where(mx::isfinite(x, s), x, mx::zeros_like(x, s), s), d, s);
+    auto hi = is_signed_int(d) ? mx::array(d.size() == 8 ? INT64_MAX : (int64_t(1) << (d.size() * 8 - 1)) - 1, d)
+                               : mx::array(d.size() == 8 ? UINT64_MAX : (uint64_t(1) << (d.size() * 8)) - 1, d);
+    auto lo = is_signed_int(d) ? mx::array(d.size() == 8 ? INT64_MIN : -(int64_t(1) << (d.size() * 8 - 1)), d)
+                               : mx::array(0, d);
+    auto r = mx::where(mx::isposinf(x, s), hi, cast, s);
+    r = mx::where(mx::isneginf(x, s), lo, r, s);
+    return mx::where(nan, mx::zeros_like(r, s), r, s);
   }
   return mx::astype(x, d, s);
 }
@@ -425,14 +431,12 @@ mx::array emlx_reverse(const mx::array &x, const std::vector<int> &axes, SD s) {
   return r;
 }
 
-// Static strided slice: `lengths` elements from `start` every `stride`.
+// Static slice of `lengths` input elements from `start`, every `stride`
+// (Nx's lengths count input elements, before striding).
 mx::array emlx_slice(const mx::array &x, const mx::Shape &start, const mx::Shape &lengths, const mx::Shape &strides,
                      SD s) {
   mx::Shape stop;
-  for (size_t i = 0; i < start.size(); i++) {
-    int32_t len = lengths[i];
-    stop.push_back(len == 0 ? start[i] : start[i] + (len - 1) * strides[i] + 1);
-  }
+  for (size_t i = 0; i < start.size(); i++) stop.push_back(start[i] + lengths[i]);
   return mx::slice(x, start, stop, strides, s);
 }
 
@@ -450,17 +454,14 @@ mx::array clamp_starts(const std::vector<mx::array> &starts, const mx::Shape &di
 mx::array emlx_dynamic_slice(const mx::array &x, const std::vector<mx::array> &starts, const mx::Shape &lengths,
                              const mx::Shape &strides, SD s) {
   if (starts.size() != x.ndim()) throw arg_error("slice expects one start per dimension");
-  mx::Shape span;
   std::vector<int> axes;
   bool strided = false;
   for (int i = 0; i < static_cast<int>(x.ndim()); i++) {
-    int32_t len = lengths[i];
-    span.push_back(len == 0 ? 0 : (len - 1) * strides[i] + 1);
     axes.push_back(i);
     if (strides[i] != 1) strided = true;
   }
-  auto st = clamp_starts(starts, x.shape(), span, s);
-  auto r = mx::slice(x, st, axes, span, s);
+  auto st = clamp_starts(starts, x.shape(), lengths, s);
+  auto r = mx::slice(x, st, axes, lengths, s);
   if (!strided) return r;
   mx::Shape zero(x.ndim(), 0);
   return emlx_slice(r, zero, lengths, strides, s);
@@ -538,17 +539,29 @@ mx::array emlx_sort(const mx::array &x, int axis, bool desc, bool want_indices, 
 
 // ---- gather / scatter ----
 
-std::vector<mx::array> split_indices(const mx::array &idx, SD s) {
+// Indices are clamped into range, as Nx documents for gather: MLX does not
+// check bounds, and an index outside the tensor must never read or write
+// outside its memory.
+mx::array clamp_index(const mx::array &idx, int dim, SD s) {
+  if (!is_int(idx.dtype())) throw arg_error("indices must be integers");
+  auto i = mx::astype(idx, mx::int64, s);
+  return mx::clip(i, mx::array(int64_t(0)), mx::array(int64_t(dim > 0 ? dim - 1 : 0)), s);
+}
+
+std::vector<mx::array> split_indices(const mx::array &x, const mx::array &idx, const std::vector<int> &axes, SD s) {
   if (idx.ndim() < 1) throw arg_error("indices must have at least one dimension");
   int k = idx.shape(-1);
+  if (k != static_cast<int>(axes.size())) throw arg_error("the last dimension of indices must match the number of axes");
   std::vector<mx::array> parts;
-  for (int i = 0; i < k; i++) parts.push_back(mx::take(idx, i, idx.ndim() - 1, s));
+  for (int i = 0; i < k; i++) {
+    if (axes[i] < 0 || axes[i] >= static_cast<int>(x.ndim())) throw arg_error("axis out of range");
+    parts.push_back(clamp_index(mx::take(idx, i, idx.ndim() - 1, s), x.shape(axes[i]), s));
+  }
   return parts;
 }
 
 mx::array emlx_gather(const mx::array &x, const mx::array &idx, const std::vector<int> &axes, SD s) {
-  auto parts = split_indices(idx, s);
-  if (parts.size() != axes.size()) throw arg_error("the last dimension of indices must match the number of axes");
+  auto parts = split_indices(x, idx, axes, s);
   mx::Shape sizes = x.shape();
   for (int ax : axes) sizes[ax] = 1;
   auto g = mx::gather(x, parts, axes, sizes, s);
@@ -563,8 +576,7 @@ mx::array emlx_gather(const mx::array &x, const mx::array &idx, const std::vecto
 
 mx::array emlx_indexed(const mx::array &x, const mx::array &idx, const mx::array &upd, const std::vector<int> &axes,
                        bool add, SD s) {
-  auto parts = split_indices(idx, s);
-  if (parts.size() != axes.size()) throw arg_error("the last dimension of indices must match the number of axes");
+  auto parts = split_indices(x, idx, axes, s);
   mx::Shape ushape(idx.shape().begin(), idx.shape().end() - 1);
   for (int i = 0; i < static_cast<int>(x.ndim()); i++) {
     bool indexed = false;
@@ -575,10 +587,14 @@ mx::array emlx_indexed(const mx::array &x, const mx::array &idx, const mx::array
   return add ? mx::scatter_add(x, parts, u, axes, s) : mx::scatter(x, parts, u, axes, s);
 }
 
-mx::array emlx_take(const mx::array &x, const mx::array &idx, int axis, SD s) { return mx::take(x, idx, axis, s); }
+mx::array emlx_take(const mx::array &x, const mx::array &idx, int axis, SD s) {
+  if (axis < 0 || axis >= static_cast<int>(x.ndim())) throw arg_error("axis out of range");
+  return mx::take(x, clamp_index(idx, x.shape(axis), s), axis, s);
+}
 
 mx::array emlx_take_along_axis(const mx::array &x, const mx::array &idx, int axis, SD s) {
-  return mx::take_along_axis(x, idx, axis, s);
+  if (axis < 0 || axis >= static_cast<int>(x.ndim())) throw arg_error("axis out of range");
+  return mx::take_along_axis(x, clamp_index(idx, x.shape(axis), s), axis, s);
 }
 
 // ---- the op table ----

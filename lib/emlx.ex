@@ -111,7 +111,10 @@ defmodule EMLX do
 
     case to_blob(device_ref) do
       binary when byte_size(binary) == size ->
-        binary |> Nx.from_binary(type, backend: Nx.BinaryBackend) |> Nx.reshape({}) |> Nx.to_number()
+        binary
+        |> Nx.from_binary(type, backend: Nx.BinaryBackend)
+        |> Nx.reshape({})
+        |> Nx.to_number()
 
       _ ->
         raise ArgumentError, "item/1 expects a tensor with exactly one element"
@@ -177,7 +180,8 @@ defmodule EMLX do
   Sets the memory limit in bytes (a guideline for graph evaluation) and
   returns the previous limit.
   """
-  def set_memory_limit(limit) when is_integer(limit) and limit >= 0, do: NIF.set_memory_limit(limit)
+  def set_memory_limit(limit) when is_integer(limit) and limit >= 0,
+    do: NIF.set_memory_limit(limit)
 
   ## Ops on device refs
 

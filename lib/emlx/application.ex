@@ -45,7 +45,8 @@ defmodule EMLX.Application do
               "EMLX has no #{inspect(device)} device in this build " <>
                 "(MLX #{EMLX.NIF.mlx_version()}); " <>
                 if(device == :gpu,
-                  do: "build with LIBMLX_VARIANT=cuda13 on a machine with an NVIDIA GPU, or use device: :cpu",
+                  do:
+                    "build with LIBMLX_VARIANT=cuda13 on a machine with an NVIDIA GPU, or use device: :cpu",
                   else: "the CPU stream could not be created"
                 )
 

@@ -48,9 +48,20 @@ defmodule EMLX.Backend do
   def to_nx({device, ref}) when is_reference(ref) do
     {shape, type, owner} = NIF.array_info(ref)
     type = if type == :bool, do: {:u, 8}, else: type
-    ref = if type == {:u, 8} and elem(NIF.array_info(ref), 1) == :bool, do: cast_bool(ref, owner), else: ref
+
+    ref =
+      if type == {:u, 8} and elem(NIF.array_info(ref), 1) == :bool,
+        do: cast_bool(ref, owner),
+        else: ref
+
     names = List.duplicate(nil, tuple_size(shape))
-    %T{shape: shape, type: type, names: names, data: %__MODULE__{ref: ref, device: device, queue: owner}}
+
+    %T{
+      shape: shape,
+      type: type,
+      names: names,
+      data: %__MODULE__{ref: ref, device: device, queue: owner}
+    }
   end
 
   @doc "Converts a device ref to an Nx tensor, checking it against the template `t`."
@@ -58,7 +69,8 @@ defmodule EMLX.Backend do
     %T{shape: got_shape, type: got_type, data: data} = to_nx(device_ref)
 
     if got_shape != shape do
-      raise ArgumentError, "expected an array of shape #{inspect(shape)}, got #{inspect(got_shape)}"
+      raise ArgumentError,
+            "expected an array of shape #{inspect(shape)}, got #{inspect(got_shape)}"
     end
 
     data =
@@ -128,14 +140,15 @@ defmodule EMLX.Backend do
 
   @impl true
   def to_binary(%T{type: type, data: %__MODULE__{ref: ref, queue: queue}} = t, limit) do
-    bytes = min(limit, Nx.size(t)) * elem_bytes(type)
+    bytes = min(limit, flat_size(t)) * elem_bytes(type)
     NIF.to_binary(queue, ref, bytes) |> NIF.await()
   end
 
   @impl true
   def inspect(%T{} = tensor, inspect_opts) do
-    limit = if inspect_opts.limit == :infinity, do: Nx.size(tensor), else: inspect_opts.limit + 1
-    binary = to_binary(tensor, min(limit, Nx.size(tensor)))
+    size = flat_size(tensor)
+    limit = if inspect_opts.limit == :infinity, do: size, else: inspect_opts.limit + 1
+    binary = to_binary(tensor, min(limit, size))
     Nx.Backend.inspect(tensor, binary, inspect_opts)
   end
 
@@ -148,12 +161,12 @@ defmodule EMLX.Backend do
       # that can be deallocated on its own.
       %{tensor | data: %{data | ref: run_ref(data.queue, :as_type, [data.ref, tensor.type], nil)}}
     else
-      from_binary(tensor, to_binary(tensor, Nx.size(tensor)), device: device)
+      from_binary(tensor, to_binary(tensor, flat_size(tensor)), device: device)
     end
   end
 
   def backend_copy(%T{} = tensor, backend, opts) do
-    backend.from_binary(tensor, to_binary(tensor, Nx.size(tensor)), opts)
+    backend.from_binary(tensor, to_binary(tensor, flat_size(tensor)), opts)
   end
 
   @impl true
@@ -252,11 +265,8 @@ defmodule EMLX.Backend do
   def slice(out, %T{shape: shape} = tensor, starts, lengths, strides) do
     if Enum.all?(starts, &is_integer/1) do
       starts =
-        [starts, Tuple.to_list(shape), lengths, strides]
-        |> Enum.zip_with(fn [s, dim, len, stride] ->
-          span = if len == 0, do: 0, else: (len - 1) * stride + 1
-          s |> max(0) |> min(max(dim - span, 0))
-        end)
+        [starts, Tuple.to_list(shape), lengths]
+        |> Enum.zip_with(fn [s, dim, len] -> s |> max(0) |> min(max(dim - len, 0)) end)
 
       run(out, :slice, [tensor, starts, lengths, strides], nil)
     else
@@ -275,8 +285,11 @@ defmodule EMLX.Backend do
     device = device_of(data)
 
     Enum.map(starts, fn
-      %T{} = t -> t
-      i when is_integer(i) -> Nx.tensor(i, type: {:s, 32}, backend: {EMLX.Backend, device: device})
+      %T{} = t ->
+        t
+
+      i when is_integer(i) ->
+        Nx.tensor(i, type: {:s, 32}, backend: {EMLX.Backend, device: device})
     end)
   end
 
@@ -408,7 +421,9 @@ defmodule EMLX.Backend do
     @impl true
     def unquote(name)(unquote_splicing(args)) do
       _ = {unquote_splicing(args)}
-      raise ArgumentError, "EMLX.Backend does not implement #{unquote(name)}/#{unquote(arity)} yet"
+
+      raise ArgumentError,
+            "EMLX.Backend does not implement #{unquote(name)}/#{unquote(arity)} yet"
     end
   end
 
@@ -483,4 +498,8 @@ defmodule EMLX.Backend do
   end
 
   defp elem_bytes({_, bits}), do: div(bits, 8)
+
+  # Elements of the whole array, vectorized axes included.
+  defp flat_size(%T{shape: shape, vectorized_axes: vectorized}),
+    do: Enum.reduce(vectorized, Tuple.product(shape), fn {_, n}, acc -> acc * n end)
 end

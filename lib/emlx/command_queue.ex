@@ -37,7 +37,8 @@ defmodule EMLX.CommandQueue do
     end
   end
 
-  def new(device), do: raise(ArgumentError, "device must be :cpu or :gpu, got: #{inspect(device)}")
+  def new(device),
+    do: raise(ArgumentError, "device must be :cpu or :gpu, got: #{inspect(device)}")
 
   @doc """
   Like `new/1` but raises `EMLX.NIFError` on failure.
@@ -45,8 +46,11 @@ defmodule EMLX.CommandQueue do
   @spec new!(:cpu | :gpu) :: t()
   def new!(device) do
     case new(device) do
-      {:ok, queue} -> queue
-      {:error, reason} -> raise EMLX.NIFError, "could not create a #{device} command queue: #{reason}"
+      {:ok, queue} ->
+        queue
+
+      {:error, reason} ->
+        raise EMLX.NIFError, "could not create a #{device} command queue: #{reason}"
     end
   end
 

@@ -26,6 +26,7 @@ defmodule EMLX.NIF do
   def queue_device(_queue), do: :erlang.nif_error(:nif_not_loaded)
   @doc "Posts a barrier that synchronizes the queue's stream."
   def queue_sync(_queue), do: :erlang.nif_error(:nif_not_loaded)
+
   @doc "Posts op `name` (see `op_list/0`) with its argument list, casting results to `out_type` unless nil."
   def op(_queue, _name, _args, _out_type), do: :erlang.nif_error(:nif_not_loaded)
   @doc "The op table: `[{name, signature}]`."

@@ -1,0 +1,58 @@
+defmodule EMLXTest do
+  use EMLX.Case, async: true
+  doctest EMLX
+
+  test "eval/1, to_blob/1,2 and item/1 on device refs" do
+    ref = EMLX.Backend.from_nx(emlx([1.5, 2.5, 3.5]))
+    assert {:cpu, r} = EMLX.eval(ref)
+    assert is_reference(r)
+
+    assert EMLX.to_blob(ref) ==
+             <<1.5::float-32-native, 2.5::float-32-native, 3.5::float-32-native>>
+
+    assert EMLX.to_blob(ref, 1) == <<1.5::float-32-native>>
+    assert EMLX.item(EMLX.sum(ref, [0], false)) == 7.5
+    assert EMLX.shape(ref) == {3}
+    assert EMLX.scalar_type(ref) == {:f, 32}
+    assert EMLX.strides(ref) == {1}
+  end
+
+  test "eval/1 on an Nx tensor returns it" do
+    t = emlx([1, 2])
+    assert EMLX.eval(t) == t
+  end
+
+  test "to_nx/1 and from_nx/1 round trip, with bool results as u8" do
+    a = EMLX.Backend.from_nx(emlx([1, 2, 3]))
+    b = EMLX.Backend.from_nx(emlx([3, 2, 1]))
+    eq = EMLX.equal(a, b)
+    assert EMLX.scalar_type(eq) == :bool
+    t = EMLX.to_nx(eq)
+    assert t.type == {:u, 8}
+    assert Nx.to_list(t) == [0, 1, 0]
+    assert Nx.to_list(EMLX.to_nx(EMLX.add(a, b))) == [4, 4, 4]
+  end
+
+  test "creation functions" do
+    assert Nx.to_list(EMLX.to_nx(EMLX.full(3, {2}, {:s, 32}, :cpu))) == [3, 3]
+    assert Nx.to_list(EMLX.to_nx(EMLX.ones({2}, {:f, 32}))) == [1.0, 1.0]
+    assert Nx.to_list(EMLX.to_nx(EMLX.eye(2, 2, {:u, 8}))) == [[1, 0], [0, 1]]
+    assert EMLX.item(EMLX.scalar_tensor(2.5, {:f, 64})) == 2.5
+    ref = EMLX.from_blob(<<1::32-native, 2::32-native>>, {2}, {:s, 32})
+    assert Nx.to_list(EMLX.to_nx(ref)) == [1, 2]
+  end
+
+  test "memory functions return what they document" do
+    assert EMLX.reset_peak_memory() == :ok
+    assert EMLX.clear_cache() == :ok
+    prev = EMLX.set_cache_limit(1_000_000)
+    assert is_integer(prev)
+    assert EMLX.set_cache_limit(prev) == 1_000_000
+    prev = EMLX.set_memory_limit(8_000_000_000)
+    assert EMLX.set_memory_limit(prev) == 8_000_000_000
+  end
+
+  test "default_device/0 honours the application environment" do
+    assert EMLX.default_device() == :cpu
+  end
+end

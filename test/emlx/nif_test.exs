@@ -1,0 +1,108 @@
+defmodule EMLX.NIFTest do
+  @moduledoc "Bad input raises a clear exception and the VM lives."
+  use EMLX.Case, async: true
+
+  alias EMLX.NIF
+
+  defp queue, do: EMLX.Application.default_worker(:cpu)
+
+  test "the op table is exposed" do
+    ops = NIF.op_list()
+    assert {:add, ~c"aa"} in ops
+    assert length(ops) > 80
+    assert NIF.mlx_version() == ~c"0.32.4"
+  end
+
+  test "wrong terms raise ArgumentError in the NIF" do
+    {_, a} = EMLX.Backend.from_nx(emlx([1, 2, 3]))
+
+    assert_raise ArgumentError, ~r/unknown EMLX op/, fn -> NIF.op(queue(), :nope, [a], nil) end
+    assert_raise ArgumentError, ~r/expects 2 arguments/, fn -> NIF.op(queue(), :add, [a], nil) end
+
+    assert_raise ArgumentError, ~r/EMLX array reference/, fn ->
+      NIF.op(queue(), :add, [a, 1], nil)
+    end
+
+    assert_raise ArgumentError, ~r/command queue/, fn -> NIF.op(make_ref(), :add, [a, a], nil) end
+    assert_raise ArgumentError, ~r/output type/, fn -> NIF.op(queue(), :add, [a, a], {:f, 8}) end
+
+    assert_raise ArgumentError, ~r/list of 32-bit integers/, fn ->
+      NIF.op(queue(), :reshape, [a, [:x]], nil)
+    end
+
+    assert_raise ArgumentError, ~r/boolean/, fn ->
+      NIF.op(queue(), :all, [a, [0], :maybe], nil)
+    end
+
+    assert_raise ArgumentError, ~r/device/, fn -> NIF.queue_new(:tpu) end
+
+    assert_raise ArgumentError, ~r/does not match/, fn ->
+      NIF.from_binary(queue(), <<1, 2, 3>>, {2}, {:s, 32})
+    end
+
+    assert_raise ArgumentError, ~r/shape/, fn ->
+      NIF.from_binary(queue(), <<>>, {-1}, {:s, 32})
+    end
+
+    assert_raise ArgumentError, ~r/type/, fn -> NIF.from_binary(queue(), <<0>>, {1}, {:u, 4}) end
+    assert_raise ArgumentError, fn -> NIF.to_binary(queue(), a, -1) end
+    assert_raise ArgumentError, fn -> NIF.array_info(:not_an_array) end
+  end
+
+  test "MLX's own errors become EMLX.NIFError with MLX's message" do
+    a = EMLX.Backend.from_nx(emlx([1, 2, 3]))
+    assert_raise EMLX.NIFError, ~r/reshape/i, fn -> EMLX.reshape(a, {2, 2}) end
+    assert_raise EMLX.NIFError, fn -> EMLX.transpose(a, [3]) end
+    # and the queue keeps working
+    assert EMLX.to_nx(EMLX.add(a, a)) |> Nx.to_list() == [2, 4, 6]
+  end
+
+  test "a deallocated tensor raises instead of crashing" do
+    t = emlx([1, 2, 3])
+    assert Nx.backend_deallocate(t) == :ok
+    assert_raise ArgumentError, ~r/deallocated/, fn -> Nx.add(t, 1) end
+    assert_raise ArgumentError, ~r/deallocated/, fn -> Nx.to_binary(t) end
+    assert inspect(t) =~ "deallocated"
+  end
+
+  test "shape checks happen before MLX sees the call" do
+    assert_raise ArgumentError, fn -> Nx.reshape(emlx([1, 2, 3]), {2, 2}) end
+    assert_raise ArgumentError, fn -> Nx.dot(emlx([1, 2, 3]), emlx([1, 2])) end
+    assert_raise ArgumentError, fn -> Nx.sum(emlx([1, 2, 3]), axes: [4]) end
+  end
+
+  test "integer division by zero and INT_MIN / -1 do not trap" do
+    a = emlx([7, -2_147_483_648, 5], type: :s32)
+    b = emlx([0, -1, 0], type: :s32)
+    assert Nx.to_list(Nx.quotient(a, b)) == [0, -2_147_483_648, 0]
+    assert Nx.to_list(Nx.remainder(a, b)) == [7, 0, 5]
+  end
+
+  test "out-of-range indices are clamped, never read or written outside the tensor" do
+    t = emlx([1, 2, 3])
+    assert Nx.gather(t, emlx([[5], [-3], [1]])) |> Nx.to_list() == [3, 1, 2]
+    assert Nx.take(t, emlx([1_000_000, -1])) |> Nx.to_list() == [3, 1]
+    assert Nx.indexed_add(t, emlx([[9], [-9]]), emlx([10, 20])) |> Nx.to_list() == [21, 2, 13]
+  end
+
+  test "a process killed while its job runs leaves the queue usable" do
+    q = EMLX.CommandQueue.new!(:cpu)
+
+    pid =
+      spawn(fn ->
+        EMLX.CommandQueue.with_queue(q, fn ->
+          a = Nx.iota({512, 512}, type: :f32, backend: EMLX.Backend)
+
+          Enum.reduce(1..20, a, fn _, acc -> Nx.dot(acc, a) |> Nx.divide(512) end)
+          |> Nx.to_binary()
+        end)
+      end)
+
+    Process.sleep(20)
+    Process.exit(pid, :kill)
+
+    EMLX.CommandQueue.with_queue(q, fn ->
+      assert Nx.to_list(Nx.add(emlx([1, 2]), 1)) == [2, 3]
+    end)
+  end
+end

@@ -1,0 +1,58 @@
+defmodule EMLX.Case do
+  @moduledoc """
+  Test helpers: run the same Nx code on EMLX.Backend and Nx.BinaryBackend
+  and compare.
+  """
+  use ExUnit.CaseTemplate
+
+  using do
+    quote do
+      import EMLX.Case
+    end
+  end
+
+  @doc "A tensor on EMLX (CPU)."
+  def emlx(data, opts \\ []),
+    do: Nx.tensor(data, Keyword.put(opts, :backend, {EMLX.Backend, device: :cpu}))
+
+  @doc "Copies a tensor to Nx.BinaryBackend."
+  def to_bin(%Nx.Tensor{} = t), do: Nx.backend_copy(t, Nx.BinaryBackend)
+  def to_bin(other), do: other
+
+  @doc """
+  Runs `fun` on the inputs on both backends and checks shape, type and
+  values: exact for integers, within `tol` for floats, NaN equal to NaN.
+  """
+  def assert_same(fun, inputs, opts \\ []) do
+    emlx_inputs = Enum.map(inputs, &Nx.backend_copy(&1, {EMLX.Backend, device: :cpu}))
+    bin_inputs = Enum.map(inputs, &to_bin/1)
+    got = Nx.with_default_backend({EMLX.Backend, device: :cpu}, fn -> apply(fun, emlx_inputs) end)
+    want = Nx.with_default_backend(Nx.BinaryBackend, fn -> apply(fun, bin_inputs) end)
+    assert_tensor(got, want, opts)
+  end
+
+  @doc "Checks an EMLX result against an expected tensor."
+  def assert_tensor(%Nx.Tensor{} = got, %Nx.Tensor{} = want, opts \\ []) do
+    assert got.shape == want.shape, "shape #{inspect(got.shape)} != #{inspect(want.shape)}"
+    assert got.type == want.type, "type #{inspect(got.type)} != #{inspect(want.type)}"
+    got = to_bin(got)
+
+    case want.type do
+      {t, _} when t in [:f, :bf, :c] ->
+        tol = Keyword.get(opts, :tol, tolerance(want.type))
+
+        assert Nx.all_close(got, want, atol: tol, rtol: tol, equal_nan: true) |> Nx.to_number() ==
+                 1,
+               "values differ:\n#{inspect(got)}\n#{inspect(want)}"
+
+      _ ->
+        assert Nx.to_binary(got) == Nx.to_binary(want),
+               "values differ:\n#{inspect(got)}\n#{inspect(want)}"
+    end
+  end
+
+  defp tolerance({:f, 16}), do: 1.0e-2
+  defp tolerance({:bf, 16}), do: 5.0e-2
+  defp tolerance({:f, 64}), do: 1.0e-6
+  defp tolerance(_), do: 1.0e-5
+end
