@@ -32,6 +32,14 @@ end
 {emlx_value, emlx_s} = time.(fn -> PowerIteration.run({EMLX.Backend, device: :cpu}) end)
 {bin_value, bin_s} = time.(fn -> PowerIteration.run(Nx.BinaryBackend) end)
 
-IO.puts("dominant eigenvalue (EMLX.Backend):     #{Float.round(emlx_value, 4)}  in #{Float.round(emlx_s, 3)} s")
-IO.puts("dominant eigenvalue (Nx.BinaryBackend): #{Float.round(bin_value, 4)}  in #{Float.round(bin_s, 3)} s")
-IO.puts("EMLX is #{Float.round(bin_s / emlx_s, 1)}x faster; |difference| = #{abs(emlx_value - bin_value)}")
+IO.puts(
+  "dominant eigenvalue (EMLX.Backend):     #{Float.round(emlx_value, 4)}  in #{Float.round(emlx_s, 3)} s"
+)
+
+IO.puts(
+  "dominant eigenvalue (Nx.BinaryBackend): #{Float.round(bin_value, 4)}  in #{Float.round(bin_s, 3)} s"
+)
+
+IO.puts(
+  "EMLX is #{Float.round(bin_s / emlx_s, 1)}x faster; |difference| = #{abs(emlx_value - bin_value)}"
+)
