@@ -1,0 +1,63 @@
+defmodule EMLX.LibMLXTest do
+  @moduledoc "The compile-time MLX acquisition (EMLX.LibMLX in mix.exs) stops with clear messages."
+  use ExUnit.Case, async: false
+
+  defp with_env(vars, fun) do
+    old = Enum.map(vars, fn {k, _} -> {k, System.get_env(k)} end)
+    Enum.each(vars, fn {k, v} -> System.put_env(k, v) end)
+
+    try do
+      fun.()
+    after
+      Enum.each(old, fn
+        {k, nil} -> System.delete_env(k)
+        {k, v} -> System.put_env(k, v)
+      end)
+    end
+  end
+
+  test "the default build uses the mlx-cpu wheel, unpacked with its layout" do
+    info = EMLX.LibMLX.ensure!()
+    assert info.variant in ["cpu", "custom"]
+    assert File.exists?(Path.join(info.lib, "libmlx.so"))
+    assert File.exists?(Path.join(info.include, "mlx/mlx.h"))
+  end
+
+  test "an unknown variant says what to set" do
+    with_env([{"LIBMLX_VARIANT", "rocm"}, {"MLX_DIR", ""}], fn ->
+      assert_raise Mix.Error, ~r/unknown LIBMLX_VARIANT="rocm".*cpu.*cuda1[23]/, fn ->
+        EMLX.LibMLX.ensure!()
+      end
+    end)
+  end
+
+  test "an MLX_DIR without MLX says so" do
+    with_env([{"MLX_DIR", System.tmp_dir!()}], fn ->
+      assert_raise Mix.Error, ~r/MLX_DIR=.* has no include\/mlx\/mlx.h/, fn ->
+        EMLX.LibMLX.ensure!()
+      end
+    end)
+  end
+
+  test "an MLX_DIR with MLX is used as is" do
+    info = EMLX.LibMLX.ensure!()
+    root = Path.dirname(info.lib)
+
+    with_env([{"MLX_DIR", root}], fn ->
+      assert %{variant: "custom", lib: lib} = EMLX.LibMLX.ensure!()
+      assert lib == Path.join(root, "lib")
+    end)
+  end
+
+  test "a version PyPI does not have says what to set" do
+    cache = Path.join(System.tmp_dir!(), "emlx-cache-#{System.unique_integer([:positive])}")
+
+    with_env([{"LIBMLX_VERSION", "0.0.1"}, {"LIBMLX_CACHE", cache}, {"MLX_DIR", ""}], fn ->
+      assert_raise Mix.Error, ~r/(no mlx-cpu==0.0.1 wheel|could not fetch)/, fn ->
+        EMLX.LibMLX.ensure!()
+      end
+    end)
+  after
+    File.rm_rf!(Path.join(System.tmp_dir!(), "emlx-cache-*"))
+  end
+end
