@@ -3,11 +3,15 @@
 
 #include "emlx_shim.h"
 
+#include <mlx/backend/cpu/encoder.h>
 #include <mlx/mlx.h>
+#include <mlx/primitives.h>
 #include <mlx/version.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <new>
 #include <optional>
 #include <stdexcept>
@@ -108,6 +112,131 @@ mx::array truthy(const mx::array &x, SD s) {
   return mx::not_equal(x, mx::array(0, x.dtype()), s);
 }
 
+// ---- float64 math on the CPU ----
+//
+// MLX's CPU kernels for several transcendental functions use float32-accurate
+// approximations even for float64 inputs. For float64 these ops run as an
+// MLX primitive of ours whose CPU kernel calls the C library in double
+// precision, scheduled on the stream's CPU encoder like MLX's own kernels.
+
+enum f64_fn { F64_EXP, F64_EXPM1, F64_LOG1P, F64_SIN, F64_COS, F64_TAN, F64_SINH, F64_COSH, F64_ASIN, F64_ACOS,
+              F64_ATAN, F64_ASINH, F64_ACOSH, F64_ATANH, F64_ERF, F64_ERFC, F64_ERFINV, F64_SIGMOID, F64_CBRT };
+
+double erfinv64(double y) {
+  if (std::isnan(y) || y < -1.0 || y > 1.0) return NAN;
+  if (y == 1.0) return INFINITY;
+  if (y == -1.0) return -INFINITY;
+  // Giles' single-precision approximation as a start, then Newton steps on erf.
+  double w = -std::log((1.0 - y) * (1.0 + y)), x;
+  if (w < 5.0) {
+    w -= 2.5;
+    double p = 2.81022636e-08;
+    p = 3.43273939e-07 + p * w; p = -3.5233877e-06 + p * w; p = -4.39150654e-06 + p * w;
+    p = 0.00021858087 + p * w; p = -0.00125372503 + p * w; p = -0.00417768164 + p * w;
+    p = 0.246640727 + p * w; p = 1.50140941 + p * w;
+    x = p * y;
+  } else {
+    w = std::sqrt(w) - 3.0;
+    double p = -0.000200214257;
+    p = 0.000100950558 + p * w; p = 0.00134934322 + p * w; p = -0.00367342844 + p * w;
+    p = 0.00573950773 + p * w; p = -0.0076224613 + p * w; p = 0.00943887047 + p * w;
+    p = 1.00167406 + p * w; p = 2.83297682 + p * w;
+    x = p * y;
+  }
+  for (int i = 0; i < 3; i++) {
+    double err = std::erf(x) - y;
+    x -= err / (2.0 / std::sqrt(M_PI) * std::exp(-x * x));
+  }
+  return x;
+}
+
+double f64_apply(int fn, double v) {
+  switch (fn) {
+    case F64_EXP: return std::exp(v);
+    case F64_EXPM1: return std::expm1(v);
+    case F64_LOG1P: return std::log1p(v);
+    case F64_SIN: return std::sin(v);
+    case F64_COS: return std::cos(v);
+    case F64_TAN: return std::tan(v);
+    case F64_SINH: return std::sinh(v);
+    case F64_COSH: return std::cosh(v);
+    case F64_ASIN: return std::asin(v);
+    case F64_ACOS: return std::acos(v);
+    case F64_ATAN: return std::atan(v);
+    case F64_ASINH: return std::asinh(v);
+    case F64_ACOSH: return std::acosh(v);
+    case F64_ATANH: return std::atanh(v);
+    case F64_ERF: return std::erf(v);
+    case F64_ERFC: return std::erfc(v);
+    case F64_ERFINV: return erfinv64(v);
+    case F64_SIGMOID: return 1.0 / (1.0 + std::exp(-v));
+    default: return std::cbrt(v);
+  }
+}
+
+class F64Unary : public mx::UnaryPrimitive {
+ public:
+  F64Unary(mx::Stream s, int fn) : mx::UnaryPrimitive(s), fn_(fn) {}
+
+  void eval_cpu(const std::vector<mx::array> &inputs, mx::array &out) override {
+    const mx::array &in = inputs[0];
+    out.set_data(mx::allocator::malloc(std::max<size_t>(out.nbytes(), 1)));
+    auto &enc = mx::cpu::get_command_encoder(stream());
+    enc.set_input_array(in);
+    enc.set_output_array(out);
+    enc.dispatch([in = in, out = out, fn = fn_]() mutable {
+      const double *src = in.data<double>();
+      double *dst = out.data<double>();
+      size_t n = in.size();
+      for (size_t i = 0; i < n; i++) dst[i] = f64_apply(fn, src[i]);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array> &, mx::array &) override {
+    throw std::runtime_error("float64 is only available on the CPU");
+  }
+
+  const char *name() const override { return "EMLXFloat64Unary"; }
+
+  bool is_equivalent(const mx::Primitive &other) const override {
+    auto *o = dynamic_cast<const F64Unary *>(&other);
+    return o && o->fn_ == fn_;
+  }
+
+ private:
+  int fn_;
+};
+
+mx::array f64_unary(const mx::array &x, int fn, SD s) {
+  auto st = mx::to_stream(s);
+  auto xc = mx::contiguous(x, false, st);
+  return mx::array(x.shape(), mx::float64, std::make_shared<F64Unary>(st, fn), {xc});
+}
+
+#define F64_OR_MLX(name, code, mlx_expr)                     \
+  mx::array emlx_##name(const mx::array &x, SD s) {          \
+    if (x.dtype() == mx::float64) return f64_unary(x, code, s); \
+    return mlx_expr;                                        \
+  }
+
+F64_OR_MLX(exp, F64_EXP, mx::exp(x, s))
+F64_OR_MLX(expm1, F64_EXPM1, mx::expm1(x, s))
+F64_OR_MLX(log1p, F64_LOG1P, mx::log1p(x, s))
+F64_OR_MLX(sin, F64_SIN, mx::sin(x, s))
+F64_OR_MLX(cos, F64_COS, mx::cos(x, s))
+F64_OR_MLX(tan, F64_TAN, mx::tan(x, s))
+F64_OR_MLX(sinh, F64_SINH, mx::sinh(x, s))
+F64_OR_MLX(cosh, F64_COSH, mx::cosh(x, s))
+F64_OR_MLX(asin, F64_ASIN, mx::arcsin(x, s))
+F64_OR_MLX(acos, F64_ACOS, mx::arccos(x, s))
+F64_OR_MLX(atan, F64_ATAN, mx::arctan(x, s))
+F64_OR_MLX(asinh, F64_ASINH, mx::arcsinh(x, s))
+F64_OR_MLX(acosh, F64_ACOSH, mx::arccosh(x, s))
+F64_OR_MLX(atanh, F64_ATANH, mx::arctanh(x, s))
+F64_OR_MLX(erf, F64_ERF, mx::erf(x, s))
+F64_OR_MLX(erf_inv, F64_ERFINV, mx::erfinv(x, s))
+F64_OR_MLX(sigmoid, F64_SIGMOID, mx::sigmoid(x, s))
+
 // ---- element-wise helpers with Nx semantics ----
 
 mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d) {
@@ -125,11 +254,13 @@ mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d) {
 }
 
 mx::array emlx_cbrt(const mx::array &x, SD s) {
+  if (x.dtype() == mx::float64) return f64_unary(x, F64_CBRT, s);
   auto third = mx::array(1.0 / 3.0, x.dtype());
   return mx::multiply(mx::sign(x, s), mx::power(mx::abs(x, s), third, s), s);
 }
 
 mx::array emlx_erfc(const mx::array &x, SD s) {
+  if (x.dtype() == mx::float64) return f64_unary(x, F64_ERFC, s);
   return mx::subtract(mx::array(1.0, x.dtype()), mx::erf(x, s), s);
 }
 
@@ -384,8 +515,8 @@ mx::array emlx_broadcast(const mx::array &x, const mx::Shape &shape, const std::
   return mx::broadcast_to(mx::reshape(x, mid, s), shape, s);
 }
 
-mx::array emlx_pad(const mx::array &x0, const mx::array &value, const std::vector<int64_t> &lo,
-                   const std::vector<int64_t> &hi, const std::vector<int64_t> &interior, SD s) {
+mx::array emlx_pad_impl(const mx::array &x0, const mx::array &value, const std::vector<int64_t> &lo,
+                        const std::vector<int64_t> &hi, const std::vector<int64_t> &interior, SD s) {
   int nd = x0.ndim();
   if (static_cast<int>(lo.size()) != nd || static_cast<int>(hi.size()) != nd ||
       static_cast<int>(interior.size()) != nd)
@@ -595,6 +726,380 @@ mx::array emlx_take(const mx::array &x, const mx::array &idx, int axis, SD s) {
 mx::array emlx_take_along_axis(const mx::array &x, const mx::array &idx, int axis, SD s) {
   if (axis < 0 || axis >= static_cast<int>(x.ndim())) throw arg_error("axis out of range");
   return mx::take_along_axis(x, clamp_index(idx, x.shape(axis), s), axis, s);
+}
+
+// ---- convolution ----
+
+std::vector<int> inverse_perm(const std::vector<int> &p) {
+  std::vector<int> inv(p.size());
+  for (size_t i = 0; i < p.size(); i++) inv[p[i]] = static_cast<int>(i);
+  return inv;
+}
+
+// One real convolution in Nx's layout ({N, C, spatial...} input, {O, I,
+// spatial...} kernel) through MLX's channels-last conv_general.
+mx::array conv_nchw(const mx::array &x, const mx::array &k, const std::vector<int> &strides,
+                    const std::vector<int> &lo, const std::vector<int> &hi, const std::vector<int> &in_dil,
+                    const std::vector<int> &k_dil, int groups, SD s) {
+  int nd = static_cast<int>(x.ndim());
+  std::vector<int> to_last{0}, to_first{0, nd - 1};
+  for (int i = 2; i < nd; i++) to_last.push_back(i);
+  to_last.push_back(1);
+  for (int i = 1; i < nd - 1; i++) to_first.push_back(i);
+  // Negative padding crops the (dilated) input: pad what is positive, slice the rest.
+  std::vector<int> plo, phi;
+  bool crop = false;
+  for (size_t i = 0; i < lo.size(); i++) {
+    plo.push_back(std::max(lo[i], 0));
+    phi.push_back(std::max(hi[i], 0));
+    crop |= lo[i] < 0 || hi[i] < 0;
+  }
+  auto xin = mx::transpose(x, to_last, s);
+  if (crop) {
+    // Dilate and pad explicitly, crop, then convolve without padding.
+    std::vector<int64_t> l(nd, 0), h(nd, 0), in(nd, 0);
+    for (size_t i = 0; i < lo.size(); i++) {
+      l[i + 1] = lo[i];
+      h[i + 1] = hi[i];
+      in[i + 1] = in_dil[i] - 1;
+    }
+    xin = emlx_pad_impl(xin, mx::array(0, xin.dtype()), l, h, in, s);
+    std::vector<int> zeros(lo.size(), 0), ones(lo.size(), 1);
+    auto r = mx::conv_general(xin, mx::transpose(k, to_last, s), strides, zeros, zeros, k_dil, ones, groups, false, s);
+    return mx::transpose(r, to_first, s);
+  }
+  auto r = mx::conv_general(xin, mx::transpose(k, to_last, s), strides, plo, phi, k_dil, in_dil, groups, false, s);
+  return mx::transpose(r, to_first, s);
+}
+
+mx::array conv_typed(const mx::array &x, const mx::array &k, const std::vector<int> &strides,
+                     const std::vector<int> &lo, const std::vector<int> &hi, const std::vector<int> &in_dil,
+                     const std::vector<int> &k_dil, int groups, SD s) {
+  if (is_complex(x.dtype())) {
+    // (a + bi) * (c + di) = (ac - bd) + (ad + bc)i, four real convolutions
+    auto a = mx::real(x, s), b = mx::imag(x, s), c = mx::real(k, s), d = mx::imag(k, s);
+    auto f = [&](const mx::array &u, const mx::array &v) { return conv_nchw(u, v, strides, lo, hi, in_dil, k_dil, groups, s); };
+    auto re = mx::subtract(f(a, c), f(b, d), s);
+    auto im = mx::add(f(a, d), f(b, c), s);
+    return mx::add(mx::astype(re, mx::complex64, s),
+                   mx::multiply(mx::astype(im, mx::complex64, s), mx::array(std::complex<float>(0.0f, 1.0f)), s), s);
+  }
+  return conv_nchw(x, k, strides, lo, hi, in_dil, k_dil, groups, s);
+}
+
+mx::array emlx_conv(const mx::array &x0, const mx::array &k0, const std::vector<int> &strides,
+                    const std::vector<int> &lo, const std::vector<int> &hi, const std::vector<int> &in_dil,
+                    const std::vector<int> &k_dil, int fgroups, int bgroups, const std::vector<int> &in_perm,
+                    const std::vector<int> &k_perm, const std::vector<int> &out_perm, std::optional<mx::Dtype> out,
+                    SD s) {
+  mx::Dtype t = out ? *out : mx::promote_types(x0.dtype(), k0.dtype());
+  // MLX convolves floats: integers go through float64 on the CPU (exact to
+  // 2^53), float32 elsewhere.
+  mx::Dtype ct = t;
+  if (!is_float(t) && !is_complex(t)) ct = mx::to_stream(s).device == mx::Device::cpu ? mx::float64 : mx::float32;
+  auto x = mx::transpose(mx::astype(x0, ct, s), in_perm, s);
+  auto k = mx::transpose(mx::astype(k0, ct, s), k_perm, s);
+  mx::array r = x;
+  if (bgroups > 1) {
+    // Batch groups: the g-th slice of the batch meets the g-th slice of the
+    // output features; results are joined along the features.
+    int n = x.shape(0) / bgroups, o = k.shape(0) / bgroups;
+    std::vector<mx::array> parts;
+    for (int g = 0; g < bgroups; g++) {
+      mx::Shape xs(x.ndim(), 0), xe = x.shape(), ks(k.ndim(), 0), ke = k.shape();
+      xs[0] = g * n;
+      xe[0] = (g + 1) * n;
+      ks[0] = g * o;
+      ke[0] = (g + 1) * o;
+      parts.push_back(conv_typed(mx::slice(x, xs, xe, s), mx::slice(k, ks, ke, s), strides, lo, hi, in_dil, k_dil,
+                                 fgroups, s));
+    }
+    r = mx::concatenate(parts, 1, s);
+  } else {
+    r = conv_typed(x, k, strides, lo, hi, in_dil, k_dil, fgroups, s);
+  }
+  // Nx gives the output permutation as the layout of the result.
+  r = mx::transpose(r, inverse_perm(out_perm), s);
+  if (!is_float(t) && !is_complex(t)) r = mx::round(r, 0, s);
+  return mx::astype(r, t, s);
+}
+
+// ---- windows ----
+
+// A view of every window: shape out_dims ++ window_dims, after padding x
+// with `value` (lo/hi per axis).
+mx::array window_view(const mx::array &x, const mx::array &value, const mx::Shape &window,
+                      const std::vector<int64_t> &strides, const std::vector<int64_t> &lo,
+                      const std::vector<int64_t> &hi, const std::vector<int64_t> &dil, SD s) {
+  int nd = static_cast<int>(x.ndim());
+  if (static_cast<int>(window.size()) != nd || static_cast<int>(strides.size()) != nd ||
+      static_cast<int>(lo.size()) != nd || static_cast<int>(hi.size()) != nd || static_cast<int>(dil.size()) != nd)
+    throw arg_error("window options must have one entry per dimension");
+  std::vector<int64_t> zero(nd, 0);
+  auto p = mx::contiguous(emlx_pad_impl(x, value, lo, hi, zero, s), false, s);
+  mx::Shape shape;
+  mx::Strides st;
+  int64_t stride = 1;
+  std::vector<int64_t> rowmajor(nd);
+  for (int i = nd - 1; i >= 0; i--) {
+    rowmajor[i] = stride;
+    stride *= p.shape(i);
+  }
+  for (int i = 0; i < nd; i++) {
+    int64_t span = (window[i] - 1) * dil[i] + 1;
+    int64_t o = p.shape(i) >= span ? (p.shape(i) - span) / strides[i] + 1 : 0;
+    shape.push_back(static_cast<int32_t>(o));
+    st.push_back(rowmajor[i] * strides[i]);
+  }
+  for (int i = 0; i < nd; i++) {
+    shape.push_back(window[i]);
+    st.push_back(rowmajor[i] * dil[i]);
+  }
+  return mx::as_strided(p, shape, st, 0, s);
+}
+
+mx::array identity_value(int kind, mx::Dtype d) {
+  switch (kind) {
+    case 0: return mx::array(0, d);
+    case 1: return mx::array(1, d);
+    default: {
+      bool is_max = kind == 2;
+      if (is_float(d)) return mx::array(is_max ? -INFINITY : INFINITY, d);
+      if (is_signed_int(d)) {
+        int64_t hi = d.size() == 8 ? INT64_MAX : (int64_t(1) << (d.size() * 8 - 1)) - 1;
+        int64_t lo = d.size() == 8 ? INT64_MIN : -(int64_t(1) << (d.size() * 8 - 1));
+        return mx::array(is_max ? lo : hi, d);
+      }
+      uint64_t hi = d.size() == 8 ? UINT64_MAX : (uint64_t(1) << (d.size() * 8)) - 1;
+      return is_max ? mx::array(0, d) : mx::array(hi, d);
+    }
+  }
+}
+
+// window_sum (0), window_product (1), window_max (2), window_min (3)
+mx::array emlx_window_reduce(const mx::array &x, int64_t kind, const mx::Shape &window,
+                             const std::vector<int64_t> &strides, const std::vector<int64_t> &lo,
+                             const std::vector<int64_t> &hi, const std::vector<int64_t> &dil, SD s) {
+  auto v = window_view(x, identity_value(static_cast<int>(kind), x.dtype()), window, strides, lo, hi, dil, s);
+  int nd = static_cast<int>(x.ndim());
+  std::vector<int> axes;
+  for (int i = 0; i < nd; i++) axes.push_back(nd + i);
+  switch (kind) {
+    case 0: return mx::sum(v, axes, false, s);
+    case 1: return mx::prod(v, axes, false, s);
+    case 2: return mx::max(v, axes, false, s);
+    default: return mx::min(v, axes, false, s);
+  }
+}
+
+// All windows flattened: out_dims ++ [window size], for reductions with an
+// arbitrary function (done by the caller).
+mx::array emlx_windows(const mx::array &x, const mx::array &value, const mx::Shape &window,
+                       const std::vector<int64_t> &strides, const std::vector<int64_t> &lo,
+                       const std::vector<int64_t> &hi, const std::vector<int64_t> &dil, SD s) {
+  auto v = window_view(x, mx::astype(value, x.dtype(), s), window, strides, lo, hi, dil, s);
+  mx::Shape shape(v.shape().begin(), v.shape().begin() + x.ndim());
+  shape.push_back(-1);
+  return mx::reshape(v, shape, s);
+}
+
+// window_scatter_max/min: each window picks its last max (min) element and
+// the source value for the window is added there; init elsewhere.
+mx::array emlx_window_scatter(const mx::array &x, const mx::array &source, const mx::array &init, bool is_max,
+                              const mx::Shape &window, const std::vector<int64_t> &strides,
+                              const std::vector<int64_t> &lo, const std::vector<int64_t> &hi, SD s) {
+  int nd = static_cast<int>(x.ndim());
+  std::vector<int64_t> one(nd, 1), zero(nd, 0);
+  auto initv = mx::astype(init, x.dtype(), s);
+  auto vals = emlx_windows(x, initv, window, strides, lo, hi, one, s);
+  // flat indices into the padded tensor, windowed the same way
+  mx::Shape pshape;
+  for (int i = 0; i < nd; i++) pshape.push_back(static_cast<int32_t>(x.shape(i) + lo[i] + hi[i]));
+  size_t psize = 1;
+  for (auto d : pshape) psize *= static_cast<size_t>(d);
+  auto ids = mx::reshape(mx::arange(0.0, static_cast<double>(psize), 1.0, mx::int64, s), pshape, s);
+  auto idw = emlx_windows(ids, mx::array(int64_t(0)), window, strides, zero, zero, one, s);
+  int w = vals.shape(-1);
+  auto flipped = mx::flip(vals, -1, s);
+  auto pos = is_max ? mx::argmax(flipped, -1, true, s) : mx::argmin(flipped, -1, true, s);
+  pos = mx::subtract(mx::array(w - 1, pos.dtype()), pos, s);
+  auto target = mx::reshape(mx::take_along_axis(idw, mx::astype(pos, mx::int32, s), -1, s), {-1}, s);
+  auto src = mx::reshape(mx::astype(source, x.dtype(), s), {-1, 1}, s);
+  auto acc = mx::scatter_add(mx::zeros({static_cast<int32_t>(psize)}, x.dtype(), s), {target}, src, {0}, s);
+  acc = mx::reshape(acc, pshape, s);
+  mx::Shape start, stop;
+  for (int i = 0; i < nd; i++) {
+    start.push_back(static_cast<int32_t>(lo[i]));
+    stop.push_back(static_cast<int32_t>(lo[i] + x.shape(i)));
+  }
+  return mx::add(mx::slice(acc, start, stop, s), initv, s);
+}
+
+// ---- FFT ----
+
+mx::array emlx_fft(const mx::array &x, int64_t n, int64_t axis, bool inverse, double eps, SD s) {
+  auto c = is_complex(x.dtype()) ? x : mx::astype(x, mx::complex64, s);
+  auto norm = mx::fft::FFTNorm::Backward;
+  auto r = inverse ? mx::fft::ifft(c, static_cast<int>(n), static_cast<int>(axis), norm, s)
+                   : mx::fft::fft(c, static_cast<int>(n), static_cast<int>(axis), norm, s);
+  if (eps > 0) {
+    auto e = mx::array(static_cast<float>(eps));
+    auto re = mx::real(r, s);
+    auto im = mx::imag(r, s);
+    re = mx::where(mx::less_equal(mx::abs(re, s), e, s), mx::zeros_like(re, s), re, s);
+    im = mx::where(mx::less_equal(mx::abs(im, s), e, s), mx::zeros_like(im, s), im, s);
+    r = mx::add(mx::astype(re, mx::complex64, s),
+                mx::multiply(mx::astype(im, mx::complex64, s), mx::array(std::complex<float>(0.0f, 1.0f)), s), s);
+  }
+  return r;
+}
+
+// ---- linear algebra (MLX runs these on the CPU) ----
+
+// Decompositions run in the output's float type (f32 for half types and
+// integers, f64 stays f64).
+mx::array float_for_linalg(const mx::array &x, std::optional<mx::Dtype> out, SD s) {
+  mx::Dtype t = out ? *out : (is_float(x.dtype()) ? x.dtype() : mx::float32);
+  if (t != mx::float64) t = mx::float32;
+  return mx::astype(x, t, s);
+}
+
+// Triangular solves are cheap: on the CPU they run in float64 and round once,
+// which gives the correctly rounded float32 answer Nx's reference gives.
+mx::array precise_for_linalg(const mx::array &x, std::optional<mx::Dtype> out, SD s) {
+  if (mx::to_stream(s).device == mx::Device::cpu) return mx::astype(x, mx::float64, s);
+  return float_for_linalg(x, out, s);
+}
+
+// Complex systems through the real embedding [[Ar, -Ai], [Ai, Ar]].
+mx::array complex_solve(const mx::array &a, const mx::array &b, SD s) {
+  auto ar = mx::astype(mx::real(a, s), mx::float64, s), ai = mx::astype(mx::imag(a, s), mx::float64, s);
+  bool vec = b.ndim() == a.ndim() - 1;
+  auto bb = vec ? mx::expand_dims(b, -1, s) : b;
+  auto br = mx::astype(mx::real(bb, s), mx::float64, s), bi = mx::astype(mx::imag(bb, s), mx::float64, s);
+  auto top = mx::concatenate({ar, mx::negative(ai, s)}, -1, s);
+  auto bottom = mx::concatenate({ai, ar}, -1, s);
+  auto m = mx::concatenate({top, bottom}, -2, s);
+  auto rhs = mx::concatenate({br, bi}, -2, s);
+  auto x = mx::linalg::solve(m, rhs, s);
+  int n = a.shape(-1);
+  auto xs = x.shape();
+  mx::Shape start(x.ndim(), 0), mid = xs;
+  mid[mid.size() - 2] = n;
+  mx::Shape start2(x.ndim(), 0);
+  start2[start2.size() - 2] = n;
+  auto xr = mx::slice(x, start, mid, s), xi = mx::slice(x, start2, xs, s);
+  auto r = mx::add(mx::astype(xr, mx::complex64, s),
+                   mx::multiply(mx::astype(xi, mx::complex64, s), mx::array(std::complex<float>(0.0f, 1.0f)), s), s);
+  return vec ? mx::squeeze(r, -1, s) : r;
+}
+
+mx::array emlx_triangular_solve(const mx::array &a0, const mx::array &b0, bool left, bool lower, bool transpose,
+                                std::optional<mx::Dtype> out, SD s) {
+  // Nx raises on a singular (zero-diagonal) matrix: check it now.
+  auto diag = mx::diagonal(a0, 0, -2, -1, s);
+  if (mx::any(mx::equal(diag, mx::zeros_like(diag, s), s), s).item<bool>())
+    throw arg_error("can't solve for singular matrix");
+  if (is_complex(a0.dtype()) || is_complex(b0.dtype())) {
+    auto a = mx::astype(a0, mx::complex64, s), b = mx::astype(b0, mx::complex64, s);
+    if (transpose) a = mx::swapaxes(a, -1, -2, s);
+    if (left) return complex_solve(a, b, s);
+    bool vec = b.ndim() == a.ndim() - 1;
+    auto bt = vec ? b : mx::swapaxes(b, -1, -2, s);
+    auto xt = complex_solve(mx::swapaxes(a, -1, -2, s), bt, s);
+    return vec ? xt : mx::swapaxes(xt, -1, -2, s);
+  }
+  auto a = precise_for_linalg(a0, out, s), b = precise_for_linalg(b0, out, s);
+  if (transpose) {
+    a = mx::swapaxes(a, -1, -2, s);
+    lower = !lower;
+  }
+  bool vec = b.ndim() == a.ndim() - 1;
+  if (vec) b = mx::expand_dims(b, -1, s);
+  mx::array x = a;
+  if (left) {
+    x = mx::linalg::solve_triangular(a, b, !lower, s);
+  } else {
+    // x a = b  <=>  a^T x^T = b^T
+    auto xt = mx::linalg::solve_triangular(mx::swapaxes(a, -1, -2, s), mx::swapaxes(b, -1, -2, s), lower, s);
+    x = mx::swapaxes(xt, -1, -2, s);
+  }
+  if (vec) x = mx::squeeze(x, -1, s);
+  return x;
+}
+
+// -0.0 becomes +0.0, as Nx's own decompositions produce.
+mx::array plus_zero(const mx::array &x, SD s) { return mx::add(x, mx::array(0.0, x.dtype()), s); }
+
+std::vector<mx::array> emlx_qr(const mx::array &a0, bool complete, std::optional<mx::Dtype> out, SD s) {
+  auto a = float_for_linalg(a0, out, s);
+  int m = a.shape(-2), n = a.shape(-1);
+  if (complete && m > n) {
+    // Complete Q from the QR of [A | I]: its first m columns span R^m.
+    mx::Shape eshape(a.shape().begin(), a.shape().end() - 2);
+    eshape.push_back(m);
+    eshape.push_back(m);
+    auto aug = mx::concatenate({a, mx::broadcast_to(mx::eye(m, a.dtype(), s), eshape, s)}, -1, s);
+    auto [q, r] = mx::linalg::qr(aug, s);
+    auto rr = mx::slice(r, mx::Shape(r.ndim(), 0), [&] {
+      auto e = r.shape();
+      e[e.size() - 1] = n;
+      return e;
+    }(), s);
+    return {plus_zero(q, s), plus_zero(rr, s)};
+  }
+  auto [q, r] = mx::linalg::qr(a, s);
+  return {plus_zero(q, s), plus_zero(r, s)};
+}
+
+std::vector<mx::array> emlx_svd(const mx::array &a0, bool full, std::optional<mx::Dtype> out, SD s) {
+  auto a = float_for_linalg(a0, out, s);
+  auto r = mx::linalg::svd(a, true, s);
+  if (!full) {
+    int m = a.shape(-2), n = a.shape(-1), k = std::min(m, n);
+    auto u = r[0], vt = r[2];
+    auto ue = u.shape();
+    ue[ue.size() - 1] = k;
+    auto ve = vt.shape();
+    ve[ve.size() - 2] = k;
+    r[0] = mx::slice(u, mx::Shape(u.ndim(), 0), ue, s);
+    r[2] = mx::slice(vt, mx::Shape(vt.ndim(), 0), ve, s);
+  }
+  return {plus_zero(r[0], s), plus_zero(r[1], s), plus_zero(r[2], s)};
+}
+
+std::vector<mx::array> emlx_eigh(const mx::array &a0, std::optional<mx::Dtype> out, SD s) {
+  auto a = float_for_linalg(a0, out, s);
+  auto [w, v] = mx::linalg::eigh(a, "L", s);
+  // Nx orders eigenvalues from the largest down
+  return {plus_zero(mx::flip(w, -1, s), s), plus_zero(mx::flip(v, -1, s), s)};
+}
+
+std::vector<mx::array> emlx_lu(const mx::array &a0, std::optional<mx::Dtype> out, SD s) {
+  auto a = float_for_linalg(a0, out, s);
+  auto r = mx::linalg::lu(a, s);  // {pivots as a permutation vector, L, U}
+  // Nx returns P as a matrix with A = P.L.U
+  int n = a.shape(-2);
+  auto p = mx::astype(r[0], mx::int32, s);
+  auto ar = mx::arange(n, s);
+  // pm[i][j] = (p[i] == j), so that A = pm . L . U
+  auto pm = mx::astype(mx::equal(mx::expand_dims(p, -1, s), ar, s), a.dtype(), s);
+  return {pm, plus_zero(r[1], s), plus_zero(r[2], s)};
+}
+
+mx::array emlx_cholesky(const mx::array &a0, std::optional<mx::Dtype> out, SD s) {
+  return mx::linalg::cholesky(float_for_linalg(a0, out, s), false, s);
+}
+
+mx::array emlx_solve(const mx::array &a0, const mx::array &b0, std::optional<mx::Dtype> out, SD s) {
+  auto a = float_for_linalg(a0, out, s), b = float_for_linalg(b0, out, s);
+  bool vec = b.ndim() == a.ndim() - 1;
+  auto x = mx::linalg::solve(a, vec ? mx::expand_dims(b, -1, s) : b, s);
+  return vec ? mx::squeeze(x, -1, s) : x;
+}
+
+mx::array emlx_determinant(const mx::array &a0, std::optional<mx::Dtype> out, SD s) {
+  return mx::linalg::det(float_for_linalg(a0, out, s), s);
 }
 
 // ---- the op table ----

@@ -394,37 +394,194 @@ defmodule EMLX.Backend do
   def block(%Nx.Block.TakeAlongAxis{axis: axis}, out, [t, indices | _], _fun),
     do: run(out, :take_along_axis, [t, indices, axis], nil)
 
+  def block(%Nx.Block.LinAlg.QR{mode: mode} = struct, out, [t | _] = args, fun) do
+    if linalg_native?([t]),
+      do: run_multi(out, :qr, [t, mode == :complete]),
+      else: apply(fun, [struct | args])
+  end
+
+  def block(%Nx.Block.LinAlg.SVD{full_matrices?: full} = struct, out, [t | _] = args, fun) do
+    if linalg_native?([t]), do: run_multi(out, :svd, [t, full]), else: apply(fun, [struct | args])
+  end
+
+  def block(%Nx.Block.LinAlg.Eigh{} = struct, out, [t | _] = args, fun) do
+    if linalg_native?([t]), do: run_multi(out, :eigh, [t]), else: apply(fun, [struct | args])
+  end
+
+  def block(%Nx.Block.LinAlg.LU{} = struct, out, [t | _] = args, fun) do
+    if linalg_native?([t]), do: run_multi(out, :lu, [t]), else: apply(fun, [struct | args])
+  end
+
+  def block(%Nx.Block.LinAlg.Cholesky{} = struct, out, [t | _] = args, fun) do
+    if linalg_native?([t]), do: run(out, :cholesky, [t]), else: apply(fun, [struct | args])
+  end
+
+  def block(%Nx.Block.LinAlg.Solve{} = struct, out, [a, b | _] = args, fun) do
+    if linalg_native?([a, b]), do: run(out, :solve, [a, b]), else: apply(fun, [struct | args])
+  end
+
+  def block(%Nx.Block.LinAlg.Determinant{} = struct, out, [t | _] = args, fun) do
+    if linalg_native?([t]), do: run(out, :determinant, [t]), else: apply(fun, [struct | args])
+  end
+
   def block(struct, _out, args, fun), do: apply(fun, [struct | args])
 
-  ## Not implemented yet: each raises naming the callback
+  ## Convolution, windows and reductions with a function
 
-  not_yet = [
-    conv: 4,
-    window_sum: 4,
-    window_product: 4,
-    window_max: 4,
-    window_min: 4,
-    window_scatter_max: 6,
-    window_scatter_min: 6,
-    reduce: 5,
-    window_reduce: 6,
-    triangular_solve: 4,
-    fft: 3,
-    ifft: 3,
-    from_pointer: 5,
-    to_pointer: 2
-  ]
+  @impl true
+  def conv(out, tensor, kernel, opts) do
+    {lo, hi} = Enum.unzip(opts[:padding])
 
-  for {name, arity} <- not_yet do
-    args = Macro.generate_arguments(arity, __MODULE__)
+    run(out, :conv, [
+      tensor,
+      kernel,
+      opts[:strides],
+      lo,
+      hi,
+      opts[:input_dilation],
+      opts[:kernel_dilation],
+      opts[:feature_group_size],
+      opts[:batch_group_size],
+      opts[:input_permutation],
+      opts[:kernel_permutation],
+      opts[:output_permutation]
+    ])
+  end
 
+  for {op, kind} <- [window_sum: 0, window_product: 1, window_max: 2, window_min: 3] do
     @impl true
-    def unquote(name)(unquote_splicing(args)) do
-      _ = {unquote_splicing(args)}
-
-      raise ArgumentError,
-            "EMLX.Backend does not implement #{unquote(name)}/#{unquote(arity)} yet"
+    def unquote(op)(%T{type: type} = out, tensor, window, opts) do
+      tensor = if tensor.type != type, do: as_type(%{tensor | type: type}, tensor), else: tensor
+      {lo, hi} = Enum.unzip(opts[:padding])
+      args = [tensor, unquote(kind), window, opts[:strides], lo, hi, opts[:window_dilations]]
+      run(out, :window_reduce, args)
     end
+  end
+
+  for {op, is_max} <- [window_scatter_max: true, window_scatter_min: false] do
+    @impl true
+    def unquote(op)(out, tensor, source, init_value, window, opts) do
+      {lo, hi} = Enum.unzip(opts[:padding])
+      args = [tensor, source, init_value, unquote(is_max), window, opts[:strides], lo, hi]
+      run(out, :window_scatter, args)
+    end
+  end
+
+  # Reductions with an arbitrary function fold pairwise (a tree of
+  # log2(n) steps of element-wise ops on MLX), then fold in the initial
+  # accumulator; the function must be associative and commutative, as Nx
+  # requires for compiled backends.
+  @impl true
+  def reduce(%T{type: type, shape: out_shape} = out, %T{shape: shape} = tensor, acc, opts, fun) do
+    axes = opts[:axes] || Nx.axes(shape)
+    kept = Nx.axes(shape) -- axes
+    kept_shape = Enum.map(kept, &elem(shape, &1))
+
+    flat =
+      tensor
+      |> Nx.transpose(axes: kept ++ axes)
+      |> Nx.reshape(List.to_tuple(kept_shape ++ [Enum.reduce(axes, 1, &(elem(shape, &1) * &2))]))
+
+    flat
+    |> fold_last_axis(acc, List.to_tuple(kept_shape), fun)
+    |> Nx.as_type(type)
+    |> Nx.reshape(out_shape)
+    |> then(&%{out | data: &1.data})
+  end
+
+  @impl true
+  def window_reduce(%T{type: type} = out, tensor, acc, window, opts, fun) do
+    {lo, hi} = Enum.unzip(opts[:padding])
+    windows_shape = Tuple.append(out.shape, Tuple.product(window))
+
+    windows_out = %{
+      out
+      | shape: windows_shape,
+        type: tensor.type,
+        names: List.duplicate(nil, tuple_size(windows_shape))
+    }
+
+    windows =
+      run(
+        windows_out,
+        :windows,
+        [tensor, acc, window, opts[:strides], lo, hi, opts[:window_dilations]],
+        nil
+      )
+
+    windows
+    |> fold_last_axis(acc, out.shape, fun)
+    |> Nx.as_type(type)
+    |> then(&%{out | data: &1.data})
+  end
+
+  defp fold_last_axis(%T{shape: shape} = t, acc, result_shape, fun) do
+    last = tuple_size(shape) - 1
+
+    case elem(shape, last) do
+      0 ->
+        Nx.broadcast(acc, result_shape)
+
+      _ ->
+        t |> tree_fold(last, fun) |> Nx.squeeze(axes: [last]) |> fun.(acc)
+    end
+  end
+
+  defp tree_fold(%T{shape: shape} = t, axis, fun) do
+    case elem(shape, axis) do
+      1 ->
+        t
+
+      n ->
+        half = div(n, 2)
+        a = Nx.slice_along_axis(t, 0, half, axis: axis)
+        b = Nx.slice_along_axis(t, half, half, axis: axis)
+        folded = fun.(a, b)
+
+        folded =
+          if rem(n, 2) == 1,
+            do:
+              Nx.concatenate([folded, Nx.slice_along_axis(t, n - 1, 1, axis: axis)], axis: axis),
+            else: folded
+
+        tree_fold(folded, axis, fun)
+    end
+  end
+
+  ## FFT
+
+  @impl true
+  def fft(out, tensor, opts), do: fft(out, tensor, opts, false)
+
+  @impl true
+  def ifft(out, tensor, opts), do: fft(out, tensor, opts, true)
+
+  defp fft(%T{shape: shape} = out, tensor, opts, inverse) do
+    axis = opts[:axis] || tuple_size(shape) - 1
+    run(out, :fft, [tensor, opts[:length], axis, inverse, opts[:eps] || 0.0])
+  end
+
+  ## Linear algebra
+
+  @impl true
+  def triangular_solve(out, a, b, opts) do
+    args = [a, b, opts[:left_side], opts[:lower], opts[:transform_a] == :transpose]
+    run(out, :triangular_solve, args)
+  end
+
+  defp linalg_native?(tensors),
+    do: Enum.all?(tensors, fn %T{type: {kind, _}} -> kind != :c end)
+
+  ## Pointers
+
+  @impl true
+  def from_pointer(_pointer, _type, _shape, _backend_opts, _opts) do
+    raise ArgumentError, "EMLX.Backend does not implement from_pointer/5 yet"
+  end
+
+  @impl true
+  def to_pointer(_tensor, _opts) do
+    raise ArgumentError, "EMLX.Backend does not implement to_pointer/2 yet"
   end
 
   ## Running ops
@@ -439,6 +596,24 @@ defmodule EMLX.Backend do
     raw = Enum.map(args, &arg_on(&1, device, queue))
     ref = run_ref(queue, op, raw, if(cast == :out, do: type, else: cast))
     wrap(out, ref, device, queue)
+  end
+
+  # Ops with several results: each is cast to its template's type.
+  defp run_multi(outs, op, args) when is_tuple(outs) do
+    templates = Tuple.to_list(outs)
+    [%T{type: type} | _] = templates
+    device = args_device(args)
+    check_type!(type, device, op)
+    queue = EMLX.resolve_worker(device)
+    raw = Enum.map(args, &arg_on(&1, device, queue))
+    refs = run_ref(queue, op, raw, nil)
+
+    templates
+    |> Enum.zip_with(refs, fn %T{type: t} = template, ref ->
+      ref = run_ref(queue, :as_type, [ref, t], nil)
+      wrap(template, ref, device, queue)
+    end)
+    |> List.to_tuple()
   end
 
   defp run_ref(queue, op, raw_args, out_type) do
