@@ -492,7 +492,7 @@ defmodule EMLX.Backend do
   @impl true
   def window_reduce(%T{type: type} = out, tensor, acc, window, opts, fun) do
     {lo, hi} = Enum.unzip(opts[:padding])
-    windows_shape = Tuple.append(out.shape, Tuple.product(window))
+    windows_shape = List.to_tuple(Tuple.to_list(out.shape) ++ [Tuple.product(window)])
 
     windows_out = %{
       out
