@@ -42,11 +42,17 @@ defmodule EMLX.NxDoctestTest do
     svd: 2
   ]
 
+  # Nx.Random.normal goes through erf_inv: MLX's float32 erf_inv differs from
+  # Nx's in the last digit. Re-tested with tolerances in precision_test.exs.
+  @random_excluded [normal: 4, multivariate_normal: 4]
+
   if System.get_env("EMLX_DOCTEST_ALL") in [nil, ""] do
     doctest Nx, except: @excluded
     doctest Nx.LinAlg, except: @linalg_excluded
+    doctest Nx.Random, except: @random_excluded
   else
     doctest Nx
     doctest Nx.LinAlg
+    doctest Nx.Random
   end
 end

@@ -90,4 +90,24 @@ defmodule EMLX.PrecisionTest do
     {p, l, uu} = Nx.LinAlg.lu(m)
     close(p |> Nx.dot(l) |> Nx.dot(uu), Nx.to_list(m), 1.0e-5)
   end
+
+  test "Nx.Random.normal and multivariate_normal to float32 rounding" do
+    key = Nx.Random.key(42)
+    {n, _} = Nx.Random.normal(Nx.backend_copy(key, EMLX.Backend))
+    close(n, 1.3694695, 1.0e-6)
+
+    {m, _} =
+      Nx.Random.multivariate_normal(
+        Nx.backend_copy(Nx.Random.key(10), EMLX.Backend),
+        emlx([0, 0]),
+        emlx([[1, 0], [0, 1]])
+      )
+
+    assert m.shape == {2}
+
+    {b, _} =
+      Nx.with_default_backend(Nx.BinaryBackend, fn -> Nx.Random.normal(Nx.Random.key(42)) end)
+
+    close(n, Nx.to_number(b), 1.0e-6)
+  end
 end
