@@ -364,6 +364,16 @@ ERL_NIF_TERM emlx_make_array(ErlNifEnv *env, emlx_queue_res *owner, emlx_arr *a)
   return t;
 }
 
+/* Replaces a live handle under the lock and returns the old one; returns
+ * NULL (and keeps nothing) when the tensor was deallocated meanwhile. */
+emlx_arr *emlx_array_swap(emlx_array_res *res, emlx_arr *a) {
+  spin_lock(res);
+  emlx_arr *old = res->arr;
+  if (old) res->arr = a;
+  spin_unlock(res);
+  return old;
+}
+
 /* Used by deallocate: takes the handle out under the lock. */
 emlx_arr *emlx_array_detach(emlx_array_res *res) {
   spin_lock(res);

@@ -3,7 +3,12 @@
  * Every function here decodes and checks its terms on the calling
  * scheduler, then hands MLX work to the queue's worker thread and returns
  * a reference at once; the result arrives as a message {Ref, Result}. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "emlx_nif.h"
 
@@ -210,6 +215,99 @@ static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
   return submit(env, job);
 }
 
+/* ---- pointers ---- */
+
+static int valid_shm_name(const char *name) {
+  if (name[0] != '/' || strlen(name) < 2) return 0;
+  for (const char *c = name + 1; *c; c++)
+    if (*c == '/') return 0;
+  return 1;
+}
+
+static int get_shm_name(ErlNifEnv *env, ERL_NIF_TERM t, char *out, size_t len) {
+  ErlNifBinary bin;
+  if (!enif_inspect_binary(env, t, &bin) || bin.size == 0 || bin.size + 2 > len) return 0;
+  size_t off = 0;
+  if (bin.data[0] != '/') out[off++] = '/';
+  memcpy(out + off, bin.data, bin.size);
+  out[off + bin.size] = 0;
+  return memchr(bin.data, 0, bin.size) == NULL && valid_shm_name(out);
+}
+
+static ERL_NIF_TERM nif_to_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  static _Atomic unsigned long counter;
+  emlx_queue_res *qr;
+  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  char mode[8];
+  unsigned perms;
+  if (enif_get_atom(env, argv[2], mode, sizeof mode, ERL_NIF_LATIN1) <= 0 ||
+      (strcmp(mode, "local") != 0 && strcmp(mode, "ipc") != 0))
+    return emlx_raise_arg(env, "pointer mode must be :local or :ipc");
+  if (!enif_get_uint(env, argv[3], &perms) || perms > 0777)
+    return emlx_raise_arg(env, "permissions must be a file mode between 0 and 0o777");
+  emlx_job *job = emlx_job_new(EMLX_JOB_TO_POINTER, qr);
+  if (!job) return emlx_raise_arg(env, "out of memory");
+  char err[256];
+  emlx_array_res *res;
+  emlx_arr *a = emlx_take_array(env, argv[1], &res, err, sizeof err);
+  if (!a) return fail(env, job, err);
+  if (!emlx_job_hold(job, a)) {
+    emlx_arr_free(a);
+    return fail(env, job, "out of memory");
+  }
+  job->args[0].kind = EMLX_ARG_ARR;
+  job->args[0].u.arr = a;
+  job->nargs = 1;
+  job->res = res;
+  enif_keep_resource(res);
+  job->ipc = strcmp(mode, "ipc") == 0;
+  job->permissions = perms;
+  snprintf(job->shm_name, sizeof job->shm_name, "/emlx-%ld-%lu", (long)getpid(), ++counter);
+  return submit(env, job);
+}
+
+static ERL_NIF_TERM nif_from_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_queue_res *qr;
+  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  emlx_job *job = emlx_job_new(EMLX_JOB_FROM_POINTER, qr);
+  if (!job) return emlx_raise_arg(env, "out of memory");
+  ErlNifUInt64 addr;
+  if (enif_get_uint64(env, argv[1], &addr)) {
+    if (addr == 0) return fail(env, job, "the pointer address is null");
+    job->ipc = 0;
+    job->address = (uintptr_t)addr;
+  } else if (get_shm_name(env, argv[1], job->shm_name, sizeof job->shm_name)) {
+    job->ipc = 1;
+  } else {
+    return fail(env, job, "expected an address (integer) or a shared-memory name (binary)");
+  }
+  if (!emlx_decode_dims(env, argv[2], job->dims, &job->ndim)) return fail(env, job, "invalid shape");
+  if (!emlx_decode_dtype(env, argv[3], &job->dtype)) return fail(env, job, "the type is not one MLX supports");
+  size_t count = 1;
+  for (int i = 0; i < job->ndim; i++) {
+    if (job->dims[i] != 0 && count > SIZE_MAX / (size_t)job->dims[i]) return fail(env, job, "shape too large");
+    count *= (size_t)job->dims[i];
+  }
+  size_t isz = emlx_dtype_size(job->dtype);
+  if (count > (SIZE_MAX >> 4) / isz) return fail(env, job, "shape too large");
+  job->nbytes = count * isz;
+  return submit(env, job);
+}
+
+static ERL_NIF_TERM nif_shm_unlink(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  char name[64];
+  if (!get_shm_name(env, argv[0], name, sizeof name)) return emlx_raise_arg(env, "invalid shared-memory name");
+  if (shm_unlink(name) != 0 && errno != ENOENT) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "shm_unlink %s: %s", name, strerror(errno));
+    return enif_make_tuple2(env, ATOM.error, enif_make_string(env, msg, ERL_NIF_LATIN1));
+  }
+  return ATOM.ok;
+}
+
 /* ---- array metadata (immutable once made, so read on the scheduler) ---- */
 
 static ERL_NIF_TERM nif_array_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -359,6 +457,9 @@ static ErlNifFunc funcs[] = {
     {"from_binary", 4, nif_from_binary, 0},
     {"to_binary", 3, nif_to_binary, 0},
     {"eval", 2, nif_eval, 0},
+    {"to_pointer", 4, nif_to_pointer, 0},
+    {"from_pointer", 4, nif_from_pointer, 0},
+    {"shm_unlink", 1, nif_shm_unlink, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"array_info", 1, nif_array_info, 0},
     {"array_strides", 1, nif_array_strides, 0},
     {"deallocate", 1, nif_deallocate, 0},

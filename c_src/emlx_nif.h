@@ -45,6 +45,8 @@ typedef enum {
   EMLX_JOB_TO_BINARY,
   EMLX_JOB_EVAL,
   EMLX_JOB_SYNC,
+  EMLX_JOB_TO_POINTER,
+  EMLX_JOB_FROM_POINTER,
   EMLX_JOB_FREE,
   EMLX_JOB_STOP
 } emlx_job_kind;
@@ -80,6 +82,13 @@ struct emlx_job {
 
   /* TO_BINARY */
   size_t limit;
+
+  /* TO_POINTER / FROM_POINTER */
+  emlx_array_res *res; /* kept: a to_pointer array is made contiguous in place */
+  int ipc;
+  unsigned permissions;
+  uintptr_t address;
+  char shm_name[64];
 
   /* FREE */
   emlx_arr *free_arr;
@@ -121,5 +130,6 @@ int emlx_decode_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *job, em
 emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_array_res **res_out, char *err, size_t errlen);
 ERL_NIF_TERM emlx_make_array(ErlNifEnv *env, emlx_queue_res *owner, emlx_arr *a);
 emlx_arr *emlx_array_detach(emlx_array_res *res);
+emlx_arr *emlx_array_swap(emlx_array_res *res, emlx_arr *a);
 
 #endif

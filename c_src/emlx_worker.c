@@ -4,9 +4,15 @@
  * that thread: MLX streams and their encoders are thread-local, so every
  * MLX call for the queue runs here. Jobs are FIFO; replies go back to the
  * calling process with enif_send as {Ref, Result}. */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include "emlx_nif.h"
 
@@ -42,6 +48,7 @@ void emlx_job_free(emlx_job *job) {
   }
   if (job->free_arr) emlx_arr_free(job->free_arr);
   if (job->env) enif_free_env(job->env);
+  if (job->res) enif_release_resource(job->res);
   if (job->qres) enif_release_resource(job->qres);
   enif_free(job);
 }
@@ -184,6 +191,127 @@ static void run_sync(emlx_queue *q, emlx_job *job) {
     reply(job, ATOM.ok);
 }
 
+/* ---- pointers ---- */
+
+static void reply_errno(emlx_job *job, const char *what) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(errno));
+  reply(job, enif_make_tuple3(job->env, ATOM.error, ATOM.argument, make_string(job->env, msg)));
+}
+
+/* The tensor is evaluated and made row-contiguous; the contiguous array
+ * replaces the resource's own handle (same values), so the address stays
+ * valid while the tensor lives. :ipc copies it into a new POSIX
+ * shared-memory segment (MLX arrays are immutable: a memcpy is needed). */
+static void run_to_pointer(emlx_queue *q, emlx_job *job) {
+  emlx_arr *view;
+  const void *data;
+  size_t nbytes;
+  emlx_status st = emlx_arr_host_view(q->stream, job->args[0].u.arr, &view, &data, &nbytes);
+  if (st != EMLX_OK) {
+    reply_error(job, st);
+    return;
+  }
+  if (!job->ipc) {
+    emlx_arr *old = emlx_array_swap(job->res, view);
+    if (!old) {
+      emlx_arr_free(view);
+      reply(job, enif_make_tuple3(job->env, ATOM.error, ATOM.argument,
+                                  make_string(job->env, "the tensor has been deallocated")));
+      return;
+    }
+    emlx_arr_free(old);
+    reply_ok(job, enif_make_tuple2(job->env, enif_make_uint64(job->env, (ErlNifUInt64)(uintptr_t)data),
+                                   enif_make_uint64(job->env, nbytes)));
+    return;
+  }
+  int fd = shm_open(job->shm_name, O_CREAT | O_EXCL | O_RDWR, (mode_t)job->permissions);
+  if (fd < 0) {
+    emlx_arr_free(view);
+    reply_errno(job, "shm_open");
+    return;
+  }
+  size_t map = nbytes ? nbytes : 1;
+  void *dst = MAP_FAILED;
+  if (ftruncate(fd, (off_t)map) == 0) dst = mmap(NULL, map, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (dst == MAP_FAILED) {
+    int e = errno;
+    close(fd);
+    shm_unlink(job->shm_name);
+    emlx_arr_free(view);
+    errno = e;
+    reply_errno(job, "shared memory");
+    return;
+  }
+  memcpy(dst, data, nbytes);
+  munmap(dst, map);
+  close(fd);
+  emlx_arr_free(view);
+  reply_ok(job, enif_make_tuple2(job->env, make_string(job->env, job->shm_name), enif_make_uint64(job->env, nbytes)));
+}
+
+/* :local copies from an address of this process with process_vm_readv,
+ * which fails with EFAULT on a bad address instead of crashing. :ipc maps
+ * the named segment, copies it, and unlinks it (the receiver owns it). The
+ * copy is deliberate: MLX may reuse an input's buffer for an output in
+ * place, which must never write into memory EMLX does not own. */
+static void run_from_pointer(emlx_queue *q, emlx_job *job) {
+  void *buf = enif_alloc(job->nbytes ? job->nbytes : 1);
+  if (!buf) {
+    reply_oom(job);
+    return;
+  }
+  if (!job->ipc) {
+    struct iovec local = {buf, job->nbytes}, remote = {(void *)job->address, job->nbytes};
+    ssize_t got = job->nbytes ? process_vm_readv(getpid(), &local, 1, &remote, 1, 0) : 0;
+    if (got < 0 || (size_t)got != job->nbytes) {
+      enif_free(buf);
+      if (got >= 0) errno = EFAULT;
+      reply_errno(job, "cannot read the pointer's memory");
+      return;
+    }
+  } else {
+    int fd = shm_open(job->shm_name, O_RDONLY, 0);
+    if (fd < 0) {
+      enif_free(buf);
+      reply_errno(job, "shm_open");
+      return;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || (size_t)sb.st_size < job->nbytes) {
+      close(fd);
+      enif_free(buf);
+      errno = EINVAL;
+      reply_errno(job, "the shared-memory segment is smaller than the tensor");
+      return;
+    }
+    void *src = job->nbytes ? mmap(NULL, job->nbytes, PROT_READ, MAP_SHARED, fd, 0) : NULL;
+    close(fd);
+    if (src == MAP_FAILED) {
+      enif_free(buf);
+      reply_errno(job, "mmap");
+      return;
+    }
+    if (src) {
+      memcpy(buf, src, job->nbytes);
+      munmap(src, job->nbytes);
+    }
+    shm_unlink(job->shm_name);
+  }
+  emlx_arr *out;
+  emlx_status st = emlx_arr_from_bytes(q->stream, buf, job->nbytes, job->dims, job->ndim, job->dtype, &out);
+  enif_free(buf);
+  if (st != EMLX_OK) {
+    reply_error(job, st);
+    return;
+  }
+  ERL_NIF_TERM t = emlx_make_array(job->env, job->qres, out);
+  if (!t)
+    reply_oom(job);
+  else
+    reply_ok(job, t);
+}
+
 /* ---- the thread ---- */
 
 static void queue_destroy(emlx_queue *q) {
@@ -234,6 +362,12 @@ static void *worker_main(void *arg) {
         break;
       case EMLX_JOB_SYNC:
         run_sync(q, job);
+        break;
+      case EMLX_JOB_TO_POINTER:
+        run_to_pointer(q, job);
+        break;
+      case EMLX_JOB_FROM_POINTER:
+        run_from_pointer(q, job);
         break;
       case EMLX_JOB_FREE:
         break;

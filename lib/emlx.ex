@@ -82,14 +82,22 @@ defmodule EMLX do
   Evaluates a (possibly lazy) MLX tensor on its command queue and waits for
   it. Accepts an `Nx.Tensor` on `EMLX.Backend` or a device ref.
   """
-  def eval(%Nx.Tensor{data: %EMLX.Backend{ref: ref, queue: queue}} = tensor) do
-    NIF.eval(queue, [ref]) |> NIF.await()
+  def eval(%Nx.Tensor{data: %EMLX.Backend{ref: ref, queue: queue, device: device}} = tensor) do
+    eval_on(queue, device, [ref])
     tensor
   end
 
   def eval({device, ref} = device_ref) when is_reference(ref) do
-    NIF.eval(resolve_worker(device), [ref]) |> NIF.await()
+    eval_on(resolve_worker(device), device, [ref])
     device_ref
+  end
+
+  defp eval_on(queue, device, refs) do
+    :telemetry.span([:emlx, :eval], %{device: device}, fn ->
+      {NIF.eval(queue, refs) |> NIF.await(), %{device: device}}
+    end)
+
+    EMLX.Telemetry.memory_stats()
   end
 
   @doc "Reads the whole tensor back as a binary (evaluating it first)."
@@ -143,6 +151,38 @@ defmodule EMLX do
       unquote(device) in [:cpu, :gpu] and is_reference(unquote(ref))
     end
   end
+
+  ## Pointers and shared memory
+
+  @doc """
+  Returns `{address, byte_size}` of the tensor's buffer. Evaluates the
+  tensor and makes it row-contiguous first; the address stays valid while
+  the tensor is referenced.
+  """
+  def tensor_data_ptr(%Nx.Tensor{} = t) do
+    %Nx.Pointer{address: address, data_size: size} = EMLX.Backend.to_pointer(t, mode: :local)
+    {address, size}
+  end
+
+  @doc """
+  Copies the tensor into a new POSIX shared-memory segment with the given
+  mode bits (e.g. `0o400`) and returns `{shm_name, byte_size}`. A memcpy is
+  needed: MLX arrays are immutable. The receiver unlinks the segment when
+  it opens it through `Nx.from_pointer/5`.
+  """
+  def tensor_to_shm(%Nx.Tensor{} = t, permissions \\ 0o400) do
+    %Nx.Pointer{handle: name, data_size: size} =
+      EMLX.Backend.to_pointer(t, mode: :ipc, permissions: permissions)
+
+    {name, size}
+  end
+
+  @doc """
+  Unlinks a POSIX shared-memory segment by its name. Call it when the
+  receiver never opens an `%Nx.Pointer{kind: :ipc}`, or the segment stays
+  until reboot. A segment already unlinked is fine.
+  """
+  def shm_unlink(name) when is_binary(name), do: NIF.shm_unlink(name)
 
   ## Memory
 

@@ -141,7 +141,10 @@ defmodule EMLX.Backend do
   @impl true
   def to_binary(%T{type: type, data: %__MODULE__{ref: ref, queue: queue}} = t, limit) do
     bytes = min(limit, flat_size(t)) * elem_bytes(type)
-    NIF.to_binary(queue, ref, bytes) |> NIF.await()
+
+    :telemetry.span([:emlx, :to_binary], %{bytes: bytes}, fn ->
+      {NIF.to_binary(queue, ref, bytes) |> NIF.await(), %{bytes: bytes}}
+    end)
   end
 
   @impl true
@@ -574,14 +577,53 @@ defmodule EMLX.Backend do
 
   ## Pointers
 
+  @doc """
+  `Nx.to_pointer/2`: `mode: :local` (default) evaluates the tensor, makes it
+  row-contiguous in place and returns the address of MLX's own buffer (no
+  copy; valid while the tensor lives). `mode: :ipc` copies the data into a
+  new POSIX shared-memory segment with `:permissions` (default `0o400`),
+  since MLX arrays are immutable; the receiver unlinks it when it opens it
+  (see `EMLX.shm_unlink/1` otherwise).
+  """
   @impl true
-  def from_pointer(_pointer, _type, _shape, _backend_opts, _opts) do
-    raise ArgumentError, "EMLX.Backend does not implement from_pointer/5 yet"
+  def to_pointer(%T{data: %__MODULE__{ref: ref, queue: queue}}, opts) do
+    mode = Keyword.get(opts, :mode, :local)
+    permissions = Keyword.get(opts, :permissions, 0o400)
+
+    case :telemetry.span([:emlx, :to_pointer], %{mode: mode}, fn ->
+           {NIF.to_pointer(queue, ref, mode, permissions) |> NIF.await(), %{mode: mode}}
+         end) do
+      {address, size} when is_integer(address) ->
+        %Nx.Pointer{kind: :local, address: address, data_size: size}
+
+      {name, size} ->
+        %Nx.Pointer{kind: :ipc, handle: name, data_size: size}
+    end
   end
 
+  @doc """
+  `Nx.from_pointer/5`: builds a tensor from a `:local` address of this OS
+  process or an `:ipc` shared-memory handle (which it unlinks). The data is
+  copied into an MLX buffer: MLX may reuse an input buffer in place for an
+  output, which must never write into memory EMLX does not own. A bad
+  address raises instead of crashing (the copy uses process_vm_readv).
+  """
   @impl true
-  def to_pointer(_tensor, _opts) do
-    raise ArgumentError, "EMLX.Backend does not implement to_pointer/2 yet"
+  def from_pointer(%Nx.Pointer{} = pointer, type, shape, backend_opts, opts) do
+    device = device_option(backend_opts)
+    check_type!(type, device, :from_pointer)
+    queue = EMLX.resolve_worker(device)
+
+    source =
+      case pointer do
+        %Nx.Pointer{kind: :local, address: address} when is_integer(address) -> address
+        %Nx.Pointer{kind: :ipc, handle: handle} when is_binary(handle) -> handle
+        other -> raise ArgumentError, "invalid pointer: #{inspect(other)}"
+      end
+
+    ref = NIF.from_pointer(queue, source, shape, type) |> NIF.await()
+    names = Keyword.get(opts, :names) || List.duplicate(nil, tuple_size(shape))
+    wrap(%T{shape: shape, type: type, names: names}, ref, device, queue)
   end
 
   ## Running ops

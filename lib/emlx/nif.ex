@@ -37,6 +37,16 @@ defmodule EMLX.NIF do
   def to_binary(_queue, _array, _limit_bytes), do: :erlang.nif_error(:nif_not_loaded)
   @doc "Posts the evaluation of a list of arrays."
   def eval(_queue, _arrays), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Posts making the array contiguous and returning `{address, bytes}` (`:local`) or a new shm segment `{name, bytes}` (`:ipc`)."
+  def to_pointer(_queue, _array, _mode, _permissions), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Posts a copy of memory at an address (integer) or in a named shm segment (binary) into a new array."
+  def from_pointer(_queue, _address_or_name, _shape, _type),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Unlinks a POSIX shared-memory segment; a missing one is fine."
+  def shm_unlink(_name), do: :erlang.nif_error(:nif_not_loaded)
   @doc "`{shape, type, owner_queue}` of an array."
   def array_info(_array), do: :erlang.nif_error(:nif_not_loaded)
   @doc "The strides (in elements) of an array."
