@@ -39,6 +39,9 @@ defmodule EMLX.MemoryTest do
     assert EMLX.set_cache_limit(prev) == 0
   end
 
+  def forward(event, measurements, metadata, parent),
+    do: send(parent, {event, measurements, metadata})
+
   test "telemetry: eval and to_binary spans, and memory statistics" do
     parent = self()
     id = "emlx-test-#{System.unique_integer()}"
@@ -46,8 +49,8 @@ defmodule EMLX.MemoryTest do
     :telemetry.attach_many(
       id,
       [[:emlx, :eval, :stop], [:emlx, :to_binary, :stop], [:emlx, :memory]],
-      fn event, measurements, metadata, _ -> send(parent, {event, measurements, metadata}) end,
-      nil
+      &__MODULE__.forward/4,
+      parent
     )
 
     try do
