@@ -14,6 +14,7 @@
 
 ErlNifResourceType *emlx_queue_type;
 ErlNifResourceType *emlx_array_type;
+ErlNifResourceType *emlx_program_type;
 emlx_atoms ATOM;
 
 static ERL_NIF_TERM *op_atoms;
@@ -37,6 +38,25 @@ static void array_dtor(ErlNifEnv *env, void *obj) {
   if (r->arr) emlx_post_free(r->owner, r->arr);
   r->arr = NULL;
   if (r->owner) enif_release_resource(r->owner);
+}
+
+static void program_dtor(ErlNifEnv *env, void *obj) {
+  (void)env;
+  emlx_program_res *p = obj;
+  if (p->compiled && p->owner) {
+    /* the compiled replay is dropped on its own thread */
+    emlx_job *job = emlx_job_new(EMLX_JOB_FREE, NULL);
+    if (job) {
+      job->free_compiled = p->compiled;
+      emlx_queue_post(p->owner->q, job);
+    } else {
+      emlx_compiled_free(p->compiled);
+    }
+  }
+  if (p->instrs) enif_free(p->instrs);
+  if (p->out_slots) enif_free(p->out_slots);
+  if (p->arena) emlx_job_free(p->arena);
+  if (p->owner) enif_release_resource(p->owner);
 }
 
 /* ---- helpers ---- */
@@ -208,6 +228,134 @@ static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
   ERL_NIF_TERM head, tail = argv[1];
   char err[256];
   if (!enif_is_list(env, tail)) return fail(env, job, "expected a list of arrays");
+  while (enif_get_list_cell(env, tail, &head, &tail)) {
+    emlx_arg tmp;
+    if (!emlx_decode_arg(env, head, EMLX_ARG_ARR, job, &tmp, err, sizeof err)) return fail(env, job, err);
+  }
+  return submit(env, job);
+}
+
+/* ---- programs ---- */
+
+/* Decodes one array-slot argument: an integer ('a') or a list of them ('A'). */
+static int decode_slot_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *arena, emlx_arg *out) {
+  out->kind = kind;
+  if (kind == EMLX_ARG_ARR) {
+    ErlNifSInt64 v;
+    if (!enif_get_int64(env, t, &v) || v < 0 || v > INT32_MAX) return 0;
+    out->u.i = v;
+    return 1;
+  }
+  unsigned len;
+  if (!enif_get_list_length(env, t, &len) || len == 0 || len > 4096) return 0;
+  int64_t *v = emlx_job_alloc(arena, sizeof(int64_t) * len);
+  if (!v) return 0;
+  ERL_NIF_TERM head, tail = t;
+  for (unsigned i = 0; i < len; i++) {
+    ErlNifSInt64 x;
+    enif_get_list_cell(env, tail, &head, &tail);
+    if (!enif_get_int64(env, head, &x) || x < 0 || x > INT32_MAX) return 0;
+    v[i] = x;
+  }
+  out->u.ints.v = v;
+  out->u.ints.n = (int)len;
+  return 1;
+}
+
+static int find_op(ERL_NIF_TERM name) {
+  for (int i = 0; i < op_count; i++)
+    if (enif_is_identical(name, op_atoms[i])) return i;
+  return -1;
+}
+
+/* program_new(queue, [{op, args, out_type}], ninputs, out_slots) */
+static ERL_NIF_TERM nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_queue_res *qr;
+  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  unsigned n, nouts;
+  int ninputs;
+  if (!enif_get_list_length(env, argv[1], &n) || n > 1000000) return emlx_raise_arg(env, "expected a list of instructions");
+  if (!enif_get_int(env, argv[2], &ninputs) || ninputs < 0) return emlx_raise_arg(env, "expected the number of inputs");
+  if (!enif_get_list_length(env, argv[3], &nouts) || nouts > 100000) return emlx_raise_arg(env, "expected a list of output slots");
+
+  emlx_program_res *p = enif_alloc_resource(emlx_program_type, sizeof(emlx_program_res));
+  if (!p) return emlx_raise_arg(env, "out of memory");
+  memset(p, 0, sizeof *p);
+  p->owner = qr;
+  enif_keep_resource(qr);
+  ERL_NIF_TERM term = enif_make_resource(env, p);
+  enif_release_resource(p); /* the term owns it now; a raise below frees it */
+
+  p->arena = emlx_job_new(EMLX_JOB_FREE, NULL);
+  p->instrs = enif_alloc(sizeof(emlx_instr) * (n ? n : 1));
+  p->out_slots = enif_alloc(sizeof(int) * (nouts ? nouts : 1));
+  if (!p->arena || !p->instrs || !p->out_slots) return emlx_raise_arg(env, "out of memory");
+  p->ninputs = ninputs;
+
+  ERL_NIF_TERM head, tail = argv[3];
+  for (unsigned i = 0; i < nouts; i++) {
+    enif_get_list_cell(env, tail, &head, &tail);
+    if (!enif_get_int(env, head, &p->out_slots[i]) || p->out_slots[i] < 0)
+      return emlx_raise_arg(env, "output slots must be non-negative integers");
+  }
+  p->nouts = (int)nouts;
+
+  tail = argv[1];
+  char err[256];
+  for (unsigned i = 0; i < n; i++) {
+    int arity;
+    const ERL_NIF_TERM *el;
+    emlx_instr *in = &p->instrs[i];
+    enif_get_list_cell(env, tail, &head, &tail);
+    if (!enif_get_tuple(env, head, &arity, &el) || arity != 3)
+      return emlx_raise_arg(env, "instruction %u: expected {op, args, out_type}", i);
+    in->op = find_op(el[0]);
+    if (in->op < 0) return emlx_raise_arg(env, "instruction %u: unknown EMLX op %T", i, el[0]);
+    const char *sig = emlx_op_signature(in->op);
+    int nsig = (int)strlen(sig);
+    unsigned len;
+    if (!enif_get_list_length(env, el[1], &len) || (int)len != nsig)
+      return emlx_raise_arg(env, "instruction %u: op %s expects %d arguments", i, emlx_op_name(in->op), nsig);
+    in->out_dtype = -1;
+    if (!enif_is_identical(el[2], ATOM.nil) && !emlx_decode_dtype(env, el[2], &in->out_dtype))
+      return emlx_raise_arg(env, "instruction %u: the output type is not one MLX supports", i);
+    ERL_NIF_TERM ah, at = el[1];
+    for (int k = 0; k < nsig; k++) {
+      enif_get_list_cell(env, at, &ah, &at);
+      int ok = (sig[k] == EMLX_ARG_ARR || sig[k] == EMLX_ARG_ARRS)
+                   ? decode_slot_arg(env, ah, sig[k], p->arena, &in->args[k])
+                   : emlx_decode_arg(env, ah, sig[k], p->arena, &in->args[k], err, sizeof err);
+      if (!ok) {
+        if (sig[k] == EMLX_ARG_ARR || sig[k] == EMLX_ARG_ARRS) snprintf(err, sizeof err, "expected a slot number");
+        return emlx_raise_arg(env, "instruction %u (%s), argument %d: %s", i, emlx_op_name(in->op), k + 1, err);
+      }
+    }
+    in->nargs = nsig;
+    p->ninstrs = (int)i + 1;
+  }
+  return term;
+}
+
+/* program_run(queue, program, inputs, compile?) */
+static ERL_NIF_TERM nif_program_run(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_queue_res *qr;
+  emlx_program_res *p;
+  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  if (!enif_get_resource(env, argv[1], emlx_program_type, (void **)&p) || !p->instrs)
+    return emlx_raise_arg(env, "expected an EMLX program");
+  if (p->owner->q != qr->q) return emlx_raise_arg(env, "a program runs on the command queue it was made for");
+  unsigned len;
+  if (!enif_get_list_length(env, argv[2], &len) || (int)len != p->ninputs)
+    return emlx_raise_arg(env, "the program expects %d inputs", p->ninputs);
+  emlx_job *job = emlx_job_new(EMLX_JOB_PROGRAM, qr);
+  if (!job) return emlx_raise_arg(env, "out of memory");
+  job->program = p;
+  enif_keep_resource(p);
+  job->compile = enif_is_identical(argv[3], ATOM.true_);
+  ERL_NIF_TERM head, tail = argv[2];
+  char err[256];
   while (enif_get_list_cell(env, tail, &head, &tail)) {
     emlx_arg tmp;
     if (!emlx_decode_arg(env, head, EMLX_ARG_ARR, job, &tmp, err, sizeof err)) return fail(env, job, err);
@@ -414,7 +562,8 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   (void)info;
   emlx_queue_type = enif_open_resource_type(env, NULL, "emlx_queue", queue_dtor, ERL_NIF_RT_CREATE, NULL);
   emlx_array_type = enif_open_resource_type(env, NULL, "emlx_array", array_dtor, ERL_NIF_RT_CREATE, NULL);
-  if (!emlx_queue_type || !emlx_array_type) return 1;
+  emlx_program_type = enif_open_resource_type(env, NULL, "emlx_program", program_dtor, ERL_NIF_RT_CREATE, NULL);
+  if (!emlx_queue_type || !emlx_array_type || !emlx_program_type) return 1;
 
 #define A(name) enif_make_atom(env, name)
   ATOM.ok = A("ok");
@@ -457,6 +606,8 @@ static ErlNifFunc funcs[] = {
     {"from_binary", 4, nif_from_binary, 0},
     {"to_binary", 3, nif_to_binary, 0},
     {"eval", 2, nif_eval, 0},
+    {"program_new", 4, nif_program_new, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"program_run", 4, nif_program_run, 0},
     {"to_pointer", 4, nif_to_pointer, 0},
     {"from_pointer", 4, nif_from_pointer, 0},
     {"shm_unlink", 1, nif_shm_unlink, ERL_NIF_DIRTY_JOB_IO_BOUND},

@@ -37,6 +37,19 @@ typedef struct {
   atomic_flag lock;
 } emlx_array_res;
 
+/* The NIF resource for a program (see emlx_program_run in emlx_shim.h).
+ * It belongs to one queue: MLX's compile cache is per thread. */
+typedef struct {
+  emlx_queue_res *owner;
+  emlx_instr *instrs;
+  int ninstrs;
+  int ninputs;
+  int *out_slots;
+  int nouts;
+  struct emlx_job *arena; /* holds the decoded argument lists */
+  emlx_compiled *compiled; /* made and used on the owner's thread */
+} emlx_program_res;
+
 /* ---- jobs ---- */
 
 typedef enum {
@@ -45,6 +58,7 @@ typedef enum {
   EMLX_JOB_TO_BINARY,
   EMLX_JOB_EVAL,
   EMLX_JOB_SYNC,
+  EMLX_JOB_PROGRAM,
   EMLX_JOB_TO_POINTER,
   EMLX_JOB_FROM_POINTER,
   EMLX_JOB_FREE,
@@ -90,13 +104,19 @@ struct emlx_job {
   uintptr_t address;
   char shm_name[64];
 
+  /* PROGRAM */
+  emlx_program_res *program; /* kept */
+  int compile;
+
   /* FREE */
   emlx_arr *free_arr;
+  emlx_compiled *free_compiled;
 };
 
 /* ---- globals set at load ---- */
 extern ErlNifResourceType *emlx_queue_type;
 extern ErlNifResourceType *emlx_array_type;
+extern ErlNifResourceType *emlx_program_type;
 
 typedef struct {
   ERL_NIF_TERM ok, error, nil, true_, false_, cpu, gpu, mlx, argument, nan, infinity, neg_infinity,

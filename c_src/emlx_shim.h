@@ -108,6 +108,30 @@ emlx_status emlx_op_run(int op, emlx_stream *s, const emlx_arg *args, int nargs,
 
 const char *emlx_last_error(void);
 
+/*
+ * Programs: a flat list of op-table instructions over slots. Slots
+ * 0..ninputs-1 are the inputs; each instruction appends its results. In an
+ * instruction's args, array arguments ('a') hold a slot number in u.i, and
+ * array lists ('A') hold slot numbers in u.ints.
+ */
+typedef struct {
+  int op;
+  int out_dtype;
+  int nargs;
+  emlx_arg args[EMLX_MAX_ARGS];
+} emlx_instr;
+
+typedef struct emlx_compiled emlx_compiled; /* an mx::compile'd replay, per program */
+
+/*
+ * Replays the program on stream s and writes the arrays of `out_slots`.
+ * With `compile`, the replay runs under mx::compile, made once and kept in
+ * *cache (free it with emlx_compiled_free on the same thread).
+ */
+emlx_status emlx_program_run(emlx_stream *s, const emlx_instr *instrs, int ninstrs, emlx_arr **inputs, int ninputs,
+                             const int *out_slots, int nouts, int compile, emlx_compiled **cache, emlx_arr **outs);
+void emlx_compiled_free(emlx_compiled *c);
+
 /* ---- streams (one per worker thread, created on that thread) ---- */
 int emlx_device_available(emlx_device dev);
 emlx_status emlx_stream_new(emlx_device dev, emlx_stream **out);

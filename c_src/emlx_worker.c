@@ -47,6 +47,8 @@ void emlx_job_free(emlx_job *job) {
     job->blocks = n;
   }
   if (job->free_arr) emlx_arr_free(job->free_arr);
+  if (job->free_compiled) emlx_compiled_free(job->free_compiled);
+  if (job->program) enif_release_resource(job->program);
   if (job->env) enif_free_env(job->env);
   if (job->res) enif_release_resource(job->res);
   if (job->qres) enif_release_resource(job->qres);
@@ -189,6 +191,41 @@ static void run_sync(emlx_queue *q, emlx_job *job) {
     reply_error(job, st);
   else
     reply(job, ATOM.ok);
+}
+
+/* ---- programs ---- */
+
+static void run_program(emlx_queue *q, emlx_job *job) {
+  emlx_program_res *p = job->program;
+  emlx_arr **outs = enif_alloc(sizeof(emlx_arr *) * (size_t)(p->nouts ? p->nouts : 1));
+  ERL_NIF_TERM *terms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)(p->nouts ? p->nouts : 1));
+  if (!outs || !terms) {
+    if (outs) enif_free(outs);
+    if (terms) enif_free(terms);
+    reply_oom(job);
+    return;
+  }
+  emlx_status st = emlx_program_run(q->stream, p->instrs, p->ninstrs, job->held, job->nheld, p->out_slots, p->nouts,
+                                    job->compile, &p->compiled, outs);
+  if (st != EMLX_OK) {
+    reply_error(job, st);
+  } else {
+    int ok = 1;
+    for (int i = 0; i < p->nouts; i++) {
+      if (!ok) {
+        emlx_arr_free(outs[i]);
+        continue;
+      }
+      terms[i] = emlx_make_array(job->env, job->qres, outs[i]);
+      if (!terms[i]) ok = 0;
+    }
+    if (ok)
+      reply_ok(job, enif_make_list_from_array(job->env, terms, (unsigned)p->nouts));
+    else
+      reply_oom(job);
+  }
+  enif_free(outs);
+  enif_free(terms);
 }
 
 /* ---- pointers ---- */
@@ -362,6 +399,9 @@ static void *worker_main(void *arg) {
         break;
       case EMLX_JOB_SYNC:
         run_sync(q, job);
+        break;
+      case EMLX_JOB_PROGRAM:
+        run_program(q, job);
         break;
       case EMLX_JOB_TO_POINTER:
         run_to_pointer(q, job);

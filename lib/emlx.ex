@@ -10,6 +10,10 @@ defmodule EMLX do
 
       config :nx, :default_backend, {EMLX.Backend, device: :cpu}
 
+  `EMLX` is also an `Nx.Defn.Compiler` (see `EMLX.Defn`):
+
+      Nx.Defn.default_options(compiler: EMLX)
+
   MLX work runs on dedicated OS threads, one per `EMLX.CommandQueue`, never
   on BEAM schedulers. Results come back to the calling process as messages.
 
@@ -19,6 +23,19 @@ defmodule EMLX do
   """
 
   alias EMLX.NIF
+
+  @behaviour Nx.Defn.Compiler
+
+  @impl Nx.Defn.Compiler
+  defdelegate __jit__(key, vars, fun, args_list, opts), to: EMLX.Defn
+  @impl Nx.Defn.Compiler
+  defdelegate __compile__(key, vars, fun, opts), to: EMLX.Defn
+  @impl Nx.Defn.Compiler
+  defdelegate __partitions_options__(opts), to: EMLX.Defn
+  @impl Nx.Defn.Compiler
+  defdelegate __to_backend__(opts), to: EMLX.Defn
+  @impl Nx.Defn.Compiler
+  defdelegate __shard_jit__(key, mesh, vars, fun, args_list, opts), to: EMLX.Defn
 
   @type device :: :cpu | :gpu
   @type device_ref :: {device, reference()}
@@ -83,7 +100,7 @@ defmodule EMLX do
   it. Accepts an `Nx.Tensor` on `EMLX.Backend` or a device ref.
   """
   def eval(%Nx.Tensor{data: %EMLX.Backend{ref: ref, queue: queue, device: device}} = tensor) do
-    eval_on(queue, device, [ref])
+    eval_on(queue, device, [EMLX.Defn.Recorder.materialize(ref)])
     tensor
   end
 

@@ -38,7 +38,7 @@ defmodule EMLX.Backend do
   ## Conversions
 
   @doc "Converts an Nx tensor to a device ref `{device, ref}` (transferring it to EMLX when needed)."
-  def from_nx(%T{data: %__MODULE__{ref: ref, device: device}}), do: {device, ref}
+  def from_nx(%T{data: %__MODULE__{ref: ref, device: device}}), do: {device, real(ref)}
 
   def from_nx(%T{} = tensor) do
     tensor |> Nx.backend_copy(EMLX.Backend) |> from_nx()
@@ -141,6 +141,7 @@ defmodule EMLX.Backend do
   @impl true
   def to_binary(%T{type: type, data: %__MODULE__{ref: ref, queue: queue}} = t, limit) do
     bytes = min(limit, flat_size(t)) * elem_bytes(type)
+    ref = real(ref)
 
     :telemetry.span([:emlx, :to_binary], %{bytes: bytes}, fn ->
       {NIF.to_binary(queue, ref, bytes) |> NIF.await(), %{bytes: bytes}}
@@ -190,7 +191,11 @@ defmodule EMLX.Backend do
   end
 
   @impl true
-  def backend_deallocate(%T{data: %__MODULE__{ref: ref}}), do: NIF.deallocate(ref)
+  def backend_deallocate(%T{data: %__MODULE__{ref: ref}}) when is_reference(ref),
+    do: NIF.deallocate(ref)
+
+  # a placeholder of a recording owns no memory yet
+  def backend_deallocate(%T{data: %__MODULE__{}}), do: :ok
 
   @impl true
   def to_batched(%T{shape: out_shape} = out, %T{shape: shape} = tensor, opts) do
@@ -587,6 +592,7 @@ defmodule EMLX.Backend do
   """
   @impl true
   def to_pointer(%T{data: %__MODULE__{ref: ref, queue: queue}}, opts) do
+    ref = real(ref)
     mode = Keyword.get(opts, :mode, :local)
     permissions = Keyword.get(opts, :permissions, 0o400)
 
@@ -658,9 +664,23 @@ defmodule EMLX.Backend do
     |> List.to_tuple()
   end
 
+  # The one place ops reach the worker; under `compiler: EMLX` the
+  # recorder turns them into program instructions instead.
   defp run_ref(queue, op, raw_args, out_type) do
-    NIF.op(queue, op, raw_args, out_type) |> NIF.await()
+    if EMLX.Defn.Recorder.active?() do
+      EMLX.Defn.Recorder.record(op, raw_args, out_type)
+    else
+      NIF.op(queue, op, raw_args, out_type) |> NIF.await()
+    end
   end
+
+  # A real array for a tensor (placeholders of a recording are run first).
+  defp real(ref) when is_reference(ref), do: ref
+  defp real(slot), do: EMLX.Defn.Recorder.materialize(slot)
+
+  @doc false
+  # The ref of a tensor on `queue`, transferring or evaluating as needed.
+  def ref_on(%T{} = t, device, queue), do: arg_on(t, device, queue)
 
   defp wrap(out, ref, device, queue),
     do: %{out | data: %__MODULE__{ref: ref, device: device, queue: queue}}
@@ -680,6 +700,7 @@ defmodule EMLX.Backend do
 
   defp arg_on(%T{data: %__MODULE__{ref: ref, queue: other}}, _device, _queue) do
     # MLX streams are thread-local: evaluate on the array's own queue first.
+    ref = real(ref)
     NIF.eval(other, [ref]) |> NIF.await()
     ref
   end

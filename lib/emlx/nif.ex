@@ -24,6 +24,11 @@ defmodule EMLX.NIF do
   def queue_new(_device), do: :erlang.nif_error(:nif_not_loaded)
   @doc "The device of a queue."
   def queue_device(_queue), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Decodes a program: `[{op, args, out_type}]` over slots (array args are slot numbers), its input count and output slots."
+  def program_new(_queue, _instrs, _ninputs, _out_slots), do: :erlang.nif_error(:nif_not_loaded)
+  @doc "Posts a run of a program on its queue; `compile` runs it under mx::compile."
+  def program_run(_queue, _program, _inputs, _compile), do: :erlang.nif_error(:nif_not_loaded)
   @doc "Posts a barrier that synchronizes the queue's stream."
   def queue_sync(_queue), do: :erlang.nif_error(:nif_not_loaded)
 

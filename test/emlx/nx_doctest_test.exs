@@ -2,7 +2,7 @@ defmodule EMLX.NxDoctestTest do
   @moduledoc """
   Nx's own doctests, run with EMLX.Backend as the default backend.
 
-  Each exclusion carries its reason. Run with `EMLX_DOCTEST_ALL=1` to run
+  Each exclusion carries its reason (test/support/doctest_exclusions.ex). Run with `EMLX_DOCTEST_ALL=1` to run
   every doctest, exclusions ignored, and count the failures.
   """
   use ExUnit.Case, async: true
@@ -12,44 +12,10 @@ defmodule EMLX.NxDoctestTest do
     :ok
   end
 
-  @excluded [
-    # MLX has no f8, f8_e4m3fn or sub-byte integer types: these examples
-    # build such tensors, and EMLX raises naming the type instead.
-    tensor: 2,
-    bit_size: 1,
-    # Only the last digit differs (EMLX computes these float64 functions with
-    # the C library; Nx's reference rounds differently). Re-tested with
-    # tolerances in test/emlx/precision_test.exs.
-    cbrt: 1,
-    log1p: 1,
-    erf_inv: 1
-  ]
-
-  # Nx.LinAlg: MLX's LAPACK-based decompositions give results equal up to
-  # float32 rounding (last digits), and eigenvectors of equal eigenvalues or
-  # of opposite sign (equally valid). Each is re-tested in
-  # test/emlx/precision_test.exs with tolerances or by its defining property.
-  @linalg_excluded [
-    cholesky: 1,
-    determinant: 1,
-    eigh: 2,
-    least_squares: 3,
-    lu: 1,
-    matrix_power: 2,
-    pinv: 2,
-    qr: 2,
-    solve: 2,
-    svd: 2
-  ]
-
-  # Nx.Random.normal goes through erf_inv: MLX's float32 erf_inv differs from
-  # Nx's in the last digit. Re-tested with tolerances in precision_test.exs.
-  @random_excluded [normal: 4, multivariate_normal: 4]
-
   if System.get_env("EMLX_DOCTEST_ALL") in [nil, ""] do
-    doctest Nx, except: @excluded
-    doctest Nx.LinAlg, except: @linalg_excluded
-    doctest Nx.Random, except: @random_excluded
+    doctest Nx, except: EMLX.DoctestExclusions.nx()
+    doctest Nx.LinAlg, except: EMLX.DoctestExclusions.linalg()
+    doctest Nx.Random, except: EMLX.DoctestExclusions.random()
   else
     doctest Nx
     doctest Nx.LinAlg
