@@ -80,6 +80,20 @@ defmodule EMLX.Defn do
 
   defp run(key, vars, fun, args, opts, device, queue) do
     tensors = Enum.map(args, fn arg -> arg.() end)
+
+    if Recorder.active?(),
+      do: inline(key, vars, fun, tensors, opts),
+      else: run_cached(key, vars, fun, tensors, opts, device, queue)
+  end
+
+  # A defn called while another is being recorded joins its program.
+  defp inline(key, vars, fun, tensors, opts) do
+    eval = Nx.Defn.Evaluator.__compile__(key, vars, fun, Keyword.take(opts, [:hooks]))
+    [result] = eval.([Enum.map(tensors, &fn -> &1 end)])
+    result
+  end
+
+  defp run_cached(key, vars, fun, tensors, opts, device, queue) do
     cache_key = {key, Enum.map(tensors, &Nx.to_template/1), queue, hooks_key(opts)}
 
     case lookup(cache_key) do

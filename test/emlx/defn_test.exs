@@ -1,0 +1,230 @@
+defmodule EMLX.DefnTest do
+  use EMLX.Case, async: true
+  import Nx.Defn
+
+  defn mlp_loss({w1, b1, w2, b2}, x, y) do
+    h = Nx.max(Nx.dot(x, w1) + b1, 0)
+    logits = Nx.dot(h, w2) + b2
+    logp = logits - Nx.log(Nx.sum(Nx.exp(logits), axes: [1], keep_axes: true))
+    -Nx.mean(Nx.sum(logp * y, axes: [1]))
+  end
+
+  defn mlp_grad(params, x, y), do: value_and_grad(params, &mlp_loss(&1, x, y))
+
+  defn conv_loss({k, b}, x) do
+    y = Nx.conv(x, k, padding: :same, strides: [1, 1]) + Nx.reshape(b, {1, 4, 1, 1})
+    y = Nx.window_max(Nx.tanh(y), {1, 1, 2, 2}, strides: [1, 1, 2, 2])
+    Nx.sum(y * y)
+  end
+
+  defn conv_grad(params, x), do: value_and_grad(params, &conv_loss(&1, x))
+
+  defn attention_loss({wq, wk, wv}, x) do
+    q = Nx.dot(x, wq)
+    k = Nx.dot(x, wk)
+    v = Nx.dot(x, wv)
+    scores = Nx.dot(q, [2], [0], k, [2], [0]) / Nx.sqrt(8.0)
+    scores = scores - Nx.reduce_max(scores, axes: [2], keep_axes: true)
+    weights = Nx.exp(scores) / Nx.sum(Nx.exp(scores), axes: [2], keep_axes: true)
+    Nx.sum(Nx.dot(weights, [2], [0], v, [1], [0]) ** 2)
+  end
+
+  defn attention_grad(params, x), do: value_and_grad(params, &attention_loss(&1, x))
+
+  defp random(shape, seed) do
+    key = Nx.Random.key(seed) |> Nx.backend_copy(Nx.BinaryBackend)
+    {t, _} = Nx.Random.normal(key, shape: shape, type: :f32)
+    Nx.backend_copy(t, Nx.BinaryBackend)
+  end
+
+  defp compare(fun, args, tol \\ 1.0e-4) do
+    want =
+      Nx.with_default_backend(Nx.BinaryBackend, fn ->
+        Nx.Defn.jit_apply(fun, args, compiler: Nx.Defn.Evaluator)
+      end)
+
+    emlx_args = Enum.map(args, &Nx.backend_copy(&1, EMLX.Backend))
+    got = Nx.Defn.jit_apply(fun, emlx_args, compiler: EMLX)
+
+    [got, want]
+    |> Enum.map(&Nx.Defn.Composite.flatten_list([&1]))
+    |> Enum.zip()
+    |> Enum.each(fn {g, w} -> assert_tensor(g, w, tol: tol) end)
+  end
+
+  describe "gradients match Nx.Defn.Evaluator" do
+    test "value_and_grad of an MLP" do
+      params = {random({16, 32}, 1), random({32}, 2), random({32, 10}, 3), random({10}, 4)}
+      x = random({8, 16}, 5)
+      y = Nx.iota({8, 10}) |> Nx.remainder(10) |> Nx.equal(0) |> Nx.as_type(:f32)
+      compare(&mlp_grad/3, [params, x, Nx.backend_copy(y, Nx.BinaryBackend)])
+    end
+
+    test "value_and_grad of a conv net" do
+      params = {random({4, 3, 3, 3}, 6), random({4}, 7)}
+      compare(&conv_grad/2, [params, random({2, 3, 8, 8}, 8)], 1.0e-3)
+    end
+
+    test "value_and_grad of an attention block" do
+      params = {random({8, 8}, 9), random({8, 8}, 10), random({8, 8}, 11)}
+      compare(&attention_grad/2, [params, random({2, 5, 8}, 12)], 1.0e-3)
+    end
+  end
+
+  describe "caching" do
+    test "a second call with the same shapes neither re-traces nor re-lowers" do
+      pid = self()
+
+      fun = fn x ->
+        send(pid, :traced)
+        Nx.multiply(Nx.add(x, 1), 2)
+      end
+
+      jit = Nx.Defn.jit(fun, compiler: EMLX)
+      before = :ets.info(:emlx_defn_cache, :size)
+      assert Nx.to_list(jit.(emlx([1.0, 2.0]))) == [4.0, 6.0]
+      assert_received :traced
+      assert :ets.info(:emlx_defn_cache, :size) == before + 1
+
+      assert Nx.to_list(jit.(emlx([3.0, 4.0]))) == [8.0, 10.0]
+      refute_received :traced
+      assert :ets.info(:emlx_defn_cache, :size) == before + 1
+
+      # new shapes: traced and cached again
+      assert Nx.to_list(jit.(emlx([1.0, 2.0, 3.0]))) == [4.0, 6.0, 8.0]
+      assert_received :traced
+    end
+
+    test "Nx.Defn.compile, default options and the application config" do
+      compiled =
+        Nx.Defn.compile(&Nx.add(&1, &2), [Nx.template({2}, :f32), Nx.template({2}, :f32)],
+          compiler: EMLX
+        )
+
+      assert Nx.to_list(compiled.(emlx([1.0, 2.0]), emlx([3.0, 4.0]))) == [4.0, 6.0]
+      assert Nx.to_list(compiled.(emlx([0.5, 0.5]), emlx([3.0, 4.0]))) == [3.5, 4.5]
+
+      Nx.Defn.default_options(compiler: EMLX)
+
+      try do
+        assert Nx.to_list(Nx.Defn.jit(&Nx.subtract/2).(emlx([3, 4]), emlx([1, 1]))) == [2, 3]
+      after
+        Nx.Defn.default_options([])
+      end
+    end
+
+    test "inputs from Nx.BinaryBackend and constants captured in the function" do
+      c = Nx.tensor([10.0, 20.0], backend: Nx.BinaryBackend)
+      jit = Nx.Defn.jit(fn x -> Nx.add(x, c) end, compiler: EMLX)
+      assert Nx.to_list(jit.(Nx.tensor([1.0, 2.0], backend: Nx.BinaryBackend))) == [11.0, 22.0]
+      assert Nx.to_list(jit.(Nx.tensor([2.0, 3.0], backend: Nx.BinaryBackend))) == [12.0, 23.0]
+    end
+
+    test "the same tensor passed twice stays two parameters" do
+      jit = Nx.Defn.jit(&Nx.subtract/2, compiler: EMLX)
+      x = emlx([5, 6])
+      assert Nx.to_list(jit.(x, x)) == [0, 0]
+      assert Nx.to_list(jit.(x, emlx([1, 1]))) == [4, 5]
+    end
+  end
+
+  describe "control flow and side effects" do
+    defn count_up(x) do
+      {_, acc, _} =
+        while {i = 0, acc = x, n = Nx.sum(x)}, i < n do
+          {i + 1, acc + 1, n}
+        end
+
+      acc
+    end
+
+    test "while with a data-dependent trip count" do
+      assert Nx.to_list(Nx.Defn.jit(&count_up/1, compiler: EMLX).(emlx([1, 2]))) == [4, 5]
+      assert Nx.to_list(Nx.Defn.jit(&count_up/1, compiler: EMLX).(emlx([2, 3]))) == [7, 8]
+    end
+
+    defn branch(x) do
+      if Nx.sum(x) > 0 do
+        hook(x + 1, :positive)
+      else
+        hook(x - 1, :negative)
+      end
+    end
+
+    test "cond evaluates only the branch taken: the other hook never runs" do
+      pid = self()
+
+      hooks = %{
+        positive: &send(pid, {:positive, Nx.to_list(&1)}),
+        negative: &send(pid, {:negative, Nx.to_list(&1)})
+      }
+
+      jit = Nx.Defn.jit(&branch/1, compiler: EMLX, hooks: hooks)
+
+      assert Nx.to_list(jit.(emlx([1, 2]))) == [2, 3]
+      assert_received {:positive, [2, 3]}
+      refute_received {:negative, _}
+
+      assert Nx.to_list(jit.(emlx([-1, -2]))) == [-2, -3]
+      assert_received {:negative, [-2, -3]}
+      refute_received {:positive, _}
+    end
+
+    def callback(t, opts) do
+      send(opts[:pid], {:runtime_call, Nx.to_flat_list(t)})
+      Nx.multiply(t, 2)
+    end
+
+    test "Nx.runtime_call inside defn" do
+      pid = self()
+
+      fun = fn x ->
+        y = Nx.add(x, 1)
+        z = Nx.runtime_call(Nx.template({2}, :s32), y, [pid: pid], &__MODULE__.callback/2)
+        Nx.add(z, 1)
+      end
+
+      assert Nx.to_list(Nx.Defn.jit(fun, compiler: EMLX).(emlx([1, 2]))) == [5, 7]
+      assert_received {:runtime_call, [2, 3]}
+    end
+
+    test "stop_grad and custom_grad metadata" do
+      fun = fn x ->
+        Nx.Defn.grad(x, fn x ->
+          Nx.sum(Nx.multiply(x, Nx.Defn.Kernel.stop_grad(x)))
+        end)
+      end
+
+      assert Nx.to_list(Nx.Defn.jit(fun, compiler: EMLX).(emlx([1.0, 2.0]))) == [1.0, 2.0]
+    end
+
+    test "Nx.Random inside defn matches the evaluator" do
+      fun = fn key -> Nx.Random.uniform_split(key, 0.0, 1.0, shape: {4}) end
+      key = Nx.Random.key(7) |> Nx.backend_copy(Nx.BinaryBackend)
+      compare(fun, [key], 1.0e-6)
+    end
+
+    test "vectorized inputs" do
+      x = Nx.vectorize(emlx([[1, 2], [3, 4]]), :rows)
+      got = Nx.Defn.jit(&Nx.sum(Nx.multiply(&1, 2)), compiler: EMLX).(x)
+      assert got.vectorized_axes == [rows: 2]
+      assert Nx.to_flat_list(got) == [6, 14]
+    end
+  end
+
+  describe "queues and devices" do
+    test ":command_queue runs the program on that queue" do
+      q = EMLX.CommandQueue.new!(:cpu)
+      got = Nx.Defn.jit(&Nx.add(&1, 1), compiler: EMLX, command_queue: q).(emlx([1, 2]))
+      assert got.data.queue == q.ref
+      assert Nx.to_list(got) == [2, 3]
+    end
+
+    test "__to_backend__ and __partitions_options__" do
+      assert EMLX.__to_backend__(device: :cpu) == {EMLX.Backend, [device: :cpu]}
+      parts = EMLX.__partitions_options__(device: :cpu, max_concurrency: 3)
+      assert length(parts) == 3
+      assert parts |> Enum.map(& &1[:command_queue].ref) |> Enum.uniq() |> length() == 3
+    end
+  end
+end
