@@ -5,6 +5,8 @@
  * a reference at once; the result arrives as a message {Ref, Result}. */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -557,6 +559,25 @@ static ERL_NIF_TERM nif_mlx_version(ErlNifEnv *env, int argc, const ERL_NIF_TERM
 
 /* ---- load ---- */
 
+/* The BEAM ignores SIGCHLD, so children are reaped automatically and
+ * popen()/pclose() (which MLX's CPU JIT uses to run the C++ compiler for
+ * fused kernels) cannot collect their exit status: MLX then finds no
+ * compiler and silently skips kernel fusion. The BEAM itself starts OS
+ * processes through its separate erl_child_setup helper, so restoring the
+ * default disposition here is safe. EMLX_KEEP_SIGCHLD=1 opts out. */
+static void restore_sigchld(void) {
+  const char *keep = getenv("EMLX_KEEP_SIGCHLD");
+  if (keep && keep[0] == '1') return;
+  struct sigaction current;
+  if (sigaction(SIGCHLD, NULL, &current) == 0 && current.sa_handler == SIG_IGN) {
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(SIGCHLD, &dfl, NULL);
+  }
+}
+
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   (void)priv;
   (void)info;
@@ -594,6 +615,7 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   if (!op_atoms) return 1;
   for (int i = 0; i < op_count; i++) op_atoms[i] = enif_make_atom(env, emlx_op_name(i));
   emlx_shim_init();
+  restore_sigchld();
   return 0;
 }
 

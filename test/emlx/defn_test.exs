@@ -212,6 +212,35 @@ defmodule EMLX.DefnTest do
     end
   end
 
+  describe "compiled CPU kernels" do
+    test "SIGCHLD is not ignored, so MLX's JIT can run the C++ compiler" do
+      [mask] =
+        File.read!("/proc/self/status")
+        |> String.split("\n")
+        |> Enum.flat_map(fn
+          "SigIgn:" <> hex -> [String.to_integer(String.trim(hex), 16)]
+          _ -> []
+        end)
+
+      # SIGCHLD is signal 17 on Linux
+      assert Bitwise.band(mask, Bitwise.bsl(1, 16)) == 0
+    end
+
+    test "an element-wise chain is fused into one JIT-compiled kernel" do
+      fun = fn x ->
+        Nx.cosh(Nx.add(Nx.multiply(Nx.sinh(x), Nx.atanh(Nx.divide(x, 4096))), 7.0))
+      end
+
+      x = Nx.iota({2048}, type: :f32, backend: EMLX.Backend)
+      want = Nx.with_default_backend(EMLX.Backend, fn -> fun.(x) end)
+      got = Nx.Defn.jit(fun, compiler: EMLX).(x)
+      assert_tensor(got, Nx.backend_copy(want, Nx.BinaryBackend), tol: 1.0e-4)
+
+      kernels = Path.wildcard(Path.join(System.tmp_dir!(), "mlx/*/cpu/lib*Sinh*ArcTanh*Cosh*.so"))
+      assert kernels != [], "no fused kernel was built by MLX's CPU JIT"
+    end
+  end
+
   describe "queues and devices" do
     test ":command_queue runs the program on that queue" do
       q = EMLX.CommandQueue.new!(:cpu)
