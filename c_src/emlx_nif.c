@@ -127,16 +127,18 @@ static ERL_NIF_TERM nif_queue_sync(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
 
 /* ---- ops ---- */
 
+static int find_op(ERL_NIF_TERM name) {
+  for (int i = 0; i < op_count; i++)
+    if (enif_is_identical(name, op_atoms[i])) return i;
+  return -1;
+}
+
+
 static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   emlx_queue_res *qr;
   if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  int op = -1;
-  for (int i = 0; i < op_count; i++)
-    if (enif_is_identical(argv[1], op_atoms[i])) {
-      op = i;
-      break;
-    }
+  int op = find_op(argv[1]);
   if (op < 0) return emlx_raise_arg(env, "unknown EMLX op %T", argv[1]);
   const char *sig = emlx_op_signature(op);
   int nsig = (int)strlen(sig);
@@ -262,12 +264,6 @@ static int decode_slot_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *
   out->u.ints.v = v;
   out->u.ints.n = (int)len;
   return 1;
-}
-
-static int find_op(ERL_NIF_TERM name) {
-  for (int i = 0; i < op_count; i++)
-    if (enif_is_identical(name, op_atoms[i])) return i;
-  return -1;
 }
 
 /* program_new(queue, [{op, args, out_type}], ninputs, out_slots) */

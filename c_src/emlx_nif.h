@@ -18,6 +18,8 @@ typedef struct {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   emlx_job *head, *tail;
+  atomic_int pending; /* jobs queued, read without the lock while spinning */
+  int sleeping;       /* the worker waits on cv (under mu) */
   emlx_stream *stream;
   emlx_device device;
   int state; /* 0 starting, 1 running, -1 failed to start */

@@ -5,6 +5,7 @@
  * MLX call for the queue runs here. Jobs are FIFO; replies go back to the
  * calling process with enif_send as {Ref, Result}. */
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "emlx_nif.h"
 
 #define WORKER_STACK_BYTES (64u * 1024u * 1024u)
+#define WORKER_SPIN_ROUNDS 200
 
 emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
   emlx_job *job = enif_alloc(sizeof(emlx_job));
@@ -63,7 +65,8 @@ void emlx_queue_post(emlx_queue *q, emlx_job *job) {
   else
     q->head = job;
   q->tail = job;
-  pthread_cond_signal(&q->cv);
+  atomic_fetch_add_explicit(&q->pending, 1, memory_order_acq_rel);
+  if (q->sleeping) pthread_cond_signal(&q->cv);
   pthread_mutex_unlock(&q->mu);
 }
 
@@ -376,11 +379,21 @@ static void *worker_main(void *arg) {
   pthread_mutex_unlock(&q->mu);
 
   for (;;) {
+    /* A caller usually posts its next job right after our reply: look for
+     * it for a short while before sleeping on the condition variable, which
+     * saves a futex wake-up per op in a dispatch-bound loop. */
+    for (int spin = 0; spin < WORKER_SPIN_ROUNDS && !atomic_load_explicit(&q->pending, memory_order_acquire); spin++)
+      sched_yield();
     pthread_mutex_lock(&q->mu);
-    while (!q->head) pthread_cond_wait(&q->cv, &q->mu);
+    while (!q->head) {
+      q->sleeping = 1;
+      pthread_cond_wait(&q->cv, &q->mu);
+      q->sleeping = 0;
+    }
     emlx_job *job = q->head;
     q->head = job->next;
     if (!q->head) q->tail = NULL;
+    atomic_fetch_sub_explicit(&q->pending, 1, memory_order_acq_rel);
     pthread_mutex_unlock(&q->mu);
 
     int stop = 0;
