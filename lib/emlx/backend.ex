@@ -577,8 +577,13 @@ defmodule EMLX.Backend do
     run(out, :triangular_solve, args)
   end
 
-  defp linalg_native?(tensors),
-    do: Enum.all?(tensors, fn %T{type: {kind, _}} -> kind != :c end)
+  # `config :emlx, linalg: :nx` runs Nx's own reference algorithms (composed
+  # from MLX ops) instead of MLX's LAPACK kernels: results then match Nx's
+  # digit for digit and sign for sign, at a large cost in speed.
+  defp linalg_native?(tensors) do
+    Application.get_env(:emlx, :linalg, :native) == :native and
+      Enum.all?(tensors, fn %T{type: {kind, _}} -> kind != :c end)
+  end
 
   ## Pointers
 

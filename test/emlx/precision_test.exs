@@ -111,3 +111,26 @@ defmodule EMLX.PrecisionTest do
     close(n, Nx.to_number(b), 1.0e-6)
   end
 end
+
+defmodule EMLX.LinalgConfigTest do
+  @moduledoc "Changes the :emlx application environment, so not async."
+  use EMLX.Case, async: false
+
+  defp close(got, want, tol) do
+    want = Nx.tensor(want, type: got.type, backend: Nx.BinaryBackend)
+    assert Nx.all_close(to_bin(got), want, atol: tol, rtol: tol) |> Nx.to_number() == 1
+  end
+
+  test "config :emlx, linalg: :nx gives Nx's reference QR, signs included" do
+    a = emlx([[-3, 2, 1], [0, 1, 1], [0, 0, -1]])
+    Application.put_env(:emlx, :linalg, :nx)
+
+    try do
+      {q, r} = Nx.LinAlg.qr(a)
+      close(q, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], 1.0e-6)
+      close(r, [[-3.0, 2.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, -1.0]], 1.0e-6)
+    after
+      Application.delete_env(:emlx, :linalg)
+    end
+  end
+end
