@@ -8,6 +8,20 @@
 
 #include "emlx_nif.h"
 
+/* Raises %ArgumentError{} or %EMLX.NIFError{} with the message. */
+ERL_NIF_TERM emlx_raise_kind(ErlNifEnv *env, int kind, const char *msg) {
+  ErlNifBinary bin;
+  size_t n = strlen(msg);
+  if (!enif_alloc_binary(n, &bin)) return enif_make_badarg(env);
+  memcpy(bin.data, msg, n);
+  ERL_NIF_TERM module = kind == EMLX_ERR_MLX ? enif_make_atom(env, "Elixir.EMLX.NIFError") : ATOM.argument_error;
+  ERL_NIF_TERM keys[3] = {ATOM.struct_, ATOM.exception, ATOM.message};
+  ERL_NIF_TERM vals[3] = {module, ATOM.true_, enif_make_binary(env, &bin)};
+  ERL_NIF_TERM map;
+  if (!enif_make_map_from_arrays(env, keys, vals, 3, &map)) return enif_make_badarg(env);
+  return enif_raise_exception(env, map);
+}
+
 /* Raises %ArgumentError{message: ...} from the NIF. */
 ERL_NIF_TERM emlx_raise_arg(ErlNifEnv *env, const char *fmt, ...) {
   char buf[512];
@@ -15,15 +29,7 @@ ERL_NIF_TERM emlx_raise_arg(ErlNifEnv *env, const char *fmt, ...) {
   va_start(ap, fmt);
   enif_vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
-  ErlNifBinary bin;
-  size_t n = strlen(buf);
-  if (!enif_alloc_binary(n, &bin)) return enif_make_badarg(env);
-  memcpy(bin.data, buf, n);
-  ERL_NIF_TERM keys[3] = {ATOM.struct_, ATOM.exception, ATOM.message};
-  ERL_NIF_TERM vals[3] = {ATOM.argument_error, ATOM.true_, enif_make_binary(env, &bin)};
-  ERL_NIF_TERM map;
-  if (!enif_make_map_from_arrays(env, keys, vals, 3, &map)) return enif_make_badarg(env);
-  return enif_raise_exception(env, map);
+  return emlx_raise_kind(env, EMLX_ERR_ARG, buf);
 }
 
 static const struct {
@@ -181,44 +187,139 @@ static void spin_lock(emlx_array_res *r) {
 }
 static void spin_unlock(emlx_array_res *r) { atomic_flag_clear_explicit(&r->lock, memory_order_release); }
 
-emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_array_res **res_out, char *err, size_t errlen) {
+emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_array_res **res_out, int *state_out, int *kind_out,
+                          char *err, size_t errlen) {
   emlx_array_res *res;
+  *state_out = EMLX_ARR_READY;
   if (!enif_get_resource(env, t, emlx_array_type, (void **)&res)) {
     snprintf(err, errlen, "expected an EMLX array reference");
     return NULL;
   }
+  if (res_out) *res_out = res;
   spin_lock(res);
-  emlx_arr *copy = res->arr ? emlx_arr_retain(res->arr) : NULL;
-  int dead = res->arr == NULL;
+  int state = res->state;
+  int dead = state == EMLX_ARR_READY && res->arr == NULL;
+  emlx_arr *copy = state == EMLX_ARR_READY && res->arr ? emlx_arr_retain(res->arr) : NULL;
+  if (state == EMLX_ARR_FAILED) {
+    snprintf(err, errlen, "%s", res->error ? res->error : "the op producing this tensor failed");
+    if (kind_out) *kind_out = res->error_kind;
+  }
+  if (state == EMLX_ARR_PENDING && res->dealloc_requested) dead = 1, state = EMLX_ARR_READY;
   spin_unlock(res);
+  *state_out = state;
+  if (state == EMLX_ARR_PENDING) {
+    snprintf(err, errlen, "the tensor is not computed yet");
+    return NULL;
+  }
+  if (state == EMLX_ARR_FAILED) return NULL;
   if (dead) {
     snprintf(err, errlen, "the tensor has been deallocated");
     return NULL;
   }
-  if (!copy) {
-    snprintf(err, errlen, "out of memory");
-    return NULL;
-  }
-  if (res_out) *res_out = res;
+  if (!copy) snprintf(err, errlen, "out of memory");
   return copy;
 }
 
-/* An array used on a queue other than its own must already be evaluated:
- * MLX streams are thread-local. */
-static emlx_arr *take_for_job(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job *job, char *err, size_t errlen) {
+static int add_fixup(emlx_job *job, emlx_array_res *res, emlx_arr **slot) {
+  if (job->nfixups == job->cap_fixups) {
+    int cap = job->cap_fixups ? job->cap_fixups * 2 : 4;
+    void *n = enif_realloc(job->fixups, sizeof(*job->fixups) * (size_t)cap);
+    if (!n) return 0;
+    job->fixups = n;
+    job->cap_fixups = cap;
+  }
+  enif_keep_resource(res);
+  job->fixups[job->nfixups].res = res;
+  job->fixups[job->nfixups].slot = slot;
+  job->nfixups++;
+  return 1;
+}
+
+/* Fills *slot with a retained handle of the array term, or registers the
+ * pending array to be resolved on the worker. An array used on a queue
+ * other than its own must already be computed and evaluated: MLX streams
+ * are thread-local. A failed array reports its own error (*kind). */
+static int take_for_job(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job *job, emlx_arr **slot, int *kind, char *err,
+                        size_t errlen) {
   emlx_array_res *res;
-  emlx_arr *a = emlx_take_array(env, t, &res, err, errlen);
-  if (!a) return NULL;
+  int state;
+  *slot = NULL;
+  emlx_arr *a = emlx_take_array(env, t, &res, &state, kind, err, errlen);
+  if (!a) {
+    if (state != EMLX_ARR_PENDING) return 0;
+    if (res->owner->q != job->qres->q) {
+      snprintf(err, errlen, "a tensor from another command queue must be evaluated before use on this queue");
+      return 0;
+    }
+    if (!add_fixup(job, res, slot)) {
+      snprintf(err, errlen, "out of memory");
+      return 0;
+    }
+    return 1;
+  }
   if (!emlx_job_hold(job, a)) {
     emlx_arr_free(a);
     snprintf(err, errlen, "out of memory");
-    return NULL;
+    return 0;
   }
+  *slot = a;
   if (res->owner->q != job->qres->q && !emlx_arr_is_available(a)) {
     snprintf(err, errlen, "a tensor from another command queue must be evaluated before use on this queue");
-    return NULL;
+    return 0;
   }
-  return a;
+  return 1;
+}
+
+int emlx_decode_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job *job, emlx_arr **slot, char *err, size_t errlen) {
+  return take_for_job(env, t, job, slot, &job->error_kind, err, errlen);
+}
+
+int emlx_job_resolve(emlx_job *job, int *kind, char *msg, size_t msglen) {
+  for (int i = 0; i < job->nfixups; i++) {
+    emlx_array_res *res = job->fixups[i].res;
+    spin_lock(res);
+    int state = res->state;
+    emlx_arr *copy = state == EMLX_ARR_READY && res->arr ? emlx_arr_retain(res->arr) : NULL;
+    if (state == EMLX_ARR_FAILED) {
+      *kind = res->error_kind;
+      snprintf(msg, msglen, "%s", res->error ? res->error : "the op producing this tensor failed");
+    }
+    spin_unlock(res);
+    if (state == EMLX_ARR_FAILED) return 0;
+    if (!copy) {
+      *kind = EMLX_ERR_ARG;
+      snprintf(msg, msglen, state == EMLX_ARR_PENDING ? "the tensor is not computed yet" : "the tensor has been deallocated");
+      return 0;
+    }
+    if (!emlx_job_hold(job, copy)) {
+      emlx_arr_free(copy);
+      *kind = EMLX_ERR_MLX;
+      snprintf(msg, msglen, "out of memory");
+      return 0;
+    }
+    *job->fixups[i].slot = copy;
+  }
+  return 1;
+}
+
+void emlx_array_fill(emlx_array_res *res, emlx_arr *a) {
+  spin_lock(res);
+  int drop = res->dealloc_requested;
+  res->arr = drop ? NULL : a;
+  res->state = EMLX_ARR_READY;
+  spin_unlock(res);
+  if (drop) emlx_arr_free(a);
+}
+
+void emlx_array_fail(emlx_array_res *res, int kind, const char *msg) {
+  size_t n = strlen(msg);
+  char *copy = enif_alloc(n + 1);
+  if (copy) memcpy(copy, msg, n + 1);
+  spin_lock(res);
+  res->state = EMLX_ARR_FAILED;
+  res->error_kind = kind;
+  res->error = copy;
+  spin_unlock(res);
 }
 
 int emlx_decode_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *job, emlx_arg *out, char *err,
@@ -226,8 +327,7 @@ int emlx_decode_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *job, em
   out->kind = kind;
   switch (kind) {
     case EMLX_ARG_ARR:
-      out->u.arr = take_for_job(env, t, job, err, errlen);
-      return out->u.arr != NULL;
+      return take_for_job(env, t, job, &out->u.arr, &job->error_kind, err, errlen);
     case EMLX_ARG_ARRS: {
       unsigned len;
       if (!enif_get_list_length(env, t, &len) || len == 0) {
@@ -242,8 +342,7 @@ int emlx_decode_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *job, em
       ERL_NIF_TERM head, tail = t;
       int n = 0;
       while (enif_get_list_cell(env, tail, &head, &tail)) {
-        v[n] = take_for_job(env, head, job, err, errlen);
-        if (!v[n]) return 0;
+        if (!take_for_job(env, head, job, &v[n], &job->error_kind, err, errlen)) return 0;
         n++;
       }
       out->u.arrs.v = v;
@@ -355,10 +454,27 @@ ERL_NIF_TERM emlx_make_array(ErlNifEnv *env, emlx_queue_res *owner, emlx_arr *a)
     emlx_arr_free(a);
     return 0;
   }
+  memset(res, 0, sizeof *res);
   res->arr = a;
   res->owner = owner;
+  res->state = EMLX_ARR_READY;
   atomic_flag_clear(&res->lock);
   enif_keep_resource(owner);
+  ERL_NIF_TERM t = enif_make_resource(env, res);
+  enif_release_resource(res);
+  return t;
+}
+
+ERL_NIF_TERM emlx_make_pending(ErlNifEnv *env, emlx_queue_res *owner, emlx_array_res **res_out) {
+  emlx_array_res *res = enif_alloc_resource(emlx_array_type, sizeof(emlx_array_res));
+  if (!res) return 0;
+  memset(res, 0, sizeof *res);
+  res->owner = owner;
+  res->state = EMLX_ARR_PENDING;
+  atomic_flag_clear(&res->lock);
+  enif_keep_resource(owner);
+  enif_keep_resource(res); /* for the job that fills it */
+  *res_out = res;
   ERL_NIF_TERM t = enif_make_resource(env, res);
   enif_release_resource(res);
   return t;
@@ -375,10 +491,12 @@ emlx_arr *emlx_array_swap(emlx_array_res *res, emlx_arr *a) {
 }
 
 /* Used by deallocate: takes the handle out under the lock. */
-emlx_arr *emlx_array_detach(emlx_array_res *res) {
+emlx_arr *emlx_array_detach(emlx_array_res *res, int *marked_pending) {
   spin_lock(res);
   emlx_arr *a = res->arr;
   res->arr = NULL;
+  *marked_pending = res->state == EMLX_ARR_PENDING && !res->dealloc_requested;
+  if (res->state == EMLX_ARR_PENDING) res->dealloc_requested = 1;
   spin_unlock(res);
   return a;
 }

@@ -39,6 +39,7 @@ static void array_dtor(ErlNifEnv *env, void *obj) {
   emlx_array_res *r = obj;
   if (r->arr) emlx_post_free(r->owner, r->arr);
   r->arr = NULL;
+  if (r->error) enif_free(r->error);
   if (r->owner) enif_release_resource(r->owner);
 }
 
@@ -80,9 +81,34 @@ static ERL_NIF_TERM submit(ErlNifEnv *env, emlx_job *job) {
 }
 
 static ERL_NIF_TERM fail(ErlNifEnv *env, emlx_job *job, const char *msg) {
+  int kind = job->error_kind;
   emlx_job_free(job);
-  return emlx_raise_arg(env, "%s", msg);
+  return emlx_raise_kind(env, kind, msg);
 }
+
+/* Decodes a list of array terms into job->inputs, in order. */
+static int decode_inputs(ErlNifEnv *env, ERL_NIF_TERM list, emlx_job *job, char *err, size_t errlen) {
+  unsigned len;
+  if (!enif_get_list_length(env, list, &len)) {
+    snprintf(err, errlen, "expected a list of arrays");
+    return 0;
+  }
+  job->inputs = emlx_job_alloc(job, sizeof(emlx_arr *) * (len ? len : 1));
+  if (!job->inputs) {
+    snprintf(err, errlen, "out of memory");
+    return 0;
+  }
+  ERL_NIF_TERM head, tail = list;
+  for (unsigned i = 0; i < len; i++) {
+    enif_get_list_cell(env, tail, &head, &tail);
+    job->ninputs = (int)i + 1;
+    if (!emlx_decode_array(env, head, job, &job->inputs[i], err, errlen)) return 0;
+  }
+  return 1;
+}
+
+/* Queue depth at which an op asks its caller to wait for the worker. */
+#define EMLX_BACKPRESSURE 2048
 
 /* ---- queues ---- */
 
@@ -163,7 +189,21 @@ static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) 
     }
   }
   job->nargs = nsig;
-  return submit(env, job);
+
+  /* The results exist now, pending; the worker fills them in queue order. */
+  int nouts = emlx_op_outputs(op);
+  ERL_NIF_TERM terms[EMLX_MAX_OUTS];
+  for (int i = 0; i < nouts; i++) {
+    terms[i] = emlx_make_pending(env, qr, &job->results[i]);
+    if (!terms[i]) return fail(env, job, "out of memory");
+    job->nresults = i + 1;
+  }
+  if (!enif_self(env, &job->pid)) return fail(env, job, "EMLX calls must come from a process");
+  emlx_queue_post(qr->q, job);
+  ERL_NIF_TERM result = nouts == 1 ? terms[0] : enif_make_list_from_array(env, terms, (unsigned)nouts);
+  if (atomic_load_explicit(&qr->q->pending, memory_order_relaxed) > EMLX_BACKPRESSURE)
+    return enif_make_tuple2(env, ATOM.wait, result);
+  return result;
 }
 
 static ERL_NIF_TERM nif_op_list(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -229,13 +269,8 @@ static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
   if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
   emlx_job *job = emlx_job_new(EMLX_JOB_EVAL, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
-  ERL_NIF_TERM head, tail = argv[1];
   char err[256];
-  if (!enif_is_list(env, tail)) return fail(env, job, "expected a list of arrays");
-  while (enif_get_list_cell(env, tail, &head, &tail)) {
-    emlx_arg tmp;
-    if (!emlx_decode_arg(env, head, EMLX_ARG_ARR, job, &tmp, err, sizeof err)) return fail(env, job, err);
-  }
+  if (!decode_inputs(env, argv[1], job, err, sizeof err)) return fail(env, job, err);
   return submit(env, job);
 }
 
@@ -352,12 +387,8 @@ static ERL_NIF_TERM nif_program_run(ErlNifEnv *env, int argc, const ERL_NIF_TERM
   job->program = p;
   enif_keep_resource(p);
   job->compile = enif_is_identical(argv[3], ATOM.true_);
-  ERL_NIF_TERM head, tail = argv[2];
   char err[256];
-  while (enif_get_list_cell(env, tail, &head, &tail)) {
-    emlx_arg tmp;
-    if (!emlx_decode_arg(env, head, EMLX_ARG_ARR, job, &tmp, err, sizeof err)) return fail(env, job, err);
-  }
+  if (!decode_inputs(env, argv[2], job, err, sizeof err)) return fail(env, job, err);
   return submit(env, job);
 }
 
@@ -396,15 +427,9 @@ static ERL_NIF_TERM nif_to_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   if (!job) return emlx_raise_arg(env, "out of memory");
   char err[256];
   emlx_array_res *res;
-  emlx_arr *a = emlx_take_array(env, argv[1], &res, err, sizeof err);
-  if (!a) return fail(env, job, err);
-  if (!emlx_job_hold(job, a)) {
-    emlx_arr_free(a);
-    return fail(env, job, "out of memory");
-  }
-  job->args[0].kind = EMLX_ARG_ARR;
-  job->args[0].u.arr = a;
+  if (!emlx_decode_arg(env, argv[1], EMLX_ARG_ARR, job, &job->args[0], err, sizeof err)) return fail(env, job, err);
   job->nargs = 1;
+  enif_get_resource(env, argv[1], emlx_array_type, (void **)&res);
   job->res = res;
   enif_keep_resource(res);
   job->ipc = strcmp(mode, "ipc") == 0;
@@ -460,8 +485,10 @@ static ERL_NIF_TERM nif_array_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   (void)argc;
   char err[256];
   emlx_array_res *res;
-  emlx_arr *a = emlx_take_array(env, argv[0], &res, err, sizeof err);
-  if (!a) return emlx_raise_arg(env, "%s", err);
+  int state, kind = EMLX_ERR_ARG;
+  emlx_arr *a = emlx_take_array(env, argv[0], &res, &state, &kind, err, sizeof err);
+  if (!a && state == EMLX_ARR_PENDING) return enif_make_tuple2(env, ATOM.pending, enif_make_resource(env, res->owner));
+  if (!a) return emlx_raise_kind(env, kind, err);
   int64_t dims[EMLX_MAX_DIMS];
   int nd = emlx_arr_ndim(a);
   if (nd > EMLX_MAX_DIMS) nd = EMLX_MAX_DIMS;
@@ -475,8 +502,11 @@ static ERL_NIF_TERM nif_array_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
 static ERL_NIF_TERM nif_array_strides(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   char err[256];
-  emlx_arr *a = emlx_take_array(env, argv[0], NULL, err, sizeof err);
-  if (!a) return emlx_raise_arg(env, "%s", err);
+  emlx_array_res *res;
+  int state, kind = EMLX_ERR_ARG;
+  emlx_arr *a = emlx_take_array(env, argv[0], &res, &state, &kind, err, sizeof err);
+  if (!a && state == EMLX_ARR_PENDING) return enif_make_tuple2(env, ATOM.pending, enif_make_resource(env, res->owner));
+  if (!a) return emlx_raise_kind(env, kind, err);
   int64_t st[EMLX_MAX_DIMS];
   int nd = emlx_arr_ndim(a);
   if (nd > EMLX_MAX_DIMS) nd = EMLX_MAX_DIMS;
@@ -490,7 +520,9 @@ static ERL_NIF_TERM nif_deallocate(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   emlx_array_res *res;
   if (!enif_get_resource(env, argv[0], emlx_array_type, (void **)&res))
     return emlx_raise_arg(env, "expected an EMLX array reference");
-  emlx_arr *a = emlx_array_detach(res);
+  int marked_pending;
+  emlx_arr *a = emlx_array_detach(res, &marked_pending);
+  if (marked_pending) return ATOM.ok;
   if (!a) return ATOM.already_deallocated;
   emlx_post_free(res->owner, a);
   return ATOM.ok;
@@ -604,6 +636,8 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   ATOM.active_memory = A("active_memory");
   ATOM.peak_memory = A("peak_memory");
   ATOM.cache_memory = A("cache_memory");
+  ATOM.wait = A("wait");
+  ATOM.pending = A("pending");
 #undef A
 
   op_count = emlx_op_count();

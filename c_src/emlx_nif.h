@@ -32,11 +32,20 @@ typedef struct {
   emlx_queue *q;
 } emlx_queue_res;
 
-/* The NIF resource for an array. `arr` becomes NULL once deallocated. */
+/* The NIF resource for an array. Ops return their result resources at
+ * once, PENDING; the worker fills them in queue order (READY), or records
+ * the error (FAILED), which every later use of the array reports. `arr` is
+ * NULL once deallocated. Fields below `lock` are read and written under it. */
+enum { EMLX_ARR_READY = 0, EMLX_ARR_PENDING = 1, EMLX_ARR_FAILED = 2 };
+
 typedef struct {
   emlx_arr *arr;
   emlx_queue_res *owner; /* kept alive while the array lives */
   atomic_flag lock;
+  int state;
+  int dealloc_requested; /* deallocated while pending: drop it when filled */
+  int error_kind;        /* an emlx_status, when FAILED */
+  char *error;           /* enif_alloc'd message, when FAILED */
 } emlx_array_res;
 
 /* The NIF resource for a program (see emlx_program_run in emlx_shim.h).
@@ -87,6 +96,18 @@ struct emlx_job {
 
   emlx_arr **held; /* retained input handles, freed after the job */
   int nheld, cap_held;
+  /* inputs still pending at decode: resolved on the worker before the job
+   * runs (queue order guarantees their producers ran first) */
+  struct {
+    emlx_array_res *res;
+    emlx_arr **slot;
+  } *fixups;
+  int nfixups, cap_fixups;
+  emlx_arr **inputs; /* EVAL and PROGRAM: the decoded arrays, in order */
+  int ninputs;
+  emlx_array_res *results[EMLX_MAX_OUTS]; /* OP: the pending results (kept) */
+  int nresults;
+  int error_kind; /* of a decode failure: EMLX_ERR_ARG, or EMLX_ERR_MLX for a failed input */
   emlx_block *blocks; /* scratch memory for decoded lists */
 
   /* FROM_BINARY */
@@ -123,7 +144,7 @@ extern ErlNifResourceType *emlx_program_type;
 typedef struct {
   ERL_NIF_TERM ok, error, nil, true_, false_, cpu, gpu, mlx, argument, nan, infinity, neg_infinity,
       already_deallocated, bool_, exception, struct_, message, argument_error,
-      active_memory, peak_memory, cache_memory;
+      active_memory, peak_memory, cache_memory, wait, pending;
 } emlx_atoms;
 extern emlx_atoms ATOM;
 
@@ -139,6 +160,8 @@ void emlx_post_free(emlx_queue_res *owner, emlx_arr *a);
 
 /* ---- codec (emlx_codec.c) ---- */
 ERL_NIF_TERM emlx_raise_arg(ErlNifEnv *env, const char *fmt, ...);
+/* Raises ArgumentError (EMLX_ERR_ARG) or EMLX.NIFError (EMLX_ERR_MLX). */
+ERL_NIF_TERM emlx_raise_kind(ErlNifEnv *env, int kind, const char *msg);
 int emlx_decode_dtype(ErlNifEnv *env, ERL_NIF_TERM t, int *dtype);
 ERL_NIF_TERM emlx_encode_dtype(ErlNifEnv *env, int dtype);
 int emlx_decode_dims(ErlNifEnv *env, ERL_NIF_TERM t, int64_t *dims, int *ndim);
@@ -148,10 +171,23 @@ int emlx_decode_device(ErlNifEnv *env, ERL_NIF_TERM t, emlx_device *dev);
  * writes a message to err. */
 int emlx_decode_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *job, emlx_arg *out, char *err,
                     size_t errlen);
-/* Takes a retained handle from an array term; NULL and a message when the term is no live array. */
-emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_array_res **res_out, char *err, size_t errlen);
+/* Takes a retained handle from a READY array term. Otherwise NULL, with
+ * *state_out telling why (PENDING, FAILED, or READY for a dead/bad term)
+ * and a message in err (the error kind in *kind_out when FAILED). */
+emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_array_res **res_out, int *state_out, int *kind_out,
+                          char *err, size_t errlen);
 ERL_NIF_TERM emlx_make_array(ErlNifEnv *env, emlx_queue_res *owner, emlx_arr *a);
-emlx_arr *emlx_array_detach(emlx_array_res *res);
+/* A new PENDING array resource of the queue (kept once for the job). */
+ERL_NIF_TERM emlx_make_pending(ErlNifEnv *env, emlx_queue_res *owner, emlx_array_res **res_out);
+/* Worker side: fill a pending result, or fail it. */
+void emlx_array_fill(emlx_array_res *res, emlx_arr *a);
+void emlx_array_fail(emlx_array_res *res, int kind, const char *msg);
+/* Worker side: resolve a job's pending inputs; on failure returns 0 and sets kind and msg. */
+int emlx_job_resolve(emlx_job *job, int *kind, char *msg, size_t msglen);
+/* Takes the handle out; a pending array is marked to be dropped when computed. */
+emlx_arr *emlx_array_detach(emlx_array_res *res, int *marked_pending);
+/* Decodes one array term for a job into *slot (see emlx_decode_arg). */
+int emlx_decode_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job *job, emlx_arr **slot, char *err, size_t errlen);
 emlx_arr *emlx_array_swap(emlx_array_res *res, emlx_arr *a);
 
 #endif

@@ -110,7 +110,11 @@ bool is_int(mx::Dtype d) { return mx::issubdtype(d, mx::integer); }
 
 mx::array truthy(const mx::array &x, SD s) {
   if (x.dtype() == mx::bool_) return x;
-  return mx::not_equal(x, mx::array(0, x.dtype()), s);
+  if (x.dtype() == mx::complex64) {
+    auto zero = mx::array(0.0f);
+    return mx::logical_or(mx::not_equal(mx::real(x, s), zero, s), mx::not_equal(mx::imag(x, s), zero, s), s);
+  }
+  return mx::not_equal(x, mx::zeros({}, x.dtype(), s), s);
 }
 
 // ---- float64 math on the CPU ----
@@ -221,7 +225,9 @@ mx::array f64_unary(const mx::array &x, int fn, SD s) {
   }
 
 F64_OR_MLX(exp, F64_EXP, mx::exp(x, s))
-F64_OR_MLX(expm1, F64_EXPM1, mx::expm1(x, s))
+F64_OR_MLX(expm1, F64_EXPM1,
+           x.dtype() == mx::complex64 ? mx::subtract(mx::exp(x, s), mx::array(std::complex<float>(1.0f, 0.0f)), s)
+                                      : mx::expm1(x, s))
 F64_OR_MLX(log1p, F64_LOG1P, mx::log1p(x, s))
 F64_OR_MLX(sin, F64_SIN, mx::sin(x, s))
 F64_OR_MLX(cos, F64_COS, mx::cos(x, s))
@@ -236,7 +242,10 @@ F64_OR_MLX(acosh, F64_ACOSH, mx::arccosh(x, s))
 F64_OR_MLX(atanh, F64_ATANH, mx::arctanh(x, s))
 F64_OR_MLX(erf, F64_ERF, mx::erf(x, s))
 F64_OR_MLX(erf_inv, F64_ERFINV, mx::erfinv(x, s))
-F64_OR_MLX(sigmoid, F64_SIGMOID, mx::sigmoid(x, s))
+F64_OR_MLX(sigmoid, F64_SIGMOID,
+           x.dtype() == mx::complex64
+               ? mx::reciprocal(mx::add(mx::exp(mx::negative(x, s), s), mx::array(std::complex<float>(1.0f, 0.0f)), s), s)
+               : mx::sigmoid(x, s))
 
 // ---- element-wise helpers with Nx semantics ----
 
@@ -256,6 +265,8 @@ mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d) {
 
 mx::array emlx_cbrt(const mx::array &x, SD s) {
   if (x.dtype() == mx::float64) return f64_unary(x, F64_CBRT, s);
+  // complex: the principal root exp(log(z) / 3)
+  if (x.dtype() == mx::complex64) return mx::exp(mx::divide(mx::log(x, s), mx::array(std::complex<float>(3.0f, 0.0f)), s), s);
   auto third = mx::array(1.0 / 3.0, x.dtype());
   return mx::multiply(mx::sign(x, s), mx::power(mx::abs(x, s), third, s), s);
 }
@@ -729,7 +740,60 @@ mx::array emlx_take_along_axis(const mx::array &x, const mx::array &idx, int axi
   return mx::take_along_axis(x, clamp_index(idx, x.shape(axis), s), axis, s);
 }
 
+// MLX's cummax/cummin lose NaN for half types: run them in float32.
+mx::array emlx_cumext(const mx::array &x, int axis, bool reverse, bool is_max, SD s) {
+  bool half = x.dtype() == mx::float16 || x.dtype() == mx::bfloat16;
+  auto y = half ? mx::astype(x, mx::float32, s) : x;
+  auto r = is_max ? mx::cummax(y, axis, reverse, true, s) : mx::cummin(y, axis, reverse, true, s);
+  return half ? mx::astype(r, x.dtype(), s) : r;
+}
+
 // ---- convolution ----
+
+mx::array window_view(const mx::array &x, const mx::array &value, const mx::Shape &window,
+                      const std::vector<int64_t> &strides, const std::vector<int64_t> &lo,
+                      const std::vector<int64_t> &hi, const std::vector<int64_t> &dil, SD s);
+
+// Convolution as patches times kernel (one batched matmul per feature
+// group), in Nx's layout. MLX has no float64 convolution kernel; float64
+// matmul exists on the CPU, so float64 (and integer) convolutions run here.
+mx::array conv_patches(const mx::array &x, const mx::array &k, const std::vector<int> &strides,
+                       const std::vector<int> &lo, const std::vector<int> &hi, const std::vector<int> &in_dil,
+                       const std::vector<int> &k_dil, int groups, SD s) {
+  int nd = static_cast<int>(x.ndim()), sp = nd - 2;
+  std::vector<int64_t> plo(nd, 0), phi(nd, 0), pin(nd, 0);
+  for (int i = 0; i < sp; i++) {
+    plo[i + 2] = lo[i];
+    phi[i + 2] = hi[i];
+    pin[i + 2] = in_dil[i] - 1;
+  }
+  auto p = emlx_pad_impl(x, mx::zeros({}, x.dtype(), s), plo, phi, pin, s);
+  mx::Shape window{1, 1};
+  std::vector<int64_t> st{1, 1}, dl{1, 1}, zero(nd, 0);
+  for (int i = 0; i < sp; i++) {
+    window.push_back(k.shape(i + 2));
+    st.push_back(strides[i]);
+    dl.push_back(k_dil[i]);
+  }
+  auto v = window_view(p, mx::zeros({}, x.dtype(), s), window, st, zero, zero, dl, s);
+  int n = x.shape(0), c = x.shape(1), o = k.shape(0), cg = c / groups, og = o / groups;
+  int64_t positions = 1, ksize = 1;
+  mx::Shape out_sp;
+  for (int i = 0; i < sp; i++) {
+    out_sp.push_back(v.shape(2 + i));
+    positions *= v.shape(2 + i);
+    ksize *= k.shape(i + 2);
+  }
+  int P = static_cast<int>(positions), K = static_cast<int>(ksize);
+  auto patches = mx::reshape(v, {n, groups, cg, P, K}, s);
+  patches = mx::reshape(mx::transpose(patches, {1, 0, 3, 2, 4}, s), {groups, n * P, cg * K}, s);
+  auto kern = mx::transpose(mx::reshape(k, {groups, og, cg * K}, s), {0, 2, 1}, s);
+  auto r = mx::matmul(patches, kern, s);  // groups, n*P, og
+  r = mx::transpose(mx::reshape(r, {groups, n, P, og}, s), {1, 0, 3, 2}, s);
+  mx::Shape shape{n, o};
+  shape.insert(shape.end(), out_sp.begin(), out_sp.end());
+  return mx::reshape(r, shape, s);
+}
 
 std::vector<int> inverse_perm(const std::vector<int> &p) {
   std::vector<int> inv(p.size());
@@ -785,6 +849,7 @@ mx::array conv_typed(const mx::array &x, const mx::array &k, const std::vector<i
     return mx::add(mx::astype(re, mx::complex64, s),
                    mx::multiply(mx::astype(im, mx::complex64, s), mx::array(std::complex<float>(0.0f, 1.0f)), s), s);
   }
+  if (x.dtype() == mx::float64) return conv_patches(x, k, strides, lo, hi, in_dil, k_dil, groups, s);
   return conv_nchw(x, k, strides, lo, hi, in_dil, k_dil, groups, s);
 }
 
@@ -1112,7 +1177,7 @@ enum {
 #define BINARY_KEEP(n, f) OP_##n,
 #define REDUCE(n, f) OP_##n,
 #define OP(n, sig, e) OP_##n,
-#define OPN(n, sig, e) OP_##n,
+#define OPN(n, sig, k, e) OP_##n,
 #include "emlx_ops.def"
 #undef UNARY
 #undef UNARY_KEEP
@@ -1127,16 +1192,17 @@ enum {
 struct op_info {
   const char *name;
   const char *sig;
+  int outputs;
 };
 
 const op_info op_table[] = {
-#define UNARY(n, f) {#n, "a"},
-#define UNARY_KEEP(n, f) {#n, "a"},
-#define BINARY(n, f) {#n, "aa"},
-#define BINARY_KEEP(n, f) {#n, "aa"},
-#define REDUCE(n, f) {#n, "aIb"},
-#define OP(n, sig, e) {#n, sig},
-#define OPN(n, sig, e) {#n, sig},
+#define UNARY(n, f) {#n, "a", 1},
+#define UNARY_KEEP(n, f) {#n, "a", 1},
+#define BINARY(n, f) {#n, "aa", 1},
+#define BINARY_KEEP(n, f) {#n, "aa", 1},
+#define REDUCE(n, f) {#n, "aIb", 1},
+#define OP(n, sig, e) {#n, sig, 1},
+#define OPN(n, sig, k, e) {#n, sig, k},
 #include "emlx_ops.def"
 #undef UNARY
 #undef UNARY_KEEP
@@ -1181,8 +1247,8 @@ std::vector<mx::array> run_op(int op, const mx::Stream &stream, const emlx_arg *
 #define OP(n, sig, e) \
   case OP_##n:        \
     return {e};
-#define OPN(n, sig, e) \
-  case OP_##n:         \
+#define OPN(n, sig, k, e) \
+  case OP_##n:            \
     return e;
 #include "emlx_ops.def"
 #undef UNARY
@@ -1217,6 +1283,7 @@ extern "C" {
 int emlx_op_count(void) { return OP_COUNT; }
 const char *emlx_op_name(int op) { return op >= 0 && op < OP_COUNT ? op_table[op].name : nullptr; }
 const char *emlx_op_signature(int op) { return op >= 0 && op < OP_COUNT ? op_table[op].sig : nullptr; }
+int emlx_op_outputs(int op) { return op >= 0 && op < OP_COUNT ? op_table[op].outputs : 0; }
 
 const char *emlx_last_error(void) { return last_error.c_str(); }
 

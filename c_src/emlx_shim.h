@@ -97,6 +97,7 @@ typedef struct {
 int emlx_op_count(void);
 const char *emlx_op_name(int op);
 const char *emlx_op_signature(int op);
+int emlx_op_outputs(int op);
 
 /*
  * Runs op `op` on stream `s`. On success writes up to EMLX_MAX_OUTS new

@@ -26,6 +26,7 @@ emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
   memset(job, 0, sizeof *job);
   job->kind = kind;
   job->out_dtype = -1;
+  job->error_kind = EMLX_ERR_ARG;
   if (kind != EMLX_JOB_FREE && kind != EMLX_JOB_STOP) {
     job->env = enif_alloc_env();
     if (!job->env) {
@@ -41,6 +42,9 @@ emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
 }
 
 void emlx_job_free(emlx_job *job) {
+  for (int i = 0; i < job->nfixups; i++) enif_release_resource(job->fixups[i].res);
+  if (job->fixups) enif_free(job->fixups);
+  for (int i = 0; i < job->nresults; i++) enif_release_resource(job->results[i]);
   for (int i = 0; i < job->nheld; i++) emlx_arr_free(job->held[i]);
   if (job->held) enif_free(job->held);
   while (job->blocks) {
@@ -102,6 +106,25 @@ static void reply_error(emlx_job *job, emlx_status st) {
   reply(job, enif_make_tuple3(job->env, ATOM.error, kind, make_string(job->env, emlx_last_error())));
 }
 
+static void reply_failure(emlx_job *job, int kind, const char *msg) {
+  ERL_NIF_TERM k = kind == EMLX_ERR_ARG ? ATOM.argument : ATOM.mlx;
+  reply(job, enif_make_tuple3(job->env, ATOM.error, k, make_string(job->env, msg)));
+}
+
+/* Resolves the job's pending inputs; on failure replies (or fails the
+ * results of an op) and returns 0. */
+static int resolve(emlx_job *job) {
+  int kind;
+  char msg[512];
+  if (emlx_job_resolve(job, &kind, msg, sizeof msg)) return 1;
+  if (job->kind == EMLX_JOB_OP) {
+    for (int i = 0; i < job->nresults; i++) emlx_array_fail(job->results[i], kind, msg);
+  } else {
+    reply_failure(job, kind, msg);
+  }
+  return 0;
+}
+
 static void reply_ok(emlx_job *job, ERL_NIF_TERM value) { reply(job, enif_make_tuple2(job->env, ATOM.ok, value)); }
 
 static void reply_oom(emlx_job *job) {
@@ -110,32 +133,22 @@ static void reply_oom(emlx_job *job) {
 
 /* ---- job bodies ---- */
 
+/* Fills the op's pending results; on error each result records it. */
 static void run_op(emlx_queue *q, emlx_job *job) {
   emlx_arr *outs[EMLX_MAX_OUTS];
   int n = 0;
   emlx_status st = emlx_op_run(job->op, q->stream, job->args, job->nargs, job->out_dtype, outs, &n);
+  if (st == EMLX_OK && n != job->nresults) {
+    for (int i = 0; i < n; i++) emlx_arr_free(outs[i]);
+    for (int i = 0; i < job->nresults; i++) emlx_array_fail(job->results[i], EMLX_ERR_MLX, "unexpected number of op results");
+    return;
+  }
   if (st != EMLX_OK) {
-    reply_error(job, st);
+    const char *msg = emlx_last_error();
+    for (int i = 0; i < job->nresults; i++) emlx_array_fail(job->results[i], st, msg);
     return;
   }
-  ERL_NIF_TERM terms[EMLX_MAX_OUTS];
-  int ok = 1;
-  for (int i = 0; i < n; i++) {
-    if (!ok) {
-      emlx_arr_free(outs[i]);
-      continue;
-    }
-    terms[i] = emlx_make_array(job->env, job->qres, outs[i]);
-    if (!terms[i]) ok = 0;
-  }
-  if (!ok) {
-    reply_oom(job);
-    return;
-  }
-  if (n == 1)
-    reply_ok(job, terms[0]);
-  else
-    reply_ok(job, enif_make_list_from_array(job->env, terms, (unsigned)n));
+  for (int i = 0; i < n; i++) emlx_array_fill(job->results[i], outs[i]);
 }
 
 static void run_from_binary(emlx_queue *q, emlx_job *job) {
@@ -169,8 +182,10 @@ static void run_to_binary(emlx_queue *q, emlx_job *job) {
     reply_oom(job);
     return;
   }
+  memset(res, 0, sizeof *res);
   res->arr = view;
   res->owner = job->qres;
+  res->state = EMLX_ARR_READY;
   atomic_flag_clear(&res->lock);
   enif_keep_resource(job->qres);
   size_t size = job->limit < nbytes ? job->limit : nbytes;
@@ -180,7 +195,7 @@ static void run_to_binary(emlx_queue *q, emlx_job *job) {
 }
 
 static void run_eval(emlx_queue *q, emlx_job *job) {
-  emlx_status st = emlx_eval(q->stream, job->held, job->nheld);
+  emlx_status st = emlx_eval(q->stream, job->inputs, job->ninputs);
   if (st == EMLX_OK) st = emlx_stream_synchronize(q->stream);
   if (st != EMLX_OK)
     reply_error(job, st);
@@ -208,8 +223,8 @@ static void run_program(emlx_queue *q, emlx_job *job) {
     reply_oom(job);
     return;
   }
-  emlx_status st = emlx_program_run(q->stream, p->instrs, p->ninstrs, job->held, job->nheld, p->out_slots, p->nouts,
-                                    job->compile, &p->compiled, outs);
+  emlx_status st = emlx_program_run(q->stream, p->instrs, p->ninstrs, job->inputs, job->ninputs, p->out_slots,
+                                    p->nouts, job->compile, &p->compiled, outs);
   if (st != EMLX_OK) {
     reply_error(job, st);
   } else {
@@ -397,6 +412,10 @@ static void *worker_main(void *arg) {
     pthread_mutex_unlock(&q->mu);
 
     int stop = 0;
+    if (job->nfixups && !resolve(job)) {
+      emlx_job_free(job);
+      continue;
+    }
     switch (job->kind) {
       case EMLX_JOB_OP:
         run_op(q, job);

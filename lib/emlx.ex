@@ -122,14 +122,14 @@ defmodule EMLX do
 
   @doc "Reads at most `limit` elements of the tensor back as a binary."
   def to_blob({device, ref}, limit) do
-    {_shape, type, _owner} = NIF.array_info(ref)
+    {_shape, type, _owner} = NIF.info(ref)
     bytes = if limit == :infinity, do: 0xFFFFFFFFFFFFFFFF, else: limit * elem_bytes(type)
     NIF.to_binary(resolve_worker(device), ref, bytes) |> NIF.await()
   end
 
   @doc "Returns the value of a one-element tensor as a number."
   def item({_device, ref} = device_ref) do
-    {_shape, type, _owner} = NIF.array_info(ref)
+    {_shape, type, _owner} = NIF.info(ref)
     type = if type == :bool, do: {:u, 8}, else: type
 
     size = elem_bytes(type)
@@ -150,13 +150,13 @@ defmodule EMLX do
   def to_nx({device, ref}) when is_reference(ref), do: EMLX.Backend.to_nx({device, ref})
 
   @doc "The shape of a device ref's array."
-  def shape({_device, ref}), do: ref |> NIF.array_info() |> elem(0)
+  def shape({_device, ref}), do: ref |> NIF.info() |> elem(0)
 
   @doc "The Nx type of a device ref's array (`:bool` for MLX booleans)."
-  def scalar_type({_device, ref}), do: ref |> NIF.array_info() |> elem(1)
+  def scalar_type({_device, ref}), do: ref |> NIF.info() |> elem(1)
 
   @doc "The strides of a device ref's array, in elements."
-  def strides({_device, ref}), do: NIF.array_strides(ref)
+  def strides({_device, ref}), do: NIF.strides(ref)
 
   @doc "Drops the array's memory now. Later use raises."
   def deallocate({_device, ref}), do: NIF.deallocate(ref)
@@ -256,7 +256,7 @@ defmodule EMLX do
     queue = resolve_worker(device)
     raw = Enum.map(args, &unwrap_arg/1)
 
-    case NIF.op(queue, name, raw, out_type) |> NIF.await() do
+    case NIF.run_op(queue, name, raw, out_type) do
       list when is_list(list) -> Enum.map(list, &{device, &1})
       ref -> {device, ref}
     end

@@ -46,11 +46,11 @@ defmodule EMLX.Backend do
 
   @doc "Converts a device ref to an Nx tensor."
   def to_nx({device, ref}) when is_reference(ref) do
-    {shape, type, owner} = NIF.array_info(ref)
+    {shape, type, owner} = NIF.info(ref)
     type = if type == :bool, do: {:u, 8}, else: type
 
     ref =
-      if type == {:u, 8} and elem(NIF.array_info(ref), 1) == :bool,
+      if type == {:u, 8} and elem(NIF.info(ref), 1) == :bool,
         do: cast_bool(ref, owner),
         else: ref
 
@@ -574,7 +574,11 @@ defmodule EMLX.Backend do
   @impl true
   def triangular_solve(out, a, b, opts) do
     args = [a, b, opts[:left_side], opts[:lower], opts[:transform_a] == :transpose]
-    run(out, :triangular_solve, args)
+    result = run(out, :triangular_solve, args)
+    # Nx raises on a singular matrix where the call is made: wait for the
+    # worker's check instead of letting the error surface at a later read.
+    with %__MODULE__{ref: ref} when is_reference(ref) <- result.data, do: NIF.info(ref)
+    result
   end
 
   # `config :emlx, linalg: :nx` runs Nx's own reference algorithms (composed
@@ -675,7 +679,7 @@ defmodule EMLX.Backend do
     if EMLX.Defn.Recorder.active?() do
       EMLX.Defn.Recorder.record(op, raw_args, out_type)
     else
-      NIF.op(queue, op, raw_args, out_type) |> NIF.await()
+      NIF.run_op(queue, op, raw_args, out_type)
     end
   end
 

@@ -32,8 +32,51 @@ defmodule EMLX.NIF do
   @doc "Posts a barrier that synchronizes the queue's stream."
   def queue_sync(_queue), do: :erlang.nif_error(:nif_not_loaded)
 
-  @doc "Posts op `name` (see `op_list/0`) with its argument list, casting results to `out_type` unless nil."
+  @doc """
+  Posts op `name` (see `op_list/0`) with its argument list, casting results
+  to `out_type` unless nil. Returns the result array(s) at once, pending:
+  the worker computes them in queue order, and an MLX error is raised by
+  the first read of the array (or of any array computed from it). Returns
+  `{:wait, result}` when the queue is deep, asking the caller to wait.
+  """
   def op(_queue, _name, _args, _out_type), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Runs `op/4`, waiting for the worker to drain first when the queue is deep."
+  def run_op(queue, name, args, out_type) do
+    case op(queue, name, args, out_type) do
+      {:wait, result} ->
+        queue |> queue_sync() |> await()
+        result
+
+      result ->
+        result
+    end
+  end
+
+  @doc "`{shape, type, owner_queue}` of an array, waiting for a pending one."
+  def info(array) do
+    case array_info(array) do
+      {:pending, owner} ->
+        owner |> queue_sync() |> await()
+        info(array)
+
+      info ->
+        info
+    end
+  end
+
+  @doc "The strides of an array, waiting for a pending one."
+  def strides(array) do
+    case array_strides(array) do
+      {:pending, owner} ->
+        owner |> queue_sync() |> await()
+        strides(array)
+
+      strides ->
+        strides
+    end
+  end
+
   @doc "The op table: `[{name, signature}]`."
   def op_list, do: :erlang.nif_error(:nif_not_loaded)
   @doc "Posts the copy of a binary into a new array."

@@ -49,10 +49,16 @@ defmodule EMLX.NIFTest do
     assert_raise ArgumentError, fn -> NIF.array_info(:not_an_array) end
   end
 
-  test "MLX's own errors become EMLX.NIFError with MLX's message" do
+  test "MLX's own errors become EMLX.NIFError with MLX's message, at the first read" do
     a = EMLX.Backend.from_nx(emlx([1, 2, 3]))
-    assert_raise EMLX.NIFError, ~r/reshape/i, fn -> EMLX.reshape(a, {2, 2}) end
-    assert_raise EMLX.NIFError, fn -> EMLX.transpose(a, [3]) end
+    # ops return at once; the worker's error is raised where the array is read
+    bad = EMLX.reshape(a, {2, 2})
+    assert_raise EMLX.NIFError, ~r/reshape/i, fn -> EMLX.eval(bad) end
+    assert_raise EMLX.NIFError, ~r/reshape/i, fn -> EMLX.to_blob(bad) end
+    assert_raise EMLX.NIFError, ~r/reshape/i, fn -> EMLX.shape(bad) end
+    # and so does every array computed from it
+    assert_raise EMLX.NIFError, ~r/reshape/i, fn -> EMLX.add(bad, bad) |> EMLX.to_blob() end
+    assert_raise EMLX.NIFError, fn -> EMLX.transpose(a, [3]) |> EMLX.eval() end
     # and the queue keeps working
     assert EMLX.to_nx(EMLX.add(a, a)) |> Nx.to_list() == [2, 4, 6]
   end
