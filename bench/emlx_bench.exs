@@ -1,0 +1,525 @@
+# The Elixir half of the benchmark suite: every workload on EMLX.Backend
+# (eager: plain Nx calls, and `defn` run by the default Nx.Defn.Evaluator) and,
+# at the sizes it can finish in time, on Nx.BinaryBackend.
+#
+#     mix run bench/emlx_bench.exs [EMLX_OUT.json [MLX_OUT.json]]
+#
+# With MLX_OUT.json it also drives bench/mlx_bench.py (the same workloads on
+# Python MLX; BENCH_PYTHON names the interpreter, default
+# bench/.venv/bin/python), workload by workload, so that both sides of each
+# are timed back to back. Usually run by bench/run.sh, which then runs
+# bench/report.py (merge, table, chart).
+#
+# Each entry of EMLX_OUT.json: name, params, emlx_s, emlx_compiled_s (null
+# with BENCH_EMLX_COMPILED=0, see below), binary_s, size (the size
+# BinaryBackend ran, null when it did not run), iters, min_s (the fastest
+# run), checksums, errors. Times are the median seconds per iteration after
+# warm-up; evaluation is forced inside the timed region (EMLX.eval on every
+# output; BinaryBackend computes eagerly).
+#
+# Environment: BENCH_ONLY=regex runs only the matching workloads;
+# BENCH_TARGET_S (default 1.5) is the time each measurement aims to spend;
+# every defn workload also runs through `Nx.Defn.jit(fun, compiler: EMLX)`
+# into emlx_compiled_s (BENCH_EMLX_COMPILED=0 skips it).
+
+defmodule EMLXBench.Defns do
+  @moduledoc false
+  # Every workload except the dispatch loops is one `defn`, run eagerly
+  # (Nx.Defn.Evaluator, one backend call per op) and compiled by EMLX.
+  import Nx.Defn
+
+  defn elementwise_chain(x), do: Nx.tanh(Nx.exp(x) * 2 + 1)
+
+  defn matmul(a, b), do: Nx.dot(a, b)
+
+  defn softmax(x) do
+    e = Nx.exp(x - Nx.reduce_max(x, axes: [-1], keep_axes: true))
+    e / Nx.sum(e, axes: [-1], keep_axes: true)
+  end
+
+  # NCHW input, OIHW kernel (Nx's defaults), stride 1, "same" padding.
+  defn conv2d(x, k), do: Nx.conv(x, k, padding: :same)
+
+  ## MLP (three layers), ReLU, softmax cross-entropy, plain SGD
+
+  defn mlp_predict(p, x) do
+    h = Nx.max(Nx.dot(x, p.w1) + p.b1, 0)
+    h = Nx.max(Nx.dot(h, p.w2) + p.b2, 0)
+    Nx.dot(h, p.w3) + p.b3
+  end
+
+  defn mlp_loss(p, x, y) do
+    logits = mlp_predict(p, x)
+    shifted = logits - stop_grad(Nx.reduce_max(logits, axes: [1], keep_axes: true))
+    log_probs = shifted - Nx.log(Nx.sum(Nx.exp(shifted), axes: [1], keep_axes: true))
+    -Nx.mean(Nx.sum(y * log_probs, axes: [1]))
+  end
+
+  defn mlp_train_step(p, x, y, lr) do
+    {loss, g} = value_and_grad(p, &mlp_loss(&1, x, y))
+
+    {loss,
+     %{
+       w1: p.w1 - lr * g.w1,
+       b1: p.b1 - lr * g.b1,
+       w2: p.w2 - lr * g.w2,
+       b2: p.b2 - lr * g.b2,
+       w3: p.w3 - lr * g.w3,
+       b3: p.b3 - lr * g.b3
+     }}
+  end
+
+  ## One pre-norm transformer encoder block (no mask), GELU MLP of 4*d
+
+  defn layer_norm(x, g, b) do
+    c = x - Nx.mean(x, axes: [-1], keep_axes: true)
+    var = Nx.mean(c * c, axes: [-1], keep_axes: true)
+    c * Nx.rsqrt(var + 1.0e-5) * g + b
+  end
+
+  defn gelu(x), do: 0.5 * x * (1 + Nx.erf(x * 0.7071067811865476))
+
+  defn transformer_block(x, p, opts \\ []) do
+    opts = keyword!(opts, heads: 12)
+    h = layer_norm(x, p.ln1_g, p.ln1_b)
+    q = split_heads(Nx.dot(h, p.w_q) + p.b_q, opts[:heads])
+    k = split_heads(Nx.dot(h, p.w_k) + p.b_k, opts[:heads])
+    v = split_heads(Nx.dot(h, p.w_v) + p.b_v, opts[:heads])
+    # {heads, seq, seq}
+    scores = Nx.dot(q, [2], [0], k, [2], [0]) * head_scale(q)
+    # {heads, seq, d_head}
+    attn = Nx.dot(softmax(scores), [2], [0], v, [1], [0])
+    x = x + Nx.dot(merge_heads(attn), p.w_o) + p.b_o
+    h = layer_norm(x, p.ln2_g, p.ln2_b)
+    x + Nx.dot(gelu(Nx.dot(h, p.w_1) + p.b_1), p.w_2) + p.b_2
+  end
+
+  deftransformp split_heads(t, heads) do
+    {s, d} = Nx.shape(t)
+    t |> Nx.reshape({s, heads, div(d, heads)}) |> Nx.transpose(axes: [1, 0, 2])
+  end
+
+  deftransformp merge_heads(t) do
+    {heads, s, dh} = Nx.shape(t)
+    t |> Nx.transpose(axes: [1, 0, 2]) |> Nx.reshape({s, heads * dh})
+  end
+
+  deftransformp head_scale(q), do: 1.0 / :math.sqrt(elem(Nx.shape(q), 2))
+end
+
+defmodule MLXPython do
+  @moduledoc false
+  # Drives `bench/mlx_bench.py --serve` (Python MLX) over a port, so that
+  # both sides of each workload are timed back to back: the background load
+  # of a shared machine then weighs on both alike. The two never run at the
+  # same time: the BEAM waits while Python works, and Python waits on its
+  # stdin while EMLX works.
+
+  def start(out_path) do
+    python = System.get_env("BENCH_PYTHON", Path.expand("bench/.venv/bin/python"))
+
+    executable =
+      System.find_executable(python) ||
+        raise "no Python at #{python}: run `bash bench/setup_venv.sh` (or set BENCH_PYTHON)"
+
+    Port.open({:spawn_executable, executable}, [
+      :binary,
+      :exit_status,
+      {:line, 65_536},
+      args: ["bench/mlx_bench.py", "--serve", out_path]
+    ])
+  end
+
+  # Runs workload `name` on Python MLX; returns its one-line summary.
+  def run(port, name) do
+    Port.command(port, name <> "\n")
+    await(port, "done " <> name <> "\t")
+  end
+
+  def stop(port) do
+    Port.command(port, "quit\n")
+    "" = await(port, "bye")
+
+    receive do
+      {^port, {:exit_status, 0}} -> :ok
+      {^port, {:exit_status, status}} -> raise "bench/mlx_bench.py exited with #{status}"
+    end
+  end
+
+  # Waits for the line starting with `prefix`; returns the rest of it.
+  defp await(port, prefix) do
+    receive do
+      {^port, {:data, {:eol, ^prefix <> rest}}} -> rest
+      {^port, {:data, _other}} -> await(port, prefix)
+      {^port, {:exit_status, status}} -> raise "bench/mlx_bench.py exited with #{status}"
+    end
+  end
+end
+
+defmodule EMLXBench do
+  @moduledoc false
+  alias EMLXBench.Defns
+
+  @emlx {EMLX.Backend, device: :cpu}
+  @binary Nx.BinaryBackend
+
+  ## Synthetic data, identical on every side (bench/mlx_bench.py builds the
+  ## same values): sin(0.37 * i + phase) * scale over the flat index i.
+
+  def synth(shape, type, scale, phase) do
+    n = Tuple.product(shape)
+
+    Nx.iota({n}, type: :f32)
+    |> Nx.multiply(0.37)
+    |> Nx.add(phase)
+    |> Nx.sin()
+    |> Nx.multiply(scale)
+    |> Nx.reshape(shape)
+    |> Nx.as_type(type)
+  end
+
+  def mlp_params(sizes) do
+    sizes
+    |> Enum.chunk_every(2, 1, :discard)
+    |> Enum.with_index(1)
+    |> Enum.flat_map(fn {[fan_in, fan_out], i} ->
+      [
+        {:"w#{i}", synth({fan_in, fan_out}, :f32, 1 / :math.sqrt(fan_in), i)},
+        {:"b#{i}", synth({fan_out}, :f32, 0.01, i + 0.5)}
+      ]
+    end)
+    |> Map.new()
+  end
+
+  def mlp_batch(batch, features, classes) do
+    x = synth({batch, features}, :f32, 1.0, 0.25)
+    labels = Nx.remainder(Nx.iota({batch}, type: :s32), classes)
+    y = Nx.equal(Nx.new_axis(labels, 1), Nx.iota({1, classes}, type: :s32)) |> Nx.as_type(:f32)
+    {x, y}
+  end
+
+  def block_params(d) do
+    ffn = 4 * d
+    s = 1 / :math.sqrt(d)
+
+    %{
+      ln1_g: Nx.add(synth({d}, :f32, 0.1, 1.0), 1.0),
+      ln1_b: synth({d}, :f32, 0.1, 2.0),
+      w_q: synth({d, d}, :f32, s, 3.0),
+      b_q: synth({d}, :f32, 0.01, 4.0),
+      w_k: synth({d, d}, :f32, s, 5.0),
+      b_k: synth({d}, :f32, 0.01, 6.0),
+      w_v: synth({d, d}, :f32, s, 7.0),
+      b_v: synth({d}, :f32, 0.01, 8.0),
+      w_o: synth({d, d}, :f32, s, 9.0),
+      b_o: synth({d}, :f32, 0.01, 10.0),
+      ln2_g: Nx.add(synth({d}, :f32, 0.1, 11.0), 1.0),
+      ln2_b: synth({d}, :f32, 0.1, 12.0),
+      w_1: synth({d, ffn}, :f32, s, 13.0),
+      b_1: synth({ffn}, :f32, 0.01, 14.0),
+      w_2: synth({ffn, d}, :f32, 1 / :math.sqrt(ffn), 15.0),
+      b_2: synth({d}, :f32, 0.01, 16.0)
+    }
+  end
+
+  ## Workloads. `binary: true` rows also run on Nx.BinaryBackend. Each
+  ## setup runs with the side's backend as the default, gets `jit` (the
+  ## identity for eager runs: a defn called directly runs on
+  ## Nx.Defn.Evaluator) and returns the function to time.
+
+  def workloads do
+    [
+      dispatch(:no_eval),
+      dispatch(:eval_each),
+      elementwise(10_000_000, false),
+      elementwise(100_000, true),
+      matmul(2048, :f32, false),
+      matmul(2048, :bf16, false),
+      matmul(128, :f32, true),
+      matmul(128, :bf16, true),
+      softmax(4096, false),
+      softmax(256, true),
+      conv({32, 64, 56, 56}, 64, false),
+      conv({1, 8, 16, 16}, 8, true),
+      mlp([784, 512, 512, 10], 128, false),
+      mlp([784, 64, 64, 10], 8, true),
+      transformer(512, 768, 12, false),
+      transformer(32, 64, 4, true)
+    ]
+  end
+
+  @dispatch_n 10_000
+
+  defp dispatch(mode) do
+    %{
+      name: "dispatch_add_#{mode}",
+      params:
+        "#{@dispatch_n} x Nx.add on f32[4], " <>
+          if(mode == :eval_each, do: "eval after each", else: "one eval at the end"),
+      size: "#{@dispatch_n} x f32[4]",
+      binary: true,
+      defn: false,
+      setup: fn _jit ->
+        x = Nx.iota({4}, type: :f32)
+        b = Nx.tensor([1.0, 1.0, 1.0, 1.0])
+
+        case mode do
+          :no_eval ->
+            fn -> Enum.reduce(1..@dispatch_n, x, fn _, acc -> Nx.add(acc, b) end) end
+
+          :eval_each ->
+            fn -> Enum.reduce(1..@dispatch_n, x, fn _, acc -> force(Nx.add(acc, b)) end) end
+        end
+      end
+    }
+  end
+
+  defp elementwise(n, binary) do
+    %{
+      name: "elementwise_chain_#{count(n)}",
+      params: "tanh(exp(x) * 2 + 1), x f32[#{n}]",
+      size: "f32[#{n}]",
+      binary: binary,
+      setup: fn jit ->
+        x = synth({n}, :f32, 2.0, 0.0)
+        f = jit.(&Defns.elementwise_chain/1)
+        fn -> f.(x) end
+      end
+    }
+  end
+
+  defp matmul(n, type, binary) do
+    %{
+      name: "matmul_#{n}_#{type}",
+      params: "#{type}[#{n}x#{n}] . #{type}[#{n}x#{n}]",
+      size: "#{n}x#{n}",
+      binary: binary,
+      setup: fn jit ->
+        a = synth({n, n}, type, 1.0, 0.0)
+        b = synth({n, n}, type, 1.0, 1.0)
+        f = jit.(&Defns.matmul/2)
+        fn -> f.(a, b) end
+      end
+    }
+  end
+
+  defp softmax(n, binary) do
+    %{
+      name: "softmax_#{n}x#{n}",
+      params: "softmax over the last axis of f32[#{n}x#{n}]",
+      size: "#{n}x#{n}",
+      binary: binary,
+      setup: fn jit ->
+        x = synth({n, n}, :f32, 4.0, 0.0)
+        f = jit.(&Defns.softmax/1)
+        fn -> f.(x) end
+      end
+    }
+  end
+
+  defp conv({batch, c, h, w} = shape, out_c, binary) do
+    %{
+      name: "conv2d_b#{batch}_c#{c}_#{h}x#{w}_k3",
+      params: "conv2d NCHW f32[#{batch}x#{c}x#{h}x#{w}], kernel #{out_c}x#{c}x3x3, same padding",
+      size: "#{batch}x#{c}x#{h}x#{w}",
+      binary: binary,
+      setup: fn jit ->
+        x = synth(shape, :f32, 1.0, 0.0)
+        k = synth({out_c, c, 3, 3}, :f32, 1 / :math.sqrt(c * 9), 1.0)
+        f = jit.(&Defns.conv2d/2)
+        fn -> f.(x, k) end
+      end
+    }
+  end
+
+  defp mlp(sizes, batch, binary) do
+    layers = Enum.join(sizes, "-")
+
+    %{
+      name: "mlp_train_step_#{layers}_b#{batch}",
+      params: "MLP #{layers} f32, batch #{batch}: loss + grads + SGD update (defn)",
+      size: "#{layers}, batch #{batch}",
+      binary: binary,
+      setup: fn jit ->
+        params = mlp_params(sizes)
+        {x, y} = mlp_batch(batch, hd(sizes), List.last(sizes))
+        f = jit.(&Defns.mlp_train_step/4)
+        fn -> f.(params, x, y, 0.01) end
+      end
+    }
+  end
+
+  defp transformer(seq, d, heads, binary) do
+    %{
+      name: "transformer_block_s#{seq}_d#{d}_h#{heads}",
+      params: "pre-norm encoder block forward, seq #{seq}, d #{d}, #{heads} heads, MLP #{4 * d}",
+      size: "seq #{seq}, d #{d}",
+      binary: binary,
+      setup: fn jit ->
+        x = synth({seq, d}, :f32, 1.0, 0.0)
+        p = block_params(d)
+        f = jit.(&Defns.transformer_block(&1, &2, heads: heads))
+        fn -> f.(x, p) end
+      end
+    }
+  end
+
+  defp count(n) when rem(n, 1_000_000) == 0, do: "#{div(n, 1_000_000)}M"
+  defp count(n) when rem(n, 1_000) == 0, do: "#{div(n, 1_000)}k"
+  defp count(n), do: "#{n}"
+
+  ## Forcing evaluation: MLX arrays are lazy until evaluated.
+
+  def force(%Nx.Tensor{data: %EMLX.Backend{}} = t), do: EMLX.eval(t)
+  def force(%Nx.Tensor{} = t), do: t
+  def force(tuple) when is_tuple(tuple), do: tuple |> Tuple.to_list() |> Enum.each(&force/1)
+  def force(%{} = map), do: map |> Map.values() |> Enum.each(&force/1)
+  def force(list) when is_list(list), do: Enum.each(list, &force/1)
+
+  # The sum of |x| over every output element (as f32), to check that the
+  # sides agree.
+  def checksum(%Nx.Tensor{} = t),
+    do: t |> Nx.as_type(:f32) |> Nx.abs() |> Nx.sum() |> Nx.to_number()
+
+  def checksum(tuple) when is_tuple(tuple), do: checksum(Tuple.to_list(tuple))
+  def checksum(%{} = map), do: map |> Enum.sort() |> Enum.map(&elem(&1, 1)) |> checksum()
+  def checksum(list) when is_list(list), do: list |> Enum.map(&checksum/1) |> Enum.sum()
+
+  ## Timing: warm up (at least once, until 0.25 s have passed, at most 5
+  ## runs), then timed runs until both min_iters runs and target_s seconds
+  ## are done (at most max_iters runs); the median of those.
+
+  def measure(fun, target_s, min_iters, max_iters) do
+    {first_s, out} = timed(fun)
+    warm_up(fun, first_s, 1)
+    times = timed_runs(fun, [], target_s, min_iters, max_iters)
+
+    %{
+      median_s: median(times),
+      min_s: Enum.min(times),
+      iters: length(times),
+      checksum: checksum(out)
+    }
+  end
+
+  defp warm_up(_fun, spent, runs) when spent >= 0.25 or runs >= 5, do: :ok
+  defp warm_up(fun, spent, runs), do: warm_up(fun, spent + elem(timed(fun), 0), runs + 1)
+
+  defp timed_runs(fun, times, target_s, min_iters, max_iters) do
+    n = length(times)
+
+    if n >= max_iters or (n >= min_iters and Enum.sum(times) >= target_s) do
+      times
+    else
+      timed_runs(fun, [elem(timed(fun), 0) | times], target_s, min_iters, max_iters)
+    end
+  end
+
+  defp timed(fun) do
+    t0 = System.monotonic_time()
+    out = fun.()
+    force(out)
+    t1 = System.monotonic_time()
+    {System.convert_time_unit(t1 - t0, :native, :nanosecond) / 1.0e9, out}
+  end
+
+  defp median(times) do
+    sorted = Enum.sort(times)
+    n = length(sorted)
+    mid = div(n, 2)
+
+    if rem(n, 2) == 1,
+      do: Enum.at(sorted, mid),
+      else: (Enum.at(sorted, mid - 1) + Enum.at(sorted, mid)) / 2
+  end
+
+  ## Running one side of one workload, errors caught (conv raises on EMLX
+  ## until it is implemented: the entry then says so and stays null).
+
+  def run_side(workload, backend, target_s, min_iters, max_iters, jit \\ & &1) do
+    previous = Nx.default_backend(backend)
+
+    try do
+      fun = workload.setup.(jit)
+      {:ok, measure(fun, target_s, min_iters, max_iters)}
+    rescue
+      e -> {:error, e.__struct__ |> inspect() |> Kernel.<>(": " <> Exception.message(e))}
+    after
+      Nx.default_backend(previous)
+    end
+  end
+
+  def main(argv) do
+    {emlx_out, mlx_out} =
+      case argv do
+        [] -> {"bench/results/emlx.json", nil}
+        [emlx_out] -> {emlx_out, nil}
+        [emlx_out, mlx_out | _] -> {emlx_out, mlx_out}
+      end
+
+    target_s = String.to_float(System.get_env("BENCH_TARGET_S", "1.5"))
+    only = System.get_env("BENCH_ONLY")
+    compiled? = System.get_env("BENCH_EMLX_COMPILED", "1") in ["1", "true"]
+
+    workloads =
+      Enum.filter(workloads(), fn w -> is_nil(only) or Regex.match?(~r/#{only}/, w.name) end)
+
+    python = if mlx_out, do: MLXPython.start(mlx_out)
+
+    entries =
+      Enum.map(workloads, fn w ->
+        mlx_summary = if python, do: MLXPython.run(python, w.name) <> ", "
+        emlx = run_side(w, @emlx, target_s, 3, 25)
+
+        binary =
+          if w.binary, do: run_side(w, @binary, target_s * 2 / 3, 3, 10), else: :skipped
+
+        compiled =
+          if compiled? and Map.get(w, :defn, true),
+            do: run_side(w, @emlx, target_s, 3, 25, &Nx.Defn.jit(&1, compiler: EMLX)),
+            else: :skipped
+
+        IO.puts(
+          :stderr,
+          "bench: #{w.name}: #{mlx_summary}EMLX #{describe(emlx)}, " <>
+            if(compiled?, do: "EMLX compiled #{describe(compiled)}, ", else: "") <>
+            "BinaryBackend #{describe(binary)}"
+        )
+
+        entry(w, emlx, compiled, binary)
+      end)
+
+    if python, do: MLXPython.stop(python)
+
+    File.mkdir_p!(Path.dirname(emlx_out))
+    File.write!(emlx_out, JSON.encode!(entries))
+    IO.puts(:stderr, "emlx_bench: wrote #{emlx_out}")
+  end
+
+  defp entry(w, emlx, compiled, binary) do
+    sides = [emlx: emlx, emlx_compiled: compiled, binary: binary]
+    errors = for {side, {:error, message}} <- sides, into: %{}, do: {side, message}
+
+    %{
+      name: w.name,
+      params: w.params,
+      emlx_s: value(emlx, :median_s),
+      emlx_compiled_s: value(compiled, :median_s),
+      binary_s: value(binary, :median_s),
+      size: if(match?({:ok, _}, binary), do: w.size),
+      iters: Map.new(sides, fn {side, result} -> {side, value(result, :iters)} end),
+      min_s: Map.new(sides, fn {side, result} -> {side, value(result, :min_s)} end),
+      checksums: Map.new(sides, fn {side, result} -> {side, value(result, :checksum)} end),
+      errors: errors
+    }
+  end
+
+  defp value({:ok, result}, key), do: Map.fetch!(result, key)
+  defp value(_, _key), do: nil
+
+  defp describe({:ok, %{median_s: s, iters: n}}), do: "#{Float.round(s, 6)} s (#{n} runs)"
+  defp describe({:error, message}), do: "error (#{String.slice(message, 0, 80)})"
+  defp describe(:skipped), do: "skipped"
+end
+
+EMLXBench.main(System.argv())

@@ -1,0 +1,428 @@
+"""The Python MLX half of the benchmark suite: the workloads of
+bench/emlx_bench.exs, same names, sizes and input values, on MLX's CPU
+device (the same libmlx that EMLX links).
+
+    bench/.venv/bin/python bench/mlx_bench.py [OUT.json]
+    bench/.venv/bin/python bench/mlx_bench.py --serve OUT.json
+
+Usually run by bench/run.sh, through bench/emlx_bench.exs, which drives the
+--serve mode so that both sides of a workload are timed back to back. Each entry of OUT.json: name, params,
+mlx_python_s (plain eager MLX), mlx_compiled_s (the same function through
+mx.compile, where that applies; else null), iters, checksums, errors. Times
+are the median seconds per iteration after warm-up; mx.eval on every output
+is inside the timed region.
+
+Environment: BENCH_ONLY=regex runs only the matching workloads;
+BENCH_TARGET_S (default 1.5) is the time each measurement aims to spend.
+"""
+
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+
+import mlx.core as mx
+
+mx.set_default_device(mx.cpu)
+
+TYPES = {"f32": mx.float32, "bf16": mx.bfloat16}
+
+
+# Synthetic data, identical to EMLXBench.synth/4:
+# sin(0.37 * i + phase) * scale over the flat index i.
+def synth(shape, dtype, scale, phase):
+    n = math.prod(shape)
+    x = mx.sin(mx.arange(n, dtype=mx.float32) * 0.37 + phase) * scale
+    return x.reshape(shape).astype(dtype)
+
+
+def evaluated(tree):
+    mx.eval(tree)
+    return tree
+
+
+## The workload functions (the defns of bench/emlx_bench.exs)
+
+
+def elementwise_chain(x):
+    return mx.tanh(mx.exp(x) * 2 + 1)
+
+
+def matmul(a, b):
+    return a @ b
+
+
+def softmax(x):
+    e = mx.exp(x - mx.max(x, axis=-1, keepdims=True))
+    return e / mx.sum(e, axis=-1, keepdims=True)
+
+
+def conv2d(x_nhwc, w_ohwi):
+    return mx.conv2d(x_nhwc, w_ohwi, stride=1, padding=1)
+
+
+def mlp_predict(p, x):
+    h = mx.maximum(x @ p["w1"] + p["b1"], 0)
+    h = mx.maximum(h @ p["w2"] + p["b2"], 0)
+    return h @ p["w3"] + p["b3"]
+
+
+def mlp_loss(p, x, y):
+    logits = mlp_predict(p, x)
+    shifted = logits - mx.stop_gradient(mx.max(logits, axis=1, keepdims=True))
+    log_probs = shifted - mx.log(mx.sum(mx.exp(shifted), axis=1, keepdims=True))
+    return -mx.mean(mx.sum(y * log_probs, axis=1))
+
+
+_mlp_value_and_grad = mx.value_and_grad(mlp_loss)
+
+
+def mlp_train_step(p, x, y, lr):
+    loss, g = _mlp_value_and_grad(p, x, y)
+    return loss, {k: p[k] - lr * g[k] for k in p}
+
+
+def layer_norm(x, g, b):
+    c = x - mx.mean(x, axis=-1, keepdims=True)
+    var = mx.mean(c * c, axis=-1, keepdims=True)
+    return c * mx.rsqrt(var + 1.0e-5) * g + b
+
+
+def gelu(x):
+    return 0.5 * x * (1 + mx.erf(x * 0.7071067811865476))
+
+
+def transformer_block(x, p, heads):
+    s, d = x.shape
+    dh = d // heads
+
+    def split(t):
+        return t.reshape(s, heads, dh).transpose(1, 0, 2)
+
+    h = layer_norm(x, p["ln1_g"], p["ln1_b"])
+    q = split(h @ p["w_q"] + p["b_q"])
+    k = split(h @ p["w_k"] + p["b_k"])
+    v = split(h @ p["w_v"] + p["b_v"])
+    scores = (q @ k.transpose(0, 2, 1)) * (1.0 / math.sqrt(dh))
+    attn = (softmax(scores) @ v).transpose(1, 0, 2).reshape(s, d)
+    x = x + attn @ p["w_o"] + p["b_o"]
+    h = layer_norm(x, p["ln2_g"], p["ln2_b"])
+    return x + gelu(h @ p["w_1"] + p["b_1"]) @ p["w_2"] + p["b_2"]
+
+
+## Inputs
+
+
+def mlp_params(sizes):
+    p = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:]), start=1):
+        p[f"w{i}"] = synth((fan_in, fan_out), mx.float32, 1 / math.sqrt(fan_in), i)
+        p[f"b{i}"] = synth((fan_out,), mx.float32, 0.01, i + 0.5)
+    return p
+
+
+def mlp_batch(batch, features, classes):
+    x = synth((batch, features), mx.float32, 1.0, 0.25)
+    labels = mx.arange(batch, dtype=mx.int32) % classes
+    y = (labels[:, None] == mx.arange(classes, dtype=mx.int32)[None, :]).astype(mx.float32)
+    return x, y
+
+
+def block_params(d):
+    ffn = 4 * d
+    s = 1 / math.sqrt(d)
+    f32 = mx.float32
+    return {
+        "ln1_g": synth((d,), f32, 0.1, 1.0) + 1.0,
+        "ln1_b": synth((d,), f32, 0.1, 2.0),
+        "w_q": synth((d, d), f32, s, 3.0),
+        "b_q": synth((d,), f32, 0.01, 4.0),
+        "w_k": synth((d, d), f32, s, 5.0),
+        "b_k": synth((d,), f32, 0.01, 6.0),
+        "w_v": synth((d, d), f32, s, 7.0),
+        "b_v": synth((d,), f32, 0.01, 8.0),
+        "w_o": synth((d, d), f32, s, 9.0),
+        "b_o": synth((d,), f32, 0.01, 10.0),
+        "ln2_g": synth((d,), f32, 0.1, 11.0) + 1.0,
+        "ln2_b": synth((d,), f32, 0.1, 12.0),
+        "w_1": synth((d, ffn), f32, s, 13.0),
+        "b_1": synth((ffn,), f32, 0.01, 14.0),
+        "w_2": synth((ffn, d), f32, 1 / math.sqrt(ffn), 15.0),
+        "b_2": synth((d,), f32, 0.01, 16.0),
+    }
+
+
+## Workloads: name, params, and setup() -> (eager_fn, compiled_fn or None).
+## Names and sizes match bench/emlx_bench.exs.
+
+DISPATCH_N = 10_000
+
+
+def dispatch(mode):
+    def setup():
+        x = evaluated(mx.arange(4, dtype=mx.float32))
+        b = evaluated(mx.array([1.0, 1.0, 1.0, 1.0]))
+
+        def no_eval():
+            acc = x
+            for _ in range(DISPATCH_N):
+                acc = acc + b
+            return acc
+
+        def eval_each():
+            acc = x
+            for _ in range(DISPATCH_N):
+                acc = acc + b
+                mx.eval(acc)
+            return acc
+
+        return (eval_each if mode == "eval_each" else no_eval), None
+
+    how = "eval after each" if mode == "eval_each" else "one eval at the end"
+    return f"dispatch_add_{mode}", f"{DISPATCH_N} x add on f32[4], {how}", setup
+
+
+def count(n):
+    if n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n % 1_000 == 0:
+        return f"{n // 1_000}k"
+    return str(n)
+
+
+def elementwise(n):
+    def setup():
+        x = evaluated(synth((n,), mx.float32, 2.0, 0.0))
+        compiled = mx.compile(elementwise_chain)
+        return (lambda: elementwise_chain(x)), (lambda: compiled(x))
+
+    return f"elementwise_chain_{count(n)}", f"tanh(exp(x) * 2 + 1), x f32[{n}]", setup
+
+
+def matmul_w(n, type_name):
+    def setup():
+        dtype = TYPES[type_name]
+        a = evaluated(synth((n, n), dtype, 1.0, 0.0))
+        b = evaluated(synth((n, n), dtype, 1.0, 1.0))
+        return (lambda: matmul(a, b)), None
+
+    return (
+        f"matmul_{n}_{type_name}",
+        f"{type_name}[{n}x{n}] . {type_name}[{n}x{n}]",
+        setup,
+    )
+
+
+def softmax_w(n):
+    def setup():
+        x = evaluated(synth((n, n), mx.float32, 4.0, 0.0))
+        compiled = mx.compile(softmax)
+        return (lambda: softmax(x)), (lambda: compiled(x))
+
+    return f"softmax_{n}x{n}", f"softmax over the last axis of f32[{n}x{n}]", setup
+
+
+def conv(shape, out_c):
+    batch, c, h, w = shape
+
+    def setup():
+        # Built in Nx's NCHW / OIHW layout (same values as the EMLX side),
+        # then laid out as MLX wants them: NHWC input, OHWI weights.
+        x = evaluated(synth(shape, mx.float32, 1.0, 0.0).transpose(0, 2, 3, 1))
+        k = synth((out_c, c, 3, 3), mx.float32, 1 / math.sqrt(c * 9), 1.0)
+        k = evaluated(k.transpose(0, 2, 3, 1))
+        return (lambda: conv2d(x, k)), None
+
+    return (
+        f"conv2d_b{batch}_c{c}_{h}x{w}_k3",
+        f"conv2d NCHW f32[{batch}x{c}x{h}x{w}], kernel {out_c}x{c}x3x3, same padding",
+        setup,
+    )
+
+
+def mlp(sizes, batch):
+    layers = "-".join(str(s) for s in sizes)
+
+    def setup():
+        params = evaluated(mlp_params(sizes))
+        x, y = evaluated(mlp_batch(batch, sizes[0], sizes[-1]))
+        compiled = mx.compile(mlp_train_step)
+        return (
+            (lambda: mlp_train_step(params, x, y, 0.01)),
+            (lambda: compiled(params, x, y, 0.01)),
+        )
+
+    return (
+        f"mlp_train_step_{layers}_b{batch}",
+        f"MLP {layers} f32, batch {batch}: loss + grads + SGD update (mx.value_and_grad)",
+        setup,
+    )
+
+
+def transformer(seq, d, heads):
+    def setup():
+        x = evaluated(synth((seq, d), mx.float32, 1.0, 0.0))
+        p = evaluated(block_params(d))
+        compiled = mx.compile(lambda x, p: transformer_block(x, p, heads))
+        return (lambda: transformer_block(x, p, heads)), (lambda: compiled(x, p))
+
+    return (
+        f"transformer_block_s{seq}_d{d}_h{heads}",
+        f"pre-norm encoder block forward, seq {seq}, d {d}, {heads} heads, MLP {4 * d}",
+        setup,
+    )
+
+
+WORKLOADS = [
+    dispatch("no_eval"),
+    dispatch("eval_each"),
+    elementwise(10_000_000),
+    elementwise(100_000),
+    matmul_w(2048, "f32"),
+    matmul_w(2048, "bf16"),
+    matmul_w(128, "f32"),
+    matmul_w(128, "bf16"),
+    softmax_w(4096),
+    softmax_w(256),
+    conv((32, 64, 56, 56), 64),
+    conv((1, 8, 16, 16), 8),
+    mlp([784, 512, 512, 10], 128),
+    mlp([784, 64, 64, 10], 8),
+    transformer(512, 768, 12),
+    transformer(32, 64, 4),
+]
+
+
+## Timing: as in bench/emlx_bench.exs. Warm up (at least once, until 0.25 s
+## have passed, at most 5 runs), then timed runs until both min_iters runs
+## and target_s seconds are done (at most max_iters runs); the median.
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    mx.eval(out)
+    return time.perf_counter() - t0, out
+
+
+def leaves(tree):
+    if isinstance(tree, dict):
+        return [leaf for key in sorted(tree) for leaf in leaves(tree[key])]
+    if isinstance(tree, (list, tuple)):
+        return [leaf for item in tree for leaf in leaves(item)]
+    return [tree]
+
+
+def checksum(tree):
+    return sum(mx.sum(mx.abs(t.astype(mx.float32))).item() for t in leaves(tree))
+
+
+def measure(fn, target_s, min_iters=3, max_iters=25):
+    spent, out = timed(fn)
+    runs = 1
+    while spent < 0.25 and runs < 5:
+        spent, runs = spent + timed(fn)[0], runs + 1
+    times = []
+    while len(times) < max_iters and (len(times) < min_iters or sum(times) < target_s):
+        times.append(timed(fn)[0])
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "iters": len(times),
+        "checksum": checksum(out),
+    }
+
+
+def run_workload(name, params, setup, target_s, quiet=False):
+    """Times one workload; returns its entry and a one-line summary."""
+    if not quiet:
+        print(f"mlx_bench: {name} ...", end="", file=sys.stderr, flush=True)
+    entry = {
+        "name": name,
+        "params": params,
+        "mlx_python_s": None,
+        "mlx_compiled_s": None,
+        "iters": {"mlx_python": None, "mlx_compiled": None},
+        "min_s": {"mlx_python": None, "mlx_compiled": None},
+        "checksums": {"mlx_python": None, "mlx_compiled": None},
+        "errors": {},
+    }
+
+    try:
+        eager, compiled = setup()
+    except Exception as e:  # noqa: BLE001 - recorded in the results
+        eager, compiled = None, None
+        entry["errors"]["mlx_python"] = f"{type(e).__name__}: {e}"
+
+    for side, fn in (("mlx_python", eager), ("mlx_compiled", compiled)):
+        if fn is None:
+            continue
+        try:
+            result = measure(fn, target_s)
+            entry[f"{side}_s"] = result["median_s"]
+            entry["iters"][side] = result["iters"]
+            entry["min_s"][side] = result["min_s"]
+            entry["checksums"][side] = result["checksum"]
+        except Exception as e:  # noqa: BLE001 - recorded in the results
+            entry["errors"][side] = f"{type(e).__name__}: {e}"
+
+    def show(side):
+        if entry[f"{side}_s"] is not None:
+            return f"{entry[f'{side}_s']:.6g} s ({entry['iters'][side]} runs)"
+        return "error" if side in entry["errors"] else "-"
+
+    summary = f"MLX py {show('mlx_python')}, MLX compiled {show('mlx_compiled')}"
+    if not quiet:
+        print(f" {summary}", file=sys.stderr)
+    return entry, summary
+
+
+def write(entries, out_path):
+    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(entries, f, indent=1)
+    print(f"mlx_bench: wrote {out_path}", file=sys.stderr)
+
+
+def serve(out_path, target_s):
+    """Runs the workloads named on stdin, one a line, answering
+    "done NAME<TAB>summary" on stdout after each; "quit" (or end of input)
+    writes OUT.json, answers "bye" and exits. bench/emlx_bench.exs drives this, so that each
+    workload's two sides are timed back to back."""
+    by_name = {name: (name, params, setup) for name, params, setup in WORKLOADS}
+    entries = []
+    for line in sys.stdin:
+        name = line.strip()
+        if name == "quit":
+            break
+        if name in by_name:
+            entry, summary = run_workload(*by_name[name], target_s, quiet=True)
+            entries.append(entry)
+        else:
+            summary = "MLX py: no such workload in bench/mlx_bench.py"
+        print(f"done {name}\t{summary}", flush=True)
+    write(entries, out_path)
+    print("bye", flush=True)
+
+
+def main(argv):
+    target_s = float(os.environ.get("BENCH_TARGET_S", "1.5"))
+    if len(argv) > 1 and argv[1] == "--serve":
+        serve(argv[2], target_s)
+        return
+
+    out_path = argv[1] if len(argv) > 1 else "bench/results/mlx_python.json"
+    only = os.environ.get("BENCH_ONLY")
+    entries = [
+        run_workload(name, params, setup, target_s)[0]
+        for name, params, setup in WORKLOADS
+        if not only or re.search(only, name)
+    ]
+    write(entries, out_path)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
