@@ -8,6 +8,8 @@
 #include <mlx/primitives.h>
 #include <mlx/version.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -480,6 +482,7 @@ mx::array emlx_argext(const mx::array &x0, int64_t axis, bool keep, bool tie_hig
 // ---- creation ----
 
 mx::array emlx_iota(const mx::Shape &shape, int64_t axis, mx::Dtype d, SD s) {
+  if (axis >= static_cast<int64_t>(shape.size())) throw arg_error("iota axis out of range");
   if (axis < 0) {
     size_t n = 1;
     for (auto v : shape) n *= static_cast<size_t>(v);
@@ -576,8 +579,23 @@ mx::array emlx_reverse(const mx::array &x, const std::vector<int> &axes, SD s) {
 
 // Static slice of `lengths` input elements from `start`, every `stride`
 // (Nx's lengths count input elements, before striding).
+void check_slice_lists(const mx::array &x, size_t starts, const mx::Shape &lengths, const mx::Shape &strides) {
+  size_t nd = x.ndim();
+  if (starts != nd || lengths.size() != nd || strides.size() != nd)
+    throw arg_error("slice expects one start, length and stride per dimension");
+  for (size_t i = 0; i < nd; i++) {
+    if (strides[i] < 1) throw arg_error("slice strides must be positive");
+    if (lengths[i] < 0 || lengths[i] > x.shape(static_cast<int>(i)))
+      throw arg_error("slice lengths must be between 0 and the dimension's size");
+  }
+}
+
 mx::array emlx_slice(const mx::array &x, const mx::Shape &start, const mx::Shape &lengths, const mx::Shape &strides,
                      SD s) {
+  check_slice_lists(x, start.size(), lengths, strides);
+  for (size_t i = 0; i < start.size(); i++)
+    if (start[i] < 0 || start[i] + lengths[i] > x.shape(static_cast<int>(i)))
+      throw arg_error("slice start out of range");
   mx::Shape stop;
   for (size_t i = 0; i < start.size(); i++) stop.push_back(start[i] + lengths[i]);
   return mx::slice(x, start, stop, strides, s);
@@ -596,7 +614,7 @@ mx::array clamp_starts(const std::vector<mx::array> &starts, const mx::Shape &di
 
 mx::array emlx_dynamic_slice(const mx::array &x, const std::vector<mx::array> &starts, const mx::Shape &lengths,
                              const mx::Shape &strides, SD s) {
-  if (starts.size() != x.ndim()) throw arg_error("slice expects one start per dimension");
+  check_slice_lists(x, starts.size(), lengths, strides);
   std::vector<int> axes;
   bool strided = false;
   for (int i = 0; i < static_cast<int>(x.ndim()); i++) {
@@ -612,6 +630,10 @@ mx::array emlx_dynamic_slice(const mx::array &x, const std::vector<mx::array> &s
 
 mx::array emlx_put_slice(const mx::array &x, const mx::array &upd, const std::vector<mx::array> &starts, SD s) {
   if (starts.size() != x.ndim()) throw arg_error("put_slice expects one start per dimension");
+  if (upd.ndim() != x.ndim()) throw arg_error("put_slice expects an update of the tensor's rank");
+  for (size_t i = 0; i < x.ndim(); i++)
+    if (upd.shape(static_cast<int>(i)) > x.shape(static_cast<int>(i)))
+      throw arg_error("put_slice update is larger than the tensor");
   std::vector<int> axes;
   for (int i = 0; i < static_cast<int>(x.ndim()); i++) axes.push_back(i);
   auto st = clamp_starts(starts, x.shape(), upd.shape(), s);
@@ -687,6 +709,7 @@ mx::array emlx_sort(const mx::array &x, int axis, bool desc, bool want_indices, 
 // outside its memory.
 mx::array clamp_index(const mx::array &idx, int dim, SD s) {
   if (!is_int(idx.dtype())) throw arg_error("indices must be integers");
+  if (dim == 0) throw arg_error("cannot index into an axis of size 0");
   auto i = mx::astype(idx, mx::int64, s);
   return mx::clip(i, mx::array(int64_t(0)), mx::array(int64_t(dim > 0 ? dim - 1 : 0)), s);
 }
@@ -897,6 +920,11 @@ mx::array emlx_conv(const mx::array &x0, const mx::array &k0, const std::vector<
 mx::array window_view(const mx::array &x, const mx::array &value, const mx::Shape &window,
                       const std::vector<int64_t> &strides, const std::vector<int64_t> &lo,
                       const std::vector<int64_t> &hi, const std::vector<int64_t> &dil, SD s) {
+  for (size_t i = 0; i < window.size(); i++) {
+    if (window[i] < 1) throw arg_error("window dimensions must be positive");
+    if (i < strides.size() && strides[i] < 1) throw arg_error("window strides must be positive");
+    if (i < dil.size() && dil[i] < 1) throw arg_error("window dilations must be positive");
+  }
   int nd = static_cast<int>(x.ndim());
   if (static_cast<int>(window.size()) != nd || static_cast<int>(strides.size()) != nd ||
       static_cast<int>(lo.size()) != nd || static_cast<int>(hi.size()) != nd || static_cast<int>(dil.size()) != nd)
@@ -1024,7 +1052,14 @@ mx::array emlx_fft(const mx::array &x, int64_t n, int64_t axis, bool inverse, do
 
 // Decompositions run in the output's float type (f32 for half types and
 // integers, f64 stays f64).
+void check_matrix(const mx::array &x) {
+  if (x.ndim() < 2) throw arg_error("linear algebra expects a matrix (at least two dimensions)");
+  for (size_t i = 0; i < x.ndim(); i++)
+    if (x.shape(static_cast<int>(i)) == 0) throw arg_error("linear algebra expects a non-empty matrix");
+}
+
 mx::array float_for_linalg(const mx::array &x, std::optional<mx::Dtype> out, SD s) {
+  check_matrix(x);
   mx::Dtype t = out ? *out : (is_float(x.dtype()) ? x.dtype() : mx::float32);
   if (t != mx::float64) t = mx::float32;
   return mx::astype(x, t, s);
@@ -1033,12 +1068,16 @@ mx::array float_for_linalg(const mx::array &x, std::optional<mx::Dtype> out, SD 
 // Triangular solves are cheap: on the CPU they run in float64 and round once,
 // which gives the correctly rounded float32 answer Nx's reference gives.
 mx::array precise_for_linalg(const mx::array &x, std::optional<mx::Dtype> out, SD s) {
+  if (x.ndim() >= 1)
+    for (size_t i = 0; i < x.ndim(); i++)
+      if (x.shape(static_cast<int>(i)) == 0) throw arg_error("linear algebra expects non-empty operands");
   if (mx::to_stream(s).device == mx::Device::cpu) return mx::astype(x, mx::float64, s);
   return float_for_linalg(x, out, s);
 }
 
 // Complex systems through the real embedding [[Ar, -Ai], [Ai, Ar]].
 mx::array complex_solve(const mx::array &a, const mx::array &b, SD s) {
+  check_matrix(a);
   auto ar = mx::astype(mx::real(a, s), mx::float64, s), ai = mx::astype(mx::imag(a, s), mx::float64, s);
   bool vec = b.ndim() == a.ndim() - 1;
   auto bb = vec ? mx::expand_dims(b, -1, s) : b;
@@ -1062,6 +1101,8 @@ mx::array complex_solve(const mx::array &a, const mx::array &b, SD s) {
 
 mx::array emlx_triangular_solve(const mx::array &a0, const mx::array &b0, bool left, bool lower, bool transpose,
                                 std::optional<mx::Dtype> out, SD s) {
+  check_matrix(a0);
+  if (b0.ndim() < 1 || b0.size() == 0) throw arg_error("linear algebra expects non-empty operands");
   // Nx raises on a singular (zero-diagonal) matrix: check it now.
   auto diag = mx::diagonal(a0, 0, -2, -1, s);
   if (mx::any(mx::equal(diag, mx::zeros_like(diag, s), s), s).item<bool>())
@@ -1213,6 +1254,26 @@ const op_info op_table[] = {
 #undef OPN
 };
 
+// Results EMLX can describe (rank) and that can exist in this machine's
+// memory: MLX's CPU allocator does not report failure, it crashes.
+size_t memory_bytes() {
+  static size_t total = [] {
+    long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && size > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(size) : SIZE_MAX;
+  }();
+  return total;
+}
+
+void check_results(const std::vector<mx::array> &results) {
+  for (auto &r : results) {
+    if (r.ndim() > EMLX_MAX_DIMS) throw arg_error("EMLX supports tensors of up to 32 dimensions");
+    double bytes = static_cast<double>(r.itemsize());
+    for (auto d : r.shape()) bytes *= static_cast<double>(d);
+    if (bytes > static_cast<double>(memory_bytes()))
+      throw arg_error("the result would need " + std::to_string(bytes / 1e9) + " GB, more than this machine's memory");
+  }
+}
+
 std::vector<mx::array> run_op(int op, const mx::Stream &stream, const emlx_arg *args, std::optional<mx::Dtype> out_type) {
 #define ARR(k) (args[k].u.arr->a)
 #define ARRS(k) to_arrays(args[k])
@@ -1296,6 +1357,7 @@ emlx_status emlx_op_run(int op, emlx_stream *s, const emlx_arg *args, int nargs,
     std::optional<mx::Dtype> out;
     if (out_dtype >= 0) out = to_dtype(out_dtype);
     auto results = run_op(op, s->s, args, out);
+    check_results(results);
     if (results.size() > EMLX_MAX_OUTS) throw arg_error("too many op results");
     std::vector<emlx_arr *> made;
     try {
@@ -1351,6 +1413,7 @@ std::vector<mx::array> replay(const mx::Stream &stream, const emlx_instr *instrs
     std::optional<mx::Dtype> out;
     if (in.out_dtype >= 0) out = to_dtype(in.out_dtype);
     auto results = run_op(in.op, stream, args, out);
+    check_results(results);
     for (auto &r : results) {
       if (out && r.dtype() != *out) r = emlx_as_type(r, *out, stream);
       slots.emplace_back(std::move(r));
@@ -1447,11 +1510,11 @@ void emlx_arr_free(emlx_arr *a) {
 int emlx_arr_ndim(const emlx_arr *a) { return static_cast<int>(a->a.ndim()); }
 
 void emlx_arr_shape(const emlx_arr *a, int64_t *dims) {
-  for (size_t i = 0; i < a->a.ndim(); i++) dims[i] = a->a.shape(static_cast<int>(i));
+  for (size_t i = 0; i < a->a.ndim() && i < EMLX_MAX_DIMS; i++) dims[i] = a->a.shape(static_cast<int>(i));
 }
 
 void emlx_arr_strides(const emlx_arr *a, int64_t *strides) {
-  for (size_t i = 0; i < a->a.ndim(); i++) strides[i] = a->a.strides()[i];
+  for (size_t i = 0; i < a->a.ndim() && i < EMLX_MAX_DIMS; i++) strides[i] = a->a.strides()[i];
 }
 
 int emlx_arr_dtype(const emlx_arr *a) { return from_dtype(a->a.dtype()); }
