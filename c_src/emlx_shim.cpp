@@ -1058,11 +1058,15 @@ void check_matrix(const mx::array &x) {
     if (x.shape(static_cast<int>(i)) == 0) throw arg_error("linear algebra expects a non-empty matrix");
 }
 
-mx::array float_for_linalg(const mx::array &x, std::optional<mx::Dtype> out, SD s) {
-  check_matrix(x);
+mx::array cast_for_linalg(const mx::array &x, std::optional<mx::Dtype> out, SD s) {
   mx::Dtype t = out ? *out : (is_float(x.dtype()) ? x.dtype() : mx::float32);
   if (t != mx::float64) t = mx::float32;
   return mx::astype(x, t, s);
+}
+
+mx::array float_for_linalg(const mx::array &x, std::optional<mx::Dtype> out, SD s) {
+  check_matrix(x);
+  return cast_for_linalg(x, out, s);
 }
 
 // Triangular solves are cheap: on the CPU they run in float64 and round once,
@@ -1199,7 +1203,8 @@ mx::array emlx_cholesky(const mx::array &a0, std::optional<mx::Dtype> out, SD s)
 }
 
 mx::array emlx_solve(const mx::array &a0, const mx::array &b0, std::optional<mx::Dtype> out, SD s) {
-  auto a = float_for_linalg(a0, out, s), b = float_for_linalg(b0, out, s);
+  auto a = float_for_linalg(a0, out, s), b = cast_for_linalg(b0, out, s);
+  if (b.size() == 0) throw arg_error("linear algebra expects non-empty operands");
   bool vec = b.ndim() == a.ndim() - 1;
   auto x = mx::linalg::solve(a, vec ? mx::expand_dims(b, -1, s) : b, s);
   return vec ? mx::squeeze(x, -1, s) : x;
