@@ -32,12 +32,14 @@ static void queue_dtor(ErlNifEnv *env, void *obj) {
   if (stop) emlx_queue_post(r->q, stop);
 }
 
-/* MLX handles are dropped on their own queue's thread, after any job
- * already queued there that may still use them. */
+/* Dropping a handle only decrements MLX's reference counts (atomic), and
+ * every job holds its own handles, so a handle is freed right here, on
+ * whichever thread the garbage collector runs the destructor: posting a job
+ * per dead tensor to the worker cost more than the op that made it. */
 static void array_dtor(ErlNifEnv *env, void *obj) {
   (void)env;
   emlx_array_res *r = obj;
-  if (r->arr) emlx_post_free(r->owner, r->arr);
+  if (r->arr) emlx_arr_free(r->arr);
   r->arr = NULL;
   if (r->error) enif_free(r->error);
   if (r->owner) enif_release_resource(r->owner);
