@@ -44,7 +44,13 @@ defmodule EMLX.SoakTest do
     # the arrays did take MLX memory, and all of it came back
     assert peak > base
     assert active <= base
-    assert rss_after < rss_before * 1.05
+
+    # Under AddressSanitizer (make asan-test) freed memory is held in ASAN's
+    # quarantine and the resident set grows by design: there only MLX's
+    # own accounting is checked.
+    if String.contains?(System.get_env("LD_PRELOAD", ""), "asan"),
+      do: IO.puts("  (AddressSanitizer: the VmRSS bound is not checked)"),
+      else: assert(rss_after < rss_before * 1.05)
   end
 
   # Creates at least `n` tensors across @procs processes and returns how
