@@ -151,9 +151,8 @@ static void run_op(emlx_queue *q, emlx_job *job) {
   for (int i = 0; i < n; i++) emlx_array_fill(job->results[i], outs[i]);
 }
 
-static void run_from_binary(emlx_queue *q, emlx_job *job) {
-  emlx_arr *out;
-  emlx_status st = emlx_arr_from_bytes(q->stream, job->data, job->nbytes, job->dims, job->ndim, job->dtype, &out);
+/* Replies with a new array (or the error that kept it from being made). */
+static void reply_array(emlx_job *job, emlx_status st, emlx_arr *out) {
   if (st != EMLX_OK) {
     reply_error(job, st);
     return;
@@ -163,6 +162,12 @@ static void run_from_binary(emlx_queue *q, emlx_job *job) {
     reply_oom(job);
   else
     reply_ok(job, t);
+}
+
+static void run_from_binary(emlx_queue *q, emlx_job *job) {
+  emlx_arr *out;
+  emlx_status st = emlx_arr_from_bytes(q->stream, job->data, job->nbytes, job->dims, job->ndim, job->dtype, &out);
+  reply_array(job, st, out);
 }
 
 /* The binary is a resource binary over the evaluated array's own memory:
@@ -356,15 +361,7 @@ static void run_from_pointer(emlx_queue *q, emlx_job *job) {
   emlx_arr *out;
   emlx_status st = emlx_arr_from_bytes(q->stream, buf, job->nbytes, job->dims, job->ndim, job->dtype, &out);
   enif_free(buf);
-  if (st != EMLX_OK) {
-    reply_error(job, st);
-    return;
-  }
-  ERL_NIF_TERM t = emlx_make_array(job->env, job->qres, out);
-  if (!t)
-    reply_oom(job);
-  else
-    reply_ok(job, t);
+  reply_array(job, st, out);
 }
 
 /* ---- the thread ---- */

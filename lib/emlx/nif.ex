@@ -54,26 +54,20 @@ defmodule EMLX.NIF do
   end
 
   @doc "`{shape, type, owner_queue}` of an array, waiting for a pending one."
-  def info(array) do
-    case array_info(array) do
-      {:pending, owner} ->
-        owner |> queue_sync() |> await()
-        info(array)
-
-      info ->
-        info
-    end
-  end
+  def info(array), do: when_computed(&array_info/1, array)
 
   @doc "The strides of an array, waiting for a pending one."
-  def strides(array) do
-    case array_strides(array) do
+  def strides(array), do: when_computed(&array_strides/1, array)
+
+  # A pending array is computed once its queue has drained up to now.
+  defp when_computed(fun, array) do
+    case fun.(array) do
       {:pending, owner} ->
         owner |> queue_sync() |> await()
-        strides(array)
+        when_computed(fun, array)
 
-      strides ->
-        strides
+      result ->
+        result
     end
   end
 
