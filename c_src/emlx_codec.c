@@ -448,31 +448,32 @@ int emlx_decode_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *job, em
   }
 }
 
-ERL_NIF_TERM emlx_make_array(ErlNifEnv *env, emlx_queue_res *owner, emlx_arr *a) {
+emlx_array_res *emlx_array_res_new(emlx_queue_res *owner, emlx_arr *a, int state) {
   emlx_array_res *res = enif_alloc_resource(emlx_array_type, sizeof(emlx_array_res));
+  if (!res) return NULL;
+  memset(res, 0, sizeof *res);
+  res->arr = a;
+  res->owner = owner;
+  res->state = state;
+  atomic_flag_clear(&res->lock);
+  enif_keep_resource(owner);
+  return res;
+}
+
+ERL_NIF_TERM emlx_make_array(ErlNifEnv *env, emlx_queue_res *owner, emlx_arr *a) {
+  emlx_array_res *res = emlx_array_res_new(owner, a, EMLX_ARR_READY);
   if (!res) {
     emlx_arr_free(a);
     return 0;
   }
-  memset(res, 0, sizeof *res);
-  res->arr = a;
-  res->owner = owner;
-  res->state = EMLX_ARR_READY;
-  atomic_flag_clear(&res->lock);
-  enif_keep_resource(owner);
   ERL_NIF_TERM t = enif_make_resource(env, res);
   enif_release_resource(res);
   return t;
 }
 
 ERL_NIF_TERM emlx_make_pending(ErlNifEnv *env, emlx_queue_res *owner, emlx_array_res **res_out) {
-  emlx_array_res *res = enif_alloc_resource(emlx_array_type, sizeof(emlx_array_res));
+  emlx_array_res *res = emlx_array_res_new(owner, NULL, EMLX_ARR_PENDING);
   if (!res) return 0;
-  memset(res, 0, sizeof *res);
-  res->owner = owner;
-  res->state = EMLX_ARR_PENDING;
-  atomic_flag_clear(&res->lock);
-  enif_keep_resource(owner);
   enif_keep_resource(res); /* for the job that fills it */
   *res_out = res;
   ERL_NIF_TERM t = enif_make_resource(env, res);

@@ -176,6 +176,8 @@ int emlx_decode_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *job, em
  * and a message in err (the error kind in *kind_out when FAILED). */
 emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_array_res **res_out, int *state_out, int *kind_out,
                           char *err, size_t errlen);
+/* A new array resource (one reference, the caller's) of the queue. */
+emlx_array_res *emlx_array_res_new(emlx_queue_res *owner, emlx_arr *a, int state);
 ERL_NIF_TERM emlx_make_array(ErlNifEnv *env, emlx_queue_res *owner, emlx_arr *a);
 /* A new PENDING array resource of the queue (kept once for the job). */
 ERL_NIF_TERM emlx_make_pending(ErlNifEnv *env, emlx_queue_res *owner, emlx_array_res **res_out);

@@ -181,18 +181,12 @@ static void run_to_binary(emlx_queue *q, emlx_job *job) {
     reply_error(job, st);
     return;
   }
-  emlx_array_res *res = enif_alloc_resource(emlx_array_type, sizeof(emlx_array_res));
+  emlx_array_res *res = emlx_array_res_new(job->qres, view, EMLX_ARR_READY);
   if (!res) {
     emlx_arr_free(view);
     reply_oom(job);
     return;
   }
-  memset(res, 0, sizeof *res);
-  res->arr = view;
-  res->owner = job->qres;
-  res->state = EMLX_ARR_READY;
-  atomic_flag_clear(&res->lock);
-  enif_keep_resource(job->qres);
   size_t size = job->limit < nbytes ? job->limit : nbytes;
   ERL_NIF_TERM bin = enif_make_resource_binary(job->env, res, data, size);
   enif_release_resource(res);
