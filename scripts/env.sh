@@ -11,7 +11,11 @@ export EMLX_HOME
 
 emlx_env_fail() {
   echo "EMLX environment: $*" >&2
-  echo "Run 'bash scripts/setup.sh' first (see README.md, 'Set-up')." >&2
+  if [ -n "${EMLX_IN_SETUP:-}" ]; then
+    echo "See README.md, 'Dependencies without Hex access', for what must be there." >&2
+  else
+    echo "Run 'bash scripts/setup.sh' first (see README.md, 'Set-up')." >&2
+  fi
   return 1 2>/dev/null || exit 1
 }
 

@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EMLX_HOME="${EMLX_HOME:-/opt/emlx}"
+export EMLX_IN_SETUP=1
 ELIXIR_VERSION=1.18.3
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
