@@ -172,15 +172,20 @@ static void run_from_binary(emlx_queue *q, emlx_job *job) {
 
 /* The binary is a resource binary over the evaluated array's own memory:
  * no copy, and the array lives as long as the binary does. */
+/* Evaluates the job's array into a row-contiguous host view; replies with
+ * the error and returns 0 when it cannot. */
+static int host_view(emlx_queue *q, emlx_job *job, emlx_arr **view, const void **data, size_t *nbytes) {
+  emlx_status st = emlx_arr_host_view(q->stream, job->args[0].u.arr, view, data, nbytes);
+  if (st == EMLX_OK) return 1;
+  reply_error(job, st);
+  return 0;
+}
+
 static void run_to_binary(emlx_queue *q, emlx_job *job) {
   emlx_arr *view;
   const void *data;
   size_t nbytes;
-  emlx_status st = emlx_arr_host_view(q->stream, job->args[0].u.arr, &view, &data, &nbytes);
-  if (st != EMLX_OK) {
-    reply_error(job, st);
-    return;
-  }
+  if (!host_view(q, job, &view, &data, &nbytes)) return;
   emlx_array_res *res = emlx_array_res_new(job->qres, view, EMLX_ARR_READY);
   if (!res) {
     emlx_arr_free(view);
@@ -261,11 +266,7 @@ static void run_to_pointer(emlx_queue *q, emlx_job *job) {
   emlx_arr *view;
   const void *data;
   size_t nbytes;
-  emlx_status st = emlx_arr_host_view(q->stream, job->args[0].u.arr, &view, &data, &nbytes);
-  if (st != EMLX_OK) {
-    reply_error(job, st);
-    return;
-  }
+  if (!host_view(q, job, &view, &data, &nbytes)) return;
   if (!job->ipc) {
     emlx_arr *old = emlx_array_swap(job->res, view);
     if (!old) {

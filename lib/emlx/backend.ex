@@ -35,6 +35,9 @@ defmodule EMLX.Backend do
     {:c, 64}
   ]
 
+  @doc "The Nx types EMLX.Backend stores (MLX has no f8, c128 or sub-byte integers)."
+  def supported_types, do: @supported_types
+
   ## Conversions
 
   @doc "Converts an Nx tensor to a device ref `{device, ref}` (transferring it to EMLX when needed)."

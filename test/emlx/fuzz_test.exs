@@ -107,21 +107,7 @@ defmodule EMLX.FuzzTest do
     @limit_int 1024
     @dyn_size 48
 
-    @valid_types [
-      {:u, 8},
-      {:u, 16},
-      {:u, 32},
-      {:u, 64},
-      {:s, 8},
-      {:s, 16},
-      {:s, 32},
-      {:s, 64},
-      {:f, 16},
-      {:bf, 16},
-      {:f, 32},
-      {:f, 64},
-      {:c, 64}
-    ]
+    @valid_types EMLX.Backend.supported_types()
     @bad_types [
       {:f, 8},
       {:u, 4},
