@@ -17,9 +17,7 @@ defmodule EMLX.Application do
 
   @impl true
   def start(_type, _args) do
-    if :ets.whereis(:emlx_defn_cache) == :undefined do
-      :ets.new(:emlx_defn_cache, [:named_table, :public, :set, read_concurrency: true])
-    end
+    EMLX.Defn.Cache.init()
 
     for device <- [:cpu, :gpu], EMLX.NIF.device_available(device) do
       key = {EMLX, :default_worker, device}

@@ -11,10 +11,17 @@ defmodule EMLX.Defn do
   traced graph; its compile cache is per thread, so compile and replay both
   run on the queue's own thread).
 
-  The compiled plan is cached by the function, the input shapes and types,
-  and the command queue (`:emlx_defn_cache` ETS table): a second call with
-  the same shapes neither re-traces the Elixir function nor re-lowers it;
-  it is one NIF call.
+  The compiled plan is cached (`EMLX.Defn.Cache`) under a key that holds
+  everything the trace depends on: the function with a fingerprint of what
+  it captures (non-tensor arguments such as options among them), the
+  argument containers with their structure and non-tensor fields, each
+  tensor's type, shape, names and vectorized axes, the command queue and
+  the active hooks. A second such call neither re-traces the Elixir
+  function nor re-lowers it; it is one NIF call. Inputs are lazy: an input
+  the computation never reads is never materialized (`Nx.template/2`
+  arguments work), and tensors handed to hooks and runtime calls are real
+  arrays that outlive the call. At most `config :emlx, :plan_cache_size`
+  plans are kept (default 512), the oldest dropped first.
 
   Control flow that needs data (`while` conditions, `cond` predicates),
   hooks and runtime calls split the program into segments: each segment
@@ -31,10 +38,8 @@ defmodule EMLX.Defn do
     * `:max_concurrency` - partitions for `Nx.Serving`, each on its own queue
   """
 
-  alias EMLX.Defn.Recorder
+  alias EMLX.Defn.{Cache, Callbacks, Recorder}
   alias Nx.Defn.Composite
-
-  @table :emlx_defn_cache
 
   @doc false
   def __to_backend__(opts) do
@@ -52,14 +57,19 @@ defmodule EMLX.Defn do
   @doc false
   def __jit__(key, vars, fun, args_list, opts) do
     {device, queue} = target(opts)
-    Enum.map(args_list, &run(key, vars, fun, &1, opts, device, queue))
+    Enum.map(args_list, &run(key, vars, fun, &1, opts, device, queue, nil))
   end
 
   @doc false
   def __compile__(key, vars, fun, opts) do
     {device, queue} = target(opts)
-    key = {key, make_ref()}
-    fn args_list -> Enum.map(args_list, &run(key, vars, fun, &1, opts, device, queue)) end
+    # The parameters are fixed here, and Nx checks each call's arguments
+    # against them: the cache key is built once.
+    cache_key = Cache.key({key, make_ref()}, vars, queue, Keyword.get(opts, :hooks, %{}))
+
+    fn args_list ->
+      Enum.map(args_list, &run(key, vars, fun, &1, opts, device, queue, cache_key))
+    end
   end
 
   @doc false
@@ -78,65 +88,65 @@ defmodule EMLX.Defn do
     end
   end
 
-  defp run(key, vars, fun, args, opts, device, queue) do
-    tensors = Enum.map(args, fn arg -> arg.() end)
-
-    if Recorder.active?(),
-      do: inline(key, vars, fun, tensors, opts),
-      else: run_cached(key, vars, fun, tensors, opts, device, queue)
+  # `args` are Nx's lazy parameters: each is called (and its tensor moved
+  # to MLX) only when the computation reads it.
+  defp run(key, vars, fun, args, opts, device, queue, cache_key) do
+    if Recorder.active?() do
+      inline(key, vars, fun, args, opts)
+    else
+      cache_key = cache_key || Cache.key(key, vars, queue, Keyword.get(opts, :hooks, %{}))
+      run_cached(cache_key, vars, fun, args, opts, device, queue)
+    end
   end
 
   # A defn called while another is being recorded joins its program.
-  defp inline(key, vars, fun, tensors, opts) do
-    eval = Nx.Defn.Evaluator.__compile__(key, vars, fun, Keyword.take(opts, [:hooks]))
-    [result] = eval.([Enum.map(tensors, &fn -> &1 end)])
+  defp inline(key, vars, fun, args, opts) do
+    eval = Nx.Defn.Evaluator.__compile__(key, vars, Callbacks.wrap(fun), evaluator_opts(opts))
+    [result] = eval.([args])
     result
   end
 
-  defp run_cached(key, vars, fun, tensors, opts, device, queue) do
-    cache_key = {key, Enum.map(tensors, &Nx.to_template/1), queue, hooks_key(opts)}
-
-    case lookup(cache_key) do
+  defp run_cached(cache_key, vars, fun, args, opts, device, queue) do
+    case Cache.lookup(cache_key) do
       {:plan, plan, output} ->
-        run_plan(plan, output, tensors, device, queue)
+        run_plan(plan, output, args, device, queue)
 
       :dynamic ->
-        record(key, vars, fun, tensors, opts, device, queue) |> elem(0)
+        record(vars, fun, args, opts, device, queue) |> elem(0)
 
       nil ->
-        {result, plan} = record(key, vars, fun, tensors, opts, device, queue)
-        store(cache_key, plan, result)
+        {result, plan} = record(vars, fun, args, opts, device, queue)
+        Cache.store(cache_key, cache_value(plan, result))
         result
     end
   end
 
-  defp hooks_key(opts), do: opts |> Keyword.get(:hooks, %{}) |> Map.keys() |> Enum.sort()
+  defp cache_value(nil, _result), do: :dynamic
+  defp cache_value(plan, result), do: {:plan, plan, Composite.traverse(result, &Nx.to_template/1)}
 
-  defp lookup(cache_key) do
-    case :ets.lookup(@table, cache_key) do
-      [{_, value}] -> value
-      [] -> nil
+  # Hooks (and runtime calls) receive tensors backed by real arrays.
+  defp evaluator_opts(opts) do
+    case Keyword.fetch(opts, :hooks) do
+      {:ok, hooks} -> [hooks: Map.new(hooks, fn {name, f} -> {name, Callbacks.realizing(f)} end)]
+      :error -> []
     end
   end
 
-  defp store(cache_key, nil, _result), do: :ets.insert(@table, {cache_key, :dynamic})
-
-  defp store(cache_key, plan, result) do
-    output = Composite.traverse(result, &Nx.to_template/1)
-    :ets.insert(@table, {cache_key, {:plan, plan, output}})
-  end
-
   # Walks the expression with Nx's evaluator while EMLX.Backend records.
-  defp record(key, vars, fun, tensors, opts, device, queue) do
-    evaluator_opts = Keyword.take(opts, [:hooks])
-    eval = Nx.Defn.Evaluator.__compile__(key, vars, fun, evaluator_opts)
-    param_refs = Enum.map(tensors, &EMLX.Backend.ref_on(&1, device, queue))
+  defp record(vars, fun, args, opts, device, queue) do
+    eval = Nx.Defn.Evaluator.__compile__(nil, vars, Callbacks.wrap(fun), evaluator_opts(opts))
 
     {{result, outputs}, rec} =
-      Recorder.with_recorder(queue, device, param_refs, fn placeholders ->
+      Recorder.with_recorder(queue, device, fn ->
         params =
-          Enum.zip_with(tensors, placeholders, fn t, slot ->
-            fn -> %{t | data: %EMLX.Backend{ref: slot, device: device, queue: queue}} end
+          args
+          |> Enum.with_index()
+          |> Enum.map(fn {arg, p} ->
+            fn ->
+              t = arg.()
+              ref = Recorder.bind_param(p, EMLX.Backend.ref_on(t, device, queue))
+              %{t | data: %EMLX.Backend{ref: ref, device: device, queue: queue}}
+            end
           end)
 
         [result] =
@@ -146,24 +156,33 @@ defmodule EMLX.Defn do
             end)
           end)
 
-        {result, collect(result)}
+        {result, collect(result, device, queue)}
       end)
 
     {refs, plan} = Recorder.finish(rec, outputs)
     {fill(result, refs, device, queue), plan}
   end
 
-  defp run_plan(plan, output, tensors, device, queue) do
-    inputs = Enum.map(tensors, &EMLX.Backend.ref_on(&1, device, queue)) ++ plan.captured
+  defp run_plan(plan, output, args, device, queue) do
+    args = List.to_tuple(args)
+
+    inputs =
+      Enum.map(plan.sources, fn
+        {:param, p} -> EMLX.Backend.ref_on(elem(args, p).(), device, queue)
+        {:const, ref} -> ref
+      end)
+
     {refs, _} = Recorder.run_program(queue, plan.program, inputs, plan.compile?)
     fill(output, refs, device, queue)
   end
 
-  defp collect(result) do
+  # The array (or placeholder) behind each output; a literal tensor the
+  # function returns (data of another backend) becomes an MLX constant.
+  defp collect(result, device, queue) do
     {_, refs} =
       Composite.traverse(result, [], fn
         %Nx.Tensor{data: %EMLX.Backend{ref: ref}} = t, acc -> {t, [ref | acc]}
-        %Nx.Tensor{} = t, _acc -> raise ArgumentError, "unexpected defn output #{inspect(t)}"
+        %Nx.Tensor{} = t, acc -> {t, [EMLX.Backend.ref_on(t, device, queue) | acc]}
       end)
 
     Enum.reverse(refs)

@@ -5,10 +5,13 @@ defmodule EMLX.Defn.Recorder do
   # While a recorder is active in the process, every op EMLX.Backend would
   # post to the worker (its single entry point, `EMLX.Backend.run_ref/4`)
   # becomes an instruction, and the result is a placeholder
-  # `{:emlx_slot, segment, sym}` where `sym` is `{:in, i}` (an input of the
-  # segment) or `{:out, j}` (an instruction result). Real arrays met on the
-  # way (constants captured in the expression, data from other backends)
-  # become inputs.
+  # `{:emlx_slot, segment, {:out, j}}`. Operands become the segment's
+  # inputs `{:in, i}`: the defn parameters (placeholders `{:emlx_param, p}`,
+  # bound to a real array only when the computation first reads parameter
+  # `p`, so unused inputs are never materialized), and real arrays met on
+  # the way (constants captured in the expression, data from other
+  # backends). Each input remembers its source, `{:param, p}` or
+  # `{:const, ref}`, so a cached plan can be run with new parameters.
   #
   # When real data is needed (a `while` condition, a hook, reading a tensor
   # back), the current segment is flushed: it runs as one program, all its
@@ -24,11 +27,12 @@ defmodule EMLX.Defn.Recorder do
   defstruct [
     :queue,
     :device,
-    params: [],
+    params: %{},
     segment: 0,
     instrs: [],
     nouts: 0,
     inputs: [],
+    sources: [],
     ninputs: 0,
     input_index: %{},
     materialized: %{},
@@ -37,27 +41,30 @@ defmodule EMLX.Defn.Recorder do
 
   def active?, do: Process.get(@key) != nil
 
-  @doc "Runs `fun` with a recorder whose first inputs are `params` (real refs)."
-  def with_recorder(queue, device, params, fun) do
-    n = length(params)
-
-    rec = %__MODULE__{
-      queue: queue,
-      device: device,
-      params: params,
-      inputs: Enum.reverse(params),
-      ninputs: n
-    }
-
+  @doc """
+  Runs `fun` with an empty recorder and returns `{result, recorder}`.
+  Parameters join it through `bind_param/2`.
+  """
+  def with_recorder(queue, device, fun) do
     previous = Process.get(@key)
-    Process.put(@key, rec)
+    Process.put(@key, %__MODULE__{queue: queue, device: device})
 
     try do
-      result = fun.(Enum.map(0..(n - 1)//1, &{:emlx_slot, 0, {:in, &1}}))
+      result = fun.()
       {result, Process.get(@key)}
     after
       if previous, do: Process.put(@key, previous), else: Process.delete(@key)
     end
+  end
+
+  @doc """
+  Binds defn parameter `p` to the real array `ref` (done the first time
+  the parameter is read) and returns its placeholder.
+  """
+  def bind_param(p, ref) when is_reference(ref) do
+    rec = Process.get(@key)
+    Process.put(@key, %{rec | params: Map.put(rec.params, p, ref)})
+    {:emlx_param, p}
   end
 
   @doc "Records `op`; returns a placeholder (or a list of them for multi-result ops)."
@@ -80,10 +87,13 @@ defmodule EMLX.Defn.Recorder do
 
   defp translate({:emlx_slot, _, _} = slot, rec) do
     real = Map.fetch!(rec.materialized, slot)
-    capture(real, rec)
+    capture(real, {:const, real}, rec)
   end
 
-  defp translate(ref, rec) when is_reference(ref), do: capture(ref, rec)
+  defp translate({:emlx_param, p} = param, rec),
+    do: capture(param, {:param, p}, rec)
+
+  defp translate(ref, rec) when is_reference(ref), do: capture(ref, {:const, ref}, rec)
 
   defp translate(list, rec) when is_list(list) do
     if Enum.any?(list, &array_term?/1),
@@ -94,11 +104,15 @@ defmodule EMLX.Defn.Recorder do
   defp translate(other, rec), do: {other, rec}
 
   defp array_term?({:emlx_slot, _, _}), do: true
+  defp array_term?({:emlx_param, _}), do: true
   defp array_term?(ref), do: is_reference(ref)
 
-  defp capture(ref, rec) do
+  # Makes `term` (a real array or a parameter) an input of the current
+  # segment, once: parameters are told apart by position even when two of
+  # them are the same array, so a cached plan never merges them.
+  defp capture(term, source, rec) do
     case rec.input_index do
-      %{^ref => i} ->
+      %{^term => i} ->
         {{:in, i}, rec}
 
       %{} ->
@@ -107,17 +121,21 @@ defmodule EMLX.Defn.Recorder do
         {{:in, i},
          %{
            rec
-           | inputs: [ref | rec.inputs],
+           | inputs: [input_ref(source, rec) | rec.inputs],
+             sources: [source | rec.sources],
              ninputs: i + 1,
-             input_index: Map.put(rec.input_index, ref, i)
+             input_index: Map.put(rec.input_index, term, i)
          }}
     end
   end
 
+  defp input_ref({:const, ref}, _rec), do: ref
+  defp input_ref({:param, p}, rec), do: Map.fetch!(rec.params, p)
+
   @doc "The real array behind a placeholder, flushing the segment when needed."
-  def materialize({:emlx_slot, 0, {:in, i}}) do
+  def materialize({:emlx_param, p}) do
     rec = Process.get(@key)
-    Enum.at(rec.params, i)
+    Map.fetch!(rec.params, p)
   end
 
   def materialize({:emlx_slot, _, _} = slot) do
@@ -136,6 +154,20 @@ defmodule EMLX.Defn.Recorder do
 
   def materialize(ref) when is_reference(ref), do: ref
 
+  @doc """
+  The container with every EMLX tensor backed by a real array, for code
+  that keeps tensors past the recording (hooks, runtime calls).
+  """
+  def realize(container) do
+    Nx.Defn.Composite.traverse(container, fn
+      %Nx.Tensor{data: %EMLX.Backend{ref: ref} = data} = t when not is_reference(ref) ->
+        %{t | data: %{data | ref: materialize(ref)}}
+
+      other ->
+        other
+    end)
+  end
+
   # Runs the current segment without mx::compile; every result becomes real.
   defp flush(rec) do
     outs = Enum.map(0..(rec.nouts - 1)//1, &{:out, &1})
@@ -148,20 +180,13 @@ defmodule EMLX.Defn.Recorder do
         Map.put(acc, {:emlx_slot, rec.segment, sym}, ref)
       end)
 
-    materialized =
-      rec.inputs
-      |> Enum.reverse()
-      |> Enum.with_index()
-      |> Enum.reduce(materialized, fn {ref, i}, acc ->
-        Map.put(acc, {:emlx_slot, rec.segment, {:in, i}}, ref)
-      end)
-
     %{
       rec
       | segment: rec.segment + 1,
         instrs: [],
         nouts: 0,
         inputs: [],
+        sources: [],
         ninputs: 0,
         input_index: %{},
         materialized: materialized,
@@ -218,10 +243,9 @@ defmodule EMLX.Defn.Recorder do
     else
       {syms, rec} = Enum.map_reduce(outputs, rec, &translate/2)
       program = program(rec, syms)
-      inputs = Enum.reverse(rec.inputs)
-      captured = Enum.drop(inputs, length(rec.params))
-      {refs, compile?} = run_program(rec.queue, program, inputs)
-      {refs, %{program: program, captured: captured, compile?: compile?, queue: rec.queue}}
+      {refs, compile?} = run_program(rec.queue, program, Enum.reverse(rec.inputs))
+      plan = %{program: program, sources: Enum.reverse(rec.sources), compile?: compile?}
+      {refs, plan}
     end
   end
 

@@ -1,0 +1,58 @@
+defmodule EMLX.Defn.Callbacks do
+  @moduledoc false
+  # Hooks and runtime calls run user code in the middle of a recording.
+  # The tensors they receive must be real arrays for their whole life (the
+  # code may keep them, send them away or read them after the recording),
+  # never recorder placeholders. `wrap/1` wraps the traced function so that
+  # every hook callback and runtime-call function in its expression hands
+  # over tensors backed by real arrays; `realizing/1` does the same for one
+  # callback (the `:hooks` option).
+
+  alias Nx.Defn.{Composite, Expr, Tree}
+  alias Nx.Tensor, as: T
+
+  @doc "The traced function `fun`, with callbacks in its expression realizing their input."
+  def wrap(fun) do
+    fn vars ->
+      {expr, _seen} = Composite.traverse(fun.(vars), %{}, &rewrite/2)
+      expr
+    end
+  end
+
+  @doc "The one-argument callback `f`, called with real arrays."
+  def realizing(nil), do: nil
+
+  def realizing(f) when is_function(f, 1),
+    do: fn value -> f.(EMLX.Defn.Recorder.realize(value)) end
+
+  defp realizing2(f) when is_function(f, 2),
+    do: fn value, opts -> f.(EMLX.Defn.Recorder.realize(value), opts) end
+
+  # One visit per expression id; a node keeps its id, so Nx's evaluator
+  # caches work as before.
+  defp rewrite(%T{data: %Expr{id: id}} = t, seen) do
+    case seen do
+      %{^id => done} ->
+        {done, seen}
+
+      %{} ->
+        {args, seen} = Tree.apply_args(t, :all, seen, &rewrite/2)
+        done = put_in(t.data.args, callbacks(t.data.op, args))
+        {done, Map.put(seen, id, done)}
+    end
+  end
+
+  defp rewrite(other, seen), do: {other, seen}
+
+  defp callbacks(:hook, [expr, spec, template, ref]), do: [expr, spec(spec), template, ref]
+
+  defp callbacks(:runtime_call, [expr, f, template, opts]),
+    do: [expr, realizing2(f), template, opts]
+
+  defp callbacks(_op, args), do: args
+
+  defp spec({:fn, f}), do: {:fn, realizing(f)}
+  defp spec({:named, name, f}), do: {:named, name, realizing(f)}
+  defp spec({:token_hook, expr, inner}), do: {:token_hook, expr, spec(inner)}
+  defp spec(other), do: other
+end

@@ -1,0 +1,233 @@
+defmodule EMLX.DefnCacheTest do
+  # Not async: some tests count the plans in the shared cache table.
+  use EMLX.Case, async: false
+
+  alias EMLX.Test.{KernelSpec, Raising}
+
+  defp jit(fun, opts \\ []), do: Nx.Defn.jit(fun, Keyword.put(opts, :compiler, EMLX))
+
+  defp double_all(c), do: Nx.Defn.Composite.traverse(c, &Nx.multiply(&1, 2))
+
+  describe "the key holds the container structure" do
+    test "a tuple, then a map, then a nested tuple of the same tensors" do
+      f = jit(&double_all/1)
+      a = emlx([1.0, 2.0])
+      b = emlx([3.0])
+
+      assert {x, y} = f.({a, b})
+      assert {Nx.to_list(x), Nx.to_list(y)} == {[2.0, 4.0], [6.0]}
+
+      assert %{a: x, b: y} = f.(%{a: a, b: b})
+      assert {Nx.to_list(x), Nx.to_list(y)} == {[2.0, 4.0], [6.0]}
+
+      assert {x, {y}} = f.({a, {b}})
+      assert {Nx.to_list(x), Nx.to_list(y)} == {[2.0, 4.0], [6.0]}
+
+      assert %KernelSpec{x: x, kind: :k} = f.(%KernelSpec{x: a, kind: :k})
+      assert Nx.to_list(x) == [2.0, 4.0]
+    end
+
+    test "structs that differ only in a non-tensor field get their own plans" do
+      f =
+        jit(fn
+          %KernelSpec{x: x, kind: :poly} -> Nx.pow(Nx.add(x, 1), 2)
+          %KernelSpec{x: x, kind: :linear} -> Nx.add(x, 1)
+        end)
+
+      x = emlx([1.0, 2.0, 3.0])
+      assert Nx.to_list(f.(%KernelSpec{x: x, kind: :poly})) == [4.0, 9.0, 16.0]
+      assert Nx.to_list(f.(%KernelSpec{x: x, kind: :linear})) == [2.0, 3.0, 4.0]
+      assert Nx.to_list(f.(%KernelSpec{x: x, kind: :poly})) == [4.0, 9.0, 16.0]
+    end
+
+    test "non-tensor arguments (options) get their own plans" do
+      f = jit(fn x, opts -> Nx.multiply(x, opts[:factor]) end)
+      x = emlx([1, 2])
+      assert Nx.to_list(f.(x, factor: 2)) == [2, 4]
+      assert Nx.to_list(f.(x, factor: 3)) == [3, 6]
+      assert Nx.to_list(f.(x, factor: 2)) == [2, 4]
+    end
+
+    test "captured values and functions are part of the key" do
+      make = fn k, g -> jit(fn x -> g.(Nx.add(x, k)) end) end
+      x = emlx([1, 2])
+      assert Nx.to_list(make.(10, &Nx.negate/1).(x)) == [-11, -12]
+      assert Nx.to_list(make.(20, &Nx.negate/1).(x)) == [-21, -22]
+      assert Nx.to_list(make.(20, &Nx.abs/1).(x)) == [21, 22]
+      # Tensors captured by the function (on Nx.BinaryBackend, as Nx requires)
+      c = Nx.tensor([100, 200], backend: Nx.BinaryBackend)
+      assert Nx.to_list(make.(c, &Nx.abs/1).(x)) == [101, 202]
+      c = Nx.tensor([5, 5], backend: Nx.BinaryBackend)
+      assert Nx.to_list(make.(c, &Nx.abs/1).(x)) == [6, 7]
+      c = Nx.iota({1000}, backend: Nx.BinaryBackend)
+      assert Nx.to_list(make.(c, &Nx.abs/1).(emlx(1))) |> Enum.take(2) == [1, 2]
+      c = Nx.add(c, 1) |> Nx.backend_copy(Nx.BinaryBackend)
+      assert Nx.to_list(make.(c, &Nx.abs/1).(emlx(1))) |> Enum.take(2) == [2, 3]
+    end
+
+    test "the same container shape hits the cache: one trace, one plan" do
+      pid = self()
+
+      f =
+        jit(fn {a, %{b: b}}, opts ->
+          send(pid, :traced)
+          Nx.add(a, Nx.multiply(b, opts[:k]))
+        end)
+
+      before = EMLX.Defn.Cache.size()
+      assert Nx.to_list(f.({emlx([1]), %{b: emlx([2])}}, k: 3)) == [7]
+      assert_received :traced
+      assert EMLX.Defn.Cache.size() == before + 1
+
+      assert Nx.to_list(f.({emlx([2]), %{b: emlx([5])}}, k: 3)) == [17]
+      refute_received :traced
+      assert EMLX.Defn.Cache.size() == before + 1
+    end
+  end
+
+  describe "the key is cheap" do
+    test "a heavily shared expression DAG (depth 45) as the function's capture" do
+      depth = 45
+      x = emlx([1.0, 2.0])
+      fun = fn x -> Enum.reduce(1..depth, x, fn _, acc -> Nx.add(acc, acc) end) end
+      expr = Nx.Defn.debug_expr(fun).(x)
+      scale = :math.pow(2, depth)
+
+      # A new closure over the same expression each time, as Nx.Defn.Graph.run does.
+      for _ <- 1..3 do
+        got = Nx.Defn.jit_apply(fn _ -> expr end, [x], compiler: EMLX)
+        assert Nx.to_list(got) == [scale, 2 * scale]
+      end
+
+      {fingerprint, _, _, _} = EMLX.Defn.Cache.key(fn _ -> expr end, [x], nil, %{})
+      assert :erts_debug.flat_size(fingerprint) < 10_000
+    end
+
+    test "a key past the budget is not cached, and the call still works" do
+      big = Enum.to_list(1..300_000)
+      f = jit(fn x -> Nx.add(x, length(big)) end)
+      assert EMLX.Defn.Cache.key(f, [], nil, %{}) == :uncached
+      before = EMLX.Defn.Cache.size()
+      assert Nx.to_list(f.(emlx([1]))) == [300_001]
+      assert EMLX.Defn.Cache.size() == before
+    end
+
+    test "the table is bounded by :plan_cache_size, oldest first" do
+      Application.put_env(:emlx, :plan_cache_size, 4)
+
+      try do
+        for k <- 1..10 do
+          assert Nx.to_list(jit(fn x -> Nx.add(x, k) end).(emlx([0]))) == [k]
+        end
+
+        assert EMLX.Defn.Cache.size() <= 4
+      after
+        Application.delete_env(:emlx, :plan_cache_size)
+      end
+    end
+  end
+
+  describe "outputs" do
+    test "a literal tensor output" do
+      f = jit(fn _ -> Nx.tensor([1.0, 2.0]) end)
+      assert Nx.to_list(f.(emlx(1))) == [1.0, 2.0]
+      assert Nx.to_list(f.(emlx(2))) == [1.0, 2.0]
+    end
+
+    test "literal and computed outputs together, and an input returned as is" do
+      f = jit(fn x -> {Nx.tensor([7, 8]), Nx.add(x, 1), x} end)
+      {lit, y, same} = f.(emlx([1, 2]))
+      assert {Nx.to_list(lit), Nx.to_list(y), Nx.to_list(same)} == {[7, 8], [2, 3], [1, 2]}
+      {_, y, same} = f.(emlx([5, 6]))
+      assert {Nx.to_list(y), Nx.to_list(same)} == {[6, 7], [5, 6]}
+    end
+  end
+
+  describe "tensors given to hooks and runtime calls live on" do
+    test "an anonymous hook keeps its tensor" do
+      pid = self()
+
+      f =
+        jit(fn x ->
+          y = Nx.Defn.Kernel.hook(Nx.multiply(x, 2), fn t -> send(pid, {:hooked, t}) end)
+          Nx.add(y, 1)
+        end)
+
+      assert Nx.to_list(f.(emlx([1, 2]))) == [3, 5]
+      assert_received {:hooked, t}
+      assert Nx.to_list(Nx.equal(t, emlx([2, 4]))) == [1, 1]
+      assert Nx.to_list(Nx.add(t, t)) == [4, 8]
+    end
+
+    test "named hooks, given in :hooks or as the default callback" do
+      pid = self()
+
+      fun = fn x ->
+        a = Nx.Defn.Kernel.hook(Nx.add(x, 1), :a, fn t -> send(pid, {:a, t}) end)
+        b = Nx.Defn.Kernel.hook(Nx.add(a, 1), :b)
+        Nx.multiply(b, 10)
+      end
+
+      f = jit(fun, hooks: %{b: fn t -> send(pid, {:b, t}) end})
+      assert Nx.to_list(f.(emlx([1]))) == [30]
+      assert_received {:a, a}
+      assert_received {:b, b}
+      assert {Nx.to_list(Nx.add(a, 0)), Nx.to_list(Nx.add(b, 0))} == {[2], [3]}
+    end
+
+    def keep(t, pid) do
+      send(pid, {:kept, t})
+      Nx.multiply(t, 3)
+    end
+
+    test "a runtime call keeps its tensor" do
+      pid = self()
+
+      f =
+        jit(fn x ->
+          y = Nx.runtime_call(Nx.template({2}, :s32), Nx.add(x, 1), pid, &__MODULE__.keep/2)
+          Nx.add(y, 1)
+        end)
+
+      assert Nx.to_list(f.(emlx([1, 2]))) == [7, 10]
+      assert_received {:kept, t}
+      assert Nx.to_list(Nx.equal(t, emlx([2, 3]))) == [1, 1]
+    end
+  end
+
+  describe "unused inputs are never materialized" do
+    test "an Nx.template argument" do
+      f = jit(fn x, _unused -> Nx.add(x, 1) end)
+      assert Nx.to_list(f.(emlx([1, 2]), Nx.template({3}, :f32))) == [2, 3]
+      assert Nx.to_list(f.(emlx([2, 3]), Nx.template({3}, :f32))) == [3, 4]
+    end
+
+    test "a lazy container whose callbacks raise" do
+      f = jit(fn x, _unused -> Nx.multiply(x, 2) end)
+      assert Nx.to_list(f.(emlx([1, 2]), %Raising{shape: {4}})) == [2, 4]
+      assert Nx.to_list(f.(emlx([3, 4]), %Raising{shape: {4}})) == [6, 8]
+    end
+
+    test "under Nx.Defn.compile too" do
+      compiled =
+        Nx.Defn.compile(
+          fn x, _unused -> Nx.negate(x) end,
+          [Nx.template({2}, :s32), %Raising{shape: {1}}],
+          compiler: EMLX
+        )
+
+      assert Nx.to_list(compiled.(emlx([1, 2]), %Raising{shape: {1}})) == [-1, -2]
+    end
+
+    test "a used input is still read, each call" do
+      f = jit(fn x, y -> Nx.subtract(x, y) end)
+      a = emlx([5, 6])
+      assert Nx.to_list(f.(a, a)) == [0, 0]
+      assert Nx.to_list(f.(a, emlx([1, 1]))) == [4, 5]
+
+      assert_raise RuntimeError, "materialized an unused input", fn ->
+        f.(a, %Raising{shape: {2}})
+      end
+    end
+  end
+end
