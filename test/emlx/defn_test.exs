@@ -72,29 +72,6 @@ defmodule EMLX.DefnTest do
   end
 
   describe "caching" do
-    test "a second call with the same shapes neither re-traces nor re-lowers" do
-      pid = self()
-
-      fun = fn x ->
-        send(pid, :traced)
-        Nx.multiply(Nx.add(x, 1), 2)
-      end
-
-      jit = Nx.Defn.jit(fun, compiler: EMLX)
-      before = :ets.info(:emlx_defn_cache, :size)
-      assert Nx.to_list(jit.(emlx([1.0, 2.0]))) == [4.0, 6.0]
-      assert_received :traced
-      assert :ets.info(:emlx_defn_cache, :size) == before + 1
-
-      assert Nx.to_list(jit.(emlx([3.0, 4.0]))) == [8.0, 10.0]
-      refute_received :traced
-      assert :ets.info(:emlx_defn_cache, :size) == before + 1
-
-      # new shapes: traced and cached again
-      assert Nx.to_list(jit.(emlx([1.0, 2.0, 3.0]))) == [4.0, 6.0, 8.0]
-      assert_received :traced
-    end
-
     test "Nx.Defn.compile, default options and the application config" do
       compiled =
         Nx.Defn.compile(&Nx.add(&1, &2), [Nx.template({2}, :f32), Nx.template({2}, :f32)],
