@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs on the GPU host of the `device` tool (Ubuntu, no network, no Erlang),
+# with the pieces made by scripts/gpu_pack.sh carried one per call:
+#
+#   bash scripts/gpu_device.sh stage .gpu1      # copy a piece into /tmp (the host keeps /tmp while warm)
+#   bash scripts/gpu_device.sh run CMD ARGS...  # unpack once, set the environment, run CMD in the repo
+#
+# NVIDIA's libraries come from the host: the nvidia-* pip packages' lib
+# folders of its Python (NVIDIA_SITE), put on LD_LIBRARY_PATH.
+set -euo pipefail
+pack=/tmp/emlx-pack
+what=$1
+shift
+
+case "$what" in
+stage)
+  mkdir -p "$pack"
+  cp "$1"/pack.part.* "$pack"/
+  ls -la "$pack"
+  ;;
+run)
+  if [ ! -f /tmp/emlx-unpacked ]; then
+    cat "$pack"/pack.part.* | xz -d | tar -C / -xf -
+    # libmlx (the mlx-cuda-13 wheel) and Python's mlx share one site-packages,
+    # at the path the build expects (its marker says the wheel is unpacked).
+    site=/root/.cache/emlx/libmlx-0.32.4-cuda13/site-packages
+    mkdir -p "$site"
+    for whl in /root/.cache/emlx/wheels/mlx_cuda_13-0.32.4-*.whl /work/gpustage/mlx-0.32.4-cp312-*.whl; do
+      python3 -m zipfile -e "$whl" "$site"
+    done
+    echo "mlx-cuda-13==0.32.4" >"$site/.emlx-complete"
+    touch /tmp/emlx-unpacked
+  fi
+  # The NIF built with the pack serves as long as the C sources are the same
+  # (else make rebuilds it here); Mix recompiles the Elixir side as needed.
+  if sha256sum --quiet -c /work/gpubuild/_build/csrc.sha256 >/dev/null 2>&1; then
+    touch /work/gpubuild/_build/lib/emlx/c_obj/* /work/gpubuild/_build/lib/emlx/priv/*
+  else
+    echo "C sources differ from the pack's build: make rebuilds the NIF here" >&2
+  fi
+  nv="${NVIDIA_SITE:-/opt/torch/.venv/lib/python3.12/site-packages/nvidia}"
+  LD_LIBRARY_PATH="$(ls -d "$nv"/*/lib | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export LD_LIBRARY_PATH
+  export PATH="/usr/lib/erlang/bin:$(ls -d /opt/emlx/elixir-*/bin | head -n 1):$PATH"
+  export EMLX_DEPS_PATH=/opt/emlx/deps HEX_OFFLINE=1 MIX_BUILD_PATH=/work/gpubuild/_build LIBMLX_VARIANT=cuda13
+  export PYTHONPATH=/root/.cache/emlx/libmlx-0.32.4-cuda13/site-packages
+  export MIX_ENV="${MIX_ENV:-test}"
+  "$@"
+  ;;
+*)
+  echo "usage: $0 stage DIR | run CMD..." >&2
+  exit 2
+  ;;
+esac

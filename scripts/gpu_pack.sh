@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Packs what a GPU host without network or Erlang needs to build-free run
+# EMLX's tests and bench there: Erlang/OTP (Debian's /usr/lib/erlang),
+# Elixir, the Hex archive, the offline Mix deps, the cuda13 libmlx wheel
+# unpacked, a test build of EMLX compiled here against it, and the Python
+# `mlx` wheel (for the bench's Python side). The pack is split into pieces
+# of at most $PIECE_MB MB in ignored folders .gpu1/, .gpu2/, ... (one per
+# device call); scripts/gpu_device.sh reassembles and runs them there.
+#
+#   bash scripts/gpu_pack.sh            # build (if needed) and pack
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+PIECE_MB="${PIECE_MB:-55}"
+BUILD=/work/gpubuild/_build
+STAGE=/work/gpustage
+
+for d in .gpu1 .gpu2 .gpu3 .gpu4; do
+  grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >>.git/info/exclude
+  rm -rf "$d"
+done
+
+echo "==> cuda13 test build in $BUILD"
+LIBMLX_VARIANT=cuda13 MIX_BUILD_PATH="$BUILD" MIX_ENV=test mix compile 2>&1 | grep -v "libcuda.so.1\|load_failed\|^ *{\|^$" || true
+test -f "$BUILD/lib/emlx/priv/libemlx.so"
+# What the NIF was built from: the device side reuses it only for the same C sources.
+sha256sum Makefile $(git ls-files c_src) >"$BUILD/csrc.sha256"
+
+mkdir -p "$STAGE"
+if ! ls "$STAGE"/mlx-0.32.4-cp312-*.whl >/dev/null 2>&1; then
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_35_x86_64 -d "$STAGE" mlx==0.32.4
+fi
+
+echo "==> packing"
+elixir_dir=$(dirname "$(dirname "$(command -v elixir)")")
+# The wheels travel as they are (already compressed); the device unpacks them.
+wheels=("$HOME"/.cache/emlx/wheels/mlx_cuda_13-0.32.4-*.whl "$STAGE"/mlx-0.32.4-cp312-*.whl)
+tar -C / --exclude='*/src/*.erl' --exclude='*/examples' --exclude='*/doc' --exclude='*/man' -cf - \
+  usr/lib/erlang \
+  "${elixir_dir#/}/bin" "${elixir_dir#/}/lib" \
+  "${HOME#/}/.mix/archives" \
+  "${EMLX_DEPS_PATH#/}" \
+  "${BUILD#/}" \
+  "${wheels[@]#/}" |
+  xz -T2 -3 >"$STAGE/pack.tar.xz"
+
+rm -f "$STAGE"/pack.part.*
+split -b "${PIECE_MB}M" -d -a 1 "$STAGE/pack.tar.xz" "$STAGE/pack.part."
+i=1
+for part in "$STAGE"/pack.part.*; do
+  mkdir -p ".gpu$i" && cp "$part" ".gpu$i/"
+  i=$((i + 1))
+done
+ls -la .gpu*/
+echo "pieces: $((i - 1)); sha256 $(sha256sum "$STAGE/pack.tar.xz" | cut -c1-16)"
