@@ -21,6 +21,20 @@
 # BENCH_TARGET_S (default 1.5) is the time each measurement aims to spend;
 # every defn workload also runs through `Nx.Defn.jit(fun, compiler: EMLX)`
 # into emlx_compiled_s (BENCH_EMLX_COMPILED=0 skips it).
+#
+# BENCH_DEVICE=cpu|gpu (default cpu) picks the device of both sides: EMLX
+# runs on `{EMLX.Backend, device: :gpu}` and `compiler: EMLX, device: :gpu`,
+# Python MLX on mx.gpu, and the GPU workload sizes replace the CPU ones
+# (workloads/2; BinaryBackend does not run there). The run stops at once,
+# naming the device, when EMLX cannot use it.
+#
+# f32 matmul precision (MLX's CUDA backend uses TF32 for f32 matmuls unless
+# MLX_ENABLE_TF32=0, read once per process): the setting EMLX uses (a
+# pre-set MLX_ENABLE_TF32, else "1" with `config :emlx, :matmul_precision,
+# :tf32`, else "0", full f32) is pinned in this process and handed to the
+# Python side, so both sides compute alike. On the GPU the f32 matmul rows
+# are named `matmul_N_f32_tf32` when TF32 is on; bench/run_gpu.sh runs them
+# in a second pass with MLX_ENABLE_TF32=1 (the CPU ignores the setting).
 
 defmodule EMLXBench.Defns do
   @moduledoc false
@@ -115,7 +129,7 @@ defmodule MLXPython do
   # same time: the BEAM waits while Python works, and Python waits on its
   # stdin while EMLX works.
 
-  def start(out_path) do
+  def start(out_path, device, tf32) do
     python = System.get_env("BENCH_PYTHON", Path.expand("bench/.venv/bin/python"))
 
     executable =
@@ -126,7 +140,11 @@ defmodule MLXPython do
       :binary,
       :exit_status,
       {:line, 65_536},
-      args: ["bench/mlx_bench.py", "--serve", out_path]
+      args: ["bench/mlx_bench.py", "--serve", out_path],
+      env: [
+        {~c"BENCH_DEVICE", Atom.to_charlist(device)},
+        {~c"MLX_ENABLE_TF32", String.to_charlist(tf32)}
+      ]
     ])
   end
 
@@ -160,7 +178,6 @@ defmodule EMLXBench do
   @moduledoc false
   alias EMLXBench.Defns
 
-  @emlx {EMLX.Backend, device: :cpu}
   @binary Nx.BinaryBackend
 
   ## Synthetic data, identical on every side (bench/mlx_bench.py builds the
@@ -225,9 +242,10 @@ defmodule EMLXBench do
   ## Workloads. `binary: true` rows also run on Nx.BinaryBackend. Each
   ## setup runs with the side's backend as the default, gets `jit` (the
   ## identity for eager runs: a defn called directly runs on
-  ## Nx.Defn.Evaluator) and returns the function to time.
+  ## Nx.Defn.Evaluator) and returns the function to time. `reps: n` rows
+  ## repeat their step n times per timed run and report the time of one.
 
-  def workloads do
+  def workloads(:cpu, _tf32?) do
     [
       dispatch(:no_eval),
       dispatch(:eval_each),
@@ -248,6 +266,26 @@ defmodule EMLXBench do
     ]
   end
 
+  # The GPU sizes (bench/mlx_bench.py has the same list); no BinaryBackend.
+  def workloads(:gpu, tf32?) do
+    precision = if tf32?, do: :tf32, else: :full
+
+    [
+      dispatch(:no_eval),
+      dispatch(:eval_each),
+      round_trip(1_000),
+      elementwise(64_000_000, false),
+      matmul(8192, :bf16, false),
+      matmul(8192, :f32, false, precision),
+      matmul(4096, :f32, false, precision),
+      softmax(8192, false),
+      conv({32, 64, 56, 56}, 64, false),
+      mlp([784, 512, 512, 10], 128, false),
+      transformer(512, 768, 12, false)
+    ]
+    |> Enum.map(&%{&1 | binary: false})
+  end
+
   @dispatch_n 10_000
 
   defp dispatch(mode) do
@@ -260,8 +298,8 @@ defmodule EMLXBench do
       binary: true,
       defn: false,
       setup: fn _jit ->
-        x = Nx.iota({4}, type: :f32)
-        b = Nx.tensor([1.0, 1.0, 1.0, 1.0])
+        x = evaluated(Nx.iota({4}, type: :f32))
+        b = evaluated(Nx.tensor([1.0, 1.0, 1.0, 1.0]))
 
         case mode do
           :no_eval ->
@@ -274,6 +312,24 @@ defmodule EMLXBench do
     }
   end
 
+  # One eval round trip: a tiny op, then EMLX.eval, `reps` times per timed
+  # run; the time reported is that of one round trip.
+  defp round_trip(reps) do
+    %{
+      name: "eval_round_trip",
+      params: "one Nx.add on f32[4] + EMLX.eval; time per round trip (runs of #{reps})",
+      size: "f32[4]",
+      binary: false,
+      defn: false,
+      reps: reps,
+      setup: fn _jit ->
+        x = evaluated(Nx.iota({4}, type: :f32))
+        b = evaluated(Nx.tensor([1.0, 1.0, 1.0, 1.0]))
+        fn -> Enum.reduce(1..reps, x, fn _, acc -> evaluated(Nx.add(acc, b)) end) end
+      end
+    }
+  end
+
   defp elementwise(n, binary) do
     %{
       name: "elementwise_chain_#{count(n)}",
@@ -281,22 +337,30 @@ defmodule EMLXBench do
       size: "f32[#{n}]",
       binary: binary,
       setup: fn jit ->
-        x = synth({n}, :f32, 2.0, 0.0)
+        x = evaluated(synth({n}, :f32, 2.0, 0.0))
         f = jit.(&Defns.elementwise_chain/1)
         fn -> f.(x) end
       end
     }
   end
 
-  defp matmul(n, type, binary) do
+  # `precision` (GPU f32 only): :full or :tf32, in the name and params.
+  defp matmul(n, type, binary, precision \\ nil) do
+    {suffix, note} =
+      case precision do
+        nil -> {"", ""}
+        :full -> {"", ", full f32 (MLX_ENABLE_TF32=0)"}
+        :tf32 -> {"_tf32", ", TF32 (MLX_ENABLE_TF32=1)"}
+      end
+
     %{
-      name: "matmul_#{n}_#{type}",
-      params: "#{type}[#{n}x#{n}] . #{type}[#{n}x#{n}]",
+      name: "matmul_#{n}_#{type}#{suffix}",
+      params: "#{type}[#{n}x#{n}] . #{type}[#{n}x#{n}]#{note}",
       size: "#{n}x#{n}",
       binary: binary,
       setup: fn jit ->
-        a = synth({n, n}, type, 1.0, 0.0)
-        b = synth({n, n}, type, 1.0, 1.0)
+        a = evaluated(synth({n, n}, type, 1.0, 0.0))
+        b = evaluated(synth({n, n}, type, 1.0, 1.0))
         f = jit.(&Defns.matmul/2)
         fn -> f.(a, b) end
       end
@@ -310,7 +374,7 @@ defmodule EMLXBench do
       size: "#{n}x#{n}",
       binary: binary,
       setup: fn jit ->
-        x = synth({n, n}, :f32, 4.0, 0.0)
+        x = evaluated(synth({n, n}, :f32, 4.0, 0.0))
         f = jit.(&Defns.softmax/1)
         fn -> f.(x) end
       end
@@ -324,8 +388,8 @@ defmodule EMLXBench do
       size: "#{batch}x#{c}x#{h}x#{w}",
       binary: binary,
       setup: fn jit ->
-        x = synth(shape, :f32, 1.0, 0.0)
-        k = synth({out_c, c, 3, 3}, :f32, 1 / :math.sqrt(c * 9), 1.0)
+        x = evaluated(synth(shape, :f32, 1.0, 0.0))
+        k = evaluated(synth({out_c, c, 3, 3}, :f32, 1 / :math.sqrt(c * 9), 1.0))
         f = jit.(&Defns.conv2d/2)
         fn -> f.(x, k) end
       end
@@ -341,8 +405,8 @@ defmodule EMLXBench do
       size: "#{layers}, batch #{batch}",
       binary: binary,
       setup: fn jit ->
-        params = mlp_params(sizes)
-        {x, y} = mlp_batch(batch, hd(sizes), List.last(sizes))
+        params = evaluated(mlp_params(sizes))
+        {x, y} = evaluated(mlp_batch(batch, hd(sizes), List.last(sizes)))
         f = jit.(&Defns.mlp_train_step/4)
         fn -> f.(params, x, y, 0.01) end
       end
@@ -356,8 +420,8 @@ defmodule EMLXBench do
       size: "seq #{seq}, d #{d}",
       binary: binary,
       setup: fn jit ->
-        x = synth({seq, d}, :f32, 1.0, 0.0)
-        p = block_params(d)
+        x = evaluated(synth({seq, d}, :f32, 1.0, 0.0))
+        p = evaluated(block_params(d))
         f = jit.(&Defns.transformer_block(&1, &2, heads: heads))
         fn -> f.(x, p) end
       end
@@ -368,7 +432,15 @@ defmodule EMLXBench do
   defp count(n) when rem(n, 1_000) == 0, do: "#{div(n, 1_000)}k"
   defp count(n), do: "#{n}"
 
-  ## Forcing evaluation: MLX arrays are lazy until evaluated.
+  ## Forcing evaluation: MLX arrays are lazy until evaluated, and GPU work
+  ## is asynchronous: EMLX.eval waits for it, so forcing every output inside
+  ## the timed region counts all of it. (Each output is its own EMLX.eval:
+  ## outputs that are already computed cost one more round trip each.)
+
+  def evaluated(tree) do
+    force(tree)
+    tree
+  end
 
   def force(%Nx.Tensor{data: %EMLX.Backend{}} = t), do: EMLX.eval(t)
   def force(%Nx.Tensor{} = t), do: t
@@ -387,12 +459,13 @@ defmodule EMLXBench do
 
   ## Timing: warm up (at least once, until 0.25 s have passed, at most 5
   ## runs), then timed runs until both min_iters runs and target_s seconds
-  ## are done (at most max_iters runs); the median of those.
+  ## are done (at most max_iters runs); the median of those, divided by
+  ## `reps` (the times the function repeats its step).
 
-  def measure(fun, target_s, min_iters, max_iters) do
+  def measure(fun, target_s, min_iters, max_iters, reps \\ 1) do
     {first_s, out} = timed(fun)
     warm_up(fun, first_s, 1)
-    times = timed_runs(fun, [], target_s, min_iters, max_iters)
+    times = timed_runs(fun, [], target_s, min_iters, max_iters) |> Enum.map(&(&1 / reps))
 
     %{
       median_s: median(times),
@@ -441,7 +514,7 @@ defmodule EMLXBench do
 
     try do
       fun = workload.setup.(jit)
-      {:ok, measure(fun, target_s, min_iters, max_iters)}
+      {:ok, measure(fun, target_s, min_iters, max_iters, Map.get(workload, :reps, 1))}
     rescue
       e -> {:error, e.__struct__ |> inspect() |> Kernel.<>(": " <> Exception.message(e))}
     after
@@ -460,33 +533,42 @@ defmodule EMLXBench do
     target_s = String.to_float(System.get_env("BENCH_TARGET_S", "1.5"))
     only = System.get_env("BENCH_ONLY")
     compiled? = System.get_env("BENCH_EMLX_COMPILED", "1") in ["1", "true"]
+    device = bench_device()
+    emlx = {EMLX.Backend, device: device}
+    check_device!(emlx)
+    tf32 = pin_tf32()
 
     workloads =
-      Enum.filter(workloads(), fn w -> is_nil(only) or Regex.match?(~r/#{only}/, w.name) end)
+      device
+      |> workloads(match?({n, _} when n != 0, Integer.parse(tf32)))
+      |> Enum.filter(fn w -> is_nil(only) or Regex.match?(~r/#{only}/, w.name) end)
 
-    python = if mlx_out, do: MLXPython.start(mlx_out)
+    IO.puts(:stderr, "bench: device #{device}, MLX_ENABLE_TF32=#{tf32}")
+    python = if mlx_out, do: MLXPython.start(mlx_out, device, tf32)
 
     entries =
       Enum.map(workloads, fn w ->
         mlx_summary = if python, do: MLXPython.run(python, w.name) <> ", "
-        emlx = run_side(w, @emlx, target_s, 3, 25)
+        emlx_result = run_side(w, emlx, target_s, 3, 25)
 
         binary =
           if w.binary, do: run_side(w, @binary, target_s * 2 / 3, 3, 10), else: :skipped
 
+        jit = &Nx.Defn.jit(&1, compiler: EMLX, device: device)
+
         compiled =
           if compiled? and Map.get(w, :defn, true),
-            do: run_side(w, @emlx, target_s, 3, 25, &Nx.Defn.jit(&1, compiler: EMLX)),
+            do: run_side(w, emlx, target_s, 3, 25, jit),
             else: :skipped
 
         IO.puts(
           :stderr,
-          "bench: #{w.name}: #{mlx_summary}EMLX #{describe(emlx)}, " <>
+          "bench: #{w.name}: #{mlx_summary}EMLX #{describe(emlx_result)}, " <>
             if(compiled?, do: "EMLX compiled #{describe(compiled)}, ", else: "") <>
             "BinaryBackend #{describe(binary)}"
         )
 
-        entry(w, emlx, compiled, binary)
+        entry(w, emlx_result, compiled, binary)
       end)
 
     if python, do: MLXPython.stop(python)
@@ -494,6 +576,43 @@ defmodule EMLXBench do
     File.mkdir_p!(Path.dirname(emlx_out))
     File.write!(emlx_out, JSON.encode!(entries))
     IO.puts(:stderr, "emlx_bench: wrote #{emlx_out}")
+  end
+
+  defp bench_device do
+    case System.get_env("BENCH_DEVICE", "cpu") do
+      "cpu" -> :cpu
+      "gpu" -> :gpu
+      other -> stop("BENCH_DEVICE must be cpu or gpu, got: #{inspect(other)}")
+    end
+  end
+
+  # Stops the whole run, naming the device, when EMLX cannot use it (for
+  # :gpu: an MLX build without a GPU backend, or no GPU).
+  defp check_device!({EMLX.Backend, device: device} = backend) do
+    Nx.tensor([1.0], backend: backend) |> EMLX.eval()
+  rescue
+    e -> stop("EMLX cannot run on device #{device}: #{Exception.message(e)}")
+  end
+
+  # The MLX_ENABLE_TF32 setting EMLX uses: a pre-set value, else "1" with
+  # `config :emlx, :matmul_precision, :tf32`, else "0" (full f32). Pinned in
+  # this OS process (MLX reads it once, at the first operation that could
+  # use it: a matmul, not the device check before it) and handed
+  # to the Python side by MLXPython.start/3.
+  defp pin_tf32 do
+    tf32 =
+      case System.get_env("MLX_ENABLE_TF32") do
+        value when value not in [nil, ""] -> value
+        _ -> if Application.get_env(:emlx, :matmul_precision) == :tf32, do: "1", else: "0"
+      end
+
+    System.put_env("MLX_ENABLE_TF32", tf32)
+    tf32
+  end
+
+  defp stop(message) do
+    IO.puts(:stderr, "bench: " <> message)
+    System.halt(1)
   end
 
   defp entry(w, emlx, compiled, binary) do

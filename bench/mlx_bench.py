@@ -1,9 +1,10 @@
 """The Python MLX half of the benchmark suite: the workloads of
 bench/emlx_bench.exs, same names, sizes and input values, on MLX's CPU
-device (the same libmlx that EMLX links).
+device or, with BENCH_DEVICE=gpu, its GPU (the same libmlx that EMLX links).
 
     bench/.venv/bin/python bench/mlx_bench.py [OUT.json]
     bench/.venv/bin/python bench/mlx_bench.py --serve OUT.json
+    bench/.venv/bin/python bench/mlx_bench.py --device-info
 
 Usually run by bench/run.sh, through bench/emlx_bench.exs, which drives the
 --serve mode so that both sides of a workload are timed back to back. Each entry of OUT.json: name, params,
@@ -13,7 +14,13 @@ are the median seconds per iteration after warm-up; mx.eval on every output
 is inside the timed region.
 
 Environment: BENCH_ONLY=regex runs only the matching workloads;
-BENCH_TARGET_S (default 1.5) is the time each measurement aims to spend.
+BENCH_TARGET_S (default 1.5) is the time each measurement aims to spend;
+BENCH_DEVICE=cpu|gpu (default cpu) picks the device and the workload sizes
+(workloads_gpu below); --device-info prints the device's name and exits
+(1 when the device is not available). MLX_ENABLE_TF32 (MLX's own switch:
+TF32 for f32 matmuls on CUDA unless "0"; MLX's default is on) is set by
+bench/emlx_bench.exs to what EMLX uses; on the GPU the f32 matmul rows are
+named matmul_N_f32_tf32 when it is on.
 """
 
 import json
@@ -26,7 +33,20 @@ import time
 
 import mlx.core as mx
 
-mx.set_default_device(mx.cpu)
+DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
+if DEVICE not in ("cpu", "gpu"):
+    sys.exit(f"mlx_bench: BENCH_DEVICE must be cpu or gpu, got: {DEVICE!r}")
+if not mx.is_available(getattr(mx, DEVICE)):
+    sys.exit(f"mlx_bench: MLX has no {DEVICE} device here (mlx {mx.__version__})")
+mx.set_default_device(getattr(mx, DEVICE))
+
+
+def tf32_enabled():
+    """What MLX does with MLX_ENABLE_TF32: on unless set to the integer 0."""
+    try:
+        return int(os.environ.get("MLX_ENABLE_TF32", "1")) != 0
+    except ValueError:
+        return False
 
 TYPES = {"f32": mx.float32, "bf16": mx.bfloat16}
 
@@ -155,8 +175,9 @@ def block_params(d):
     }
 
 
-## Workloads: name, params, and setup() -> (eager_fn, compiled_fn or None).
-## Names and sizes match bench/emlx_bench.exs.
+## Workloads: name, params, setup() -> (eager_fn, compiled_fn or None),
+## and optionally reps (the times the functions repeat their step: the time
+## reported is that of one step). Names and sizes match bench/emlx_bench.exs.
 
 DISPATCH_N = 10_000
 
@@ -185,6 +206,26 @@ def dispatch(mode):
     return f"dispatch_add_{mode}", f"{DISPATCH_N} x add on f32[4], {how}", setup
 
 
+def round_trip(reps):
+    """One eval round trip: a tiny op, then mx.eval, reps times per timed run."""
+
+    def setup():
+        x = evaluated(mx.arange(4, dtype=mx.float32))
+        b = evaluated(mx.array([1.0, 1.0, 1.0, 1.0]))
+
+        def run():
+            acc = x
+            for _ in range(reps):
+                acc = acc + b
+                mx.eval(acc)
+            return acc
+
+        return run, None
+
+    params = f"one add on f32[4] + mx.eval; time per round trip (runs of {reps})"
+    return "eval_round_trip", params, setup, reps
+
+
 def count(n):
     if n % 1_000_000 == 0:
         return f"{n // 1_000_000}M"
@@ -202,7 +243,14 @@ def elementwise(n):
     return f"elementwise_chain_{count(n)}", f"tanh(exp(x) * 2 + 1), x f32[{n}]", setup
 
 
-def matmul_w(n, type_name):
+def matmul_w(n, type_name, precision=None):
+    """precision (GPU f32 only): "full" or "tf32", in the name and params."""
+    suffix, note = {
+        None: ("", ""),
+        "full": ("", ", full f32 (MLX_ENABLE_TF32=0)"),
+        "tf32": ("_tf32", ", TF32 (MLX_ENABLE_TF32=1)"),
+    }[precision]
+
     def setup():
         dtype = TYPES[type_name]
         a = evaluated(synth((n, n), dtype, 1.0, 0.0))
@@ -210,8 +258,8 @@ def matmul_w(n, type_name):
         return (lambda: matmul(a, b)), None
 
     return (
-        f"matmul_{n}_{type_name}",
-        f"{type_name}[{n}x{n}] . {type_name}[{n}x{n}]",
+        f"matmul_{n}_{type_name}{suffix}",
+        f"{type_name}[{n}x{n}] . {type_name}[{n}x{n}]{note}",
         setup,
     )
 
@@ -230,7 +278,9 @@ def conv(shape, out_c):
 
     def setup():
         # Built in Nx's NCHW / OIHW layout (same values as the EMLX side),
-        # then laid out as MLX wants them: NHWC input, OHWI weights.
+        # then laid out as MLX wants them: NHWC input, OHWI weights. The
+        # output is NHWC (EMLX's is NCHW): the same values, so the same
+        # checksum (the sum of |x| does not depend on the layout).
         x = evaluated(synth(shape, mx.float32, 1.0, 0.0).transpose(0, 2, 3, 1))
         k = synth((out_c, c, 3, 3), mx.float32, 1 / math.sqrt(c * 9), 1.0)
         k = evaluated(k.transpose(0, 2, 3, 1))
@@ -276,7 +326,7 @@ def transformer(seq, d, heads):
     )
 
 
-WORKLOADS = [
+WORKLOADS_CPU = [
     dispatch("no_eval"),
     dispatch("eval_each"),
     elementwise(10_000_000),
@@ -296,9 +346,32 @@ WORKLOADS = [
 ]
 
 
+def workloads_gpu(tf32):
+    """The GPU sizes (as EMLXBench.workloads(:gpu, tf32?))."""
+    precision = "tf32" if tf32 else "full"
+    return [
+        dispatch("no_eval"),
+        dispatch("eval_each"),
+        round_trip(1_000),
+        elementwise(64_000_000),
+        matmul_w(8192, "bf16"),
+        matmul_w(8192, "f32", precision),
+        matmul_w(4096, "f32", precision),
+        softmax_w(8192),
+        conv((32, 64, 56, 56), 64),
+        mlp([784, 512, 512, 10], 128),
+        transformer(512, 768, 12),
+    ]
+
+
+WORKLOADS = workloads_gpu(tf32_enabled()) if DEVICE == "gpu" else WORKLOADS_CPU
+
+
 ## Timing: as in bench/emlx_bench.exs. Warm up (at least once, until 0.25 s
 ## have passed, at most 5 runs), then timed runs until both min_iters runs
-## and target_s seconds are done (at most max_iters runs); the median.
+## and target_s seconds are done (at most max_iters runs); the median,
+## divided by reps. mx.eval waits for the (on the GPU asynchronous) work,
+## inside the timed region.
 
 
 def timed(fn):
@@ -320,7 +393,7 @@ def checksum(tree):
     return sum(mx.sum(mx.abs(t.astype(mx.float32))).item() for t in leaves(tree))
 
 
-def measure(fn, target_s, min_iters=3, max_iters=25):
+def measure(fn, target_s, reps=1, min_iters=3, max_iters=25):
     spent, out = timed(fn)
     runs = 1
     while spent < 0.25 and runs < 5:
@@ -328,6 +401,7 @@ def measure(fn, target_s, min_iters=3, max_iters=25):
     times = []
     while len(times) < max_iters and (len(times) < min_iters or sum(times) < target_s):
         times.append(timed(fn)[0])
+    times = [t / reps for t in times]
     return {
         "median_s": statistics.median(times),
         "min_s": min(times),
@@ -336,8 +410,10 @@ def measure(fn, target_s, min_iters=3, max_iters=25):
     }
 
 
-def run_workload(name, params, setup, target_s, quiet=False):
+def run_workload(workload, target_s, quiet=False):
     """Times one workload; returns its entry and a one-line summary."""
+    name, params, setup, *rest = workload
+    reps = rest[0] if rest else 1
     if not quiet:
         print(f"mlx_bench: {name} ...", end="", file=sys.stderr, flush=True)
     entry = {
@@ -361,7 +437,7 @@ def run_workload(name, params, setup, target_s, quiet=False):
         if fn is None:
             continue
         try:
-            result = measure(fn, target_s)
+            result = measure(fn, target_s, reps)
             entry[f"{side}_s"] = result["median_s"]
             entry["iters"][side] = result["iters"]
             entry["min_s"][side] = result["min_s"]
@@ -392,14 +468,14 @@ def serve(out_path, target_s):
     "done NAME<TAB>summary" on stdout after each; "quit" (or end of input)
     writes OUT.json, answers "bye" and exits. bench/emlx_bench.exs drives this, so that each
     workload's two sides are timed back to back."""
-    by_name = {name: (name, params, setup) for name, params, setup in WORKLOADS}
+    by_name = {w[0]: w for w in WORKLOADS}
     entries = []
     for line in sys.stdin:
         name = line.strip()
         if name == "quit":
             break
         if name in by_name:
-            entry, summary = run_workload(*by_name[name], target_s, quiet=True)
+            entry, summary = run_workload(by_name[name], target_s, quiet=True)
             entries.append(entry)
         else:
             summary = "MLX py: no such workload in bench/mlx_bench.py"
@@ -410,6 +486,10 @@ def serve(out_path, target_s):
 
 def main(argv):
     target_s = float(os.environ.get("BENCH_TARGET_S", "1.5"))
+    if len(argv) > 1 and argv[1] == "--device-info":
+        info = mx.device_info()
+        print(info.get("device_name") or f"{DEVICE} ({info})")
+        return
     if len(argv) > 1 and argv[1] == "--serve":
         serve(argv[2], target_s)
         return
@@ -417,9 +497,7 @@ def main(argv):
     out_path = argv[1] if len(argv) > 1 else "bench/results/mlx_python.json"
     only = os.environ.get("BENCH_ONLY")
     entries = [
-        run_workload(name, params, setup, target_s)[0]
-        for name, params, setup in WORKLOADS
-        if not only or re.search(only, name)
+        run_workload(w, target_s)[0] for w in WORKLOADS if not only or re.search(only, w[0])
     ]
     write(entries, out_path)
 

@@ -2,8 +2,20 @@
 prints the table, and draws bench/results/latest.png.
 
     bench/.venv/bin/python bench/report.py EMLX.json MLX.json [OUT_DIR]
+        [--device cpu|gpu] [--name NAME] [--device-name TEXT]
+        [--conformance FILE] [--more EMLX2.json MLX2.json]...
 
-latest.json is a list with one entry per workload:
+--device gpu (a GPU run: bench/run_gpu.sh) writes NAME.json (default
+h200.json) as {"device": TEXT, "entries": [...], "conformance": {...}} and
+NAME.png; the default, --device cpu, writes latest.json (the list of
+entries below) and latest.png. --more adds the rows of another pair of
+halves (the TF32 pass of bench/run_gpu.sh). --conformance FILE: a JSON
+object {"doctests": [passed, total], "differential": [passed, total],
+"fuzz_crashes": n} written by whoever ran the tests on the same host; each
+key is null when the file (or the key) is absent. The chart needs
+matplotlib; without it the chart is skipped, with a warning.
+
+Each entry, one per workload:
 
     name, params        the workload
     emlx_s              EMLX.Backend, eager (Nx calls / defn via Nx.Defn.Evaluator)
@@ -20,6 +32,7 @@ parity; above 1, EMLX is slower), binary/emlx = binary_s / emlx_s (how many
 times EMLX is faster than BinaryBackend).
 """
 
+import argparse
 import json
 import os
 import sys
@@ -105,10 +118,14 @@ def checksum_note(entry):
 
 def table(entries):
     sides = [s for s in SIDES if s[0] != "emlx_compiled_s" or any(e[s[0]] for e in entries)]
+    binary = any(e["binary_s"] is not None for e in entries)
+    if not binary:
+        sides = [s for s in sides if s[0] != "binary_s"]
     header = (
         ["workload"]
         + [h for _, h, _ in sides]
-        + ["emlx/mlx", "(min)", "binary/emlx", "binary size"]
+        + ["emlx/mlx", "(min)", "jit/compiled"]
+        + (["binary/emlx", "binary size"] if binary else [])
     )
     rows = []
     for e in entries:
@@ -118,15 +135,19 @@ def table(entries):
             + [
                 fmt_ratio(ratio(e["emlx_s"], e["mlx_python_s"])),
                 fmt_ratio(ratio(e["min_s"].get("emlx"), e["min_s"].get("mlx_python"))),
-                fmt_ratio(ratio(e["binary_s"], e["emlx_s"])),
-                e["size"] or "-",
+                fmt_ratio(ratio(e.get("emlx_compiled_s"), e.get("mlx_compiled_s"))),
             ]
+            + (
+                [fmt_ratio(ratio(e["binary_s"], e["emlx_s"])), e["size"] or "-"]
+                if binary
+                else []
+            )
         )
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
 
     def line(cells):
         return "  ".join(
-            str(c).ljust(w) if i == 0 or i == len(cells) - 1 else str(c).rjust(w)
+            str(c).ljust(w) if i == 0 or header[i] == "binary size" else str(c).rjust(w)
             for i, (c, w) in enumerate(zip(cells, widths))
         )
 
@@ -141,8 +162,12 @@ def table(entries):
     return "\n".join(out + ([""] + notes if notes else []))
 
 
-def chart(entries, path):
-    import matplotlib
+def chart(entries, path, device_label):
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"report: no matplotlib here; {path} not drawn", file=sys.stderr)
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -177,7 +202,10 @@ def chart(entries, path):
     ax.set_yticklabels([e["name"] for e in entries], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("median seconds per iteration (log scale; shorter is faster)")
-    ax.set_title("EMLX vs Python MLX vs Nx.BinaryBackend (CPU)")
+    title = "EMLX vs Python MLX"
+    if any(e["binary_s"] is not None for e in entries):
+        title += " vs Nx.BinaryBackend"
+    ax.set_title(f"{title} ({device_label})")
     ax.grid(axis="x", which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
 
@@ -199,33 +227,78 @@ def chart(entries, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
+
+
+def conformance(path):
+    """The test results of the GPU host, from FILE; null where absent."""
+    keys = ("doctests", "differential", "fuzz_crashes")
+    data = {}
+    if path and os.path.exists(path):
+        with open(path) as f:
+            data = json.load(f)
+    elif path:
+        print(f"report: no conformance file {path}; conformance is null", file=sys.stderr)
+    return {key: data.get(key) for key in keys}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Merges the benchmark halves.")
+    parser.add_argument("emlx_json")
+    parser.add_argument("mlx_json")
+    results = os.path.join(os.path.dirname(__file__), "results")
+    parser.add_argument("out_dir", nargs="?", default=results)
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--name", help="file names, no extension (latest; gpu: h200)")
+    parser.add_argument("--device-name", help="the device, in words (the GPU's name)")
+    parser.add_argument("--conformance", metavar="FILE", help="test results JSON of the same host")
+    parser.add_argument("--more", nargs=2, action="append", default=[], metavar=("EMLX", "MLX"))
+    return parser.parse_args(argv[1:])
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
 
 
 def main(argv):
-    if len(argv) < 3:
-        print(__doc__.split("\n\n")[1], file=sys.stderr)
-        sys.exit(2)
-    out_dir = argv[3] if len(argv) > 3 else os.path.join(os.path.dirname(__file__), "results")
-    with open(argv[1]) as f:
-        emlx_entries = json.load(f)
-    with open(argv[2]) as f:
-        mlx_entries = json.load(f)
+    args = parse_args(argv)
+    gpu = args.device == "gpu"
+    name = args.name or ("h200" if gpu else "latest")
+    device_label = args.device_name or ("GPU" if gpu else "CPU")
 
-    entries = merge(emlx_entries, mlx_entries)
-    os.makedirs(out_dir, exist_ok=True)
-    json_path = os.path.join(out_dir, "latest.json")
-    png_path = os.path.join(out_dir, "latest.png")
+    entries = merge(load(args.emlx_json), load(args.mlx_json))
+    for emlx_path, mlx_path in args.more:
+        entries += merge(load(emlx_path), load(mlx_path))
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    json_path = os.path.join(args.out_dir, f"{name}.json")
+    png_path = os.path.join(args.out_dir, f"{name}.png")
+    if gpu:
+        document = {
+            "device": device_label,
+            "entries": entries,
+            "conformance": conformance(args.conformance),
+        }
+    else:
+        document = entries
     with open(json_path, "w") as f:
-        json.dump(entries, f, indent=1)
+        json.dump(document, f, indent=1)
         f.write("\n")
-    chart(entries, png_path)
+    drawn = chart(entries, png_path, device_label)
 
+    if gpu:
+        print(f"device: {device_label}")
     print(table(entries))
     print()
     print("emlx/mlx: EMLX time / Python MLX time (eager both; > 1: EMLX slower);")
     print("(min): the same ratio of the fastest runs, less sensitive to background load.")
-    print("binary/emlx: BinaryBackend time / EMLX time, at the size in 'binary size'.")
-    print(f"wrote {json_path} and {png_path}")
+    print("jit/compiled: EMLX compiled (compiler: EMLX) time / Python mx.compile time.")
+    if any(e["binary_s"] is not None for e in entries):
+        print("binary/emlx: BinaryBackend time / EMLX time, at the size in 'binary size'.")
+    if gpu:
+        print(f"conformance: {json.dumps(document['conformance'])}")
+    print(f"wrote {json_path}" + (f" and {png_path}" if drawn else ""))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@
 # Environment: BENCH_ONLY=regex (a subset of workloads), BENCH_TARGET_S
 # (seconds each measurement aims to spend, default 1.5), BENCH_EMLX_COMPILED=0
 # (skip timing the defn workloads through `compiler: EMLX`, the
-# emlx_compiled_s column; on by default). The Elixir
+# emlx_compiled_s column; on by default), BENCH_DEVICE=cpu|gpu (default cpu;
+# the venv's MLX is the CPU build, so for an NVIDIA GPU use bench/run_gpu.sh,
+# which needs no venv and writes h200.json). The Elixir
 # toolchain and offline deps come from scripts/env.sh unless already set.
 set -euo pipefail
 
@@ -37,6 +39,7 @@ mix compile >&2
 
 # Both sides, workload by workload (emlx_bench.exs drives mlx_bench.py --serve).
 BENCH_PYTHON="$python" mix run bench/emlx_bench.exs "$parts/emlx.json" "$parts/mlx_python.json"
-"$python" bench/report.py "$parts/emlx.json" "$parts/mlx_python.json" bench/results
+"$python" bench/report.py "$parts/emlx.json" "$parts/mlx_python.json" bench/results \
+  --device "${BENCH_DEVICE:-cpu}"
 
 echo "bench: $(nproc) cores, $(uname -m); total $(($(date +%s) - start)) s (timings on a shared machine are noisy)"
