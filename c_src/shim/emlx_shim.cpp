@@ -1217,21 +1217,8 @@ mx::array emlx_determinant(const mx::array &a0, std::optional<mx::Dtype> out, SD
 // ---- the op table ----
 
 enum {
-#define UNARY(n, f) OP_##n,
-#define UNARY_KEEP(n, f) OP_##n,
-#define BINARY(n, f) OP_##n,
-#define BINARY_KEEP(n, f) OP_##n,
-#define REDUCE(n, f) OP_##n,
-#define OP(n, sig, e) OP_##n,
-#define OPN(n, sig, k, e) OP_##n,
+#define OP_ENTRY(n, sig, k) OP_##n,
 #include "emlx_ops.def"
-#undef UNARY
-#undef UNARY_KEEP
-#undef BINARY
-#undef BINARY_KEEP
-#undef REDUCE
-#undef OP
-#undef OPN
   OP_COUNT
 };
 
@@ -1242,21 +1229,8 @@ struct op_info {
 };
 
 const op_info op_table[] = {
-#define UNARY(n, f) {#n, "a", 1},
-#define UNARY_KEEP(n, f) {#n, "a", 1},
-#define BINARY(n, f) {#n, "aa", 1},
-#define BINARY_KEEP(n, f) {#n, "aa", 1},
-#define REDUCE(n, f) {#n, "aIb", 1},
-#define OP(n, sig, e) {#n, sig, 1},
-#define OPN(n, sig, k, e) {#n, sig, k},
+#define OP_ENTRY(n, sig, k) {#n, sig, k},
 #include "emlx_ops.def"
-#undef UNARY
-#undef UNARY_KEEP
-#undef BINARY
-#undef BINARY_KEEP
-#undef REDUCE
-#undef OP
-#undef OPN
 };
 
 // Results EMLX can describe (rank) and that can exist in this machine's
@@ -1317,13 +1291,6 @@ std::vector<mx::array> run_op(int op, const mx::Stream &stream, const emlx_arg *
   case OP_##n:            \
     return e;
 #include "emlx_ops.def"
-#undef UNARY
-#undef UNARY_KEEP
-#undef BINARY
-#undef BINARY_KEEP
-#undef REDUCE
-#undef OP
-#undef OPN
     default:
       throw arg_error("unknown op");
   }
