@@ -426,22 +426,6 @@ int emlx_decode_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *job, em
         return 0;
       }
       return 1;
-    case EMLX_ARG_STR: {
-      ErlNifBinary bin;
-      if (!enif_inspect_binary(env, t, &bin) || bin.size > 256) {
-        snprintf(err, errlen, "expected a short binary string");
-        return 0;
-      }
-      char *s = emlx_job_alloc(job, bin.size + 1);
-      if (!s) {
-        snprintf(err, errlen, "out of memory");
-        return 0;
-      }
-      memcpy(s, bin.data, bin.size);
-      s[bin.size] = 0;
-      out->u.str = s;
-      return 1;
-    }
     default:
       snprintf(err, errlen, "unknown argument kind");
       return 0;

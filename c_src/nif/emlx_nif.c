@@ -646,7 +646,6 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   op_atoms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)op_count);
   if (!op_atoms) return 1;
   for (int i = 0; i < op_count; i++) op_atoms[i] = enif_make_atom(env, emlx_op_name(i));
-  emlx_shim_init();
   restore_sigchld();
   return 0;
 }

@@ -1264,7 +1264,6 @@ std::vector<mx::array> run_op(int op, const mx::Stream &stream, const emlx_arg *
 #define DT(k) to_dtype(args[k].u.dtype)
 #define FLAG(k) (args[k].u.b != 0)
 #define NUM(k) (args[k].u.scalar)
-#define STR(k) std::string(args[k].u.str)
 #define S stream
 #define OUT out_type
   auto cast = [&](const mx::array &x) { return OUT ? mx::astype(x, *OUT, S) : x; };
@@ -1304,7 +1303,6 @@ std::vector<mx::array> run_op(int op, const mx::Stream &stream, const emlx_arg *
 #undef DT
 #undef FLAG
 #undef NUM
-#undef STR
 #undef S
 #undef OUT
 }
@@ -1523,18 +1521,6 @@ emlx_status emlx_arr_from_bytes(emlx_stream *s, const void *data, size_t nbytes,
   });
 }
 
-emlx_status emlx_arr_from_external(void *data, const int64_t *dims, int ndim, int dtype, void (*deleter)(void *ctx),
-                                   void *ctx, emlx_arr **out) {
-  *out = nullptr;
-  return guard([&] {
-    mx::Shape shape;
-    for (int i = 0; i < ndim; i++) shape.push_back(static_cast<int32_t>(dims[i]));
-    auto d = to_dtype(dtype);
-    mx::array a(data, shape, d, [deleter, ctx](void *) { deleter(ctx); });
-    *out = new emlx_arr(std::move(a));
-  });
-}
-
 emlx_status emlx_eval(emlx_stream *s, emlx_arr **arrs, int n) {
   (void)s;
   return guard([&] {
@@ -1572,8 +1558,6 @@ void emlx_reset_peak_memory(void) { mx::reset_peak_memory(); }
 void emlx_clear_cache(void) { mx::clear_cache(); }
 size_t emlx_set_cache_limit(size_t limit) { return mx::set_cache_limit(limit); }
 size_t emlx_set_memory_limit(size_t limit) { return mx::set_memory_limit(limit); }
-
-void emlx_shim_init(void) {}
 
 const char *emlx_mlx_version(void) { return mx::version(); }
 
