@@ -1307,6 +1307,31 @@ std::vector<mx::array> run_op(int op, const mx::Stream &stream, const emlx_arg *
 #undef OUT
 }
 
+// One op-table instruction, for a single op and for a program's replay
+// alike: the out type, the op, the checks on its results, and the cast of
+// every result whose type differs from the out type.
+std::vector<mx::array> run_instr(int op, const mx::Stream &stream, const emlx_arg *args, int out_dtype) {
+  std::optional<mx::Dtype> out;
+  if (out_dtype >= 0) out = to_dtype(out_dtype);
+  auto results = run_op(op, stream, args, out);
+  check_results(results);
+  if (out)
+    for (auto &r : results)
+      if (r.dtype() != *out) r = emlx_as_type(r, *out, stream);
+  return results;
+}
+
+// Hands the results out as new handles; on failure none is left behind.
+void hand_out(std::vector<mx::array> &results, emlx_arr **outs) {
+  size_t made = 0;
+  try {
+    for (; made < results.size(); made++) outs[made] = new emlx_arr(std::move(results[made]));
+  } catch (...) {
+    while (made > 0) delete outs[--made];
+    throw;
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -1324,23 +1349,10 @@ emlx_status emlx_op_run(int op, emlx_stream *s, const emlx_arg *args, int nargs,
   return guard([&] {
     if (op < 0 || op >= OP_COUNT) throw arg_error("unknown op");
     if (static_cast<int>(std::strlen(op_table[op].sig)) != nargs) throw arg_error("wrong number of op arguments");
-    std::optional<mx::Dtype> out;
-    if (out_dtype >= 0) out = to_dtype(out_dtype);
-    auto results = run_op(op, s->s, args, out);
-    check_results(results);
+    auto results = run_instr(op, s->s, args, out_dtype);
     if (results.size() > EMLX_MAX_OUTS) throw arg_error("too many op results");
-    std::vector<emlx_arr *> made;
-    try {
-      for (auto &r : results) {
-        if (out && r.dtype() != *out) r = emlx_as_type(r, *out, s->s);
-        made.push_back(new emlx_arr(std::move(r)));
-      }
-    } catch (...) {
-      for (auto *m : made) delete m;
-      throw;
-    }
-    for (size_t i = 0; i < made.size(); i++) outs[i] = made[i];
-    *nouts = static_cast<int>(made.size());
+    hand_out(results, outs);
+    *nouts = static_cast<int>(results.size());
   });
 }
 
@@ -1380,14 +1392,7 @@ std::vector<mx::array> replay(const mx::Stream &stream, const emlx_instr *instrs
         args[k].u.arrs.n = static_cast<int>(arr_lists.back().size());
       }
     }
-    std::optional<mx::Dtype> out;
-    if (in.out_dtype >= 0) out = to_dtype(in.out_dtype);
-    auto results = run_op(in.op, stream, args, out);
-    check_results(results);
-    for (auto &r : results) {
-      if (out && r.dtype() != *out) r = emlx_as_type(r, *out, stream);
-      slots.emplace_back(std::move(r));
-    }
+    for (auto &r : run_instr(in.op, stream, args, in.out_dtype)) slots.emplace_back(std::move(r));
   }
   std::vector<mx::array> outs;
   for (int slot : out_slots) {
@@ -1420,13 +1425,7 @@ emlx_status emlx_program_run(emlx_stream *s, const emlx_instr *instrs, int ninst
     } else {
       results = replay(s->s, instrs, ninstrs, in, slots);
     }
-    for (int i = 0; i < nouts; i++) outs[i] = nullptr;
-    try {
-      for (int i = 0; i < nouts; i++) outs[i] = new emlx_arr(results[i]);
-    } catch (...) {
-      for (int i = 0; i < nouts; i++) delete outs[i];
-      throw;
-    }
+    hand_out(results, outs);
   });
 }
 
