@@ -1,4 +1,4 @@
-/* The NIF entry: resource types, and the functions EMLX.NIF exposes.
+/* The NIF entry: the functions EMLX.NIF exposes, and load.
  *
  * Every function here decodes and checks its terms on the calling
  * scheduler, then hands MLX work to the queue's worker thread and returns
@@ -12,57 +12,14 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "emlx_nif.h"
-
-ErlNifResourceType *emlx_queue_type;
-ErlNifResourceType *emlx_array_type;
-ErlNifResourceType *emlx_program_type;
-emlx_atoms ATOM;
+#include "emlx_array.h"
+#include "emlx_codec.h"
+#include "emlx_job.h"
+#include "emlx_resources.h"
+#include "emlx_worker.h"
 
 static ERL_NIF_TERM *op_atoms;
 static int op_count;
-
-/* ---- resource destructors ---- */
-
-static void queue_dtor(ErlNifEnv *env, void *obj) {
-  (void)env;
-  emlx_queue_res *r = obj;
-  if (!r->q) return;
-  emlx_job *stop = emlx_job_new(EMLX_JOB_STOP, NULL);
-  if (stop) emlx_queue_post(r->q, stop);
-}
-
-/* Dropping a handle only decrements MLX's reference counts (atomic), and
- * every job holds its own handles, so a handle is freed right here, on
- * whichever thread the garbage collector runs the destructor: posting a job
- * per dead tensor to the worker cost more than the op that made it. */
-static void array_dtor(ErlNifEnv *env, void *obj) {
-  (void)env;
-  emlx_array_res *r = obj;
-  if (r->arr) emlx_arr_free(r->arr);
-  r->arr = NULL;
-  if (r->error) enif_free(r->error);
-  if (r->owner) enif_release_resource(r->owner);
-}
-
-static void program_dtor(ErlNifEnv *env, void *obj) {
-  (void)env;
-  emlx_program_res *p = obj;
-  if (p->compiled && p->owner) {
-    /* the compiled replay is dropped on its own thread */
-    emlx_job *job = emlx_job_new(EMLX_JOB_FREE, NULL);
-    if (job) {
-      job->free_compiled = p->compiled;
-      emlx_queue_post(p->owner->q, job);
-    } else {
-      emlx_compiled_free(p->compiled);
-    }
-  }
-  if (p->instrs) enif_free(p->instrs);
-  if (p->out_slots) enif_free(p->out_slots);
-  if (p->arena) emlx_job_free(p->arena);
-  if (p->owner) enif_release_resource(p->owner);
-}
 
 /* ---- helpers ---- */
 
@@ -88,27 +45,6 @@ static ERL_NIF_TERM fail(ErlNifEnv *env, emlx_job *job, const char *msg) {
   return emlx_raise_kind(env, kind, msg);
 }
 
-/* Decodes a list of array terms into job->inputs, in order. */
-static int decode_inputs(ErlNifEnv *env, ERL_NIF_TERM list, emlx_job *job, char *err, size_t errlen) {
-  unsigned len;
-  if (!enif_get_list_length(env, list, &len)) {
-    snprintf(err, errlen, "expected a list of arrays");
-    return 0;
-  }
-  job->inputs = emlx_job_alloc(job, sizeof(emlx_arr *) * (len ? len : 1));
-  if (!job->inputs) {
-    snprintf(err, errlen, "out of memory");
-    return 0;
-  }
-  ERL_NIF_TERM head, tail = list;
-  for (unsigned i = 0; i < len; i++) {
-    enif_get_list_cell(env, tail, &head, &tail);
-    job->ninputs = (int)i + 1;
-    if (!emlx_decode_array(env, head, job, &job->inputs[i], err, errlen)) return 0;
-  }
-  return 1;
-}
-
 /* Queue depth at which an op asks its caller to wait for the worker. */
 #define EMLX_BACKPRESSURE 2048
 
@@ -127,8 +63,7 @@ static ERL_NIF_TERM nif_queue_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
   }
   emlx_queue_res *r = enif_alloc_resource(emlx_queue_type, sizeof(emlx_queue_res));
   if (!r) {
-    emlx_job *stop = emlx_job_new(EMLX_JOB_STOP, NULL);
-    if (stop) emlx_queue_post(q, stop);
+    emlx_queue_stop(q);
     return enif_make_tuple2(env, ATOM.error, enif_make_string(env, "out of memory", ERL_NIF_LATIN1));
   }
   r->q = q;
@@ -184,7 +119,7 @@ static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) 
   char err[256];
   for (int i = 0; i < nsig; i++) {
     enif_get_list_cell(env, tail, &head, &tail);
-    if (!emlx_decode_arg(env, head, sig[i], job, &job->args[i], err, sizeof err)) {
+    if (!emlx_job_decode_arg(env, head, sig[i], job, &job->args[i], err, sizeof err)) {
       char msg[400];
       snprintf(msg, sizeof msg, "%s, argument %d: %s", emlx_op_name(op), i + 1, err);
       return fail(env, job, msg);
@@ -259,7 +194,7 @@ static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
   emlx_job *job = emlx_job_new(EMLX_JOB_TO_BINARY, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
   char err[256];
-  if (!emlx_decode_arg(env, argv[1], EMLX_ARG_ARR, job, &job->args[0], err, sizeof err)) return fail(env, job, err);
+  if (!emlx_job_decode_arg(env, argv[1], EMLX_ARG_ARR, job, &job->args[0], err, sizeof err)) return fail(env, job, err);
   job->nargs = 1;
   job->limit = (size_t)limit;
   return submit(env, job);
@@ -272,36 +207,12 @@ static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
   emlx_job *job = emlx_job_new(EMLX_JOB_EVAL, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
   char err[256];
-  if (!decode_inputs(env, argv[1], job, err, sizeof err)) return fail(env, job, err);
+  if (!emlx_job_take_arrays(env, argv[1], job, 0, &job->inputs, &job->ninputs, err, sizeof err))
+    return fail(env, job, err);
   return submit(env, job);
 }
 
 /* ---- programs ---- */
-
-/* Decodes one array-slot argument: an integer ('a') or a list of them ('A'). */
-static int decode_slot_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *arena, emlx_arg *out) {
-  out->kind = kind;
-  if (kind == EMLX_ARG_ARR) {
-    ErlNifSInt64 v;
-    if (!enif_get_int64(env, t, &v) || v < 0 || v > INT32_MAX) return 0;
-    out->u.i = v;
-    return 1;
-  }
-  unsigned len;
-  if (!enif_get_list_length(env, t, &len) || len == 0 || len > 4096) return 0;
-  int64_t *v = emlx_job_alloc(arena, sizeof(int64_t) * len);
-  if (!v) return 0;
-  ERL_NIF_TERM head, tail = t;
-  for (unsigned i = 0; i < len; i++) {
-    ErlNifSInt64 x;
-    enif_get_list_cell(env, tail, &head, &tail);
-    if (!enif_get_int64(env, head, &x) || x < 0 || x > INT32_MAX) return 0;
-    v[i] = x;
-  }
-  out->u.ints.v = v;
-  out->u.ints.n = (int)len;
-  return 1;
-}
 
 /* program_new(queue, [{op, args, out_type}], ninputs, out_slots) */
 static ERL_NIF_TERM nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -322,10 +233,9 @@ static ERL_NIF_TERM nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM
   ERL_NIF_TERM term = enif_make_resource(env, p);
   enif_release_resource(p); /* the term owns it now; a raise below frees it */
 
-  p->arena = emlx_job_new(EMLX_JOB_FREE, NULL);
   p->instrs = enif_alloc(sizeof(emlx_instr) * (n ? n : 1));
   p->out_slots = enif_alloc(sizeof(int) * (nouts ? nouts : 1));
-  if (!p->arena || !p->instrs || !p->out_slots) return emlx_raise_arg(env, "out of memory");
+  if (!p->instrs || !p->out_slots) return emlx_raise_arg(env, "out of memory");
   p->ninputs = ninputs;
 
   ERL_NIF_TERM head, tail = argv[3];
@@ -359,8 +269,8 @@ static ERL_NIF_TERM nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     for (int k = 0; k < nsig; k++) {
       enif_get_list_cell(env, at, &ah, &at);
       int ok = (sig[k] == EMLX_ARG_ARR || sig[k] == EMLX_ARG_ARRS)
-                   ? decode_slot_arg(env, ah, sig[k], p->arena, &in->args[k])
-                   : emlx_decode_arg(env, ah, sig[k], p->arena, &in->args[k], err, sizeof err);
+                   ? emlx_decode_slots(env, ah, sig[k], &p->arena, &in->args[k])
+                   : emlx_decode_value(env, ah, sig[k], &p->arena, &in->args[k], err, sizeof err);
       if (!ok) {
         if (sig[k] == EMLX_ARG_ARR || sig[k] == EMLX_ARG_ARRS) snprintf(err, sizeof err, "expected a slot number");
         return emlx_raise_arg(env, "instruction %u (%s), argument %d: %s", i, emlx_op_name(in->op), k + 1, err);
@@ -390,7 +300,8 @@ static ERL_NIF_TERM nif_program_run(ErlNifEnv *env, int argc, const ERL_NIF_TERM
   enif_keep_resource(p);
   job->compile = enif_is_identical(argv[3], ATOM.true_);
   char err[256];
-  if (!decode_inputs(env, argv[2], job, err, sizeof err)) return fail(env, job, err);
+  if (!emlx_job_take_arrays(env, argv[2], job, 0, &job->inputs, &job->ninputs, err, sizeof err))
+    return fail(env, job, err);
   return submit(env, job);
 }
 
@@ -429,7 +340,7 @@ static ERL_NIF_TERM nif_to_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   if (!job) return emlx_raise_arg(env, "out of memory");
   char err[256];
   emlx_array_res *res;
-  if (!emlx_decode_arg(env, argv[1], EMLX_ARG_ARR, job, &job->args[0], err, sizeof err)) return fail(env, job, err);
+  if (!emlx_job_decode_arg(env, argv[1], EMLX_ARG_ARR, job, &job->args[0], err, sizeof err)) return fail(env, job, err);
   job->nargs = 1;
   enif_get_resource(env, argv[1], emlx_array_type, (void **)&res);
   job->res = res;
@@ -526,7 +437,7 @@ static ERL_NIF_TERM nif_deallocate(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   emlx_arr *a = emlx_array_detach(res, &marked_pending);
   if (marked_pending) return ATOM.ok;
   if (!a) return ATOM.already_deallocated;
-  emlx_post_free(res->owner, a);
+  emlx_queue_free_later(res->owner->q, a, NULL);
   return ATOM.ok;
 }
 
@@ -611,37 +522,7 @@ static void restore_sigchld(void) {
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   (void)priv;
   (void)info;
-  emlx_queue_type = enif_open_resource_type(env, NULL, "emlx_queue", queue_dtor, ERL_NIF_RT_CREATE, NULL);
-  emlx_array_type = enif_open_resource_type(env, NULL, "emlx_array", array_dtor, ERL_NIF_RT_CREATE, NULL);
-  emlx_program_type = enif_open_resource_type(env, NULL, "emlx_program", program_dtor, ERL_NIF_RT_CREATE, NULL);
-  if (!emlx_queue_type || !emlx_array_type || !emlx_program_type) return 1;
-
-#define A(name) enif_make_atom(env, name)
-  ATOM.ok = A("ok");
-  ATOM.error = A("error");
-  ATOM.nil = A("nil");
-  ATOM.true_ = A("true");
-  ATOM.false_ = A("false");
-  ATOM.cpu = A("cpu");
-  ATOM.gpu = A("gpu");
-  ATOM.mlx = A("mlx");
-  ATOM.argument = A("argument");
-  ATOM.nan = A("nan");
-  ATOM.infinity = A("infinity");
-  ATOM.neg_infinity = A("neg_infinity");
-  ATOM.already_deallocated = A("already_deallocated");
-  ATOM.bool_ = A("bool");
-  ATOM.exception = A("__exception__");
-  ATOM.struct_ = A("__struct__");
-  ATOM.message = A("message");
-  ATOM.argument_error = A("Elixir.ArgumentError");
-  ATOM.active_memory = A("active_memory");
-  ATOM.peak_memory = A("peak_memory");
-  ATOM.cache_memory = A("cache_memory");
-  ATOM.wait = A("wait");
-  ATOM.pending = A("pending");
-#undef A
-
+  if (emlx_resources_load(env) != 0) return 1;
   op_count = emlx_op_count();
   op_atoms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)op_count);
   if (!op_atoms) return 1;

@@ -4,6 +4,8 @@
  * that thread: MLX streams and their encoders are thread-local, so every
  * MLX call for the queue runs here. Jobs are FIFO; replies go back to the
  * calling process with enif_send as {Ref, Result}. */
+#include "emlx_worker.h"
+
 #include <errno.h>
 #include <sched.h>
 #include <fcntl.h>
@@ -15,51 +17,10 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "emlx_nif.h"
+#include "emlx_codec.h"
 
 #define WORKER_STACK_BYTES (64u * 1024u * 1024u)
 #define WORKER_SPIN_ROUNDS 200
-
-emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
-  emlx_job *job = enif_alloc(sizeof(emlx_job));
-  if (!job) return NULL;
-  memset(job, 0, sizeof *job);
-  job->kind = kind;
-  job->out_dtype = -1;
-  job->error_kind = EMLX_ERR_ARG;
-  if (kind != EMLX_JOB_FREE && kind != EMLX_JOB_STOP) {
-    job->env = enif_alloc_env();
-    if (!job->env) {
-      enif_free(job);
-      return NULL;
-    }
-  }
-  if (qres) {
-    job->qres = qres;
-    enif_keep_resource(qres);
-  }
-  return job;
-}
-
-void emlx_job_free(emlx_job *job) {
-  for (int i = 0; i < job->nfixups; i++) enif_release_resource(job->fixups[i].res);
-  if (job->fixups) enif_free(job->fixups);
-  for (int i = 0; i < job->nresults; i++) enif_release_resource(job->results[i]);
-  for (int i = 0; i < job->nheld; i++) emlx_arr_free(job->held[i]);
-  if (job->held) enif_free(job->held);
-  while (job->blocks) {
-    emlx_block *n = job->blocks->next;
-    enif_free(job->blocks);
-    job->blocks = n;
-  }
-  if (job->free_arr) emlx_arr_free(job->free_arr);
-  if (job->free_compiled) emlx_compiled_free(job->free_compiled);
-  if (job->program) enif_release_resource(job->program);
-  if (job->env) enif_free_env(job->env);
-  if (job->res) enif_release_resource(job->res);
-  if (job->qres) enif_release_resource(job->qres);
-  enif_free(job);
-}
 
 void emlx_queue_post(emlx_queue *q, emlx_job *job) {
   job->next = NULL;
@@ -74,15 +35,22 @@ void emlx_queue_post(emlx_queue *q, emlx_job *job) {
   pthread_mutex_unlock(&q->mu);
 }
 
-void emlx_post_free(emlx_queue_res *owner, emlx_arr *a) {
+void emlx_queue_stop(emlx_queue *q) {
+  emlx_job *stop = emlx_job_new(EMLX_JOB_STOP, NULL);
+  if (stop) emlx_queue_post(q, stop);
+}
+
+void emlx_queue_free_later(emlx_queue *q, emlx_arr *a, emlx_compiled *c) {
   emlx_job *job = emlx_job_new(EMLX_JOB_FREE, NULL);
   if (!job) {
     /* No memory for a job: free here rather than leak. */
-    emlx_arr_free(a);
+    if (a) emlx_arr_free(a);
+    if (c) emlx_compiled_free(c);
     return;
   }
   job->free_arr = a;
-  emlx_queue_post(owner->q, job);
+  job->free_compiled = c;
+  emlx_queue_post(q, job);
 }
 
 /* ---- replies ---- */
