@@ -119,6 +119,22 @@ int emlx_decode_device(ErlNifEnv *env, ERL_NIF_TERM t, emlx_device *dev) {
   return 0;
 }
 
+const char *emlx_decode_spec(ErlNifEnv *env, ERL_NIF_TERM shape, ERL_NIF_TERM type, emlx_array_spec *spec) {
+  if (!emlx_decode_dims(env, shape, spec->dims, &spec->ndim)) return "invalid shape";
+  if (!emlx_decode_dtype(env, type, &spec->dtype)) return "the type is not one MLX supports";
+  return NULL;
+}
+
+int emlx_spec_count(const emlx_array_spec *spec, size_t *count) {
+  size_t n = 1;
+  for (int i = 0; i < spec->ndim; i++) {
+    if (spec->dims[i] != 0 && n > SIZE_MAX / (size_t)spec->dims[i]) return 0;
+    n *= (size_t)spec->dims[i];
+  }
+  *count = n;
+  return 1;
+}
+
 static int decode_double(ErlNifEnv *env, ERL_NIF_TERM t, double *out) {
   ErlNifSInt64 i;
   if (enif_get_double(env, t, out)) return 1;

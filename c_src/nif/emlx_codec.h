@@ -25,6 +25,18 @@ int emlx_decode_dims(ErlNifEnv *env, ERL_NIF_TERM t, int64_t *dims, int *ndim);
 ERL_NIF_TERM emlx_encode_dims(ErlNifEnv *env, const int64_t *dims, int ndim);
 int emlx_decode_device(ErlNifEnv *env, ERL_NIF_TERM t, emlx_device *dev);
 
+/* A new array's shape and element type. */
+typedef struct {
+  int64_t dims[EMLX_MAX_DIMS];
+  int ndim;
+  int dtype;
+} emlx_array_spec;
+
+/* Decodes a shape and an element type; on failure returns the message. */
+const char *emlx_decode_spec(ErlNifEnv *env, ERL_NIF_TERM shape, ERL_NIF_TERM type, emlx_array_spec *spec);
+/* The spec's element count; 0 when it does not fit a size_t. */
+int emlx_spec_count(const emlx_array_spec *spec, size_t *count);
+
 /* Decodes one op argument that is not an array (any kind but 'a' and 'A')
  * into *out, lists into the arena; on failure writes a message to err. */
 int emlx_decode_value(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_arena *arena, emlx_arg *out, char *err,

@@ -11,7 +11,7 @@ emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
   if (!job) return NULL;
   memset(job, 0, sizeof *job);
   job->kind = kind;
-  job->out_dtype = -1;
+  if (kind == EMLX_JOB_OP) job->op.out_dtype = -1;
   job->error_kind = EMLX_ERR_ARG;
   if (kind != EMLX_JOB_FREE && kind != EMLX_JOB_STOP) {
     job->env = enif_alloc_env();
@@ -30,15 +30,27 @@ emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
 void emlx_job_free(emlx_job *job) {
   for (int i = 0; i < job->nfixups; i++) enif_release_resource(job->fixups[i].res);
   if (job->fixups) enif_free(job->fixups);
-  for (int i = 0; i < job->nresults; i++) enif_release_resource(job->results[i]);
   for (int i = 0; i < job->nheld; i++) emlx_arr_free(job->held[i]);
   if (job->held) enif_free(job->held);
   emlx_arena_free(&job->arena);
-  if (job->free_arr) emlx_arr_free(job->free_arr);
-  if (job->free_compiled) emlx_compiled_free(job->free_compiled);
-  if (job->program) enif_release_resource(job->program);
+  switch (job->kind) {
+    case EMLX_JOB_OP:
+      for (int i = 0; i < job->op.nresults; i++) enif_release_resource(job->op.results[i]);
+      break;
+    case EMLX_JOB_PROGRAM:
+      if (job->program.res) enif_release_resource(job->program.res);
+      break;
+    case EMLX_JOB_TO_POINTER:
+      if (job->to_pointer.res) enif_release_resource(job->to_pointer.res);
+      break;
+    case EMLX_JOB_FREE:
+      if (job->free.arr) emlx_arr_free(job->free.arr);
+      if (job->free.compiled) emlx_compiled_free(job->free.compiled);
+      break;
+    default:
+      break;
+  }
   if (job->env) enif_free_env(job->env);
-  if (job->res) enif_release_resource(job->res);
   if (job->qres) enif_release_resource(job->qres);
   enif_free(job);
 }

@@ -11,6 +11,7 @@
 
 #include "emlx_arena.h"
 #include "emlx_array.h"
+#include "emlx_codec.h"
 #include "emlx_resources.h"
 #include "emlx_shim.h"
 
@@ -36,6 +37,61 @@ typedef struct {
   emlx_arr **slot;
 } emlx_fixup;
 
+/* ---- what each kind of job carries ---- */
+
+typedef struct { /* OP: one op of the op table */
+  int index;
+  int out_dtype; /* -1: the op's own types */
+  int nargs;
+  emlx_arg args[EMLX_MAX_ARGS];
+  emlx_array_res *results[EMLX_MAX_OUTS]; /* pending until the op runs (kept) */
+  int nresults;
+} emlx_op_job;
+
+typedef struct { /* FROM_BINARY */
+  emlx_array_spec spec;
+  const void *data; /* a binary held by the job's env */
+  size_t nbytes;
+} emlx_from_binary_job;
+
+typedef struct { /* TO_BINARY */
+  emlx_arr *arr;
+  size_t limit;
+} emlx_to_binary_job;
+
+typedef struct { /* EVAL */
+  emlx_arr **inputs;
+  int ninputs;
+} emlx_eval_job;
+
+typedef struct { /* PROGRAM */
+  emlx_program_res *res; /* kept */
+  emlx_arr **inputs;
+  int ninputs;
+  int compile;
+} emlx_program_job;
+
+typedef struct { /* TO_POINTER */
+  emlx_array_res *res; /* kept: the array is made contiguous in place */
+  emlx_arr *arr;
+  int ipc;
+  unsigned permissions;
+  char shm_name[64];
+} emlx_to_pointer_job;
+
+typedef struct { /* FROM_POINTER */
+  emlx_array_spec spec;
+  size_t nbytes;
+  int ipc;
+  uintptr_t address;
+  char shm_name[64];
+} emlx_from_pointer_job;
+
+typedef struct { /* FREE: handles dropped on the queue's own thread */
+  emlx_arr *arr;
+  emlx_compiled *compiled;
+} emlx_free_job;
+
 struct emlx_job {
   emlx_job *next;
   emlx_job_kind kind;
@@ -44,46 +100,24 @@ struct emlx_job {
   ErlNifEnv *env; /* reply env; also holds the binaries the job reads */
   ERL_NIF_TERM ref;
 
-  int op;
-  int out_dtype;
-  emlx_arg args[EMLX_MAX_ARGS];
-  int nargs;
-
+  /* the arrays the job reads, decoded on the scheduler */
   emlx_arr **held; /* retained input handles, freed after the job */
   int nheld, cap_held;
   emlx_fixup *fixups;
   int nfixups, cap_fixups;
-  emlx_arr **inputs; /* EVAL and PROGRAM: the decoded arrays, in order */
-  int ninputs;
-  emlx_array_res *results[EMLX_MAX_OUTS]; /* OP: the pending results (kept) */
-  int nresults;
-  int error_kind;   /* of a decode failure: EMLX_ERR_ARG, or EMLX_ERR_MLX for a failed input */
   emlx_arena arena; /* decoded lists */
+  int error_kind;   /* of a decode failure: EMLX_ERR_ARG, or EMLX_ERR_MLX for a failed input */
 
-  /* FROM_BINARY */
-  const void *data;
-  size_t nbytes;
-  int64_t dims[EMLX_MAX_DIMS];
-  int ndim;
-  int dtype;
-
-  /* TO_BINARY */
-  size_t limit;
-
-  /* TO_POINTER / FROM_POINTER */
-  emlx_array_res *res; /* kept: a to_pointer array is made contiguous in place */
-  int ipc;
-  unsigned permissions;
-  uintptr_t address;
-  char shm_name[64];
-
-  /* PROGRAM */
-  emlx_program_res *program; /* kept */
-  int compile;
-
-  /* FREE */
-  emlx_arr *free_arr;
-  emlx_compiled *free_compiled;
+  union { /* by kind; STOP carries nothing */
+    emlx_op_job op;
+    emlx_from_binary_job from_binary;
+    emlx_to_binary_job to_binary;
+    emlx_eval_job eval;
+    emlx_program_job program;
+    emlx_to_pointer_job to_pointer;
+    emlx_from_pointer_job from_pointer;
+    emlx_free_job free;
+  };
 };
 
 /* A new job (NULL when out of memory); keeps qres when given. FREE and STOP

@@ -111,29 +111,30 @@ static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) 
 
   emlx_job *job = emlx_job_new(EMLX_JOB_OP, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
-  job->op = op;
-  if (!enif_is_identical(argv[3], ATOM.nil) && !emlx_decode_dtype(env, argv[3], &job->out_dtype))
+  emlx_op_job *oj = &job->op;
+  oj->index = op;
+  if (!enif_is_identical(argv[3], ATOM.nil) && !emlx_decode_dtype(env, argv[3], &oj->out_dtype))
     return fail(env, job, "the output type is not one MLX supports");
 
   ERL_NIF_TERM head, tail = argv[2];
   char err[256];
   for (int i = 0; i < nsig; i++) {
     enif_get_list_cell(env, tail, &head, &tail);
-    if (!emlx_job_decode_arg(env, head, sig[i], job, &job->args[i], err, sizeof err)) {
+    if (!emlx_job_decode_arg(env, head, sig[i], job, &oj->args[i], err, sizeof err)) {
       char msg[400];
       snprintf(msg, sizeof msg, "%s, argument %d: %s", emlx_op_name(op), i + 1, err);
       return fail(env, job, msg);
     }
   }
-  job->nargs = nsig;
+  oj->nargs = nsig;
 
   /* The results exist now, pending; the worker fills them in queue order. */
   int nouts = emlx_op_outputs(op);
   ERL_NIF_TERM terms[EMLX_MAX_OUTS];
   for (int i = 0; i < nouts; i++) {
-    terms[i] = emlx_make_pending(env, qr, &job->results[i]);
+    terms[i] = emlx_make_pending(env, qr, &oj->results[i]);
     if (!terms[i]) return fail(env, job, "out of memory");
-    job->nresults = i + 1;
+    oj->nresults = i + 1;
   }
   if (!enif_self(env, &job->pid)) return fail(env, job, "EMLX calls must come from a process");
   emlx_queue_post(qr->q, job);
@@ -163,25 +164,23 @@ static ERL_NIF_TERM nif_from_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM
   if (!enif_is_binary(env, argv[1])) return emlx_raise_arg(env, "expected a binary");
   emlx_job *job = emlx_job_new(EMLX_JOB_FROM_BINARY, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
-  if (!emlx_decode_dims(env, argv[2], job->dims, &job->ndim)) return fail(env, job, "invalid shape");
-  if (!emlx_decode_dtype(env, argv[3], &job->dtype)) return fail(env, job, "the type is not one MLX supports");
+  emlx_from_binary_job *fb = &job->from_binary;
+  const char *bad = emlx_decode_spec(env, argv[2], argv[3], &fb->spec);
+  if (bad) return fail(env, job, bad);
   ErlNifBinary bin;
   ERL_NIF_TERM copy = enif_make_copy(job->env, argv[1]); /* refc binaries are shared, not copied */
   if (!enif_inspect_binary(job->env, copy, &bin)) return fail(env, job, "expected a binary");
-  size_t count = 1;
-  for (int i = 0; i < job->ndim; i++) {
-    if (job->dims[i] != 0 && count > SIZE_MAX / (size_t)job->dims[i]) return fail(env, job, "shape too large");
-    count *= (size_t)job->dims[i];
-  }
-  size_t isz = emlx_dtype_size(job->dtype);
+  size_t count;
+  if (!emlx_spec_count(&fb->spec, &count)) return fail(env, job, "shape too large");
+  size_t isz = emlx_dtype_size(fb->spec.dtype);
   if (count > SIZE_MAX / isz || count * isz != bin.size) {
     char msg[200];
     snprintf(msg, sizeof msg, "binary of %zu bytes does not match the shape and type (%zu bytes expected)", bin.size,
              count > SIZE_MAX / isz ? SIZE_MAX : count * isz);
     return fail(env, job, msg);
   }
-  job->data = bin.data;
-  job->nbytes = bin.size;
+  fb->data = bin.data;
+  fb->nbytes = bin.size;
   return submit(env, job);
 }
 
@@ -194,9 +193,8 @@ static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
   emlx_job *job = emlx_job_new(EMLX_JOB_TO_BINARY, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
   char err[256];
-  if (!emlx_job_decode_arg(env, argv[1], EMLX_ARG_ARR, job, &job->args[0], err, sizeof err)) return fail(env, job, err);
-  job->nargs = 1;
-  job->limit = (size_t)limit;
+  if (!emlx_job_take_array(env, argv[1], job, &job->to_binary.arr, err, sizeof err)) return fail(env, job, err);
+  job->to_binary.limit = (size_t)limit;
   return submit(env, job);
 }
 
@@ -207,7 +205,7 @@ static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
   emlx_job *job = emlx_job_new(EMLX_JOB_EVAL, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
   char err[256];
-  if (!emlx_job_take_arrays(env, argv[1], job, 0, &job->inputs, &job->ninputs, err, sizeof err))
+  if (!emlx_job_take_arrays(env, argv[1], job, 0, &job->eval.inputs, &job->eval.ninputs, err, sizeof err))
     return fail(env, job, err);
   return submit(env, job);
 }
@@ -296,11 +294,11 @@ static ERL_NIF_TERM nif_program_run(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     return emlx_raise_arg(env, "the program expects %d inputs", p->ninputs);
   emlx_job *job = emlx_job_new(EMLX_JOB_PROGRAM, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
-  job->program = p;
+  job->program.res = p;
   enif_keep_resource(p);
-  job->compile = enif_is_identical(argv[3], ATOM.true_);
+  job->program.compile = enif_is_identical(argv[3], ATOM.true_);
   char err[256];
-  if (!emlx_job_take_arrays(env, argv[2], job, 0, &job->inputs, &job->ninputs, err, sizeof err))
+  if (!emlx_job_take_arrays(env, argv[2], job, 0, &job->program.inputs, &job->program.ninputs, err, sizeof err))
     return fail(env, job, err);
   return submit(env, job);
 }
@@ -340,14 +338,14 @@ static ERL_NIF_TERM nif_to_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   if (!job) return emlx_raise_arg(env, "out of memory");
   char err[256];
   emlx_array_res *res;
-  if (!emlx_job_decode_arg(env, argv[1], EMLX_ARG_ARR, job, &job->args[0], err, sizeof err)) return fail(env, job, err);
-  job->nargs = 1;
+  emlx_to_pointer_job *tp = &job->to_pointer;
+  if (!emlx_job_take_array(env, argv[1], job, &tp->arr, err, sizeof err)) return fail(env, job, err);
   enif_get_resource(env, argv[1], emlx_array_type, (void **)&res);
-  job->res = res;
+  tp->res = res;
   enif_keep_resource(res);
-  job->ipc = strcmp(mode, "ipc") == 0;
-  job->permissions = perms;
-  snprintf(job->shm_name, sizeof job->shm_name, "/emlx-%ld-%lu", (long)getpid(), ++counter);
+  tp->ipc = strcmp(mode, "ipc") == 0;
+  tp->permissions = perms;
+  snprintf(tp->shm_name, sizeof tp->shm_name, "/emlx-%ld-%lu", (long)getpid(), ++counter);
   return submit(env, job);
 }
 
@@ -357,26 +355,24 @@ static ERL_NIF_TERM nif_from_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TER
   if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
   emlx_job *job = emlx_job_new(EMLX_JOB_FROM_POINTER, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
+  emlx_from_pointer_job *fp = &job->from_pointer;
   ErlNifUInt64 addr;
   if (enif_get_uint64(env, argv[1], &addr)) {
     if (addr == 0) return fail(env, job, "the pointer address is null");
-    job->ipc = 0;
-    job->address = (uintptr_t)addr;
-  } else if (get_shm_name(env, argv[1], job->shm_name, sizeof job->shm_name)) {
-    job->ipc = 1;
+    fp->ipc = 0;
+    fp->address = (uintptr_t)addr;
+  } else if (get_shm_name(env, argv[1], fp->shm_name, sizeof fp->shm_name)) {
+    fp->ipc = 1;
   } else {
     return fail(env, job, "expected an address (integer) or a shared-memory name (binary)");
   }
-  if (!emlx_decode_dims(env, argv[2], job->dims, &job->ndim)) return fail(env, job, "invalid shape");
-  if (!emlx_decode_dtype(env, argv[3], &job->dtype)) return fail(env, job, "the type is not one MLX supports");
-  size_t count = 1;
-  for (int i = 0; i < job->ndim; i++) {
-    if (job->dims[i] != 0 && count > SIZE_MAX / (size_t)job->dims[i]) return fail(env, job, "shape too large");
-    count *= (size_t)job->dims[i];
-  }
-  size_t isz = emlx_dtype_size(job->dtype);
+  const char *bad = emlx_decode_spec(env, argv[2], argv[3], &fp->spec);
+  if (bad) return fail(env, job, bad);
+  size_t count;
+  if (!emlx_spec_count(&fp->spec, &count)) return fail(env, job, "shape too large");
+  size_t isz = emlx_dtype_size(fp->spec.dtype);
   if (count > (SIZE_MAX >> 4) / isz) return fail(env, job, "shape too large");
-  job->nbytes = count * isz;
+  fp->nbytes = count * isz;
   return submit(env, job);
 }
 

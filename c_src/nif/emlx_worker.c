@@ -48,8 +48,8 @@ void emlx_queue_free_later(emlx_queue *q, emlx_arr *a, emlx_compiled *c) {
     if (c) emlx_compiled_free(c);
     return;
   }
-  job->free_arr = a;
-  job->free_compiled = c;
+  job->free.arr = a;
+  job->free.compiled = c;
   emlx_queue_post(q, job);
 }
 
@@ -86,7 +86,7 @@ static int resolve(emlx_job *job) {
   char msg[512];
   if (emlx_job_resolve(job, &kind, msg, sizeof msg)) return 1;
   if (job->kind == EMLX_JOB_OP) {
-    for (int i = 0; i < job->nresults; i++) emlx_array_fail(job->results[i], kind, msg);
+    for (int i = 0; i < job->op.nresults; i++) emlx_array_fail(job->op.results[i], kind, msg);
   } else {
     reply_failure(job, kind, msg);
   }
@@ -103,20 +103,21 @@ static void reply_oom(emlx_job *job) {
 
 /* Fills the op's pending results; on error each result records it. */
 static void run_op(emlx_queue *q, emlx_job *job) {
+  emlx_op_job *op = &job->op;
   emlx_arr *outs[EMLX_MAX_OUTS];
   int n = 0;
-  emlx_status st = emlx_op_run(job->op, q->stream, job->args, job->nargs, job->out_dtype, outs, &n);
-  if (st == EMLX_OK && n != job->nresults) {
+  emlx_status st = emlx_op_run(op->index, q->stream, op->args, op->nargs, op->out_dtype, outs, &n);
+  if (st == EMLX_OK && n != op->nresults) {
     for (int i = 0; i < n; i++) emlx_arr_free(outs[i]);
-    for (int i = 0; i < job->nresults; i++) emlx_array_fail(job->results[i], EMLX_ERR_MLX, "unexpected number of op results");
+    for (int i = 0; i < op->nresults; i++) emlx_array_fail(op->results[i], EMLX_ERR_MLX, "unexpected number of op results");
     return;
   }
   if (st != EMLX_OK) {
     const char *msg = emlx_last_error();
-    for (int i = 0; i < job->nresults; i++) emlx_array_fail(job->results[i], st, msg);
+    for (int i = 0; i < op->nresults; i++) emlx_array_fail(op->results[i], st, msg);
     return;
   }
-  for (int i = 0; i < n; i++) emlx_array_fill(job->results[i], outs[i]);
+  for (int i = 0; i < n; i++) emlx_array_fill(op->results[i], outs[i]);
 }
 
 /* Replies with a new array (or the error that kept it from being made). */
@@ -133,8 +134,9 @@ static void reply_array(emlx_job *job, emlx_status st, emlx_arr *out) {
 }
 
 static void run_from_binary(emlx_queue *q, emlx_job *job) {
+  emlx_from_binary_job *fb = &job->from_binary;
   emlx_arr *out;
-  emlx_status st = emlx_arr_from_bytes(q->stream, job->data, job->nbytes, job->dims, job->ndim, job->dtype, &out);
+  emlx_status st = emlx_arr_from_bytes(q->stream, fb->data, fb->nbytes, fb->spec.dims, fb->spec.ndim, fb->spec.dtype, &out);
   reply_array(job, st, out);
 }
 
@@ -142,8 +144,8 @@ static void run_from_binary(emlx_queue *q, emlx_job *job) {
  * no copy, and the array lives as long as the binary does. */
 /* Evaluates the job's array into a row-contiguous host view; replies with
  * the error and returns 0 when it cannot. */
-static int host_view(emlx_queue *q, emlx_job *job, emlx_arr **view, const void **data, size_t *nbytes) {
-  emlx_status st = emlx_arr_host_view(q->stream, job->args[0].u.arr, view, data, nbytes);
+static int host_view(emlx_queue *q, emlx_job *job, const emlx_arr *arr, emlx_arr **view, const void **data, size_t *nbytes) {
+  emlx_status st = emlx_arr_host_view(q->stream, arr, view, data, nbytes);
   if (st == EMLX_OK) return 1;
   reply_error(job, st);
   return 0;
@@ -153,21 +155,21 @@ static void run_to_binary(emlx_queue *q, emlx_job *job) {
   emlx_arr *view;
   const void *data;
   size_t nbytes;
-  if (!host_view(q, job, &view, &data, &nbytes)) return;
+  if (!host_view(q, job, job->to_binary.arr, &view, &data, &nbytes)) return;
   emlx_array_res *res = emlx_array_res_new(job->qres, view, EMLX_ARR_READY);
   if (!res) {
     emlx_arr_free(view);
     reply_oom(job);
     return;
   }
-  size_t size = job->limit < nbytes ? job->limit : nbytes;
+  size_t size = job->to_binary.limit < nbytes ? job->to_binary.limit : nbytes;
   ERL_NIF_TERM bin = enif_make_resource_binary(job->env, res, data, size);
   enif_release_resource(res);
   reply_ok(job, bin);
 }
 
 static void run_eval(emlx_queue *q, emlx_job *job) {
-  emlx_status st = emlx_eval(q->stream, job->inputs, job->ninputs);
+  emlx_status st = emlx_eval(q->stream, job->eval.inputs, job->eval.ninputs);
   if (st == EMLX_OK) st = emlx_stream_synchronize(q->stream);
   if (st != EMLX_OK)
     reply_error(job, st);
@@ -186,7 +188,7 @@ static void run_sync(emlx_queue *q, emlx_job *job) {
 /* ---- programs ---- */
 
 static void run_program(emlx_queue *q, emlx_job *job) {
-  emlx_program_res *p = job->program;
+  emlx_program_res *p = job->program.res;
   emlx_arr **outs = enif_alloc(sizeof(emlx_arr *) * (size_t)(p->nouts ? p->nouts : 1));
   ERL_NIF_TERM *terms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)(p->nouts ? p->nouts : 1));
   if (!outs || !terms) {
@@ -195,8 +197,8 @@ static void run_program(emlx_queue *q, emlx_job *job) {
     reply_oom(job);
     return;
   }
-  emlx_status st = emlx_program_run(q->stream, p->instrs, p->ninstrs, job->inputs, job->ninputs, p->out_slots,
-                                    p->nouts, job->compile, &p->compiled, outs);
+  emlx_status st = emlx_program_run(q->stream, p->instrs, p->ninstrs, job->program.inputs, job->program.ninputs, p->out_slots,
+                                    p->nouts, job->program.compile, &p->compiled, outs);
   if (st != EMLX_OK) {
     reply_error(job, st);
   } else {
@@ -231,12 +233,13 @@ static void reply_errno(emlx_job *job, const char *what) {
  * valid while the tensor lives. :ipc copies it into a new POSIX
  * shared-memory segment (MLX arrays are immutable: a memcpy is needed). */
 static void run_to_pointer(emlx_queue *q, emlx_job *job) {
+  emlx_to_pointer_job *tp = &job->to_pointer;
   emlx_arr *view;
   const void *data;
   size_t nbytes;
-  if (!host_view(q, job, &view, &data, &nbytes)) return;
-  if (!job->ipc) {
-    emlx_arr *old = emlx_array_swap(job->res, view);
+  if (!host_view(q, job, tp->arr, &view, &data, &nbytes)) return;
+  if (!tp->ipc) {
+    emlx_arr *old = emlx_array_swap(tp->res, view);
     if (!old) {
       emlx_arr_free(view);
       reply(job, enif_make_tuple3(job->env, ATOM.error, ATOM.argument,
@@ -248,7 +251,7 @@ static void run_to_pointer(emlx_queue *q, emlx_job *job) {
                                    enif_make_uint64(job->env, nbytes)));
     return;
   }
-  int fd = shm_open(job->shm_name, O_CREAT | O_EXCL | O_RDWR, (mode_t)job->permissions);
+  int fd = shm_open(tp->shm_name, O_CREAT | O_EXCL | O_RDWR, (mode_t)tp->permissions);
   if (fd < 0) {
     emlx_arr_free(view);
     reply_errno(job, "shm_open");
@@ -260,7 +263,7 @@ static void run_to_pointer(emlx_queue *q, emlx_job *job) {
   if (dst == MAP_FAILED) {
     int e = errno;
     close(fd);
-    shm_unlink(job->shm_name);
+    shm_unlink(tp->shm_name);
     emlx_arr_free(view);
     errno = e;
     reply_errno(job, "shared memory");
@@ -270,7 +273,7 @@ static void run_to_pointer(emlx_queue *q, emlx_job *job) {
   munmap(dst, map);
   close(fd);
   emlx_arr_free(view);
-  reply_ok(job, enif_make_tuple2(job->env, make_string(job->env, job->shm_name), enif_make_uint64(job->env, nbytes)));
+  reply_ok(job, enif_make_tuple2(job->env, make_string(job->env, tp->shm_name), enif_make_uint64(job->env, nbytes)));
 }
 
 /* :local copies from an address of this process with process_vm_readv,
@@ -279,36 +282,37 @@ static void run_to_pointer(emlx_queue *q, emlx_job *job) {
  * copy is deliberate: MLX may reuse an input's buffer for an output in
  * place, which must never write into memory EMLX does not own. */
 static void run_from_pointer(emlx_queue *q, emlx_job *job) {
-  void *buf = enif_alloc(job->nbytes ? job->nbytes : 1);
+  emlx_from_pointer_job *fp = &job->from_pointer;
+  void *buf = enif_alloc(fp->nbytes ? fp->nbytes : 1);
   if (!buf) {
     reply_oom(job);
     return;
   }
-  if (!job->ipc) {
-    struct iovec local = {buf, job->nbytes}, remote = {(void *)job->address, job->nbytes};
-    ssize_t got = job->nbytes ? process_vm_readv(getpid(), &local, 1, &remote, 1, 0) : 0;
-    if (got < 0 || (size_t)got != job->nbytes) {
+  if (!fp->ipc) {
+    struct iovec local = {buf, fp->nbytes}, remote = {(void *)fp->address, fp->nbytes};
+    ssize_t got = fp->nbytes ? process_vm_readv(getpid(), &local, 1, &remote, 1, 0) : 0;
+    if (got < 0 || (size_t)got != fp->nbytes) {
       enif_free(buf);
       if (got >= 0) errno = EFAULT;
       reply_errno(job, "cannot read the pointer's memory");
       return;
     }
   } else {
-    int fd = shm_open(job->shm_name, O_RDONLY, 0);
+    int fd = shm_open(fp->shm_name, O_RDONLY, 0);
     if (fd < 0) {
       enif_free(buf);
       reply_errno(job, "shm_open");
       return;
     }
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || (size_t)sb.st_size < job->nbytes) {
+    if (fstat(fd, &sb) != 0 || (size_t)sb.st_size < fp->nbytes) {
       close(fd);
       enif_free(buf);
       errno = EINVAL;
       reply_errno(job, "the shared-memory segment is smaller than the tensor");
       return;
     }
-    void *src = job->nbytes ? mmap(NULL, job->nbytes, PROT_READ, MAP_SHARED, fd, 0) : NULL;
+    void *src = fp->nbytes ? mmap(NULL, fp->nbytes, PROT_READ, MAP_SHARED, fd, 0) : NULL;
     close(fd);
     if (src == MAP_FAILED) {
       enif_free(buf);
@@ -316,13 +320,13 @@ static void run_from_pointer(emlx_queue *q, emlx_job *job) {
       return;
     }
     if (src) {
-      memcpy(buf, src, job->nbytes);
-      munmap(src, job->nbytes);
+      memcpy(buf, src, fp->nbytes);
+      munmap(src, fp->nbytes);
     }
-    shm_unlink(job->shm_name);
+    shm_unlink(fp->shm_name);
   }
   emlx_arr *out;
-  emlx_status st = emlx_arr_from_bytes(q->stream, buf, job->nbytes, job->dims, job->ndim, job->dtype, &out);
+  emlx_status st = emlx_arr_from_bytes(q->stream, buf, fp->nbytes, fp->spec.dims, fp->spec.ndim, fp->spec.dtype, &out);
   enif_free(buf);
   reply_array(job, st, out);
 }
