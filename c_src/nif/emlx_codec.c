@@ -108,15 +108,13 @@ ERL_NIF_TERM emlx_encode_dims(ErlNifEnv *env, const int64_t *dims, int ndim) {
 
 int emlx_decode_device(ErlNifEnv *env, ERL_NIF_TERM t, emlx_device *dev) {
   (void)env;
-  if (enif_is_identical(t, ATOM.cpu)) {
+  if (enif_is_identical(t, ATOM.cpu))
     *dev = EMLX_DEV_CPU;
-    return 1;
-  }
-  if (enif_is_identical(t, ATOM.gpu)) {
+  else if (enif_is_identical(t, ATOM.gpu))
     *dev = EMLX_DEV_GPU;
-    return 1;
-  }
-  return 0;
+  else
+    return 0;
+  return 1;
 }
 
 const char *emlx_decode_spec(ErlNifEnv *env, ERL_NIF_TERM shape, ERL_NIF_TERM type, emlx_array_spec *spec) {
@@ -135,24 +133,23 @@ int emlx_spec_count(const emlx_array_spec *spec, size_t *count) {
   return 1;
 }
 
+/* A number: a float, an integer, or :nan, :infinity, :neg_infinity. */
 static int decode_double(ErlNifEnv *env, ERL_NIF_TERM t, double *out) {
+  const struct {
+    ERL_NIF_TERM atom;
+    double value;
+  } named[] = {{ATOM.nan, NAN}, {ATOM.infinity, INFINITY}, {ATOM.neg_infinity, -INFINITY}};
   ErlNifSInt64 i;
   if (enif_get_double(env, t, out)) return 1;
   if (enif_get_int64(env, t, &i)) {
     *out = (double)i;
     return 1;
   }
-  if (enif_is_identical(t, ATOM.nan)) {
-    *out = NAN;
-    return 1;
-  }
-  if (enif_is_identical(t, ATOM.infinity)) {
-    *out = INFINITY;
-    return 1;
-  }
-  if (enif_is_identical(t, ATOM.neg_infinity)) {
-    *out = -INFINITY;
-    return 1;
+  for (size_t k = 0; k < sizeof named / sizeof named[0]; k++) {
+    if (enif_is_identical(t, named[k].atom)) {
+      *out = named[k].value;
+      return 1;
+    }
   }
   return 0;
 }
@@ -215,64 +212,52 @@ static int decode_int_list(ErlNifEnv *env, ERL_NIF_TERM t, int tuple_ok, int64_t
 
 int emlx_decode_value(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_arena *arena, emlx_arg *out, char *err,
                       size_t errlen) {
+  static const char *const bad_ints[] = {
+      [INTS_NOT_A_LIST] = "expected a list of integers",
+      [INTS_TOO_LONG] = "list of integers too long",
+      [INTS_NO_MEMORY] = "out of memory",
+      [INTS_OUT_OF_RANGE] = "expected a list of 32-bit integers",
+  };
+  const char *why;
   out->kind = kind;
   switch (kind) {
     case EMLX_ARG_INT: {
-      ErlNifSInt64 v;
-      if (enif_is_identical(t, ATOM.nil)) {
-        out->u.i = -1;
+      ErlNifSInt64 v = -1; /* nil */
+      if (enif_is_identical(t, ATOM.nil) || enif_get_int64(env, t, &v)) {
+        out->u.i = v;
         return 1;
       }
-      if (!enif_get_int64(env, t, &v)) {
-        snprintf(err, errlen, "expected an integer");
-        return 0;
-      }
-      out->u.i = v;
-      return 1;
+      why = "expected an integer";
+      break;
     }
     case EMLX_ARG_INTS: {
-      static const char *const why[] = {
-          [INTS_NOT_A_LIST] = "expected a list of integers",
-          [INTS_TOO_LONG] = "list of integers too long",
-          [INTS_NO_MEMORY] = "out of memory",
-          [INTS_OUT_OF_RANGE] = "expected a list of 32-bit integers",
-      };
       int st = decode_int_list(env, t, 1, INT32_MIN, INT32_MAX, arena, &out->u.ints.v, &out->u.ints.n);
-      if (st != INTS_OK) snprintf(err, errlen, "%s", why[st]);
-      return st == INTS_OK;
+      if (st == INTS_OK) return 1;
+      why = bad_ints[st];
+      break;
     }
     case EMLX_ARG_FLOAT:
-      if (!decode_double(env, t, &out->u.f)) {
-        snprintf(err, errlen, "expected a number");
-        return 0;
-      }
-      return 1;
-    case EMLX_ARG_DTYPE:
-      if (!emlx_decode_dtype(env, t, &out->u.dtype)) {
-        snprintf(err, errlen, "expected an element type MLX supports");
-        return 0;
-      }
-      return 1;
-    case EMLX_ARG_BOOL:
-      if (enif_is_identical(t, ATOM.true_))
-        out->u.b = 1;
-      else if (enif_is_identical(t, ATOM.false_))
-        out->u.b = 0;
-      else {
-        snprintf(err, errlen, "expected a boolean");
-        return 0;
-      }
-      return 1;
     case EMLX_ARG_SCALAR:
-      if (!decode_scalar(env, t, &out->u.scalar)) {
-        snprintf(err, errlen, "expected a number");
-        return 0;
+      if (kind == EMLX_ARG_FLOAT ? decode_double(env, t, &out->u.f) : decode_scalar(env, t, &out->u.scalar)) return 1;
+      why = "expected a number";
+      break;
+    case EMLX_ARG_DTYPE:
+      if (emlx_decode_dtype(env, t, &out->u.dtype)) return 1;
+      why = "expected an element type MLX supports";
+      break;
+    case EMLX_ARG_BOOL:
+      if (enif_is_identical(t, ATOM.true_) || enif_is_identical(t, ATOM.false_)) {
+        out->u.b = enif_is_identical(t, ATOM.true_);
+        return 1;
       }
-      return 1;
+      why = "expected a boolean";
+      break;
     default:
-      snprintf(err, errlen, "unknown argument kind");
-      return 0;
+      why = "unknown argument kind";
+      break;
   }
+  snprintf(err, errlen, "%s", why);
+  return 0;
 }
 
 int emlx_decode_slots(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_arena *arena, emlx_arg *out) {

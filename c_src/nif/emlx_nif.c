@@ -39,6 +39,18 @@ static ERL_NIF_TERM submit(ErlNifEnv *env, emlx_job *job) {
   return ref;
 }
 
+/* A new job on the queue of term t; NULL after raising the error in *raised. */
+static emlx_job *queue_job(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job_kind kind, ERL_NIF_TERM *raised) {
+  emlx_queue_res *qr;
+  if (!get_queue(env, t, &qr)) {
+    *raised = emlx_raise_arg(env, "expected a command queue reference");
+    return NULL;
+  }
+  emlx_job *job = emlx_job_new(kind, qr);
+  if (!job) *raised = emlx_raise_arg(env, "out of memory");
+  return job;
+}
+
 static ERL_NIF_TERM fail(ErlNifEnv *env, emlx_job *job, const char *msg) {
   int kind = job->error_kind;
   emlx_job_free(job);
@@ -81,10 +93,9 @@ static ERL_NIF_TERM nif_queue_device(ErlNifEnv *env, int argc, const ERL_NIF_TER
 
 static ERL_NIF_TERM nif_queue_sync(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  emlx_queue_res *qr;
-  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  emlx_job *job = emlx_job_new(EMLX_JOB_SYNC, qr);
-  if (!job) return emlx_raise_arg(env, "out of memory");
+  ERL_NIF_TERM raised;
+  emlx_job *job = queue_job(env, argv[0], EMLX_JOB_SYNC, &raised);
+  if (!job) return raised;
   return submit(env, job);
 }
 
@@ -200,10 +211,9 @@ static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
 
 static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  emlx_queue_res *qr;
-  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  emlx_job *job = emlx_job_new(EMLX_JOB_EVAL, qr);
-  if (!job) return emlx_raise_arg(env, "out of memory");
+  ERL_NIF_TERM raised;
+  emlx_job *job = queue_job(env, argv[0], EMLX_JOB_EVAL, &raised);
+  if (!job) return raised;
   char err[256];
   if (!emlx_job_take_arrays(env, argv[1], job, 0, &job->eval.inputs, &job->eval.ninputs, err, sizeof err))
     return fail(env, job, err);
@@ -351,10 +361,9 @@ static ERL_NIF_TERM nif_to_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
 
 static ERL_NIF_TERM nif_from_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  emlx_queue_res *qr;
-  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  emlx_job *job = emlx_job_new(EMLX_JOB_FROM_POINTER, qr);
-  if (!job) return emlx_raise_arg(env, "out of memory");
+  ERL_NIF_TERM raised;
+  emlx_job *job = queue_job(env, argv[0], EMLX_JOB_FROM_POINTER, &raised);
+  if (!job) return raised;
   emlx_from_pointer_job *fp = &job->from_pointer;
   ErlNifUInt64 addr;
   if (enif_get_uint64(env, argv[1], &addr)) {
@@ -390,38 +399,37 @@ static ERL_NIF_TERM nif_shm_unlink(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
 
 /* ---- array metadata (immutable once made, so read on the scheduler) ---- */
 
-static ERL_NIF_TERM nif_array_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  (void)argc;
+/* array_info ({shape, type, queue}) and array_strides. A pending array
+ * answers {:pending, queue}: the caller waits on the queue and asks again. */
+static ERL_NIF_TERM array_meta(ErlNifEnv *env, ERL_NIF_TERM t, int strides) {
   char err[256];
   emlx_array_res *res;
   int state, kind = EMLX_ERR_ARG;
-  emlx_arr *a = emlx_take_array(env, argv[0], &res, &state, &kind, err, sizeof err);
+  emlx_arr *a = emlx_take_array(env, t, &res, &state, &kind, err, sizeof err);
   if (!a && state == EMLX_ARR_PENDING) return enif_make_tuple2(env, ATOM.pending, enif_make_resource(env, res->owner));
   if (!a) return emlx_raise_kind(env, kind, err);
-  int64_t dims[EMLX_MAX_DIMS];
+  int64_t v[EMLX_MAX_DIMS];
   int nd = emlx_arr_ndim(a);
   if (nd > EMLX_MAX_DIMS) nd = EMLX_MAX_DIMS;
-  emlx_arr_shape(a, dims);
+  if (strides)
+    emlx_arr_strides(a, v);
+  else
+    emlx_arr_shape(a, v);
   int dt = emlx_arr_dtype(a);
   emlx_arr_free(a);
+  if (strides) return emlx_encode_dims(env, v, nd);
   ERL_NIF_TERM owner = enif_make_resource(env, res->owner);
-  return enif_make_tuple3(env, emlx_encode_dims(env, dims, nd), emlx_encode_dtype(env, dt), owner);
+  return enif_make_tuple3(env, emlx_encode_dims(env, v, nd), emlx_encode_dtype(env, dt), owner);
+}
+
+static ERL_NIF_TERM nif_array_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  return array_meta(env, argv[0], 0);
 }
 
 static ERL_NIF_TERM nif_array_strides(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  char err[256];
-  emlx_array_res *res;
-  int state, kind = EMLX_ERR_ARG;
-  emlx_arr *a = emlx_take_array(env, argv[0], &res, &state, &kind, err, sizeof err);
-  if (!a && state == EMLX_ARR_PENDING) return enif_make_tuple2(env, ATOM.pending, enif_make_resource(env, res->owner));
-  if (!a) return emlx_raise_kind(env, kind, err);
-  int64_t st[EMLX_MAX_DIMS];
-  int nd = emlx_arr_ndim(a);
-  if (nd > EMLX_MAX_DIMS) nd = EMLX_MAX_DIMS;
-  emlx_arr_strides(a, st);
-  emlx_arr_free(a);
-  return emlx_encode_dims(env, st, nd);
+  return array_meta(env, argv[0], 1);
 }
 
 static ERL_NIF_TERM nif_deallocate(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -459,33 +467,32 @@ static ERL_NIF_TERM nif_memory_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM
 }
 
 static ERL_NIF_TERM nif_reset_peak_memory(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  (void)env;
-  (void)argc;
-  (void)argv;
+  (void)env, (void)argc, (void)argv;
   emlx_reset_peak_memory();
   return ATOM.ok;
 }
 
 static ERL_NIF_TERM nif_clear_cache(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  (void)env;
-  (void)argc;
-  (void)argv;
+  (void)env, (void)argc, (void)argv;
   emlx_clear_cache();
   return ATOM.ok;
 }
 
+/* Sets a limit and returns the previous one. */
+static ERL_NIF_TERM set_limit(ErlNifEnv *env, ERL_NIF_TERM t, size_t (*set)(size_t)) {
+  ErlNifUInt64 v;
+  if (!enif_get_uint64(env, t, &v)) return emlx_raise_arg(env, "limit must be a non-negative integer");
+  return enif_make_uint64(env, set((size_t)v));
+}
+
 static ERL_NIF_TERM nif_set_cache_limit(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  ErlNifUInt64 v;
-  if (!enif_get_uint64(env, argv[0], &v)) return emlx_raise_arg(env, "limit must be a non-negative integer");
-  return enif_make_uint64(env, emlx_set_cache_limit((size_t)v));
+  return set_limit(env, argv[0], emlx_set_cache_limit);
 }
 
 static ERL_NIF_TERM nif_set_memory_limit(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  ErlNifUInt64 v;
-  if (!enif_get_uint64(env, argv[0], &v)) return emlx_raise_arg(env, "limit must be a non-negative integer");
-  return enif_make_uint64(env, emlx_set_memory_limit((size_t)v));
+  return set_limit(env, argv[0], emlx_set_memory_limit);
 }
 
 static ERL_NIF_TERM nif_mlx_version(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {

@@ -61,22 +61,30 @@ static void reply(emlx_job *job, ERL_NIF_TERM result) {
   enif_clear_env(job->env);
 }
 
+static void reply_ok(emlx_job *job, ERL_NIF_TERM value) { reply(job, enif_make_tuple2(job->env, ATOM.ok, value)); }
+
 static ERL_NIF_TERM make_string(ErlNifEnv *env, const char *s) {
-  ErlNifBinary bin;
-  size_t n = strlen(s);
-  if (!enif_alloc_binary(n, &bin)) return enif_make_atom(env, "out_of_memory");
-  memcpy(bin.data, s, n);
-  return enif_make_binary(env, &bin);
+  ERL_NIF_TERM t;
+  return emlx_encode_string(env, s, &t) ? t : enif_make_atom(env, "out_of_memory");
 }
 
-static void reply_error(emlx_job *job, emlx_status st) {
-  ERL_NIF_TERM kind = st == EMLX_ERR_ARG ? ATOM.argument : ATOM.mlx;
-  reply(job, enif_make_tuple3(job->env, ATOM.error, kind, make_string(job->env, emlx_last_error())));
-}
-
+/* {:error, :argument | :mlx, message} */
 static void reply_failure(emlx_job *job, int kind, const char *msg) {
   ERL_NIF_TERM k = kind == EMLX_ERR_ARG ? ATOM.argument : ATOM.mlx;
   reply(job, enif_make_tuple3(job->env, ATOM.error, k, make_string(job->env, msg)));
+}
+
+/* The error of the shim call that returned st. */
+static void reply_error(emlx_job *job, emlx_status st) { reply_failure(job, st, emlx_last_error()); }
+
+static void reply_oom(emlx_job *job) { reply_failure(job, EMLX_ERR_MLX, "out of memory"); }
+
+/* :ok, or the error of the shim call that returned st. */
+static void reply_status(emlx_job *job, emlx_status st) {
+  if (st != EMLX_OK)
+    reply_error(job, st);
+  else
+    reply(job, ATOM.ok);
 }
 
 /* Resolves the job's pending inputs; on failure replies (or fails the
@@ -91,12 +99,6 @@ static int resolve(emlx_job *job) {
     reply_failure(job, kind, msg);
   }
   return 0;
-}
-
-static void reply_ok(emlx_job *job, ERL_NIF_TERM value) { reply(job, enif_make_tuple2(job->env, ATOM.ok, value)); }
-
-static void reply_oom(emlx_job *job) {
-  reply(job, enif_make_tuple3(job->env, ATOM.error, ATOM.mlx, make_string(job->env, "out of memory")));
 }
 
 /* ---- job bodies ---- */
@@ -140,10 +142,8 @@ static void run_from_binary(emlx_queue *q, emlx_job *job) {
   reply_array(job, st, out);
 }
 
-/* The binary is a resource binary over the evaluated array's own memory:
- * no copy, and the array lives as long as the binary does. */
-/* Evaluates the job's array into a row-contiguous host view; replies with
- * the error and returns 0 when it cannot. */
+/* Evaluates the array into a row-contiguous host view; replies with the
+ * error and returns 0 when it cannot. */
 static int host_view(emlx_queue *q, emlx_job *job, const emlx_arr *arr, emlx_arr **view, const void **data, size_t *nbytes) {
   emlx_status st = emlx_arr_host_view(q->stream, arr, view, data, nbytes);
   if (st == EMLX_OK) return 1;
@@ -151,6 +151,8 @@ static int host_view(emlx_queue *q, emlx_job *job, const emlx_arr *arr, emlx_arr
   return 0;
 }
 
+/* The binary is a resource binary over the evaluated array's own memory:
+ * no copy, and the array lives as long as the binary does. */
 static void run_to_binary(emlx_queue *q, emlx_job *job) {
   emlx_arr *view;
   const void *data;
@@ -171,19 +173,10 @@ static void run_to_binary(emlx_queue *q, emlx_job *job) {
 static void run_eval(emlx_queue *q, emlx_job *job) {
   emlx_status st = emlx_eval(q->stream, job->eval.inputs, job->eval.ninputs);
   if (st == EMLX_OK) st = emlx_stream_synchronize(q->stream);
-  if (st != EMLX_OK)
-    reply_error(job, st);
-  else
-    reply(job, ATOM.ok);
+  reply_status(job, st);
 }
 
-static void run_sync(emlx_queue *q, emlx_job *job) {
-  emlx_status st = emlx_stream_synchronize(q->stream);
-  if (st != EMLX_OK)
-    reply_error(job, st);
-  else
-    reply(job, ATOM.ok);
-}
+static void run_sync(emlx_queue *q, emlx_job *job) { reply_status(job, emlx_stream_synchronize(q->stream)); }
 
 /* ---- programs ---- */
 
@@ -225,7 +218,7 @@ static void run_program(emlx_queue *q, emlx_job *job) {
 static void reply_errno(emlx_job *job, const char *what) {
   char msg[256];
   snprintf(msg, sizeof msg, "%s: %s", what, strerror(errno));
-  reply(job, enif_make_tuple3(job->env, ATOM.error, ATOM.argument, make_string(job->env, msg)));
+  reply_failure(job, EMLX_ERR_ARG, msg);
 }
 
 /* The tensor is evaluated and made row-contiguous; the contiguous array
@@ -242,8 +235,7 @@ static void run_to_pointer(emlx_queue *q, emlx_job *job) {
     emlx_arr *old = emlx_array_swap(tp->res, view);
     if (!old) {
       emlx_arr_free(view);
-      reply(job, enif_make_tuple3(job->env, ATOM.error, ATOM.argument,
-                                  make_string(job->env, "the tensor has been deallocated")));
+      reply_failure(job, EMLX_ERR_ARG, "the tensor has been deallocated");
       return;
     }
     emlx_arr_free(old);
@@ -333,6 +325,20 @@ static void run_from_pointer(emlx_queue *q, emlx_job *job) {
 
 /* ---- the thread ---- */
 
+/* What the worker runs for each kind of job (FREE only frees the job). */
+static void (*const job_bodies[])(emlx_queue *q, emlx_job *job) = {
+    [EMLX_JOB_OP] = run_op,
+    [EMLX_JOB_FROM_BINARY] = run_from_binary,
+    [EMLX_JOB_TO_BINARY] = run_to_binary,
+    [EMLX_JOB_EVAL] = run_eval,
+    [EMLX_JOB_SYNC] = run_sync,
+    [EMLX_JOB_PROGRAM] = run_program,
+    [EMLX_JOB_TO_POINTER] = run_to_pointer,
+    [EMLX_JOB_FROM_POINTER] = run_from_pointer,
+    [EMLX_JOB_FREE] = NULL,
+    [EMLX_JOB_STOP] = NULL,
+};
+
 static void queue_destroy(emlx_queue *q) {
   if (q->stream) emlx_stream_free(q->stream);
   pthread_cond_destroy(&q->cv);
@@ -375,42 +381,12 @@ static void *worker_main(void *arg) {
     atomic_fetch_sub_explicit(&q->pending, 1, memory_order_acq_rel);
     pthread_mutex_unlock(&q->mu);
 
-    int stop = 0;
     if (job->nfixups && !resolve(job)) {
       emlx_job_free(job);
       continue;
     }
-    switch (job->kind) {
-      case EMLX_JOB_OP:
-        run_op(q, job);
-        break;
-      case EMLX_JOB_FROM_BINARY:
-        run_from_binary(q, job);
-        break;
-      case EMLX_JOB_TO_BINARY:
-        run_to_binary(q, job);
-        break;
-      case EMLX_JOB_EVAL:
-        run_eval(q, job);
-        break;
-      case EMLX_JOB_SYNC:
-        run_sync(q, job);
-        break;
-      case EMLX_JOB_PROGRAM:
-        run_program(q, job);
-        break;
-      case EMLX_JOB_TO_POINTER:
-        run_to_pointer(q, job);
-        break;
-      case EMLX_JOB_FROM_POINTER:
-        run_from_pointer(q, job);
-        break;
-      case EMLX_JOB_FREE:
-        break;
-      case EMLX_JOB_STOP:
-        stop = 1;
-        break;
-    }
+    int stop = job->kind == EMLX_JOB_STOP;
+    if (job_bodies[job->kind]) job_bodies[job->kind](q, job);
     emlx_job_free(job);
     if (stop) break;
   }
