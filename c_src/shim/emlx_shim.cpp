@@ -187,17 +187,50 @@ emlx_status emlx_arr_host_view(emlx_stream *s, const emlx_arr *a, emlx_arr **vie
 }
 
 // ---- memory and version ----
+//
+// MLX's memory functions are not declared noexcept: should one throw, the
+// counters read 0 and a limit call answers 0 rather than the exception
+// crossing into C.
 
 void emlx_memory_info(size_t *active, size_t *peak, size_t *cache) {
-  *active = mx::get_active_memory();
-  *peak = mx::get_peak_memory();
-  *cache = mx::get_cache_memory();
+  *active = *peak = *cache = 0;
+  try {
+    *active = mx::get_active_memory();
+    *peak = mx::get_peak_memory();
+    *cache = mx::get_cache_memory();
+  } catch (...) {
+  }
 }
 
-void emlx_reset_peak_memory(void) { mx::reset_peak_memory(); }
-void emlx_clear_cache(void) { mx::clear_cache(); }
-size_t emlx_set_cache_limit(size_t limit) { return mx::set_cache_limit(limit); }
-size_t emlx_set_memory_limit(size_t limit) { return mx::set_memory_limit(limit); }
+void emlx_reset_peak_memory(void) {
+  try {
+    mx::reset_peak_memory();
+  } catch (...) {
+  }
+}
+
+void emlx_clear_cache(void) {
+  try {
+    mx::clear_cache();
+  } catch (...) {
+  }
+}
+
+size_t emlx_set_cache_limit(size_t limit) {
+  try {
+    return mx::set_cache_limit(limit);
+  } catch (...) {
+    return 0;
+  }
+}
+
+size_t emlx_set_memory_limit(size_t limit) {
+  try {
+    return mx::set_memory_limit(limit);
+  } catch (...) {
+    return 0;
+  }
+}
 
 const char *emlx_mlx_version(void) { return mx::version(); }
 
