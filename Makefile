@@ -1,6 +1,6 @@
-# Builds priv/libemlx.so: the C11 NIF plus the one C++ file that shims MLX.
-# Called by `mix compile` (see mix.exs), which sets MLX_INCLUDE_DIR,
-# MLX_LIB_DIR and ERTS_INCLUDE_DIR.
+# Builds priv/libemlx.so: the C11 NIF (c_src/nif) plus the C++ shim over MLX
+# (c_src/shim). Called by `mix compile` (see mix.exs), which sets
+# MLX_INCLUDE_DIR, MLX_LIB_DIR and ERTS_INCLUDE_DIR.
 
 PRIV_DIR ?= priv
 BUILD_DIR ?= _build/c
@@ -9,28 +9,36 @@ TARGET = $(PRIV_DIR)/libemlx.so
 CC ?= cc
 CXX ?= g++
 OPT ?= -O2
-CFLAGS_EMLX = -std=c11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden $(OPT) -D_GNU_SOURCE -I$(ERTS_INCLUDE_DIR)
+# -MMD -MP: each object also gets a .d file naming the project headers it
+# includes, so a changed header rebuilds exactly the objects that use it.
+DEPFLAGS = -MMD -MP
+CFLAGS_EMLX = -std=c11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden $(OPT) -D_GNU_SOURCE -I$(ERTS_INCLUDE_DIR) -Ic_src/shim
 CXXFLAGS_EMLX = -std=c++20 -Wall -Wextra -Werror -fPIC -fvisibility=hidden $(OPT) -isystem $(MLX_INCLUDE_DIR)
 LDFLAGS_EMLX = -shared -L$(MLX_LIB_DIR) -Wl,-rpath,$(MLX_LIB_DIR) -lmlx -lpthread
 
-C_SRCS = c_src/emlx_nif.c c_src/emlx_codec.c c_src/emlx_worker.c
-CXX_SRCS = c_src/emlx_shim.cpp
-HEADERS = c_src/emlx_nif.h c_src/emlx_shim.h c_src/emlx_ops.def
-OBJS = $(C_SRCS:c_src/%.c=$(BUILD_DIR)/%.o) $(CXX_SRCS:c_src/%.cpp=$(BUILD_DIR)/%.o)
+# The NIF: plain C11, sees MLX only through c_src/shim/emlx_shim.h.
+NIF_SRCS = $(addprefix c_src/nif/,emlx_nif.c emlx_resources.c emlx_array.c emlx_job.c emlx_arena.c emlx_codec.c \
+  emlx_worker.c)
+# The shim: the only C++, every entry point extern "C".
+SHIM_SRCS = $(addprefix c_src/shim/,emlx_shim.cpp emlx_ops.cpp emlx_program.cpp \
+  kernels_elementwise.cpp kernels_f64.cpp kernels_shape.cpp kernels_conv.cpp kernels_linalg.cpp)
+OBJS = $(NIF_SRCS:c_src/%.c=$(BUILD_DIR)/%.o) $(SHIM_SRCS:c_src/%.cpp=$(BUILD_DIR)/%.o)
 
 all: $(TARGET)
 
-$(BUILD_DIR)/%.o: c_src/%.c $(HEADERS)
-	@mkdir -p $(BUILD_DIR)
-	$(CC) $(CFLAGS_EMLX) $(EXTRA_CFLAGS) -c $< -o $@
+$(BUILD_DIR)/nif/%.o: c_src/nif/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_EMLX) $(DEPFLAGS) $(EXTRA_CFLAGS) -c $< -o $@
 
-$(BUILD_DIR)/%.o: c_src/%.cpp $(HEADERS)
-	@mkdir -p $(BUILD_DIR)
-	$(CXX) $(CXXFLAGS_EMLX) $(EXTRA_CFLAGS) -c $< -o $@
+$(BUILD_DIR)/shim/%.o: c_src/shim/%.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS_EMLX) $(DEPFLAGS) $(EXTRA_CFLAGS) -c $< -o $@
 
 $(TARGET): $(OBJS)
 	@mkdir -p $(PRIV_DIR)
 	$(CXX) $(OBJS) $(LDFLAGS_EMLX) $(EXTRA_LDFLAGS) -o $@
+
+-include $(OBJS:.o=.d)
 
 clean:
 	rm -rf $(BUILD_DIR) $(TARGET)

@@ -59,8 +59,7 @@ typedef enum {
   EMLX_ARG_FLOAT = 'f',  /* double */
   EMLX_ARG_DTYPE = 't',  /* an element type */
   EMLX_ARG_BOOL = 'b',   /* true/false */
-  EMLX_ARG_SCALAR = 'n', /* a number: integer, float, complex, nan/inf */
-  EMLX_ARG_STR = 's'     /* a short string (einsum spec, uplo...) */
+  EMLX_ARG_SCALAR = 'n'  /* a number: integer, float, complex, nan/inf */
 } emlx_arg_kind;
 
 typedef enum { EMLX_SCALAR_INT = 0, EMLX_SCALAR_UINT, EMLX_SCALAR_FLOAT, EMLX_SCALAR_COMPLEX } emlx_scalar_kind;
@@ -89,7 +88,6 @@ typedef struct {
     int dtype;
     int b;
     emlx_scalar scalar;
-    const char *str;
   } u;
 } emlx_arg;
 
@@ -153,10 +151,6 @@ size_t emlx_dtype_size(int dtype);
 emlx_status emlx_arr_from_bytes(emlx_stream *s, const void *data, size_t nbytes, const int64_t *dims,
                                 int ndim, int dtype, emlx_arr **out);
 
-/* Wraps host memory without a copy; `deleter(ctx)` runs when MLX lets go. */
-emlx_status emlx_arr_from_external(void *data, const int64_t *dims, int ndim, int dtype,
-                                   void (*deleter)(void *ctx), void *ctx, emlx_arr **out);
-
 /* Evaluates the arrays on stream s. */
 emlx_status emlx_eval(emlx_stream *s, emlx_arr **arrs, int n);
 
@@ -174,8 +168,7 @@ void emlx_clear_cache(void);
 size_t emlx_set_cache_limit(size_t limit);
 size_t emlx_set_memory_limit(size_t limit);
 
-/* ---- process-wide set-up ---- */
-void emlx_shim_init(void);
+/* ---- version ---- */
 const char *emlx_mlx_version(void);
 
 #ifdef __cplusplus

@@ -4,6 +4,8 @@
  * that thread: MLX streams and their encoders are thread-local, so every
  * MLX call for the queue runs here. Jobs are FIFO; replies go back to the
  * calling process with enif_send as {Ref, Result}. */
+#include "emlx_worker.h"
+
 #include <errno.h>
 #include <sched.h>
 #include <fcntl.h>
@@ -15,51 +17,10 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "emlx_nif.h"
+#include "emlx_codec.h"
 
 #define WORKER_STACK_BYTES (64u * 1024u * 1024u)
 #define WORKER_SPIN_ROUNDS 200
-
-emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
-  emlx_job *job = enif_alloc(sizeof(emlx_job));
-  if (!job) return NULL;
-  memset(job, 0, sizeof *job);
-  job->kind = kind;
-  job->out_dtype = -1;
-  job->error_kind = EMLX_ERR_ARG;
-  if (kind != EMLX_JOB_FREE && kind != EMLX_JOB_STOP) {
-    job->env = enif_alloc_env();
-    if (!job->env) {
-      enif_free(job);
-      return NULL;
-    }
-  }
-  if (qres) {
-    job->qres = qres;
-    enif_keep_resource(qres);
-  }
-  return job;
-}
-
-void emlx_job_free(emlx_job *job) {
-  for (int i = 0; i < job->nfixups; i++) enif_release_resource(job->fixups[i].res);
-  if (job->fixups) enif_free(job->fixups);
-  for (int i = 0; i < job->nresults; i++) enif_release_resource(job->results[i]);
-  for (int i = 0; i < job->nheld; i++) emlx_arr_free(job->held[i]);
-  if (job->held) enif_free(job->held);
-  while (job->blocks) {
-    emlx_block *n = job->blocks->next;
-    enif_free(job->blocks);
-    job->blocks = n;
-  }
-  if (job->free_arr) emlx_arr_free(job->free_arr);
-  if (job->free_compiled) emlx_compiled_free(job->free_compiled);
-  if (job->program) enif_release_resource(job->program);
-  if (job->env) enif_free_env(job->env);
-  if (job->res) enif_release_resource(job->res);
-  if (job->qres) enif_release_resource(job->qres);
-  enif_free(job);
-}
 
 void emlx_queue_post(emlx_queue *q, emlx_job *job) {
   job->next = NULL;
@@ -74,15 +35,22 @@ void emlx_queue_post(emlx_queue *q, emlx_job *job) {
   pthread_mutex_unlock(&q->mu);
 }
 
-void emlx_post_free(emlx_queue_res *owner, emlx_arr *a) {
+void emlx_queue_stop(emlx_queue *q) {
+  emlx_job *stop = emlx_job_new(EMLX_JOB_STOP, NULL);
+  if (stop) emlx_queue_post(q, stop);
+}
+
+void emlx_queue_free_later(emlx_queue *q, emlx_arr *a, emlx_compiled *c) {
   emlx_job *job = emlx_job_new(EMLX_JOB_FREE, NULL);
   if (!job) {
     /* No memory for a job: free here rather than leak. */
-    emlx_arr_free(a);
+    if (a) emlx_arr_free(a);
+    if (c) emlx_compiled_free(c);
     return;
   }
-  job->free_arr = a;
-  emlx_queue_post(owner->q, job);
+  job->free.arr = a;
+  job->free.compiled = c;
+  emlx_queue_post(q, job);
 }
 
 /* ---- replies ---- */
@@ -93,22 +61,30 @@ static void reply(emlx_job *job, ERL_NIF_TERM result) {
   enif_clear_env(job->env);
 }
 
+static void reply_ok(emlx_job *job, ERL_NIF_TERM value) { reply(job, enif_make_tuple2(job->env, ATOM.ok, value)); }
+
 static ERL_NIF_TERM make_string(ErlNifEnv *env, const char *s) {
-  ErlNifBinary bin;
-  size_t n = strlen(s);
-  if (!enif_alloc_binary(n, &bin)) return enif_make_atom(env, "out_of_memory");
-  memcpy(bin.data, s, n);
-  return enif_make_binary(env, &bin);
+  ERL_NIF_TERM t;
+  return emlx_encode_string(env, s, &t) ? t : enif_make_atom(env, "out_of_memory");
 }
 
-static void reply_error(emlx_job *job, emlx_status st) {
-  ERL_NIF_TERM kind = st == EMLX_ERR_ARG ? ATOM.argument : ATOM.mlx;
-  reply(job, enif_make_tuple3(job->env, ATOM.error, kind, make_string(job->env, emlx_last_error())));
-}
-
+/* {:error, :argument | :mlx, message} */
 static void reply_failure(emlx_job *job, int kind, const char *msg) {
   ERL_NIF_TERM k = kind == EMLX_ERR_ARG ? ATOM.argument : ATOM.mlx;
   reply(job, enif_make_tuple3(job->env, ATOM.error, k, make_string(job->env, msg)));
+}
+
+/* The error of the shim call that returned st. */
+static void reply_error(emlx_job *job, emlx_status st) { reply_failure(job, st, emlx_last_error()); }
+
+static void reply_oom(emlx_job *job) { reply_failure(job, EMLX_ERR_MLX, "out of memory"); }
+
+/* :ok, or the error of the shim call that returned st. */
+static void reply_status(emlx_job *job, emlx_status st) {
+  if (st != EMLX_OK)
+    reply_error(job, st);
+  else
+    reply(job, ATOM.ok);
 }
 
 /* Resolves the job's pending inputs; on failure replies (or fails the
@@ -118,37 +94,32 @@ static int resolve(emlx_job *job) {
   char msg[512];
   if (emlx_job_resolve(job, &kind, msg, sizeof msg)) return 1;
   if (job->kind == EMLX_JOB_OP) {
-    for (int i = 0; i < job->nresults; i++) emlx_array_fail(job->results[i], kind, msg);
+    for (int i = 0; i < job->op.nresults; i++) emlx_array_fail(job->op.results[i], kind, msg);
   } else {
     reply_failure(job, kind, msg);
   }
   return 0;
 }
 
-static void reply_ok(emlx_job *job, ERL_NIF_TERM value) { reply(job, enif_make_tuple2(job->env, ATOM.ok, value)); }
-
-static void reply_oom(emlx_job *job) {
-  reply(job, enif_make_tuple3(job->env, ATOM.error, ATOM.mlx, make_string(job->env, "out of memory")));
-}
-
 /* ---- job bodies ---- */
 
 /* Fills the op's pending results; on error each result records it. */
 static void run_op(emlx_queue *q, emlx_job *job) {
+  emlx_op_job *op = &job->op;
   emlx_arr *outs[EMLX_MAX_OUTS];
   int n = 0;
-  emlx_status st = emlx_op_run(job->op, q->stream, job->args, job->nargs, job->out_dtype, outs, &n);
-  if (st == EMLX_OK && n != job->nresults) {
+  emlx_status st = emlx_op_run(op->index, q->stream, op->args, op->nargs, op->out_dtype, outs, &n);
+  if (st == EMLX_OK && n != op->nresults) {
     for (int i = 0; i < n; i++) emlx_arr_free(outs[i]);
-    for (int i = 0; i < job->nresults; i++) emlx_array_fail(job->results[i], EMLX_ERR_MLX, "unexpected number of op results");
+    for (int i = 0; i < op->nresults; i++) emlx_array_fail(op->results[i], EMLX_ERR_MLX, "unexpected number of op results");
     return;
   }
   if (st != EMLX_OK) {
     const char *msg = emlx_last_error();
-    for (int i = 0; i < job->nresults; i++) emlx_array_fail(job->results[i], st, msg);
+    for (int i = 0; i < op->nresults; i++) emlx_array_fail(op->results[i], st, msg);
     return;
   }
-  for (int i = 0; i < n; i++) emlx_array_fill(job->results[i], outs[i]);
+  for (int i = 0; i < n; i++) emlx_array_fill(op->results[i], outs[i]);
 }
 
 /* Replies with a new array (or the error that kept it from being made). */
@@ -165,60 +136,52 @@ static void reply_array(emlx_job *job, emlx_status st, emlx_arr *out) {
 }
 
 static void run_from_binary(emlx_queue *q, emlx_job *job) {
+  emlx_from_binary_job *fb = &job->from_binary;
   emlx_arr *out;
-  emlx_status st = emlx_arr_from_bytes(q->stream, job->data, job->nbytes, job->dims, job->ndim, job->dtype, &out);
+  emlx_status st = emlx_arr_from_bytes(q->stream, fb->data, fb->nbytes, fb->spec.dims, fb->spec.ndim, fb->spec.dtype, &out);
   reply_array(job, st, out);
 }
 
-/* The binary is a resource binary over the evaluated array's own memory:
- * no copy, and the array lives as long as the binary does. */
-/* Evaluates the job's array into a row-contiguous host view; replies with
- * the error and returns 0 when it cannot. */
-static int host_view(emlx_queue *q, emlx_job *job, emlx_arr **view, const void **data, size_t *nbytes) {
-  emlx_status st = emlx_arr_host_view(q->stream, job->args[0].u.arr, view, data, nbytes);
+/* Evaluates the array into a row-contiguous host view; replies with the
+ * error and returns 0 when it cannot. */
+static int host_view(emlx_queue *q, emlx_job *job, const emlx_arr *arr, emlx_arr **view, const void **data, size_t *nbytes) {
+  emlx_status st = emlx_arr_host_view(q->stream, arr, view, data, nbytes);
   if (st == EMLX_OK) return 1;
   reply_error(job, st);
   return 0;
 }
 
+/* The binary is a resource binary over the evaluated array's own memory:
+ * no copy, and the array lives as long as the binary does. */
 static void run_to_binary(emlx_queue *q, emlx_job *job) {
   emlx_arr *view;
   const void *data;
   size_t nbytes;
-  if (!host_view(q, job, &view, &data, &nbytes)) return;
+  if (!host_view(q, job, job->to_binary.arr, &view, &data, &nbytes)) return;
   emlx_array_res *res = emlx_array_res_new(job->qres, view, EMLX_ARR_READY);
   if (!res) {
     emlx_arr_free(view);
     reply_oom(job);
     return;
   }
-  size_t size = job->limit < nbytes ? job->limit : nbytes;
+  size_t size = job->to_binary.limit < nbytes ? job->to_binary.limit : nbytes;
   ERL_NIF_TERM bin = enif_make_resource_binary(job->env, res, data, size);
   enif_release_resource(res);
   reply_ok(job, bin);
 }
 
 static void run_eval(emlx_queue *q, emlx_job *job) {
-  emlx_status st = emlx_eval(q->stream, job->inputs, job->ninputs);
+  emlx_status st = emlx_eval(q->stream, job->eval.inputs, job->eval.ninputs);
   if (st == EMLX_OK) st = emlx_stream_synchronize(q->stream);
-  if (st != EMLX_OK)
-    reply_error(job, st);
-  else
-    reply(job, ATOM.ok);
+  reply_status(job, st);
 }
 
-static void run_sync(emlx_queue *q, emlx_job *job) {
-  emlx_status st = emlx_stream_synchronize(q->stream);
-  if (st != EMLX_OK)
-    reply_error(job, st);
-  else
-    reply(job, ATOM.ok);
-}
+static void run_sync(emlx_queue *q, emlx_job *job) { reply_status(job, emlx_stream_synchronize(q->stream)); }
 
 /* ---- programs ---- */
 
 static void run_program(emlx_queue *q, emlx_job *job) {
-  emlx_program_res *p = job->program;
+  emlx_program_res *p = job->program.res;
   emlx_arr **outs = enif_alloc(sizeof(emlx_arr *) * (size_t)(p->nouts ? p->nouts : 1));
   ERL_NIF_TERM *terms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)(p->nouts ? p->nouts : 1));
   if (!outs || !terms) {
@@ -227,8 +190,8 @@ static void run_program(emlx_queue *q, emlx_job *job) {
     reply_oom(job);
     return;
   }
-  emlx_status st = emlx_program_run(q->stream, p->instrs, p->ninstrs, job->inputs, job->ninputs, p->out_slots,
-                                    p->nouts, job->compile, &p->compiled, outs);
+  emlx_status st = emlx_program_run(q->stream, p->instrs, p->ninstrs, job->program.inputs, job->program.ninputs, p->out_slots,
+                                    p->nouts, job->program.compile, &p->compiled, outs);
   if (st != EMLX_OK) {
     reply_error(job, st);
   } else {
@@ -255,7 +218,7 @@ static void run_program(emlx_queue *q, emlx_job *job) {
 static void reply_errno(emlx_job *job, const char *what) {
   char msg[256];
   snprintf(msg, sizeof msg, "%s: %s", what, strerror(errno));
-  reply(job, enif_make_tuple3(job->env, ATOM.error, ATOM.argument, make_string(job->env, msg)));
+  reply_failure(job, EMLX_ERR_ARG, msg);
 }
 
 /* The tensor is evaluated and made row-contiguous; the contiguous array
@@ -263,16 +226,16 @@ static void reply_errno(emlx_job *job, const char *what) {
  * valid while the tensor lives. :ipc copies it into a new POSIX
  * shared-memory segment (MLX arrays are immutable: a memcpy is needed). */
 static void run_to_pointer(emlx_queue *q, emlx_job *job) {
+  emlx_to_pointer_job *tp = &job->to_pointer;
   emlx_arr *view;
   const void *data;
   size_t nbytes;
-  if (!host_view(q, job, &view, &data, &nbytes)) return;
-  if (!job->ipc) {
-    emlx_arr *old = emlx_array_swap(job->res, view);
+  if (!host_view(q, job, tp->arr, &view, &data, &nbytes)) return;
+  if (!tp->ipc) {
+    emlx_arr *old = emlx_array_swap(tp->res, view);
     if (!old) {
       emlx_arr_free(view);
-      reply(job, enif_make_tuple3(job->env, ATOM.error, ATOM.argument,
-                                  make_string(job->env, "the tensor has been deallocated")));
+      reply_failure(job, EMLX_ERR_ARG, "the tensor has been deallocated");
       return;
     }
     emlx_arr_free(old);
@@ -280,7 +243,7 @@ static void run_to_pointer(emlx_queue *q, emlx_job *job) {
                                    enif_make_uint64(job->env, nbytes)));
     return;
   }
-  int fd = shm_open(job->shm_name, O_CREAT | O_EXCL | O_RDWR, (mode_t)job->permissions);
+  int fd = shm_open(tp->shm_name, O_CREAT | O_EXCL | O_RDWR, (mode_t)tp->permissions);
   if (fd < 0) {
     emlx_arr_free(view);
     reply_errno(job, "shm_open");
@@ -292,7 +255,7 @@ static void run_to_pointer(emlx_queue *q, emlx_job *job) {
   if (dst == MAP_FAILED) {
     int e = errno;
     close(fd);
-    shm_unlink(job->shm_name);
+    shm_unlink(tp->shm_name);
     emlx_arr_free(view);
     errno = e;
     reply_errno(job, "shared memory");
@@ -302,7 +265,7 @@ static void run_to_pointer(emlx_queue *q, emlx_job *job) {
   munmap(dst, map);
   close(fd);
   emlx_arr_free(view);
-  reply_ok(job, enif_make_tuple2(job->env, make_string(job->env, job->shm_name), enif_make_uint64(job->env, nbytes)));
+  reply_ok(job, enif_make_tuple2(job->env, make_string(job->env, tp->shm_name), enif_make_uint64(job->env, nbytes)));
 }
 
 /* :local copies from an address of this process with process_vm_readv,
@@ -311,36 +274,37 @@ static void run_to_pointer(emlx_queue *q, emlx_job *job) {
  * copy is deliberate: MLX may reuse an input's buffer for an output in
  * place, which must never write into memory EMLX does not own. */
 static void run_from_pointer(emlx_queue *q, emlx_job *job) {
-  void *buf = enif_alloc(job->nbytes ? job->nbytes : 1);
+  emlx_from_pointer_job *fp = &job->from_pointer;
+  void *buf = enif_alloc(fp->nbytes ? fp->nbytes : 1);
   if (!buf) {
     reply_oom(job);
     return;
   }
-  if (!job->ipc) {
-    struct iovec local = {buf, job->nbytes}, remote = {(void *)job->address, job->nbytes};
-    ssize_t got = job->nbytes ? process_vm_readv(getpid(), &local, 1, &remote, 1, 0) : 0;
-    if (got < 0 || (size_t)got != job->nbytes) {
+  if (!fp->ipc) {
+    struct iovec local = {buf, fp->nbytes}, remote = {(void *)fp->address, fp->nbytes};
+    ssize_t got = fp->nbytes ? process_vm_readv(getpid(), &local, 1, &remote, 1, 0) : 0;
+    if (got < 0 || (size_t)got != fp->nbytes) {
       enif_free(buf);
       if (got >= 0) errno = EFAULT;
       reply_errno(job, "cannot read the pointer's memory");
       return;
     }
   } else {
-    int fd = shm_open(job->shm_name, O_RDONLY, 0);
+    int fd = shm_open(fp->shm_name, O_RDONLY, 0);
     if (fd < 0) {
       enif_free(buf);
       reply_errno(job, "shm_open");
       return;
     }
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || (size_t)sb.st_size < job->nbytes) {
+    if (fstat(fd, &sb) != 0 || (size_t)sb.st_size < fp->nbytes) {
       close(fd);
       enif_free(buf);
       errno = EINVAL;
       reply_errno(job, "the shared-memory segment is smaller than the tensor");
       return;
     }
-    void *src = job->nbytes ? mmap(NULL, job->nbytes, PROT_READ, MAP_SHARED, fd, 0) : NULL;
+    void *src = fp->nbytes ? mmap(NULL, fp->nbytes, PROT_READ, MAP_SHARED, fd, 0) : NULL;
     close(fd);
     if (src == MAP_FAILED) {
       enif_free(buf);
@@ -348,18 +312,32 @@ static void run_from_pointer(emlx_queue *q, emlx_job *job) {
       return;
     }
     if (src) {
-      memcpy(buf, src, job->nbytes);
-      munmap(src, job->nbytes);
+      memcpy(buf, src, fp->nbytes);
+      munmap(src, fp->nbytes);
     }
-    shm_unlink(job->shm_name);
+    shm_unlink(fp->shm_name);
   }
   emlx_arr *out;
-  emlx_status st = emlx_arr_from_bytes(q->stream, buf, job->nbytes, job->dims, job->ndim, job->dtype, &out);
+  emlx_status st = emlx_arr_from_bytes(q->stream, buf, fp->nbytes, fp->spec.dims, fp->spec.ndim, fp->spec.dtype, &out);
   enif_free(buf);
   reply_array(job, st, out);
 }
 
 /* ---- the thread ---- */
+
+/* What the worker runs for each kind of job (FREE only frees the job). */
+static void (*const job_bodies[])(emlx_queue *q, emlx_job *job) = {
+    [EMLX_JOB_OP] = run_op,
+    [EMLX_JOB_FROM_BINARY] = run_from_binary,
+    [EMLX_JOB_TO_BINARY] = run_to_binary,
+    [EMLX_JOB_EVAL] = run_eval,
+    [EMLX_JOB_SYNC] = run_sync,
+    [EMLX_JOB_PROGRAM] = run_program,
+    [EMLX_JOB_TO_POINTER] = run_to_pointer,
+    [EMLX_JOB_FROM_POINTER] = run_from_pointer,
+    [EMLX_JOB_FREE] = NULL,
+    [EMLX_JOB_STOP] = NULL,
+};
 
 static void queue_destroy(emlx_queue *q) {
   if (q->stream) emlx_stream_free(q->stream);
@@ -403,42 +381,12 @@ static void *worker_main(void *arg) {
     atomic_fetch_sub_explicit(&q->pending, 1, memory_order_acq_rel);
     pthread_mutex_unlock(&q->mu);
 
-    int stop = 0;
     if (job->nfixups && !resolve(job)) {
       emlx_job_free(job);
       continue;
     }
-    switch (job->kind) {
-      case EMLX_JOB_OP:
-        run_op(q, job);
-        break;
-      case EMLX_JOB_FROM_BINARY:
-        run_from_binary(q, job);
-        break;
-      case EMLX_JOB_TO_BINARY:
-        run_to_binary(q, job);
-        break;
-      case EMLX_JOB_EVAL:
-        run_eval(q, job);
-        break;
-      case EMLX_JOB_SYNC:
-        run_sync(q, job);
-        break;
-      case EMLX_JOB_PROGRAM:
-        run_program(q, job);
-        break;
-      case EMLX_JOB_TO_POINTER:
-        run_to_pointer(q, job);
-        break;
-      case EMLX_JOB_FROM_POINTER:
-        run_from_pointer(q, job);
-        break;
-      case EMLX_JOB_FREE:
-        break;
-      case EMLX_JOB_STOP:
-        stop = 1;
-        break;
-    }
+    int stop = job->kind == EMLX_JOB_STOP;
+    if (job_bodies[job->kind]) job_bodies[job->kind](q, job);
     emlx_job_free(job);
     if (stop) break;
   }

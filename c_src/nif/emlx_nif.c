@@ -1,4 +1,4 @@
-/* The NIF entry: resource types, and the functions EMLX.NIF exposes.
+/* The NIF entry: the functions EMLX.NIF exposes, and load.
  *
  * Every function here decodes and checks its terms on the calling
  * scheduler, then hands MLX work to the queue's worker thread and returns
@@ -12,57 +12,14 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "emlx_nif.h"
-
-ErlNifResourceType *emlx_queue_type;
-ErlNifResourceType *emlx_array_type;
-ErlNifResourceType *emlx_program_type;
-emlx_atoms ATOM;
+#include "emlx_array.h"
+#include "emlx_codec.h"
+#include "emlx_job.h"
+#include "emlx_resources.h"
+#include "emlx_worker.h"
 
 static ERL_NIF_TERM *op_atoms;
 static int op_count;
-
-/* ---- resource destructors ---- */
-
-static void queue_dtor(ErlNifEnv *env, void *obj) {
-  (void)env;
-  emlx_queue_res *r = obj;
-  if (!r->q) return;
-  emlx_job *stop = emlx_job_new(EMLX_JOB_STOP, NULL);
-  if (stop) emlx_queue_post(r->q, stop);
-}
-
-/* Dropping a handle only decrements MLX's reference counts (atomic), and
- * every job holds its own handles, so a handle is freed right here, on
- * whichever thread the garbage collector runs the destructor: posting a job
- * per dead tensor to the worker cost more than the op that made it. */
-static void array_dtor(ErlNifEnv *env, void *obj) {
-  (void)env;
-  emlx_array_res *r = obj;
-  if (r->arr) emlx_arr_free(r->arr);
-  r->arr = NULL;
-  if (r->error) enif_free(r->error);
-  if (r->owner) enif_release_resource(r->owner);
-}
-
-static void program_dtor(ErlNifEnv *env, void *obj) {
-  (void)env;
-  emlx_program_res *p = obj;
-  if (p->compiled && p->owner) {
-    /* the compiled replay is dropped on its own thread */
-    emlx_job *job = emlx_job_new(EMLX_JOB_FREE, NULL);
-    if (job) {
-      job->free_compiled = p->compiled;
-      emlx_queue_post(p->owner->q, job);
-    } else {
-      emlx_compiled_free(p->compiled);
-    }
-  }
-  if (p->instrs) enif_free(p->instrs);
-  if (p->out_slots) enif_free(p->out_slots);
-  if (p->arena) emlx_job_free(p->arena);
-  if (p->owner) enif_release_resource(p->owner);
-}
 
 /* ---- helpers ---- */
 
@@ -82,31 +39,22 @@ static ERL_NIF_TERM submit(ErlNifEnv *env, emlx_job *job) {
   return ref;
 }
 
+/* A new job on the queue of term t; NULL after raising the error in *raised. */
+static emlx_job *queue_job(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job_kind kind, ERL_NIF_TERM *raised) {
+  emlx_queue_res *qr;
+  if (!get_queue(env, t, &qr)) {
+    *raised = emlx_raise_arg(env, "expected a command queue reference");
+    return NULL;
+  }
+  emlx_job *job = emlx_job_new(kind, qr);
+  if (!job) *raised = emlx_raise_arg(env, "out of memory");
+  return job;
+}
+
 static ERL_NIF_TERM fail(ErlNifEnv *env, emlx_job *job, const char *msg) {
   int kind = job->error_kind;
   emlx_job_free(job);
   return emlx_raise_kind(env, kind, msg);
-}
-
-/* Decodes a list of array terms into job->inputs, in order. */
-static int decode_inputs(ErlNifEnv *env, ERL_NIF_TERM list, emlx_job *job, char *err, size_t errlen) {
-  unsigned len;
-  if (!enif_get_list_length(env, list, &len)) {
-    snprintf(err, errlen, "expected a list of arrays");
-    return 0;
-  }
-  job->inputs = emlx_job_alloc(job, sizeof(emlx_arr *) * (len ? len : 1));
-  if (!job->inputs) {
-    snprintf(err, errlen, "out of memory");
-    return 0;
-  }
-  ERL_NIF_TERM head, tail = list;
-  for (unsigned i = 0; i < len; i++) {
-    enif_get_list_cell(env, tail, &head, &tail);
-    job->ninputs = (int)i + 1;
-    if (!emlx_decode_array(env, head, job, &job->inputs[i], err, errlen)) return 0;
-  }
-  return 1;
 }
 
 /* Queue depth at which an op asks its caller to wait for the worker. */
@@ -127,8 +75,7 @@ static ERL_NIF_TERM nif_queue_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
   }
   emlx_queue_res *r = enif_alloc_resource(emlx_queue_type, sizeof(emlx_queue_res));
   if (!r) {
-    emlx_job *stop = emlx_job_new(EMLX_JOB_STOP, NULL);
-    if (stop) emlx_queue_post(q, stop);
+    emlx_queue_stop(q);
     return enif_make_tuple2(env, ATOM.error, enif_make_string(env, "out of memory", ERL_NIF_LATIN1));
   }
   r->q = q;
@@ -146,10 +93,9 @@ static ERL_NIF_TERM nif_queue_device(ErlNifEnv *env, int argc, const ERL_NIF_TER
 
 static ERL_NIF_TERM nif_queue_sync(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  emlx_queue_res *qr;
-  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  emlx_job *job = emlx_job_new(EMLX_JOB_SYNC, qr);
-  if (!job) return emlx_raise_arg(env, "out of memory");
+  ERL_NIF_TERM raised;
+  emlx_job *job = queue_job(env, argv[0], EMLX_JOB_SYNC, &raised);
+  if (!job) return raised;
   return submit(env, job);
 }
 
@@ -176,29 +122,30 @@ static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) 
 
   emlx_job *job = emlx_job_new(EMLX_JOB_OP, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
-  job->op = op;
-  if (!enif_is_identical(argv[3], ATOM.nil) && !emlx_decode_dtype(env, argv[3], &job->out_dtype))
+  emlx_op_job *oj = &job->op;
+  oj->index = op;
+  if (!enif_is_identical(argv[3], ATOM.nil) && !emlx_decode_dtype(env, argv[3], &oj->out_dtype))
     return fail(env, job, "the output type is not one MLX supports");
 
   ERL_NIF_TERM head, tail = argv[2];
   char err[256];
   for (int i = 0; i < nsig; i++) {
     enif_get_list_cell(env, tail, &head, &tail);
-    if (!emlx_decode_arg(env, head, sig[i], job, &job->args[i], err, sizeof err)) {
+    if (!emlx_job_decode_arg(env, head, sig[i], job, &oj->args[i], err, sizeof err)) {
       char msg[400];
       snprintf(msg, sizeof msg, "%s, argument %d: %s", emlx_op_name(op), i + 1, err);
       return fail(env, job, msg);
     }
   }
-  job->nargs = nsig;
+  oj->nargs = nsig;
 
   /* The results exist now, pending; the worker fills them in queue order. */
   int nouts = emlx_op_outputs(op);
   ERL_NIF_TERM terms[EMLX_MAX_OUTS];
   for (int i = 0; i < nouts; i++) {
-    terms[i] = emlx_make_pending(env, qr, &job->results[i]);
+    terms[i] = emlx_make_pending(env, qr, &oj->results[i]);
     if (!terms[i]) return fail(env, job, "out of memory");
-    job->nresults = i + 1;
+    oj->nresults = i + 1;
   }
   if (!enif_self(env, &job->pid)) return fail(env, job, "EMLX calls must come from a process");
   emlx_queue_post(qr->q, job);
@@ -228,25 +175,23 @@ static ERL_NIF_TERM nif_from_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM
   if (!enif_is_binary(env, argv[1])) return emlx_raise_arg(env, "expected a binary");
   emlx_job *job = emlx_job_new(EMLX_JOB_FROM_BINARY, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
-  if (!emlx_decode_dims(env, argv[2], job->dims, &job->ndim)) return fail(env, job, "invalid shape");
-  if (!emlx_decode_dtype(env, argv[3], &job->dtype)) return fail(env, job, "the type is not one MLX supports");
+  emlx_from_binary_job *fb = &job->from_binary;
+  const char *bad = emlx_decode_spec(env, argv[2], argv[3], &fb->spec);
+  if (bad) return fail(env, job, bad);
   ErlNifBinary bin;
   ERL_NIF_TERM copy = enif_make_copy(job->env, argv[1]); /* refc binaries are shared, not copied */
   if (!enif_inspect_binary(job->env, copy, &bin)) return fail(env, job, "expected a binary");
-  size_t count = 1;
-  for (int i = 0; i < job->ndim; i++) {
-    if (job->dims[i] != 0 && count > SIZE_MAX / (size_t)job->dims[i]) return fail(env, job, "shape too large");
-    count *= (size_t)job->dims[i];
-  }
-  size_t isz = emlx_dtype_size(job->dtype);
+  size_t count;
+  if (!emlx_spec_count(&fb->spec, &count)) return fail(env, job, "shape too large");
+  size_t isz = emlx_dtype_size(fb->spec.dtype);
   if (count > SIZE_MAX / isz || count * isz != bin.size) {
     char msg[200];
     snprintf(msg, sizeof msg, "binary of %zu bytes does not match the shape and type (%zu bytes expected)", bin.size,
              count > SIZE_MAX / isz ? SIZE_MAX : count * isz);
     return fail(env, job, msg);
   }
-  job->data = bin.data;
-  job->nbytes = bin.size;
+  fb->data = bin.data;
+  fb->nbytes = bin.size;
   return submit(env, job);
 }
 
@@ -259,49 +204,23 @@ static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
   emlx_job *job = emlx_job_new(EMLX_JOB_TO_BINARY, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
   char err[256];
-  if (!emlx_decode_arg(env, argv[1], EMLX_ARG_ARR, job, &job->args[0], err, sizeof err)) return fail(env, job, err);
-  job->nargs = 1;
-  job->limit = (size_t)limit;
+  if (!emlx_job_take_array(env, argv[1], job, &job->to_binary.arr, err, sizeof err)) return fail(env, job, err);
+  job->to_binary.limit = (size_t)limit;
   return submit(env, job);
 }
 
 static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  emlx_queue_res *qr;
-  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  emlx_job *job = emlx_job_new(EMLX_JOB_EVAL, qr);
-  if (!job) return emlx_raise_arg(env, "out of memory");
+  ERL_NIF_TERM raised;
+  emlx_job *job = queue_job(env, argv[0], EMLX_JOB_EVAL, &raised);
+  if (!job) return raised;
   char err[256];
-  if (!decode_inputs(env, argv[1], job, err, sizeof err)) return fail(env, job, err);
+  if (!emlx_job_take_arrays(env, argv[1], job, 0, &job->eval.inputs, &job->eval.ninputs, err, sizeof err))
+    return fail(env, job, err);
   return submit(env, job);
 }
 
 /* ---- programs ---- */
-
-/* Decodes one array-slot argument: an integer ('a') or a list of them ('A'). */
-static int decode_slot_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *arena, emlx_arg *out) {
-  out->kind = kind;
-  if (kind == EMLX_ARG_ARR) {
-    ErlNifSInt64 v;
-    if (!enif_get_int64(env, t, &v) || v < 0 || v > INT32_MAX) return 0;
-    out->u.i = v;
-    return 1;
-  }
-  unsigned len;
-  if (!enif_get_list_length(env, t, &len) || len == 0 || len > 4096) return 0;
-  int64_t *v = emlx_job_alloc(arena, sizeof(int64_t) * len);
-  if (!v) return 0;
-  ERL_NIF_TERM head, tail = t;
-  for (unsigned i = 0; i < len; i++) {
-    ErlNifSInt64 x;
-    enif_get_list_cell(env, tail, &head, &tail);
-    if (!enif_get_int64(env, head, &x) || x < 0 || x > INT32_MAX) return 0;
-    v[i] = x;
-  }
-  out->u.ints.v = v;
-  out->u.ints.n = (int)len;
-  return 1;
-}
 
 /* program_new(queue, [{op, args, out_type}], ninputs, out_slots) */
 static ERL_NIF_TERM nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -322,10 +241,9 @@ static ERL_NIF_TERM nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM
   ERL_NIF_TERM term = enif_make_resource(env, p);
   enif_release_resource(p); /* the term owns it now; a raise below frees it */
 
-  p->arena = emlx_job_new(EMLX_JOB_FREE, NULL);
   p->instrs = enif_alloc(sizeof(emlx_instr) * (n ? n : 1));
   p->out_slots = enif_alloc(sizeof(int) * (nouts ? nouts : 1));
-  if (!p->arena || !p->instrs || !p->out_slots) return emlx_raise_arg(env, "out of memory");
+  if (!p->instrs || !p->out_slots) return emlx_raise_arg(env, "out of memory");
   p->ninputs = ninputs;
 
   ERL_NIF_TERM head, tail = argv[3];
@@ -359,8 +277,8 @@ static ERL_NIF_TERM nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     for (int k = 0; k < nsig; k++) {
       enif_get_list_cell(env, at, &ah, &at);
       int ok = (sig[k] == EMLX_ARG_ARR || sig[k] == EMLX_ARG_ARRS)
-                   ? decode_slot_arg(env, ah, sig[k], p->arena, &in->args[k])
-                   : emlx_decode_arg(env, ah, sig[k], p->arena, &in->args[k], err, sizeof err);
+                   ? emlx_decode_slots(env, ah, sig[k], &p->arena, &in->args[k])
+                   : emlx_decode_value(env, ah, sig[k], &p->arena, &in->args[k], err, sizeof err);
       if (!ok) {
         if (sig[k] == EMLX_ARG_ARR || sig[k] == EMLX_ARG_ARRS) snprintf(err, sizeof err, "expected a slot number");
         return emlx_raise_arg(env, "instruction %u (%s), argument %d: %s", i, emlx_op_name(in->op), k + 1, err);
@@ -386,11 +304,12 @@ static ERL_NIF_TERM nif_program_run(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     return emlx_raise_arg(env, "the program expects %d inputs", p->ninputs);
   emlx_job *job = emlx_job_new(EMLX_JOB_PROGRAM, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
-  job->program = p;
+  job->program.res = p;
   enif_keep_resource(p);
-  job->compile = enif_is_identical(argv[3], ATOM.true_);
+  job->program.compile = enif_is_identical(argv[3], ATOM.true_);
   char err[256];
-  if (!decode_inputs(env, argv[2], job, err, sizeof err)) return fail(env, job, err);
+  if (!emlx_job_take_arrays(env, argv[2], job, 0, &job->program.inputs, &job->program.ninputs, err, sizeof err))
+    return fail(env, job, err);
   return submit(env, job);
 }
 
@@ -429,43 +348,40 @@ static ERL_NIF_TERM nif_to_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   if (!job) return emlx_raise_arg(env, "out of memory");
   char err[256];
   emlx_array_res *res;
-  if (!emlx_decode_arg(env, argv[1], EMLX_ARG_ARR, job, &job->args[0], err, sizeof err)) return fail(env, job, err);
-  job->nargs = 1;
+  emlx_to_pointer_job *tp = &job->to_pointer;
+  if (!emlx_job_take_array(env, argv[1], job, &tp->arr, err, sizeof err)) return fail(env, job, err);
   enif_get_resource(env, argv[1], emlx_array_type, (void **)&res);
-  job->res = res;
+  tp->res = res;
   enif_keep_resource(res);
-  job->ipc = strcmp(mode, "ipc") == 0;
-  job->permissions = perms;
-  snprintf(job->shm_name, sizeof job->shm_name, "/emlx-%ld-%lu", (long)getpid(), ++counter);
+  tp->ipc = strcmp(mode, "ipc") == 0;
+  tp->permissions = perms;
+  snprintf(tp->shm_name, sizeof tp->shm_name, "/emlx-%ld-%lu", (long)getpid(), ++counter);
   return submit(env, job);
 }
 
 static ERL_NIF_TERM nif_from_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  emlx_queue_res *qr;
-  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  emlx_job *job = emlx_job_new(EMLX_JOB_FROM_POINTER, qr);
-  if (!job) return emlx_raise_arg(env, "out of memory");
+  ERL_NIF_TERM raised;
+  emlx_job *job = queue_job(env, argv[0], EMLX_JOB_FROM_POINTER, &raised);
+  if (!job) return raised;
+  emlx_from_pointer_job *fp = &job->from_pointer;
   ErlNifUInt64 addr;
   if (enif_get_uint64(env, argv[1], &addr)) {
     if (addr == 0) return fail(env, job, "the pointer address is null");
-    job->ipc = 0;
-    job->address = (uintptr_t)addr;
-  } else if (get_shm_name(env, argv[1], job->shm_name, sizeof job->shm_name)) {
-    job->ipc = 1;
+    fp->ipc = 0;
+    fp->address = (uintptr_t)addr;
+  } else if (get_shm_name(env, argv[1], fp->shm_name, sizeof fp->shm_name)) {
+    fp->ipc = 1;
   } else {
     return fail(env, job, "expected an address (integer) or a shared-memory name (binary)");
   }
-  if (!emlx_decode_dims(env, argv[2], job->dims, &job->ndim)) return fail(env, job, "invalid shape");
-  if (!emlx_decode_dtype(env, argv[3], &job->dtype)) return fail(env, job, "the type is not one MLX supports");
-  size_t count = 1;
-  for (int i = 0; i < job->ndim; i++) {
-    if (job->dims[i] != 0 && count > SIZE_MAX / (size_t)job->dims[i]) return fail(env, job, "shape too large");
-    count *= (size_t)job->dims[i];
-  }
-  size_t isz = emlx_dtype_size(job->dtype);
+  const char *bad = emlx_decode_spec(env, argv[2], argv[3], &fp->spec);
+  if (bad) return fail(env, job, bad);
+  size_t count;
+  if (!emlx_spec_count(&fp->spec, &count)) return fail(env, job, "shape too large");
+  size_t isz = emlx_dtype_size(fp->spec.dtype);
   if (count > (SIZE_MAX >> 4) / isz) return fail(env, job, "shape too large");
-  job->nbytes = count * isz;
+  fp->nbytes = count * isz;
   return submit(env, job);
 }
 
@@ -483,38 +399,37 @@ static ERL_NIF_TERM nif_shm_unlink(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
 
 /* ---- array metadata (immutable once made, so read on the scheduler) ---- */
 
-static ERL_NIF_TERM nif_array_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  (void)argc;
+/* array_info ({shape, type, queue}) and array_strides. A pending array
+ * answers {:pending, queue}: the caller waits on the queue and asks again. */
+static ERL_NIF_TERM array_meta(ErlNifEnv *env, ERL_NIF_TERM t, int strides) {
   char err[256];
   emlx_array_res *res;
   int state, kind = EMLX_ERR_ARG;
-  emlx_arr *a = emlx_take_array(env, argv[0], &res, &state, &kind, err, sizeof err);
+  emlx_arr *a = emlx_take_array(env, t, &res, &state, &kind, err, sizeof err);
   if (!a && state == EMLX_ARR_PENDING) return enif_make_tuple2(env, ATOM.pending, enif_make_resource(env, res->owner));
   if (!a) return emlx_raise_kind(env, kind, err);
-  int64_t dims[EMLX_MAX_DIMS];
+  int64_t v[EMLX_MAX_DIMS];
   int nd = emlx_arr_ndim(a);
   if (nd > EMLX_MAX_DIMS) nd = EMLX_MAX_DIMS;
-  emlx_arr_shape(a, dims);
+  if (strides)
+    emlx_arr_strides(a, v);
+  else
+    emlx_arr_shape(a, v);
   int dt = emlx_arr_dtype(a);
   emlx_arr_free(a);
+  if (strides) return emlx_encode_dims(env, v, nd);
   ERL_NIF_TERM owner = enif_make_resource(env, res->owner);
-  return enif_make_tuple3(env, emlx_encode_dims(env, dims, nd), emlx_encode_dtype(env, dt), owner);
+  return enif_make_tuple3(env, emlx_encode_dims(env, v, nd), emlx_encode_dtype(env, dt), owner);
+}
+
+static ERL_NIF_TERM nif_array_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  return array_meta(env, argv[0], 0);
 }
 
 static ERL_NIF_TERM nif_array_strides(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  char err[256];
-  emlx_array_res *res;
-  int state, kind = EMLX_ERR_ARG;
-  emlx_arr *a = emlx_take_array(env, argv[0], &res, &state, &kind, err, sizeof err);
-  if (!a && state == EMLX_ARR_PENDING) return enif_make_tuple2(env, ATOM.pending, enif_make_resource(env, res->owner));
-  if (!a) return emlx_raise_kind(env, kind, err);
-  int64_t st[EMLX_MAX_DIMS];
-  int nd = emlx_arr_ndim(a);
-  if (nd > EMLX_MAX_DIMS) nd = EMLX_MAX_DIMS;
-  emlx_arr_strides(a, st);
-  emlx_arr_free(a);
-  return emlx_encode_dims(env, st, nd);
+  return array_meta(env, argv[0], 1);
 }
 
 static ERL_NIF_TERM nif_deallocate(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -526,7 +441,7 @@ static ERL_NIF_TERM nif_deallocate(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   emlx_arr *a = emlx_array_detach(res, &marked_pending);
   if (marked_pending) return ATOM.ok;
   if (!a) return ATOM.already_deallocated;
-  emlx_post_free(res->owner, a);
+  emlx_queue_free_later(res->owner->q, a, NULL);
   return ATOM.ok;
 }
 
@@ -552,33 +467,32 @@ static ERL_NIF_TERM nif_memory_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM
 }
 
 static ERL_NIF_TERM nif_reset_peak_memory(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  (void)env;
-  (void)argc;
-  (void)argv;
+  (void)env, (void)argc, (void)argv;
   emlx_reset_peak_memory();
   return ATOM.ok;
 }
 
 static ERL_NIF_TERM nif_clear_cache(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  (void)env;
-  (void)argc;
-  (void)argv;
+  (void)env, (void)argc, (void)argv;
   emlx_clear_cache();
   return ATOM.ok;
 }
 
+/* Sets a limit and returns the previous one. */
+static ERL_NIF_TERM set_limit(ErlNifEnv *env, ERL_NIF_TERM t, size_t (*set)(size_t)) {
+  ErlNifUInt64 v;
+  if (!enif_get_uint64(env, t, &v)) return emlx_raise_arg(env, "limit must be a non-negative integer");
+  return enif_make_uint64(env, set((size_t)v));
+}
+
 static ERL_NIF_TERM nif_set_cache_limit(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  ErlNifUInt64 v;
-  if (!enif_get_uint64(env, argv[0], &v)) return emlx_raise_arg(env, "limit must be a non-negative integer");
-  return enif_make_uint64(env, emlx_set_cache_limit((size_t)v));
+  return set_limit(env, argv[0], emlx_set_cache_limit);
 }
 
 static ERL_NIF_TERM nif_set_memory_limit(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  ErlNifUInt64 v;
-  if (!enif_get_uint64(env, argv[0], &v)) return emlx_raise_arg(env, "limit must be a non-negative integer");
-  return enif_make_uint64(env, emlx_set_memory_limit((size_t)v));
+  return set_limit(env, argv[0], emlx_set_memory_limit);
 }
 
 static ERL_NIF_TERM nif_mlx_version(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -611,42 +525,11 @@ static void restore_sigchld(void) {
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   (void)priv;
   (void)info;
-  emlx_queue_type = enif_open_resource_type(env, NULL, "emlx_queue", queue_dtor, ERL_NIF_RT_CREATE, NULL);
-  emlx_array_type = enif_open_resource_type(env, NULL, "emlx_array", array_dtor, ERL_NIF_RT_CREATE, NULL);
-  emlx_program_type = enif_open_resource_type(env, NULL, "emlx_program", program_dtor, ERL_NIF_RT_CREATE, NULL);
-  if (!emlx_queue_type || !emlx_array_type || !emlx_program_type) return 1;
-
-#define A(name) enif_make_atom(env, name)
-  ATOM.ok = A("ok");
-  ATOM.error = A("error");
-  ATOM.nil = A("nil");
-  ATOM.true_ = A("true");
-  ATOM.false_ = A("false");
-  ATOM.cpu = A("cpu");
-  ATOM.gpu = A("gpu");
-  ATOM.mlx = A("mlx");
-  ATOM.argument = A("argument");
-  ATOM.nan = A("nan");
-  ATOM.infinity = A("infinity");
-  ATOM.neg_infinity = A("neg_infinity");
-  ATOM.already_deallocated = A("already_deallocated");
-  ATOM.bool_ = A("bool");
-  ATOM.exception = A("__exception__");
-  ATOM.struct_ = A("__struct__");
-  ATOM.message = A("message");
-  ATOM.argument_error = A("Elixir.ArgumentError");
-  ATOM.active_memory = A("active_memory");
-  ATOM.peak_memory = A("peak_memory");
-  ATOM.cache_memory = A("cache_memory");
-  ATOM.wait = A("wait");
-  ATOM.pending = A("pending");
-#undef A
-
+  if (emlx_resources_load(env) != 0) return 1;
   op_count = emlx_op_count();
   op_atoms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)op_count);
   if (!op_atoms) return 1;
   for (int i = 0; i < op_count; i++) op_atoms[i] = enif_make_atom(env, emlx_op_name(i));
-  emlx_shim_init();
   restore_sigchld();
   return 0;
 }

@@ -1,0 +1,136 @@
+/* The array resource's state machine. The lock is a spin lock: it is held
+ * for a few loads and stores, never across a call into MLX but a retain. */
+#include "emlx_array.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void spin_lock(emlx_array_res *r) {
+  while (atomic_flag_test_and_set_explicit(&r->lock, memory_order_acquire)) {
+  }
+}
+static void spin_unlock(emlx_array_res *r) { atomic_flag_clear_explicit(&r->lock, memory_order_release); }
+
+emlx_array_res *emlx_array_res_new(emlx_queue_res *owner, emlx_arr *a, int state) {
+  emlx_array_res *res = enif_alloc_resource(emlx_array_type, sizeof(emlx_array_res));
+  if (!res) return NULL;
+  memset(res, 0, sizeof *res);
+  res->arr = a;
+  res->owner = owner;
+  res->state = state;
+  atomic_flag_clear(&res->lock);
+  enif_keep_resource(owner);
+  return res;
+}
+
+ERL_NIF_TERM emlx_make_array(ErlNifEnv *env, emlx_queue_res *owner, emlx_arr *a) {
+  emlx_array_res *res = emlx_array_res_new(owner, a, EMLX_ARR_READY);
+  if (!res) {
+    emlx_arr_free(a);
+    return 0;
+  }
+  ERL_NIF_TERM t = enif_make_resource(env, res);
+  enif_release_resource(res);
+  return t;
+}
+
+ERL_NIF_TERM emlx_make_pending(ErlNifEnv *env, emlx_queue_res *owner, emlx_array_res **res_out) {
+  emlx_array_res *res = emlx_array_res_new(owner, NULL, EMLX_ARR_PENDING);
+  if (!res) return 0;
+  enif_keep_resource(res); /* for the job that fills it */
+  *res_out = res;
+  ERL_NIF_TERM t = enif_make_resource(env, res);
+  enif_release_resource(res);
+  return t;
+}
+
+emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_array_res **res_out, int *state_out, int *kind_out,
+                          char *err, size_t errlen) {
+  emlx_array_res *res;
+  *state_out = EMLX_ARR_READY;
+  if (!enif_get_resource(env, t, emlx_array_type, (void **)&res)) {
+    snprintf(err, errlen, "expected an EMLX array reference");
+    return NULL;
+  }
+  if (res_out) *res_out = res;
+  spin_lock(res);
+  int state = res->state;
+  int dead = state == EMLX_ARR_READY && res->arr == NULL;
+  emlx_arr *copy = state == EMLX_ARR_READY && res->arr ? emlx_arr_retain(res->arr) : NULL;
+  if (state == EMLX_ARR_FAILED) {
+    snprintf(err, errlen, "%s", res->error ? res->error : "the op producing this tensor failed");
+    if (kind_out) *kind_out = res->error_kind;
+  }
+  if (state == EMLX_ARR_PENDING && res->dealloc_requested) dead = 1, state = EMLX_ARR_READY;
+  spin_unlock(res);
+  *state_out = state;
+  if (state == EMLX_ARR_PENDING) {
+    snprintf(err, errlen, "the tensor is not computed yet");
+    return NULL;
+  }
+  if (state == EMLX_ARR_FAILED) return NULL;
+  if (dead) {
+    snprintf(err, errlen, "the tensor has been deallocated");
+    return NULL;
+  }
+  if (!copy) snprintf(err, errlen, "out of memory");
+  return copy;
+}
+
+/* Used by deallocate: takes the handle out under the lock. */
+emlx_arr *emlx_array_detach(emlx_array_res *res, int *marked_pending) {
+  spin_lock(res);
+  emlx_arr *a = res->arr;
+  res->arr = NULL;
+  *marked_pending = res->state == EMLX_ARR_PENDING && !res->dealloc_requested;
+  if (res->state == EMLX_ARR_PENDING) res->dealloc_requested = 1;
+  spin_unlock(res);
+  return a;
+}
+
+emlx_arr *emlx_array_swap(emlx_array_res *res, emlx_arr *a) {
+  spin_lock(res);
+  emlx_arr *old = res->arr;
+  if (old) res->arr = a;
+  spin_unlock(res);
+  return old;
+}
+
+/* ---- worker side ---- */
+
+emlx_arr *emlx_array_resolve(emlx_array_res *res, int *kind, char *msg, size_t msglen) {
+  spin_lock(res);
+  int state = res->state;
+  emlx_arr *copy = state == EMLX_ARR_READY && res->arr ? emlx_arr_retain(res->arr) : NULL;
+  if (state == EMLX_ARR_FAILED) {
+    *kind = res->error_kind;
+    snprintf(msg, msglen, "%s", res->error ? res->error : "the op producing this tensor failed");
+  }
+  spin_unlock(res);
+  if (state == EMLX_ARR_FAILED) return NULL;
+  if (!copy) {
+    *kind = EMLX_ERR_ARG;
+    snprintf(msg, msglen, state == EMLX_ARR_PENDING ? "the tensor is not computed yet" : "the tensor has been deallocated");
+  }
+  return copy;
+}
+
+void emlx_array_fill(emlx_array_res *res, emlx_arr *a) {
+  spin_lock(res);
+  int drop = res->dealloc_requested;
+  res->arr = drop ? NULL : a;
+  res->state = EMLX_ARR_READY;
+  spin_unlock(res);
+  if (drop) emlx_arr_free(a);
+}
+
+void emlx_array_fail(emlx_array_res *res, int kind, const char *msg) {
+  size_t n = strlen(msg);
+  char *copy = enif_alloc(n + 1);
+  if (copy) memcpy(copy, msg, n + 1);
+  spin_lock(res);
+  res->state = EMLX_ARR_FAILED;
+  res->error_kind = kind;
+  res->error = copy;
+  spin_unlock(res);
+}

@@ -1,0 +1,167 @@
+/* Jobs: their life, and the decoding of the arrays they read. */
+#include "emlx_job.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "emlx_codec.h"
+
+emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
+  emlx_job *job = enif_alloc(sizeof(emlx_job));
+  if (!job) return NULL;
+  memset(job, 0, sizeof *job);
+  job->kind = kind;
+  if (kind == EMLX_JOB_OP) job->op.out_dtype = -1;
+  job->error_kind = EMLX_ERR_ARG;
+  if (kind != EMLX_JOB_FREE && kind != EMLX_JOB_STOP) {
+    job->env = enif_alloc_env();
+    if (!job->env) {
+      enif_free(job);
+      return NULL;
+    }
+  }
+  if (qres) {
+    job->qres = qres;
+    enif_keep_resource(qres);
+  }
+  return job;
+}
+
+void emlx_job_free(emlx_job *job) {
+  for (int i = 0; i < job->nfixups; i++) enif_release_resource(job->fixups[i].res);
+  if (job->fixups) enif_free(job->fixups);
+  for (int i = 0; i < job->nheld; i++) emlx_arr_free(job->held[i]);
+  if (job->held) enif_free(job->held);
+  emlx_arena_free(&job->arena);
+  switch (job->kind) {
+    case EMLX_JOB_OP:
+      for (int i = 0; i < job->op.nresults; i++) enif_release_resource(job->op.results[i]);
+      break;
+    case EMLX_JOB_PROGRAM:
+      if (job->program.res) enif_release_resource(job->program.res);
+      break;
+    case EMLX_JOB_TO_POINTER:
+      if (job->to_pointer.res) enif_release_resource(job->to_pointer.res);
+      break;
+    case EMLX_JOB_FREE:
+      if (job->free.arr) emlx_arr_free(job->free.arr);
+      if (job->free.compiled) emlx_compiled_free(job->free.compiled);
+      break;
+    default:
+      break;
+  }
+  if (job->env) enif_free_env(job->env);
+  if (job->qres) enif_release_resource(job->qres);
+  enif_free(job);
+}
+
+/* ---- decoding, on the scheduler ---- */
+
+static int hold(emlx_job *job, emlx_arr *a) {
+  if (job->nheld == job->cap_held) {
+    int cap = job->cap_held ? job->cap_held * 2 : 8;
+    emlx_arr **n = enif_realloc(job->held, sizeof(emlx_arr *) * (size_t)cap);
+    if (!n) return 0;
+    job->held = n;
+    job->cap_held = cap;
+  }
+  job->held[job->nheld++] = a;
+  return 1;
+}
+
+static int add_fixup(emlx_job *job, emlx_array_res *res, emlx_arr **slot) {
+  if (job->nfixups == job->cap_fixups) {
+    int cap = job->cap_fixups ? job->cap_fixups * 2 : 4;
+    emlx_fixup *n = enif_realloc(job->fixups, sizeof(emlx_fixup) * (size_t)cap);
+    if (!n) return 0;
+    job->fixups = n;
+    job->cap_fixups = cap;
+  }
+  enif_keep_resource(res);
+  job->fixups[job->nfixups].res = res;
+  job->fixups[job->nfixups].slot = slot;
+  job->nfixups++;
+  return 1;
+}
+
+int emlx_job_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job *job, emlx_arr **slot, char *err, size_t errlen) {
+  emlx_array_res *res;
+  int state;
+  *slot = NULL;
+  emlx_arr *a = emlx_take_array(env, t, &res, &state, &job->error_kind, err, errlen);
+  if (!a) {
+    if (state != EMLX_ARR_PENDING) return 0;
+    if (res->owner->q != job->qres->q) {
+      snprintf(err, errlen, "a tensor from another command queue must be evaluated before use on this queue");
+      return 0;
+    }
+    if (!add_fixup(job, res, slot)) {
+      snprintf(err, errlen, "out of memory");
+      return 0;
+    }
+    return 1;
+  }
+  if (!hold(job, a)) {
+    emlx_arr_free(a);
+    snprintf(err, errlen, "out of memory");
+    return 0;
+  }
+  *slot = a;
+  if (res->owner->q != job->qres->q && !emlx_arr_is_available(a)) {
+    snprintf(err, errlen, "a tensor from another command queue must be evaluated before use on this queue");
+    return 0;
+  }
+  return 1;
+}
+
+int emlx_job_take_arrays(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job *job, int nonempty, emlx_arr ***v, int *n,
+                         char *err, size_t errlen) {
+  unsigned len;
+  if (!enif_get_list_length(env, t, &len) || (nonempty && len == 0)) {
+    snprintf(err, errlen, nonempty ? "expected a non-empty list of arrays" : "expected a list of arrays");
+    return 0;
+  }
+  emlx_arr **a = emlx_arena_alloc(&job->arena, sizeof(emlx_arr *) * (len ? len : 1));
+  if (!a) {
+    snprintf(err, errlen, "out of memory");
+    return 0;
+  }
+  ERL_NIF_TERM head, tail = t;
+  for (unsigned i = 0; i < len; i++) {
+    enif_get_list_cell(env, tail, &head, &tail);
+    if (!emlx_job_take_array(env, head, job, &a[i], err, errlen)) return 0;
+  }
+  *v = a;
+  *n = (int)len;
+  return 1;
+}
+
+int emlx_job_decode_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *job, emlx_arg *out, char *err,
+                        size_t errlen) {
+  out->kind = kind;
+  switch (kind) {
+    case EMLX_ARG_ARR:
+      return emlx_job_take_array(env, t, job, &out->u.arr, err, errlen);
+    case EMLX_ARG_ARRS:
+      return emlx_job_take_arrays(env, t, job, 1, &out->u.arrs.v, &out->u.arrs.n, err, errlen);
+    default:
+      return emlx_decode_value(env, t, kind, &job->arena, out, err, errlen);
+  }
+}
+
+/* ---- on the worker ---- */
+
+int emlx_job_resolve(emlx_job *job, int *kind, char *msg, size_t msglen) {
+  for (int i = 0; i < job->nfixups; i++) {
+    emlx_arr *copy = emlx_array_resolve(job->fixups[i].res, kind, msg, msglen);
+    if (!copy) return 0;
+    if (!hold(job, copy)) {
+      emlx_arr_free(copy);
+      *kind = EMLX_ERR_MLX;
+      snprintf(msg, msglen, "out of memory");
+      return 0;
+    }
+    *job->fixups[i].slot = copy;
+  }
+  return 1;
+}

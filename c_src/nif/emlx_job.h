@@ -1,0 +1,151 @@
+/* Jobs: one unit of work for a queue's worker thread, made and decoded on
+ * the calling scheduler. A job holds every array handle it reads (so none
+ * is freed under it) and resolves, on the worker, inputs that were still
+ * pending when it was decoded. */
+#ifndef EMLX_JOB_H
+#define EMLX_JOB_H
+
+#include <erl_nif.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "emlx_arena.h"
+#include "emlx_array.h"
+#include "emlx_codec.h"
+#include "emlx_resources.h"
+#include "emlx_shim.h"
+
+typedef enum {
+  EMLX_JOB_OP,
+  EMLX_JOB_FROM_BINARY,
+  EMLX_JOB_TO_BINARY,
+  EMLX_JOB_EVAL,
+  EMLX_JOB_SYNC,
+  EMLX_JOB_PROGRAM,
+  EMLX_JOB_TO_POINTER,
+  EMLX_JOB_FROM_POINTER,
+  EMLX_JOB_FREE,
+  EMLX_JOB_STOP
+} emlx_job_kind;
+
+typedef struct emlx_job emlx_job;
+
+/* A pending input: resolved into *slot on the worker before the job runs
+ * (queue order guarantees its producer ran first). */
+typedef struct {
+  emlx_array_res *res; /* kept */
+  emlx_arr **slot;
+} emlx_fixup;
+
+/* ---- what each kind of job carries ---- */
+
+typedef struct { /* OP: one op of the op table */
+  int index;
+  int out_dtype; /* -1: the op's own types */
+  int nargs;
+  emlx_arg args[EMLX_MAX_ARGS];
+  emlx_array_res *results[EMLX_MAX_OUTS]; /* pending until the op runs (kept) */
+  int nresults;
+} emlx_op_job;
+
+typedef struct { /* FROM_BINARY */
+  emlx_array_spec spec;
+  const void *data; /* a binary held by the job's env */
+  size_t nbytes;
+} emlx_from_binary_job;
+
+typedef struct { /* TO_BINARY */
+  emlx_arr *arr;
+  size_t limit;
+} emlx_to_binary_job;
+
+typedef struct { /* EVAL */
+  emlx_arr **inputs;
+  int ninputs;
+} emlx_eval_job;
+
+typedef struct { /* PROGRAM */
+  emlx_program_res *res; /* kept */
+  emlx_arr **inputs;
+  int ninputs;
+  int compile;
+} emlx_program_job;
+
+typedef struct { /* TO_POINTER */
+  emlx_array_res *res; /* kept: the array is made contiguous in place */
+  emlx_arr *arr;
+  int ipc;
+  unsigned permissions;
+  char shm_name[64];
+} emlx_to_pointer_job;
+
+typedef struct { /* FROM_POINTER */
+  emlx_array_spec spec;
+  size_t nbytes;
+  int ipc;
+  uintptr_t address;
+  char shm_name[64];
+} emlx_from_pointer_job;
+
+typedef struct { /* FREE: handles dropped on the queue's own thread */
+  emlx_arr *arr;
+  emlx_compiled *compiled;
+} emlx_free_job;
+
+struct emlx_job {
+  emlx_job *next;
+  emlx_job_kind kind;
+  emlx_queue_res *qres; /* kept for the job's life (not for FREE/STOP) */
+  ErlNifPid pid;
+  ErlNifEnv *env; /* reply env; also holds the binaries the job reads */
+  ERL_NIF_TERM ref;
+
+  /* the arrays the job reads, decoded on the scheduler */
+  emlx_arr **held; /* retained input handles, freed after the job */
+  int nheld, cap_held;
+  emlx_fixup *fixups;
+  int nfixups, cap_fixups;
+  emlx_arena arena; /* decoded lists */
+  int error_kind;   /* of a decode failure: EMLX_ERR_ARG, or EMLX_ERR_MLX for a failed input */
+
+  union { /* by kind; STOP carries nothing */
+    emlx_op_job op;
+    emlx_from_binary_job from_binary;
+    emlx_to_binary_job to_binary;
+    emlx_eval_job eval;
+    emlx_program_job program;
+    emlx_to_pointer_job to_pointer;
+    emlx_from_pointer_job from_pointer;
+    emlx_free_job free;
+  };
+};
+
+/* A new job (NULL when out of memory); keeps qres when given. FREE and STOP
+ * jobs get no reply env. */
+emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres);
+void emlx_job_free(emlx_job *job);
+
+/* ---- decoding, on the scheduler ---- */
+
+/* Decodes an array term the job reads into *slot: a retained handle, or a
+ * pending input of the job's own queue to resolve on the worker. An array
+ * used on a queue other than its own must already be computed and
+ * evaluated: MLX streams are thread-local. On failure writes err and sets
+ * job->error_kind (a failed array reports its own error). */
+int emlx_job_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job *job, emlx_arr **slot, char *err, size_t errlen);
+/* Decodes a list of array terms into the job's arena, in order; with
+ * nonempty, an empty list is an error. */
+int emlx_job_take_arrays(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job *job, int nonempty, emlx_arr ***v, int *n,
+                         char *err, size_t errlen);
+/* Decodes one op argument of the given kind: arrays as above, the rest by
+ * the codec into the job's arena. */
+int emlx_job_decode_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *job, emlx_arg *out, char *err,
+                        size_t errlen);
+
+/* ---- on the worker ---- */
+
+/* Resolves the job's pending inputs; on failure returns 0 with the error's
+ * kind and message. */
+int emlx_job_resolve(emlx_job *job, int *kind, char *msg, size_t msglen);
+
+#endif

@@ -1,0 +1,74 @@
+/* Atoms and resource types, and the resources' destructors. */
+#include "emlx_resources.h"
+
+#include "emlx_array.h"
+#include "emlx_worker.h"
+
+ErlNifResourceType *emlx_queue_type;
+ErlNifResourceType *emlx_array_type;
+ErlNifResourceType *emlx_program_type;
+emlx_atoms ATOM;
+
+static void queue_dtor(ErlNifEnv *env, void *obj) {
+  (void)env;
+  emlx_queue_res *r = obj;
+  if (r->q) emlx_queue_stop(r->q);
+}
+
+/* Dropping a handle only decrements MLX's reference counts (atomic), and
+ * every job holds its own handles, so a handle is freed right here, on
+ * whichever thread the garbage collector runs the destructor: posting a job
+ * per dead tensor to the worker cost more than the op that made it. */
+static void array_dtor(ErlNifEnv *env, void *obj) {
+  (void)env;
+  emlx_array_res *r = obj;
+  if (r->arr) emlx_arr_free(r->arr);
+  r->arr = NULL;
+  if (r->error) enif_free(r->error);
+  if (r->owner) enif_release_resource(r->owner);
+}
+
+static void program_dtor(ErlNifEnv *env, void *obj) {
+  (void)env;
+  emlx_program_res *p = obj;
+  /* the compiled replay is dropped on its own thread */
+  if (p->compiled && p->owner) emlx_queue_free_later(p->owner->q, NULL, p->compiled);
+  if (p->instrs) enif_free(p->instrs);
+  if (p->out_slots) enif_free(p->out_slots);
+  emlx_arena_free(&p->arena);
+  if (p->owner) enif_release_resource(p->owner);
+}
+
+int emlx_resources_load(ErlNifEnv *env) {
+  emlx_queue_type = enif_open_resource_type(env, NULL, "emlx_queue", queue_dtor, ERL_NIF_RT_CREATE, NULL);
+  emlx_array_type = enif_open_resource_type(env, NULL, "emlx_array", array_dtor, ERL_NIF_RT_CREATE, NULL);
+  emlx_program_type = enif_open_resource_type(env, NULL, "emlx_program", program_dtor, ERL_NIF_RT_CREATE, NULL);
+  if (!emlx_queue_type || !emlx_array_type || !emlx_program_type) return 1;
+
+#define A(name) enif_make_atom(env, name)
+  ATOM.ok = A("ok");
+  ATOM.error = A("error");
+  ATOM.nil = A("nil");
+  ATOM.true_ = A("true");
+  ATOM.false_ = A("false");
+  ATOM.cpu = A("cpu");
+  ATOM.gpu = A("gpu");
+  ATOM.mlx = A("mlx");
+  ATOM.argument = A("argument");
+  ATOM.nan = A("nan");
+  ATOM.infinity = A("infinity");
+  ATOM.neg_infinity = A("neg_infinity");
+  ATOM.already_deallocated = A("already_deallocated");
+  ATOM.bool_ = A("bool");
+  ATOM.exception = A("__exception__");
+  ATOM.struct_ = A("__struct__");
+  ATOM.message = A("message");
+  ATOM.argument_error = A("Elixir.ArgumentError");
+  ATOM.active_memory = A("active_memory");
+  ATOM.peak_memory = A("peak_memory");
+  ATOM.cache_memory = A("cache_memory");
+  ATOM.wait = A("wait");
+  ATOM.pending = A("pending");
+#undef A
+  return 0;
+}

@@ -1,0 +1,37 @@
+/* Command queues: one OS thread and one MLX stream each. Jobs run in FIFO
+ * order; replies go back to the calling process as {Ref, Result}. */
+#ifndef EMLX_WORKER_H
+#define EMLX_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "emlx_job.h"
+#include "emlx_resources.h"
+#include "emlx_shim.h"
+
+struct emlx_queue {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  emlx_job *head, *tail;
+  atomic_int pending; /* jobs queued, read without the lock while spinning */
+  int sleeping;       /* the worker waits on cv (under mu) */
+  emlx_stream *stream;
+  emlx_device device;
+  int state; /* 0 starting, 1 running, -1 failed to start */
+  char error[512];
+};
+
+/* Starts a queue's thread and waits until its stream exists: state 1, or
+ * -1 with a message in error (then free it with emlx_queue_discard).
+ * NULL when out of memory. */
+emlx_queue *emlx_queue_start(emlx_device dev);
+void emlx_queue_discard(emlx_queue *q); /* for a queue whose thread never started */
+void emlx_queue_post(emlx_queue *q, emlx_job *job);
+/* Posts a stop job: the thread ends after the jobs before it and frees q. */
+void emlx_queue_stop(emlx_queue *q);
+/* Frees a handle and/or a compiled replay on the queue's thread (right
+ * here when no job can be allocated). Either may be NULL. */
+void emlx_queue_free_later(emlx_queue *q, emlx_arr *a, emlx_compiled *c);
+
+#endif

@@ -1,0 +1,66 @@
+// Internal to the shim (C++ only, never seen by the NIF): the handles behind
+// emlx_shim.h's opaque types, the exception guard every C entry point runs
+// its body under, and what the C face, the op table and program replay
+// share.
+#ifndef EMLX_INTERNAL_HPP
+#define EMLX_INTERNAL_HPP
+
+#include <mlx/mlx.h>
+
+#include <stdexcept>
+#include <vector>
+
+#include "emlx_shim.h"
+
+namespace mx = mlx::core;
+
+struct emlx_arr {
+  mx::array a;
+  explicit emlx_arr(mx::array x) : a(std::move(x)) {}
+};
+
+struct emlx_stream {
+  mx::Stream s;
+  explicit emlx_stream(mx::Stream x) : s(x) {}
+};
+
+namespace emlx {
+
+// A check of ours failed: reported as ArgumentError, not NIFError.
+struct arg_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// ---- element types (emlx_shim.cpp) ----
+mx::Dtype to_dtype(int code);  // throws arg_error for a code EMLX does not know
+int from_dtype(mx::Dtype d);   // -1 for a type EMLX has no code for
+
+// ---- the exception guard (emlx_shim.cpp) ----
+
+// Called from a catch block: keeps the exception's message for
+// emlx_last_error() and returns its status (EMLX_ERR_ARG for arg_error).
+emlx_status caught_status();
+
+// Runs f, turning every exception into a status.
+template <typename F>
+emlx_status guard(F &&f) {
+  try {
+    f();
+    return EMLX_OK;
+  } catch (...) {
+    return caught_status();
+  }
+}
+
+// Hands results out as new handles; on failure none is left behind (emlx_shim.cpp).
+void hand_out(std::vector<mx::array> &results, emlx_arr **outs);
+
+// ---- the op table (emlx_ops.cpp) ----
+
+// Runs one op-table instruction on the stream: with out_dtype >= 0 every
+// result is cast to it when its own type differs. Throws on failure.
+std::vector<mx::array> run_instr(int op, const mx::Stream &stream, const emlx_arg *args, int out_dtype);
+
+}  // namespace emlx
+
+#endif

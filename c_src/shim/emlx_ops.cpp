@@ -1,0 +1,172 @@
+// The op-table machinery: the ops of emlx_ops.def as an enum, a table of
+// names and signatures, and one switch that runs them on MLX.
+
+#include <cstring>
+#include <string>
+
+#include <unistd.h>
+
+#include "emlx_kernels.hpp"
+
+namespace emlx {
+namespace {
+
+// ---- argument accessors ----
+
+mx::Shape to_shape(const emlx_arg &a) {
+  mx::Shape s;
+  for (int i = 0; i < a.u.ints.n; i++) s.push_back(static_cast<int32_t>(a.u.ints.v[i]));
+  return s;
+}
+
+std::vector<int> to_axes(const emlx_arg &a) {
+  std::vector<int> s;
+  for (int i = 0; i < a.u.ints.n; i++) s.push_back(static_cast<int>(a.u.ints.v[i]));
+  return s;
+}
+
+std::vector<int64_t> to_i64s(const emlx_arg &a) {
+  return std::vector<int64_t>(a.u.ints.v, a.u.ints.v + a.u.ints.n);
+}
+
+std::vector<mx::array> to_arrays(const emlx_arg &a) {
+  std::vector<mx::array> v;
+  v.reserve(a.u.arrs.n);
+  for (int i = 0; i < a.u.arrs.n; i++) v.push_back(a.u.arrs.v[i]->a);
+  return v;
+}
+
+// ---- the op table ----
+
+enum {
+#define OP_ENTRY(n, sig, k) OP_##n,
+#include "emlx_ops.def"
+  OP_COUNT
+};
+
+struct op_info {
+  const char *name;
+  const char *sig;
+  int outputs;
+};
+
+const op_info op_table[] = {
+#define OP_ENTRY(n, sig, k) {#n, sig, k},
+#include "emlx_ops.def"
+};
+
+// Results EMLX can describe (rank) and that can exist in this machine's
+// memory: MLX's CPU allocator does not report failure, it crashes.
+size_t memory_bytes() {
+  static size_t total = [] {
+    long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && size > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(size) : SIZE_MAX;
+  }();
+  return total;
+}
+
+void check_results(const std::vector<mx::array> &results) {
+  for (auto &r : results) {
+    if (r.ndim() > EMLX_MAX_DIMS) throw arg_error("EMLX supports tensors of up to 32 dimensions");
+    double bytes = static_cast<double>(r.itemsize());
+    for (auto d : r.shape()) bytes *= static_cast<double>(d);
+    if (bytes > static_cast<double>(memory_bytes()))
+      throw arg_error("the result would need " + std::to_string(bytes / 1e9) + " GB, more than this machine's memory");
+  }
+}
+
+std::vector<mx::array> run_op(int op, const mx::Stream &stream, const emlx_arg *args, std::optional<mx::Dtype> out_type) {
+#define ARR(k) (args[k].u.arr->a)
+#define ARRS(k) to_arrays(args[k])
+#define INT(k) (args[k].u.i)
+#define SHAPE(k) to_shape(args[k])
+#define AXES(k) to_axes(args[k])
+#define INTS(k) to_i64s(args[k])
+#define FLT(k) (args[k].u.f)
+#define DT(k) to_dtype(args[k].u.dtype)
+#define FLAG(k) (args[k].u.b != 0)
+#define NUM(k) (args[k].u.scalar)
+#define S stream
+#define OUT out_type
+  auto cast = [&](const mx::array &x) { return OUT ? mx::astype(x, *OUT, S) : x; };
+  switch (op) {
+#define UNARY(n, f) \
+  case OP_##n:      \
+    return {f(cast(ARR(0)), S)};
+#define UNARY_KEEP(n, f) \
+  case OP_##n:           \
+    return {f(ARR(0), S)};
+#define BINARY(n, f) \
+  case OP_##n:       \
+    return {f(cast(ARR(0)), cast(ARR(1)), S)};
+#define BINARY_KEEP(n, f) \
+  case OP_##n:            \
+    return {f(ARR(0), ARR(1), S)};
+#define REDUCE(n, f) \
+  case OP_##n:       \
+    return {f(cast(ARR(0)), AXES(1), FLAG(2), S)};
+#define OP(n, sig, e) \
+  case OP_##n:        \
+    return {e};
+#define OPN(n, sig, k, e) \
+  case OP_##n:            \
+    return e;
+#include "emlx_ops.def"
+    default:
+      throw arg_error("unknown op");
+  }
+#undef ARR
+#undef ARRS
+#undef INT
+#undef SHAPE
+#undef AXES
+#undef INTS
+#undef FLT
+#undef DT
+#undef FLAG
+#undef NUM
+#undef S
+#undef OUT
+}
+
+}  // namespace
+
+// One op-table instruction, for a single op and for a program's replay
+// alike: the out type, the op, the checks on its results, and the cast of
+// every result whose type differs from the out type.
+std::vector<mx::array> run_instr(int op, const mx::Stream &stream, const emlx_arg *args, int out_dtype) {
+  std::optional<mx::Dtype> out;
+  if (out_dtype >= 0) out = to_dtype(out_dtype);
+  auto results = run_op(op, stream, args, out);
+  check_results(results);
+  if (out)
+    for (auto &r : results)
+      if (r.dtype() != *out) r = emlx_as_type(r, *out, stream);
+  return results;
+}
+
+}  // namespace emlx
+
+using namespace emlx;  // the C entry points below use the shim's internals
+
+extern "C" {
+
+int emlx_op_count(void) { return OP_COUNT; }
+const char *emlx_op_name(int op) { return op >= 0 && op < OP_COUNT ? op_table[op].name : nullptr; }
+const char *emlx_op_signature(int op) { return op >= 0 && op < OP_COUNT ? op_table[op].sig : nullptr; }
+int emlx_op_outputs(int op) { return op >= 0 && op < OP_COUNT ? op_table[op].outputs : 0; }
+
+emlx_status emlx_op_run(int op, emlx_stream *s, const emlx_arg *args, int nargs, int out_dtype, emlx_arr **outs,
+                        int *nouts) {
+  *nouts = 0;
+  return guard([&] {
+    if (op < 0 || op >= OP_COUNT) throw arg_error("unknown op");
+    if (static_cast<int>(std::strlen(op_table[op].sig)) != nargs) throw arg_error("wrong number of op arguments");
+    auto results = run_instr(op, s->s, args, out_dtype);
+    if (results.size() > EMLX_MAX_OUTS) throw arg_error("too many op results");
+    hand_out(results, outs);
+    *nouts = static_cast<int>(results.size());
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,237 @@
+// The C face of the shim: array and stream handles, the exception guard,
+// element types, data in and out, memory, and the MLX version. Every entry
+// point is extern "C" and catches every exception; nothing C++ crosses
+// into the NIF.
+
+#include <mlx/version.h>
+
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "emlx_internal.hpp"
+
+namespace emlx {
+namespace {
+
+thread_local std::string last_error;
+
+const mx::Dtype dtype_table[EMLX_DTYPE_COUNT] = {
+    mx::bool_,  mx::uint8,   mx::uint16,   mx::uint32,   mx::uint64,
+    mx::int8,   mx::int16,   mx::int32,    mx::int64,    mx::float16,
+    mx::bfloat16, mx::float32, mx::float64, mx::complex64};
+
+}  // namespace
+
+mx::Dtype to_dtype(int code) {
+  if (code < 0 || code >= EMLX_DTYPE_COUNT) throw arg_error("unknown element type code");
+  return dtype_table[code];
+}
+
+int from_dtype(mx::Dtype d) {
+  for (int i = 0; i < EMLX_DTYPE_COUNT; i++)
+    if (dtype_table[i] == d) return i;
+  return -1;
+}
+
+emlx_status caught_status() {
+  try {
+    throw;
+  } catch (const arg_error &e) {
+    last_error = e.what();
+    return EMLX_ERR_ARG;
+  } catch (const std::bad_alloc &) {
+    last_error = "out of memory";
+    return EMLX_ERR_MLX;
+  } catch (const std::exception &e) {
+    last_error = e.what();
+    return EMLX_ERR_MLX;
+  } catch (...) {
+    last_error = "unknown C++ exception in MLX";
+    return EMLX_ERR_MLX;
+  }
+}
+
+// Hands the results out as new handles; on failure none is left behind.
+void hand_out(std::vector<mx::array> &results, emlx_arr **outs) {
+  size_t made = 0;
+  try {
+    for (; made < results.size(); made++) outs[made] = new emlx_arr(std::move(results[made]));
+  } catch (...) {
+    while (made > 0) delete outs[--made];
+    throw;
+  }
+}
+
+}  // namespace emlx
+
+using namespace emlx;  // the C entry points below use the shim's internals
+
+extern "C" {
+
+// ---- errors, devices, streams ----
+
+const char *emlx_last_error(void) { return last_error.c_str(); }
+
+int emlx_device_available(emlx_device dev) {
+  try {
+    return mx::is_available(dev == EMLX_DEV_GPU ? mx::Device::gpu : mx::Device::cpu) ? 1 : 0;
+  } catch (...) {
+    return 0;
+  }
+}
+
+emlx_status emlx_stream_new(emlx_device dev, emlx_stream **out) {
+  *out = nullptr;
+  return guard([&] {
+    auto d = dev == EMLX_DEV_GPU ? mx::Device::gpu : mx::Device::cpu;
+    if (!mx::is_available(d)) throw std::runtime_error(dev == EMLX_DEV_GPU ? "the GPU device is not available in this MLX build" : "the CPU device is not available");
+    auto st = mx::new_stream(d);
+    mx::set_default_stream(st);
+    *out = new emlx_stream(st);
+  });
+}
+
+void emlx_stream_free(emlx_stream *s) { delete s; }
+
+emlx_status emlx_stream_synchronize(emlx_stream *s) {
+  return guard([&] { mx::synchronize(s->s); });
+}
+
+// ---- arrays ----
+
+emlx_arr *emlx_arr_retain(const emlx_arr *a) {
+  try {
+    return new emlx_arr(a->a);
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+void emlx_arr_free(emlx_arr *a) {
+  try {
+    delete a;
+  } catch (...) {
+  }
+}
+
+int emlx_arr_ndim(const emlx_arr *a) { return static_cast<int>(a->a.ndim()); }
+
+void emlx_arr_shape(const emlx_arr *a, int64_t *dims) {
+  for (size_t i = 0; i < a->a.ndim() && i < EMLX_MAX_DIMS; i++) dims[i] = a->a.shape(static_cast<int>(i));
+}
+
+void emlx_arr_strides(const emlx_arr *a, int64_t *strides) {
+  for (size_t i = 0; i < a->a.ndim() && i < EMLX_MAX_DIMS; i++) strides[i] = a->a.strides()[i];
+}
+
+int emlx_arr_dtype(const emlx_arr *a) { return from_dtype(a->a.dtype()); }
+
+int emlx_arr_is_available(const emlx_arr *a) {
+  try {
+    return a->a.is_available() ? 1 : 0;
+  } catch (...) {
+    return 0;
+  }
+}
+
+size_t emlx_dtype_size(int dtype) {
+  if (dtype < 0 || dtype >= EMLX_DTYPE_COUNT) return 0;
+  return dtype_table[dtype].size();
+}
+
+emlx_status emlx_arr_from_bytes(emlx_stream *s, const void *data, size_t nbytes, const int64_t *dims, int ndim,
+                                int dtype, emlx_arr **out) {
+  *out = nullptr;
+  (void)s;
+  return guard([&] {
+    mx::Shape shape;
+    size_t count = 1;
+    for (int i = 0; i < ndim; i++) {
+      shape.push_back(static_cast<int32_t>(dims[i]));
+      count *= static_cast<size_t>(dims[i]);
+    }
+    auto d = to_dtype(dtype);
+    if (count * d.size() != nbytes) throw arg_error("binary size does not match the shape and type");
+    mx::array a(mx::allocator::malloc(nbytes > 0 ? nbytes : 1), shape, d);
+    if (nbytes > 0) std::memcpy(a.data<char>(), data, nbytes);
+    *out = new emlx_arr(std::move(a));
+  });
+}
+
+emlx_status emlx_eval(emlx_stream *s, emlx_arr **arrs, int n) {
+  (void)s;
+  return guard([&] {
+    std::vector<mx::array> v;
+    for (int i = 0; i < n; i++) v.push_back(arrs[i]->a);
+    mx::eval(v);
+  });
+}
+
+emlx_status emlx_arr_host_view(emlx_stream *s, const emlx_arr *a, emlx_arr **view, const void **data,
+                               size_t *nbytes) {
+  *view = nullptr;
+  return guard([&] {
+    mx::array x = a->a;
+    x.eval();
+    if (!x.flags().row_contiguous) {
+      x = mx::contiguous(x, false, s->s);
+      x.eval();
+    }
+    mx::synchronize(s->s);
+    auto *v = new emlx_arr(x);
+    *data = v->a.data<void>();
+    *nbytes = v->a.nbytes();
+    *view = v;
+  });
+}
+
+// ---- memory and version ----
+//
+// MLX's memory functions are not declared noexcept: should one throw, the
+// counters read 0 and a limit call answers 0 rather than the exception
+// crossing into C.
+
+void emlx_memory_info(size_t *active, size_t *peak, size_t *cache) {
+  *active = *peak = *cache = 0;
+  try {
+    *active = mx::get_active_memory();
+    *peak = mx::get_peak_memory();
+    *cache = mx::get_cache_memory();
+  } catch (...) {
+  }
+}
+
+void emlx_reset_peak_memory(void) {
+  try {
+    mx::reset_peak_memory();
+  } catch (...) {
+  }
+}
+
+void emlx_clear_cache(void) {
+  try {
+    mx::clear_cache();
+  } catch (...) {
+  }
+}
+
+size_t emlx_set_cache_limit(size_t limit) {
+  try {
+    return mx::set_cache_limit(limit);
+  } catch (...) {
+    return 0;
+  }
+}
+
+size_t emlx_set_memory_limit(size_t limit) {
+  try {
+    return mx::set_memory_limit(limit);
+  } catch (...) {
+    return 0;
+  }
+}
+
+const char *emlx_mlx_version(void) { return mx::version(); }
+
+}  // extern "C"

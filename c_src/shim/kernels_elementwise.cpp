@@ -1,0 +1,265 @@
+// Element-wise kernels with Nx semantics (rounding, integer division and
+// powers, shifts, bit counts, logic on any type, casts), reductions and
+// cumulative extrema.
+
+#include "emlx_kernels.hpp"
+
+namespace emlx {
+
+// ---- element-wise helpers with Nx semantics ----
+
+mx::array truthy(const mx::array &x, SD s) {
+  if (x.dtype() == mx::bool_) return x;
+  if (x.dtype() == mx::complex64) {
+    auto zero = mx::array(0.0f);
+    return mx::logical_or(mx::not_equal(mx::real(x, s), zero, s), mx::not_equal(mx::imag(x, s), zero, s), s);
+  }
+  return mx::not_equal(x, mx::zeros({}, x.dtype(), s), s);
+}
+
+mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d) {
+  switch (n.kind) {
+    case EMLX_SCALAR_INT:
+      return mx::array(n.i, d);
+    case EMLX_SCALAR_UINT:
+      return mx::array(n.u, d);
+    case EMLX_SCALAR_FLOAT:
+      if (is_complex(d)) return mx::array(std::complex<float>(static_cast<float>(n.re), 0.0f), d);
+      return mx::array(n.re, d);
+    default:
+      return mx::array(std::complex<float>(static_cast<float>(n.re), static_cast<float>(n.im)), d);
+  }
+}
+
+// Nx rounds half away from zero; MLX rounds half to even.
+mx::array emlx_round(const mx::array &x, SD s) {
+  if (!is_float(x.dtype())) return x;
+  auto frac = mx::abs(mx::subtract(x, mx::trunc(x, s), s), s);
+  auto away = mx::add(x, mx::multiply(mx::sign(x, s), mx::array(0.5, x.dtype()), s), s);
+  return mx::where(mx::equal(frac, mx::array(0.5, x.dtype()), s), away, mx::round(x, 0, s), s);
+}
+
+mx::array emlx_logical_not(const mx::array &x, SD s) { return mx::logical_not(truthy(x, s), s); }
+
+mx::array emlx_logical_and(const mx::array &a, const mx::array &b, SD s) {
+  return mx::logical_and(truthy(a, s), truthy(b, s), s);
+}
+mx::array emlx_logical_or(const mx::array &a, const mx::array &b, SD s) {
+  return mx::logical_or(truthy(a, s), truthy(b, s), s);
+}
+mx::array emlx_logical_xor(const mx::array &a, const mx::array &b, SD s) {
+  return mx::not_equal(truthy(a, s), truthy(b, s), s);
+}
+
+mx::array emlx_phase(const mx::array &x, SD s) {
+  if (is_complex(x.dtype())) return mx::arctan2(mx::imag(x, s), mx::real(x, s), s);
+  auto f = is_float(x.dtype()) ? x : mx::astype(x, mx::float32, s);
+  auto pi = mx::array(M_PI, f.dtype());
+  auto zero = mx::array(0.0, f.dtype());
+  auto r = mx::where(mx::less(f, zero, s), pi, zero, s);
+  return mx::where(mx::isnan(f, s), f, r, s);
+}
+
+static int int_bits(mx::Dtype d) { return static_cast<int>(d.size()) * 8; }
+
+static mx::Dtype unsigned_of(mx::Dtype d) {
+  switch (d.size()) {
+    case 1: return mx::uint8;
+    case 2: return mx::uint16;
+    case 4: return mx::uint32;
+    default: return mx::uint64;
+  }
+}
+
+// Bit counts work on the unsigned view of the same width.
+mx::array emlx_population_count(const mx::array &x, SD s) {
+  if (!is_int(x.dtype())) throw arg_error("population_count expects an integer tensor");
+  auto u = mx::view(x, unsigned_of(x.dtype()), s);
+  auto one = mx::array(1, u.dtype());
+  auto count = mx::zeros_like(u, s);
+  for (int k = 0; k < int_bits(u.dtype()); k++) {
+    auto bit = mx::bitwise_and(mx::right_shift(u, mx::array(k, u.dtype()), s), one, s);
+    count = mx::add(count, bit, s);
+  }
+  return mx::view(count, x.dtype(), s);
+}
+
+mx::array emlx_count_leading_zeros(const mx::array &x, SD s) {
+  if (!is_int(x.dtype())) throw arg_error("count_leading_zeros expects an integer tensor");
+  auto u = mx::view(x, unsigned_of(x.dtype()), s);
+  auto one = mx::array(1, u.dtype());
+  auto seen = mx::zeros_like(u, s);
+  auto count = mx::zeros_like(u, s);
+  for (int k = int_bits(u.dtype()) - 1; k >= 0; k--) {
+    auto bit = mx::bitwise_and(mx::right_shift(u, mx::array(k, u.dtype()), s), one, s);
+    seen = mx::bitwise_or(seen, bit, s);
+    count = mx::add(count, mx::subtract(one, seen, s), s);
+  }
+  return mx::view(count, x.dtype(), s);
+}
+
+mx::array emlx_pow(const mx::array &a, const mx::array &b, SD s) {
+  if (is_int(a.dtype())) {
+    // Integer power by squaring keeps Nx's wrap-around; negative exponents give 0 (or ±1).
+    auto zero = mx::array(0, a.dtype());
+    auto one = mx::array(1, a.dtype());
+    auto e = mx::maximum(b, zero, s);
+    auto base = a;
+    auto acc = mx::ones_like(mx::add(a, b, s), s);
+    for (int k = 0; k < int_bits(a.dtype()); k++) {
+      auto bit = mx::bitwise_and(mx::right_shift(e, mx::array(k, e.dtype()), s), one, s);
+      acc = mx::where(mx::equal(bit, one, s), mx::multiply(acc, base, s), acc, s);
+      base = mx::multiply(base, base, s);
+    }
+    if (is_signed_int(a.dtype())) {
+      // x ** negative: 1 for x == 1, ±1 for x == -1, 0 otherwise (integer division of 1 by x^n)
+      auto neg = mx::less(b, zero, s);
+      auto minus_one = mx::array(-1, a.dtype());
+      auto odd = mx::equal(mx::bitwise_and(b, one, s), one, s);
+      auto neg_val = mx::where(mx::equal(a, one, s), one,
+                               mx::where(mx::equal(a, minus_one, s), mx::where(odd, minus_one, one, s), zero, s),
+                               s);
+      acc = mx::where(neg, neg_val, acc, s);
+    }
+    return acc;
+  }
+  return mx::power(a, b, s);
+}
+
+// A divisor that cannot trap: 0 becomes 1 and (signed) -1 becomes 1.
+static mx::array safe_divisor(const mx::array &b, SD s) {
+  auto one = mx::array(1, b.dtype());
+  auto bad = mx::equal(b, mx::array(0, b.dtype()), s);
+  if (is_signed_int(b.dtype())) bad = mx::logical_or(bad, mx::equal(b, mx::array(-1, b.dtype()), s), s);
+  return mx::where(bad, one, b, s);
+}
+
+// Nx's remainder takes the dividend's sign (C's fmod / Erlang's rem).
+mx::array emlx_remainder(const mx::array &a, const mx::array &b, SD s) {
+  if (is_int(a.dtype())) {
+    auto bs = safe_divisor(b, s);
+    auto r = mx::remainder(a, bs, s);
+    if (is_signed_int(a.dtype())) {
+      auto zero = mx::array(0, a.dtype());
+      auto fix = mx::logical_and(mx::not_equal(r, zero, s),
+                                 mx::not_equal(mx::less(r, zero, s), mx::less(a, zero, s), s), s);
+      r = mx::where(fix, mx::subtract(r, bs, s), r, s);
+    }
+    // XLA's convention for a zero divisor: the dividend.
+    return mx::where(mx::equal(b, mx::array(0, b.dtype()), s), a, r, s);
+  }
+  auto r = mx::remainder(a, b, s);
+  auto zero = mx::array(0, r.dtype());
+  auto fix = mx::logical_and(mx::not_equal(r, zero, s), mx::not_equal(mx::less(r, zero, s), mx::less(a, zero, s), s), s);
+  return mx::where(fix, mx::subtract(r, b, s), r, s);
+}
+
+// Integer division truncating toward zero, as Nx's quotient.
+mx::array emlx_quotient(const mx::array &a, const mx::array &b, SD s) {
+  if (!is_int(a.dtype())) return mx::divide(a, b, s);
+  auto bs = safe_divisor(b, s);
+  auto q = mx::floor_divide(a, bs, s);
+  if (is_signed_int(a.dtype())) {
+    auto zero = mx::array(0, a.dtype());
+    auto r = mx::subtract(a, mx::multiply(q, bs, s), s);
+    auto fix = mx::logical_and(mx::not_equal(r, zero, s),
+                               mx::not_equal(mx::less(a, zero, s), mx::less(bs, zero, s), s), s);
+    q = mx::where(fix, mx::add(q, mx::array(1, a.dtype()), s), q, s);
+    q = mx::where(mx::equal(b, mx::array(-1, b.dtype()), s), mx::negative(a, s), q, s);
+  }
+  return mx::where(mx::equal(b, mx::array(0, b.dtype()), s), mx::zeros_like(q, s), q, s);
+}
+
+// Shifts by the full width or more give 0 (or -1 for negative values shifted right).
+mx::array emlx_left_shift(const mx::array &a, const mx::array &b, SD s) {
+  auto too_far = mx::logical_or(mx::greater_equal(b, mx::array(int_bits(a.dtype()), b.dtype()), s),
+                                mx::less(b, mx::array(0, b.dtype()), s), s);
+  auto safe = mx::where(too_far, mx::zeros_like(b, s), b, s);
+  return mx::where(too_far, mx::zeros_like(a, s), mx::left_shift(a, safe, s), s);
+}
+
+mx::array emlx_right_shift(const mx::array &a, const mx::array &b, SD s) {
+  auto too_far = mx::logical_or(mx::greater_equal(b, mx::array(int_bits(a.dtype()), b.dtype()), s),
+                                mx::less(b, mx::array(0, b.dtype()), s), s);
+  auto safe = mx::where(too_far, mx::zeros_like(b, s), b, s);
+  auto fill = is_signed_int(a.dtype())
+                  ? mx::where(mx::less(a, mx::array(0, a.dtype()), s), mx::full_like(a, mx::array(-1, a.dtype()), s),
+                              mx::zeros_like(a, s), s)
+                  : mx::zeros_like(a, s);
+  return mx::where(too_far, fill, mx::right_shift(a, safe, s), s);
+}
+
+// ---- types ----
+
+mx::array emlx_as_type(const mx::array &x, mx::Dtype d, SD s) {
+  if (x.dtype() == d) return x;
+  if (is_complex(x.dtype()) && !is_complex(d)) return mx::astype(mx::real(x, s), d, s);
+  if (is_float(x.dtype()) && is_int(d)) {
+    // As Nx: NaN becomes 0, +inf the type's maximum, -inf its minimum.
+    auto nan = mx::isnan(x, s);
+    auto cast = mx::astype(mx::where(mx::isfinite(x, s), x, mx::zeros_like(x, s), s), d, s);
+    auto hi = is_signed_int(d) ? mx::array(d.size() == 8 ? INT64_MAX : (int64_t(1) << (d.size() * 8 - 1)) - 1, d)
+                               : mx::array(d.size() == 8 ? UINT64_MAX : (uint64_t(1) << (d.size() * 8)) - 1, d);
+    auto lo = is_signed_int(d) ? mx::array(d.size() == 8 ? INT64_MIN : -(int64_t(1) << (d.size() * 8 - 1)), d)
+                               : mx::array(0, d);
+    auto r = mx::where(mx::isposinf(x, s), hi, cast, s);
+    r = mx::where(mx::isneginf(x, s), lo, r, s);
+    return mx::where(nan, mx::zeros_like(r, s), r, s);
+  }
+  return mx::astype(x, d, s);
+}
+
+// ---- reductions ----
+
+mx::array emlx_all(const mx::array &x, const std::vector<int> &axes, bool keep, SD s) {
+  return mx::all(truthy(x, s), axes, keep, s);
+}
+mx::array emlx_any(const mx::array &x, const std::vector<int> &axes, bool keep, SD s) {
+  return mx::any(truthy(x, s), axes, keep, s);
+}
+
+// argmax/argmin; axis < 0 means over the flattened tensor. NaN counts as the
+// extreme value (Nx's order), and tie_high picks the last of equal values.
+mx::array emlx_argext(const mx::array &x0, int64_t axis, bool keep, bool tie_high, bool is_max, SD s) {
+  mx::array x = x0;
+  int ax = static_cast<int>(axis);
+  if (axis < 0) {
+    x = mx::reshape(x, {-1}, s);
+    ax = 0;
+  }
+  if (is_float(x.dtype())) {
+    // NaN wins: map it to +inf (max) or -inf (min) after noting where it is.
+    auto nan = mx::isnan(x, s);
+    auto any_nan = mx::any(nan, std::vector<int>{ax}, true, s);
+    auto inf = mx::array(is_max ? INFINITY : -INFINITY, x.dtype());
+    auto x_clean = mx::where(nan, inf, x, s);
+    auto pick_nan = nan;  // first/last NaN along the axis when any
+    mx::array base = tie_high ? mx::flip(x_clean, ax, s) : x_clean;
+    mx::array nan_base = tie_high ? mx::flip(pick_nan, ax, s) : pick_nan;
+    auto idx = is_max ? mx::argmax(base, ax, true, s) : mx::argmin(base, ax, true, s);
+    auto nidx = mx::argmax(nan_base, ax, true, s);
+    idx = mx::where(any_nan, nidx, idx, s);
+    if (tie_high) idx = mx::subtract(mx::array(x.shape(ax) - 1, idx.dtype()), idx, s);
+    if (!keep) idx = mx::squeeze(idx, std::vector<int>{ax}, s);
+    if (axis < 0) idx = mx::reshape(idx, {}, s);
+    return idx;
+  }
+  mx::array base = tie_high ? mx::flip(x, ax, s) : x;
+  auto idx = is_max ? mx::argmax(base, ax, true, s) : mx::argmin(base, ax, true, s);
+  if (tie_high) idx = mx::subtract(mx::array(x.shape(ax) - 1, idx.dtype()), idx, s);
+  if (!keep) idx = mx::squeeze(idx, std::vector<int>{ax}, s);
+  if (axis < 0) idx = mx::reshape(idx, {}, s);
+  return idx;
+}
+
+// ---- cumulative ----
+
+// MLX's cummax/cummin lose NaN for half types: run them in float32.
+mx::array emlx_cumext(const mx::array &x, int axis, bool reverse, bool is_max, SD s) {
+  bool half = x.dtype() == mx::float16 || x.dtype() == mx::bfloat16;
+  auto y = half ? mx::astype(x, mx::float32, s) : x;
+  auto r = is_max ? mx::cummax(y, axis, reverse, true, s) : mx::cummin(y, axis, reverse, true, s);
+  return half ? mx::astype(r, x.dtype(), s) : r;
+}
+
+}  // namespace emlx

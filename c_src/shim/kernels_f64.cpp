@@ -1,0 +1,161 @@
+// Float64 math on the CPU: an MLX primitive of ours (F64Unary) and the
+// unary kernels that use it for float64 inputs and MLX's own ops otherwise.
+
+#include "emlx_kernels.hpp"
+
+#include <mlx/backend/cpu/encoder.h>
+#include <mlx/primitives.h>
+
+#include <algorithm>
+#include <memory>
+
+namespace emlx {
+
+// ---- float64 math on the CPU ----
+//
+// MLX's CPU kernels for several transcendental functions use float32-accurate
+// approximations even for float64 inputs. For float64 these ops run as an
+// MLX primitive of ours whose CPU kernel calls the C library in double
+// precision, scheduled on the stream's CPU encoder like MLX's own kernels.
+
+namespace {
+
+enum f64_fn { F64_EXP, F64_EXPM1, F64_LOG1P, F64_SIN, F64_COS, F64_TAN, F64_SINH, F64_COSH, F64_ASIN, F64_ACOS,
+              F64_ATAN, F64_ASINH, F64_ACOSH, F64_ATANH, F64_ERF, F64_ERFC, F64_ERFINV, F64_SIGMOID, F64_CBRT };
+
+double erfinv64(double y) {
+  if (std::isnan(y) || y < -1.0 || y > 1.0) return NAN;
+  if (y == 1.0) return INFINITY;
+  if (y == -1.0) return -INFINITY;
+  // Giles' single-precision approximation as a start, then Newton steps on erf.
+  double w = -std::log((1.0 - y) * (1.0 + y)), x;
+  if (w < 5.0) {
+    w -= 2.5;
+    double p = 2.81022636e-08;
+    p = 3.43273939e-07 + p * w; p = -3.5233877e-06 + p * w; p = -4.39150654e-06 + p * w;
+    p = 0.00021858087 + p * w; p = -0.00125372503 + p * w; p = -0.00417768164 + p * w;
+    p = 0.246640727 + p * w; p = 1.50140941 + p * w;
+    x = p * y;
+  } else {
+    w = std::sqrt(w) - 3.0;
+    double p = -0.000200214257;
+    p = 0.000100950558 + p * w; p = 0.00134934322 + p * w; p = -0.00367342844 + p * w;
+    p = 0.00573950773 + p * w; p = -0.0076224613 + p * w; p = 0.00943887047 + p * w;
+    p = 1.00167406 + p * w; p = 2.83297682 + p * w;
+    x = p * y;
+  }
+  for (int i = 0; i < 3; i++) {
+    double err = std::erf(x) - y;
+    x -= err / (2.0 / std::sqrt(M_PI) * std::exp(-x * x));
+  }
+  return x;
+}
+
+double f64_apply(int fn, double v) {
+  switch (fn) {
+    case F64_EXP: return std::exp(v);
+    case F64_EXPM1: return std::expm1(v);
+    case F64_LOG1P: return std::log1p(v);
+    case F64_SIN: return std::sin(v);
+    case F64_COS: return std::cos(v);
+    case F64_TAN: return std::tan(v);
+    case F64_SINH: return std::sinh(v);
+    case F64_COSH: return std::cosh(v);
+    case F64_ASIN: return std::asin(v);
+    case F64_ACOS: return std::acos(v);
+    case F64_ATAN: return std::atan(v);
+    case F64_ASINH: return std::asinh(v);
+    case F64_ACOSH: return std::acosh(v);
+    case F64_ATANH: return std::atanh(v);
+    case F64_ERF: return std::erf(v);
+    case F64_ERFC: return std::erfc(v);
+    case F64_ERFINV: return erfinv64(v);
+    case F64_SIGMOID: return 1.0 / (1.0 + std::exp(-v));
+    default: return std::cbrt(v);
+  }
+}
+
+class F64Unary : public mx::UnaryPrimitive {
+ public:
+  F64Unary(mx::Stream s, int fn) : mx::UnaryPrimitive(s), fn_(fn) {}
+
+  void eval_cpu(const std::vector<mx::array> &inputs, mx::array &out) override {
+    const mx::array &in = inputs[0];
+    out.set_data(mx::allocator::malloc(std::max<size_t>(out.nbytes(), 1)));
+    auto &enc = mx::cpu::get_command_encoder(stream());
+    enc.set_input_array(in);
+    enc.set_output_array(out);
+    enc.dispatch([in = in, out = out, fn = fn_]() mutable {
+      const double *src = in.data<double>();
+      double *dst = out.data<double>();
+      size_t n = in.size();
+      for (size_t i = 0; i < n; i++) dst[i] = f64_apply(fn, src[i]);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array> &, mx::array &) override {
+    throw std::runtime_error("float64 is only available on the CPU");
+  }
+
+  const char *name() const override { return "EMLXFloat64Unary"; }
+
+  bool is_equivalent(const mx::Primitive &other) const override {
+    auto *o = dynamic_cast<const F64Unary *>(&other);
+    return o && o->fn_ == fn_;
+  }
+
+ private:
+  int fn_;
+};
+
+mx::array f64_unary(const mx::array &x, int fn, SD s) {
+  auto st = mx::to_stream(s);
+  auto xc = mx::contiguous(x, false, st);
+  return mx::array(x.shape(), mx::float64, std::make_shared<F64Unary>(st, fn), {xc});
+}
+
+}  // namespace
+
+#define F64_OR_MLX(name, code, mlx_expr)                     \
+  mx::array emlx_##name(const mx::array &x, SD s) {          \
+    if (x.dtype() == mx::float64) return f64_unary(x, code, s); \
+    return mlx_expr;                                        \
+  }
+
+F64_OR_MLX(exp, F64_EXP, mx::exp(x, s))
+F64_OR_MLX(expm1, F64_EXPM1,
+           x.dtype() == mx::complex64 ? mx::subtract(mx::exp(x, s), mx::array(std::complex<float>(1.0f, 0.0f)), s)
+                                      : mx::expm1(x, s))
+F64_OR_MLX(log1p, F64_LOG1P, mx::log1p(x, s))
+F64_OR_MLX(sin, F64_SIN, mx::sin(x, s))
+F64_OR_MLX(cos, F64_COS, mx::cos(x, s))
+F64_OR_MLX(tan, F64_TAN, mx::tan(x, s))
+F64_OR_MLX(sinh, F64_SINH, mx::sinh(x, s))
+F64_OR_MLX(cosh, F64_COSH, mx::cosh(x, s))
+F64_OR_MLX(asin, F64_ASIN, mx::arcsin(x, s))
+F64_OR_MLX(acos, F64_ACOS, mx::arccos(x, s))
+F64_OR_MLX(atan, F64_ATAN, mx::arctan(x, s))
+F64_OR_MLX(asinh, F64_ASINH, mx::arcsinh(x, s))
+F64_OR_MLX(acosh, F64_ACOSH, mx::arccosh(x, s))
+F64_OR_MLX(atanh, F64_ATANH, mx::arctanh(x, s))
+F64_OR_MLX(erf, F64_ERF, mx::erf(x, s))
+F64_OR_MLX(erf_inv, F64_ERFINV, mx::erfinv(x, s))
+F64_OR_MLX(sigmoid, F64_SIGMOID,
+           x.dtype() == mx::complex64
+               ? mx::reciprocal(mx::add(mx::exp(mx::negative(x, s), s), mx::array(std::complex<float>(1.0f, 0.0f)), s), s)
+               : mx::sigmoid(x, s))
+
+mx::array emlx_cbrt(const mx::array &x, SD s) {
+  if (x.dtype() == mx::float64) return f64_unary(x, F64_CBRT, s);
+  // complex: the principal root exp(log(z) / 3)
+  if (x.dtype() == mx::complex64) return mx::exp(mx::divide(mx::log(x, s), mx::array(std::complex<float>(3.0f, 0.0f)), s), s);
+  auto third = mx::array(1.0 / 3.0, x.dtype());
+  return mx::multiply(mx::sign(x, s), mx::power(mx::abs(x, s), third, s), s);
+}
+
+mx::array emlx_erfc(const mx::array &x, SD s) {
+  if (x.dtype() == mx::float64) return f64_unary(x, F64_ERFC, s);
+  return mx::subtract(mx::array(1.0, x.dtype()), mx::erf(x, s), s);
+}
+
+}  // namespace emlx

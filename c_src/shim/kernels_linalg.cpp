@@ -1,0 +1,237 @@
+// Linear algebra and FFT kernels with Nx semantics: dot, FFT, triangular
+// solve, decompositions, solve and determinant.
+
+#include "emlx_kernels.hpp"
+
+namespace emlx {
+
+// ---- dot ----
+
+mx::array emlx_dot(const mx::array &a0, const std::vector<int> &ca, const std::vector<int> &ba, const mx::array &b0,
+                   const std::vector<int> &cb, const std::vector<int> &bb, std::optional<mx::Dtype> out, SD s) {
+  if (ca.size() != cb.size() || ba.size() != bb.size()) throw arg_error("dot axes lists must have equal lengths");
+  mx::Dtype t = out ? *out : mx::promote_types(a0.dtype(), b0.dtype());
+  auto a = mx::astype(a0, t, s), b = mx::astype(b0, t, s);
+  auto free_axes = [](int nd, const std::vector<int> &c, const std::vector<int> &bt) {
+    std::vector<int> f;
+    for (int i = 0; i < nd; i++) {
+      bool used = false;
+      for (int v : c) used |= (v == i);
+      for (int v : bt) used |= (v == i);
+      if (!used) f.push_back(i);
+    }
+    return f;
+  };
+  auto fa = free_axes(a.ndim(), ca, ba), fb = free_axes(b.ndim(), cb, bb);
+  auto prod = [](const mx::array &x, const std::vector<int> &axes) {
+    int64_t p = 1;
+    for (int v : axes) p *= x.shape(v);
+    return static_cast<int32_t>(p);
+  };
+  int32_t B = prod(a, ba), M = prod(a, fa), K = prod(a, ca), N = prod(b, fb);
+  if (K != prod(b, cb)) throw arg_error("dot contraction dimensions differ");
+  std::vector<int> pa(ba), pb(bb);
+  pa.insert(pa.end(), fa.begin(), fa.end());
+  pa.insert(pa.end(), ca.begin(), ca.end());
+  pb.insert(pb.end(), cb.begin(), cb.end());
+  pb.insert(pb.end(), fb.begin(), fb.end());
+  auto a3 = mx::reshape(mx::transpose(a, pa, s), {B, M, K}, s);
+  auto b3 = mx::reshape(mx::transpose(b, pb, s), {B, K, N}, s);
+  mx::array r = is_float(t) || is_complex(t)
+                    ? mx::matmul(a3, b3, s)
+                    // MLX has no integer matmul: multiply and sum, exact with wrap-around.
+                    : mx::sum(mx::multiply(mx::reshape(a3, {B, M, K, 1}, s), mx::reshape(b3, {B, 1, K, N}, s), s),
+                              std::vector<int>{2}, false, s);
+  mx::Shape shape;
+  for (int v : ba) shape.push_back(a.shape(v));
+  for (int v : fa) shape.push_back(a.shape(v));
+  for (int v : fb) shape.push_back(b.shape(v));
+  return mx::astype(mx::reshape(r, shape, s), t, s);
+}
+
+// ---- FFT ----
+
+mx::array emlx_fft(const mx::array &x, int64_t n, int64_t axis, bool inverse, double eps, SD s) {
+  auto c = is_complex(x.dtype()) ? x : mx::astype(x, mx::complex64, s);
+  auto norm = mx::fft::FFTNorm::Backward;
+  auto r = inverse ? mx::fft::ifft(c, static_cast<int>(n), static_cast<int>(axis), norm, s)
+                   : mx::fft::fft(c, static_cast<int>(n), static_cast<int>(axis), norm, s);
+  if (eps > 0) {
+    auto e = mx::array(static_cast<float>(eps));
+    auto re = mx::real(r, s);
+    auto im = mx::imag(r, s);
+    re = mx::where(mx::less_equal(mx::abs(re, s), e, s), mx::zeros_like(re, s), re, s);
+    im = mx::where(mx::less_equal(mx::abs(im, s), e, s), mx::zeros_like(im, s), im, s);
+    r = mx::add(mx::astype(re, mx::complex64, s),
+                mx::multiply(mx::astype(im, mx::complex64, s), mx::array(std::complex<float>(0.0f, 1.0f)), s), s);
+  }
+  return r;
+}
+
+// ---- linear algebra (MLX runs these on the CPU) ----
+
+// Decompositions run in the output's float type (f32 for half types and
+// integers, f64 stays f64).
+static void check_matrix(const mx::array &x) {
+  if (x.ndim() < 2) throw arg_error("linear algebra expects a matrix (at least two dimensions)");
+  for (size_t i = 0; i < x.ndim(); i++)
+    if (x.shape(static_cast<int>(i)) == 0) throw arg_error("linear algebra expects a non-empty matrix");
+}
+
+static mx::array cast_for_linalg(const mx::array &x, std::optional<mx::Dtype> out, SD s) {
+  mx::Dtype t = out ? *out : (is_float(x.dtype()) ? x.dtype() : mx::float32);
+  if (t != mx::float64) t = mx::float32;
+  return mx::astype(x, t, s);
+}
+
+static mx::array float_for_linalg(const mx::array &x, std::optional<mx::Dtype> out, SD s) {
+  check_matrix(x);
+  return cast_for_linalg(x, out, s);
+}
+
+// Triangular solves are cheap: on the CPU they run in float64 and round once,
+// which gives the correctly rounded float32 answer Nx's reference gives.
+static mx::array precise_for_linalg(const mx::array &x, std::optional<mx::Dtype> out, SD s) {
+  if (x.ndim() >= 1)
+    for (size_t i = 0; i < x.ndim(); i++)
+      if (x.shape(static_cast<int>(i)) == 0) throw arg_error("linear algebra expects non-empty operands");
+  if (mx::to_stream(s).device == mx::Device::cpu) return mx::astype(x, mx::float64, s);
+  return float_for_linalg(x, out, s);
+}
+
+// Complex systems through the real embedding [[Ar, -Ai], [Ai, Ar]].
+static mx::array complex_solve(const mx::array &a, const mx::array &b, SD s) {
+  check_matrix(a);
+  auto ar = mx::astype(mx::real(a, s), mx::float64, s), ai = mx::astype(mx::imag(a, s), mx::float64, s);
+  bool vec = b.ndim() == a.ndim() - 1;
+  auto bb = vec ? mx::expand_dims(b, -1, s) : b;
+  auto br = mx::astype(mx::real(bb, s), mx::float64, s), bi = mx::astype(mx::imag(bb, s), mx::float64, s);
+  auto top = mx::concatenate({ar, mx::negative(ai, s)}, -1, s);
+  auto bottom = mx::concatenate({ai, ar}, -1, s);
+  auto m = mx::concatenate({top, bottom}, -2, s);
+  auto rhs = mx::concatenate({br, bi}, -2, s);
+  auto x = mx::linalg::solve(m, rhs, s);
+  int n = a.shape(-1);
+  auto xs = x.shape();
+  mx::Shape start(x.ndim(), 0), mid = xs;
+  mid[mid.size() - 2] = n;
+  mx::Shape start2(x.ndim(), 0);
+  start2[start2.size() - 2] = n;
+  auto xr = mx::slice(x, start, mid, s), xi = mx::slice(x, start2, xs, s);
+  auto r = mx::add(mx::astype(xr, mx::complex64, s),
+                   mx::multiply(mx::astype(xi, mx::complex64, s), mx::array(std::complex<float>(0.0f, 1.0f)), s), s);
+  return vec ? mx::squeeze(r, -1, s) : r;
+}
+
+mx::array emlx_triangular_solve(const mx::array &a0, const mx::array &b0, bool left, bool lower, bool transpose,
+                                std::optional<mx::Dtype> out, SD s) {
+  check_matrix(a0);
+  if (b0.ndim() < 1 || b0.size() == 0) throw arg_error("linear algebra expects non-empty operands");
+  // Nx raises on a singular (zero-diagonal) matrix: check it now.
+  auto diag = mx::diagonal(a0, 0, -2, -1, s);
+  if (mx::any(mx::equal(diag, mx::zeros_like(diag, s), s), s).item<bool>())
+    throw arg_error("can't solve for singular matrix");
+  if (is_complex(a0.dtype()) || is_complex(b0.dtype())) {
+    auto a = mx::astype(a0, mx::complex64, s), b = mx::astype(b0, mx::complex64, s);
+    if (transpose) a = mx::swapaxes(a, -1, -2, s);
+    if (left) return complex_solve(a, b, s);
+    bool vec = b.ndim() == a.ndim() - 1;
+    auto bt = vec ? b : mx::swapaxes(b, -1, -2, s);
+    auto xt = complex_solve(mx::swapaxes(a, -1, -2, s), bt, s);
+    return vec ? xt : mx::swapaxes(xt, -1, -2, s);
+  }
+  auto a = precise_for_linalg(a0, out, s), b = precise_for_linalg(b0, out, s);
+  if (transpose) {
+    a = mx::swapaxes(a, -1, -2, s);
+    lower = !lower;
+  }
+  bool vec = b.ndim() == a.ndim() - 1;
+  if (vec) b = mx::expand_dims(b, -1, s);
+  mx::array x = a;
+  if (left) {
+    x = mx::linalg::solve_triangular(a, b, !lower, s);
+  } else {
+    // x a = b  <=>  a^T x^T = b^T
+    auto xt = mx::linalg::solve_triangular(mx::swapaxes(a, -1, -2, s), mx::swapaxes(b, -1, -2, s), lower, s);
+    x = mx::swapaxes(xt, -1, -2, s);
+  }
+  if (vec) x = mx::squeeze(x, -1, s);
+  return x;
+}
+
+// -0.0 becomes +0.0, as Nx's own decompositions produce.
+static mx::array plus_zero(const mx::array &x, SD s) { return mx::add(x, mx::array(0.0, x.dtype()), s); }
+
+std::vector<mx::array> emlx_qr(const mx::array &a0, bool complete, std::optional<mx::Dtype> out, SD s) {
+  auto a = float_for_linalg(a0, out, s);
+  int m = a.shape(-2), n = a.shape(-1);
+  if (complete && m > n) {
+    // Complete Q from the QR of [A | I]: its first m columns span R^m.
+    mx::Shape eshape(a.shape().begin(), a.shape().end() - 2);
+    eshape.push_back(m);
+    eshape.push_back(m);
+    auto aug = mx::concatenate({a, mx::broadcast_to(mx::eye(m, a.dtype(), s), eshape, s)}, -1, s);
+    auto [q, r] = mx::linalg::qr(aug, s);
+    auto rr = mx::slice(r, mx::Shape(r.ndim(), 0), [&] {
+      auto e = r.shape();
+      e[e.size() - 1] = n;
+      return e;
+    }(), s);
+    return {plus_zero(q, s), plus_zero(rr, s)};
+  }
+  auto [q, r] = mx::linalg::qr(a, s);
+  return {plus_zero(q, s), plus_zero(r, s)};
+}
+
+std::vector<mx::array> emlx_svd(const mx::array &a0, bool full, std::optional<mx::Dtype> out, SD s) {
+  auto a = float_for_linalg(a0, out, s);
+  auto r = mx::linalg::svd(a, true, s);
+  if (!full) {
+    int m = a.shape(-2), n = a.shape(-1), k = std::min(m, n);
+    auto u = r[0], vt = r[2];
+    auto ue = u.shape();
+    ue[ue.size() - 1] = k;
+    auto ve = vt.shape();
+    ve[ve.size() - 2] = k;
+    r[0] = mx::slice(u, mx::Shape(u.ndim(), 0), ue, s);
+    r[2] = mx::slice(vt, mx::Shape(vt.ndim(), 0), ve, s);
+  }
+  return {plus_zero(r[0], s), plus_zero(r[1], s), plus_zero(r[2], s)};
+}
+
+std::vector<mx::array> emlx_eigh(const mx::array &a0, std::optional<mx::Dtype> out, SD s) {
+  auto a = float_for_linalg(a0, out, s);
+  auto [w, v] = mx::linalg::eigh(a, "L", s);
+  // Nx orders eigenvalues from the largest down
+  return {plus_zero(mx::flip(w, -1, s), s), plus_zero(mx::flip(v, -1, s), s)};
+}
+
+std::vector<mx::array> emlx_lu(const mx::array &a0, std::optional<mx::Dtype> out, SD s) {
+  auto a = float_for_linalg(a0, out, s);
+  auto r = mx::linalg::lu(a, s);  // {pivots as a permutation vector, L, U}
+  // Nx returns P as a matrix with A = P.L.U
+  int n = a.shape(-2);
+  auto p = mx::astype(r[0], mx::int32, s);
+  auto ar = mx::arange(n, s);
+  // pm[i][j] = (p[i] == j), so that A = pm . L . U
+  auto pm = mx::astype(mx::equal(mx::expand_dims(p, -1, s), ar, s), a.dtype(), s);
+  return {pm, plus_zero(r[1], s), plus_zero(r[2], s)};
+}
+
+mx::array emlx_cholesky(const mx::array &a0, std::optional<mx::Dtype> out, SD s) {
+  return mx::linalg::cholesky(float_for_linalg(a0, out, s), false, s);
+}
+
+mx::array emlx_solve(const mx::array &a0, const mx::array &b0, std::optional<mx::Dtype> out, SD s) {
+  auto a = float_for_linalg(a0, out, s), b = cast_for_linalg(b0, out, s);
+  if (b.size() == 0) throw arg_error("linear algebra expects non-empty operands");
+  bool vec = b.ndim() == a.ndim() - 1;
+  auto x = mx::linalg::solve(a, vec ? mx::expand_dims(b, -1, s) : b, s);
+  return vec ? mx::squeeze(x, -1, s) : x;
+}
+
+mx::array emlx_determinant(const mx::array &a0, std::optional<mx::Dtype> out, SD s) {
+  return mx::linalg::det(float_for_linalg(a0, out, s), s);
+}
+
+}  // namespace emlx
