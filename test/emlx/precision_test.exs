@@ -64,6 +64,27 @@ defmodule EMLX.PrecisionTest do
     close(Nx.LinAlg.least_squares(emlx([[1, 2], [2, 3]]), emlx([1, 2])), [1.0, 0.0], 1.0e-5)
   end
 
+  test "float64 determinants beyond float32's range, with the sign of the row swaps" do
+    # det(10 I_n) = 10^n: MLX's own det (exp of log|det|) overflowed at 1e38 in f64.
+    for n <- [38, 39, 50, 200] do
+      det = Nx.LinAlg.determinant(Nx.multiply(Nx.eye(n, type: :f64, backend: EMLX.Backend), 10))
+      assert_in_delta Nx.to_number(det) / :math.pow(10, n), 1.0, 1.0e-12
+    end
+
+    # A row permutation of diag(1..5) and a batch: against Nx.BinaryBackend.
+    rows = [[0, 2, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 4, 0], [0, 0, 3, 0, 0], [0, 0, 0, 0, 5]]
+    m = Nx.tensor([rows, Enum.reverse(rows)], type: :f64, backend: Nx.BinaryBackend)
+    want = Nx.LinAlg.determinant(m)
+    got = Nx.LinAlg.determinant(Nx.backend_copy(m, EMLX.Backend))
+    assert Nx.to_list(got) == Nx.to_list(want)
+    assert Nx.to_list(got) == [120.0, 120.0]
+    odd = rows |> Enum.reverse() |> Enum.drop(1) |> Kernel.++([hd(rows)])
+    m = Nx.tensor([odd], type: :f64, backend: Nx.BinaryBackend)
+
+    assert Nx.to_list(Nx.LinAlg.determinant(Nx.backend_copy(m, EMLX.Backend))) ==
+             Nx.to_list(Nx.LinAlg.determinant(m))
+  end
+
   test "qr: Q R = A with orthonormal Q, reduced and complete" do
     for mode <- [:reduced, :complete] do
       a = emlx([[3.0, 2.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
