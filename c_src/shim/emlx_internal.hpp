@@ -7,6 +7,7 @@
 
 #include <mlx/mlx.h>
 
+#include <optional>
 #include <stdexcept>
 #include <vector>
 
@@ -19,9 +20,13 @@ struct emlx_arr {
   explicit emlx_arr(mx::array x) : a(std::move(x)) {}
 };
 
+// A worker's stream. A GPU worker also holds a CPU stream made on the same
+// thread: what MLX's CUDA backend lacks (float64, linear algebra, 64-bit
+// scatter) runs there, on the same arrays (see emlx_ops.cpp, stream_for).
 struct emlx_stream {
   mx::Stream s;
-  explicit emlx_stream(mx::Stream x) : s(x) {}
+  std::optional<mx::Stream> cpu;
+  explicit emlx_stream(mx::Stream x, std::optional<mx::Stream> c = std::nullopt) : s(x), cpu(c) {}
 };
 
 namespace emlx {
@@ -57,9 +62,13 @@ void hand_out(std::vector<mx::array> &results, emlx_arr **outs);
 
 // ---- the op table (emlx_ops.cpp) ----
 
-// Runs one op-table instruction on the stream: with out_dtype >= 0 every
-// result is cast to it when its own type differs. Throws on failure.
-std::vector<mx::array> run_instr(int op, const mx::Stream &stream, const emlx_arg *args, int out_dtype);
+// Runs one op-table instruction on the worker's stream (or its CPU stream,
+// for what the GPU lacks): with out_dtype >= 0 every result is cast to it
+// when its own type differs. Throws on failure.
+std::vector<mx::array> run_instr(int op, const emlx_stream &stream, const emlx_arg *args, int out_dtype);
+
+// The stream that work on `x` runs on: the CPU stream for float64 on a GPU worker.
+const mx::Stream &stream_for_array(const emlx_stream &s, const mx::array &x);
 
 }  // namespace emlx
 

@@ -129,19 +129,69 @@ std::vector<mx::array> run_op(int op, const mx::Stream &stream, const emlx_arg *
 #undef OUT
 }
 
+// Where an op runs on a GPU worker. MLX's CUDA backend has no float64, no
+// linear algebra (LU, QR, SVD, eigh, Cholesky, inverse, solves) and no
+// 64-bit scatter: those run on the worker's CPU stream, on the same arrays
+// (MLX orders the two streams), and their results are ordinary arrays the
+// GPU ops that follow consume.
+bool cpu_only_op(int op) {
+  switch (op) {
+    case OP_qr:
+    case OP_svd:
+    case OP_eigh:
+    case OP_lu:
+    case OP_cholesky:
+    case OP_solve:
+    case OP_determinant:
+    case OP_triangular_solve:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool scatter_op(int op) { return op == OP_indexed_add || op == OP_indexed_put || op == OP_window_scatter; }
+
+bool wide_int(mx::Dtype d) { return d == mx::int64 || d == mx::uint64; }
+
+const mx::Stream &stream_for(const emlx_stream &s, int op, const emlx_arg *args, std::optional<mx::Dtype> out) {
+  if (!s.cpu) return s.s;
+  if (cpu_only_op(op) || (out && *out == mx::float64)) return *s.cpu;
+  bool scatter = scatter_op(op);
+  const char *sig = op_table[op].sig;
+  for (int k = 0; sig[k]; k++) {
+    const emlx_arg &a = args[k];
+    if (a.kind == EMLX_ARG_ARR) {
+      auto d = a.u.arr->a.dtype();
+      if (d == mx::float64 || (scatter && wide_int(d))) return *s.cpu;
+    } else if (a.kind == EMLX_ARG_ARRS) {
+      for (int i = 0; i < a.u.arrs.n; i++)
+        if (a.u.arrs.v[i]->a.dtype() == mx::float64) return *s.cpu;
+    } else if (a.kind == EMLX_ARG_DTYPE && to_dtype(a.u.dtype) == mx::float64) {
+      return *s.cpu;
+    }
+  }
+  return s.s;
+}
+
 }  // namespace
 
+const mx::Stream &stream_for_array(const emlx_stream &s, const mx::array &x) {
+  return s.cpu && x.dtype() == mx::float64 ? *s.cpu : s.s;
+}
+
 // One op-table instruction, for a single op and for a program's replay
-// alike: the out type, the op, the checks on its results, and the cast of
-// every result whose type differs from the out type.
-std::vector<mx::array> run_instr(int op, const mx::Stream &stream, const emlx_arg *args, int out_dtype) {
+// alike: the out type, the stream, the op, the checks on its results, and
+// the cast of every result whose type differs from the out type.
+std::vector<mx::array> run_instr(int op, const emlx_stream &s, const emlx_arg *args, int out_dtype) {
   std::optional<mx::Dtype> out;
   if (out_dtype >= 0) out = to_dtype(out_dtype);
+  const mx::Stream &stream = stream_for(s, op, args, out);
   auto results = run_op(op, stream, args, out);
   check_results(results);
   if (out)
     for (auto &r : results)
-      if (r.dtype() != *out) r = emlx_as_type(r, *out, stream);
+      if (r.dtype() != *out) r = emlx_as_type(r, *out, r.dtype() == mx::float64 ? stream_for_array(s, r) : stream);
   return results;
 }
 
@@ -162,7 +212,7 @@ emlx_status emlx_op_run(int op, emlx_stream *s, const emlx_arg *args, int nargs,
   return guard([&] {
     if (op < 0 || op >= OP_COUNT) throw arg_error("unknown op");
     if (static_cast<int>(std::strlen(op_table[op].sig)) != nargs) throw arg_error("wrong number of op arguments");
-    auto results = run_instr(op, s->s, args, out_dtype);
+    auto results = run_instr(op, *s, args, out_dtype);
     if (results.size() > EMLX_MAX_OUTS) throw arg_error("too many op results");
     hand_out(results, outs);
     *nouts = static_cast<int>(results.size());

@@ -14,7 +14,7 @@ namespace {
 
 // Runs the instructions over slots (the inputs first, then every
 // instruction's results in turn) and returns the arrays of out_slots.
-std::vector<mx::array> replay(const mx::Stream &stream, const emlx_instr *instrs, int ninstrs,
+std::vector<mx::array> replay(const emlx_stream &stream, const emlx_instr *instrs, int ninstrs,
                               const std::vector<mx::array> &inputs, const std::vector<int> &out_slots) {
   std::vector<emlx_arr> slots;
   slots.reserve(inputs.size() + static_cast<size_t>(ninstrs) * 2);
@@ -67,7 +67,7 @@ emlx_status emlx_program_run(emlx_stream *s, const emlx_instr *instrs, int ninst
     std::vector<mx::array> results;
     if (compile) {
       if (!*cache) {
-        mx::Stream st = s->s;
+        emlx_stream st = *s;
         auto body = [st, instrs, ninstrs, slots](const std::vector<mx::array> &args) {
           return replay(st, instrs, ninstrs, args, slots);
         };
@@ -75,7 +75,7 @@ emlx_status emlx_program_run(emlx_stream *s, const emlx_instr *instrs, int ninst
       }
       results = (*cache)->fn(in);
     } else {
-      results = replay(s->s, instrs, ninstrs, in, slots);
+      results = replay(*s, instrs, ninstrs, in, slots);
     }
     hand_out(results, outs);
   });

@@ -88,7 +88,9 @@ emlx_status emlx_stream_new(emlx_device dev, emlx_stream **out) {
     if (!mx::is_available(d)) throw std::runtime_error(dev == EMLX_DEV_GPU ? "the GPU device is not available in this MLX build" : "the CPU device is not available");
     auto st = mx::new_stream(d);
     mx::set_default_stream(st);
-    *out = new emlx_stream(st);
+    std::optional<mx::Stream> cpu;
+    if (dev == EMLX_DEV_GPU) cpu = mx::new_stream(mx::Device::cpu);
+    *out = new emlx_stream(st, cpu);
   });
 }
 
@@ -175,7 +177,7 @@ emlx_status emlx_arr_host_view(emlx_stream *s, const emlx_arr *a, emlx_arr **vie
     mx::array x = a->a;
     x.eval();
     if (!x.flags().row_contiguous) {
-      x = mx::contiguous(x, false, s->s);
+      x = mx::contiguous(x, false, stream_for_array(*s, x));
       x.eval();
     }
     mx::synchronize(s->s);
