@@ -14,7 +14,9 @@ OPT ?= -O2
 DEPFLAGS = -MMD -MP
 CFLAGS_EMLX = -std=c11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden $(OPT) -D_GNU_SOURCE -I$(ERTS_INCLUDE_DIR) -Ic_src/shim
 CXXFLAGS_EMLX = -std=c++20 -Wall -Wextra -Werror -fPIC -fvisibility=hidden $(OPT) -isystem $(MLX_INCLUDE_DIR)
-LDFLAGS_EMLX = -shared -L$(MLX_LIB_DIR) -Wl,-rpath,$(MLX_LIB_DIR) -lmlx -lpthread
+# libmlx is found relative to the NIF: mix copies it (with the wheel's bundled
+# libraries, in the wheel's layout) into priv/libmlx/, so a release carries it.
+LDFLAGS_EMLX = -shared -L$(MLX_LIB_DIR) -Wl,-rpath,'$$ORIGIN/libmlx/mlx/lib' -lmlx -lpthread
 
 # The NIF: plain C11, sees MLX only through c_src/shim/emlx_shim.h.
 NIF_SRCS = $(addprefix c_src/nif/,emlx_nif.c emlx_resources.c emlx_array.c emlx_job.c emlx_arena.c emlx_codec.c \
@@ -68,7 +70,7 @@ ASAN_ERTS_INCLUDE ?= $(shell erl -noshell -eval 'io:put_chars(filename:join([cod
 
 asan:
 	$(MAKE) --no-print-directory all PRIV_DIR=$(ASAN_PRIV_DIR) BUILD_DIR=$(ASAN_BUILD_DIR) OPT="-O1 -g" \
-	  EXTRA_CFLAGS="-fsanitize=address -fno-omit-frame-pointer" EXTRA_LDFLAGS="-fsanitize=address" \
+	  EXTRA_CFLAGS="-fsanitize=address -fno-omit-frame-pointer" EXTRA_LDFLAGS="-fsanitize=address -Wl,-rpath,$(or $(MLX_LIB_DIR),$(ASAN_MLX_DIR)/lib)" \
 	  MLX_INCLUDE_DIR="$(or $(MLX_INCLUDE_DIR),$(ASAN_MLX_DIR)/include)" \
 	  MLX_LIB_DIR="$(or $(MLX_LIB_DIR),$(ASAN_MLX_DIR)/lib)" \
 	  ERTS_INCLUDE_DIR="$(or $(ERTS_INCLUDE_DIR),$(ASAN_ERTS_INCLUDE))"

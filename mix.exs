@@ -81,6 +81,7 @@ defmodule Mix.Tasks.Compile.EmlxNif do
     # An older layout linked priv/ to the source tree; the NIF now lives in the build.
     if match?({:ok, %{type: :symlink}}, File.lstat(priv)), do: File.rm!(priv)
     File.write!(Path.join(Mix.Project.app_path(), "libmlx.txt"), inspect(mlx))
+    EMLX.LibMLX.copy_to!(mlx, Path.join(priv, "libmlx"))
 
     case System.cmd("make", ["-s", "--no-print-directory"], env: env, stderr_to_stdout: true) do
       {out, 0} ->
@@ -115,6 +116,38 @@ defmodule EMLX.LibMLX do
       dir when dir not in [nil, ""] -> from_dir!(dir)
       _ -> from_wheel!()
     end
+  end
+
+  @doc """
+  Copies libmlx into `dest` (the NIF's priv/libmlx, which its RUNPATH
+  names relative to itself): the wheel's `mlx/lib` and its bundled
+  `*.libs` folder, keeping the wheel's layout so libmlx's own relative
+  RPATH still finds them. A file already there with the same size stays.
+  """
+  def copy_to!(%{source: source, lib: lib}, dest) do
+    libs =
+      if File.dir?(Path.join(source, "mlx")),
+        do: Path.wildcard(Path.join(source, "*.libs")),
+        else: []
+
+    for {from, to} <- [
+          {lib, Path.join(dest, "mlx/lib")}
+          | Enum.map(libs, &{&1, Path.join(dest, Path.basename(&1))})
+        ],
+        file <- File.ls!(from),
+        String.contains?(file, ".so") do
+      target = Path.join(to, file)
+      src = Path.join(from, file)
+
+      size = File.stat!(src).size
+
+      unless match?({:ok, %{size: ^size}}, File.stat(target)) do
+        File.mkdir_p!(to)
+        File.cp!(src, target)
+      end
+    end
+
+    :ok
   end
 
   defp from_dir!(dir) do
