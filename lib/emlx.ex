@@ -270,22 +270,17 @@ defmodule EMLX do
   defp unwrap_arg(list) when is_list(list), do: Enum.map(list, &unwrap_arg/1)
   defp unwrap_arg(other), do: other
 
-  @unary ~w(abs acos acosh asin asinh atan atanh ceil conjugate cos cosh erf erf_inv exp expm1
-            floor imag is_infinity is_nan log log1p logical_not negate real round rsqrt sigmoid
-            sign sin sinh sqrt tan tanh bitwise_not)a
-  @binary ~w(add subtract multiply divide pow remainder quotient atan2 equal not_equal greater
-             greater_equal less less_equal logical_and logical_or logical_xor maximum minimum
-             bitwise_and bitwise_or bitwise_xor left_shift right_shift)a
-  @renamed %{maximum: :max, minimum: :min}
-
-  for name <- @unary do
+  # One function per element-wise op of the op table (EMLX.Ops). The binary
+  # max and min are named maximum/2 and minimum/2: max/3 and min/3 reduce.
+  for name <- EMLX.Ops.unary() do
     @doc "Element-wise `#{name}` of a device ref."
     def unquote(name)(tensor), do: op(unquote(name), [tensor])
   end
 
-  for name <- @binary do
+  for op <- EMLX.Ops.binary() do
+    name = Map.get(%{max: :maximum, min: :minimum}, op, op)
     @doc "Element-wise `#{name}` of two device refs."
-    def unquote(name)(a, b), do: op(unquote(Map.get(@renamed, name, name)), [a, b])
+    def unquote(name)(a, b), do: op(unquote(op), [a, b])
   end
 
   @doc "Sum over `axes`."

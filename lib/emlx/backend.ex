@@ -313,32 +313,22 @@ defmodule EMLX.Backend do
   @impl true
   def clip(out, tensor, min, max), do: run(out, :clip, [tensor, min, max])
 
-  ## Element-wise
+  ## Element-wise and reductions: the op table's ops that are Nx.Backend callbacks
 
-  binary_ops =
-    [:add, :subtract, :multiply, :pow, :remainder, :divide, :atan2, :min, :max, :quotient] ++
-      [:bitwise_and, :bitwise_or, :bitwise_xor, :left_shift, :right_shift] ++
-      [:equal, :not_equal, :greater, :less, :greater_equal, :less_equal] ++
-      [:logical_and, :logical_or, :logical_xor]
+  callbacks = Nx.Backend.behaviour_info(:callbacks)
 
-  for op <- binary_ops do
+  for op <- EMLX.Ops.binary(), {op, 3} in callbacks do
     @impl true
     def unquote(op)(out, a, b), do: run(out, unquote(op), [a, b])
   end
 
-  unary_ops =
-    Enum.map(Nx.Shared.unary_math_funs(), &elem(&1, 0)) ++
-      [:abs, :bitwise_not, :ceil, :conjugate, :floor, :negate, :round, :sign] ++
-      [:count_leading_zeros, :population_count, :real, :imag, :is_nan, :is_infinity]
-
-  for op <- unary_ops do
+  for op <- EMLX.Ops.unary(), {op, 2} in callbacks do
     @impl true
     def unquote(op)(out, tensor), do: run(out, unquote(op), [tensor])
   end
 
-  ## Reductions
-
-  for op <- [:sum, :product, :reduce_max, :reduce_min, :all, :any] do
+  # Ops of signature (array, axes, keep_axes): sum, product, reduce_max, ...
+  for op <- EMLX.Ops.with_signature("aIb"), {op, 3} in callbacks do
     @impl true
     def unquote(op)(out, %T{shape: shape} = tensor, opts) do
       axes = opts[:axes] || Nx.axes(shape)

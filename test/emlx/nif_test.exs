@@ -10,6 +10,8 @@ defmodule EMLX.NIFTest do
     ops = NIF.op_list()
     assert {:add, ~c"aa"} in ops
     assert length(ops) > 80
+    # EMLX.Ops reads the same table at compile time
+    assert ops == Enum.map(EMLX.Ops.all(), fn {name, _, sig, _} -> {name, ~c"#{sig}"} end)
     assert NIF.mlx_version() == ~c"0.32.4"
   end
 

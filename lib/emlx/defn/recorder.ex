@@ -22,7 +22,6 @@ defmodule EMLX.Defn.Recorder do
   alias EMLX.NIF
 
   @key :emlx_recorder
-  @multi %{qr: 2, svd: 3, eigh: 2, lu: 3}
 
   defstruct [
     :queue,
@@ -71,7 +70,7 @@ defmodule EMLX.Defn.Recorder do
   def record(op, raw_args, out_type) do
     rec = Process.get(@key)
     {args, rec} = Enum.map_reduce(raw_args, rec, &translate/2)
-    count = Map.get(@multi, op, 1)
+    count = EMLX.Ops.outputs(op)
     slots = Enum.map(rec.nouts..(rec.nouts + count - 1), &{:emlx_slot, rec.segment, {:out, &1}})
 
     Process.put(@key, %{
