@@ -123,16 +123,18 @@ defmodule EMLX do
   @doc "Reads at most `limit` elements of the tensor back as a binary."
   def to_blob({device, ref}, limit) do
     {_shape, type, _owner} = NIF.info(ref)
-    bytes = if limit == :infinity, do: 0xFFFFFFFFFFFFFFFF, else: limit * elem_bytes(type)
+
+    bytes =
+      if limit == :infinity, do: 0xFFFFFFFFFFFFFFFF, else: limit * EMLX.Types.elem_bytes(type)
+
     NIF.to_binary(resolve_worker(device), ref, bytes) |> NIF.await()
   end
 
   @doc "Returns the value of a one-element tensor as a number."
   def item({_device, ref} = device_ref) do
     {_shape, type, _owner} = NIF.info(ref)
-    type = if type == :bool, do: {:u, 8}, else: type
-
-    size = elem_bytes(type)
+    type = EMLX.Types.to_nx(type)
+    size = EMLX.Types.elem_bytes(type)
 
     case to_blob(device_ref) do
       binary when byte_size(binary) == size ->
@@ -352,7 +354,4 @@ defmodule EMLX do
     ref = NIF.from_binary(resolve_worker(device), blob, shape, type) |> NIF.await()
     {device, ref}
   end
-
-  defp elem_bytes(:bool), do: 1
-  defp elem_bytes({_, bits}), do: div(bits, 8)
 end

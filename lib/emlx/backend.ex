@@ -17,26 +17,10 @@ defmodule EMLX.Backend do
   defstruct [:ref, :device, :queue, :quantization_config]
 
   alias Nx.Tensor, as: T
-  alias EMLX.NIF
-
-  @supported_types [
-    {:u, 8},
-    {:u, 16},
-    {:u, 32},
-    {:u, 64},
-    {:s, 8},
-    {:s, 16},
-    {:s, 32},
-    {:s, 64},
-    {:f, 16},
-    {:bf, 16},
-    {:f, 32},
-    {:f, 64},
-    {:c, 64}
-  ]
+  alias EMLX.{NIF, Types}
 
   @doc "The Nx types EMLX.Backend stores (MLX has no f8, c128 or sub-byte integers)."
-  def supported_types, do: @supported_types
+  defdelegate supported_types, to: EMLX.Types, as: :supported
 
   ## Conversions
 
@@ -49,14 +33,9 @@ defmodule EMLX.Backend do
 
   @doc "Converts a device ref to an Nx tensor."
   def to_nx({device, ref}) when is_reference(ref) do
-    {shape, type, owner} = NIF.info(ref)
-    type = if type == :bool, do: {:u, 8}, else: type
-
-    ref =
-      if type == {:u, 8} and elem(NIF.info(ref), 1) == :bool,
-        do: cast_bool(ref, owner),
-        else: ref
-
+    {shape, mlx_type, owner} = NIF.info(ref)
+    ref = if mlx_type == :bool, do: cast_bool(ref, owner), else: ref
+    type = Types.to_nx(mlx_type)
     names = List.duplicate(nil, tuple_size(shape))
 
     %T{
@@ -84,7 +63,7 @@ defmodule EMLX.Backend do
     %{t | data: data}
   end
 
-  defp cast_bool(ref, queue), do: run_ref(queue, :as_type, [ref, {:u, 8}], nil)
+  defp cast_bool(ref, queue), do: run_ref(queue, :as_type, [ref, Types.to_nx(:bool)], nil)
 
   ## Creation
 
@@ -116,7 +95,7 @@ defmodule EMLX.Backend do
   @impl true
   def from_binary(%T{shape: shape, type: type} = out, binary, opts) do
     device = device_option(opts)
-    check_type!(type, device, :from_binary)
+    Types.check!(type, device, :from_binary)
     queue = EMLX.resolve_worker(device)
     ref = NIF.from_binary(queue, binary, shape, type) |> NIF.await()
     wrap(out, ref, device, queue)
@@ -124,7 +103,7 @@ defmodule EMLX.Backend do
 
   defp create(%T{type: type} = out, opts, op, args, callback) do
     device = device_option(opts)
-    check_type!(type, device, callback)
+    Types.check!(type, device, callback)
     queue = EMLX.resolve_worker(device)
     wrap(out, run_ref(queue, op, args, type), device, queue)
   end
@@ -143,7 +122,7 @@ defmodule EMLX.Backend do
 
   @impl true
   def to_binary(%T{type: type, data: %__MODULE__{ref: ref, queue: queue}} = t, limit) do
-    bytes = min(limit, flat_size(t)) * elem_bytes(type)
+    bytes = min(limit, flat_size(t)) * Types.elem_bytes(type)
     ref = real(ref)
 
     :telemetry.span([:emlx, :to_binary], %{bytes: bytes}, fn ->
@@ -619,7 +598,7 @@ defmodule EMLX.Backend do
   @impl true
   def from_pointer(%Nx.Pointer{} = pointer, type, shape, backend_opts, opts) do
     device = device_option(backend_opts)
-    check_type!(type, device, :from_pointer)
+    Types.check!(type, device, :from_pointer)
     queue = EMLX.resolve_worker(device)
 
     source =
@@ -641,7 +620,7 @@ defmodule EMLX.Backend do
   # Results are cast to `out.type` unless `cast` is nil.
   defp run(%T{type: type} = out, op, args, cast \\ :out) do
     device = args_device(args)
-    check_type!(type, device, op)
+    Types.check!(type, device, op)
     queue = EMLX.resolve_worker(device)
     raw = Enum.map(args, &arg_on(&1, device, queue))
     ref = run_ref(queue, op, raw, if(cast == :out, do: type, else: cast))
@@ -653,7 +632,7 @@ defmodule EMLX.Backend do
     templates = Tuple.to_list(outs)
     [%T{type: type} | _] = templates
     device = args_device(args)
-    check_type!(type, device, op)
+    Types.check!(type, device, op)
     queue = EMLX.resolve_worker(device)
     raw = Enum.map(args, &arg_on(&1, device, queue))
     refs = run_ref(queue, op, raw, nil)
@@ -708,7 +687,7 @@ defmodule EMLX.Backend do
   end
 
   defp arg_on(%T{shape: shape, type: type} = t, device, queue) do
-    check_type!(type, device, :backend_transfer)
+    Types.check!(type, device, :backend_transfer)
     NIF.from_binary(queue, Nx.to_binary(t), shape, type) |> NIF.await()
   end
 
@@ -719,25 +698,6 @@ defmodule EMLX.Backend do
   end
 
   defp arg_on(other, _device, _queue), do: other
-
-  defp check_type!(type, device, callback) do
-    cond do
-      type not in @supported_types ->
-        raise ArgumentError,
-              "EMLX.Backend: MLX has no #{Nx.Type.to_string(type)} type " <>
-                "(in #{callback}); supported types: " <>
-                Enum.map_join(@supported_types, ", ", &Nx.Type.to_string/1)
-
-      type == {:f, 64} and device == :gpu ->
-        raise ArgumentError,
-              "EMLX.Backend: f64 is only available on the :cpu device (in #{callback})"
-
-      true ->
-        :ok
-    end
-  end
-
-  defp elem_bytes({_, bits}), do: div(bits, 8)
 
   # Elements of the whole array, vectorized axes included.
   defp flat_size(%T{shape: shape, vectorized_axes: vectorized}),
