@@ -22,7 +22,7 @@ defmodule EMLX do
   convert between them and `Nx.Tensor`s.
   """
 
-  alias EMLX.NIF
+  alias EMLX.{NIF, Worker}
 
   @behaviour Nx.Defn.Compiler
 
@@ -111,7 +111,7 @@ defmodule EMLX do
 
   defp eval_on(queue, device, refs) do
     :telemetry.span([:emlx, :eval], %{device: device}, fn ->
-      {NIF.eval(queue, refs) |> NIF.await(), %{device: device}}
+      {NIF.eval(queue, refs) |> Worker.await(), %{device: device}}
     end)
 
     EMLX.Telemetry.memory_stats()
@@ -122,17 +122,17 @@ defmodule EMLX do
 
   @doc "Reads at most `limit` elements of the tensor back as a binary."
   def to_blob({device, ref}, limit) do
-    {_shape, type, _owner} = NIF.info(ref)
+    {_shape, type, _owner} = Worker.info(ref)
 
     bytes =
       if limit == :infinity, do: 0xFFFFFFFFFFFFFFFF, else: limit * EMLX.Types.elem_bytes(type)
 
-    NIF.to_binary(resolve_worker(device), ref, bytes) |> NIF.await()
+    NIF.to_binary(resolve_worker(device), ref, bytes) |> Worker.await()
   end
 
   @doc "Returns the value of a one-element tensor as a number."
   def item({_device, ref} = device_ref) do
-    {_shape, type, _owner} = NIF.info(ref)
+    {_shape, type, _owner} = Worker.info(ref)
     type = EMLX.Types.to_nx(type)
     size = EMLX.Types.elem_bytes(type)
 
@@ -152,13 +152,13 @@ defmodule EMLX do
   def to_nx({device, ref}) when is_reference(ref), do: EMLX.Backend.to_nx({device, ref})
 
   @doc "The shape of a device ref's array."
-  def shape({_device, ref}), do: ref |> NIF.info() |> elem(0)
+  def shape({_device, ref}), do: ref |> Worker.info() |> elem(0)
 
   @doc "The Nx type of a device ref's array (`:bool` for MLX booleans)."
-  def scalar_type({_device, ref}), do: ref |> NIF.info() |> elem(1)
+  def scalar_type({_device, ref}), do: ref |> Worker.info() |> elem(1)
 
   @doc "The strides of a device ref's array, in elements."
-  def strides({_device, ref}), do: NIF.strides(ref)
+  def strides({_device, ref}), do: Worker.strides(ref)
 
   @doc "Drops the array's memory now. Later use raises."
   def deallocate({_device, ref}), do: NIF.deallocate(ref)
@@ -258,7 +258,7 @@ defmodule EMLX do
     queue = resolve_worker(device)
     raw = Enum.map(args, &unwrap_arg/1)
 
-    case NIF.run_op(queue, name, raw, out_type) do
+    case Worker.run_op(queue, name, raw, out_type) do
       list when is_list(list) -> Enum.map(list, &{device, &1})
       ref -> {device, ref}
     end
@@ -351,7 +351,7 @@ defmodule EMLX do
 
   @doc "Builds a tensor from a binary blob."
   def from_blob(blob, shape, type, device \\ default_device()) do
-    ref = NIF.from_binary(resolve_worker(device), blob, shape, type) |> NIF.await()
+    ref = NIF.from_binary(resolve_worker(device), blob, shape, type) |> Worker.await()
     {device, ref}
   end
 end

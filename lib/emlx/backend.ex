@@ -17,7 +17,7 @@ defmodule EMLX.Backend do
   defstruct [:ref, :device, :queue, :quantization_config]
 
   alias Nx.Tensor, as: T
-  alias EMLX.{NIF, Types}
+  alias EMLX.{NIF, Types, Worker}
 
   @doc "The Nx types EMLX.Backend stores (MLX has no f8, c128 or sub-byte integers)."
   defdelegate supported_types, to: EMLX.Types, as: :supported
@@ -33,7 +33,7 @@ defmodule EMLX.Backend do
 
   @doc "Converts a device ref to an Nx tensor."
   def to_nx({device, ref}) when is_reference(ref) do
-    {shape, mlx_type, owner} = NIF.info(ref)
+    {shape, mlx_type, owner} = Worker.info(ref)
     ref = if mlx_type == :bool, do: cast_bool(ref, owner), else: ref
     type = Types.to_nx(mlx_type)
     names = List.duplicate(nil, tuple_size(shape))
@@ -97,7 +97,7 @@ defmodule EMLX.Backend do
     device = device_option(opts)
     Types.check!(type, device, :from_binary)
     queue = EMLX.resolve_worker(device)
-    ref = NIF.from_binary(queue, binary, shape, type) |> NIF.await()
+    ref = NIF.from_binary(queue, binary, shape, type) |> Worker.await()
     wrap(out, ref, device, queue)
   end
 
@@ -126,7 +126,7 @@ defmodule EMLX.Backend do
     ref = real(ref)
 
     :telemetry.span([:emlx, :to_binary], %{bytes: bytes}, fn ->
-      {NIF.to_binary(queue, ref, bytes) |> NIF.await(), %{bytes: bytes}}
+      {NIF.to_binary(queue, ref, bytes) |> Worker.await(), %{bytes: bytes}}
     end)
   end
 
@@ -549,7 +549,7 @@ defmodule EMLX.Backend do
     result = run(out, :triangular_solve, args)
     # Nx raises on a singular matrix where the call is made: wait for the
     # worker's check instead of letting the error surface at a later read.
-    with %__MODULE__{ref: ref} when is_reference(ref) <- result.data, do: NIF.info(ref)
+    with %__MODULE__{ref: ref} when is_reference(ref) <- result.data, do: Worker.info(ref)
     result
   end
 
@@ -578,7 +578,7 @@ defmodule EMLX.Backend do
     permissions = Keyword.get(opts, :permissions, 0o400)
 
     case :telemetry.span([:emlx, :to_pointer], %{mode: mode}, fn ->
-           {NIF.to_pointer(queue, ref, mode, permissions) |> NIF.await(), %{mode: mode}}
+           {NIF.to_pointer(queue, ref, mode, permissions) |> Worker.await(), %{mode: mode}}
          end) do
       {address, size} when is_integer(address) ->
         %Nx.Pointer{kind: :local, address: address, data_size: size}
@@ -608,7 +608,7 @@ defmodule EMLX.Backend do
         other -> raise ArgumentError, "invalid pointer: #{inspect(other)}"
       end
 
-    ref = NIF.from_pointer(queue, source, shape, type) |> NIF.await()
+    ref = NIF.from_pointer(queue, source, shape, type) |> Worker.await()
     names = Keyword.get(opts, :names) || List.duplicate(nil, tuple_size(shape))
     wrap(%T{shape: shape, type: type, names: names}, ref, device, queue)
   end
@@ -651,7 +651,7 @@ defmodule EMLX.Backend do
     if EMLX.Defn.Recorder.active?() do
       EMLX.Defn.Recorder.record(op, raw_args, out_type)
     else
-      NIF.run_op(queue, op, raw_args, out_type)
+      Worker.run_op(queue, op, raw_args, out_type)
     end
   end
 
@@ -682,13 +682,13 @@ defmodule EMLX.Backend do
   defp arg_on(%T{data: %__MODULE__{ref: ref, queue: other}}, _device, _queue) do
     # MLX streams are thread-local: evaluate on the array's own queue first.
     ref = real(ref)
-    NIF.eval(other, [ref]) |> NIF.await()
+    NIF.eval(other, [ref]) |> Worker.await()
     ref
   end
 
   defp arg_on(%T{shape: shape, type: type} = t, device, queue) do
     Types.check!(type, device, :backend_transfer)
-    NIF.from_binary(queue, Nx.to_binary(t), shape, type) |> NIF.await()
+    NIF.from_binary(queue, Nx.to_binary(t), shape, type) |> Worker.await()
   end
 
   defp arg_on(list, device, queue) when is_list(list) do

@@ -60,7 +60,7 @@ defmodule EMLX.CommandQueue do
   the caller only waits for the reply message.
   """
   @spec synchronize(t()) :: :ok
-  def synchronize(%__MODULE__{ref: ref}), do: ref |> EMLX.NIF.queue_sync() |> EMLX.NIF.await()
+  def synchronize(%__MODULE__{ref: ref}), do: ref |> EMLX.NIF.queue_sync() |> EMLX.Worker.await()
 
   @doc """
   Runs `fun` with `queue` bound to the calling process.

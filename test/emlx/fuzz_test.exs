@@ -33,36 +33,36 @@ defmodule EMLX.FuzzTest do
   #   m = EMLX.Backend.from_nx(Nx.iota({2, 3}, backend: EMLX.Backend)) |> elem(1)
   #   a = EMLX.Backend.from_nx(Nx.tensor([1.0, 2.0, 3.0], backend: EMLX.Backend)) |> elem(1)
   #   i = EMLX.Backend.from_nx(Nx.tensor(0, backend: EMLX.Backend)) |> elem(1)
-  #   e = EMLX.NIF.from_binary(q, <<>>, {0, 0}, {:f, 32}) |> EMLX.NIF.await()
-  #   read = &(EMLX.NIF.to_binary(q, &1, 64) |> EMLX.NIF.await())
+  #   e = EMLX.NIF.from_binary(q, <<>>, {0, 0}, {:f, 32}) |> EMLX.Worker.await()
+  #   read = &(EMLX.NIF.to_binary(q, &1, 64) |> EMLX.Worker.await())
   #
-  #   iota_axis_out_of_range: EMLX.NIF.run_op(q, :iota, [{2, 3}, 7, {:f, 32}], nil) |> read.()
+  #   iota_axis_out_of_range: EMLX.Worker.run_op(q, :iota, [{2, 3}, 7, {:f, 32}], nil) |> read.()
   #     aborted (SmallVector::operator[] assertion: emlx_iota wrote one[axis])
-  #   slice_lists_shorter_than_starts: EMLX.NIF.run_op(q, :slice, [m, [0, 0], [1], [1, 1]], nil)
+  #   slice_lists_shorter_than_starts: EMLX.Worker.run_op(q, :slice, [m, [0, 0], [1], [1, 1]], nil)
   #     aborted (emlx_slice read lengths[i] for each start)
-  #   slice_zero_stride: EMLX.NIF.run_op(q, :slice, [m, [0, 0], [1, 1], [0, 1]], nil) |> read.()
+  #   slice_zero_stride: EMLX.Worker.run_op(q, :slice, [m, [0, 0], [1, 1], [0, 1]], nil) |> read.()
   #     SIGFPE (division by the stride in mx::slice); also :dynamic_slice
   #   dynamic_slice_lists_shorter_than_rank:
-  #     EMLX.NIF.run_op(q, :dynamic_slice, [m, [i, i], [1], [1, 1]], nil) aborted
-  #   put_slice_update_rank_mismatch: EMLX.NIF.run_op(q, :put_slice, [m, a, [i, i]], nil)
+  #     EMLX.Worker.run_op(q, :dynamic_slice, [m, [i, i], [1], [1, 1]], nil) aborted
+  #   put_slice_update_rank_mismatch: EMLX.Worker.run_op(q, :put_slice, [m, a, [i, i]], nil)
   #     aborted; an update of higher rank (x = s32[3], u = s32[2][1], starts [i]) segfaulted
   #     in mx::slice_update (the worker jumped to address 0)
-  #   linalg_empty_matrix: EMLX.NIF.run_op(q, :lu, [e], nil) |> hd() |> read.() SIGFPE;
+  #   linalg_empty_matrix: EMLX.Worker.run_op(q, :lu, [e], nil) |> hd() |> read.() SIGFPE;
   #     also :solve of [e, e], :triangular_solve of [e, e, true, true, false], and {3, 0}
   #   scatter_into_empty: x = f32[3][0], z = s32[0]:
-  #     EMLX.NIF.run_op(q, :indexed_add, [x, z, x, []], nil) |> read.() SIGFPE; also :indexed_put
-  #   window_zero_stride: EMLX.NIF.run_op(q, :window_reduce, [a, 0, [2], [0], [0], [0], [1]], nil)
+  #     EMLX.Worker.run_op(q, :indexed_add, [x, z, x, []], nil) |> read.() SIGFPE; also :indexed_put
+  #   window_zero_stride: EMLX.Worker.run_op(q, :window_reduce, [a, 0, [2], [0], [0], [0], [1]], nil)
   #     |> read.() SIGFPE (window_view divided by the stride); also :windows, :window_scatter
   #   window_negative_dilation:
-  #     EMLX.NIF.run_op(q, :window_reduce, [a, 0, [2], [1], [0], [0], [-100000000]], nil)
+  #     EMLX.Worker.run_op(q, :window_reduce, [a, 0, [2], [1], [0], [0], [-100000000]], nil)
   #     |> read.() segfaulted (mx::as_strided view reading before the buffer; -1 silently
   #     returned out-of-bounds data)
   #   window_empty_hang: b = bf16 [[1, -1], [0.5, 8]]:
-  #     EMLX.NIF.run_op(q, :window_reduce, [b, 0, {0, 0}, {1, 1}, [3, 3], [3, 2], [1, 1]], nil)
+  #     EMLX.Worker.run_op(q, :window_reduce, [b, 0, {0, 0}, {1, 1}, [3, 3], [3, 2], [1, 1]], nil)
   #     |> read.() never returned (MLX's bf16 sum over empty window axes spun in nd_loop; the
   #     queue was stuck for good and the VM could not stop)
-  #   rank_over_32: EMLX.NIF.run_op(q, :full, [1, List.duplicate(1, 40), {:f, 32}], nil)
-  #     |> EMLX.NIF.info() segfaulted, as did Nx.iota(Tuple.duplicate(1, 40), backend:
+  #   rank_over_32: EMLX.Worker.run_op(q, :full, [1, List.duplicate(1, 40), {:f, 32}], nil)
+  #     |> EMLX.Worker.info() segfaulted, as did Nx.iota(Tuple.duplicate(1, 40), backend:
   #     EMLX.Backend) |> EMLX.Backend.from_nx() |> EMLX.shape() (the shape was written into a
   #     32-entry stack buffer; 33 dimensions came back truncated, and AddressSanitizer
   #     reported a stack-buffer-overflow in emlx_arr_shape)
@@ -85,7 +85,7 @@ defmodule EMLX.FuzzTest do
     # `:"$q"` and `:"$q2"` (command queues). Labels name fixed pool entries
     # (atoms) or earlier results (`{:r, call_index}`).
 
-    alias EMLX.NIF
+    alias EMLX.{NIF, Worker}
 
     @limit_elems 4096
     @shape_ops [:full, :iota, :eye, :reshape, :broadcast_to, :broadcast]
@@ -158,18 +158,18 @@ defmodule EMLX.FuzzTest do
 
       arr = fn data, type, shape ->
         t = Nx.tensor(data, type: type, backend: Nx.BinaryBackend) |> Nx.reshape(shape)
-        NIF.from_binary(q, Nx.to_binary(t), shape, type) |> NIF.await()
+        NIF.from_binary(q, Nx.to_binary(t), shape, type) |> Worker.await()
       end
 
-      op = fn queue, name, args -> NIF.run_op(queue, name, args, nil) end
+      op = fn queue, name, args -> Worker.run_op(queue, name, args, nil) end
       f32x3 = arr.([1.5, -2.0, 3.25], {:f, 32}, {3})
 
       # {label, ref, meta}; meta: queue, whether it may be evaluated, whether it is usable as Nx tensor
       safe = [
         {:f32_2x3, arr.([0.0, 1.0, -2.5, 3.0, :nan, :infinity], {:f, 32}, {2, 3})},
         {:f32_3, f32x3},
-        {:f32_0, NIF.from_binary(q, <<>>, {0}, {:f, 32}) |> NIF.await()},
-        {:f32_3x0, NIF.from_binary(q, <<>>, {3, 0}, {:f, 32}) |> NIF.await()},
+        {:f32_0, NIF.from_binary(q, <<>>, {0}, {:f, 32}) |> Worker.await()},
+        {:f32_3x0, NIF.from_binary(q, <<>>, {3, 0}, {:f, 32}) |> Worker.await()},
         {:f32_scalar, arr.(4.0, {:f, 32}, {})},
         {:f64_2, arr.([1.0e300, -0.0], {:f, 64}, {2})},
         {:f16_4, arr.([1, 2, 3, 4], {:f, 16}, {2, 2})},
@@ -189,7 +189,7 @@ defmodule EMLX.FuzzTest do
         {:lazy_s32_2x3, op.(q, :iota, [[2, 3], 1, {:s, 32}])}
       ]
 
-      q2_avail = NIF.from_binary(q2, <<1.0::float-32-native>>, {1}, {:f, 32}) |> NIF.await()
+      q2_avail = NIF.from_binary(q2, <<1.0::float-32-native>>, {1}, {:f, 32}) |> Worker.await()
 
       other_queue = [
         {:q2_available_f32_1, q2_avail},
@@ -208,7 +208,7 @@ defmodule EMLX.FuzzTest do
       meta = fn ref, queue, safe? ->
         shape =
           try do
-            elem(NIF.info(ref), 0)
+            elem(Worker.info(ref), 0)
           rescue
             ArgumentError -> nil
           end
@@ -269,7 +269,7 @@ defmodule EMLX.FuzzTest do
       }
     end
 
-    defp bool?(ref), do: elem(NIF.info(ref), 1) == :bool
+    defp bool?(ref), do: elem(Worker.info(ref), 1) == :bool
 
     defp index(list), do: Map.new(list, fn {l, r, m} -> {l, {r, m}} end)
 
@@ -436,33 +436,34 @@ defmodule EMLX.FuzzTest do
 
     @doc false
     def pipeline(then, name, args, q, q2) do
-      result = NIF.run_op(q, name, args, nil)
+      result = Worker.run_op(q, name, args, nil)
       first = result |> List.wrap() |> hd()
 
       case then do
         :chain ->
-          NIF.run_op(q, :add, [first, NIF.run_op(q, :negate, [first], nil)], nil) |> NIF.info()
+          Worker.run_op(q, :add, [first, Worker.run_op(q, :negate, [first], nil)], nil)
+          |> Worker.info()
 
         :deallocate ->
           :ok = NIF.deallocate(first)
-          NIF.run_op(q, :negate, [first], nil) |> NIF.info()
+          Worker.run_op(q, :negate, [first], nil) |> Worker.info()
 
         :other_queue ->
-          NIF.run_op(q2, :negate, [first], nil) |> NIF.info()
+          Worker.run_op(q2, :negate, [first], nil) |> Worker.info()
 
         :info ->
-          {NIF.array_info(first), NIF.info(first)}
+          {NIF.array_info(first), Worker.info(first)}
 
         :to_binary ->
-          NIF.to_binary(q, first, 64) |> NIF.await()
+          NIF.to_binary(q, first, 64) |> Worker.await()
 
         :eval ->
-          NIF.eval(q, [first]) |> NIF.await()
+          NIF.eval(q, [first]) |> Worker.await()
       end
     end
 
     defp sync(st) do
-      for q <- [st.q, st.q2], do: :ok = q |> NIF.queue_sync() |> NIF.await()
+      for q <- [st.q, st.q2], do: :ok = q |> NIF.queue_sync() |> Worker.await()
       st
     end
 
@@ -668,7 +669,7 @@ defmodule EMLX.FuzzTest do
     @doc false
     def program(queue, instrs, ninputs, outs, run_queue, inputs, compile) do
       program = NIF.program_new(queue, instrs, ninputs, outs)
-      run_queue |> NIF.program_run(program, inputs, compile) |> NIF.await()
+      run_queue |> NIF.program_run(program, inputs, compile) |> Worker.await()
     end
 
     defp eval_array(st), do: if(chance(0.9), do: array(st, :a, true), else: garbage())
@@ -1285,9 +1286,9 @@ defmodule EMLX.FuzzTest do
     end
 
     # op/4 returns its (pending) arrays at once, or {:wait, arrays} when the
-    # queue is deep: then the caller syncs, as EMLX.NIF.run_op/4 does.
+    # queue is deep: then the caller syncs, as EMLX.Worker.run_op/4 does.
     defp await({:wait, value}, NIF, :op, [queue | _]) do
-      queue |> NIF.queue_sync() |> NIF.await()
+      queue |> NIF.queue_sync() |> Worker.await()
       value
     end
 
@@ -1295,7 +1296,7 @@ defmodule EMLX.FuzzTest do
 
     defp await(ref, NIF, fun, _)
          when fun in [:from_binary, :to_binary, :eval, :queue_sync, :to_pointer, :from_pointer],
-         do: NIF.await(ref)
+         do: Worker.await(ref)
 
     defp await(value, _, _, _), do: value
 
@@ -1310,7 +1311,7 @@ defmodule EMLX.FuzzTest do
     end
 
     defp check(st, {NIF, :from_binary, [_, _, shape, _]}, ref, safe, i) do
-      {got, _, _} = NIF.info(ref)
+      {got, _, _} = Worker.info(ref)
 
       if got == List.to_tuple(int_list(shape)),
         do: add_arrays(st, :a, [ref], safe, i, & &1),
@@ -1384,7 +1385,7 @@ defmodule EMLX.FuzzTest do
           add_arrays(st, :t, tensors, safe, i, &nx_ref/1)
 
         bad ->
-          {:invalid, {:tensor, bad.shape, bad.type, NIF.info(nx_ref(bad))}}
+          {:invalid, {:tensor, bad.shape, bad.type, Worker.info(nx_ref(bad))}}
       end
     end
 
@@ -1402,7 +1403,7 @@ defmodule EMLX.FuzzTest do
 
     # The tensor's Nx shape and type agree with the MLX array under it.
     defp well_formed?(%Nx.Tensor{shape: shape, type: type, vectorized_axes: []} = t) do
-      case NIF.info(nx_ref(t)) do
+      case Worker.info(nx_ref(t)) do
         {^shape, ^type, _} -> true
         {^shape, :bool, _} -> type == {:u, 8}
         _ -> false
@@ -1437,14 +1438,14 @@ defmodule EMLX.FuzzTest do
     end
 
     defp read_array(ref, safe) do
-      {shape, type, owner} = NIF.info(ref)
+      {shape, type, owner} = Worker.info(ref)
       dims = Tuple.to_list(shape)
       small = Enum.all?(dims, &(&1 >= 0)) and Enum.product(dims) <= @limit_elems
       # keeps results (stack, dot, take...) of pool arrays within 32 dimensions
       safe = safe and small and length(dims) <= 16
 
       if safe do
-        bin = NIF.to_binary(owner, ref, 1_099_511_627_776) |> NIF.await()
+        bin = NIF.to_binary(owner, ref, 1_099_511_627_776) |> Worker.await()
 
         if byte_size(bin) == Enum.product(dims) * div(type_bits(type), 8),
           do: {:ok, %{safe: true, shape: shape, queue: :dyn}},

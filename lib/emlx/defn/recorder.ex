@@ -19,7 +19,7 @@ defmodule EMLX.Defn.Recorder do
   # without such needs records as a single segment, which the compiler runs
   # under mx::compile and caches.
 
-  alias EMLX.NIF
+  alias EMLX.{NIF, Worker}
 
   @key :emlx_recorder
 
@@ -225,7 +225,7 @@ defmodule EMLX.Defn.Recorder do
 
   defp run_segment(rec, out_syms, compile?) do
     program = program(rec, out_syms)
-    NIF.program_run(rec.queue, program, Enum.reverse(rec.inputs), compile?) |> NIF.await()
+    NIF.program_run(rec.queue, program, Enum.reverse(rec.inputs), compile?) |> Worker.await()
   end
 
   @doc """
@@ -255,13 +255,13 @@ defmodule EMLX.Defn.Recorder do
   def run_program(queue, program, inputs, compile? \\ true) do
     if compile? do
       try do
-        {NIF.program_run(queue, program, inputs, true) |> NIF.await(), true}
+        {NIF.program_run(queue, program, inputs, true) |> Worker.await(), true}
       rescue
         EMLX.NIFError ->
-          {NIF.program_run(queue, program, inputs, false) |> NIF.await(), false}
+          {NIF.program_run(queue, program, inputs, false) |> Worker.await(), false}
       end
     else
-      {NIF.program_run(queue, program, inputs, false) |> NIF.await(), false}
+      {NIF.program_run(queue, program, inputs, false) |> Worker.await(), false}
     end
   end
 end
