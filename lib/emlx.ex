@@ -43,55 +43,22 @@ defmodule EMLX do
   ## Devices and queues
 
   @doc """
-  Returns the default MLX device for this process.
-
-  Reads `:default_device` from the `:emlx` application environment. Without
-  it, the GPU is the default where this MLX build has one, else the CPU.
+  Returns the default MLX device for this process (see
+  `EMLX.CommandQueue.default_device/0`).
 
       Application.put_env(:emlx, :default_device, :cpu)
   """
   @spec default_device() :: device
-  def default_device do
-    case Application.get_env(:emlx, :default_device) do
-      nil -> if NIF.device_available(:gpu), do: :gpu, else: :cpu
-      device -> device
-    end
-  end
+  defdelegate default_device, to: EMLX.CommandQueue
 
   @doc """
-  Returns the command queue (worker) reference that work for `device` runs on.
-
-    * If the process bound a queue with `EMLX.CommandQueue.with_queue/2` for
-      the same device, that queue.
-    * If the bound queue is for another device: with
-      `config :emlx, cross_device_promotion: true` the bound queue is used
-      anyway; otherwise (the default) the device's application-default queue.
-      `config :emlx, warn_cross_device: true` logs a warning on a mismatch.
-    * Otherwise the application-default queue of `device`.
+  Returns the command queue (worker) reference that work for `device` runs
+  on: the queue bound with `EMLX.CommandQueue.with_queue/2`, else the
+  device's application-default queue (see `EMLX.CommandQueue.resolve/1`
+  for the cross-device rules).
   """
   @spec resolve_worker(device) :: reference()
-  def resolve_worker(device) do
-    case Process.get(:emlx_command_queue) do
-      {ref, ^device} ->
-        ref
-
-      {ref, bound} ->
-        if Application.get_env(:emlx, :warn_cross_device, false) do
-          require Logger
-
-          Logger.warning(
-            "EMLX: a #{device} tensor is used inside a #{bound} command queue binding"
-          )
-        end
-
-        if Application.get_env(:emlx, :cross_device_promotion, false),
-          do: ref,
-          else: EMLX.Application.default_worker(device)
-
-      nil ->
-        EMLX.Application.default_worker(device)
-    end
-  end
+  defdelegate resolve_worker(device), to: EMLX.CommandQueue, as: :resolve
 
   ## Evaluation and read-back
 

@@ -17,7 +17,7 @@ defmodule EMLX.Backend do
   defstruct [:ref, :device, :queue, :quantization_config]
 
   alias Nx.Tensor, as: T
-  alias EMLX.{NIF, Types, Worker}
+  alias EMLX.{CommandQueue, NIF, Types, Worker}
 
   @doc "The Nx types EMLX.Backend stores (MLX has no f8, c128 or sub-byte integers)."
   defdelegate supported_types, to: EMLX.Types, as: :supported
@@ -69,13 +69,13 @@ defmodule EMLX.Backend do
 
   @impl true
   def init(opts) do
-    device = Keyword.get(opts, :device, EMLX.default_device())
+    device = Keyword.get(opts, :device, CommandQueue.default_device())
 
     unless device in [:cpu, :gpu] do
       raise ArgumentError, "EMLX.Backend :device must be :cpu or :gpu, got: #{inspect(device)}"
     end
 
-    _ = EMLX.Application.default_worker(device)
+    _ = CommandQueue.default(device)
     Keyword.put(opts, :device, device)
   end
 
@@ -96,7 +96,7 @@ defmodule EMLX.Backend do
   def from_binary(%T{shape: shape, type: type} = out, binary, opts) do
     device = device_option(opts)
     Types.check!(type, device, :from_binary)
-    queue = EMLX.resolve_worker(device)
+    queue = CommandQueue.resolve(device)
     ref = NIF.from_binary(queue, binary, shape, type) |> Worker.await()
     wrap(out, ref, device, queue)
   end
@@ -104,13 +104,13 @@ defmodule EMLX.Backend do
   defp create(%T{type: type} = out, opts, op, args, callback) do
     device = device_option(opts)
     Types.check!(type, device, callback)
-    queue = EMLX.resolve_worker(device)
+    queue = CommandQueue.resolve(device)
     wrap(out, run_ref(queue, op, args, type), device, queue)
   end
 
   defp device_option(opts) do
     case Keyword.get(opts, :device) do
-      nil -> EMLX.default_device()
+      nil -> CommandQueue.default_device()
       device -> device
     end
   end
@@ -284,7 +284,7 @@ defmodule EMLX.Backend do
   end
 
   defp device_of(%__MODULE__{device: device}), do: device
-  defp device_of(_), do: EMLX.default_device()
+  defp device_of(_), do: CommandQueue.default_device()
 
   @impl true
   def select(out, pred, on_true, on_false), do: run(out, :select, [pred, on_true, on_false])
@@ -599,7 +599,7 @@ defmodule EMLX.Backend do
   def from_pointer(%Nx.Pointer{} = pointer, type, shape, backend_opts, opts) do
     device = device_option(backend_opts)
     Types.check!(type, device, :from_pointer)
-    queue = EMLX.resolve_worker(device)
+    queue = CommandQueue.resolve(device)
 
     source =
       case pointer do
@@ -621,7 +621,7 @@ defmodule EMLX.Backend do
   defp run(%T{type: type} = out, op, args, cast \\ :out) do
     device = args_device(args)
     Types.check!(type, device, op)
-    queue = EMLX.resolve_worker(device)
+    queue = CommandQueue.resolve(device)
     raw = Enum.map(args, &arg_on(&1, device, queue))
     ref = run_ref(queue, op, raw, if(cast == :out, do: type, else: cast))
     wrap(out, ref, device, queue)
@@ -633,7 +633,7 @@ defmodule EMLX.Backend do
     [%T{type: type} | _] = templates
     device = args_device(args)
     Types.check!(type, device, op)
-    queue = EMLX.resolve_worker(device)
+    queue = CommandQueue.resolve(device)
     raw = Enum.map(args, &arg_on(&1, device, queue))
     refs = run_ref(queue, op, raw, nil)
 
@@ -667,7 +667,7 @@ defmodule EMLX.Backend do
     do: %{out | data: %__MODULE__{ref: ref, device: device, queue: queue}}
 
   defp args_device(args) do
-    Enum.find_value(args, EMLX.default_device(), fn
+    Enum.find_value(args, CommandQueue.default_device(), fn
       %T{data: %__MODULE__{device: device}} -> device
       [%T{} | _] = list -> Enum.find_value(list, &tensor_device/1)
       _ -> nil

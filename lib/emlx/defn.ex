@@ -38,6 +38,7 @@ defmodule EMLX.Defn do
     * `:max_concurrency` - partitions for `Nx.Serving`, each on its own queue
   """
 
+  alias EMLX.CommandQueue
   alias EMLX.Defn.{Cache, Callbacks, Recorder}
   alias Nx.Defn.Composite
 
@@ -51,7 +52,7 @@ defmodule EMLX.Defn do
   def __partitions_options__(opts) do
     n = Keyword.get(opts, :max_concurrency, 1)
     {device, _} = target(opts)
-    for _ <- 1..n, do: Keyword.put(opts, :command_queue, EMLX.CommandQueue.new!(device))
+    for _ <- 1..n, do: Keyword.put(opts, :command_queue, CommandQueue.new!(device))
   end
 
   @doc false
@@ -79,12 +80,12 @@ defmodule EMLX.Defn do
 
   defp target(opts) do
     case Keyword.get(opts, :command_queue) do
-      %EMLX.CommandQueue{ref: ref, device: device} ->
+      %CommandQueue{ref: ref, device: device} ->
         {device, ref}
 
       nil ->
-        device = Keyword.get(opts, :device) || EMLX.default_device()
-        {device, EMLX.resolve_worker(device)}
+        device = Keyword.get(opts, :device) || CommandQueue.default_device()
+        {device, CommandQueue.resolve(device)}
     end
   end
 
@@ -151,7 +152,7 @@ defmodule EMLX.Defn do
 
         [result] =
           Nx.with_default_backend({EMLX.Backend, device: device}, fn ->
-            EMLX.CommandQueue.with_queue(%EMLX.CommandQueue{ref: queue, device: device}, fn ->
+            CommandQueue.with_queue(%CommandQueue{ref: queue, device: device}, fn ->
               eval.([params])
             end)
           end)
