@@ -66,8 +66,9 @@ defmodule EMLX do
   Evaluates a (possibly lazy) MLX tensor on its command queue and waits for
   it. Accepts an `Nx.Tensor` on `EMLX.Backend` or a device ref.
   """
-  def eval(%Nx.Tensor{data: %EMLX.Backend{ref: ref, queue: queue, device: device}} = tensor) do
-    eval_on(queue, device, [EMLX.Defn.Recorder.materialize(ref)])
+  def eval(%Nx.Tensor{data: %EMLX.Backend{} = data} = tensor) do
+    %EMLX.Backend{ref: ref, queue: queue, device: device} = EMLX.Backend.realize(data)
+    eval_on(queue, device, [ref])
     tensor
   end
 

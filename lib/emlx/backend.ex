@@ -14,10 +14,13 @@ defmodule EMLX.Backend do
 
   @behaviour Nx.Backend
 
-  defstruct [:ref, :device, :queue, :quantization_config]
+  # `ref` is the MLX array. While `compiler: EMLX` records a defn, an op's
+  # result has no array yet: `ref` is nil and `placeholder` holds the
+  # recorder's placeholder; `realize/1` gives data with the real array.
+  defstruct [:ref, :placeholder, :device, :queue, :quantization_config]
 
   alias Nx.Tensor, as: T
-  alias EMLX.{CommandQueue, NIF, Types, Worker}
+  alias EMLX.{CommandQueue, Dispatch, NIF, Types, Worker}
 
   @doc "The Nx types EMLX.Backend stores (MLX has no f8, c128 or sub-byte integers)."
   defdelegate supported_types, to: EMLX.Types, as: :supported
@@ -25,7 +28,7 @@ defmodule EMLX.Backend do
   ## Conversions
 
   @doc "Converts an Nx tensor to a device ref `{device, ref}` (transferring it to EMLX when needed)."
-  def from_nx(%T{data: %__MODULE__{ref: ref, device: device}}), do: {device, real(ref)}
+  def from_nx(%T{data: %__MODULE__{} = data}), do: {data.device, realize(data).ref}
 
   def from_nx(%T{} = tensor) do
     tensor |> Nx.backend_copy(EMLX.Backend) |> from_nx()
@@ -42,7 +45,7 @@ defmodule EMLX.Backend do
       shape: shape,
       type: type,
       names: names,
-      data: %__MODULE__{ref: ref, device: device, queue: owner}
+      data: data(ref, device, owner)
     }
   end
 
@@ -57,13 +60,18 @@ defmodule EMLX.Backend do
 
     data =
       if got_type != type,
-        do: %{data | ref: run_ref(data.queue, :as_type, [data.ref, type], nil)},
+        do:
+          data(
+            Dispatch.run(data.queue, :as_type, [handle(data), type], nil),
+            data.device,
+            data.queue
+          ),
         else: data
 
     %{t | data: data}
   end
 
-  defp cast_bool(ref, queue), do: run_ref(queue, :as_type, [ref, Types.to_nx(:bool)], nil)
+  defp cast_bool(ref, queue), do: Dispatch.run(queue, :as_type, [ref, Types.to_nx(:bool)], nil)
 
   ## Creation
 
@@ -105,7 +113,7 @@ defmodule EMLX.Backend do
     device = device_option(opts)
     Types.check!(type, device, callback)
     queue = CommandQueue.resolve(device)
-    wrap(out, run_ref(queue, op, args, type), device, queue)
+    wrap(out, Dispatch.run(queue, op, args, type), device, queue)
   end
 
   defp device_option(opts) do
@@ -121,9 +129,9 @@ defmodule EMLX.Backend do
   ## Read-back, copies, inspection
 
   @impl true
-  def to_binary(%T{type: type, data: %__MODULE__{ref: ref, queue: queue}} = t, limit) do
+  def to_binary(%T{type: type, data: %__MODULE__{} = data} = t, limit) do
     bytes = min(limit, flat_size(t)) * Types.elem_bytes(type)
-    ref = real(ref)
+    %__MODULE__{ref: ref, queue: queue} = realize(data)
 
     :telemetry.span([:emlx, :to_binary], %{bytes: bytes}, fn ->
       {NIF.to_binary(queue, ref, bytes) |> Worker.await(), %{bytes: bytes}}
@@ -145,7 +153,8 @@ defmodule EMLX.Backend do
     if device == data.device do
       # Arrays are immutable: a new handle on the same array is a copy
       # that can be deallocated on its own.
-      %{tensor | data: %{data | ref: run_ref(data.queue, :as_type, [data.ref, tensor.type], nil)}}
+      handle = Dispatch.run(data.queue, :as_type, [handle(data), tensor.type], nil)
+      %{tensor | data: data(handle, data.device, data.queue)}
     else
       from_binary(tensor, to_binary(tensor, flat_size(tensor)), device: device)
     end
@@ -572,8 +581,8 @@ defmodule EMLX.Backend do
   (see `EMLX.shm_unlink/1` otherwise).
   """
   @impl true
-  def to_pointer(%T{data: %__MODULE__{ref: ref, queue: queue}}, opts) do
-    ref = real(ref)
+  def to_pointer(%T{data: %__MODULE__{} = data}, opts) do
+    %__MODULE__{ref: ref, queue: queue} = realize(data)
     mode = Keyword.get(opts, :mode, :local)
     permissions = Keyword.get(opts, :permissions, 0o400)
 
@@ -623,8 +632,8 @@ defmodule EMLX.Backend do
     Types.check!(type, device, op)
     queue = CommandQueue.resolve(device)
     raw = Enum.map(args, &arg_on(&1, device, queue))
-    ref = run_ref(queue, op, raw, if(cast == :out, do: type, else: cast))
-    wrap(out, ref, device, queue)
+    handle = Dispatch.run(queue, op, raw, if(cast == :out, do: type, else: cast))
+    wrap(out, handle, device, queue)
   end
 
   # Ops with several results: each is cast to its template's type.
@@ -635,36 +644,41 @@ defmodule EMLX.Backend do
     Types.check!(type, device, op)
     queue = CommandQueue.resolve(device)
     raw = Enum.map(args, &arg_on(&1, device, queue))
-    refs = run_ref(queue, op, raw, nil)
+    handles = Dispatch.run(queue, op, raw, nil)
 
     templates
-    |> Enum.zip_with(refs, fn %T{type: t} = template, ref ->
-      ref = run_ref(queue, :as_type, [ref, t], nil)
-      wrap(template, ref, device, queue)
+    |> Enum.zip_with(handles, fn %T{type: t} = template, handle ->
+      wrap(template, Dispatch.run(queue, :as_type, [handle, t], nil), device, queue)
     end)
     |> List.to_tuple()
   end
 
-  # The one place ops reach the worker; under `compiler: EMLX` the
-  # recorder turns them into program instructions instead.
-  defp run_ref(queue, op, raw_args, out_type) do
-    if EMLX.Defn.Recorder.active?() do
-      EMLX.Defn.Recorder.record(op, raw_args, out_type)
-    else
-      Worker.run_op(queue, op, raw_args, out_type)
-    end
-  end
-
-  # A real array for a tensor (placeholders of a recording are run first).
-  defp real(ref) when is_reference(ref), do: ref
-  defp real(slot), do: EMLX.Defn.Recorder.materialize(slot)
-
   @doc false
-  # The ref of a tensor on `queue`, transferring or evaluating as needed.
+  # The handle of a tensor on `queue`, transferring or evaluating as needed.
   def ref_on(%T{} = t, device, queue), do: arg_on(t, device, queue)
 
-  defp wrap(out, ref, device, queue),
-    do: %{out | data: %__MODULE__{ref: ref, device: device, queue: queue}}
+  @doc false
+  # Backend data for a handle (see EMLX.Dispatch): a real array goes into
+  # `ref`, a recorder placeholder into `placeholder`.
+  def data(ref, device, queue) when is_reference(ref),
+    do: %__MODULE__{ref: ref, device: device, queue: queue}
+
+  def data(placeholder, device, queue),
+    do: %__MODULE__{placeholder: placeholder, device: device, queue: queue}
+
+  @doc false
+  # The handle ops take for this data: the array, or its placeholder.
+  def handle(%__MODULE__{ref: nil, placeholder: placeholder}), do: placeholder
+  def handle(%__MODULE__{ref: ref}), do: ref
+
+  @doc false
+  # The data with a real array (a placeholder is materialized first).
+  def realize(%__MODULE__{ref: nil, placeholder: placeholder} = data),
+    do: %{data | ref: Dispatch.materialize(placeholder), placeholder: nil}
+
+  def realize(%__MODULE__{} = data), do: data
+
+  defp wrap(out, handle, device, queue), do: %{out | data: data(handle, device, queue)}
 
   defp args_device(args) do
     Enum.find_value(args, CommandQueue.default_device(), fn
@@ -677,11 +691,11 @@ defmodule EMLX.Backend do
   defp tensor_device(%T{data: %__MODULE__{device: device}}), do: device
   defp tensor_device(_), do: nil
 
-  defp arg_on(%T{data: %__MODULE__{ref: ref, queue: queue}}, _device, queue), do: ref
+  defp arg_on(%T{data: %__MODULE__{queue: queue} = data}, _device, queue), do: handle(data)
 
-  defp arg_on(%T{data: %__MODULE__{ref: ref, queue: other}}, _device, _queue) do
+  defp arg_on(%T{data: %__MODULE__{} = data}, _device, _queue) do
     # MLX streams are thread-local: evaluate on the array's own queue first.
-    ref = real(ref)
+    %__MODULE__{ref: ref, queue: other} = realize(data)
     NIF.eval(other, [ref]) |> Worker.await()
     ref
   end

@@ -145,8 +145,8 @@ defmodule EMLX.Defn do
           |> Enum.map(fn {arg, p} ->
             fn ->
               t = arg.()
-              ref = Recorder.bind_param(p, EMLX.Backend.ref_on(t, device, queue))
-              %{t | data: %EMLX.Backend{ref: ref, device: device, queue: queue}}
+              param = Recorder.bind_param(p, EMLX.Backend.ref_on(t, device, queue))
+              %{t | data: EMLX.Backend.data(param, device, queue)}
             end
           end)
 
@@ -182,8 +182,11 @@ defmodule EMLX.Defn do
   defp collect(result, device, queue) do
     {_, refs} =
       Composite.traverse(result, [], fn
-        %Nx.Tensor{data: %EMLX.Backend{ref: ref}} = t, acc -> {t, [ref | acc]}
-        %Nx.Tensor{} = t, acc -> {t, [EMLX.Backend.ref_on(t, device, queue) | acc]}
+        %Nx.Tensor{data: %EMLX.Backend{} = data} = t, acc ->
+          {t, [EMLX.Backend.handle(data) | acc]}
+
+        %Nx.Tensor{} = t, acc ->
+          {t, [EMLX.Backend.ref_on(t, device, queue) | acc]}
       end)
 
     Enum.reverse(refs)
@@ -192,7 +195,7 @@ defmodule EMLX.Defn do
   defp fill(result, refs, device, queue) do
     {result, []} =
       Composite.traverse(result, refs, fn %Nx.Tensor{} = t, [ref | rest] ->
-        {%{t | data: %EMLX.Backend{ref: ref, device: device, queue: queue}}, rest}
+        {%{t | data: EMLX.Backend.data(ref, device, queue)}, rest}
       end)
 
     result

@@ -3,7 +3,7 @@ defmodule EMLX.Defn.Recorder do
   # Records EMLX.Backend's ops as a flat program instead of running them.
   #
   # While a recorder is active in the process, every op EMLX.Backend would
-  # post to the worker (its single entry point, `EMLX.Backend.run_ref/4`)
+  # post to the worker (through the one dispatch point, `EMLX.Dispatch.run/4`)
   # becomes an instruction, and the result is a placeholder
   # `{:emlx_slot, segment, {:out, j}}`. Operands become the segment's
   # inputs `{:in, i}`: the defn parameters (placeholders `{:emlx_param, p}`,
@@ -22,6 +22,11 @@ defmodule EMLX.Defn.Recorder do
   alias EMLX.{NIF, Worker}
 
   @key :emlx_recorder
+
+  @typedoc "The stand-in for an array of a recording (see the module comment)."
+  @type placeholder ::
+          {:emlx_slot, non_neg_integer(), {:out, non_neg_integer()}}
+          | {:emlx_param, non_neg_integer()}
 
   defstruct [
     :queue,
@@ -152,20 +157,6 @@ defmodule EMLX.Defn.Recorder do
   end
 
   def materialize(ref) when is_reference(ref), do: ref
-
-  @doc """
-  The container with every EMLX tensor backed by a real array, for code
-  that keeps tensors past the recording (hooks, runtime calls).
-  """
-  def realize(container) do
-    Nx.Defn.Composite.traverse(container, fn
-      %Nx.Tensor{data: %EMLX.Backend{ref: ref} = data} = t when not is_reference(ref) ->
-        %{t | data: %{data | ref: materialize(ref)}}
-
-      other ->
-        other
-    end)
-  end
 
   # Runs the current segment without mx::compile; every result becomes real.
   defp flush(rec) do
