@@ -21,6 +21,7 @@ defmodule EMLX.Backend do
 
   alias Nx.Tensor, as: T
   alias EMLX.{CommandQueue, Dispatch, NIF, Types, Worker}
+  alias EMLX.Backend.Fold
 
   @doc "The Nx types EMLX.Backend stores (MLX has no f8, c128 or sub-byte integers)."
   defdelegate supported_types, to: EMLX.Types, as: :supported
@@ -226,6 +227,9 @@ defmodule EMLX.Backend do
   @impl true
   def as_type(%T{type: type} = out, tensor), do: run(out, :as_type, [tensor, type], nil)
 
+  defp cast(%T{type: type} = tensor, type), do: tensor
+  defp cast(tensor, type), do: as_type(%{tensor | type: type}, tensor)
+
   @impl true
   def bitcast(%T{type: type} = out, tensor), do: run(out, :bitcast, [tensor, type], nil)
 
@@ -275,7 +279,7 @@ defmodule EMLX.Backend do
 
   @impl true
   def put_slice(%T{type: type} = out, tensor, starts, slice) do
-    tensor = if tensor.type != type, do: as_type(%{tensor | type: type}, tensor), else: tensor
+    tensor = cast(tensor, type)
     run(out, :put_slice, [tensor, slice, index_tensors(starts, tensor)])
   end
 
@@ -358,7 +362,7 @@ defmodule EMLX.Backend do
     do: indexed(out, :indexed_put, tensor, indices, updates, opts)
 
   defp indexed(%T{type: type} = out, op, tensor, indices, updates, opts) do
-    tensor = if tensor.type != type, do: as_type(%{tensor | type: type}, tensor), else: tensor
+    tensor = cast(tensor, type)
     run(out, op, [tensor, indices, updates, opts[:axes]])
   end
 
@@ -440,7 +444,7 @@ defmodule EMLX.Backend do
   for {op, kind} <- [window_sum: 0, window_product: 1, window_max: 2, window_min: 3] do
     @impl true
     def unquote(op)(%T{type: type} = out, tensor, window, opts) do
-      tensor = if tensor.type != type, do: as_type(%{tensor | type: type}, tensor), else: tensor
+      tensor = cast(tensor, type)
       {lo, hi} = Enum.unzip(opts[:padding])
       args = [tensor, unquote(kind), window, opts[:strides], lo, hi, opts[:window_dilations]]
       run(out, :window_reduce, args)
@@ -456,85 +460,16 @@ defmodule EMLX.Backend do
     end
   end
 
-  # Reductions with an arbitrary function fold pairwise (a tree of
-  # log2(n) steps of element-wise ops on MLX), then fold in the initial
-  # accumulator; the function must be associative and commutative, as Nx
-  # requires for compiled backends.
+  # Reductions with a function: composed from MLX ops (EMLX.Backend.Fold).
   @impl true
-  def reduce(%T{type: type, shape: out_shape} = out, %T{shape: shape} = tensor, acc, opts, fun) do
-    axes = opts[:axes] || Nx.axes(shape)
-    kept = Nx.axes(shape) -- axes
-    kept_shape = Enum.map(kept, &elem(shape, &1))
-
-    flat =
-      tensor
-      |> Nx.transpose(axes: kept ++ axes)
-      |> Nx.reshape(List.to_tuple(kept_shape ++ [Enum.reduce(axes, 1, &(elem(shape, &1) * &2))]))
-
-    flat
-    |> fold_last_axis(acc, List.to_tuple(kept_shape), fun)
-    |> Nx.as_type(type)
-    |> Nx.reshape(out_shape)
-    |> then(&%{out | data: &1.data})
-  end
+  defdelegate reduce(out, tensor, acc, opts, fun), to: EMLX.Backend.Fold
 
   @impl true
-  def window_reduce(%T{type: type} = out, tensor, acc, window, opts, fun) do
+  def window_reduce(out, tensor, acc, window, opts, fun) do
     {lo, hi} = Enum.unzip(opts[:padding])
-    windows_shape = List.to_tuple(Tuple.to_list(out.shape) ++ [Tuple.product(window)])
-
-    windows_out = %{
-      out
-      | shape: windows_shape,
-        type: tensor.type,
-        names: List.duplicate(nil, tuple_size(windows_shape))
-    }
-
-    windows =
-      run(
-        windows_out,
-        :windows,
-        [tensor, acc, window, opts[:strides], lo, hi, opts[:window_dilations]],
-        nil
-      )
-
-    windows
-    |> fold_last_axis(acc, out.shape, fun)
-    |> Nx.as_type(type)
-    |> then(&%{out | data: &1.data})
-  end
-
-  defp fold_last_axis(%T{shape: shape} = t, acc, result_shape, fun) do
-    last = tuple_size(shape) - 1
-
-    case elem(shape, last) do
-      0 ->
-        Nx.broadcast(acc, result_shape)
-
-      _ ->
-        t |> tree_fold(last, fun) |> Nx.squeeze(axes: [last]) |> fun.(acc)
-    end
-  end
-
-  defp tree_fold(%T{shape: shape} = t, axis, fun) do
-    case elem(shape, axis) do
-      1 ->
-        t
-
-      n ->
-        half = div(n, 2)
-        a = Nx.slice_along_axis(t, 0, half, axis: axis)
-        b = Nx.slice_along_axis(t, half, half, axis: axis)
-        folded = fun.(a, b)
-
-        folded =
-          if rem(n, 2) == 1,
-            do:
-              Nx.concatenate([folded, Nx.slice_along_axis(t, n - 1, 1, axis: axis)], axis: axis),
-            else: folded
-
-        tree_fold(folded, axis, fun)
-    end
+    args = [tensor, acc, window, opts[:strides], lo, hi, opts[:window_dilations]]
+    windows = run(Fold.windows_template(out, tensor, window), :windows, args, nil)
+    Fold.window_reduce(out, windows, acc, fun)
   end
 
   ## FFT
