@@ -5,7 +5,8 @@ defmodule EMLX.Backend do
 
       Nx.default_backend({EMLX.Backend, device: :cpu})
 
-  Options: `:device` (`:cpu` or `:gpu`, default `EMLX.default_device/0`).
+  Options: `:device` (`:cpu` or `:gpu`, default `EMLX.default_device/0`);
+  any other option raises `ArgumentError`.
 
   Types: u8..u64, s8..s64, f16, bf16, f32, c64, and f64 (computed in f64,
   CPU only). Types MLX lacks (f8, c128, sub-byte integers) raise an
@@ -78,6 +79,7 @@ defmodule EMLX.Backend do
 
   @impl true
   def init(opts) do
+    opts = Keyword.validate!(opts, [:device])
     device = Keyword.get(opts, :device, CommandQueue.default_device())
 
     unless device in [:cpu, :gpu] do
