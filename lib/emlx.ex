@@ -253,58 +253,47 @@ defmodule EMLX do
     def unquote(name)(a, b), do: op(unquote(op), [a, b])
   end
 
-  @doc "Sum over `axes`."
-  def sum(t, axes, keep_axes), do: op(:sum, [t, axes, keep_axes])
-  @doc "Product over `axes`."
-  def product(t, axes, keep_axes), do: op(:product, [t, axes, keep_axes])
-  @doc "Maximum over `axes`."
-  def max(t, axes, keep_axes), do: op(:reduce_max, [t, axes, keep_axes])
-  @doc "Minimum over `axes`."
-  def min(t, axes, keep_axes), do: op(:reduce_min, [t, axes, keep_axes])
-  @doc "Whether all entries over `axes` are non-zero."
-  def all(t, axes, keep_axes), do: op(:all, [t, axes, keep_axes])
-  @doc "Whether any entry over `axes` is non-zero."
-  def any(t, axes, keep_axes), do: op(:any, [t, axes, keep_axes])
-  @doc "Index of the maximum along `axis`."
-  def argmax(t, axis, keep_axis), do: op(:argmax, [t, axis, keep_axis, false])
-  @doc "Index of the minimum along `axis`."
-  def argmin(t, axis, keep_axis), do: op(:argmin, [t, axis, keep_axis, false])
-  @doc "Reshapes to `shape`."
-  def reshape(t, shape), do: op(:reshape, [t, shape])
-  @doc "Permutes the axes."
-  def transpose(t, axes), do: op(:transpose, [t, axes])
-  @doc "Removes the given size-1 axes."
-  def squeeze(t, axes), do: op(:squeeze, [t, axes])
-  @doc "Broadcasts to `shape`."
-  def broadcast_to(t, shape), do: op(:broadcast_to, [t, shape])
-  @doc "Casts to the Nx `type`."
-  def astype(t, type), do: op(:as_type, [t, type])
-  @doc "Reinterprets the bytes as the Nx `type`."
-  def view(t, type), do: op(:bitcast, [t, type])
-  @doc "Selects from `a` where `pred` is non-zero, else from `b`."
-  def where(pred, a, b), do: op(:select, [pred, a, b])
-  @doc "Clips between two tensors."
-  def clip(t, min, max), do: op(:clip, [t, min, max])
-  @doc "Concatenates along `axis`."
-  def concatenate(tensors, axis), do: op(:concatenate, [tensors, axis])
-  @doc "Stacks along a new `axis`."
-  def stack(tensors, axis), do: op(:stack, [tensors, axis])
-  @doc "Sorts along `axis`."
-  def sort(t, axis), do: op(:sort, [t, axis, false, true])
-  @doc "Indices that sort along `axis`."
-  def argsort(t, axis), do: op(:argsort, [t, axis, false, true])
-  @doc "Takes `indices` along `axis`."
-  def take(t, indices, axis), do: op(:take, [t, indices, axis])
-  @doc "Takes along `axis` with indices of the same rank."
-  def take_along_axis(t, indices, axis), do: op(:take_along_axis, [t, indices, axis])
-  @doc "Cumulative sum along `axis`."
-  def cumulative_sum(t, axis, reverse), do: op(:cumulative_sum, [t, axis, reverse])
-  @doc "Cumulative product along `axis`."
-  def cumulative_product(t, axis, reverse), do: op(:cumulative_product, [t, axis, reverse])
-  @doc "Cumulative max along `axis`."
-  def cumulative_max(t, axis, reverse), do: op(:cumulative_max, [t, axis, reverse])
-  @doc "Cumulative min along `axis`."
-  def cumulative_min(t, axis, reverse), do: op(:cumulative_min, [t, axis, reverse])
+  # Functions that run one op of the table on device refs:
+  # {function, parameters, op, op arguments after the parameters, doc}.
+  axes = ~w(tensor axes keep_axes)a
+  along = ~w(tensor axis reverse)a
+
+  for {name, params, op, extra, doc} <- [
+        {:sum, axes, :sum, [], "Sum over `axes`."},
+        {:product, axes, :product, [], "Product over `axes`."},
+        {:max, axes, :reduce_max, [], "Maximum over `axes`."},
+        {:min, axes, :reduce_min, [], "Minimum over `axes`."},
+        {:all, axes, :all, [], "Whether all entries over `axes` are non-zero."},
+        {:any, axes, :any, [], "Whether any entry over `axes` is non-zero."},
+        {:argmax, ~w(tensor axis keep_axis)a, :argmax, [false],
+         "Index of the maximum along `axis`."},
+        {:argmin, ~w(tensor axis keep_axis)a, :argmin, [false],
+         "Index of the minimum along `axis`."},
+        {:reshape, ~w(tensor shape)a, :reshape, [], "Reshapes to `shape`."},
+        {:transpose, ~w(tensor axes)a, :transpose, [], "Permutes the axes."},
+        {:squeeze, ~w(tensor axes)a, :squeeze, [], "Removes the given size-1 axes."},
+        {:broadcast_to, ~w(tensor shape)a, :broadcast_to, [], "Broadcasts to `shape`."},
+        {:astype, ~w(tensor type)a, :as_type, [], "Casts to the Nx `type`."},
+        {:view, ~w(tensor type)a, :bitcast, [], "Reinterprets the bytes as the Nx `type`."},
+        {:where, ~w(pred on_true on_false)a, :select, [],
+         "Selects from `on_true` where `pred` is non-zero, else from `on_false`."},
+        {:clip, ~w(tensor min max)a, :clip, [], "Clips between two tensors."},
+        {:concatenate, ~w(tensors axis)a, :concatenate, [], "Concatenates along `axis`."},
+        {:stack, ~w(tensors axis)a, :stack, [], "Stacks along a new `axis`."},
+        {:sort, ~w(tensor axis)a, :sort, [false, true], "Sorts along `axis`."},
+        {:argsort, ~w(tensor axis)a, :argsort, [false, true], "Indices that sort along `axis`."},
+        {:take, ~w(tensor indices axis)a, :take, [], "Takes `indices` along `axis`."},
+        {:take_along_axis, ~w(tensor indices axis)a, :take_along_axis, [],
+         "Takes along `axis` with indices of the same rank."},
+        {:cumulative_sum, along, :cumulative_sum, [], "Cumulative sum along `axis`."},
+        {:cumulative_product, along, :cumulative_product, [], "Cumulative product along `axis`."},
+        {:cumulative_max, along, :cumulative_max, [], "Cumulative max along `axis`."},
+        {:cumulative_min, along, :cumulative_min, [], "Cumulative min along `axis`."}
+      ] do
+    args = Enum.map(params, &Macro.var(&1, __MODULE__))
+    @doc doc
+    def unquote(name)(unquote_splicing(args)), do: op(unquote(op), unquote(args ++ extra))
+  end
 
   @doc "A tensor of `shape` filled with `value`."
   def full(value, shape, type, device \\ default_device()),
