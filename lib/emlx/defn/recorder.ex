@@ -170,17 +170,14 @@ defmodule EMLX.Defn.Recorder do
         Map.put(acc, {:emlx_slot, rec.segment, sym}, ref)
       end)
 
-    %{
-      rec
-      | segment: rec.segment + 1,
-        instrs: [],
-        nouts: 0,
-        inputs: [],
-        sources: [],
-        ninputs: 0,
-        input_index: %{},
-        materialized: materialized,
-        flushed?: true
+    # A new, empty segment; the recording's own state carries over.
+    %__MODULE__{
+      queue: rec.queue,
+      device: rec.device,
+      params: rec.params,
+      segment: rec.segment + 1,
+      materialized: materialized,
+      flushed?: true
     }
   end
 
