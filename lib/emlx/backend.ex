@@ -60,17 +60,14 @@ defmodule EMLX.Backend do
             "expected an array of shape #{inspect(shape)}, got #{inspect(got_shape)}"
     end
 
-    data =
-      if got_type != type,
-        do:
-          data(
-            Dispatch.run(data.queue, :as_type, [handle(data), type], nil),
-            data.device,
-            data.queue
-          ),
-        else: data
+    %{t | data: if(got_type != type, do: cast_data(data, type), else: data)}
+  end
 
-    %{t | data: data}
+  # The data cast to `type` on its own queue (a new handle of the same array
+  # when the type is the same).
+  defp cast_data(%__MODULE__{queue: queue, device: device} = data, type) do
+    handle = Dispatch.run(queue, :as_type, [handle(data), type], nil)
+    data(handle, device, queue)
   end
 
   defp cast_bool(ref, queue), do: Dispatch.run(queue, :as_type, [ref, Types.to_nx(:bool)], nil)
@@ -156,8 +153,7 @@ defmodule EMLX.Backend do
     if device == data.device do
       # Arrays are immutable: a new handle on the same array is a copy
       # that can be deallocated on its own.
-      handle = Dispatch.run(data.queue, :as_type, [handle(data), tensor.type], nil)
-      %{tensor | data: data(handle, data.device, data.queue)}
+      %{tensor | data: cast_data(data, tensor.type)}
     else
       from_binary(tensor, to_binary(tensor, flat_size(tensor)), device: device)
     end
