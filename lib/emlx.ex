@@ -22,7 +22,7 @@ defmodule EMLX do
   convert between them and `Nx.Tensor`s.
   """
 
-  alias EMLX.NIF
+  alias EMLX.{NIF, Worker}
 
   @behaviour Nx.Defn.Compiler
 
@@ -43,55 +43,22 @@ defmodule EMLX do
   ## Devices and queues
 
   @doc """
-  Returns the default MLX device for this process.
-
-  Reads `:default_device` from the `:emlx` application environment. Without
-  it, the GPU is the default where this MLX build has one, else the CPU.
+  Returns the default MLX device for this process (see
+  `EMLX.CommandQueue.default_device/0`).
 
       Application.put_env(:emlx, :default_device, :cpu)
   """
   @spec default_device() :: device
-  def default_device do
-    case Application.get_env(:emlx, :default_device) do
-      nil -> if NIF.device_available(:gpu), do: :gpu, else: :cpu
-      device -> device
-    end
-  end
+  defdelegate default_device, to: EMLX.CommandQueue
 
   @doc """
-  Returns the command queue (worker) reference that work for `device` runs on.
-
-    * If the process bound a queue with `EMLX.CommandQueue.with_queue/2` for
-      the same device, that queue.
-    * If the bound queue is for another device: with
-      `config :emlx, cross_device_promotion: true` the bound queue is used
-      anyway; otherwise (the default) the device's application-default queue.
-      `config :emlx, warn_cross_device: true` logs a warning on a mismatch.
-    * Otherwise the application-default queue of `device`.
+  Returns the command queue (worker) reference that work for `device` runs
+  on: the queue bound with `EMLX.CommandQueue.with_queue/2`, else the
+  device's application-default queue (see `EMLX.CommandQueue.resolve/1`
+  for the cross-device rules).
   """
   @spec resolve_worker(device) :: reference()
-  def resolve_worker(device) do
-    case Process.get(:emlx_command_queue) do
-      {ref, ^device} ->
-        ref
-
-      {ref, bound} ->
-        if Application.get_env(:emlx, :warn_cross_device, false) do
-          require Logger
-
-          Logger.warning(
-            "EMLX: a #{device} tensor is used inside a #{bound} command queue binding"
-          )
-        end
-
-        if Application.get_env(:emlx, :cross_device_promotion, false),
-          do: ref,
-          else: EMLX.Application.default_worker(device)
-
-      nil ->
-        EMLX.Application.default_worker(device)
-    end
-  end
+  defdelegate resolve_worker(device), to: EMLX.CommandQueue, as: :resolve
 
   ## Evaluation and read-back
 
@@ -99,8 +66,9 @@ defmodule EMLX do
   Evaluates a (possibly lazy) MLX tensor on its command queue and waits for
   it. Accepts an `Nx.Tensor` on `EMLX.Backend` or a device ref.
   """
-  def eval(%Nx.Tensor{data: %EMLX.Backend{ref: ref, queue: queue, device: device}} = tensor) do
-    eval_on(queue, device, [EMLX.Defn.Recorder.materialize(ref)])
+  def eval(%Nx.Tensor{data: %EMLX.Backend{} = data} = tensor) do
+    %EMLX.Backend{ref: ref, queue: queue, device: device} = EMLX.Backend.realize(data)
+    eval_on(queue, device, [ref])
     tensor
   end
 
@@ -111,7 +79,7 @@ defmodule EMLX do
 
   defp eval_on(queue, device, refs) do
     :telemetry.span([:emlx, :eval], %{device: device}, fn ->
-      {NIF.eval(queue, refs) |> NIF.await(), %{device: device}}
+      {NIF.eval(queue, refs) |> Worker.await(), %{device: device}}
     end)
 
     EMLX.Telemetry.memory_stats()
@@ -122,17 +90,19 @@ defmodule EMLX do
 
   @doc "Reads at most `limit` elements of the tensor back as a binary."
   def to_blob({device, ref}, limit) do
-    {_shape, type, _owner} = NIF.info(ref)
-    bytes = if limit == :infinity, do: 0xFFFFFFFFFFFFFFFF, else: limit * elem_bytes(type)
-    NIF.to_binary(resolve_worker(device), ref, bytes) |> NIF.await()
+    {_shape, type, _owner} = Worker.info(ref)
+
+    bytes =
+      if limit == :infinity, do: 0xFFFFFFFFFFFFFFFF, else: limit * EMLX.Types.elem_bytes(type)
+
+    NIF.to_binary(resolve_worker(device), ref, bytes) |> Worker.await()
   end
 
   @doc "Returns the value of a one-element tensor as a number."
   def item({_device, ref} = device_ref) do
-    {_shape, type, _owner} = NIF.info(ref)
-    type = if type == :bool, do: {:u, 8}, else: type
-
-    size = elem_bytes(type)
+    {_shape, type, _owner} = Worker.info(ref)
+    type = EMLX.Types.to_nx(type)
+    size = EMLX.Types.elem_bytes(type)
 
     case to_blob(device_ref) do
       binary when byte_size(binary) == size ->
@@ -150,13 +120,13 @@ defmodule EMLX do
   def to_nx({device, ref}) when is_reference(ref), do: EMLX.Backend.to_nx({device, ref})
 
   @doc "The shape of a device ref's array."
-  def shape({_device, ref}), do: ref |> NIF.info() |> elem(0)
+  def shape({_device, ref}), do: ref |> Worker.info() |> elem(0)
 
   @doc "The Nx type of a device ref's array (`:bool` for MLX booleans)."
-  def scalar_type({_device, ref}), do: ref |> NIF.info() |> elem(1)
+  def scalar_type({_device, ref}), do: ref |> Worker.info() |> elem(1)
 
   @doc "The strides of a device ref's array, in elements."
-  def strides({_device, ref}), do: NIF.strides(ref)
+  def strides({_device, ref}), do: Worker.strides(ref)
 
   @doc "Drops the array's memory now. Later use raises."
   def deallocate({_device, ref}), do: NIF.deallocate(ref)
@@ -256,7 +226,7 @@ defmodule EMLX do
     queue = resolve_worker(device)
     raw = Enum.map(args, &unwrap_arg/1)
 
-    case NIF.run_op(queue, name, raw, out_type) do
+    case Worker.run_op(queue, name, raw, out_type) do
       list when is_list(list) -> Enum.map(list, &{device, &1})
       ref -> {device, ref}
     end
@@ -270,76 +240,60 @@ defmodule EMLX do
   defp unwrap_arg(list) when is_list(list), do: Enum.map(list, &unwrap_arg/1)
   defp unwrap_arg(other), do: other
 
-  @unary ~w(abs acos acosh asin asinh atan atanh ceil conjugate cos cosh erf erf_inv exp expm1
-            floor imag is_infinity is_nan log log1p logical_not negate real round rsqrt sigmoid
-            sign sin sinh sqrt tan tanh bitwise_not)a
-  @binary ~w(add subtract multiply divide pow remainder quotient atan2 equal not_equal greater
-             greater_equal less less_equal logical_and logical_or logical_xor maximum minimum
-             bitwise_and bitwise_or bitwise_xor left_shift right_shift)a
-  @renamed %{maximum: :max, minimum: :min}
-
-  for name <- @unary do
+  # One function per element-wise op of the op table (EMLX.Ops). The binary
+  # max and min are named maximum/2 and minimum/2: max/3 and min/3 reduce.
+  for name <- EMLX.Ops.unary() do
     @doc "Element-wise `#{name}` of a device ref."
     def unquote(name)(tensor), do: op(unquote(name), [tensor])
   end
 
-  for name <- @binary do
+  for op <- EMLX.Ops.binary() do
+    name = Map.get(%{max: :maximum, min: :minimum}, op, op)
     @doc "Element-wise `#{name}` of two device refs."
-    def unquote(name)(a, b), do: op(unquote(Map.get(@renamed, name, name)), [a, b])
+    def unquote(name)(a, b), do: op(unquote(op), [a, b])
   end
 
-  @doc "Sum over `axes`."
-  def sum(t, axes, keep_axes), do: op(:sum, [t, axes, keep_axes])
-  @doc "Product over `axes`."
-  def product(t, axes, keep_axes), do: op(:product, [t, axes, keep_axes])
-  @doc "Maximum over `axes`."
-  def max(t, axes, keep_axes), do: op(:reduce_max, [t, axes, keep_axes])
-  @doc "Minimum over `axes`."
-  def min(t, axes, keep_axes), do: op(:reduce_min, [t, axes, keep_axes])
-  @doc "Whether all entries over `axes` are non-zero."
-  def all(t, axes, keep_axes), do: op(:all, [t, axes, keep_axes])
-  @doc "Whether any entry over `axes` is non-zero."
-  def any(t, axes, keep_axes), do: op(:any, [t, axes, keep_axes])
-  @doc "Index of the maximum along `axis`."
-  def argmax(t, axis, keep_axis), do: op(:argmax, [t, axis, keep_axis, false])
-  @doc "Index of the minimum along `axis`."
-  def argmin(t, axis, keep_axis), do: op(:argmin, [t, axis, keep_axis, false])
-  @doc "Reshapes to `shape`."
-  def reshape(t, shape), do: op(:reshape, [t, shape])
-  @doc "Permutes the axes."
-  def transpose(t, axes), do: op(:transpose, [t, axes])
-  @doc "Removes the given size-1 axes."
-  def squeeze(t, axes), do: op(:squeeze, [t, axes])
-  @doc "Broadcasts to `shape`."
-  def broadcast_to(t, shape), do: op(:broadcast_to, [t, shape])
-  @doc "Casts to the Nx `type`."
-  def astype(t, type), do: op(:as_type, [t, type])
-  @doc "Reinterprets the bytes as the Nx `type`."
-  def view(t, type), do: op(:bitcast, [t, type])
-  @doc "Selects from `a` where `pred` is non-zero, else from `b`."
-  def where(pred, a, b), do: op(:select, [pred, a, b])
-  @doc "Clips between two tensors."
-  def clip(t, min, max), do: op(:clip, [t, min, max])
-  @doc "Concatenates along `axis`."
-  def concatenate(tensors, axis), do: op(:concatenate, [tensors, axis])
-  @doc "Stacks along a new `axis`."
-  def stack(tensors, axis), do: op(:stack, [tensors, axis])
-  @doc "Sorts along `axis`."
-  def sort(t, axis), do: op(:sort, [t, axis, false, true])
-  @doc "Indices that sort along `axis`."
-  def argsort(t, axis), do: op(:argsort, [t, axis, false, true])
-  @doc "Takes `indices` along `axis`."
-  def take(t, indices, axis), do: op(:take, [t, indices, axis])
-  @doc "Takes along `axis` with indices of the same rank."
-  def take_along_axis(t, indices, axis), do: op(:take_along_axis, [t, indices, axis])
-  @doc "Cumulative sum along `axis`."
-  def cumulative_sum(t, axis, reverse), do: op(:cumulative_sum, [t, axis, reverse])
-  @doc "Cumulative product along `axis`."
-  def cumulative_product(t, axis, reverse), do: op(:cumulative_product, [t, axis, reverse])
-  @doc "Cumulative max along `axis`."
-  def cumulative_max(t, axis, reverse), do: op(:cumulative_max, [t, axis, reverse])
-  @doc "Cumulative min along `axis`."
-  def cumulative_min(t, axis, reverse), do: op(:cumulative_min, [t, axis, reverse])
+  # Functions that run one op of the table on device refs:
+  # {function, parameters, op, op arguments after the parameters, doc}.
+  axes = ~w(tensor axes keep_axes)a
+  along = ~w(tensor axis reverse)a
+
+  for {name, params, op, extra, doc} <- [
+        {:sum, axes, :sum, [], "Sum over `axes`."},
+        {:product, axes, :product, [], "Product over `axes`."},
+        {:max, axes, :reduce_max, [], "Maximum over `axes`."},
+        {:min, axes, :reduce_min, [], "Minimum over `axes`."},
+        {:all, axes, :all, [], "Whether all entries over `axes` are non-zero."},
+        {:any, axes, :any, [], "Whether any entry over `axes` is non-zero."},
+        {:argmax, ~w(tensor axis keep_axis)a, :argmax, [false],
+         "Index of the maximum along `axis`."},
+        {:argmin, ~w(tensor axis keep_axis)a, :argmin, [false],
+         "Index of the minimum along `axis`."},
+        {:reshape, ~w(tensor shape)a, :reshape, [], "Reshapes to `shape`."},
+        {:transpose, ~w(tensor axes)a, :transpose, [], "Permutes the axes."},
+        {:squeeze, ~w(tensor axes)a, :squeeze, [], "Removes the given size-1 axes."},
+        {:broadcast_to, ~w(tensor shape)a, :broadcast_to, [], "Broadcasts to `shape`."},
+        {:astype, ~w(tensor type)a, :as_type, [], "Casts to the Nx `type`."},
+        {:view, ~w(tensor type)a, :bitcast, [], "Reinterprets the bytes as the Nx `type`."},
+        {:where, ~w(pred on_true on_false)a, :select, [],
+         "Selects from `on_true` where `pred` is non-zero, else from `on_false`."},
+        {:clip, ~w(tensor min max)a, :clip, [], "Clips between two tensors."},
+        {:concatenate, ~w(tensors axis)a, :concatenate, [], "Concatenates along `axis`."},
+        {:stack, ~w(tensors axis)a, :stack, [], "Stacks along a new `axis`."},
+        {:sort, ~w(tensor axis)a, :sort, [false, true], "Sorts along `axis`."},
+        {:argsort, ~w(tensor axis)a, :argsort, [false, true], "Indices that sort along `axis`."},
+        {:take, ~w(tensor indices axis)a, :take, [], "Takes `indices` along `axis`."},
+        {:take_along_axis, ~w(tensor indices axis)a, :take_along_axis, [],
+         "Takes along `axis` with indices of the same rank."},
+        {:cumulative_sum, along, :cumulative_sum, [], "Cumulative sum along `axis`."},
+        {:cumulative_product, along, :cumulative_product, [], "Cumulative product along `axis`."},
+        {:cumulative_max, along, :cumulative_max, [], "Cumulative max along `axis`."},
+        {:cumulative_min, along, :cumulative_min, [], "Cumulative min along `axis`."}
+      ] do
+    args = Enum.map(params, &Macro.var(&1, __MODULE__))
+    @doc doc
+    def unquote(name)(unquote_splicing(args)), do: op(unquote(op), unquote(args ++ extra))
+  end
 
   @doc "A tensor of `shape` filled with `value`."
   def full(value, shape, type, device \\ default_device()),
@@ -354,10 +308,7 @@ defmodule EMLX do
 
   @doc "Builds a tensor from a binary blob."
   def from_blob(blob, shape, type, device \\ default_device()) do
-    ref = NIF.from_binary(resolve_worker(device), blob, shape, type) |> NIF.await()
+    ref = NIF.from_binary(resolve_worker(device), blob, shape, type) |> Worker.await()
     {device, ref}
   end
-
-  defp elem_bytes(:bool), do: 1
-  defp elem_bytes({_, bits}), do: div(bits, 8)
 end

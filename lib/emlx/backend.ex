@@ -5,7 +5,8 @@ defmodule EMLX.Backend do
 
       Nx.default_backend({EMLX.Backend, device: :cpu})
 
-  Options: `:device` (`:cpu` or `:gpu`, default `EMLX.default_device/0`).
+  Options: `:device` (`:cpu` or `:gpu`, default `EMLX.default_device/0`);
+  any other option raises `ArgumentError`.
 
   Types: u8..u64, s8..s64, f16, bf16, f32, c64, and f64 (computed in f64,
   CPU only). Types MLX lacks (f8, c128, sub-byte integers) raise an
@@ -14,34 +15,22 @@ defmodule EMLX.Backend do
 
   @behaviour Nx.Backend
 
-  defstruct [:ref, :device, :queue, :quantization_config]
+  # `ref` is the MLX array. While `compiler: EMLX` records a defn, an op's
+  # result has no array yet: `ref` is nil and `placeholder` holds the
+  # recorder's placeholder; `realize/1` gives data with the real array.
+  defstruct [:ref, :placeholder, :device, :queue, :quantization_config]
 
   alias Nx.Tensor, as: T
-  alias EMLX.NIF
-
-  @supported_types [
-    {:u, 8},
-    {:u, 16},
-    {:u, 32},
-    {:u, 64},
-    {:s, 8},
-    {:s, 16},
-    {:s, 32},
-    {:s, 64},
-    {:f, 16},
-    {:bf, 16},
-    {:f, 32},
-    {:f, 64},
-    {:c, 64}
-  ]
+  alias EMLX.{CommandQueue, Dispatch, NIF, Types, Worker}
+  alias EMLX.Backend.Fold
 
   @doc "The Nx types EMLX.Backend stores (MLX has no f8, c128 or sub-byte integers)."
-  def supported_types, do: @supported_types
+  defdelegate supported_types, to: EMLX.Types, as: :supported
 
   ## Conversions
 
   @doc "Converts an Nx tensor to a device ref `{device, ref}` (transferring it to EMLX when needed)."
-  def from_nx(%T{data: %__MODULE__{ref: ref, device: device}}), do: {device, real(ref)}
+  def from_nx(%T{data: %__MODULE__{} = data}), do: {data.device, realize(data).ref}
 
   def from_nx(%T{} = tensor) do
     tensor |> Nx.backend_copy(EMLX.Backend) |> from_nx()
@@ -49,21 +38,16 @@ defmodule EMLX.Backend do
 
   @doc "Converts a device ref to an Nx tensor."
   def to_nx({device, ref}) when is_reference(ref) do
-    {shape, type, owner} = NIF.info(ref)
-    type = if type == :bool, do: {:u, 8}, else: type
-
-    ref =
-      if type == {:u, 8} and elem(NIF.info(ref), 1) == :bool,
-        do: cast_bool(ref, owner),
-        else: ref
-
+    {shape, mlx_type, owner} = Worker.info(ref)
+    ref = if mlx_type == :bool, do: cast_bool(ref, owner), else: ref
+    type = Types.to_nx(mlx_type)
     names = List.duplicate(nil, tuple_size(shape))
 
     %T{
       shape: shape,
       type: type,
       names: names,
-      data: %__MODULE__{ref: ref, device: device, queue: owner}
+      data: data(ref, device, owner)
     }
   end
 
@@ -76,27 +60,30 @@ defmodule EMLX.Backend do
             "expected an array of shape #{inspect(shape)}, got #{inspect(got_shape)}"
     end
 
-    data =
-      if got_type != type,
-        do: %{data | ref: run_ref(data.queue, :as_type, [data.ref, type], nil)},
-        else: data
-
-    %{t | data: data}
+    %{t | data: if(got_type != type, do: cast_data(data, type), else: data)}
   end
 
-  defp cast_bool(ref, queue), do: run_ref(queue, :as_type, [ref, {:u, 8}], nil)
+  # The data cast to `type` on its own queue (a new handle of the same array
+  # when the type is the same).
+  defp cast_data(%__MODULE__{queue: queue, device: device} = data, type) do
+    handle = Dispatch.run(queue, :as_type, [handle(data), type], nil)
+    data(handle, device, queue)
+  end
+
+  defp cast_bool(ref, queue), do: Dispatch.run(queue, :as_type, [ref, Types.to_nx(:bool)], nil)
 
   ## Creation
 
   @impl true
   def init(opts) do
-    device = Keyword.get(opts, :device, EMLX.default_device())
+    opts = Keyword.validate!(opts, [:device])
+    device = Keyword.get(opts, :device, CommandQueue.default_device())
 
     unless device in [:cpu, :gpu] do
       raise ArgumentError, "EMLX.Backend :device must be :cpu or :gpu, got: #{inspect(device)}"
     end
 
-    _ = EMLX.Application.default_worker(device)
+    _ = CommandQueue.default(device)
     Keyword.put(opts, :device, device)
   end
 
@@ -116,22 +103,22 @@ defmodule EMLX.Backend do
   @impl true
   def from_binary(%T{shape: shape, type: type} = out, binary, opts) do
     device = device_option(opts)
-    check_type!(type, device, :from_binary)
-    queue = EMLX.resolve_worker(device)
-    ref = NIF.from_binary(queue, binary, shape, type) |> NIF.await()
+    Types.check!(type, device, :from_binary)
+    queue = CommandQueue.resolve(device)
+    ref = NIF.from_binary(queue, binary, shape, type) |> Worker.await()
     wrap(out, ref, device, queue)
   end
 
   defp create(%T{type: type} = out, opts, op, args, callback) do
     device = device_option(opts)
-    check_type!(type, device, callback)
-    queue = EMLX.resolve_worker(device)
-    wrap(out, run_ref(queue, op, args, type), device, queue)
+    Types.check!(type, device, callback)
+    queue = CommandQueue.resolve(device)
+    wrap(out, Dispatch.run(queue, op, args, type), device, queue)
   end
 
   defp device_option(opts) do
     case Keyword.get(opts, :device) do
-      nil -> EMLX.default_device()
+      nil -> CommandQueue.default_device()
       device -> device
     end
   end
@@ -142,12 +129,12 @@ defmodule EMLX.Backend do
   ## Read-back, copies, inspection
 
   @impl true
-  def to_binary(%T{type: type, data: %__MODULE__{ref: ref, queue: queue}} = t, limit) do
-    bytes = min(limit, flat_size(t)) * elem_bytes(type)
-    ref = real(ref)
+  def to_binary(%T{type: type, data: %__MODULE__{} = data} = t, limit) do
+    bytes = min(limit, flat_size(t)) * Types.elem_bytes(type)
+    %__MODULE__{ref: ref, queue: queue} = realize(data)
 
     :telemetry.span([:emlx, :to_binary], %{bytes: bytes}, fn ->
-      {NIF.to_binary(queue, ref, bytes) |> NIF.await(), %{bytes: bytes}}
+      {NIF.to_binary(queue, ref, bytes) |> Worker.await(), %{bytes: bytes}}
     end)
   end
 
@@ -166,7 +153,7 @@ defmodule EMLX.Backend do
     if device == data.device do
       # Arrays are immutable: a new handle on the same array is a copy
       # that can be deallocated on its own.
-      %{tensor | data: %{data | ref: run_ref(data.queue, :as_type, [data.ref, tensor.type], nil)}}
+      %{tensor | data: cast_data(data, tensor.type)}
     else
       from_binary(tensor, to_binary(tensor, flat_size(tensor)), device: device)
     end
@@ -238,6 +225,9 @@ defmodule EMLX.Backend do
   @impl true
   def as_type(%T{type: type} = out, tensor), do: run(out, :as_type, [tensor, type], nil)
 
+  defp cast(%T{type: type} = tensor, type), do: tensor
+  defp cast(tensor, type), do: as_type(%{tensor | type: type}, tensor)
+
   @impl true
   def bitcast(%T{type: type} = out, tensor), do: run(out, :bitcast, [tensor, type], nil)
 
@@ -287,7 +277,7 @@ defmodule EMLX.Backend do
 
   @impl true
   def put_slice(%T{type: type} = out, tensor, starts, slice) do
-    tensor = if tensor.type != type, do: as_type(%{tensor | type: type}, tensor), else: tensor
+    tensor = cast(tensor, type)
     run(out, :put_slice, [tensor, slice, index_tensors(starts, tensor)])
   end
 
@@ -305,7 +295,7 @@ defmodule EMLX.Backend do
   end
 
   defp device_of(%__MODULE__{device: device}), do: device
-  defp device_of(_), do: EMLX.default_device()
+  defp device_of(_), do: CommandQueue.default_device()
 
   @impl true
   def select(out, pred, on_true, on_false), do: run(out, :select, [pred, on_true, on_false])
@@ -313,32 +303,22 @@ defmodule EMLX.Backend do
   @impl true
   def clip(out, tensor, min, max), do: run(out, :clip, [tensor, min, max])
 
-  ## Element-wise
+  ## Element-wise and reductions: the op table's ops that are Nx.Backend callbacks
 
-  binary_ops =
-    [:add, :subtract, :multiply, :pow, :remainder, :divide, :atan2, :min, :max, :quotient] ++
-      [:bitwise_and, :bitwise_or, :bitwise_xor, :left_shift, :right_shift] ++
-      [:equal, :not_equal, :greater, :less, :greater_equal, :less_equal] ++
-      [:logical_and, :logical_or, :logical_xor]
+  callbacks = Nx.Backend.behaviour_info(:callbacks)
 
-  for op <- binary_ops do
+  for op <- EMLX.Ops.binary(), {op, 3} in callbacks do
     @impl true
     def unquote(op)(out, a, b), do: run(out, unquote(op), [a, b])
   end
 
-  unary_ops =
-    Enum.map(Nx.Shared.unary_math_funs(), &elem(&1, 0)) ++
-      [:abs, :bitwise_not, :ceil, :conjugate, :floor, :negate, :round, :sign] ++
-      [:count_leading_zeros, :population_count, :real, :imag, :is_nan, :is_infinity]
-
-  for op <- unary_ops do
+  for op <- EMLX.Ops.unary(), {op, 2} in callbacks do
     @impl true
     def unquote(op)(out, tensor), do: run(out, unquote(op), [tensor])
   end
 
-  ## Reductions
-
-  for op <- [:sum, :product, :reduce_max, :reduce_min, :all, :any] do
+  # Ops of signature (array, axes, keep_axes): sum, product, reduce_max, ...
+  for op <- EMLX.Ops.with_signature("aIb"), {op, 3} in callbacks do
     @impl true
     def unquote(op)(out, %T{shape: shape} = tensor, opts) do
       axes = opts[:axes] || Nx.axes(shape)
@@ -380,7 +360,7 @@ defmodule EMLX.Backend do
     do: indexed(out, :indexed_put, tensor, indices, updates, opts)
 
   defp indexed(%T{type: type} = out, op, tensor, indices, updates, opts) do
-    tensor = if tensor.type != type, do: as_type(%{tensor | type: type}, tensor), else: tensor
+    tensor = cast(tensor, type)
     run(out, op, [tensor, indices, updates, opts[:axes]])
   end
 
@@ -462,7 +442,7 @@ defmodule EMLX.Backend do
   for {op, kind} <- [window_sum: 0, window_product: 1, window_max: 2, window_min: 3] do
     @impl true
     def unquote(op)(%T{type: type} = out, tensor, window, opts) do
-      tensor = if tensor.type != type, do: as_type(%{tensor | type: type}, tensor), else: tensor
+      tensor = cast(tensor, type)
       {lo, hi} = Enum.unzip(opts[:padding])
       args = [tensor, unquote(kind), window, opts[:strides], lo, hi, opts[:window_dilations]]
       run(out, :window_reduce, args)
@@ -478,85 +458,16 @@ defmodule EMLX.Backend do
     end
   end
 
-  # Reductions with an arbitrary function fold pairwise (a tree of
-  # log2(n) steps of element-wise ops on MLX), then fold in the initial
-  # accumulator; the function must be associative and commutative, as Nx
-  # requires for compiled backends.
+  # Reductions with a function: composed from MLX ops (EMLX.Backend.Fold).
   @impl true
-  def reduce(%T{type: type, shape: out_shape} = out, %T{shape: shape} = tensor, acc, opts, fun) do
-    axes = opts[:axes] || Nx.axes(shape)
-    kept = Nx.axes(shape) -- axes
-    kept_shape = Enum.map(kept, &elem(shape, &1))
-
-    flat =
-      tensor
-      |> Nx.transpose(axes: kept ++ axes)
-      |> Nx.reshape(List.to_tuple(kept_shape ++ [Enum.reduce(axes, 1, &(elem(shape, &1) * &2))]))
-
-    flat
-    |> fold_last_axis(acc, List.to_tuple(kept_shape), fun)
-    |> Nx.as_type(type)
-    |> Nx.reshape(out_shape)
-    |> then(&%{out | data: &1.data})
-  end
+  defdelegate reduce(out, tensor, acc, opts, fun), to: EMLX.Backend.Fold
 
   @impl true
-  def window_reduce(%T{type: type} = out, tensor, acc, window, opts, fun) do
+  def window_reduce(out, tensor, acc, window, opts, fun) do
     {lo, hi} = Enum.unzip(opts[:padding])
-    windows_shape = List.to_tuple(Tuple.to_list(out.shape) ++ [Tuple.product(window)])
-
-    windows_out = %{
-      out
-      | shape: windows_shape,
-        type: tensor.type,
-        names: List.duplicate(nil, tuple_size(windows_shape))
-    }
-
-    windows =
-      run(
-        windows_out,
-        :windows,
-        [tensor, acc, window, opts[:strides], lo, hi, opts[:window_dilations]],
-        nil
-      )
-
-    windows
-    |> fold_last_axis(acc, out.shape, fun)
-    |> Nx.as_type(type)
-    |> then(&%{out | data: &1.data})
-  end
-
-  defp fold_last_axis(%T{shape: shape} = t, acc, result_shape, fun) do
-    last = tuple_size(shape) - 1
-
-    case elem(shape, last) do
-      0 ->
-        Nx.broadcast(acc, result_shape)
-
-      _ ->
-        t |> tree_fold(last, fun) |> Nx.squeeze(axes: [last]) |> fun.(acc)
-    end
-  end
-
-  defp tree_fold(%T{shape: shape} = t, axis, fun) do
-    case elem(shape, axis) do
-      1 ->
-        t
-
-      n ->
-        half = div(n, 2)
-        a = Nx.slice_along_axis(t, 0, half, axis: axis)
-        b = Nx.slice_along_axis(t, half, half, axis: axis)
-        folded = fun.(a, b)
-
-        folded =
-          if rem(n, 2) == 1,
-            do:
-              Nx.concatenate([folded, Nx.slice_along_axis(t, n - 1, 1, axis: axis)], axis: axis),
-            else: folded
-
-        tree_fold(folded, axis, fun)
-    end
+    args = [tensor, acc, window, opts[:strides], lo, hi, opts[:window_dilations]]
+    windows = run(Fold.windows_template(out, tensor, window), :windows, args, nil)
+    Fold.window_reduce(out, windows, acc, fun)
   end
 
   ## FFT
@@ -580,7 +491,7 @@ defmodule EMLX.Backend do
     result = run(out, :triangular_solve, args)
     # Nx raises on a singular matrix where the call is made: wait for the
     # worker's check instead of letting the error surface at a later read.
-    with %__MODULE__{ref: ref} when is_reference(ref) <- result.data, do: NIF.info(ref)
+    with %__MODULE__{ref: ref} when is_reference(ref) <- result.data, do: Worker.info(ref)
     result
   end
 
@@ -603,13 +514,13 @@ defmodule EMLX.Backend do
   (see `EMLX.shm_unlink/1` otherwise).
   """
   @impl true
-  def to_pointer(%T{data: %__MODULE__{ref: ref, queue: queue}}, opts) do
-    ref = real(ref)
+  def to_pointer(%T{data: %__MODULE__{} = data}, opts) do
+    %__MODULE__{ref: ref, queue: queue} = realize(data)
     mode = Keyword.get(opts, :mode, :local)
     permissions = Keyword.get(opts, :permissions, 0o400)
 
     case :telemetry.span([:emlx, :to_pointer], %{mode: mode}, fn ->
-           {NIF.to_pointer(queue, ref, mode, permissions) |> NIF.await(), %{mode: mode}}
+           {NIF.to_pointer(queue, ref, mode, permissions) |> Worker.await(), %{mode: mode}}
          end) do
       {address, size} when is_integer(address) ->
         %Nx.Pointer{kind: :local, address: address, data_size: size}
@@ -629,8 +540,8 @@ defmodule EMLX.Backend do
   @impl true
   def from_pointer(%Nx.Pointer{} = pointer, type, shape, backend_opts, opts) do
     device = device_option(backend_opts)
-    check_type!(type, device, :from_pointer)
-    queue = EMLX.resolve_worker(device)
+    Types.check!(type, device, :from_pointer)
+    queue = CommandQueue.resolve(device)
 
     source =
       case pointer do
@@ -639,7 +550,7 @@ defmodule EMLX.Backend do
         other -> raise ArgumentError, "invalid pointer: #{inspect(other)}"
       end
 
-    ref = NIF.from_pointer(queue, source, shape, type) |> NIF.await()
+    ref = NIF.from_pointer(queue, source, shape, type) |> Worker.await()
     names = Keyword.get(opts, :names) || List.duplicate(nil, tuple_size(shape))
     wrap(%T{shape: shape, type: type, names: names}, ref, device, queue)
   end
@@ -651,11 +562,11 @@ defmodule EMLX.Backend do
   # Results are cast to `out.type` unless `cast` is nil.
   defp run(%T{type: type} = out, op, args, cast \\ :out) do
     device = args_device(args)
-    check_type!(type, device, op)
-    queue = EMLX.resolve_worker(device)
+    Types.check!(type, device, op)
+    queue = CommandQueue.resolve(device)
     raw = Enum.map(args, &arg_on(&1, device, queue))
-    ref = run_ref(queue, op, raw, if(cast == :out, do: type, else: cast))
-    wrap(out, ref, device, queue)
+    handle = Dispatch.run(queue, op, raw, if(cast == :out, do: type, else: cast))
+    wrap(out, handle, device, queue)
   end
 
   # Ops with several results: each is cast to its template's type.
@@ -663,42 +574,47 @@ defmodule EMLX.Backend do
     templates = Tuple.to_list(outs)
     [%T{type: type} | _] = templates
     device = args_device(args)
-    check_type!(type, device, op)
-    queue = EMLX.resolve_worker(device)
+    Types.check!(type, device, op)
+    queue = CommandQueue.resolve(device)
     raw = Enum.map(args, &arg_on(&1, device, queue))
-    refs = run_ref(queue, op, raw, nil)
+    handles = Dispatch.run(queue, op, raw, nil)
 
     templates
-    |> Enum.zip_with(refs, fn %T{type: t} = template, ref ->
-      ref = run_ref(queue, :as_type, [ref, t], nil)
-      wrap(template, ref, device, queue)
+    |> Enum.zip_with(handles, fn %T{type: t} = template, handle ->
+      wrap(template, Dispatch.run(queue, :as_type, [handle, t], nil), device, queue)
     end)
     |> List.to_tuple()
   end
 
-  # The one place ops reach the worker; under `compiler: EMLX` the
-  # recorder turns them into program instructions instead.
-  defp run_ref(queue, op, raw_args, out_type) do
-    if EMLX.Defn.Recorder.active?() do
-      EMLX.Defn.Recorder.record(op, raw_args, out_type)
-    else
-      NIF.run_op(queue, op, raw_args, out_type)
-    end
-  end
-
-  # A real array for a tensor (placeholders of a recording are run first).
-  defp real(ref) when is_reference(ref), do: ref
-  defp real(slot), do: EMLX.Defn.Recorder.materialize(slot)
-
   @doc false
-  # The ref of a tensor on `queue`, transferring or evaluating as needed.
+  # The handle of a tensor on `queue`, transferring or evaluating as needed.
   def ref_on(%T{} = t, device, queue), do: arg_on(t, device, queue)
 
-  defp wrap(out, ref, device, queue),
-    do: %{out | data: %__MODULE__{ref: ref, device: device, queue: queue}}
+  @doc false
+  # Backend data for a handle (see EMLX.Dispatch): a real array goes into
+  # `ref`, a recorder placeholder into `placeholder`.
+  def data(ref, device, queue) when is_reference(ref),
+    do: %__MODULE__{ref: ref, device: device, queue: queue}
+
+  def data(placeholder, device, queue),
+    do: %__MODULE__{placeholder: placeholder, device: device, queue: queue}
+
+  @doc false
+  # The handle ops take for this data: the array, or its placeholder.
+  def handle(%__MODULE__{ref: nil, placeholder: placeholder}), do: placeholder
+  def handle(%__MODULE__{ref: ref}), do: ref
+
+  @doc false
+  # The data with a real array (a placeholder is materialized first).
+  def realize(%__MODULE__{ref: nil, placeholder: placeholder} = data),
+    do: %{data | ref: Dispatch.materialize(placeholder), placeholder: nil}
+
+  def realize(%__MODULE__{} = data), do: data
+
+  defp wrap(out, handle, device, queue), do: %{out | data: data(handle, device, queue)}
 
   defp args_device(args) do
-    Enum.find_value(args, EMLX.default_device(), fn
+    Enum.find_value(args, CommandQueue.default_device(), fn
       %T{data: %__MODULE__{device: device}} -> device
       [%T{} | _] = list -> Enum.find_value(list, &tensor_device/1)
       _ -> nil
@@ -708,18 +624,18 @@ defmodule EMLX.Backend do
   defp tensor_device(%T{data: %__MODULE__{device: device}}), do: device
   defp tensor_device(_), do: nil
 
-  defp arg_on(%T{data: %__MODULE__{ref: ref, queue: queue}}, _device, queue), do: ref
+  defp arg_on(%T{data: %__MODULE__{queue: queue} = data}, _device, queue), do: handle(data)
 
-  defp arg_on(%T{data: %__MODULE__{ref: ref, queue: other}}, _device, _queue) do
+  defp arg_on(%T{data: %__MODULE__{} = data}, _device, _queue) do
     # MLX streams are thread-local: evaluate on the array's own queue first.
-    ref = real(ref)
-    NIF.eval(other, [ref]) |> NIF.await()
+    %__MODULE__{ref: ref, queue: other} = realize(data)
+    NIF.eval(other, [ref]) |> Worker.await()
     ref
   end
 
   defp arg_on(%T{shape: shape, type: type} = t, device, queue) do
-    check_type!(type, device, :backend_transfer)
-    NIF.from_binary(queue, Nx.to_binary(t), shape, type) |> NIF.await()
+    Types.check!(type, device, :backend_transfer)
+    NIF.from_binary(queue, Nx.to_binary(t), shape, type) |> Worker.await()
   end
 
   defp arg_on(list, device, queue) when is_list(list) do
@@ -729,25 +645,6 @@ defmodule EMLX.Backend do
   end
 
   defp arg_on(other, _device, _queue), do: other
-
-  defp check_type!(type, device, callback) do
-    cond do
-      type not in @supported_types ->
-        raise ArgumentError,
-              "EMLX.Backend: MLX has no #{Nx.Type.to_string(type)} type " <>
-                "(in #{callback}); supported types: " <>
-                Enum.map_join(@supported_types, ", ", &Nx.Type.to_string/1)
-
-      type == {:f, 64} and device == :gpu ->
-        raise ArgumentError,
-              "EMLX.Backend: f64 is only available on the :cpu device (in #{callback})"
-
-      true ->
-        :ok
-    end
-  end
-
-  defp elem_bytes({_, bits}), do: div(bits, 8)
 
   # Elements of the whole array, vectorized axes included.
   defp flat_size(%T{shape: shape, vectorized_axes: vectorized}),

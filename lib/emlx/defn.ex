@@ -38,6 +38,7 @@ defmodule EMLX.Defn do
     * `:max_concurrency` - partitions for `Nx.Serving`, each on its own queue
   """
 
+  alias EMLX.CommandQueue
   alias EMLX.Defn.{Cache, Callbacks, Recorder}
   alias Nx.Defn.Composite
 
@@ -51,7 +52,7 @@ defmodule EMLX.Defn do
   def __partitions_options__(opts) do
     n = Keyword.get(opts, :max_concurrency, 1)
     {device, _} = target(opts)
-    for _ <- 1..n, do: Keyword.put(opts, :command_queue, EMLX.CommandQueue.new!(device))
+    for _ <- 1..n, do: Keyword.put(opts, :command_queue, CommandQueue.new!(device))
   end
 
   @doc false
@@ -79,12 +80,12 @@ defmodule EMLX.Defn do
 
   defp target(opts) do
     case Keyword.get(opts, :command_queue) do
-      %EMLX.CommandQueue{ref: ref, device: device} ->
+      %CommandQueue{ref: ref, device: device} ->
         {device, ref}
 
       nil ->
-        device = Keyword.get(opts, :device) || EMLX.default_device()
-        {device, EMLX.resolve_worker(device)}
+        device = Keyword.get(opts, :device) || CommandQueue.default_device()
+        {device, CommandQueue.resolve(device)}
     end
   end
 
@@ -144,14 +145,14 @@ defmodule EMLX.Defn do
           |> Enum.map(fn {arg, p} ->
             fn ->
               t = arg.()
-              ref = Recorder.bind_param(p, EMLX.Backend.ref_on(t, device, queue))
-              %{t | data: %EMLX.Backend{ref: ref, device: device, queue: queue}}
+              param = Recorder.bind_param(p, EMLX.Backend.ref_on(t, device, queue))
+              %{t | data: EMLX.Backend.data(param, device, queue)}
             end
           end)
 
         [result] =
           Nx.with_default_backend({EMLX.Backend, device: device}, fn ->
-            EMLX.CommandQueue.with_queue(%EMLX.CommandQueue{ref: queue, device: device}, fn ->
+            CommandQueue.with_queue(%CommandQueue{ref: queue, device: device}, fn ->
               eval.([params])
             end)
           end)
@@ -181,8 +182,11 @@ defmodule EMLX.Defn do
   defp collect(result, device, queue) do
     {_, refs} =
       Composite.traverse(result, [], fn
-        %Nx.Tensor{data: %EMLX.Backend{ref: ref}} = t, acc -> {t, [ref | acc]}
-        %Nx.Tensor{} = t, acc -> {t, [EMLX.Backend.ref_on(t, device, queue) | acc]}
+        %Nx.Tensor{data: %EMLX.Backend{} = data} = t, acc ->
+          {t, [EMLX.Backend.handle(data) | acc]}
+
+        %Nx.Tensor{} = t, acc ->
+          {t, [EMLX.Backend.ref_on(t, device, queue) | acc]}
       end)
 
     Enum.reverse(refs)
@@ -191,7 +195,7 @@ defmodule EMLX.Defn do
   defp fill(result, refs, device, queue) do
     {result, []} =
       Composite.traverse(result, refs, fn %Nx.Tensor{} = t, [ref | rest] ->
-        {%{t | data: %EMLX.Backend{ref: ref, device: device, queue: queue}}, rest}
+        {%{t | data: EMLX.Backend.data(ref, device, queue)}, rest}
       end)
 
     result

@@ -64,6 +64,16 @@ defmodule EMLX.BackendTest do
     test "backend_copy, transfer and deallocate" do
       t = emlx([1, 2, 3])
       copy = Nx.backend_copy(t, EMLX.Backend)
+
+      # backend options are validated
+      assert_raise ArgumentError, ~r/unknown keys \[:devic\]/, fn ->
+        Nx.backend_copy(t, {EMLX.Backend, devic: :cpu})
+      end
+
+      assert_raise ArgumentError, ~r/:device must be :cpu or :gpu/, fn ->
+        Nx.backend_copy(t, {EMLX.Backend, device: :tpu})
+      end
+
       assert Nx.backend_deallocate(copy) == :ok
       assert Nx.backend_deallocate(copy) == :already_deallocated
       assert Nx.to_list(t) == [1, 2, 3]

@@ -10,7 +10,14 @@ defmodule EMLX.NIFTest do
     ops = NIF.op_list()
     assert {:add, ~c"aa"} in ops
     assert length(ops) > 80
+    # EMLX.Ops reads the same table at compile time
+    assert ops == Enum.map(EMLX.Ops.all(), fn {name, _, sig, _} -> {name, ~c"#{sig}"} end)
     assert NIF.mlx_version() == ~c"0.32.4"
+    # a failed load names the library and the reason (here: it is loaded already)
+    assert {:error, message} = NIF.__load__()
+
+    assert to_string(message) =~
+             ~r"could not load its NIF library /.*/priv/libemlx\.so \(reload\)"
   end
 
   test "wrong terms raise ArgumentError in the NIF" do

@@ -10,7 +10,7 @@ defmodule EMLX.SoakTest do
   """
   use EMLX.Case, async: false
 
-  alias EMLX.NIF
+  alias EMLX.{NIF, Worker}
 
   @moduletag timeout: 600_000
 
@@ -99,11 +99,11 @@ defmodule EMLX.SoakTest do
 
     arrays =
       for(_ <- 1..@batch, do: NIF.from_binary(q, bin, {4}, {:f, 32}))
-      |> Enum.map(&NIF.await/1)
+      |> Enum.map(&Worker.await/1)
 
     # ops return their (pending) results at once
-    products = for a <- Enum.take_every(arrays, 4), do: NIF.run_op(q, :multiply, [a, a], nil)
-    :ok = NIF.eval(q, products) |> NIF.await()
+    products = for a <- Enum.take_every(arrays, 4), do: Worker.run_op(q, :multiply, [a, a], nil)
+    :ok = NIF.eval(q, products) |> Worker.await()
 
     # some arrays are dropped explicitly, the rest by garbage collection
     for a <- Enum.take_every(arrays, 8), do: :ok = NIF.deallocate(a)
@@ -112,7 +112,7 @@ defmodule EMLX.SoakTest do
       <<b * b::float-32-native, 1.0::float-32-native, 4.0::float-32-native, 9.0::float-32-native>>
 
     for(p <- Enum.take_every(products, 25), do: NIF.to_binary(q, p, 16))
-    |> Enum.each(fn ref -> ^square = NIF.await(ref) end)
+    |> Enum.each(fn ref -> ^square = Worker.await(ref) end)
 
     length(arrays) + length(products)
   end
@@ -122,7 +122,7 @@ defmodule EMLX.SoakTest do
   # garbage collection has seen them all. Returns the active memory.
   defp settle(queues, target, tries \\ 100) do
     :erlang.garbage_collect()
-    Enum.each(queues, &(NIF.queue_sync(&1) |> NIF.await()))
+    Enum.each(queues, &(NIF.queue_sync(&1) |> Worker.await()))
     active = EMLX.memory_info().active_memory
 
     if active <= target or tries == 0 do

@@ -1,7 +1,8 @@
 defmodule EMLX.DoctestExclusions do
   @moduledoc """
   The Nx doctests left out of the conformance runs, each with its reason.
-  Used by `EMLX.NxDoctestTest` and `EMLX.NxCompilerDoctestTest`.
+  Used by `EMLX.NxDoctestTest` and `EMLX.NxCompilerDoctestTest`
+  (test/emlx/nx_doctest_test.exs).
   """
 
   @excluded [

@@ -163,8 +163,8 @@ defmodule EMLX.Defn.Cache do
 
   # An EMLX array by identity (its reference); other backends' data by
   # value (the Nx.BinaryBackend binary, digested when large).
-  defp walk_data(%EMLX.Backend{ref: ref, device: device}, state),
-    do: {{EMLX.Backend, device, ref}, bump(state)}
+  defp walk_data(%EMLX.Backend{device: device} = data, state),
+    do: {{EMLX.Backend, device, EMLX.Backend.handle(data)}, bump(state)}
 
   defp walk_data(data, state), do: walk(data, state)
 

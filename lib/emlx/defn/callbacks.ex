@@ -23,10 +23,18 @@ defmodule EMLX.Defn.Callbacks do
   def realizing(nil), do: nil
 
   def realizing(f) when is_function(f, 1),
-    do: fn value -> f.(EMLX.Defn.Recorder.realize(value)) end
+    do: fn value -> f.(realize(value)) end
 
   defp realizing2(f) when is_function(f, 2),
-    do: fn value, opts -> f.(EMLX.Defn.Recorder.realize(value), opts) end
+    do: fn value, opts -> f.(realize(value), opts) end
+
+  # The container with every EMLX tensor backed by a real array.
+  defp realize(container) do
+    Composite.traverse(container, fn
+      %T{data: %EMLX.Backend{} = data} = t -> %{t | data: EMLX.Backend.realize(data)}
+      other -> other
+    end)
+  end
 
   # One visit per expression id; a node keeps its id, so Nx's evaluator
   # caches work as before.

@@ -3,7 +3,7 @@ defmodule EMLX.Defn.Recorder do
   # Records EMLX.Backend's ops as a flat program instead of running them.
   #
   # While a recorder is active in the process, every op EMLX.Backend would
-  # post to the worker (its single entry point, `EMLX.Backend.run_ref/4`)
+  # post to the worker (through the one dispatch point, `EMLX.Dispatch.run/4`)
   # becomes an instruction, and the result is a placeholder
   # `{:emlx_slot, segment, {:out, j}}`. Operands become the segment's
   # inputs `{:in, i}`: the defn parameters (placeholders `{:emlx_param, p}`,
@@ -19,10 +19,14 @@ defmodule EMLX.Defn.Recorder do
   # without such needs records as a single segment, which the compiler runs
   # under mx::compile and caches.
 
-  alias EMLX.NIF
+  alias EMLX.{NIF, Worker}
 
   @key :emlx_recorder
-  @multi %{qr: 2, svd: 3, eigh: 2, lu: 3}
+
+  @typedoc "The stand-in for an array of a recording (see the module comment)."
+  @type placeholder ::
+          {:emlx_slot, non_neg_integer(), {:out, non_neg_integer()}}
+          | {:emlx_param, non_neg_integer()}
 
   defstruct [
     :queue,
@@ -71,7 +75,7 @@ defmodule EMLX.Defn.Recorder do
   def record(op, raw_args, out_type) do
     rec = Process.get(@key)
     {args, rec} = Enum.map_reduce(raw_args, rec, &translate/2)
-    count = Map.get(@multi, op, 1)
+    count = EMLX.Ops.outputs(op)
     slots = Enum.map(rec.nouts..(rec.nouts + count - 1), &{:emlx_slot, rec.segment, {:out, &1}})
 
     Process.put(@key, %{
@@ -154,20 +158,6 @@ defmodule EMLX.Defn.Recorder do
 
   def materialize(ref) when is_reference(ref), do: ref
 
-  @doc """
-  The container with every EMLX tensor backed by a real array, for code
-  that keeps tensors past the recording (hooks, runtime calls).
-  """
-  def realize(container) do
-    Nx.Defn.Composite.traverse(container, fn
-      %Nx.Tensor{data: %EMLX.Backend{ref: ref} = data} = t when not is_reference(ref) ->
-        %{t | data: %{data | ref: materialize(ref)}}
-
-      other ->
-        other
-    end)
-  end
-
   # Runs the current segment without mx::compile; every result becomes real.
   defp flush(rec) do
     outs = Enum.map(0..(rec.nouts - 1)//1, &{:out, &1})
@@ -180,17 +170,14 @@ defmodule EMLX.Defn.Recorder do
         Map.put(acc, {:emlx_slot, rec.segment, sym}, ref)
       end)
 
-    %{
-      rec
-      | segment: rec.segment + 1,
-        instrs: [],
-        nouts: 0,
-        inputs: [],
-        sources: [],
-        ninputs: 0,
-        input_index: %{},
-        materialized: materialized,
-        flushed?: true
+    # A new, empty segment; the recording's own state carries over.
+    %__MODULE__{
+      queue: rec.queue,
+      device: rec.device,
+      params: rec.params,
+      segment: rec.segment + 1,
+      materialized: materialized,
+      flushed?: true
     }
   end
 
@@ -226,7 +213,7 @@ defmodule EMLX.Defn.Recorder do
 
   defp run_segment(rec, out_syms, compile?) do
     program = program(rec, out_syms)
-    NIF.program_run(rec.queue, program, Enum.reverse(rec.inputs), compile?) |> NIF.await()
+    NIF.program_run(rec.queue, program, Enum.reverse(rec.inputs), compile?) |> Worker.await()
   end
 
   @doc """
@@ -256,13 +243,13 @@ defmodule EMLX.Defn.Recorder do
   def run_program(queue, program, inputs, compile? \\ true) do
     if compile? do
       try do
-        {NIF.program_run(queue, program, inputs, true) |> NIF.await(), true}
+        {NIF.program_run(queue, program, inputs, true) |> Worker.await(), true}
       rescue
         EMLX.NIFError ->
-          {NIF.program_run(queue, program, inputs, false) |> NIF.await(), false}
+          {NIF.program_run(queue, program, inputs, false) |> Worker.await(), false}
       end
     else
-      {NIF.program_run(queue, program, inputs, false) |> NIF.await(), false}
+      {NIF.program_run(queue, program, inputs, false) |> Worker.await(), false}
     end
   end
 end

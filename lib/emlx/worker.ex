@@ -1,0 +1,59 @@
+defmodule EMLX.Worker do
+  @moduledoc """
+  Waiting on a command queue's worker thread.
+
+  `EMLX.NIF`'s MLX work is posted to the worker and returns at once: a job
+  reference whose reply `await/1` receives, or pending arrays, which
+  `info/1` and `strides/1` wait for. `run_op/4` posts an op and, when the
+  queue is deep, waits for it to drain (backpressure).
+  """
+
+  alias EMLX.NIF
+
+  @doc """
+  Waits for the reply to a posted job and unwraps it. A bad argument found
+  by the worker raises `ArgumentError`; an MLX failure `EMLX.NIFError`.
+  """
+  @spec await(NIF.job()) :: term()
+  def await(ref) when is_reference(ref) do
+    receive do
+      {^ref, :ok} -> :ok
+      {^ref, {:ok, value}} -> value
+      {^ref, {:error, :argument, message}} -> raise ArgumentError, message
+      {^ref, {:error, :mlx, message}} -> raise EMLX.NIFError, message
+    end
+  end
+
+  @doc "Runs `EMLX.NIF.op/4`, waiting for the worker to drain first when the queue is deep."
+  @spec run_op(NIF.queue(), atom(), list(), Nx.Type.t() | nil) :: NIF.array() | [NIF.array()]
+  def run_op(queue, name, args, out_type) do
+    case NIF.op(queue, name, args, out_type) do
+      {:wait, result} ->
+        queue |> NIF.queue_sync() |> await()
+        result
+
+      result ->
+        result
+    end
+  end
+
+  @doc "`{shape, type, owner_queue}` of an array, waiting for a pending one."
+  @spec info(NIF.array()) :: {tuple(), NIF.type(), NIF.queue()}
+  def info(array), do: when_computed(&NIF.array_info/1, array)
+
+  @doc "The strides of an array (in elements), waiting for a pending one."
+  @spec strides(NIF.array()) :: tuple()
+  def strides(array), do: when_computed(&NIF.array_strides/1, array)
+
+  # A pending array is computed once its queue has drained up to now.
+  defp when_computed(fun, array) do
+    case fun.(array) do
+      {:pending, owner} ->
+        owner |> NIF.queue_sync() |> await()
+        when_computed(fun, array)
+
+      result ->
+        result
+    end
+  end
+end
