@@ -15,7 +15,7 @@ defmodule EMLX.Ops do
   """
 
   # The op table file: the one place it is named.
-  @op_table Path.expand("../../c_src/emlx_ops.def", __DIR__)
+  @op_table Path.expand("../../c_src/shim/emlx_ops.def", __DIR__)
   @external_resource @op_table
 
   @fixed_signatures %{
