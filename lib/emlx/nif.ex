@@ -45,8 +45,23 @@ defmodule EMLX.NIF do
           {:error, {reason, text}} ->
             {:error,
              ~c"EMLX could not load its NIF library #{path}.so (#{reason}): #{text}. " ++
-               ~c"Build it with `mix compile` (it needs libmlx; see README.md, 'Set-up')."}
+               hint(to_string(text))}
         end
+    end
+  end
+
+  # A CUDA build of libmlx needs NVIDIA's libraries from the host: name the
+  # missing one and where EMLX's libmlx looks for it.
+  defp hint(text) do
+    case Regex.run(~r/(lib(cu|nv|nccl)[\w.+-]*\.so[.\d]*): cannot open shared object file/, text) do
+      [_, lib | _] ->
+        ~c"The CUDA build of MLX needs NVIDIA's #{lib}, which was not found. " ++
+          ~c"libmlx looks in priv/libmlx/nvidia/*/lib (link the nvidia folder of a Python " ++
+          ~c"site-packages holding NVIDIA's CUDA 13 pip packages there), then on LD_LIBRARY_PATH " ++
+          ~c"and the system's library path (see README.md, 'GPU')."
+
+      nil ->
+        ~c"Build it with `mix compile` (it needs libmlx; see README.md, 'Set-up')."
     end
   end
 

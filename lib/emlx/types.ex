@@ -2,8 +2,10 @@ defmodule EMLX.Types do
   @moduledoc """
   The Nx types EMLX stores, and how they map to MLX's.
 
-  MLX has no f8, c128 or sub-byte integer types, and no f64 on the GPU.
-  MLX booleans read back as `{:u, 8}` in Nx.
+  MLX has no f8, c128 or sub-byte integer types. f64 works on both devices:
+  MLX's CUDA backend has no f64, so on `:gpu` f64 work runs exactly on the
+  CPU stream of the same command queue. MLX booleans read back as `{:u, 8}`
+  in Nx.
   """
 
   @supported [
@@ -30,25 +32,19 @@ defmodule EMLX.Types do
   def supported, do: @supported
 
   @doc """
-  Raises `ArgumentError` unless `type` can be stored on `device`; `context`
-  (the callback or op being run) goes into the message.
+  Raises `ArgumentError` unless EMLX stores `type` (on either device);
+  `context` (the callback or op being run) goes into the message.
   """
   @spec check!(Nx.Type.t(), :cpu | :gpu, atom()) :: :ok
-  def check!(type, device, context) do
-    cond do
-      type not in @supported ->
-        raise ArgumentError,
-              "EMLX.Backend: MLX has no #{Nx.Type.to_string(type)} type " <>
-                "(in #{context}); supported types: " <>
-                Enum.map_join(@supported, ", ", &Nx.Type.to_string/1)
-
-      type == {:f, 64} and device == :gpu ->
-        raise ArgumentError,
-              "EMLX.Backend: f64 is only available on the :cpu device (in #{context})"
-
-      true ->
-        :ok
+  def check!(type, _device, context) do
+    if type not in @supported do
+      raise ArgumentError,
+            "EMLX.Backend: MLX has no #{Nx.Type.to_string(type)} type " <>
+              "(in #{context}); supported types: " <>
+              Enum.map_join(@supported, ", ", &Nx.Type.to_string/1)
     end
+
+    :ok
   end
 
   @doc "The Nx type of an MLX array's type (`:bool` is `{:u, 8}`)."

@@ -220,15 +220,15 @@ defmodule EMLX.DefnTest do
 
   describe "queues and devices" do
     test ":command_queue runs the program on that queue" do
-      q = EMLX.CommandQueue.new!(:cpu)
+      q = EMLX.CommandQueue.new!(device())
       got = Nx.Defn.jit(&Nx.add(&1, 1), compiler: EMLX, command_queue: q).(emlx([1, 2]))
       assert got.data.queue == q.ref
       assert Nx.to_list(got) == [2, 3]
     end
 
     test "__to_backend__ and __partitions_options__" do
-      assert EMLX.__to_backend__(device: :cpu) == {EMLX.Backend, [device: :cpu]}
-      parts = EMLX.__partitions_options__(device: :cpu, max_concurrency: 3)
+      assert EMLX.__to_backend__(device: device()) == {EMLX.Backend, [device: device()]}
+      parts = EMLX.__partitions_options__(device: device(), max_concurrency: 3)
       assert length(parts) == 3
       assert parts |> Enum.map(& &1[:command_queue].ref) |> Enum.uniq() |> length() == 3
     end

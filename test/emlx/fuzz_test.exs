@@ -105,7 +105,7 @@ defmodule EMLX.FuzzTest do
     assert_same(&Nx.sum(&1, axes: [1]), [Nx.iota({3, 4}, type: :s64)])
     assert_same(&Nx.cumulative_sum(&1, axis: 0), [Nx.tensor([1, 2, 3], type: :u8)])
     assert Nx.to_list(Nx.add(emlx([1, 2]), emlx([3, 4]))) == [4, 6]
-    q = EMLX.CommandQueue.new!(:cpu)
+    q = EMLX.CommandQueue.new!(device())
 
     assert EMLX.CommandQueue.with_queue(q, fn -> Nx.sum(emlx([1.5, 2.5])) |> Nx.to_number() end) ==
              4.0

@@ -14,7 +14,7 @@ defmodule EMLX.MemoryTest do
     assert during.peak_memory >= during.active_memory
 
     Nx.backend_deallocate(t)
-    EMLX.CommandQueue.synchronize(%EMLX.CommandQueue{ref: t.data.queue, device: :cpu})
+    EMLX.CommandQueue.synchronize(%EMLX.CommandQueue{ref: t.data.queue, device: device()})
     after_drop = EMLX.memory_info()
     assert after_drop.active_memory <= during.active_memory - 4 * 1024 * 1024
     assert EMLX.clear_cache() == :ok
@@ -24,7 +24,7 @@ defmodule EMLX.MemoryTest do
   test "reset_peak_memory/0 brings the peak down to what is active" do
     t = big()
     Nx.backend_deallocate(t)
-    EMLX.CommandQueue.synchronize(%EMLX.CommandQueue{ref: t.data.queue, device: :cpu})
+    EMLX.CommandQueue.synchronize(%EMLX.CommandQueue{ref: t.data.queue, device: device()})
     assert EMLX.reset_peak_memory() == :ok
     info = EMLX.memory_info()
     assert info.peak_memory <= info.active_memory + 1024
@@ -34,7 +34,7 @@ defmodule EMLX.MemoryTest do
     prev = EMLX.set_cache_limit(0)
     t = big()
     Nx.backend_deallocate(t)
-    EMLX.CommandQueue.synchronize(%EMLX.CommandQueue{ref: t.data.queue, device: :cpu})
+    EMLX.CommandQueue.synchronize(%EMLX.CommandQueue{ref: t.data.queue, device: device()})
     assert EMLX.memory_info().cache_memory == 0
     assert EMLX.set_cache_limit(prev) == 0
   end
@@ -55,7 +55,8 @@ defmodule EMLX.MemoryTest do
 
     try do
       t = emlx([1, 2, 3]) |> EMLX.eval()
-      assert_receive {[:emlx, :eval, :stop], %{duration: d}, %{device: :cpu}} when d >= 0
+      dev = device()
+      assert_receive {[:emlx, :eval, :stop], %{duration: d}, %{device: ^dev}} when d >= 0
 
       assert_receive {[:emlx, :memory], %{active_memory: a, peak_memory: _, cache_memory: _}, _}
                      when is_integer(a)

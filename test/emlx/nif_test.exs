@@ -4,7 +4,7 @@ defmodule EMLX.NIFTest do
 
   alias EMLX.NIF
 
-  defp queue, do: EMLX.Application.default_worker(:cpu)
+  defp queue, do: EMLX.Application.default_worker(device())
 
   test "the op table is exposed" do
     ops = NIF.op_list()
@@ -99,7 +99,7 @@ defmodule EMLX.NIFTest do
   end
 
   test "a process killed while its job runs leaves the queue usable" do
-    q = EMLX.CommandQueue.new!(:cpu)
+    q = EMLX.CommandQueue.new!(device())
 
     pid =
       spawn(fn ->

@@ -21,7 +21,7 @@ for {module, compiler, doc} <- [
     @compiler compiler
 
     setup do
-      Nx.default_backend({EMLX.Backend, device: :cpu})
+      Nx.default_backend({EMLX.Backend, device: EMLX.Case.device()})
       if @compiler, do: Nx.Defn.default_options(compiler: @compiler)
       :ok
     end

@@ -10,7 +10,9 @@ defmodule EMLX.PointerTest do
     assert is_integer(address) and address > 0
     assert EMLX.tensor_data_ptr(t) == {address, 16}
 
-    back = Nx.from_pointer({EMLX.Backend, device: :cpu}, p, {:s, 32}, {2, 2}, names: [:a, nil])
+    back =
+      Nx.from_pointer({EMLX.Backend, device: device()}, p, {:s, 32}, {2, 2}, names: [:a, nil])
+
     assert Nx.to_list(back) == [[1, 3], [2, 4]]
     assert back.names == [:a, nil]
     # the source tensor still reads correctly (it was made contiguous in place)

@@ -20,7 +20,7 @@ defmodule EMLX.SoakTest do
 
   test "a million small tensors leave MLX active memory at its baseline and RSS flat" do
     tensors = String.to_integer(System.get_env("EMLX_SOAK_TENSORS", "1000000"))
-    queues = [EMLX.Application.default_worker(:cpu), EMLX.CommandQueue.new!(:cpu).ref]
+    queues = [EMLX.Application.default_worker(device()), EMLX.CommandQueue.new!(device()).ref]
 
     assert churn(queues, @warmup) >= @warmup
     base = settle(queues, :infinity)
@@ -81,7 +81,7 @@ defmodule EMLX.SoakTest do
   # an eighth deallocated explicitly; every tenth batch goes through the
   # public Nx API instead.
   defp batch(q, b) when rem(b, 10) == 9 do
-    queue = %EMLX.CommandQueue{ref: q, device: :cpu}
+    queue = %EMLX.CommandQueue{ref: q, device: device()}
 
     EMLX.CommandQueue.with_queue(queue, fn ->
       Enum.reduce(1..div(@batch, 2), 0, fn i, made ->

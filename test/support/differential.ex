@@ -31,8 +31,6 @@ defmodule EMLX.Differential do
       EMLX.Differential.run(c)      # :ok or {:error, message}
   """
 
-  @emlx {EMLX.Backend, device: :cpu}
-
   @types for name <- ~w(u8 u16 u32 u64 s8 s16 s32 s64 f16 bf16 f32 f64 c64)a,
              do: {name, Nx.Type.normalize!(name)}
 
@@ -170,7 +168,7 @@ defmodule EMLX.Differential do
     # MLX is lazy: errors can surface when the result is read back, so
     # reading it back is part of the guarded call.
     emlx = fn ->
-      got = Nx.with_default_backend(@emlx, fn -> apply(mod, fun, to_emlx(bin_args)) end)
+      got = Nx.with_default_backend(emlx_backend(), fn -> apply(mod, fun, to_emlx(bin_args)) end)
       {got, read_back(got)}
     end
 
@@ -217,7 +215,7 @@ defmodule EMLX.Differential do
 
   defp inspect_arg(other), do: inspect(other)
 
-  defp to_emlx(%Nx.Tensor{} = t), do: Nx.backend_copy(t, @emlx)
+  defp to_emlx(%Nx.Tensor{} = t), do: Nx.backend_copy(t, emlx_backend())
   defp to_emlx(list) when is_list(list), do: Enum.map(list, &to_emlx/1)
   defp to_emlx(other), do: other
 
@@ -342,4 +340,6 @@ defmodule EMLX.Differential do
 
   defp magnitude(v) when is_number(v), do: abs(v)
   defp magnitude(_), do: 0.0
+
+  defp emlx_backend, do: {EMLX.Backend, device: EMLX.Case.device()}
 end

@@ -11,9 +11,21 @@ defmodule EMLX.Case do
     end
   end
 
-  @doc "A tensor on EMLX (CPU)."
+  @doc """
+  The device the suite runs on: `EMLX_TEST_DEVICE` (`cpu`, the default, or
+  `gpu`, which needs a CUDA build of MLX and a GPU).
+  """
+  def device do
+    case System.get_env("EMLX_TEST_DEVICE", "cpu") do
+      "cpu" -> :cpu
+      "gpu" -> :gpu
+      other -> raise ArgumentError, "EMLX_TEST_DEVICE must be cpu or gpu, got: #{inspect(other)}"
+    end
+  end
+
+  @doc "A tensor on EMLX (on the test device)."
   def emlx(data, opts \\ []),
-    do: Nx.tensor(data, Keyword.put(opts, :backend, {EMLX.Backend, device: :cpu}))
+    do: Nx.tensor(data, Keyword.put(opts, :backend, {EMLX.Backend, device: device()}))
 
   @doc "Copies a tensor to Nx.BinaryBackend."
   def to_bin(%Nx.Tensor{} = t), do: Nx.backend_copy(t, Nx.BinaryBackend)
@@ -24,9 +36,12 @@ defmodule EMLX.Case do
   values: exact for integers, within `tol` for floats, NaN equal to NaN.
   """
   def assert_same(fun, inputs, opts \\ []) do
-    emlx_inputs = Enum.map(inputs, &Nx.backend_copy(&1, {EMLX.Backend, device: :cpu}))
+    emlx_inputs = Enum.map(inputs, &Nx.backend_copy(&1, {EMLX.Backend, device: device()}))
     bin_inputs = Enum.map(inputs, &to_bin/1)
-    got = Nx.with_default_backend({EMLX.Backend, device: :cpu}, fn -> apply(fun, emlx_inputs) end)
+
+    got =
+      Nx.with_default_backend({EMLX.Backend, device: device()}, fn -> apply(fun, emlx_inputs) end)
+
     want = Nx.with_default_backend(Nx.BinaryBackend, fn -> apply(fun, bin_inputs) end)
     assert_tensor(got, want, opts)
   end

@@ -20,8 +20,8 @@ defmodule EMLX.Fuzz.Storm do
 
   def new(seed) do
     :rand.seed(:exsss, {seed, 0x5EED, 0xF022})
-    q = EMLX.Application.default_worker(:cpu)
-    {:ok, q2} = NIF.queue_new(:cpu)
+    q = EMLX.Application.default_worker(EMLX.Case.device())
+    {:ok, q2} = NIF.queue_new(EMLX.Case.device())
 
     arr = fn data, type, shape ->
       t = Nx.tensor(data, type: type, backend: Nx.BinaryBackend) |> Nx.reshape(shape)
@@ -95,12 +95,12 @@ defmodule EMLX.Fuzz.Storm do
           m.shape != nil,
           0 not in Tuple.to_list(m.shape),
           not bool?(r) do
-        {l, EMLX.Backend.to_nx({:cpu, r}), m}
+        {l, EMLX.Backend.to_nx({EMLX.Case.device(), r}), m}
       end
 
     dead_t = Nx.tensor([1.0, 2.0], backend: EMLX.Backend)
     Nx.backend_deallocate(dead_t)
-    q2_t = EMLX.Backend.to_nx({:cpu, q2_avail})
+    q2_t = EMLX.Backend.to_nx({EMLX.Case.device(), q2_avail})
 
     nx_fixed =
       nx_fixed ++
@@ -111,7 +111,7 @@ defmodule EMLX.Fuzz.Storm do
            %{queue: :binary, safe: true, shape: {2, 2}}}
         ]
 
-    dev_fixed = for {l, r, m} <- nif_fixed, do: {l, {:cpu, r}, m}
+    dev_fixed = for {l, r, m} <- nif_fixed, do: {l, {EMLX.Case.device(), r}, m}
 
     %{
       q: q,
@@ -357,8 +357,9 @@ defmodule EMLX.Fuzz.Storm do
   end
 
   defp check(st, {EMLX, _, _}, value, safe, i) do
-    refs = for {:cpu, r} <- List.wrap(value), is_reference(r), do: {:cpu, r}
-    add_arrays(st, :d, refs, safe, i, fn {:cpu, r} -> r end)
+    dev = EMLX.Case.device()
+    refs = for {^dev, r} <- List.wrap(value), is_reference(r), do: {dev, r}
+    add_arrays(st, :d, refs, safe, i, fn {^dev, r} -> r end)
   end
 
   defp check(st, _, _, _, _), do: {:ok, st}
