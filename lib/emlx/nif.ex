@@ -54,6 +54,10 @@ defmodule EMLX.NIF do
   # missing one and where EMLX's libmlx looks for it.
   defp hint(text) do
     case Regex.run(~r/(lib(cu|nv|nccl)[\w.+-]*\.so[.\d]*): cannot open shared object file/, text) do
+      [_, "libcuda.so" <> _ = lib | _] ->
+        ~c"The CUDA build of MLX needs #{lib}, which comes with the NVIDIA driver: " ++
+          ~c"this host has no NVIDIA driver (or it is not on the library path)."
+
       [_, lib | _] ->
         ~c"The CUDA build of MLX needs NVIDIA's #{lib}, which was not found. " ++
           ~c"libmlx looks in priv/libmlx/nvidia/*/lib (link the nvidia folder of a Python " ++
