@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The test suite on the GPU (run on a GPU host, e.g. through
+# scripts/gpu_device.sh run): every test with :gpu as the default device,
+# then Nx's doctests with no exclusion list. Writes to OUT (default
+# /tmp/emlx-gpu): tests.log, doctests_all.log and conformance.json
+# ({"doctests": [passed, total] of the eager run with no exclusions,
+#   "differential": [passed, total], "fuzz_crashes": n}), which
+# bench/report.py puts into bench/results/h200.json.
+set -uo pipefail
+out="${1:-/tmp/emlx-gpu}"
+mkdir -p "$out"
+export EMLX_TEST_DEVICE=gpu MIX_ENV=test
+
+mix test 2>&1 | tee "$out/tests.log" | tail -n 40
+status=${PIPESTATUS[0]}
+EMLX_DOCTEST_ALL=1 mix test test/emlx/nx_doctest_test.exs >"$out/doctests_all.log" 2>&1
+
+python3 - "$out" <<'PY'
+import json, re, sys
+out = sys.argv[1]
+tests = open(f"{out}/tests.log", errors="replace").read()
+docs = open(f"{out}/doctests_all.log", errors="replace").read()
+m = re.search(r"EMLX differential: (\d+) cases run, (\d+) passed, \d+ known failures, (\d+) reference", tests)
+differential = [int(m.group(2)) + int(m.group(3)), int(m.group(1))] if m else None
+m = re.search(r"(\d+) doctests, \d+ tests?, (\d+) failures?", docs)
+eager_failed = len(re.findall(r"^\s+\d+\) doctest .*\(EMLX\.NxDoctestTest\)$", docs, re.M))
+doctests = [int(m.group(1)) // 2 - eager_failed, int(m.group(1)) // 2] if m else None
+# The fuzz storm runs inside the suite: a VM crash ends the log before ExUnit's summary.
+finished = re.search(r"\d+ doctests, \d+ tests?, \d+ failures?", tests) is not None
+fuzz_crashes = 0 if finished else 1
+conf = {"doctests": doctests, "differential": differential, "fuzz_crashes": fuzz_crashes}
+json.dump(conf, open(f"{out}/conformance.json", "w"))
+print("conformance:", json.dumps(conf))
+PY
+grep -E "^\s+[0-9]+\) doctest .*\(EMLX\.NxDoctestTest\)$" "$out/doctests_all.log" | sed 's/^ *//' | head -n 80
+exit "$status"
