@@ -35,9 +35,10 @@ fi
 
 echo "==> packing"
 elixir_dir=$(dirname "$(dirname "$(command -v elixir)")")
-# The wheels travel as they are (already compressed); the device unpacks them.
+# The wheels travel as they are (already compressed); the device unpacks them,
+# and mix copies libmlx into the build's priv/libmlx there.
 wheels=("$HOME"/.cache/emlx/wheels/mlx_cuda_13-0.32.4-*.whl "$STAGE"/mlx-0.32.4-cp312-*.whl)
-tar -C / --exclude='*/src/*.erl' --exclude='*/examples' --exclude='*/doc' --exclude='*/man' -cf - \
+tar -C / --exclude='*/priv/libmlx' --exclude='*/src/*.erl' --exclude='*/examples' --exclude='*/doc' --exclude='*/man' -cf - \
   usr/lib/erlang \
   "${elixir_dir#/}/bin" "${elixir_dir#/}/lib" \
   "${HOME#/}/.mix/archives" \
