@@ -147,6 +147,15 @@ defmodule EMLX.LibMLX do
       end
     end
 
+    # The CUDA build compiles kernels at run time (NVRTC) against the
+    # headers it finds beside itself (mlx/include, with CCCL's in cccl/).
+    include = Path.join(source, "mlx/include")
+
+    if File.dir?(Path.join(include, "cccl")) and
+         not File.dir?(Path.join(dest, "mlx/include/cccl")) do
+      File.cp_r!(include, Path.join(dest, "mlx/include"))
+    end
+
     :ok
   end
 
