@@ -22,7 +22,7 @@ tests = open(f"{out}/tests.log", errors="replace").read()
 docs = open(f"{out}/doctests_all.log", errors="replace").read()
 m = re.search(r"EMLX differential: (\d+) cases run, (\d+) passed, \d+ known failures, (\d+) reference", tests)
 differential = [int(m.group(2)) + int(m.group(3)), int(m.group(1))] if m else None
-m = re.search(r"(\d+) doctests, \d+ tests?, (\d+) failures?", docs)
+m = re.search(r"(\d+) doctests?, (?:\d+ tests?, )?(\d+) failures?", docs)
 eager_failed = len(re.findall(r"^\s+\d+\) doctest .*\(EMLX\.NxDoctestTest\)$", docs, re.M))
 doctests = [int(m.group(1)) // 2 - eager_failed, int(m.group(1)) // 2] if m else None
 # The fuzz storm runs inside the suite: a VM crash ends the log before ExUnit's summary.

@@ -522,9 +522,20 @@ static void restore_sigchld(void) {
   }
 }
 
+/*
+ * MLX's CUDA backend reads MLX_ENABLE_TF32 once, at its first f32 matmul or
+ * conv. EMLX.NIF passes the value it wants ("0" for full f32, Nx's meaning;
+ * "1" for TF32) as the load info; a value already in the environment wins.
+ */
+static void set_tf32(ErlNifEnv *env, ERL_NIF_TERM info) {
+  char value[4];
+  if (enif_get_string(env, info, value, sizeof value, ERL_NIF_LATIN1) > 0 && getenv("MLX_ENABLE_TF32") == NULL)
+    setenv("MLX_ENABLE_TF32", value, 0);
+}
+
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   (void)priv;
-  (void)info;
+  set_tf32(env, info);
   if (emlx_resources_load(env) != 0) return 1;
   op_count = emlx_op_count();
   op_atoms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)op_count);

@@ -59,6 +59,7 @@ mx::array emlx_quotient(const mx::array &a, const mx::array &b, SD s);
 mx::array emlx_left_shift(const mx::array &a, const mx::array &b, SD s);
 mx::array emlx_right_shift(const mx::array &a, const mx::array &b, SD s);
 mx::array emlx_as_type(const mx::array &x, mx::Dtype d, SD s);
+mx::array emlx_sum(const mx::array &x, const std::vector<int> &axes, bool keep, SD s);
 mx::array emlx_all(const mx::array &x, const std::vector<int> &axes, bool keep, SD s);
 mx::array emlx_any(const mx::array &x, const std::vector<int> &axes, bool keep, SD s);
 mx::array emlx_argext(const mx::array &x0, int64_t axis, bool keep, bool tie_high, bool is_max, SD s);

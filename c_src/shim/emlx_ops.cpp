@@ -130,8 +130,8 @@ std::vector<mx::array> run_op(int op, const mx::Stream &stream, const emlx_arg *
 }
 
 // Where an op runs on a GPU worker. MLX's CUDA backend has no float64, no
-// linear algebra (LU, QR, SVD, eigh, Cholesky, inverse, solves) and no
-// 64-bit scatter: those run on the worker's CPU stream, on the same arrays
+// linear algebra (LU, QR, SVD, eigh, Cholesky, inverse, solves), no scatter
+// of 64-bit integers or complex numbers and no complex inverse hyperbolics: those run on the worker's CPU stream, on the same arrays
 // (MLX orders the two streams), and their results are ordinary arrays the
 // GPU ops that follow consume.
 bool cpu_only_op(int op) {
@@ -152,18 +152,22 @@ bool cpu_only_op(int op) {
 
 bool scatter_op(int op) { return op == OP_indexed_add || op == OP_indexed_put || op == OP_window_scatter; }
 
-bool wide_int(mx::Dtype d) { return d == mx::int64 || d == mx::uint64; }
+// Complex inverse hyperbolic functions have no CUDA kernel.
+bool complex_cpu_op(int op) { return op == OP_asinh || op == OP_acosh || op == OP_atanh; }
+
+// The GPU's scatter takes neither 64-bit integers nor complex numbers.
+bool no_gpu_scatter(mx::Dtype d) { return d == mx::int64 || d == mx::uint64 || d == mx::complex64; }
 
 const mx::Stream &stream_for(const emlx_stream &s, int op, const emlx_arg *args, std::optional<mx::Dtype> out) {
   if (!s.cpu) return s.s;
   if (cpu_only_op(op) || (out && *out == mx::float64)) return *s.cpu;
-  bool scatter = scatter_op(op);
+  bool scatter = scatter_op(op), complex_cpu = complex_cpu_op(op);
   const char *sig = op_table[op].sig;
   for (int k = 0; sig[k]; k++) {
     const emlx_arg &a = args[k];
     if (a.kind == EMLX_ARG_ARR) {
       auto d = a.u.arr->a.dtype();
-      if (d == mx::float64 || (scatter && wide_int(d))) return *s.cpu;
+      if (d == mx::float64 || (scatter && no_gpu_scatter(d)) || (complex_cpu && d == mx::complex64)) return *s.cpu;
     } else if (a.kind == EMLX_ARG_ARRS) {
       for (int i = 0; i < a.u.arrs.n; i++)
         if (a.u.arrs.v[i]->a.dtype() == mx::float64) return *s.cpu;
@@ -189,6 +193,10 @@ std::vector<mx::array> run_instr(int op, const emlx_stream &s, const emlx_arg *a
   const mx::Stream &stream = stream_for(s, op, args, out);
   auto results = run_op(op, stream, args, out);
   check_results(results);
+  // A result with no elements needs no kernel (and MLX's CUDA kernels are
+  // not all safe with empty grids): it becomes an empty constant.
+  for (auto &r : results)
+    if (r.size() == 0) r = mx::zeros(r.shape(), r.dtype(), stream);
   if (out)
     for (auto &r : results)
       if (r.dtype() != *out) r = emlx_as_type(r, *out, r.dtype() == mx::float64 ? stream_for_array(s, r) : stream);

@@ -211,6 +211,13 @@ mx::array emlx_as_type(const mx::array &x, mx::Dtype d, SD s) {
 
 // ---- reductions ----
 
+// Half-precision sums accumulate in float32 (the GPU's reduction would
+// accumulate in the half type), rounded once at the end.
+mx::array emlx_sum(const mx::array &x, const std::vector<int> &axes, bool keep, SD s) {
+  if (x.dtype() != mx::float16 && x.dtype() != mx::bfloat16) return mx::sum(x, axes, keep, s);
+  return mx::astype(mx::sum(mx::astype(x, mx::float32, s), axes, keep, s), x.dtype(), s);
+}
+
 mx::array emlx_all(const mx::array &x, const std::vector<int> &axes, bool keep, SD s) {
   return mx::all(truthy(x, s), axes, keep, s);
 }

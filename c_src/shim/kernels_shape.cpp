@@ -8,23 +8,33 @@ namespace emlx {
 
 // ---- creation ----
 
+// arange has no complex kernel on the GPU: count in float32 and convert.
+static mx::array counting(double n, mx::Dtype d, SD s) {
+  if (!is_complex(d)) return mx::arange(0.0, n, 1.0, d, s);
+  return mx::astype(mx::arange(0.0, n, 1.0, mx::float32, s), d, s);
+}
+
 mx::array emlx_iota(const mx::Shape &shape, int64_t axis, mx::Dtype d, SD s) {
   if (axis >= static_cast<int64_t>(shape.size())) throw arg_error("iota axis out of range");
   if (axis < 0) {
     size_t n = 1;
     for (auto v : shape) n *= static_cast<size_t>(v);
-    return mx::reshape(mx::arange(0.0, static_cast<double>(n), 1.0, d, s), shape, s);
+    return mx::reshape(counting(static_cast<double>(n), d, s), shape, s);
   }
   mx::Shape one(shape.size(), 1);
   one[axis] = shape[axis];
-  auto r = mx::reshape(mx::arange(0.0, static_cast<double>(shape[axis]), 1.0, d, s), one, s);
+  auto r = mx::reshape(counting(static_cast<double>(shape[axis]), d, s), one, s);
   return mx::broadcast_to(r, shape, s);
 }
 
+// The identity as row == column: mx::eye scatters, and the GPU has no
+// scatter for 64-bit integers or complex numbers.
 mx::array emlx_eye(const mx::Shape &shape, mx::Dtype d, SD s) {
   if (shape.size() < 2) throw arg_error("eye expects at least two dimensions");
   int n = shape[shape.size() - 2], m = shape[shape.size() - 1];
-  return mx::broadcast_to(mx::eye(n, m, 0, d, s), shape, s);
+  auto rows = mx::reshape(mx::arange(n, s), {n, 1}, s);
+  auto cols = mx::reshape(mx::arange(m, s), {1, m}, s);
+  return mx::broadcast_to(mx::astype(mx::equal(rows, cols, s), d, s), shape, s);
 }
 
 // ---- shape and layout ----

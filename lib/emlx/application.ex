@@ -16,31 +16,9 @@ defmodule EMLX.Application do
 
   @impl true
   def start(_type, _args) do
-    set_matmul_precision()
     EMLX.Defn.Cache.init()
     Enum.each([:cpu, :gpu], &EMLX.CommandQueue.start_default/1)
     Supervisor.start_link([], strategy: :one_for_one, name: EMLX.Supervisor)
-  end
-
-  # MLX's CUDA backend runs f32 matmul and conv in TF32 unless
-  # MLX_ENABLE_TF32=0, read once per process at the first one. Nx means
-  # full f32: that is the default (`config :emlx, :matmul_precision,
-  # :highest`); `:tf32` trades precision for speed. An MLX_ENABLE_TF32
-  # already set in the environment wins. No effect on the CPU.
-  defp set_matmul_precision do
-    if System.get_env("MLX_ENABLE_TF32") in [nil, ""] do
-      case Application.get_env(:emlx, :matmul_precision, :highest) do
-        :highest ->
-          System.put_env("MLX_ENABLE_TF32", "0")
-
-        :tf32 ->
-          System.put_env("MLX_ENABLE_TF32", "1")
-
-        other ->
-          raise ArgumentError,
-                "config :emlx, :matmul_precision must be :highest or :tf32, got: #{inspect(other)}"
-      end
-    end
   end
 
   @doc """

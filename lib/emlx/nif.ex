@@ -38,7 +38,7 @@ defmodule EMLX.NIF do
       priv ->
         path = :filename.join(priv, ~c"libemlx")
 
-        case :erlang.load_nif(path, 0) do
+        case :erlang.load_nif(path, tf32()) do
           :ok ->
             :ok
 
@@ -48,6 +48,26 @@ defmodule EMLX.NIF do
                hint(to_string(text))}
         end
     end
+  end
+
+  # MLX's CUDA backend runs f32 matmul and conv in TF32 unless
+  # MLX_ENABLE_TF32=0, read once per process. Nx means full f32, the default
+  # (`config :emlx, :matmul_precision, :highest`); `:tf32` trades precision
+  # for speed. An MLX_ENABLE_TF32 already in the environment wins. Set here,
+  # before libmlx loads, and by the NIF's load (its argument); no effect on
+  # the CPU.
+  defp tf32 do
+    value =
+      case Application.get_env(:emlx, :matmul_precision, :highest) do
+        :highest -> ~c"0"
+        :tf32 -> ~c"1"
+        _other -> ~c"0"
+      end
+
+    if System.get_env("MLX_ENABLE_TF32") in [nil, ""],
+      do: System.put_env("MLX_ENABLE_TF32", List.to_string(value))
+
+    System.get_env("MLX_ENABLE_TF32") |> String.to_charlist()
   end
 
   # A CUDA build of libmlx needs NVIDIA's libraries from the host: name the

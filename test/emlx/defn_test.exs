@@ -1,5 +1,7 @@
 defmodule EMLX.DefnTest do
   use EMLX.Case, async: true
+  # On the GPU, MLX compiles each new kernel at run time (NVRTC): first calls are slow.
+  @moduletag timeout: 600_000
   import Nx.Defn
 
   defn mlp_loss({w1, b1, w2, b2}, x, y) do

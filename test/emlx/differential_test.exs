@@ -29,6 +29,8 @@ defmodule EMLX.DifferentialTest do
   shapes are `{}`, `{1}`, `{3, 1, 5}` and `{7, 3}`, plus what each table adds.
   """
   use ExUnit.Case, async: true
+  # On the GPU, MLX compiles each new kernel at run time (NVRTC): first calls are slow.
+  @moduletag timeout: 600_000
 
   alias EMLX.Differential, as: D
 
