@@ -95,7 +95,8 @@ mx::array emlx_window_scatter(const mx::array &x, const mx::array &source, const
                               const std::vector<int64_t> &lo, const std::vector<int64_t> &hi, SD s) {
   int nd = static_cast<int>(x.ndim());
   std::vector<int64_t> one(nd, 1), zero(nd, 0);
-  auto initv = mx::astype(init, x.dtype(), s);
+  if (init.size() != 1) throw arg_error("the initial value must have exactly one element");
+  auto initv = mx::astype(mx::reshape(init, {}, s), x.dtype(), s);
   auto vals = emlx_windows(x, initv, window, strides, lo, hi, one, s);
   // flat indices into the padded tensor, windowed the same way
   mx::Shape pshape;

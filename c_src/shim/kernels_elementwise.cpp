@@ -197,7 +197,11 @@ mx::array emlx_as_type(const mx::array &x, mx::Dtype d, SD s) {
   if (is_float(x.dtype()) && is_int(d)) {
     // As Nx: NaN becomes 0, +inf the type's maximum, -inf its minimum.
     auto nan = mx::isnan(x, s);
-    auto cast = mx::astype(mx::where(mx::isfinite(x, s), x, mx::zeros_like(x, s), s), d, s);
+    auto finite = mx::where(mx::isfinite(x, s), x, mx::zeros_like(x, s), s);
+    // Through int64 (truncation), then to the target width, which wraps as
+    // Nx does (-1.0 -> 255 in u8); a direct GPU conversion would saturate.
+    auto cast = d == mx::int64 || d == mx::uint64 ? mx::astype(finite, d, s)
+                                                  : mx::astype(mx::astype(finite, mx::int64, s), d, s);
     auto hi = is_signed_int(d) ? mx::array(d.size() == 8 ? INT64_MAX : (int64_t(1) << (d.size() * 8 - 1)) - 1, d)
                                : mx::array(d.size() == 8 ? UINT64_MAX : (uint64_t(1) << (d.size() * 8)) - 1, d);
     auto lo = is_signed_int(d) ? mx::array(d.size() == 8 ? INT64_MIN : -(int64_t(1) << (d.size() * 8 - 1)), d)

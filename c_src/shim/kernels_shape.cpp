@@ -55,7 +55,9 @@ mx::array emlx_pad_impl(const mx::array &x0, const mx::array &value, const std::
   if (static_cast<int>(lo.size()) != nd || static_cast<int>(hi.size()) != nd ||
       static_cast<int>(interior.size()) != nd)
     throw arg_error("pad config must have one entry per dimension");
-  auto v = mx::astype(value, x0.dtype(), s);
+  // A kernel reading element 0 of an empty "value" faults on the GPU.
+  if (value.size() != 1) throw arg_error("the pad value must have exactly one element");
+  auto v = mx::astype(mx::reshape(value, {}, s), x0.dtype(), s);
   mx::array x = x0;
   for (int ax = 0; ax < nd; ax++) {
     int64_t in = interior[ax];

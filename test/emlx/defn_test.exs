@@ -210,9 +210,11 @@ defmodule EMLX.DefnTest do
         Nx.cosh(Nx.add(Nx.multiply(Nx.sinh(x), Nx.atanh(Nx.divide(x, 4096))), 7.0))
       end
 
-      x = Nx.iota({2048}, type: :f32, backend: EMLX.Backend)
-      want = Nx.with_default_backend(EMLX.Backend, fn -> fun.(x) end)
-      got = Nx.Defn.jit(fun, compiler: EMLX).(x)
+      # MLX's CPU JIT, so on the CPU device whatever the test device is
+      cpu = {EMLX.Backend, device: :cpu}
+      x = Nx.iota({2048}, type: :f32, backend: cpu)
+      want = Nx.with_default_backend(cpu, fn -> fun.(x) end)
+      got = Nx.Defn.jit(fun, compiler: EMLX, device: :cpu).(x)
       assert_tensor(got, Nx.backend_copy(want, Nx.BinaryBackend), tol: 1.0e-4)
 
       kernels = Path.wildcard(Path.join(System.tmp_dir!(), "mlx/*/cpu/lib*Sinh*ArcTanh*Cosh*.so"))

@@ -20,6 +20,19 @@ defmodule EMLX.NIFTest do
              ~r"could not load its NIF library /.*/priv/libemlx\.so \(reload\)"
   end
 
+  test "pad and window values must be one element (an empty one faulted the GPU)" do
+    {_, x} = EMLX.Backend.from_nx(emlx([[1, 2], [3, 4]], type: :s8))
+    empty = NIF.op(queue(), :full, [0.0, [3, 0], {:f, 32}], nil)
+    {_, pair} = EMLX.Backend.from_nx(emlx([0.0, 1.0]))
+
+    for value <- [empty, pair] do
+      assert_raise ArgumentError, ~r/exactly one element/, fn ->
+        ref = NIF.op(queue(), :pad, [x, value, [0, 2], [3, 3], [2, 3]], nil)
+        {device(), ref} |> EMLX.Backend.to_nx() |> Nx.to_list()
+      end
+    end
+  end
+
   test "wrong terms raise ArgumentError in the NIF" do
     {_, a} = EMLX.Backend.from_nx(emlx([1, 2, 3]))
 
