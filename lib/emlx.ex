@@ -63,8 +63,11 @@ defmodule EMLX do
   ## Evaluation and read-back
 
   @doc """
-  Evaluates a (possibly lazy) MLX tensor on its command queue and waits for
-  it. Accepts an `Nx.Tensor` on `EMLX.Backend` or a device ref.
+  Evaluates (possibly lazy) MLX tensors on their command queues and waits
+  for them. Accepts an `Nx.Tensor` on `EMLX.Backend`, a device ref, or any
+  Nx container of tensors (a tuple, map or list, e.g. a `defn`'s outputs):
+  the tensors of one queue are evaluated together, in one round trip per
+  queue. Tensors of other backends are left as they are.
   """
   def eval(%Nx.Tensor{data: %EMLX.Backend{} = data} = tensor) do
     %EMLX.Backend{ref: ref, queue: queue, device: device} = EMLX.Backend.realize(data)
@@ -75,6 +78,19 @@ defmodule EMLX do
   def eval({device, ref} = device_ref) when is_reference(ref) do
     eval_on(resolve_worker(device), device, [ref])
     device_ref
+  end
+
+  def eval(container) when is_tuple(container) or is_map(container) or is_list(container) do
+    if(is_list(container), do: container, else: [container])
+    |> Nx.Defn.Composite.flatten_list()
+    |> Enum.flat_map(fn
+      %Nx.Tensor{data: %EMLX.Backend{} = data} -> [EMLX.Backend.realize(data)]
+      _other -> []
+    end)
+    |> Enum.group_by(&{&1.queue, &1.device}, & &1.ref)
+    |> Enum.each(fn {{queue, device}, refs} -> eval_on(queue, device, refs) end)
+
+    container
   end
 
   defp eval_on(queue, device, refs) do

@@ -18,6 +18,28 @@ defmodule EMLXTest do
     assert EMLX.strides(ref) == {1}
   end
 
+  test "eval/1 on a container evaluates every tensor, one round trip per queue" do
+    q = EMLX.CommandQueue.new!(device())
+    a = Nx.add(emlx([1, 2]), 1)
+    b = EMLX.CommandQueue.with_queue(q, fn -> Nx.multiply(emlx([3.0]), 2) end)
+    tree = {a, %{b: b, c: Nx.tensor(7, backend: Nx.BinaryBackend)}}
+    pid = self()
+    handler = fn _, _, meta, _ -> send(pid, {:eval, meta.device}) end
+    :telemetry.attach("eval-container-#{inspect(pid)}", [:emlx, :eval, :stop], handler, nil)
+
+    try do
+      assert EMLX.eval(tree) == tree
+      assert_received {:eval, _}
+      assert_received {:eval, _}
+      refute_received {:eval, _}
+    after
+      :telemetry.detach("eval-container-#{inspect(pid)}")
+    end
+
+    assert {Nx.to_list(a), Nx.to_list(b)} == {[2, 3], [6.0]}
+    assert EMLX.eval([a, b]) == [a, b]
+  end
+
   test "eval/1 on an Nx tensor returns it" do
     t = emlx([1, 2])
     assert EMLX.eval(t) == t
