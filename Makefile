@@ -16,7 +16,18 @@ CFLAGS_EMLX = -std=c11 -Wall -Wextra -Werror -fPIC -fvisibility=hidden $(OPT) -D
 CXXFLAGS_EMLX = -std=c++20 -Wall -Wextra -Werror -fPIC -fvisibility=hidden $(OPT) -isystem $(MLX_INCLUDE_DIR)
 # libmlx is found relative to the NIF: mix copies it (with the wheel's bundled
 # libraries, in the wheel's layout) into priv/libmlx/, so a release carries it.
-LDFLAGS_EMLX = -shared -L$(MLX_LIB_DIR) -Wl,-rpath,'$$ORIGIN/libmlx/mlx/lib' -lmlx -lpthread
+# BLAS/LAPACK: the wheel's libmlx links the reference (netlib) BLAS it
+# bundles, about 4 GFLOP/s. Where OpenBLAS is installed (Debian's
+# libopenblas0-pthread, set up by scripts/setup.sh) the NIF lists it as a
+# dependency ahead of libmlx, so the dynamic linker binds MLX's cblas_* and
+# LAPACK calls to OpenBLAS first. EMLX_BLAS=bundled keeps MLX's own.
+OPENBLAS ?= $(firstword $(wildcard /usr/lib/$(shell $(CC) -dumpmachine)/libopenblas.so.0 /usr/lib64/libopenblas.so.0))
+ifneq ($(EMLX_BLAS),bundled)
+ifneq ($(OPENBLAS),)
+BLAS_LDFLAGS = -Wl,--no-as-needed $(OPENBLAS) -Wl,--as-needed
+endif
+endif
+LDFLAGS_EMLX = -shared -L$(MLX_LIB_DIR) -Wl,-rpath,'$$ORIGIN/libmlx/mlx/lib' $(BLAS_LDFLAGS) -lmlx -lpthread
 
 # The NIF: plain C11, sees MLX only through c_src/shim/emlx_shim.h.
 NIF_SRCS = $(addprefix c_src/nif/,emlx_nif.c emlx_resources.c emlx_array.c emlx_job.c emlx_arena.c emlx_codec.c \

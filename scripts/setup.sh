@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything EMLX needs on Debian 12, idempotently (seconds when
 # the machine is ready):
-#   1. Debian packages: Erlang/OTP with its headers, build tools, Python venv.
+#   1. Debian packages: Erlang/OTP with its headers, build tools, Python venv,
+#      OpenBLAS (MLX's BLAS and LAPACK calls go to it: see the Makefile).
 #   2. Elixir >= 1.17: Debian 12 ships 1.14, so Elixir 1.18 is built from
 #      Debian's own source archive (trixie) into $EMLX_HOME/elixir-<version>.
 #   3. Mix dependencies: from Hex where hex.pm is reachable; otherwise the
@@ -21,7 +22,7 @@ start=$(date +%s)
 say() { printf '\n==> %s\n' "$*"; }
 
 # 1. Debian packages -----------------------------------------------------
-packages=(erlang-nox erlang-dev erlang-xmerl build-essential make python3-venv xz-utils dpkg-dev ca-certificates git)
+packages=(erlang-nox erlang-dev erlang-xmerl build-essential make python3-venv xz-utils dpkg-dev ca-certificates git libopenblas0-pthread)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

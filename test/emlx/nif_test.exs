@@ -33,6 +33,17 @@ defmodule EMLX.NIFTest do
     end
   end
 
+  test "MLX's BLAS and LAPACK calls go to OpenBLAS where it is installed" do
+    maps = File.read!("/proc/self/maps")
+    installed? = Path.wildcard("/usr/lib*/**/libopenblas.so.0") != []
+
+    if installed? and System.get_env("EMLX_BLAS") != "bundled" do
+      assert maps =~ "libopenblas"
+    else
+      assert maps =~ "libblas-"
+    end
+  end
+
   test "wrong terms raise ArgumentError in the NIF" do
     {_, a} = EMLX.Backend.from_nx(emlx([1, 2, 3]))
 
