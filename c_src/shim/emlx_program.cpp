@@ -7,6 +7,7 @@
 
 struct emlx_compiled {
   std::function<std::vector<mx::array>(const std::vector<mx::array> &)> fn;
+  bool traceable;  // false once tracing failed: the program replays plainly from then on
 };
 
 namespace emlx {
@@ -65,15 +66,23 @@ emlx_status emlx_program_run(emlx_stream *s, const emlx_instr *instrs, int ninst
     for (int i = 0; i < ninputs; i++) in.push_back(inputs[i]->a);
     std::vector<int> slots(out_slots, out_slots + nouts);
     std::vector<mx::array> results;
-    if (compile) {
+    if (compile && !(*cache && !(*cache)->traceable)) {
       if (!*cache) {
         emlx_stream st = *s;
         auto body = [st, instrs, ninstrs, slots](const std::vector<mx::array> &args) {
           return replay(st, instrs, ninstrs, args, slots);
         };
-        *cache = new emlx_compiled{mx::compile(body)};
+        *cache = new emlx_compiled{mx::compile(body), true};
       }
-      results = (*cache)->fn(in);
+      try {
+        results = (*cache)->fn(in);
+      } catch (...) {
+        // Tracing failed: an op needs data while tracing ("cannot compile"),
+        // or the program is wrong. Either way it replays plainly, now and from
+        // then on; a genuine error is raised by that replay, once.
+        (*cache)->traceable = false;
+        results = replay(*s, instrs, ninstrs, in, slots);
+      }
     } else {
       results = replay(*s, instrs, ninstrs, in, slots);
     }

@@ -125,7 +125,8 @@ typedef struct emlx_compiled emlx_compiled; /* an mx::compile'd replay, per prog
 /*
  * Replays the program on stream s and writes the arrays of `out_slots`.
  * With `compile`, the replay runs under mx::compile, made once and kept in
- * *cache (free it with emlx_compiled_free on the same thread).
+ * *cache (free it with emlx_compiled_free on the same thread); a program
+ * whose tracing fails replays plainly, then and on every later run.
  */
 emlx_status emlx_program_run(emlx_stream *s, const emlx_instr *instrs, int ninstrs, emlx_arr **inputs, int ninputs,
                              const int *out_slots, int nouts, int compile, emlx_compiled **cache, emlx_arr **outs);

@@ -173,7 +173,7 @@ defmodule EMLX.Defn do
         {:const, ref} -> ref
       end)
 
-    {refs, _} = Recorder.run_program(queue, plan.program, inputs, plan.compile?)
+    refs = Recorder.run_program(queue, plan.program, inputs)
     fill(output, refs, device, queue)
   end
 

@@ -230,26 +230,18 @@ defmodule EMLX.Defn.Recorder do
     else
       {syms, rec} = Enum.map_reduce(outputs, rec, &translate/2)
       program = program(rec, syms)
-      {refs, compile?} = run_program(rec.queue, program, Enum.reverse(rec.inputs))
-      plan = %{program: program, sources: Enum.reverse(rec.sources), compile?: compile?}
+      refs = run_program(rec.queue, program, Enum.reverse(rec.inputs))
+      plan = %{program: program, sources: Enum.reverse(rec.sources)}
       {refs, plan}
     end
   end
 
   @doc """
-  Runs a program under mx::compile; an op that cannot run under compile
-  (one that needs data while tracing) falls back to a plain replay.
+  Runs a program under mx::compile. A program that cannot be traced (an op
+  needs data while tracing) replays plainly instead, and the program
+  remembers it (in the NIF); a genuine error is raised once.
   """
-  def run_program(queue, program, inputs, compile? \\ true) do
-    if compile? do
-      try do
-        {NIF.program_run(queue, program, inputs, true) |> Worker.await(), true}
-      rescue
-        EMLX.NIFError ->
-          {NIF.program_run(queue, program, inputs, false) |> Worker.await(), false}
-      end
-    else
-      {NIF.program_run(queue, program, inputs, false) |> Worker.await(), false}
-    end
+  def run_program(queue, program, inputs) do
+    NIF.program_run(queue, program, inputs, true) |> Worker.await()
   end
 end
