@@ -182,25 +182,25 @@ def block_params(d):
 DISPATCH_N = 10_000
 
 
+def adds(n, eval_each):
+    """n chained adds on f32[4], with an mx.eval after each or once at the end."""
+    x = evaluated(mx.arange(4, dtype=mx.float32))
+    b = evaluated(mx.array([1.0, 1.0, 1.0, 1.0]))
+
+    def run():
+        acc = x
+        for _ in range(n):
+            acc = acc + b
+            if eval_each:
+                mx.eval(acc)
+        return acc
+
+    return run
+
+
 def dispatch(mode):
     def setup():
-        x = evaluated(mx.arange(4, dtype=mx.float32))
-        b = evaluated(mx.array([1.0, 1.0, 1.0, 1.0]))
-
-        def no_eval():
-            acc = x
-            for _ in range(DISPATCH_N):
-                acc = acc + b
-            return acc
-
-        def eval_each():
-            acc = x
-            for _ in range(DISPATCH_N):
-                acc = acc + b
-                mx.eval(acc)
-            return acc
-
-        return (eval_each if mode == "eval_each" else no_eval), None
+        return adds(DISPATCH_N, mode == "eval_each"), None
 
     how = "eval after each" if mode == "eval_each" else "one eval at the end"
     return f"dispatch_add_{mode}", f"{DISPATCH_N} x add on f32[4], {how}", setup
@@ -210,17 +210,7 @@ def round_trip(reps):
     """One eval round trip: a tiny op, then mx.eval, reps times per timed run."""
 
     def setup():
-        x = evaluated(mx.arange(4, dtype=mx.float32))
-        b = evaluated(mx.array([1.0, 1.0, 1.0, 1.0]))
-
-        def run():
-            acc = x
-            for _ in range(reps):
-                acc = acc + b
-                mx.eval(acc)
-            return acc
-
-        return run, None
+        return adds(reps, True), None
 
     params = f"one add on f32[4] + mx.eval; time per round trip (runs of {reps})"
     return "eval_round_trip", params, setup, reps
