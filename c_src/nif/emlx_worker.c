@@ -170,10 +170,10 @@ static void run_to_binary(emlx_queue *q, emlx_job *job) {
   reply_ok(job, bin);
 }
 
+/* mx::eval blocks until the arrays are computed: no stream-wide sync after it
+ * (that was one more round trip to MLX's stream thread per eval). */
 static void run_eval(emlx_queue *q, emlx_job *job) {
-  emlx_status st = emlx_eval(q->stream, job->eval.inputs, job->eval.ninputs);
-  if (st == EMLX_OK) st = emlx_stream_synchronize(q->stream);
-  reply_status(job, st);
+  reply_status(job, emlx_eval(q->stream, job->eval.inputs, job->eval.ninputs));
 }
 
 static void run_sync(emlx_queue *q, emlx_job *job) { reply_status(job, emlx_stream_synchronize(q->stream)); }
