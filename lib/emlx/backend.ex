@@ -415,6 +415,14 @@ defmodule EMLX.Backend do
     if linalg_native?([t]), do: run(out, :determinant, [t]), else: apply(fun, [struct | args])
   end
 
+  # EMLX.Fast: one fused MLX op where MLX's kernels take the types (no f64).
+  def block(%EMLX.Fast.Block{} = struct, %T{type: type} = out, args, fun) do
+    if type in [{:f, 32}, {:f, 16}, {:bf, 16}] and
+         Enum.all?(args, fn %T{type: t} -> t != {:f, 64} and elem(t, 0) != :c end),
+       do: run(out, struct.op, EMLX.Fast.Block.op_args(struct, args)),
+       else: apply(fun, [struct | args])
+  end
+
   def block(struct, _out, args, fun), do: apply(fun, [struct | args])
 
   ## Convolution, windows and reductions with a function
