@@ -160,6 +160,51 @@ mx::array emlx_fast_sdpa_key_masked(const mx::array &q, const mx::array &k, cons
                                                 s);
 }
 
+// KV cache in {B, T, N, D} (Bumblebee's layout): new_k and new_v {B, T, Nkv, D}
+// written into the caches {B, Tmax, Nkv, D} at `offset` (clamped to fit, as
+// Nx.put_slice), then q {B, T, Nq, D} at positions offset + t attends the
+// cache's positions up to its own (and, with a key mask {B, Tmax}, only
+// where it is nonzero). Results: attention {B, T, Nq, D}, the two caches.
+std::vector<mx::array> emlx_fast_kv_cache_attention(const mx::array &q, const mx::array &new_k, const mx::array &new_v,
+                                                    const mx::array &k_cache, const mx::array &v_cache,
+                                                    const mx::array &offset, double scale,
+                                                    const std::optional<mx::array> &key_mask, SD s) {
+  check_float(q, "q");
+  check_float(k_cache, "k_cache");
+  if (q.ndim() != 4 || new_k.ndim() != 4 || k_cache.ndim() != 4)
+    throw arg_error("EMLX.Fast: q, new_k, new_v and the caches must be {B, T, N, D}");
+  if (new_k.shape() != new_v.shape() || k_cache.shape() != v_cache.shape())
+    throw arg_error("EMLX.Fast: new_k and new_v, and k_cache and v_cache, must have the same shapes");
+  if (q.dtype() != k_cache.dtype() || v_cache.dtype() != k_cache.dtype() || new_k.dtype() != k_cache.dtype() ||
+      new_v.dtype() != k_cache.dtype())
+    throw arg_error("EMLX.Fast: q, new_k, new_v and the caches must have the same type");
+  int32_t b = k_cache.shape(0), tmax = k_cache.shape(1), nkv = k_cache.shape(2), d = k_cache.shape(3);
+  int32_t t = q.shape(1);
+  if (new_k.shape(0) != b || new_k.shape(1) != t || new_k.shape(2) != nkv || new_k.shape(3) != d ||
+      q.shape(0) != b || q.shape(3) != d || t > tmax)
+    throw arg_error("EMLX.Fast: q " + shape_str(q) + ", new_k " + shape_str(new_k) + " and the cache " +
+                    shape_str(k_cache) + " do not agree");
+  if (offset.ndim() != 0 || !is_int(offset.dtype())) throw arg_error("EMLX.Fast: offset must be an integer scalar");
+  if (key_mask && (key_mask->ndim() != 2 || key_mask->shape(0) != b || key_mask->shape(1) != tmax))
+    throw arg_error("EMLX.Fast: key_mask must have shape {" + std::to_string(b) + ", " + std::to_string(tmax) + "}");
+  auto zero = mx::array(0, mx::int32);
+  auto off = mx::astype(offset, mx::int32, s);
+  auto k = emlx_put_slice(k_cache, new_k, {zero, off, zero, zero}, s);
+  auto v = emlx_put_slice(v_cache, new_v, {zero, off, zero, zero}, s);
+  std::vector<int> bntd = {0, 2, 1, 3};
+  auto qt = mx::transpose(q, bntd, s);
+  auto kt = mx::transpose(k, bntd, s), vt = mx::transpose(v, bntd, s);
+  check_sdpa(qt, kt, vt);
+  auto qpos = mx::reshape(mx::add(mx::arange(0, t, mx::int32, s), off, s), {t, 1}, s);
+  auto kpos = mx::reshape(mx::arange(0, tmax, mx::int32, s), {1, tmax}, s);
+  auto keep = mx::reshape(mx::less_equal(kpos, qpos, s), {1, 1, t, tmax}, s);
+  if (key_mask) keep = mx::logical_and(keep, mx::reshape(truthy(*key_mask, s), {b, 1, 1, tmax}, s), s);
+  keep = mx::broadcast_to(keep, {b, q.shape(2), t, tmax}, s);
+  auto attn = mx::fast::scaled_dot_product_attention(qt, kt, vt, static_cast<float>(scale), "array", keep,
+                                                     std::nullopt, false, s);
+  return {mx::transpose(attn, bntd, s), k, v};
+}
+
 mx::array emlx_fast_swiglu(const mx::array &gate, const mx::array &up, SD s) {
   check_float(gate, "gate");
   check_float(up, "up");

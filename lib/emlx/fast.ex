@@ -296,6 +296,116 @@ defmodule EMLX.Fast do
     fast(name, :fast_swiglu, [gate, up], [{:arg, 0}, {:arg, 1}], gate, &Reference.swiglu/2)
   end
 
+  @doc """
+  KV-cache update and attention in one op, functional: returns
+  `{attention, k_cache, v_cache}` with the caches updated.
+
+  Layout {B, T, N, D} (Bumblebee's): `q` {B, T, N_q, D} and `new_k`,
+  `new_v` {B, T, N_kv, D} (post-RoPE) for positions `offset + t`;
+  `k_cache`, `v_cache` {B, T_max, N_kv, D}. `new_k` and `new_v` are written
+  at `offset` (an integer or an integer scalar tensor, so a decode loop
+  need not recompile; clamped to fit, as `Nx.put_slice/3`), and each query
+  attends the cache positions up to its own. All five tensors share one
+  float type. Output `attention` {B, T, N_q, D}.
+  """
+  deftransform kv_cache_attention(q, new_k, new_v, k_cache, v_cache, offset, scale) do
+    kv_cache("kv_cache_attention/7", [q, new_k, new_v, k_cache, v_cache], offset, scale, nil)
+  end
+
+  @doc """
+  As `kv_cache_attention/7`, attending only the cache positions where
+  `key_mask` {B, T_max} is nonzero (1 = attend, 0 = padding).
+  """
+  deftransform kv_cache_attention_masked(
+                 q,
+                 new_k,
+                 new_v,
+                 k_cache,
+                 v_cache,
+                 offset,
+                 scale,
+                 key_mask
+               ) do
+    name = "kv_cache_attention_masked/8"
+    kv_cache(name, [q, new_k, new_v, k_cache, v_cache], offset, scale, key_mask)
+  end
+
+  defp kv_cache(name, tensors, offset, scale, key_mask) do
+    [q, nk, nv, kc, vc] =
+      Enum.zip_with(tensors, ~w(q new_k new_v k_cache v_cache), &float!(&1, name, &2))
+
+    unless Enum.all?([q, nk, nv, kc, vc], &(tuple_size(&1.shape) == 4)) and nk.shape == nv.shape and
+             kc.shape == vc.shape and Enum.all?([q, nk, nv, vc], &(&1.type == kc.type)) do
+      raise ArgumentError,
+            "EMLX.Fast.#{name}: q, new_k, new_v, k_cache and v_cache must be {B, T, N, D} tensors of one " <>
+              "type (new_k as new_v, k_cache as v_cache)"
+    end
+
+    {b, t, nq, d} = q.shape
+    {cb, tmax, nkv, cd} = kc.shape
+
+    unless nk.shape == {b, t, nkv, d} and cb == b and cd == d and t <= tmax and nkv > 0 and
+             rem(nq, nkv) == 0 do
+      raise ArgumentError,
+            "EMLX.Fast.#{name}: q #{inspect(q.shape)}, new_k #{inspect(nk.shape)} and the cache " <>
+              "#{inspect(kc.shape)} do not agree (N_q a multiple of N_kv, T at most T_max)"
+    end
+
+    offset =
+      case offset do
+        i when is_integer(i) and i >= 0 and i < 2_147_483_648 ->
+          Nx.tensor(i, type: {:s, 32})
+
+        %Nx.Tensor{shape: {}, type: {kind, _}} = o when kind in [:s, :u] ->
+          o
+
+        other ->
+          raise ArgumentError,
+                "EMLX.Fast.#{name}: offset must be a non-negative integer or an integer scalar tensor, " <>
+                  "got: #{inspect(other)}"
+      end
+
+    scale = number!(scale, name, "scale")
+    layout = Enum.map(0..5, &{:arg, &1}) ++ [{:value, scale}]
+
+    out =
+      {Nx.template(q.shape, q.type), Nx.template(kc.shape, kc.type),
+       Nx.template(vc.shape, vc.type)}
+
+    if key_mask do
+      key_mask = tensor!(key_mask, name, "key_mask")
+
+      if key_mask.shape != {b, tmax} or match?({:c, _}, key_mask.type) do
+        raise ArgumentError,
+              "EMLX.Fast.#{name}: key_mask must be a real tensor of shape #{inspect({b, tmax})}, " <>
+                "got #{inspect(key_mask.type)} #{inspect(key_mask.shape)}"
+      end
+
+      struct = %Block{
+        name: name,
+        op: :fast_kv_cache_attention_masked,
+        layout: layout ++ [{:arg, 6}]
+      }
+
+      Nx.block(struct, [q, nk, nv, kc, vc, offset, key_mask], out, fn _,
+                                                                      q,
+                                                                      nk,
+                                                                      nv,
+                                                                      kc,
+                                                                      vc,
+                                                                      o,
+                                                                      m ->
+        Reference.kv_cache_attention(q, nk, nv, kc, vc, o, scale, m)
+      end)
+    else
+      struct = %Block{name: name, op: :fast_kv_cache_attention, layout: layout}
+
+      Nx.block(struct, [q, nk, nv, kc, vc, offset], out, fn _, q, nk, nv, kc, vc, o ->
+        Reference.kv_cache_attention(q, nk, nv, kc, vc, o, scale, nil)
+      end)
+    end
+  end
+
   ## The block
 
   # One Nx.block: EMLX.Backend runs `op` (see EMLX.Backend.block/4), every

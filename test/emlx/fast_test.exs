@@ -284,6 +284,97 @@ defmodule EMLX.FastTest do
     end
   end
 
+  describe "kv_cache_attention/7 and kv_cache_attention_masked/8" do
+    defp kv_inputs(type) do
+      {b, t, nq, nkv, d, tmax} = {2, 3, 4, 2, 8, 6}
+
+      [{b, t, nq, d}, {b, t, nkv, d}, {b, t, nkv, d}, {b, tmax, nkv, d}, {b, tmax, nkv, d}]
+      |> Enum.with_index(fn shape, i -> rand(shape, i, type) end)
+    end
+
+    # the three results, each checked like a single-result function
+    defp check_kv(f, tensors, op) do
+      for i <- 0..2 do
+        pick =
+          case length(tensors) do
+            6 -> &elem(f.(&1, &2, &3, &4, &5, &6), i)
+            7 -> &elem(f.(&1, &2, &3, &4, &5, &6, &7), i)
+          end
+
+        check(pick, tensors, op)
+      end
+    end
+
+    test "match the reference" do
+      key_mask = Nx.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], type: :u8)
+
+      for type <- @types, offset <- [0, 2, 3] do
+        tensors = kv_inputs(type)
+        off = Nx.tensor(offset)
+
+        check_kv(
+          &Fast.kv_cache_attention(&1, &2, &3, &4, &5, &6, 0.35),
+          tensors ++ [off],
+          :fast_kv_cache_attention
+        )
+
+        masked = &Fast.kv_cache_attention_masked(&1, &2, &3, &4, &5, &6, 0.35, &7)
+        check_kv(masked, tensors ++ [off, key_mask], :fast_kv_cache_attention_masked)
+      end
+    end
+
+    test "prefill then decode equals causal attention over the whole sequence" do
+      [q, k, v] =
+        for {shape, i} <- Enum.with_index(List.duplicate({1, 4, 2, 8}, 3)), do: rand(shape, i)
+
+      zeros = Nx.broadcast(0.0, {1, 5, 2, 8})
+      [q, k, v, zeros] = Enum.map([q, k, v, zeros], &on_emlx/1)
+      step = Nx.Defn.jit(&Fast.kv_cache_attention(&1, &2, &3, &4, &5, &6, 0.35), compiler: EMLX)
+      slice = &Nx.slice_along_axis(&1, &2, &3, axis: 1)
+
+      {a1, kc, vc} =
+        step.(slice.(q, 0, 3), slice.(k, 0, 3), slice.(v, 0, 3), zeros, zeros, Nx.tensor(0))
+
+      {a2, kc, _vc} =
+        step.(slice.(q, 3, 1), slice.(k, 3, 1), slice.(v, 3, 1), kc, vc, Nx.tensor(3))
+
+      bntd = &Nx.transpose(&1, axes: [0, 2, 1, 3])
+
+      want =
+        Fast.scaled_dot_product_attention_causal(bntd.(q), bntd.(k), bntd.(v), 0.35) |> bntd.()
+
+      assert_tensor(Nx.concatenate([a1, a2], axis: 1), to_bin(want))
+      assert_tensor(slice.(kc, 0, 4), to_bin(k))
+      assert_tensor(slice.(kc, 4, 1), Nx.broadcast(0.0, {1, 1, 2, 8}))
+    end
+
+    test "gradient" do
+      tensors = kv_inputs(:f32) ++ [Nx.tensor(1)]
+      f = &elem(Fast.kv_cache_attention(&1, &2, &3, &4, &5, &6, 0.35), 0)
+      check_grad(f, tensors, [0, 1, 2, 3, 4])
+    end
+
+    test "bad input raises ArgumentError" do
+      [q, nk, nv, kc, vc] = kv_inputs(:f32)
+
+      assert_raise ArgumentError, ~r/do not agree/, fn ->
+        Fast.kv_cache_attention(q, kc, kc, kc, vc, 0, 0.3)
+      end
+
+      assert_raise ArgumentError, ~r/of one type/, fn ->
+        Fast.kv_cache_attention(q, nk, nv, Nx.as_type(kc, :f16), vc, 0, 0.3)
+      end
+
+      assert_raise ArgumentError, ~r/offset must be a non-negative integer/, fn ->
+        Fast.kv_cache_attention(q, nk, nv, kc, vc, -1, 0.3)
+      end
+
+      assert_raise ArgumentError, ~r/key_mask must be a real tensor of shape \{2, 6\}/, fn ->
+        Fast.kv_cache_attention_masked(q, nk, nv, kc, vc, 0, 0.3, Nx.iota({2, 3}))
+      end
+    end
+  end
+
   defn block_layer(x, w, pos) do
     h = Fast.rms_norm(x, w, 1.0e-6)
     r = Fast.rope_with_positions(h, pos, 8, false, 10_000.0, 1.0)

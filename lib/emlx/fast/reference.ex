@@ -161,6 +161,32 @@ defmodule EMLX.Fast.Reference do
     sdpa(q, k, v, scale, {:keep, keep})
   end
 
+  @doc """
+  KV cache update and attention in {B, T, N, D}: `new_k`, `new_v` written
+  into the caches at `offset` (as `Nx.put_slice/3`), then `q` at positions
+  `offset + t` attends the cache up to its own position (and where
+  `key_mask` {B, Tmax}, unless nil, is nonzero). Returns
+  `{attention, k_cache, v_cache}`.
+  """
+  def kv_cache_attention(q, new_k, new_v, k_cache, v_cache, offset, scale, key_mask) do
+    k = Nx.put_slice(k_cache, [0, offset, 0, 0], new_k)
+    v = Nx.put_slice(v_cache, [0, offset, 0, 0], new_v)
+    {b, t, _, _} = q.shape
+    tmax = elem(k_cache.shape, 1)
+    qpos = Nx.add(Nx.iota({t, 1}, type: {:s, 32}), Nx.as_type(offset, {:s, 32}))
+    keep = Nx.less_equal(Nx.iota({1, tmax}, type: {:s, 32}), qpos) |> Nx.reshape({1, 1, t, tmax})
+
+    keep =
+      if key_mask,
+        do: Nx.logical_and(keep, key_mask |> Nx.not_equal(0) |> Nx.reshape({b, 1, 1, tmax})),
+        else: keep
+
+    bntd = [axes: [0, 2, 1, 3]]
+    t_ = &Nx.transpose(&1, bntd)
+    attn = sdpa(t_.(q), t_.(k), t_.(v), scale, {:keep, keep})
+    {t_.(attn), k, v}
+  end
+
   @doc "SwiGLU: silu(gate) * up."
   def swiglu(gate, up) do
     {g, type} = up(gate)
