@@ -372,38 +372,44 @@ defmodule EMLX.Fast do
       {Nx.template(q.shape, q.type), Nx.template(kc.shape, kc.type),
        Nx.template(vc.shape, vc.type)}
 
-    if key_mask do
-      key_mask = tensor!(key_mask, name, "key_mask")
+    key_mask = key_mask && key_mask!(key_mask, {b, tmax}, name)
+    tensors = [q, nk, nv, kc, vc, offset] ++ if(key_mask, do: [key_mask], else: [])
+    reference = &Reference.kv_cache_attention(&1, &2, &3, &4, &5, &6, scale, &7)
 
-      if key_mask.shape != {b, tmax} or match?({:c, _}, key_mask.type) do
-        raise ArgumentError,
-              "EMLX.Fast.#{name}: key_mask must be a real tensor of shape #{inspect({b, tmax})}, " <>
-                "got #{inspect(key_mask.type)} #{inspect(key_mask.shape)}"
-      end
+    cond do
+      Enum.any?(tensors, &(&1.vectorized_axes != [])) ->
+        apply(reference, tensors ++ if(key_mask, do: [], else: [nil]))
 
-      struct = %Block{
-        name: name,
-        op: :fast_kv_cache_attention_masked,
-        layout: layout ++ [{:arg, 6}]
-      }
+      key_mask ->
+        struct = %Block{
+          name: name,
+          op: :fast_kv_cache_attention_masked,
+          layout: layout ++ [{:arg, 6}]
+        }
 
-      Nx.block(struct, [q, nk, nv, kc, vc, offset, key_mask], out, fn _,
-                                                                      q,
-                                                                      nk,
-                                                                      nv,
-                                                                      kc,
-                                                                      vc,
-                                                                      o,
-                                                                      m ->
-        Reference.kv_cache_attention(q, nk, nv, kc, vc, o, scale, m)
-      end)
-    else
-      struct = %Block{name: name, op: :fast_kv_cache_attention, layout: layout}
+        Nx.block(struct, tensors, out, fn _, q, nk, nv, kc, vc, o, m ->
+          reference.(q, nk, nv, kc, vc, o, m)
+        end)
 
-      Nx.block(struct, [q, nk, nv, kc, vc, offset], out, fn _, q, nk, nv, kc, vc, o ->
-        Reference.kv_cache_attention(q, nk, nv, kc, vc, o, scale, nil)
-      end)
+      true ->
+        struct = %Block{name: name, op: :fast_kv_cache_attention, layout: layout}
+
+        Nx.block(struct, tensors, out, fn _, q, nk, nv, kc, vc, o ->
+          reference.(q, nk, nv, kc, vc, o, nil)
+        end)
     end
+  end
+
+  defp key_mask!(key_mask, want, name) do
+    key_mask = tensor!(key_mask, name, "key_mask")
+
+    if key_mask.shape != want or match?({:c, _}, key_mask.type) do
+      raise ArgumentError,
+            "EMLX.Fast.#{name}: key_mask must be a real tensor of shape #{inspect(want)}, " <>
+              "got #{inspect(key_mask.type)} #{inspect(key_mask.shape)}"
+    end
+
+    key_mask
   end
 
   ## The block

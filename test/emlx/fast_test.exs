@@ -401,6 +401,14 @@ defmodule EMLX.FastTest do
     assert got.vectorized_axes == [batch: 3]
     want = Fast.rms_norm(x, w, 1.0e-6)
     assert_tensor(Nx.devectorize(got), Nx.devectorize(want))
+
+    [q, nk, nv, kc, vc] = kv_inputs(:f32)
+    q = q |> Nx.stack() |> Nx.tile([2, 1, 1, 1, 1]) |> Nx.vectorize(:batch)
+    {attn, kc2, _} = Fast.kv_cache_attention(on_emlx(q), nk, nv, kc, vc, 1, 0.35)
+    assert attn.vectorized_axes == [batch: 2]
+    {want, want_k, _} = Fast.kv_cache_attention(Nx.devectorize(q)[0], nk, nv, kc, vc, 1, 0.35)
+    assert_tensor(Nx.devectorize(attn)[1], want)
+    assert_tensor(kc2, want_k)
   end
 
   describe "bad input raises ArgumentError" do
