@@ -33,6 +33,20 @@ defmodule EMLX.Fast do
       end)
 
   Bad shapes, types or options raise `ArgumentError`.
+
+  Functions: `rms_norm/3`, `layer_norm/3` (no bias), `layer_norm/4`,
+  `rope/6`, `rope_with_positions/6`, `rope_with_freqs/6`,
+  `scaled_dot_product_attention/4` and `/5` (mask),
+  `scaled_dot_product_attention_causal/4`,
+  `scaled_dot_product_attention_causal_key_masked/5`, `swiglu/2`, and the
+  functional KV-cache step `kv_cache_attention/7` and
+  `kv_cache_attention_masked/8`.
+
+  Where this differs from the fused NIFs some EMLX versions had:
+  `rope_with_positions/6` and `rope_with_freqs/6` are exact for any
+  per-token positions (each token is its own row with its own offset, so
+  left padding needs no separate path), and the key-masked attention always
+  builds its boolean mask on the device (no host-side check of the mask).
   """
 
   import Nx.Defn, only: [deftransform: 2]
