@@ -115,6 +115,26 @@ mx::array emlx_cholesky(const mx::array &a0, std::optional<mx::Dtype> out, SD s)
 mx::array emlx_solve(const mx::array &a0, const mx::array &b0, std::optional<mx::Dtype> out, SD s);
 mx::array emlx_determinant(const mx::array &a0, std::optional<mx::Dtype> out, SD s);
 
+// ---- MLX's fused transformer kernels (kernels_fast.cpp) ----
+mx::array emlx_fast_rms_norm(const mx::array &x, const mx::array &w, double eps, SD s);
+mx::array emlx_fast_layer_norm(const mx::array &x, const mx::array &w, const std::optional<mx::array> &b, double eps,
+                               SD s);
+mx::array emlx_fast_rope(const mx::array &x, int64_t dims, bool traditional, double base, double scale,
+                         int64_t offset, SD s);
+mx::array emlx_fast_rope_positions(const mx::array &x, const mx::array &pos, int64_t dims, bool traditional,
+                                   double base, double scale, SD s);
+mx::array emlx_fast_rope_freqs(const mx::array &x, const mx::array &pos, int64_t dims, bool traditional, double scale,
+                               const mx::array &inv_freqs, SD s);
+mx::array emlx_fast_sdpa(const mx::array &q, const mx::array &k, const mx::array &v, double scale, int64_t mode,
+                         const std::optional<mx::array> &mask, SD s);
+mx::array emlx_fast_sdpa_key_masked(const mx::array &q, const mx::array &k, const mx::array &v, double scale,
+                                    const mx::array &key_mask, SD s);
+mx::array emlx_fast_swiglu(const mx::array &gate, const mx::array &up, SD s);
+std::vector<mx::array> emlx_fast_kv_cache_attention(const mx::array &q, const mx::array &new_k, const mx::array &new_v,
+                                                    const mx::array &k_cache, const mx::array &v_cache,
+                                                    const mx::array &offset, double scale,
+                                                    const std::optional<mx::array> &key_mask, SD s);
+
 }  // namespace emlx
 
 #endif

@@ -415,6 +415,23 @@ defmodule EMLX.Backend do
     if linalg_native?([t]), do: run(out, :determinant, [t]), else: apply(fun, [struct | args])
   end
 
+  # EMLX.Fast: one fused MLX op where MLX's kernels take the types (no f64);
+  # an op of several results gives them in their templates' types.
+  def block(%EMLX.Fast.Block{} = struct, out, args, fun) do
+    types = [out] |> Nx.Defn.Composite.flatten_list() |> Enum.map(& &1.type)
+
+    if Enum.all?(types, &(&1 in [{:f, 32}, {:f, 16}, {:bf, 16}])) and
+         Enum.all?(args, fn %T{type: t} -> t != {:f, 64} and elem(t, 0) != :c end) do
+      op_args = EMLX.Fast.Block.op_args(struct, args)
+
+      if is_tuple(out),
+        do: run_multi(out, struct.op, op_args, false),
+        else: run(out, struct.op, op_args)
+    else
+      apply(fun, [struct | args])
+    end
+  end
+
   def block(struct, _out, args, fun), do: apply(fun, [struct | args])
 
   ## Convolution, windows and reductions with a function
@@ -570,7 +587,7 @@ defmodule EMLX.Backend do
   end
 
   # Ops with several results: each is cast to its template's type.
-  defp run_multi(outs, op, args) when is_tuple(outs) do
+  defp run_multi(outs, op, args, cast? \\ true) when is_tuple(outs) do
     templates = Tuple.to_list(outs)
     [%T{type: type} | _] = templates
     device = args_device(args)
@@ -581,7 +598,8 @@ defmodule EMLX.Backend do
 
     templates
     |> Enum.zip_with(handles, fn %T{type: t} = template, handle ->
-      wrap(template, Dispatch.run(queue, :as_type, [handle, t], nil), device, queue)
+      handle = if cast?, do: Dispatch.run(queue, :as_type, [handle, t], nil), else: handle
+      wrap(template, handle, device, queue)
     end)
     |> List.to_tuple()
   end

@@ -1,0 +1,216 @@
+// MLX's fused transformer kernels (mlx::core::fast) behind EMLX.Fast: RMS
+// and layer normalisation, rotary embeddings, scaled dot-product attention
+// and SwiGLU. Every shape and type is checked here first (arg_error, an
+// ArgumentError in Elixir) so MLX never sees input it would reject.
+
+#include <string>
+
+#include "emlx_kernels.hpp"
+
+namespace emlx {
+namespace {
+
+bool fast_float(mx::Dtype d) { return d == mx::float32 || d == mx::float16 || d == mx::bfloat16; }
+
+void check_float(const mx::array &x, const char *what) {
+  if (!fast_float(x.dtype()))
+    throw arg_error(std::string("EMLX.Fast: ") + what + " must be f32, f16 or bf16");
+}
+
+std::string shape_str(const mx::array &x) {
+  std::string r = "{";
+  for (size_t i = 0; i < x.shape().size(); i++) r += (i ? ", " : "") + std::to_string(x.shape()[i]);
+  return r + "}";
+}
+
+// weight (and bias) of a normalisation: a vector as long as x's last axis.
+void check_norm(const mx::array &x, const mx::array &w, const char *what) {
+  check_float(x, "x");
+  check_float(w, what);
+  if (x.ndim() < 1) throw arg_error("EMLX.Fast: x must have at least one axis");
+  if (w.ndim() != 1 || w.shape(0) != x.shape(-1))
+    throw arg_error(std::string("EMLX.Fast: ") + what + " must have shape {" + std::to_string(x.shape(-1)) +
+                    "}, got " + shape_str(w));
+}
+
+void check_rope(const mx::array &x, int64_t dims) {
+  check_float(x, "the input");
+  if (x.ndim() < 2) throw arg_error("EMLX.Fast: rope input must have at least two axes");
+  if (dims <= 0 || dims % 2 != 0 || dims > x.shape(-1))
+    throw arg_error("EMLX.Fast: rope dims must be even, positive and at most the last axis size");
+}
+
+// {B, T, ..., D} with per-token positions {B, T} becomes {B*T, M, 1, D}
+// with one offset per row: MLX's per-batch offsets, one token each.
+mx::array rope_rows(const mx::array &x, const mx::array &pos, int64_t dims, bool traditional,
+                    std::optional<float> base, double scale, const std::optional<mx::array> &freqs, SD s) {
+  check_rope(x, dims);
+  if (x.ndim() < 3) throw arg_error("EMLX.Fast: rope input must be {B, T, ..., D}");
+  if (pos.ndim() != 2 || pos.shape(0) != x.shape(0) || pos.shape(1) != x.shape(1))
+    throw arg_error("EMLX.Fast: position_ids must have shape {" + std::to_string(x.shape(0)) + ", " +
+                    std::to_string(x.shape(1)) + "}, got " + shape_str(pos));
+  if (!is_int(pos.dtype())) throw arg_error("EMLX.Fast: position_ids must be integers");
+  int32_t rows = x.shape(0) * x.shape(1), mid = 1;
+  for (int i = 2; i < static_cast<int>(x.ndim()) - 1; i++) mid *= x.shape(i);
+  auto xr = mx::reshape(x, {rows, mid, 1, x.shape(-1)}, s);
+  auto off = mx::astype(mx::reshape(pos, {rows}, s), mx::int32, s);
+  auto r = mx::fast::rope(xr, static_cast<int>(dims), traditional, base, static_cast<float>(scale), off, freqs, s);
+  return mx::reshape(r, x.shape(), s);
+}
+
+// q {B, Nq, Tq, D}, k and v {B, Nkv, Tkv, D} with Nq a multiple of Nkv.
+void check_sdpa(const mx::array &q, const mx::array &k, const mx::array &v) {
+  check_float(q, "q");
+  check_float(k, "k");
+  check_float(v, "v");
+  if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4)
+    throw arg_error("EMLX.Fast: q, k and v must be {B, N, T, D}");
+  if (k.shape() != v.shape()) throw arg_error("EMLX.Fast: k and v must have the same shape");
+  if (q.shape(0) != k.shape(0) || q.shape(3) != k.shape(3))
+    throw arg_error("EMLX.Fast: q and k must agree on batch and head size");
+  if (k.shape(2) == 0 || k.shape(3) == 0) throw arg_error("EMLX.Fast: k and v must have keys and features");
+  if (k.shape(1) == 0 || q.shape(1) % k.shape(1) != 0)
+    throw arg_error("EMLX.Fast: q's heads must be a multiple of k's heads");
+  if (q.dtype() != k.dtype() || q.dtype() != v.dtype())
+    throw arg_error("EMLX.Fast: q, k and v must have the same type");
+}
+
+}  // namespace
+
+mx::array emlx_fast_rms_norm(const mx::array &x, const mx::array &w, double eps, SD s) {
+  check_norm(x, w, "weight");
+  return mx::fast::rms_norm(x, mx::astype(w, x.dtype(), s), static_cast<float>(eps), s);
+}
+
+mx::array emlx_fast_layer_norm(const mx::array &x, const mx::array &w, const std::optional<mx::array> &b, double eps,
+                               SD s) {
+  check_norm(x, w, "weight");
+  std::optional<mx::array> bias;
+  if (b) {
+    check_norm(x, *b, "bias");
+    bias = mx::astype(*b, x.dtype(), s);
+  }
+  return mx::fast::layer_norm(x, mx::astype(w, x.dtype(), s), bias, static_cast<float>(eps), s);
+}
+
+mx::array emlx_fast_rope(const mx::array &x, int64_t dims, bool traditional, double base, double scale,
+                         int64_t offset, SD s) {
+  check_rope(x, dims);
+  if (offset < INT32_MIN || offset > INT32_MAX) throw arg_error("EMLX.Fast: rope offset must fit in 32 bits");
+  return mx::fast::rope(x, static_cast<int>(dims), traditional, static_cast<float>(base), static_cast<float>(scale),
+                        static_cast<int>(offset), std::nullopt, s);
+}
+
+mx::array emlx_fast_rope_positions(const mx::array &x, const mx::array &pos, int64_t dims, bool traditional,
+                                   double base, double scale, SD s) {
+  return rope_rows(x, pos, dims, traditional, static_cast<float>(base), scale, std::nullopt, s);
+}
+
+// inv_freqs {dims/2}: MLX's freqs are their reciprocals (periods).
+mx::array emlx_fast_rope_freqs(const mx::array &x, const mx::array &pos, int64_t dims, bool traditional, double scale,
+                               const mx::array &inv_freqs, SD s) {
+  if (inv_freqs.ndim() != 1 || inv_freqs.shape(0) * 2 != dims)
+    throw arg_error("EMLX.Fast: freqs must have shape {dims / 2}, got " + shape_str(inv_freqs));
+  check_float(inv_freqs, "freqs");
+  auto freqs = mx::reciprocal(mx::astype(inv_freqs, mx::float32, s), s);
+  return rope_rows(x, pos, dims, traditional, std::nullopt, scale, freqs, s);
+}
+
+// mode: 0 no mask, 1 causal, 2 the mask (integer: true attends; float: added).
+mx::array emlx_fast_sdpa(const mx::array &q, const mx::array &k, const mx::array &v, double scale, int64_t mode,
+                         const std::optional<mx::array> &mask, SD s) {
+  check_sdpa(q, k, v);
+  float sc = static_cast<float>(scale);
+  if (mode == 0) return mx::fast::scaled_dot_product_attention(q, k, v, sc, "", std::nullopt, std::nullopt, false, s);
+  if (mode == 1)
+    return mx::fast::scaled_dot_product_attention(q, k, v, sc, "causal", std::nullopt, std::nullopt, false, s);
+  if (!mask) throw arg_error("EMLX.Fast: a mask is required");
+  const mx::array &m = *mask;
+  if (m.ndim() > 4) throw arg_error("EMLX.Fast: the mask must have at most four axes");
+  mx::Shape full = {q.shape(0), q.shape(1), q.shape(2), k.shape(2)};
+  for (size_t i = 0; i < m.ndim(); i++) {
+    int32_t d = m.shape()[m.ndim() - 1 - i], want = full[3 - i];
+    if (d != 1 && d != want)
+      throw arg_error("EMLX.Fast: the mask " + shape_str(m) + " does not broadcast to {B, N_q, T_q, T_kv}");
+  }
+  if (!is_float(m.dtype()) && !is_int(m.dtype()) && m.dtype() != mx::bool_)
+    throw arg_error("EMLX.Fast: the mask must be an integer or float tensor");
+  mx::array mm = is_float(m.dtype()) ? mx::astype(m, q.dtype(), s) : truthy(m, s);
+  mm = mx::broadcast_to(mm, full, s);
+  return mx::fast::scaled_dot_product_attention(q, k, v, sc, "array", mm, std::nullopt, false, s);
+}
+
+// Causal attention over the keys where key_mask {B, Tkv} is nonzero. The
+// causal mask is aligned bottom-right, as MLX's own.
+mx::array emlx_fast_sdpa_key_masked(const mx::array &q, const mx::array &k, const mx::array &v, double scale,
+                                    const mx::array &key_mask, SD s) {
+  check_sdpa(q, k, v);
+  int32_t tq = q.shape(2), tk = k.shape(2);
+  if (key_mask.ndim() != 2 || key_mask.shape(0) != q.shape(0) || key_mask.shape(1) != tk)
+    throw arg_error("EMLX.Fast: key_mask must have shape {" + std::to_string(q.shape(0)) + ", " + std::to_string(tk) +
+                    "}, got " + shape_str(key_mask));
+  if (is_complex(key_mask.dtype())) throw arg_error("EMLX.Fast: key_mask must be an integer or float tensor");
+  int32_t off = tk > tq ? tk - tq : 0;
+  auto qi = mx::reshape(mx::arange(off, off + tq, mx::int32, s), {tq, 1}, s);
+  auto ki = mx::reshape(mx::arange(0, tk, mx::int32, s), {1, tk}, s);
+  auto causal = mx::reshape(mx::greater_equal(qi, ki, s), {1, 1, tq, tk}, s);
+  auto keys = mx::reshape(truthy(key_mask, s), {q.shape(0), 1, 1, tk}, s);
+  auto m = mx::broadcast_to(mx::logical_and(causal, keys, s), {q.shape(0), q.shape(1), tq, tk}, s);
+  return mx::fast::scaled_dot_product_attention(q, k, v, static_cast<float>(scale), "array", m, std::nullopt, false,
+                                                s);
+}
+
+// KV cache in {B, T, N, D} (Bumblebee's layout): new_k and new_v {B, T, Nkv, D}
+// written into the caches {B, Tmax, Nkv, D} at `offset` (clamped to fit, as
+// Nx.put_slice), then q {B, T, Nq, D} at positions offset + t attends the
+// cache's positions up to its own (and, with a key mask {B, Tmax}, only
+// where it is nonzero). Results: attention {B, T, Nq, D}, the two caches.
+std::vector<mx::array> emlx_fast_kv_cache_attention(const mx::array &q, const mx::array &new_k, const mx::array &new_v,
+                                                    const mx::array &k_cache, const mx::array &v_cache,
+                                                    const mx::array &offset, double scale,
+                                                    const std::optional<mx::array> &key_mask, SD s) {
+  check_float(q, "q");
+  check_float(k_cache, "k_cache");
+  if (q.ndim() != 4 || new_k.ndim() != 4 || k_cache.ndim() != 4)
+    throw arg_error("EMLX.Fast: q, new_k, new_v and the caches must be {B, T, N, D}");
+  if (new_k.shape() != new_v.shape() || k_cache.shape() != v_cache.shape())
+    throw arg_error("EMLX.Fast: new_k and new_v, and k_cache and v_cache, must have the same shapes");
+  if (q.dtype() != k_cache.dtype() || v_cache.dtype() != k_cache.dtype() || new_k.dtype() != k_cache.dtype() ||
+      new_v.dtype() != k_cache.dtype())
+    throw arg_error("EMLX.Fast: q, new_k, new_v and the caches must have the same type");
+  int32_t b = k_cache.shape(0), tmax = k_cache.shape(1), nkv = k_cache.shape(2), d = k_cache.shape(3);
+  int32_t t = q.shape(1);
+  if (new_k.shape(0) != b || new_k.shape(1) != t || new_k.shape(2) != nkv || new_k.shape(3) != d ||
+      q.shape(0) != b || q.shape(3) != d || t > tmax)
+    throw arg_error("EMLX.Fast: q " + shape_str(q) + ", new_k " + shape_str(new_k) + " and the cache " +
+                    shape_str(k_cache) + " do not agree");
+  if (offset.ndim() != 0 || !is_int(offset.dtype())) throw arg_error("EMLX.Fast: offset must be an integer scalar");
+  if (key_mask && (key_mask->ndim() != 2 || key_mask->shape(0) != b || key_mask->shape(1) != tmax))
+    throw arg_error("EMLX.Fast: key_mask must have shape {" + std::to_string(b) + ", " + std::to_string(tmax) + "}");
+  auto zero = mx::array(0, mx::int32);
+  auto off = mx::astype(offset, mx::int32, s);
+  auto k = emlx_put_slice(k_cache, new_k, {zero, off, zero, zero}, s);
+  auto v = emlx_put_slice(v_cache, new_v, {zero, off, zero, zero}, s);
+  std::vector<int> bntd = {0, 2, 1, 3};
+  auto qt = mx::transpose(q, bntd, s);
+  auto kt = mx::transpose(k, bntd, s), vt = mx::transpose(v, bntd, s);
+  check_sdpa(qt, kt, vt);
+  auto qpos = mx::reshape(mx::add(mx::arange(0, t, mx::int32, s), off, s), {t, 1}, s);
+  auto kpos = mx::reshape(mx::arange(0, tmax, mx::int32, s), {1, tmax}, s);
+  auto keep = mx::reshape(mx::less_equal(kpos, qpos, s), {1, 1, t, tmax}, s);
+  if (key_mask) keep = mx::logical_and(keep, mx::reshape(truthy(*key_mask, s), {b, 1, 1, tmax}, s), s);
+  keep = mx::broadcast_to(keep, {b, q.shape(2), t, tmax}, s);
+  auto attn = mx::fast::scaled_dot_product_attention(qt, kt, vt, static_cast<float>(scale), "array", keep,
+                                                     std::nullopt, false, s);
+  return {mx::transpose(attn, bntd, s), k, v};
+}
+
+mx::array emlx_fast_swiglu(const mx::array &gate, const mx::array &up, SD s) {
+  check_float(gate, "gate");
+  check_float(up, "up");
+  if (gate.shape() != up.shape()) throw arg_error("EMLX.Fast: gate and up must have the same shape");
+  auto u = mx::astype(up, gate.dtype(), s);
+  return mx::multiply(mx::multiply(gate, mx::sigmoid(gate, s), s), u, s);
+}
+
+}  // namespace emlx
