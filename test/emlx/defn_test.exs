@@ -222,6 +222,21 @@ defmodule EMLX.DefnTest do
     end
   end
 
+  describe "programs that cannot be traced" do
+    test "replay plainly (triangular_solve reads data for its singular check); a genuine error raises" do
+      f = Nx.Defn.jit(fn a, b -> Nx.LinAlg.triangular_solve(a, b) end, compiler: EMLX)
+      a = emlx([[2.0, 0.0], [1.0, 4.0]])
+      assert Nx.to_list(f.(a, emlx([2.0, 9.0]))) == [1.0, 2.0]
+      assert Nx.to_list(f.(a, emlx([4.0, 6.0]))) == [2.0, 1.0]
+
+      assert_raise ArgumentError, ~r/singular/, fn ->
+        f.(emlx([[0.0, 0.0], [1.0, 4.0]]), emlx([4.0, 6.0])) |> Nx.to_list()
+      end
+
+      assert Nx.to_list(f.(a, emlx([2.0, 9.0]))) == [1.0, 2.0]
+    end
+  end
+
   describe "queues and devices" do
     test ":command_queue runs the program on that queue" do
       q = EMLX.CommandQueue.new!(device())
