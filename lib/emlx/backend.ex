@@ -336,7 +336,15 @@ defmodule EMLX.Backend do
 
   ## Linear algebra, sorting, indexing
 
+  # A quantized operand (EMLX.Quantization): mx::quantized_matmul or a
+  # dequantized dot.
   @impl true
+  def dot(out, %T{data: %__MODULE__{quantization_config: %{}}} = a, ca, ba, b, cb, bb),
+    do: EMLX.Quantization.dot(out, a, ca, ba, b, cb, bb)
+
+  def dot(out, a, ca, ba, %T{data: %__MODULE__{quantization_config: %{}}} = b, cb, bb),
+    do: EMLX.Quantization.dot(out, a, ca, ba, b, cb, bb)
+
   def dot(out, a, contract_a, batch_a, b, contract_b, batch_b),
     do: run(out, :dot, [a, contract_a, batch_a, b, contract_b, batch_b])
 
@@ -603,6 +611,16 @@ defmodule EMLX.Backend do
     end)
     |> List.to_tuple()
   end
+
+  @doc false
+  # EMLX.Quantization's ops: one result for the template `out` (cast to its
+  # type when `cast` is :out), or a tuple of templates, one per result.
+  def run_quantization(out, op, args, cast \\ nil)
+
+  def run_quantization(out, op, args, _cast) when is_tuple(out),
+    do: run_multi(out, op, args, false)
+
+  def run_quantization(out, op, args, cast), do: run(out, op, args, cast)
 
   @doc false
   # The handle of a tensor on `queue`, transferring or evaluating as needed.
