@@ -47,7 +47,9 @@ defmodule EMLX.Quantization do
   first. Other Nx operations do not understand quantized tensors: call
   `dequantize/1` first.
 
-  The functions here run eagerly on `EMLX.Backend`.
+  The functions here run eagerly on `EMLX.Backend`. They are not
+  `deftransform`s: inside `defn` use `Nx.dot/6` on a quantized weight that
+  the defn receives as an argument under `compiler: EMLX` (see the tests).
 
   Bad bits, group sizes, shapes or types raise `ArgumentError`. MLX's affine
   mode takes `bits` 2, 3, 4, 5, 6 or 8 and `group_size` 32, 64 or 128; the

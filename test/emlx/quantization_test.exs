@@ -2,7 +2,7 @@ defmodule EMLX.QuantizationTest do
   @moduledoc """
   EMLX.Quantization: the round trip within MLX's affine error bound, the
   quantized matmul against a dense dot of the dequantized weight, `Nx.dot`
-  dispatch, and bad input.
+  dispatch (eager and under `compiler: EMLX`), and bad input.
   """
   use EMLX.Case, async: true
 
@@ -151,6 +151,15 @@ defmodule EMLX.QuantizationTest do
       assert_tensor(Nx.dot(qw, z), to_bin(Nx.dot(dq, z)), tol: 1.0e-3)
       ops = recorded_ops(fn -> Nx.dot(qw, z) end)
       assert :dequantize in ops and :quantized_matmul not in ops
+    end
+
+    test "under compiler: EMLX, a new weight each call", %{qw: qw, dq: dq, x: x} do
+      f = Nx.Defn.jit(fn x, w -> x |> Nx.dot([2], w, [1]) |> Nx.add(1) end, compiler: EMLX)
+      assert_tensor(f.(x, qw), to_bin(Nx.add(Nx.dot(x, [2], dq, [1]), 1)), tol: 1.0e-3)
+
+      qw2 = Q.quantize(Nx.multiply(Q.dequantize(qw), 2), bits: 4, group_size: 64)
+      want2 = Nx.dot(x, [2], Q.dequantize(qw2), [1]) |> Nx.add(1)
+      assert_tensor(f.(x, qw2), to_bin(want2), tol: 1.0e-3)
     end
   end
 
