@@ -269,6 +269,14 @@ defmodule EMLX.Quantization do
     end
   end
 
+  @doc false
+  # The checks of EMLX.quantize/3 and the other device-ref functions.
+  def check_config!(group_size, bits) do
+    bits!(bits: bits)
+    group_size!(group_size)
+    :ok
+  end
+
   defp bits!(opts) do
     bits =
       case {opts[:bits], opts[:type]} do

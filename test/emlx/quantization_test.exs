@@ -163,6 +163,28 @@ defmodule EMLX.QuantizationTest do
     end
   end
 
+  test "EMLX's device-ref functions agree with EMLX.Quantization" do
+    w = rand({8, 64}, 31)
+    x = rand({3, 64}, 32)
+    qw = EMLX.quantize(w, group_size: 32, bits: 8)
+    [q, s, b] = EMLX.quantize(EMLX.Backend.from_nx(w), 32, 8)
+    dq = EMLX.dequantize(q, s, b, 32, 8) |> EMLX.Backend.to_nx()
+    assert max_abs_diff(dq, EMLX.dequantize(qw)) == 0.0
+
+    mm =
+      EMLX.quantized_matmul(EMLX.Backend.from_nx(x), q, s, b, true, 32, 8) |> EMLX.Backend.to_nx()
+
+    assert_tensor(mm, to_bin(EMLX.quantized_matmul(x, qw)))
+
+    xt = rand({3, 8}, 33)
+
+    mm_t =
+      EMLX.quantized_matmul(EMLX.Backend.from_nx(xt), q, s, b, false, 32, 8)
+      |> EMLX.Backend.to_nx()
+
+    assert_tensor(mm_t, to_bin(Nx.dot(xt, dq)), tol: 1.0e-4)
+  end
+
   describe "bad input raises ArgumentError" do
     setup do
       %{w: rand({4, 128}, 21)}
@@ -214,6 +236,21 @@ defmodule EMLX.QuantizationTest do
 
       assert_raise ArgumentError, ~r/must be f32, f16 or bf16/, fn ->
         Q.quantized_matmul(Nx.iota({2, 128}, backend: {EMLX.Backend, device: device()}), qw)
+      end
+    end
+
+    test "the device-ref functions of EMLX check bits and group sizes" do
+      w = EMLX.Backend.from_nx(rand({4, 64}, 5))
+      assert_raise ArgumentError, ~r/bits must be one of/, fn -> EMLX.quantize(w, 32, 7) end
+      assert_raise ArgumentError, ~r/group_size must be one of/, fn -> EMLX.quantize(w, 16, 4) end
+      [q, s, b] = EMLX.quantize(w, 32, 4)
+
+      assert_raise ArgumentError, ~r/bits must be one of/, fn ->
+        EMLX.dequantize(q, s, b, 32, 1)
+      end
+
+      assert_raise ArgumentError, ~r/group_size must be one of/, fn ->
+        EMLX.quantized_matmul(w, q, s, b, true, 100, 4)
       end
     end
 
