@@ -245,6 +245,33 @@ defmodule EMLX.Quantization do
     EMLX.Backend.run_quantization(out, :quantized_matmul, args, :out)
   end
 
+  @doc false
+  # EMLX.Backend.inspect/2 of a quantized tensor: its config, not its data.
+  def inspect_config(%Config{} = c) do
+    Inspect.Algebra.string(
+      "EMLX.Quantization: #{c.bits} bits, group_size #{c.group_size}, " <>
+        "#{Nx.Type.to_string(c.scales.type)} scales"
+    )
+  end
+
+  @doc false
+  def no_dense!(%T{}, what) do
+    raise ArgumentError,
+          "EMLX.Backend: #{what} of a quantized tensor: use EMLX.Quantization.dequantize/1 first"
+  end
+
+  @doc false
+  # EMLX.Backend.backend_copy/3 of a quantized tensor: a new handle on the
+  # same device; anything else needs the dense tensor.
+  def copy(%T{data: data} = qw, backend, opts) do
+    if backend == EMLX.Backend and Keyword.get(opts, :device, data.device) == data.device do
+      %T{data: copied} = EMLX.Backend.backend_copy(packed(qw), EMLX.Backend, [])
+      %{qw | data: %{copied | quantization_config: data.quantization_config}}
+    else
+      no_dense!(qw, "backend_copy to #{inspect(backend)} #{inspect(opts)}")
+    end
+  end
+
   # The packed u32 array as a tensor of its own shape.
   defp packed(%T{shape: shape, data: data} = qw) do
     %Config{bits: bits} = data.quantization_config

@@ -96,6 +96,22 @@ defmodule EMLX.QuantizationTest do
       assert Q.from_dense(w, bits: 8).type == {:s, 8}
     end
 
+    test "inspect, copies and read-back of a quantized tensor" do
+      qw = Q.quantize(rand({4, 64}, 8), bits: 8, group_size: 32)
+      assert inspect(qw) =~ "EMLX.Quantization: 8 bits, group_size 32, f32 scales"
+
+      copy = Nx.backend_copy(qw, {EMLX.Backend, device: device()})
+      assert Q.quantized?(copy)
+      assert max_abs_diff(Q.dequantize(copy), Q.dequantize(qw)) == 0.0
+      assert Nx.backend_transfer(qw, {EMLX.Backend, device: device()}) == qw
+
+      assert_raise ArgumentError, ~r/dequantize\/1 first/, fn -> Nx.to_binary(qw) end
+
+      assert_raise ArgumentError, ~r/dequantize\/1 first/, fn ->
+        Nx.backend_copy(qw, Nx.BinaryBackend)
+      end
+    end
+
     test "half precision weights keep their type" do
       w = rand({4, 64}, 3, :bf16)
       dq = w |> Q.quantize(bits: 8, group_size: 32) |> Q.dequantize()
