@@ -47,15 +47,19 @@ defmodule EMLX.Quantization do
   first. Other Nx operations do not understand quantized tensors: call
   `dequantize/1` first.
 
-  The functions here run eagerly on `EMLX.Backend`. They are not
-  `deftransform`s: inside `defn` use `Nx.dot/6` on a quantized weight that
-  the defn receives as an argument under `compiler: EMLX` (see the tests).
+  Inside `defn`, `Nx.dot/6` with a quantized weight that the function
+  receives as an argument runs `mx::quantized_matmul` as well (eagerly
+  evaluated, or recorded under `compiler: EMLX`), and `dequantize/2` and
+  `quantized_matmul/2` are `deftransform`s over `Nx.runtime_call/4`.
+  `quantize/2` and `quantized_tensor/5` run outside `defn` only.
 
   Bad bits, group sizes, shapes or types raise `ArgumentError`. MLX's affine
   mode takes `bits` 2, 3, 4, 5, 6 or 8 and `group_size` 32, 64 or 128; the
   weight must be f32, f16 or bf16 with at least two axes and a last axis
   divisible by `group_size`.
   """
+
+  import Nx.Defn, only: [deftransform: 2]
 
   alias EMLX.Quantization.Config
   alias Nx.Tensor, as: T
@@ -121,11 +125,31 @@ defmodule EMLX.Quantization do
   def from_dense(tensor, opts \\ []), do: quantize(tensor, opts)
 
   @doc """
-  The dense float tensor (the scales' type, the quantized tensor's shape)
-  of a quantized tensor: `mx::dequantize`.
+  The dense float tensor (the quantized tensor's shape) of a quantized
+  tensor: `mx::dequantize`.
+
+  Eagerly the result has the scales' type (the type of the weight that was
+  quantized). Inside `defn` (a `deftransform` over `Nx.runtime_call/4`)
+  that type is not known when tracing: the result has type `opts[:type]`
+  (default `:f32`). Given eagerly, `:type` casts the result as well.
   """
-  @spec dequantize(Nx.Tensor.t()) :: Nx.Tensor.t()
-  def dequantize(%T{} = qw) do
+  @spec dequantize(Nx.Tensor.t(), keyword()) :: Nx.Tensor.t()
+  deftransform dequantize(qw, opts \\ []) do
+    opts = Keyword.validate!(opts, [:type])
+
+    if expr?(qw) do
+      type = Nx.Type.normalize!(opts[:type] || :f32)
+
+      Nx.runtime_call(Nx.template(qw.shape, type), qw, fn qw, _ ->
+        qw |> dequantize_now() |> Nx.as_type(type)
+      end)
+    else
+      dq = dequantize_now(qw)
+      if opts[:type], do: Nx.as_type(dq, opts[:type]), else: dq
+    end
+  end
+
+  defp dequantize_now(%T{} = qw) do
     %Config{} = config = config!(qw, "dequantize/1")
     out = %{qw | type: config.scales.type, data: nil}
     args = [packed(qw), config.scales, config.biases, config.group_size, config.bits]
@@ -137,28 +161,41 @@ defmodule EMLX.Quantization do
   `qw` is a quantized 2-D weight {out_features, in_features} and the
   result has shape {batch..., out_features} and the activation's float
   type. Raises `ArgumentError` if both arguments are quantized.
+
+  A `deftransform`: inside `defn` it runs through `Nx.runtime_call/4`.
   """
   @spec quantized_matmul(Nx.Tensor.t(), Nx.Tensor.t()) :: Nx.Tensor.t()
-  def quantized_matmul(%T{} = activation, %T{} = qw) do
+  deftransform quantized_matmul(activation, qw) do
+    out = matmul_template!(activation, qw)
+
+    if expr?(activation) or expr?(qw) do
+      Nx.runtime_call(out, {activation, qw}, fn {x, qw}, _ -> quantized_matmul_now(out, x, qw) end)
+    else
+      quantized_matmul_now(out, activation, qw)
+    end
+  end
+
+  defp quantized_matmul_now(out, activation, qw) do
+    config!(qw, "quantized_matmul/2")
+    matmul(%{out | data: nil}, on_emlx(activation), qw, true)
+  end
+
+  # The result's template, from the shapes and the activation's type.
+  defp matmul_template!(%T{shape: x_shape, type: x_type} = x, %T{shape: w_shape}) do
     name = "quantized_matmul/2"
 
-    if quantized?(activation) do
+    if quantized?(x) do
       raise ArgumentError, "EMLX.Quantization.#{name}: the activation must not be quantized"
     end
-
-    config!(qw, name)
-    %T{shape: x_shape, type: x_type} = activation
 
     unless x_type in @floats do
       raise ArgumentError,
             "EMLX.Quantization.#{name}: the activation must be f32, f16 or bf16, got #{inspect(x_type)}"
     end
 
-    case qw.shape do
+    case w_shape do
       {n, k} when tuple_size(x_shape) >= 1 and elem(x_shape, tuple_size(x_shape) - 1) == k ->
-        out_shape = put_elem(x_shape, tuple_size(x_shape) - 1, n)
-        out = %{activation | shape: out_shape, names: List.duplicate(nil, tuple_size(out_shape))}
-        matmul(out, on_emlx(activation), qw, true)
+        Nx.template(put_elem(x_shape, tuple_size(x_shape) - 1, n), x_type)
 
       shape ->
         raise ArgumentError,
@@ -166,6 +203,9 @@ defmodule EMLX.Quantization do
                 "{..., in}, got #{inspect(shape)} and #{inspect(x_shape)}"
     end
   end
+
+  defp expr?(%T{data: %Nx.Defn.Expr{}}), do: true
+  defp expr?(_), do: false
 
   @doc "Whether `tensor` is a quantized tensor (its backend carries an `EMLX.Quantization.Config`)."
   @spec quantized?(term()) :: boolean()

@@ -6,8 +6,13 @@ defmodule EMLX.QuantizationTest do
   """
   use EMLX.Case, async: true
 
+  import Nx.Defn
+
   alias EMLX.Defn.Recorder
   alias EMLX.Quantization, as: Q
+
+  defn dequantized_layer(x, qw), do: Nx.dot(x, [2], Q.dequantize(qw), [1])
+  defn quantized_layer(x, qw), do: Q.quantized_matmul(x, qw) |> Nx.add(1)
 
   defp rand(shape, seed, type \\ :f32) do
     {t, _} = Nx.Random.normal(Nx.Random.key(seed), shape: shape, type: :f32)
@@ -199,6 +204,46 @@ defmodule EMLX.QuantizationTest do
       |> EMLX.Backend.to_nx()
 
     assert_tensor(mm_t, to_bin(Nx.dot(xt, dq)), tol: 1.0e-4)
+  end
+
+  describe "inside defn" do
+    setup do
+      w = rand({24, 128}, 41)
+      qw = Q.quantize(w, bits: 8, group_size: 32)
+      %{qw: qw, dq: Q.dequantize(qw), x: rand({2, 3, 128}, 42)}
+    end
+
+    for compiler <- [EMLX, Nx.Defn.Evaluator] do
+      test "dequantize/2 and quantized_matmul/2 with #{inspect(compiler)}", ctx do
+        %{qw: qw, dq: dq, x: x} = ctx
+        opts = [compiler: unquote(compiler)]
+        want = to_bin(Nx.dot(x, [2], dq, [1]))
+
+        got = Nx.Defn.jit(&dequantized_layer/2, opts).(x, qw)
+        assert_tensor(got, want, tol: 1.0e-3)
+
+        got = Nx.Defn.jit(&quantized_layer/2, opts).(x, qw)
+        assert_tensor(got, Nx.add(want, 1), tol: 1.0e-3)
+
+        bf16 = Nx.Defn.jit(fn qw -> Q.dequantize(qw, type: :bf16) end, opts).(qw)
+        assert bf16.type == {:bf, 16}
+        assert max_abs_diff(bf16, dq) < 0.05
+      end
+    end
+
+    test "a weight that is not quantized raises when the function runs", %{x: x} do
+      f = Nx.Defn.jit(&quantized_layer/2, compiler: EMLX)
+
+      assert_raise ArgumentError, ~r/expected a quantized tensor/, fn ->
+        f.(x, rand({24, 128}, 43))
+      end
+    end
+
+    test "shapes are checked when tracing", %{qw: qw} do
+      assert_raise ArgumentError, ~r/expected a 2-D weight/, fn ->
+        Nx.Defn.jit(&quantized_layer/2, compiler: EMLX).(rand({2, 64}, 44), qw)
+      end
+    end
   end
 
   describe "bad input raises ArgumentError" do
