@@ -85,6 +85,11 @@ defmodule EMLX.Quantization do
     group_size = group_size!(opts[:group_size])
     %T{shape: shape, type: type} = tensor
 
+    if expr?(tensor) do
+      raise ArgumentError,
+            "EMLX.Quantization.quantize/2 runs outside defn: quantize the weight first and pass it in"
+    end
+
     unless type in @floats do
       raise ArgumentError,
             "EMLX.Quantization.quantize/2: the tensor must be f32, f16 or bf16, got #{inspect(type)}"

@@ -239,6 +239,12 @@ defmodule EMLX.QuantizationTest do
       end
     end
 
+    test "quantize/2 runs outside defn only", %{x: x} do
+      assert_raise ArgumentError, ~r/runs outside defn/, fn ->
+        Nx.Defn.jit(&Q.quantize(&1, bits: 4), compiler: EMLX).(x)
+      end
+    end
+
     test "shapes are checked when tracing", %{qw: qw} do
       assert_raise ArgumentError, ~r/expected a 2-D weight/, fn ->
         Nx.Defn.jit(&quantized_layer/2, compiler: EMLX).(rand({2, 64}, 44), qw)
