@@ -327,4 +327,43 @@ defmodule EMLX do
     ref = NIF.from_binary(resolve_worker(device), blob, shape, type) |> Worker.await()
     {device, ref}
   end
+
+  ## Affine quantization (see EMLX.Quantization)
+
+  @doc "Quantizes a dense tensor: `EMLX.Quantization.quantize/2`."
+  defdelegate quantize(tensor, opts), to: EMLX.Quantization
+
+  @doc "The dense tensor of a quantized one: `EMLX.Quantization.dequantize/1`."
+  defdelegate dequantize(qw), to: EMLX.Quantization
+
+  @doc "`activation` times a quantized weight: `EMLX.Quantization.quantized_matmul/2`."
+  defdelegate quantized_matmul(activation, qw), to: EMLX.Quantization
+
+  @doc """
+  `mx::quantize` (affine) of the float device ref `w` along its last axis:
+  `[w_q, scales, biases]`, the packed u32 weights and the per-group scales
+  and biases (device refs). `group_size` is 32, 64 or 128 and `bits` 2, 3,
+  4, 5, 6 or 8.
+  """
+  def quantize(w, group_size, bits) do
+    EMLX.Quantization.check_config!(group_size, bits)
+    op(:quantize, [w, group_size, bits])
+  end
+
+  @doc "`mx::dequantize` (affine) of packed weights, scales and biases (device refs)."
+  def dequantize(w, scales, biases, group_size, bits) do
+    EMLX.Quantization.check_config!(group_size, bits)
+    op(:dequantize, [w, scales, biases, group_size, bits])
+  end
+
+  @doc """
+  `mx::quantized_matmul` (affine) of the device ref `x` and packed weights
+  with their scales and biases: `x @ transpose(w)` when `transpose`
+  (weights {out, in}), else `x @ w`.
+  """
+  def quantized_matmul(x, w, scales, biases, transpose \\ true, group_size \\ 64, bits \\ 4)
+      when is_boolean(transpose) do
+    EMLX.Quantization.check_config!(group_size, bits)
+    op(:quantized_matmul, [x, w, scales, biases, transpose, group_size, bits])
+  end
 end

@@ -135,6 +135,13 @@ std::vector<mx::array> emlx_fast_kv_cache_attention(const mx::array &q, const mx
                                                     const mx::array &offset, double scale,
                                                     const std::optional<mx::array> &key_mask, SD s);
 
+// ---- affine quantization (kernels_quant.cpp) ----
+std::vector<mx::array> emlx_quantize(const mx::array &w, int64_t group_size, int64_t bits, SD s);
+mx::array emlx_dequantize(const mx::array &w, const mx::array &scales, const mx::array &biases, int64_t group_size,
+                          int64_t bits, SD s);
+mx::array emlx_quantized_matmul(const mx::array &x, const mx::array &w, const mx::array &scales,
+                                const mx::array &biases, bool transpose, int64_t group_size, int64_t bits, SD s);
+
 }  // namespace emlx
 
 #endif

@@ -128,7 +128,11 @@ defmodule EMLX.Backend do
 
   ## Read-back, copies, inspection
 
+  # A quantized tensor (EMLX.Quantization) has no dense data to read back.
   @impl true
+  def to_binary(%T{data: %__MODULE__{quantization_config: %{}}} = t, _limit),
+    do: EMLX.Quantization.no_dense!(t, "to_binary")
+
   def to_binary(%T{type: type, data: %__MODULE__{} = data} = t, limit) do
     bytes = min(limit, flat_size(t)) * Types.elem_bytes(type)
     %__MODULE__{ref: ref, queue: queue} = realize(data)
@@ -139,6 +143,9 @@ defmodule EMLX.Backend do
   end
 
   @impl true
+  def inspect(%T{data: %__MODULE__{quantization_config: %{} = c}}, _opts),
+    do: EMLX.Quantization.inspect_config(c)
+
   def inspect(%T{} = tensor, inspect_opts) do
     size = flat_size(tensor)
     limit = if inspect_opts.limit == :infinity, do: size, else: inspect_opts.limit + 1
@@ -147,6 +154,9 @@ defmodule EMLX.Backend do
   end
 
   @impl true
+  def backend_copy(%T{data: %__MODULE__{quantization_config: %{}}} = t, backend, opts),
+    do: EMLX.Quantization.copy(t, backend, opts)
+
   def backend_copy(%T{data: %__MODULE__{} = data} = tensor, EMLX.Backend, opts) do
     device = Keyword.get(opts, :device, data.device)
 
@@ -336,7 +346,15 @@ defmodule EMLX.Backend do
 
   ## Linear algebra, sorting, indexing
 
+  # A quantized operand (EMLX.Quantization): mx::quantized_matmul or a
+  # dequantized dot.
   @impl true
+  def dot(out, %T{data: %__MODULE__{quantization_config: %{}}} = a, ca, ba, b, cb, bb),
+    do: EMLX.Quantization.dot(out, a, ca, ba, b, cb, bb)
+
+  def dot(out, a, ca, ba, %T{data: %__MODULE__{quantization_config: %{}}} = b, cb, bb),
+    do: EMLX.Quantization.dot(out, a, ca, ba, b, cb, bb)
+
   def dot(out, a, contract_a, batch_a, b, contract_b, batch_b),
     do: run(out, :dot, [a, contract_a, batch_a, b, contract_b, batch_b])
 
@@ -603,6 +621,16 @@ defmodule EMLX.Backend do
     end)
     |> List.to_tuple()
   end
+
+  @doc false
+  # EMLX.Quantization's ops: one result for the template `out` (cast to its
+  # type when `cast` is :out), or a tuple of templates, one per result.
+  def run_quantization(out, op, args, cast \\ nil)
+
+  def run_quantization(out, op, args, _cast) when is_tuple(out),
+    do: run_multi(out, op, args, false)
+
+  def run_quantization(out, op, args, cast), do: run(out, op, args, cast)
 
   @doc false
   # The handle of a tensor on `queue`, transferring or evaluating as needed.

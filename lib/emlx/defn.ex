@@ -146,7 +146,7 @@ defmodule EMLX.Defn do
             fn ->
               t = arg.()
               param = Recorder.bind_param(p, EMLX.Backend.ref_on(t, device, queue))
-              %{t | data: EMLX.Backend.data(param, device, queue)}
+              keep_quantization(%{t | data: EMLX.Backend.data(param, device, queue)}, t)
             end
           end)
 
@@ -163,6 +163,15 @@ defmodule EMLX.Defn do
     {refs, plan} = Recorder.finish(rec, outputs)
     {fill(result, refs, device, queue), plan}
   end
+
+  # A quantized parameter (EMLX.Quantization) keeps its scales and biases;
+  # they are arrays of this call, so the recording caches no plan.
+  defp keep_quantization(param, %Nx.Tensor{data: %EMLX.Backend{quantization_config: %{} = c}}) do
+    Recorder.no_plan()
+    %{param | data: %{param.data | quantization_config: c}}
+  end
+
+  defp keep_quantization(param, _arg), do: param
 
   defp run_plan(plan, output, args, device, queue) do
     args = List.to_tuple(args)

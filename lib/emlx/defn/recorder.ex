@@ -40,7 +40,8 @@ defmodule EMLX.Defn.Recorder do
     ninputs: 0,
     input_index: %{},
     materialized: %{},
-    flushed?: false
+    flushed?: false,
+    no_plan?: false
   ]
 
   def active?, do: Process.get(@key) != nil
@@ -69,6 +70,17 @@ defmodule EMLX.Defn.Recorder do
     rec = Process.get(@key)
     Process.put(@key, %{rec | params: Map.put(rec.params, p, ref)})
     {:emlx_param, p}
+  end
+
+  @doc """
+  Marks the recording as one whose plan must not be cached: it reads
+  arrays that are not parameters but differ between calls (the scales and
+  biases of a quantized parameter, see `EMLX.Quantization`).
+  """
+  def no_plan do
+    rec = Process.get(@key)
+    Process.put(@key, %{rec | no_plan?: true})
+    :ok
   end
 
   @doc "Records `op`; returns a placeholder (or a list of them for multi-result ops)."
@@ -222,7 +234,7 @@ defmodule EMLX.Defn.Recorder do
   segment, else nil.
   """
   def finish(rec, outputs) do
-    if rec.flushed? do
+    if rec.flushed? or rec.no_plan? do
       # Outputs of the current segment run now; older ones are real already.
       {syms, rec} = Enum.map_reduce(outputs, rec, &translate/2)
       refs = if syms == [], do: [], else: run_segment(rec, syms, false)
