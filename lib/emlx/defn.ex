@@ -110,7 +110,8 @@ defmodule EMLX.Defn do
   defp run_cached(cache_key, vars, fun, args, opts, device, queue) do
     case Cache.lookup(cache_key) do
       {:plan, plan, output} ->
-        run_plan(plan, output, args, device, queue)
+        run_plan(plan, output, args, device, queue) ||
+          record(vars, fun, args, opts, device, queue) |> elem(0)
 
       :dynamic ->
         record(vars, fun, args, opts, device, queue) |> elem(0)
@@ -173,17 +174,28 @@ defmodule EMLX.Defn do
 
   defp keep_quantization(param, _arg), do: param
 
+  # Nil when an argument is quantized: the key cannot tell an 8-bit
+  # quantized weight from a plain s8 tensor of its shape, and a quantized
+  # argument is recorded anew each call (see keep_quantization/2).
   defp run_plan(plan, output, args, device, queue) do
     args = List.to_tuple(args)
 
     inputs =
-      Enum.map(plan.sources, fn
-        {:param, p} -> EMLX.Backend.ref_on(elem(args, p).(), device, queue)
-        {:const, ref} -> ref
+      Enum.reduce_while(plan.sources, [], fn
+        {:param, p}, acc ->
+          case elem(args, p).() do
+            %Nx.Tensor{data: %EMLX.Backend{quantization_config: %{}}} -> {:halt, nil}
+            t -> {:cont, [EMLX.Backend.ref_on(t, device, queue) | acc]}
+          end
+
+        {:const, ref}, acc ->
+          {:cont, [ref | acc]}
       end)
 
-    refs = Recorder.run_program(queue, plan.program, inputs)
-    fill(output, refs, device, queue)
+    if inputs do
+      refs = Recorder.run_program(queue, plan.program, Enum.reverse(inputs))
+      fill(output, refs, device, queue)
+    end
   end
 
   # The array (or placeholder) behind each output; a literal tensor the

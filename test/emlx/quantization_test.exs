@@ -182,6 +182,25 @@ defmodule EMLX.QuantizationTest do
       want2 = Nx.dot(x, [2], Q.dequantize(qw2), [1]) |> Nx.add(1)
       assert_tensor(f.(x, qw2), to_bin(want2), tol: 1.0e-3)
     end
+
+    test "under compiler: EMLX, a plan cached for a plain s8 weight is not used for a quantized one" do
+      w = rand({16, 64}, 21)
+      q8 = Q.quantize(w, bits: 8, group_size: 32)
+      assert q8.type == {:s, 8}
+      plain = Nx.iota({16, 64}, type: :s8, backend: {EMLX.Backend, device: device()})
+      x = rand({3, 64}, 22)
+      f = Nx.Defn.jit(fn x, w -> Nx.dot(x, [1], w, [1]) end, compiler: EMLX)
+
+      assert_tensor(f.(x, plain), to_bin(Nx.dot(x, [1], Nx.as_type(plain, :f32), [1])),
+        tol: 1.0e-3
+      )
+
+      assert_tensor(f.(x, q8), to_bin(Nx.dot(x, [1], Q.dequantize(q8), [1])), tol: 1.0e-3)
+
+      assert_tensor(f.(x, plain), to_bin(Nx.dot(x, [1], Nx.as_type(plain, :f32), [1])),
+        tol: 1.0e-3
+      )
+    end
   end
 
   test "EMLX's device-ref functions agree with EMLX.Quantization" do
