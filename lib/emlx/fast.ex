@@ -112,12 +112,8 @@ defmodule EMLX.Fast do
   """
   deftransform rope(a, dims, traditional, base, scale, offset) do
     name = "rope/6"
-    a = float!(a, name, "a")
-    rank!(a, 2, name, "a")
-    dims!(dims, a, name)
-    bool!(traditional, name, "traditional")
+    {a, scale} = rope_args!(a, dims, traditional, scale, 2, name)
     base = positive!(base, name, "base")
-    scale = number!(scale, name, "scale")
 
     unless is_integer(offset) and offset >= -2_147_483_648 and offset <= 2_147_483_647 do
       raise ArgumentError,
@@ -145,13 +141,9 @@ defmodule EMLX.Fast do
   """
   deftransform rope_with_positions(a, position_ids, dims, traditional, base, scale) do
     name = "rope_with_positions/6"
-    a = float!(a, name, "a")
-    rank!(a, 3, name, "a")
+    {a, scale} = rope_args!(a, dims, traditional, scale, 3, name)
     position_ids = positions!(position_ids, a, name)
-    dims!(dims, a, name)
-    bool!(traditional, name, "traditional")
     base = positive!(base, name, "base")
-    scale = number!(scale, name, "scale")
 
     layout = [
       {:arg, 0},
@@ -175,12 +167,8 @@ defmodule EMLX.Fast do
   """
   deftransform rope_with_freqs(a, position_ids, dims, traditional, scale, freqs) do
     name = "rope_with_freqs/6"
-    a = float!(a, name, "a")
-    rank!(a, 3, name, "a")
+    {a, scale} = rope_args!(a, dims, traditional, scale, 3, name)
     position_ids = positions!(position_ids, a, name)
-    dims!(dims, a, name)
-    bool!(traditional, name, "traditional")
-    scale = number!(scale, name, "scale")
     freqs = float!(freqs, name, "freqs")
 
     if freqs.shape != {div(dims, 2)} do
@@ -342,6 +330,16 @@ defmodule EMLX.Fast do
                ) do
     name = "kv_cache_attention_masked/8"
     kv_cache(name, [q, new_k, new_v, k_cache, v_cache], offset, scale, key_mask)
+  end
+
+  # What every RoPE variant checks: a float `a` of at least `rank`
+  # dimensions, `dims`, the `traditional` flag and a numeric `scale`.
+  defp rope_args!(a, dims, traditional, scale, rank, name) do
+    a = float!(a, name, "a")
+    rank!(a, rank, name, "a")
+    dims!(dims, a, name)
+    bool!(traditional, name, "traditional")
+    {a, number!(scale, name, "scale")}
   end
 
   defp kv_cache(name, tensors, offset, scale, key_mask) do
