@@ -103,7 +103,7 @@ defmodule EMLX.Backend do
   @impl true
   def from_binary(%T{shape: shape, type: type} = out, binary, opts) do
     device = device_option(opts)
-    Types.check!(type, device, :from_binary)
+    Types.check!(type, :from_binary)
     queue = CommandQueue.resolve(device)
     ref = NIF.from_binary(queue, binary, shape, type) |> Worker.await()
     wrap(out, ref, device, queue)
@@ -111,7 +111,7 @@ defmodule EMLX.Backend do
 
   defp create(%T{type: type} = out, opts, op, args, callback) do
     device = device_option(opts)
-    Types.check!(type, device, callback)
+    Types.check!(type, callback)
     queue = CommandQueue.resolve(device)
     wrap(out, Dispatch.run(queue, op, args, type), device, queue)
   end
@@ -575,7 +575,7 @@ defmodule EMLX.Backend do
   @impl true
   def from_pointer(%Nx.Pointer{} = pointer, type, shape, backend_opts, opts) do
     device = device_option(backend_opts)
-    Types.check!(type, device, :from_pointer)
+    Types.check!(type, :from_pointer)
     queue = CommandQueue.resolve(device)
 
     source =
@@ -597,7 +597,7 @@ defmodule EMLX.Backend do
   # Results are cast to `out.type` unless `cast` is nil.
   defp run(%T{type: type} = out, op, args, cast \\ :out) do
     device = args_device(args)
-    Types.check!(type, device, op)
+    Types.check!(type, op)
     queue = CommandQueue.resolve(device)
     raw = Enum.map(args, &arg_on(&1, device, queue))
     handle = Dispatch.run(queue, op, raw, if(cast == :out, do: type, else: cast))
@@ -609,7 +609,7 @@ defmodule EMLX.Backend do
     templates = Tuple.to_list(outs)
     [%T{type: type} | _] = templates
     device = args_device(args)
-    Types.check!(type, device, op)
+    Types.check!(type, op)
     queue = CommandQueue.resolve(device)
     raw = Enum.map(args, &arg_on(&1, device, queue))
     handles = Dispatch.run(queue, op, raw, nil)
@@ -679,8 +679,8 @@ defmodule EMLX.Backend do
     ref
   end
 
-  defp arg_on(%T{shape: shape, type: type} = t, device, queue) do
-    Types.check!(type, device, :backend_transfer)
+  defp arg_on(%T{shape: shape, type: type} = t, _device, queue) do
+    Types.check!(type, :backend_transfer)
     NIF.from_binary(queue, Nx.to_binary(t), shape, type) |> Worker.await()
   end
 

@@ -32,11 +32,11 @@ defmodule EMLX.Types do
   def supported, do: @supported
 
   @doc """
-  Raises `ArgumentError` unless EMLX stores `type` (on either device);
-  `context` (the callback or op being run) goes into the message.
+  Raises `ArgumentError` unless EMLX stores `type` (the same on both
+  devices); `context` (the callback or op being run) goes into the message.
   """
-  @spec check!(Nx.Type.t(), :cpu | :gpu, atom()) :: :ok
-  def check!(type, _device, context) do
+  @spec check!(Nx.Type.t(), atom()) :: :ok
+  def check!(type, context) do
     if type not in @supported do
       raise ArgumentError,
             "EMLX.Backend: MLX has no #{Nx.Type.to_string(type)} type " <>
