@@ -543,14 +543,17 @@ static void restore_sigchld(void) {
   }
 }
 
-/* MLX's CPU buffers come from malloc. The BEAM sets glibc's trim threshold
- * at start (erl +MYtt), which also freezes glibc's mmap threshold at 128 KiB:
- * every array buffer above that was a fresh mmap, page-faulted in on first
- * write and unmapped on free (a 2048x2048 f32 softmax spent 4,096 page
- * faults an iteration on it; Python MLX, with glibc's adaptive threshold,
+/* MLX's CPU buffers come from malloc, on the worker thread (a glibc thread
+ * arena). The BEAM sets glibc's trim threshold and top pad at start (erl
+ * +MYtt, +MYtp: 128 KiB and 0), which also freezes glibc's mmap threshold at
+ * 128 KiB: every array buffer above that was a fresh mmap, page-faulted in
+ * on first write and unmapped on free (a 2048x2048 f32 softmax took 4,096
+ * page faults an iteration; Python MLX, with glibc's adaptive threshold,
  * none). Set what glibc would adapt to: buffers up to 32 MiB (glibc's
- * ceiling for the mmap threshold) come from the heap and are reused, and up
- * to 64 MiB of free heap top is kept. EMLX_KEEP_MALLOC=1 opts out. */
+ * ceiling for the mmap threshold) come from the heap, and up to 64 MiB of
+ * free heap top is kept. The top pad keeps a thread arena's extra heaps
+ * (64 MiB each) from being unmapped as soon as they are empty, which would
+ * fault them in again at the next evaluation. EMLX_KEEP_MALLOC=1 opts out. */
 static void tune_malloc(void) {
 #if defined(__GLIBC__)
   const char *keep = getenv("EMLX_KEEP_MALLOC");
