@@ -4,11 +4,12 @@
 #     bash bench/run.sh
 #
 # 1. bench/setup_venv.sh: bench/.venv with mlx==0.32.4 + mlx-cpu==0.32.4 (the
-#    libmlx EMLX links), matplotlib, scikit-learn (created once, from PyPI).
+#    libmlx EMLX links), numpy, matplotlib, scikit-learn (created once, from
+#    PyPI).
 # 2. mix run bench/emlx_bench.exs: the workloads on EMLX.Backend (eager)
 #    and, at sizes it can finish, on Nx.BinaryBackend; for each workload it
 #    first has bench/mlx_bench.py --serve run it on Python MLX (CPU device),
-#    so both sides are timed back to back.
+#    so both sides are timed back to back (and numpy, where it has the op).
 # 3. bench/report.py: bench/results/latest.json, the table, bench/results/latest.png.
 #
 # Environment: BENCH_ONLY=regex (a subset of workloads), BENCH_TARGET_S
