@@ -85,20 +85,18 @@ mx::array emlx_dot(const mx::array &a0, const std::vector<int> &ca, const std::v
   auto a3 = mx::reshape(mx::transpose(a, pa, s), {B, M, K}, s);
   auto b3 = mx::reshape(mx::transpose(b, pb, s), {B, K, N}, s);
   bool cpu = mx::to_stream(s).device == mx::Device::cpu;
-  mx::array r = a3;
-  if (cpu && (t == mx::float16 || t == mx::bfloat16))
-    // MLX's CPU GEMM for half types is a plain loop: an f32 GEMM (BLAS) of
-    // the exactly widened inputs, rounded once to the half type, is both
-    // faster and at least as accurate.
-    r = mx::matmul(mx::astype(a3, mx::float32, s), mx::astype(b3, mx::float32, s), s);
-  else if (is_float(t) || is_complex(t))
-    r = mx::matmul(a3, b3, s);
-  else if (cpu && exact_int_gemm_fits(t, K))
-    r = int_matmul_f64(a3, b3, t, s);
-  else
+  auto r = [&] {
+    if (cpu && (t == mx::float16 || t == mx::bfloat16))
+      // MLX's CPU GEMM for half types is a plain loop: an f32 GEMM (BLAS) of
+      // the exactly widened inputs, rounded once to the half type, is both
+      // faster and at least as accurate.
+      return mx::matmul(mx::astype(a3, mx::float32, s), mx::astype(b3, mx::float32, s), s);
+    if (is_float(t) || is_complex(t)) return mx::matmul(a3, b3, s);
+    if (cpu && exact_int_gemm_fits(t, K)) return int_matmul_f64(a3, b3, t, s);
     // MLX has no integer matmul: multiply and sum, exact with wrap-around.
-    r = mx::sum(mx::multiply(mx::reshape(a3, {B, M, K, 1}, s), mx::reshape(b3, {B, 1, K, N}, s), s),
-                std::vector<int>{2}, false, s);
+    return mx::sum(mx::multiply(mx::reshape(a3, {B, M, K, 1}, s), mx::reshape(b3, {B, 1, K, N}, s), s),
+                   std::vector<int>{2}, false, s);
+  }();
   mx::Shape shape;
   for (int v : ba) shape.push_back(a.shape(v));
   for (int v : fa) shape.push_back(a.shape(v));
