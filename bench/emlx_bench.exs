@@ -40,6 +40,8 @@
 # are named `matmul_N_f32_tf32` when TF32 is on; bench/run_gpu.sh runs them
 # in a second pass with MLX_ENABLE_TF32=1 (the CPU ignores the setting).
 
+Code.require_file("host.exs", __DIR__)
+
 defmodule EMLXBench.Defns do
   @moduledoc false
   # Every workload except the dispatch loops is one `defn`, run eagerly
@@ -127,59 +129,6 @@ defmodule EMLXBench.Defns do
   end
 
   deftransformp head_scale(q), do: 1.0 / :math.sqrt(elem(Nx.shape(q), 2))
-end
-
-defmodule MLXPython do
-  @moduledoc false
-  # Drives `bench/mlx_bench.py --serve` (Python MLX) over a port, so that
-  # both sides of each workload are timed back to back: the background load
-  # of a shared machine then weighs on both alike. The two never run at the
-  # same time: the BEAM waits while Python works, and Python waits on its
-  # stdin while EMLX works.
-
-  def start(out_path, device, tf32) do
-    python = System.get_env("BENCH_PYTHON", Path.expand("bench/.venv/bin/python"))
-
-    executable =
-      System.find_executable(python) ||
-        raise "no Python at #{python}: run `bash bench/setup_venv.sh` (or set BENCH_PYTHON)"
-
-    Port.open({:spawn_executable, executable}, [
-      :binary,
-      :exit_status,
-      {:line, 65_536},
-      args: ["bench/mlx_bench.py", "--serve", out_path],
-      env: [
-        {~c"BENCH_DEVICE", Atom.to_charlist(device)},
-        {~c"MLX_ENABLE_TF32", String.to_charlist(tf32)}
-      ]
-    ])
-  end
-
-  # Runs workload `name` on Python MLX; returns its one-line summary.
-  def run(port, name) do
-    Port.command(port, name <> "\n")
-    await(port, "done " <> name <> "\t")
-  end
-
-  def stop(port) do
-    Port.command(port, "quit\n")
-    "" = await(port, "bye")
-
-    receive do
-      {^port, {:exit_status, 0}} -> :ok
-      {^port, {:exit_status, status}} -> raise "bench/mlx_bench.py exited with #{status}"
-    end
-  end
-
-  # Waits for the line starting with `prefix`; returns the rest of it.
-  defp await(port, prefix) do
-    receive do
-      {^port, {:data, {:eol, ^prefix <> rest}}} -> rest
-      {^port, {:data, _other}} -> await(port, prefix)
-      {^port, {:exit_status, status}} -> raise "bench/mlx_bench.py exited with #{status}"
-    end
-  end
 end
 
 defmodule EMLXBench do
@@ -609,7 +558,7 @@ defmodule EMLXBench do
 
     entries =
       Enum.map(workloads, fn w ->
-        idle = wait_quiet(quiet_s)
+        idle = BenchHost.wait_quiet(quiet_s)
         mlx_summary = if python, do: MLXPython.run(python, w.name) <> ", "
         emlx_result = run_side(w, emlx, target_s, 3, 25)
 
@@ -638,38 +587,6 @@ defmodule EMLXBench do
     File.mkdir_p!(Path.dirname(emlx_out))
     File.write!(emlx_out, JSON.encode!(entries))
     IO.puts(:stderr, "emlx_bench: wrote #{emlx_out}")
-  end
-
-  # Waits (at most max_s seconds) until the CPUs are at least 90% idle over
-  # one second, from /proc/stat; returns the last idle fraction (nil when
-  # not waiting, or without /proc/stat).
-  defp wait_quiet(0), do: nil
-  defp wait_quiet(max_s), do: wait_quiet(System.monotonic_time(:second) + max_s, nil)
-
-  defp wait_quiet(deadline, _last) do
-    with {:ok, a} <- cpu_times(),
-         :ok <- Process.sleep(1000),
-         {:ok, b} <- cpu_times() do
-      {idle, total} = {elem(b, 0) - elem(a, 0), elem(b, 1) - elem(a, 1)}
-      frac = if total > 0, do: idle / total, else: 1.0
-
-      if frac >= 0.9 or System.monotonic_time(:second) >= deadline,
-        do: Float.round(frac, 3),
-        else: wait_quiet(deadline, frac)
-    else
-      _ -> nil
-    end
-  end
-
-  # {idle + iowait, total} jiffies of all CPUs.
-  defp cpu_times do
-    with {:ok, stat} <- File.read("/proc/stat"),
-         ["cpu" | fields] <- stat |> String.split("\n") |> hd() |> String.split() do
-      values = Enum.map(fields, &String.to_integer/1)
-      {:ok, {Enum.at(values, 3) + Enum.at(values, 4), Enum.sum(values)}}
-    else
-      _ -> :error
-    end
   end
 
   defp bench_device do
