@@ -42,6 +42,11 @@ mx::array emlx_sigmoid(const mx::array &x, SD s);
 mx::array emlx_cbrt(const mx::array &x, SD s);
 mx::array emlx_erfc(const mx::array &x, SD s);
 
+// ---- correctly rounded float32 math on the GPU (kernels_gpu_math.cpp) ----
+mx::array gpu_precise_unary(const char *fn, const mx::array &x, SD s, mx::array (*fallback)(const mx::array &, SD));
+mx::array emlx_log(const mx::array &x, SD s);
+mx::array emlx_atan2(const mx::array &y, const mx::array &x, SD s);
+
 // ---- element-wise, types, reductions (kernels_elementwise.cpp) ----
 mx::array truthy(const mx::array &x, SD s);  // a bool tensor: x != 0
 mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d);

@@ -7,6 +7,7 @@
 #include <mlx/primitives.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <memory>
 
 namespace emlx {
@@ -51,11 +52,22 @@ double erfinv64(double y) {
   return x;
 }
 
+// Where long double is x87's 64-bit-mantissa format, log1p and cbrt are
+// computed in it and rounded once: glibc's double log1p and cbrt can be
+// 1 ulp off (log1p(2.0) is 1.0986122886681096, not log(3)'s ...098).
+#if LDBL_MANT_DIG == 64
+double precise_log1p(double v) { return static_cast<double>(std::log1p(static_cast<long double>(v))); }
+double precise_cbrt(double v) { return static_cast<double>(std::cbrt(static_cast<long double>(v))); }
+#else
+double precise_log1p(double v) { return std::log1p(v); }
+double precise_cbrt(double v) { return std::cbrt(v); }
+#endif
+
 double f64_apply(int fn, double v) {
   switch (fn) {
     case F64_EXP: return std::exp(v);
     case F64_EXPM1: return std::expm1(v);
-    case F64_LOG1P: return std::log1p(v);
+    case F64_LOG1P: return precise_log1p(v);
     case F64_SIN: return std::sin(v);
     case F64_COS: return std::cos(v);
     case F64_TAN: return std::tan(v);
@@ -71,7 +83,7 @@ double f64_apply(int fn, double v) {
     case F64_ERFC: return std::erfc(v);
     case F64_ERFINV: return erfinv64(v);
     case F64_SIGMOID: return 1.0 / (1.0 + std::exp(-v));
-    default: return std::cbrt(v);
+    default: return precise_cbrt(v);
   }
 }
 
