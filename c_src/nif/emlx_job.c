@@ -13,7 +13,8 @@ emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
   job->kind = kind;
   if (kind == EMLX_JOB_OP) job->op.out_dtype = -1;
   job->error_kind = EMLX_ERR_ARG;
-  if (kind != EMLX_JOB_FREE && kind != EMLX_JOB_STOP) {
+  /* Ops never reply (their results are arrays filled in place): no env. */
+  if (kind != EMLX_JOB_FREE && kind != EMLX_JOB_STOP && kind != EMLX_JOB_OP) {
     job->env = enif_alloc_env();
     if (!job->env) {
       enif_free(job);

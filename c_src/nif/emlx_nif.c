@@ -101,9 +101,29 @@ static ERL_NIF_TERM nif_queue_sync(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
 
 /* ---- ops ---- */
 
+/* Atoms are immediate terms, equal exactly when their values are: the op
+ * atoms sorted by value make the name lookup a binary search. */
+typedef struct {
+  ERL_NIF_TERM atom;
+  int index;
+} op_by_atom;
+static op_by_atom *ops_sorted;
+
+static int cmp_op_by_atom(const void *a, const void *b) {
+  ERL_NIF_TERM x = ((const op_by_atom *)a)->atom, y = ((const op_by_atom *)b)->atom;
+  return x < y ? -1 : x > y;
+}
+
 static int find_op(ERL_NIF_TERM name) {
-  for (int i = 0; i < op_count; i++)
-    if (enif_is_identical(name, op_atoms[i])) return i;
+  int lo = 0, hi = op_count - 1;
+  while (lo <= hi) {
+    int mid = (lo + hi) / 2;
+    if (ops_sorted[mid].atom == name) return ops_sorted[mid].index;
+    if (ops_sorted[mid].atom < name)
+      lo = mid + 1;
+    else
+      hi = mid - 1;
+  }
   return -1;
 }
 
@@ -541,6 +561,10 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   op_atoms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)op_count);
   if (!op_atoms) return 1;
   for (int i = 0; i < op_count; i++) op_atoms[i] = enif_make_atom(env, emlx_op_name(i));
+  ops_sorted = enif_alloc(sizeof(op_by_atom) * (size_t)op_count);
+  if (!ops_sorted) return 1;
+  for (int i = 0; i < op_count; i++) ops_sorted[i] = (op_by_atom){op_atoms[i], i};
+  qsort(ops_sorted, (size_t)op_count, sizeof(op_by_atom), cmp_op_by_atom);
   restore_sigchld();
   return 0;
 }
