@@ -242,7 +242,56 @@ static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
 
 /* ---- programs ---- */
 
-/* program_new(queue, [{op, args, out_type}], ninputs, out_slots) */
+/* Keeps sub-program q alive as long as program p. */
+static int keep_sub(emlx_program_res *p, emlx_program_res *q) {
+  emlx_program_res **subs = enif_realloc(p->subs, sizeof *subs * (size_t)(p->nsubs + 1));
+  if (!subs) return 0;
+  p->subs = subs;
+  enif_keep_resource(q);
+  p->subs[p->nsubs++] = q;
+  return 1;
+}
+
+/* A loop instruction's args: [state_slots, cond, cond_inputs, body, body_inputs]
+ * (see EMLX_OP_WHILE in emlx_shim.h). Returns NULL or what is wrong. */
+static const char *decode_while(ErlNifEnv *env, ERL_NIF_TERM list, emlx_program_res *p, emlx_instr *in, char *err,
+                                size_t errlen) {
+  unsigned len;
+  if (!enif_get_list_length(env, list, &len) || len != 5) return "a loop expects 5 arguments";
+  static const char kinds[] = {EMLX_ARG_INTS, EMLX_ARG_PROGRAM, EMLX_ARG_INTS, EMLX_ARG_PROGRAM, EMLX_ARG_INTS};
+  ERL_NIF_TERM head, tail = list;
+  for (int k = 0; k < 5; k++) {
+    enif_get_list_cell(env, tail, &head, &tail);
+    in->args[k].kind = kinds[k];
+    if (kinds[k] == EMLX_ARG_INTS) {
+      if (!emlx_decode_value(env, head, EMLX_ARG_INTS, &p->arena, &in->args[k], err, errlen)) return err;
+      continue;
+    }
+    emlx_program_res *q;
+    if (!enif_get_resource(env, head, emlx_program_type, (void **)&q) || !q->prog.instrs)
+      return "expected an EMLX program for a loop's condition and body";
+    if (q->owner->q != p->owner->q) return "a loop's programs run on the command queue of the loop";
+    if (!keep_sub(p, q)) return "out of memory";
+    in->args[k].u.prog = &q->prog;
+  }
+  int n = in->args[0].u.ints.n;
+  for (int j = 0; j < n; j++)
+    if (in->args[0].u.ints.v[j] < 0) return "a loop's state slots must be non-negative";
+  for (int k = 2; k <= 4; k += 2)
+    for (int j = 0; j < in->args[k].u.ints.n; j++)
+      if (in->args[k].u.ints.v[j] < -n) return "a loop input names a state element past the state";
+  const emlx_program *cond = in->args[1].u.prog, *body = in->args[3].u.prog;
+  if (cond->ninputs != in->args[2].u.ints.n || body->ninputs != in->args[4].u.ints.n)
+    return "a loop program's input count differs from its input list";
+  if (cond->nouts != 1 || body->nouts != n) return "a loop's condition returns 1 array and its body the state";
+  in->op = EMLX_OP_WHILE;
+  in->nargs = 5;
+  p->prog.plain = 1;
+  return NULL;
+}
+
+/* program_new(queue, [{op, args, out_type}], ninputs, out_slots); op may be
+ * :while, a loop (see decode_while) */
 static ERL_NIF_TERM nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   emlx_queue_res *qr;
@@ -261,28 +310,36 @@ static ERL_NIF_TERM nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM
   ERL_NIF_TERM term = enif_make_resource(env, p);
   enif_release_resource(p); /* the term owns it now; a raise below frees it */
 
-  p->instrs = enif_alloc(sizeof(emlx_instr) * (n ? n : 1));
-  p->out_slots = enif_alloc(sizeof(int) * (nouts ? nouts : 1));
-  if (!p->instrs || !p->out_slots) return emlx_raise_arg(env, "out of memory");
-  p->ninputs = ninputs;
+  emlx_program *prog = &p->prog;
+  prog->instrs = enif_alloc(sizeof(emlx_instr) * (n ? n : 1));
+  prog->out_slots = enif_alloc(sizeof(int) * (nouts ? nouts : 1));
+  if (!prog->instrs || !prog->out_slots) return emlx_raise_arg(env, "out of memory");
+  prog->ninputs = ninputs;
 
   ERL_NIF_TERM head, tail = argv[3];
   for (unsigned i = 0; i < nouts; i++) {
     enif_get_list_cell(env, tail, &head, &tail);
-    if (!enif_get_int(env, head, &p->out_slots[i]) || p->out_slots[i] < 0)
+    if (!enif_get_int(env, head, &prog->out_slots[i]) || prog->out_slots[i] < 0)
       return emlx_raise_arg(env, "output slots must be non-negative integers");
   }
-  p->nouts = (int)nouts;
+  prog->nouts = (int)nouts;
 
   tail = argv[1];
   char err[256];
   for (unsigned i = 0; i < n; i++) {
     int arity;
     const ERL_NIF_TERM *el;
-    emlx_instr *in = &p->instrs[i];
+    emlx_instr *in = &prog->instrs[i];
     enif_get_list_cell(env, tail, &head, &tail);
     if (!enif_get_tuple(env, head, &arity, &el) || arity != 3)
       return emlx_raise_arg(env, "instruction %u: expected {op, args, out_type}", i);
+    in->out_dtype = -1;
+    if (enif_is_identical(el[0], ATOM.while_)) {
+      const char *why = decode_while(env, el[1], p, in, err, sizeof err);
+      if (why) return emlx_raise_arg(env, "instruction %u (while): %s", i, why);
+      prog->ninstrs = (int)i + 1;
+      continue;
+    }
     in->op = find_op(el[0]);
     if (in->op < 0) return emlx_raise_arg(env, "instruction %u: unknown EMLX op %T", i, el[0]);
     const char *sig = emlx_op_signature(in->op);
@@ -290,7 +347,6 @@ static ERL_NIF_TERM nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     unsigned len;
     if (!enif_get_list_length(env, el[1], &len) || (int)len != nsig)
       return emlx_raise_arg(env, "instruction %u: op %s expects %d arguments", i, emlx_op_name(in->op), nsig);
-    in->out_dtype = -1;
     if (!enif_is_identical(el[2], ATOM.nil) && !emlx_decode_dtype(env, el[2], &in->out_dtype))
       return emlx_raise_arg(env, "instruction %u: the output type is not one MLX supports", i);
     ERL_NIF_TERM ah, at = el[1];
@@ -305,7 +361,7 @@ static ERL_NIF_TERM nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM
       }
     }
     in->nargs = nsig;
-    p->ninstrs = (int)i + 1;
+    prog->ninstrs = (int)i + 1;
   }
   return term;
 }
@@ -316,12 +372,12 @@ static ERL_NIF_TERM nif_program_run(ErlNifEnv *env, int argc, const ERL_NIF_TERM
   emlx_queue_res *qr;
   emlx_program_res *p;
   if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  if (!enif_get_resource(env, argv[1], emlx_program_type, (void **)&p) || !p->instrs)
+  if (!enif_get_resource(env, argv[1], emlx_program_type, (void **)&p) || !p->prog.instrs)
     return emlx_raise_arg(env, "expected an EMLX program");
   if (p->owner->q != qr->q) return emlx_raise_arg(env, "a program runs on the command queue it was made for");
   unsigned len;
-  if (!enif_get_list_length(env, argv[2], &len) || (int)len != p->ninputs)
-    return emlx_raise_arg(env, "the program expects %d inputs", p->ninputs);
+  if (!enif_get_list_length(env, argv[2], &len) || (int)len != p->prog.ninputs)
+    return emlx_raise_arg(env, "the program expects %d inputs", p->prog.ninputs);
   emlx_job *job = emlx_job_new(EMLX_JOB_PROGRAM, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
   job->program.res = p;

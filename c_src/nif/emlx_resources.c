@@ -32,10 +32,12 @@ static void program_dtor(ErlNifEnv *env, void *obj) {
   (void)env;
   emlx_program_res *p = obj;
   /* the compiled replay is dropped on its own thread */
-  if (p->compiled && p->owner) emlx_queue_free_later(p->owner->q, NULL, p->compiled);
-  if (p->instrs) enif_free(p->instrs);
-  if (p->out_slots) enif_free(p->out_slots);
+  if (p->prog.compiled && p->owner) emlx_queue_free_later(p->owner->q, NULL, p->prog.compiled);
+  if (p->prog.instrs) enif_free(p->prog.instrs);
+  if (p->prog.out_slots) enif_free(p->prog.out_slots);
   emlx_arena_free(&p->arena);
+  for (int i = 0; i < p->nsubs; i++) enif_release_resource(p->subs[i]);
+  if (p->subs) enif_free(p->subs);
   if (p->owner) enif_release_resource(p->owner);
 }
 
@@ -69,6 +71,7 @@ int emlx_resources_load(ErlNifEnv *env) {
   ATOM.cache_memory = A("cache_memory");
   ATOM.wait = A("wait");
   ATOM.pending = A("pending");
+  ATOM.while_ = A("while");
 #undef A
   return 0;
 }

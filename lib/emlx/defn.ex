@@ -102,7 +102,9 @@ defmodule EMLX.Defn do
 
   # A defn called while another is being recorded joins its program.
   defp inline(key, vars, fun, args, opts) do
-    eval = Nx.Defn.Evaluator.__compile__(key, vars, Callbacks.wrap(fun), evaluator_opts(opts))
+    eval =
+      Nx.Defn.Evaluator.__compile__(key, vars, Callbacks.wrap(fun, opts), evaluator_opts(opts))
+
     [result] = eval.([args])
     result
   end
@@ -127,16 +129,12 @@ defmodule EMLX.Defn do
   defp cache_value(plan, result), do: {:plan, plan, Composite.traverse(result, &Nx.to_template/1)}
 
   # Hooks (and runtime calls) receive tensors backed by real arrays.
-  defp evaluator_opts(opts) do
-    case Keyword.fetch(opts, :hooks) do
-      {:ok, hooks} -> [hooks: Map.new(hooks, fn {name, f} -> {name, Callbacks.realizing(f)} end)]
-      :error -> []
-    end
-  end
+  defp evaluator_opts(opts), do: Callbacks.evaluator_opts(opts)
 
   # Walks the expression with Nx's evaluator while EMLX.Backend records.
   defp record(vars, fun, args, opts, device, queue) do
-    eval = Nx.Defn.Evaluator.__compile__(nil, vars, Callbacks.wrap(fun), evaluator_opts(opts))
+    eval =
+      Nx.Defn.Evaluator.__compile__(nil, vars, Callbacks.wrap(fun, opts), evaluator_opts(opts))
 
     {{result, outputs}, rec} =
       Recorder.with_recorder(queue, device, fn ->
