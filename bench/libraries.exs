@@ -61,11 +61,16 @@ defmodule EMLXLibs do
   defp prepare(suite, mode, dir) do
     libs = env!("LIBS_DIR")
     src = Path.join(libs, suite)
-    File.exists?(Path.join(src, "mix.exs")) || raise "no checkout at #{src} (see bench/libraries.sh)"
+
+    File.exists?(Path.join(src, "mix.exs")) ||
+      raise "no checkout at #{src} (see bench/libraries.sh)"
+
     File.mkdir_p!(dir)
 
     # Everything but the build output is replaced by a fresh copy.
-    for entry <- File.ls!(dir), entry not in ["_build", "deps"], do: File.rm_rf!(Path.join(dir, entry))
+    for entry <- File.ls!(dir),
+        entry not in ["_build", "deps"],
+        do: File.rm_rf!(Path.join(dir, entry))
 
     if suite == "nx" do
       for entry <- ["test", "config", ".emlx_ref"],
@@ -73,7 +78,8 @@ defmodule EMLXLibs do
 
       File.write!(Path.join(dir, "mix.exs"), nx_suite_mix(deps(suite, mode)))
     else
-      for entry <- File.ls!(src), entry not in ["_build", "deps", "mix.lock"],
+      for entry <- File.ls!(src),
+          entry not in ["_build", "deps", "mix.lock"],
           do: File.cp_r!(Path.join(src, entry), Path.join(dir, entry))
 
       mix = File.read!(Path.join(dir, "mix.exs"))
@@ -169,7 +175,8 @@ defmodule EMLXLibs do
 
       tests =
         for {:test, mod, name, state, time, class, detail} <- terms, into: %{} do
-          {{inspect(mod), to_string(name)}, %{state: state, time: time, class: class, detail: detail}}
+          {{inspect(mod), to_string(name)},
+           %{state: state, time: time, class: class, detail: detail}}
         end
 
       module_failures =
