@@ -106,12 +106,12 @@ std::vector<mx::array> run_while(const emlx_stream &stream, const emlx_instr &in
     return v;
   };
   emlx_program *cond = in.args[1].u.prog, *body = in.args[3].u.prog;
-  for (;;) {
+  for (int64_t iter = 0;; iter++) {
     auto pred = run(stream, cond, inputs(in.args[2]), true);
     if (pred.size() != 1 || pred[0].size() != 1) throw arg_error("a loop condition must be one scalar");
     auto go = mx::not_equal(pred[0], mx::zeros({}, pred[0].dtype(), stream.s), stream.s);
-    std::vector<mx::array> all(state);
-    all.push_back(go);
+    std::vector<mx::array> all{go};
+    if (iter % 32 == 0) all.insert(all.end(), state.begin(), state.end());
     mx::eval(all);
     if (!go.item<bool>()) return state;
     auto next = run(stream, body, inputs(in.args[4]), true);
