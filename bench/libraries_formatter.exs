@@ -7,10 +7,16 @@
 # Each line is `{:test, module, name, state, time_us, class, detail}.` where
 # state is :passed, :failed, :skipped, :excluded or :invalid, class is a
 # short cause (nil when passed) and detail the first lines of the message.
-# An assertion that compares two tensor structs (`==`, `===`, a pattern)
-# which hold equal values, shapes and types is classed as
-# "idiom: == on tensor structs": the values agree and only the struct
-# (its backend data) differs, which only Nx.BinaryBackend makes equal.
+# Two idioms that hold only on Nx.BinaryBackend are classed apart:
+#
+#   * "idiom: == on tensor structs": an assertion (or a doctest) compares
+#     tensors, or structs and containers holding them, with `==`/`===`, and
+#     every tensor pair has equal shape, type, names and values: only the
+#     struct (its backend data) differs, which Nx.BinaryBackend alone makes
+#     equal;
+#   * "idiom: tensor captured by a jit closure": Nx refuses to inline a
+#     tensor of another backend than Nx.BinaryBackend into a defn
+#     expression (Nx.Defn.IncompatibleBackendsError).
 
 defmodule EMLXLibs.Formatter do
   @moduledoc false
@@ -84,6 +90,13 @@ defmodule EMLXLibs.Formatter do
   end
 
   defp classify(:error, %ExUnit.TimeoutError{}), do: "timeout (ExUnit per-test limit)"
+
+  defp classify(:error, %{__struct__: Nx.Defn.IncompatibleBackendsError} = e) do
+    if msg(e) =~ "Nx.Defn.Expr and",
+      do: "idiom: tensor captured by a jit closure",
+      else: "Nx.Defn.IncompatibleBackendsError: " <> msg(e)
+  end
+
   defp classify(:error, %{__exception__: true} = e), do: inspect(e.__struct__) <> ": " <> msg(e)
   defp classify(:exit, {:timeout, _}), do: "exit: timeout"
   defp classify(kind, reason), do: "#{kind}: " <> String.slice(inspect(reason, limit: 5), 0, 120)
@@ -108,11 +121,11 @@ defmodule EMLXLibs.Formatter do
   defp has_tensor?(%Nx.Tensor{}), do: true
   defp has_tensor?(t) when is_tuple(t), do: t |> Tuple.to_list() |> Enum.any?(&has_tensor?/1)
   defp has_tensor?(l) when is_list(l), do: Enum.any?(l, &has_tensor?/1)
-
-  defp has_tensor?(%{} = m) when not is_struct(m),
-    do: m |> Map.values() |> Enum.any?(&has_tensor?/1)
-
+  defp has_tensor?(%{} = m), do: m |> fields() |> Map.values() |> Enum.any?(&has_tensor?/1)
   defp has_tensor?(_), do: false
+
+  defp fields(%{__struct__: _} = s), do: Map.from_struct(s)
+  defp fields(m), do: m
 
   defp same_values?(%Nx.Tensor{} = a, %Nx.Tensor{} = b) do
     a.shape == b.shape and a.type == b.type and a.names == b.names and
@@ -125,8 +138,11 @@ defmodule EMLXLibs.Formatter do
   defp same_values?(a, b) when is_list(a) and is_list(b) and length(a) == length(b),
     do: Enum.zip(a, b) |> Enum.all?(fn {x, y} -> same_values?(x, y) end)
 
-  defp same_values?(%{} = a, %{} = b) when not is_struct(a) and not is_struct(b),
-    do: Map.keys(a) == Map.keys(b) and Enum.all?(a, fn {k, v} -> same_values?(v, b[k]) end)
+  defp same_values?(%{} = a, %{} = b) do
+    Map.get(a, :__struct__) == Map.get(b, :__struct__) and
+      Map.keys(fields(a)) == Map.keys(fields(b)) and
+      Enum.all?(fields(a), fn {k, v} -> same_values?(v, Map.fetch!(fields(b), k)) end)
+  end
 
   defp same_values?(a, b), do: a == b
 end
