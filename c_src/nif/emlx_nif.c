@@ -252,15 +252,14 @@ static int keep_sub(emlx_program_res *p, emlx_program_res *q) {
   return 1;
 }
 
-/* A loop instruction's args: [state_slots, cond, cond_inputs, body, body_inputs]
- * (see EMLX_OP_WHILE in emlx_shim.h). Returns NULL or what is wrong. */
-static const char *decode_while(ErlNifEnv *env, ERL_NIF_TERM list, emlx_program_res *p, emlx_instr *in, char *err,
-                                size_t errlen) {
-  unsigned len;
-  if (!enif_get_list_length(env, list, &len) || len != 5) return "a loop expects 5 arguments";
-  static const char kinds[] = {EMLX_ARG_INTS, EMLX_ARG_PROGRAM, EMLX_ARG_INTS, EMLX_ARG_PROGRAM, EMLX_ARG_INTS};
+/* Decodes a control instruction's args of the given kinds: programs ('p')
+ * of this queue, kept by p, and lists of integers ('I'). NULL or what is wrong. */
+static const char *decode_control(ErlNifEnv *env, ERL_NIF_TERM list, const char *kinds, emlx_program_res *p,
+                                  emlx_instr *in, char *err, size_t errlen) {
+  unsigned len, n = (unsigned)strlen(kinds);
+  if (!enif_get_list_length(env, list, &len) || len != n) return "wrong number of arguments";
   ERL_NIF_TERM head, tail = list;
-  for (int k = 0; k < 5; k++) {
+  for (unsigned k = 0; k < n; k++) {
     enif_get_list_cell(env, tail, &head, &tail);
     in->args[k].kind = kinds[k];
     if (kinds[k] == EMLX_ARG_INTS) {
@@ -269,11 +268,22 @@ static const char *decode_while(ErlNifEnv *env, ERL_NIF_TERM list, emlx_program_
     }
     emlx_program_res *q;
     if (!enif_get_resource(env, head, emlx_program_type, (void **)&q) || !q->prog.instrs)
-      return "expected an EMLX program for a loop's condition and body";
-    if (q->owner->q != p->owner->q) return "a loop's programs run on the command queue of the loop";
+      return "expected an EMLX program";
+    if (q->owner->q != p->owner->q) return "its programs must run on the command queue of the program";
     if (!keep_sub(p, q)) return "out of memory";
     in->args[k].u.prog = &q->prog;
   }
+  in->nargs = (int)n;
+  p->prog.plain = 1;
+  return NULL;
+}
+
+/* A loop: [state_slots, cond, cond_inputs, body, body_inputs] (see
+ * EMLX_OP_WHILE in emlx_shim.h). Returns NULL or what is wrong. */
+static const char *decode_while(ErlNifEnv *env, ERL_NIF_TERM list, emlx_program_res *p, emlx_instr *in, char *err,
+                                size_t errlen) {
+  const char *why = decode_control(env, list, "IpIpI", p, in, err, errlen);
+  if (why) return why;
   int n = in->args[0].u.ints.n;
   for (int j = 0; j < n; j++)
     if (in->args[0].u.ints.v[j] < 0) return "a loop's state slots must be non-negative";
@@ -285,13 +295,29 @@ static const char *decode_while(ErlNifEnv *env, ERL_NIF_TERM list, emlx_program_
     return "a loop program's input count differs from its input list";
   if (cond->nouts != 1 || body->nouts != n) return "a loop's condition returns 1 array and its body the state";
   in->op = EMLX_OP_WHILE;
-  in->nargs = 5;
-  p->prog.plain = 1;
+  return NULL;
+}
+
+/* A cond: [pred, pred_inputs, then, then_inputs, else, else_inputs] (see
+ * EMLX_OP_COND in emlx_shim.h). Returns NULL or what is wrong. */
+static const char *decode_cond(ErlNifEnv *env, ERL_NIF_TERM list, emlx_program_res *p, emlx_instr *in, char *err,
+                               size_t errlen) {
+  const char *why = decode_control(env, list, "pIpIpI", p, in, err, errlen);
+  if (why) return why;
+  for (int k = 1; k <= 5; k += 2) {
+    if (in->args[k - 1].u.prog->ninputs != in->args[k].u.ints.n)
+      return "a cond program's input count differs from its input list";
+    for (int j = 0; j < in->args[k].u.ints.n; j++)
+      if (in->args[k].u.ints.v[j] < 0) return "a cond's input slots must be non-negative";
+  }
+  if (in->args[0].u.prog->nouts != 1) return "a cond's predicate returns 1 array";
+  if (in->args[2].u.prog->nouts != in->args[4].u.prog->nouts) return "a cond's branches return as many arrays";
+  in->op = EMLX_OP_COND;
   return NULL;
 }
 
 /* program_new(queue, [{op, args, out_type}], ninputs, out_slots); op may be
- * :while, a loop (see decode_while) */
+ * :while, a loop (see decode_while), or :cond (decode_cond) */
 static ERL_NIF_TERM nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   emlx_queue_res *qr;
@@ -334,9 +360,11 @@ static ERL_NIF_TERM nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     if (!enif_get_tuple(env, head, &arity, &el) || arity != 3)
       return emlx_raise_arg(env, "instruction %u: expected {op, args, out_type}", i);
     in->out_dtype = -1;
-    if (enif_is_identical(el[0], ATOM.while_)) {
-      const char *why = decode_while(env, el[1], p, in, err, sizeof err);
-      if (why) return emlx_raise_arg(env, "instruction %u (while): %s", i, why);
+    if (enif_is_identical(el[0], ATOM.while_) || enif_is_identical(el[0], ATOM.cond)) {
+      int loop = enif_is_identical(el[0], ATOM.while_);
+      const char *why = loop ? decode_while(env, el[1], p, in, err, sizeof err)
+                             : decode_cond(env, el[1], p, in, err, sizeof err);
+      if (why) return emlx_raise_arg(env, "instruction %u (%s): %s", i, loop ? "while" : "cond", why);
       prog->ninstrs = (int)i + 1;
       continue;
     }

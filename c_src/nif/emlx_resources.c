@@ -72,6 +72,7 @@ int emlx_resources_load(ErlNifEnv *env) {
   ATOM.wait = A("wait");
   ATOM.pending = A("pending");
   ATOM.while_ = A("while");
+  ATOM.cond = A("cond");
 #undef A
   return 0;
 }

@@ -14,7 +14,7 @@
 typedef struct {
   ERL_NIF_TERM ok, error, nil, true_, false_, cpu, gpu, mlx, argument, nan, infinity, neg_infinity,
       already_deallocated, bool_, exception, struct_, message, argument_error,
-      active_memory, peak_memory, cache_memory, wait, pending, while_;
+      active_memory, peak_memory, cache_memory, wait, pending, while_, cond;
 } emlx_atoms;
 extern emlx_atoms ATOM;
 

@@ -16,6 +16,7 @@ namespace {
 
 std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std::vector<mx::array> &in, bool compile);
 std::vector<mx::array> run_while(const emlx_stream &stream, const emlx_instr &in, const std::vector<emlx_arr> &slots);
+std::vector<mx::array> run_cond(const emlx_stream &stream, const emlx_instr &in, const std::vector<emlx_arr> &slots);
 
 // Runs the instructions over slots (the inputs first, then every
 // instruction's results in turn) and returns the arrays of out_slots.
@@ -26,8 +27,9 @@ std::vector<mx::array> replay(const emlx_stream &stream, const emlx_instr *instr
   for (auto &a : inputs) slots.emplace_back(a);
   for (int i = 0; i < ninstrs; i++) {
     const emlx_instr &in = instrs[i];
-    if (in.op == EMLX_OP_WHILE) {
-      for (auto &r : run_while(stream, in, slots)) slots.emplace_back(std::move(r));
+    if (in.op == EMLX_OP_WHILE || in.op == EMLX_OP_COND) {
+      auto results = in.op == EMLX_OP_WHILE ? run_while(stream, in, slots) : run_cond(stream, in, slots);
+      for (auto &r : results) slots.emplace_back(std::move(r));
       continue;
     }
     emlx_arg args[EMLX_MAX_ARGS];
@@ -118,6 +120,26 @@ std::vector<mx::array> run_while(const emlx_stream &stream, const emlx_instr &in
     if (next.size() != state.size()) throw arg_error("a loop body must return the whole state");
     state = std::move(next);
   }
+}
+
+// A branch: the predicate is evaluated and read here, then only the program
+// of the branch taken runs.
+std::vector<mx::array> run_cond(const emlx_stream &stream, const emlx_instr &in, const std::vector<emlx_arr> &slots) {
+  auto inputs = [&](const emlx_arg &list) {
+    std::vector<mx::array> v;
+    for (int j = 0; j < list.u.ints.n; j++) {
+      int64_t k = list.u.ints.v[j];
+      if (k < 0 || k >= static_cast<int64_t>(slots.size())) throw arg_error("cond slot out of range");
+      v.push_back(slots[k].a);
+    }
+    return v;
+  };
+  auto pred = run(stream, in.args[0].u.prog, inputs(in.args[1]), true);
+  if (pred.size() != 1 || pred[0].size() != 1) throw arg_error("a cond predicate must be one scalar");
+  auto go = mx::not_equal(pred[0], mx::zeros({}, pred[0].dtype(), stream.s), stream.s);
+  mx::eval(go);
+  int k = go.item<bool>() ? 2 : 4;
+  return run(stream, in.args[k].u.prog, inputs(in.args[k + 1]), true);
 }
 
 }  // namespace

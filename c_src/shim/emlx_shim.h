@@ -124,8 +124,14 @@ const char *emlx_last_error(void);
  * The condition returns one scalar, the body the n arrays of the next
  * state; the instruction's n results are the state once the condition is
  * zero.
+ *
+ * And op EMLX_OP_COND, a branch: its args 'p' the predicate program, 'I'
+ * its input slots, 'p' the program run when the predicate is not zero, 'I'
+ * its input slots, 'p' the program run otherwise, 'I' its input slots. Its
+ * results are those of the branch run (the two return as many arrays).
  */
 #define EMLX_OP_WHILE (-2)
+#define EMLX_OP_COND (-3)
 
 typedef struct {
   int op;

@@ -149,8 +149,8 @@ defmodule EMLX.DefnLoopTest do
       :telemetry.attach(
         id,
         [:emlx, :to_binary, :stop],
-        fn _, _, _, _ -> send(test, :read_back) end,
-        nil
+        Function.capture(__MODULE__, :read_back, 4),
+        test
       )
 
       on_exit(fn -> :telemetry.detach(id) end)

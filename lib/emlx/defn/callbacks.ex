@@ -18,7 +18,9 @@ defmodule EMLX.Defn.Callbacks do
   """
   def wrap(fun, opts) do
     fn vars ->
-      {expr, _seen} = Composite.traverse(fun.(vars), %{}, &rewrite(&1, &2, opts))
+      expr = fun.(vars)
+      opts = Keyword.put(opts, :emlx_scope, Tree.scope_ids(expr))
+      {expr, _seen} = Composite.traverse(expr, %{}, &rewrite(&1, &2, opts))
       expr
     end
   end
@@ -63,16 +65,33 @@ defmodule EMLX.Defn.Callbacks do
 
   defp rewrite(other, seen, _opts), do: {other, seen}
 
-  # A loop's condition and body are rewritten when the loop runs.
+  # A loop's condition and body are rewritten when the loop runs, a cond's
+  # predicates and branches when it runs (each as a scope of its own).
   defp rewrite_node(%T{data: %Expr{op: :while, args: [initial | _]}} = t, seen, opts) do
     {initial, seen} = Composite.traverse(initial, seen, &rewrite(&1, &2, opts))
-    {EMLX.Defn.Loop.rewrite(t, initial, opts), seen}
+    {EMLX.Defn.Loop.rewrite(t, initial, compiler_opts(opts)), seen}
   end
 
-  defp rewrite_node(t, seen, opts) do
+  defp rewrite_node(%T{data: %Expr{op: :cond, id: id}} = t, seen, opts) do
+    scope = Keyword.fetch!(opts, :emlx_scope)
+
+    with true <- Map.has_key?(scope, id),
+         {done, seen} <-
+           EMLX.Defn.Cond.rewrite(t, scope, compiler_opts(opts), seen, &rewrite(&1, &2, opts)) do
+      {done, seen}
+    else
+      _ -> rewrite_args(t, seen, opts)
+    end
+  end
+
+  defp rewrite_node(t, seen, opts), do: rewrite_args(t, seen, opts)
+
+  defp rewrite_args(t, seen, opts) do
     {args, seen} = Tree.apply_args(t, :all, seen, &rewrite(&1, &2, opts))
     {put_in(t.data.args, callbacks(t.data.op, args)), seen}
   end
+
+  defp compiler_opts(opts), do: Keyword.delete(opts, :emlx_scope)
 
   defp callbacks(:hook, [expr, spec, template, ref]), do: [expr, spec(spec), template, ref]
 

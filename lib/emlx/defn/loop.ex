@@ -24,7 +24,7 @@ defmodule EMLX.Defn.Loop do
   # first one's plan reused when it has one, and the state between
   # iterations is the only thing kept.
 
-  alias EMLX.Defn.{Callbacks, Recorder, Select}
+  alias EMLX.Defn.{Recorder, Select, Sub}
   alias Nx.Defn.Composite
   alias Nx.Tensor, as: T
 
@@ -45,60 +45,18 @@ defmodule EMLX.Defn.Loop do
     handles = Enum.map(flat(state), &EMLX.Backend.ref_on(&1, device, queue))
 
     final =
-      with {:ok, cond} <- static(pred, templates, opts, device, queue),
-           {:ok, body} <- static(block, templates, opts, device, queue) do
+      with {:ok, cond} <- Sub.static(Select.lower(pred), templates, opts),
+           {:ok, body} <- Sub.static(Select.lower(block), templates, opts) do
         Recorder.record_while(handles, cond, body)
       else
         :dynamic -> from_beam(handles, templates, pred, block, opts, device, queue)
       end
 
-    tensors =
-      Enum.zip_with(templates, final, fn t, h ->
-        %{t | data: EMLX.Backend.data(h, device, queue)}
-      end)
-
-    case arg do
-      %T{} -> hd(tensors)
-      _ -> List.to_tuple(tensors)
-    end
+    Sub.tensors(templates, final, arg)
   end
 
   defp flat(%T{} = t), do: [t]
   defp flat(tuple) when is_tuple(tuple), do: Tuple.to_list(tuple)
-
-  # The expression `expr` over the loop state, recorded as a program of its
-  # own: {:ok, plan} or :dynamic when it needs data while recording.
-  defp static(expr, templates, opts, device, queue) do
-    expr = Select.lower(expr)
-    eval = evaluator(expr, opts)
-
-    Recorder.static(fn ->
-      params =
-        templates
-        |> Enum.with_index()
-        |> Enum.map(fn {t, p} ->
-          fn -> %{t | data: EMLX.Backend.data({:emlx_param, p}, device, queue)} end
-        end)
-
-      [result] = eval.([params])
-      handles(result, device, queue)
-    end)
-  end
-
-  defp evaluator(expr, opts) do
-    Nx.Defn.Evaluator.__compile__(
-      nil,
-      nil,
-      Callbacks.wrap(fn _ -> expr end, opts),
-      Callbacks.evaluator_opts(opts)
-    )
-  end
-
-  defp handles(result, device, queue) do
-    [result]
-    |> Composite.flatten_list()
-    |> Enum.map(&EMLX.Backend.ref_on(&1, device, queue))
-  end
 
   # The loop driven from the BEAM: real arrays in, real arrays out.
   defp from_beam(handles, templates, pred, block, opts, device, queue) do
@@ -123,7 +81,7 @@ defmodule EMLX.Defn.Loop do
   # result arrays and the function for the next iteration: the recording's
   # plan when it had one (one NIF call from then on), else a new recording.
   defp step(expr, templates, opts, device, queue) do
-    eval = evaluator(expr, opts)
+    eval = Sub.evaluator(expr, opts)
 
     fn state ->
       {outs, rec} =
@@ -134,7 +92,7 @@ defmodule EMLX.Defn.Loop do
             end
 
           [result] = eval.([params])
-          handles(result, device, queue)
+          Sub.handles(result, device, queue)
         end)
 
       {refs, plan} = Recorder.finish(rec, outs)

@@ -22,7 +22,8 @@ defmodule EMLX.Defn.Recorder do
   # A `while` records as one loop instruction (see EMLX.Defn.Loop): its
   # condition and body are recorded beforehand by `static/1`, each as a
   # program of its own over the loop state, which must need no data while
-  # recording (a flush there throws, and the loop runs from the BEAM).
+  # recording (a flush there throws, and the loop runs from the BEAM). A
+  # `cond` records as one cond instruction the same way (EMLX.Defn.Cond).
 
   alias EMLX.{NIF, Worker}
 
@@ -214,7 +215,12 @@ defmodule EMLX.Defn.Recorder do
       {syms, rec} = Enum.map_reduce(outputs, rec, &translate/2)
 
       {:ok,
-       %{program: program(rec, syms), sources: Enum.reverse(rec.sources), no_plan?: rec.no_plan?}}
+       %{
+         program: program(rec, syms),
+         sources: Enum.reverse(rec.sources),
+         nouts: length(syms),
+         no_plan?: rec.no_plan?
+       }}
     catch
       :throw, :emlx_dynamic -> :dynamic
     after
@@ -244,6 +250,37 @@ defmodule EMLX.Defn.Recorder do
 
     slots
   end
+
+  @doc """
+  Records a cond over the handles `inputs`: the plans of `static/1` for
+  its predicate, the branch taken when it is not zero and the other one,
+  each over parameters standing for `inputs`. Returns the placeholders of
+  its results.
+  """
+  def record_cond(inputs, pred, then, otherwise) do
+    inputs = List.to_tuple(inputs)
+    rec = Process.get(@key)
+    {pred_in, rec} = Enum.map_reduce(pred.sources, rec, &cond_input(&1, &2, inputs))
+    {then_in, rec} = Enum.map_reduce(then.sources, rec, &cond_input(&1, &2, inputs))
+    {else_in, rec} = Enum.map_reduce(otherwise.sources, rec, &cond_input(&1, &2, inputs))
+    n = then.nouts
+    slots = Enum.map(rec.nouts..(rec.nouts + n - 1)//1, &{:emlx_slot, rec.segment, {:out, &1}})
+
+    instr =
+      {:cond, [pred.program, pred_in, then.program, then_in, otherwise.program, else_in], nil}
+
+    Process.put(@key, %{
+      rec
+      | instrs: [instr | rec.instrs],
+        nouts: rec.nouts + n,
+        no_plan?: rec.no_plan? or pred.no_plan? or then.no_plan? or otherwise.no_plan?
+    })
+
+    slots
+  end
+
+  defp cond_input({:param, p}, rec, inputs), do: translate(elem(inputs, p), rec)
+  defp cond_input({:const, ref}, rec, _inputs), do: translate(ref, rec)
 
   # A loop program's input: an element of the loop's state, or an array of
   # the enclosing recording.
@@ -295,6 +332,17 @@ defmodule EMLX.Defn.Recorder do
           {:while,
            [Enum.map(init, slot), cond, Enum.map(cond_in, input), body, Enum.map(body_in, input)],
            nil}
+
+        {:cond, [pred, pred_in, then, then_in, otherwise, else_in], nil} ->
+          {:cond,
+           [
+             pred,
+             Enum.map(pred_in, slot),
+             then,
+             Enum.map(then_in, slot),
+             otherwise,
+             Enum.map(else_in, slot)
+           ], nil}
 
         {op, args, out_type} ->
           {op, Enum.map(args, &renumber(&1, slot)), out_type}
