@@ -64,6 +64,12 @@ defmodule EMLX.DefnCondTest do
     acc
   end
 
+  defn branch_reads_loop_result(x) do
+    {i, acc} = while({i = 0, acc = x}, i < 3, do: {i + 1, acc * 2})
+    y = i + 1
+    if y > 2, do: acc + y, else: acc
+  end
+
   defn hook_in_branch(x) do
     if Nx.sum(x) > 0, do: hook(x + 1, :taken), else: hook(x - 1, :other)
   end
@@ -90,6 +96,10 @@ defmodule EMLX.DefnCondTest do
 
   test "nested conds" do
     for x <- [[1.0, 2.0], [1.0, 9.0], [-4.0, 1.0]], do: same(&nested/1, [x])
+  end
+
+  test "a branch reads one result of a loop whose other result the scope reads" do
+    same(&branch_reads_loop_result/1, [[1.0, 2.0]])
   end
 
   test "a loop inside a branch inside a loop" do

@@ -97,8 +97,9 @@ defmodule EMLX.Defn.Cond do
   defp dynamic([], last, inputs, opts), do: Sub.inline(last, inputs, opts)
 
   # The expressions of the scope the branches read: where a walk from the
-  # branches (and predicates) meets an id of the scope, and every parameter.
-  # Constants stay in.
+  # branches (and predicates) meets an id of the scope (for a tuple, such
+  # as a loop's results, the element read), and every parameter. Constants
+  # stay in.
   defp free_vars(exprs, scope) do
     {_, free} = Enum.reduce(exprs, {%{}, []}, &walk(&1, &2, scope))
     Enum.reverse(free)
@@ -114,6 +115,10 @@ defmodule EMLX.Defn.Cond do
 
       # a parameter is read by position, so it always comes in
       Map.has_key?(scope, id) or op == :parameter ->
+        {Map.put(seen, id, true), [t | free]}
+
+      # an element of a tuple (a loop's, a cond's) the scope computes
+      op == :elem and Map.has_key?(scope, hd(t.data.args).data.id) ->
         {Map.put(seen, id, true), [t | free]}
 
       true ->
