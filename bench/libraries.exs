@@ -8,8 +8,9 @@
 # Mix can build offline: its dependencies become path dependencies (Nx,
 # complex and telemetry from EMLX_DEPS_PATH, the others from LIBS_DIR), and
 # its test/test_helper.exs gets a prelude that installs the result
-# formatter (bench/libraries_formatter.exs) and, in MODE `emlx`, makes
-# EMLX the global default backend and defn compiler:
+# formatter (bench/libraries_formatter.exs); bench/libraries_run.exs then
+# runs the suite and, in MODE `emlx`, makes EMLX the global default backend
+# and defn compiler once the test files are loaded:
 #
 #     Nx.global_default_backend(EMLX.Backend)
 #     Nx.Defn.global_default_options(compiler: EMLX)
@@ -73,7 +74,7 @@ defmodule EMLXLibs do
         do: File.rm_rf!(Path.join(dir, entry))
 
     if suite == "nx" do
-      for entry <- ["test", "config", ".emlx_ref"],
+      for entry <- ["test", "config", "guides", ".emlx_ref"],
           do: File.cp_r!(Path.join(src, entry), Path.join(dir, entry))
 
       File.write!(Path.join(dir, "mix.exs"), nx_suite_mix(deps(suite, mode)))
@@ -91,6 +92,39 @@ defmodule EMLXLibs do
 
     helper = Path.join(dir, "test/test_helper.exs")
     File.write!(helper, prelude(mode) <> File.read!(helper))
+    if mode == "emlx", do: test_backend_switch(dir)
+  end
+
+  # Polaris and Axon set each test's backend and compiler in their test
+  # support (`test_backend/0`, `test_compiler/0`, which pick EXLA or Torchx
+  # by environment variable, else Nx.BinaryBackend and Nx.Defn.Evaluator):
+  # in mode emlx, the fallback is EMLX.Backend and EMLX. Writes the files
+  # changed to DIR/.emlx_switched.
+  defp test_backend_switch(dir) do
+    switched =
+      for file <- Path.wildcard(Path.join(dir, "test/support/**/*.ex")),
+          source = File.read!(file),
+          new = switch(source),
+          new != source do
+        File.write!(file, new)
+        Path.relative_to(file, dir)
+      end
+
+    File.write!(Path.join(dir, ".emlx_switched"), Enum.join(switched, ","))
+  end
+
+  defp switch(source) do
+    source
+    |> then(
+      &Regex.replace(~r/def test_compiler do\n.*?\n  end\n/s, &1, fn body ->
+        String.replace(body, "Nx.Defn.Evaluator", "EMLX")
+      end)
+    )
+    |> then(
+      &Regex.replace(~r/def test_backend do\n.*?\n  end\n/s, &1, fn body ->
+        String.replace(body, "Nx.BinaryBackend", "EMLX.Backend")
+      end)
+    )
   end
 
   defp deps(suite, mode) do
@@ -132,22 +166,12 @@ defmodule EMLXLibs do
   defp prelude(mode) do
     formatter = Path.join(env!("EMLX_ROOT"), "bench/libraries_formatter.exs")
 
-    emlx =
-      if mode == "emlx" do
-        """
-        {:ok, _} = Application.ensure_all_started(:emlx)
-        Nx.global_default_backend(EMLX.Backend)
-        Nx.Defn.global_default_options(compiler: EMLX)
-        """
-      else
-        ""
-      end
-
     """
-    # bench/libraries.sh (#{mode}): the result formatter#{if mode == "emlx", do: ", EMLX as the defaults", else: ""}.
+    # bench/libraries.sh (#{mode}): the result formatter. In mode emlx,
+    # bench/libraries_run.exs makes EMLX the defaults once the test files are loaded.
     Code.require_file(#{inspect(formatter)})
     EMLXLibs.Formatter.install()
-    #{emlx}# ---- upstream test_helper.exs ----
+    # ---- upstream test_helper.exs ----
     """
   end
 
@@ -174,9 +198,9 @@ defmodule EMLXLibs do
       meta = read_meta(base <> ".meta")
 
       tests =
-        for {:test, mod, name, state, time, class, detail} <- terms, into: %{} do
+        for {:test, mod, name, state, time, class, detail, file} <- terms, into: %{} do
           {{inspect(mod), to_string(name)},
-           %{state: state, time: time, class: class, detail: detail}}
+           %{state: state, time: time, class: class, detail: detail, file: file}}
         end
 
       module_failures =
@@ -218,7 +242,9 @@ defmodule EMLXLibs do
       finished: run.finished,
       seconds: run.meta["seconds"] && String.to_integer(run.meta["seconds"]),
       exit: run.meta["exit"],
-      ref: run.meta["ref"]
+      ref: run.meta["ref"],
+      switched: run.meta["switched"],
+      attr_files: run.meta["attr_files"] && String.to_integer(run.meta["attr_files"])
     }
   end
 
@@ -307,11 +333,32 @@ defmodule EMLXLibs do
               if(g.count > 4, do: "; …", else: "") <> "\n"
           end
 
+        attrs =
+          case r.emlx do
+            %{attr_files: n} when is_integer(n) and n > 0 ->
+              "#{n} test files put Nx tensors in module attributes (compiled on Nx.BinaryBackend).\n\n"
+
+            _ ->
+              ""
+          end
+
+        attrs =
+          case r.emlx do
+            %{switched: files} when files not in [nil, ""] ->
+              attrs <>
+                "The suite sets each test's backend and compiler in `#{files}` " <>
+                "(`test_backend/0`, `test_compiler/0`); on EMLX they return " <>
+                "`EMLX.Backend` and `EMLX` instead of Nx.BinaryBackend and Nx.Defn.Evaluator.\n\n"
+
+            _ ->
+              attrs
+          end
+
         """
 
         ### #{r.suite}
 
-        Failing on EMLX only, by cause:
+        #{attrs}Failing on EMLX only, by cause:
 
         #{if causes == [], do: "none\n", else: Enum.join(causes)}
         BinaryBackend-only test idioms (failing on EMLX only; not EMLX's):
@@ -326,11 +373,16 @@ defmodule EMLXLibs do
 
     Generated by `bash bench/libraries.sh` (see its header). Each suite ran
     twice: with its upstream defaults, and with `EMLX.Backend` as the global
-    default backend and `EMLX` as the global default `defn` compiler.
+    default backend and `EMLX` as the global default `defn` compiler, set
+    once the test files are compiled (tensors in module attributes are then
+    Nx.BinaryBackend tensors; with EMLX the default while compiling, a file
+    with one does not compile: an MLX array cannot be escaped into code).
     "passed/total"; a run stopped by its time limit shows how many tests it
     reached. The last two columns count tests that pass upstream and fail on
     EMLX: for a cause that is EMLX's, or for a test idiom that holds only on
-    Nx.BinaryBackend (comparing tensor structs with `==`).
+    Nx.BinaryBackend (tensor structs compared with `==`, structs holding
+    them compared so, tensors of another backend captured by a `jit`
+    closure).
 
     | suite | upstream defaults | on EMLX | EMLX-only failures | BinaryBackend idioms |
     |---|---|---|---|---|

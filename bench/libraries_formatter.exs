@@ -4,9 +4,10 @@
 # test_helper.exs prelude that bench/libraries.exs writes into each library
 # copy; it is never part of EMLX itself.
 #
-# Each line is `{:test, module, name, state, time_us, class, detail}.` where
-# state is :passed, :failed, :skipped, :excluded or :invalid, class is a
-# short cause (nil when passed) and detail the first lines of the message.
+# Each line is `{:test, module, name, state, time_us, class, detail, file}.`
+# where state is :passed, :failed, :skipped, :excluded or :invalid, class is
+# a short cause (nil when passed), detail the first lines of the message and
+# file the test file, relative to the project.
 # Two idioms that hold only on Nx.BinaryBackend are classed apart:
 #
 #   * "idiom: == on tensor structs": an assertion (or a doctest) compares
@@ -43,7 +44,8 @@ defmodule EMLXLibs.Formatter do
   @impl true
   def handle_cast({:test_finished, %ExUnit.Test{} = test}, io) do
     {state, class, detail} = describe(test.state)
-    write(io, {:test, test.module, test.name, state, test.time, class, detail})
+    file = test.tags[:file] && Path.relative_to_cwd(test.tags[:file])
+    write(io, {:test, test.module, test.name, state, test.time, class, detail, file})
     {:noreply, io}
   end
 
