@@ -73,6 +73,27 @@ defmodule EMLX.DefnTest do
     end
   end
 
+  defn reduce_with(t, fun), do: Nx.reduce(t, 1, [axes: [1]], fun)
+  defn window_reduce_with(t), do: Nx.window_reduce(t, 0, {2}, fn x, acc -> max(x, acc) * 1 end)
+
+  # Inside defn, Nx's evaluator hands reduce a closure over a body traced
+  # with scalars (issue 14: Nx's own suite, "window reduce" and "calls
+  # external anonymous function via reduce").
+  describe "reduce and window_reduce with a function inside defn" do
+    test "on the eager evaluator and the compiler" do
+      x = Nx.backend_copy(Nx.tensor([[1, 2, 3], [4, 5, 6]], type: :s32), EMLX.Backend)
+      w = Nx.backend_copy(Nx.tensor([1, 5, 3]), EMLX.Backend)
+      product = fn t -> reduce_with(t, &Nx.add(Nx.multiply(&1, &2), 0)) end
+      sum = fn t -> reduce_with(t, &Nx.add/2) end
+
+      for compiler <- [Nx.Defn.Evaluator, EMLX] do
+        assert Nx.to_list(Nx.Defn.jit(product, compiler: compiler).(x)) == [6, 120]
+        assert Nx.to_list(Nx.Defn.jit(sum, compiler: compiler).(x)) == [7, 16]
+        assert Nx.to_list(Nx.Defn.jit(&window_reduce_with/1, compiler: compiler).(w)) == [5, 5]
+      end
+    end
+  end
+
   describe "caching" do
     test "Nx.Defn.compile, default options and the application config" do
       compiled =
