@@ -95,11 +95,16 @@ defmodule EMLXLibs do
     if mode == "emlx", do: test_backend_switch(dir)
   end
 
-  # Polaris and Axon set each test's backend and compiler in their test
-  # support (`test_backend/0`, `test_compiler/0`, which pick EXLA or Torchx
-  # by environment variable, else Nx.BinaryBackend and Nx.Defn.Evaluator):
-  # in mode emlx, the fallback is EMLX.Backend and EMLX. Writes the files
-  # changed to DIR/.emlx_switched.
+  # Test support adapted in mode emlx (the files changed go to
+  # DIR/.emlx_switched and into the report):
+  #
+  #   * Polaris and Axon set each test's backend and compiler in their test
+  #     support (`test_backend/0`, `test_compiler/0`, which pick EXLA or
+  #     Torchx by environment variable, else Nx.BinaryBackend and
+  #     Nx.Defn.Evaluator): the fallback becomes EMLX.Backend and EMLX;
+  #   * Nx's `assert_all_close` compares the result of `Nx.all_close/3` to
+  #     `Nx.tensor(1, type: {:u, 8})` with `==`, true on Nx.BinaryBackend
+  #     only: it compares the number instead.
   defp test_backend_switch(dir) do
     switched =
       for file <- Path.wildcard(Path.join(dir, "test/support/**/*.ex")),
@@ -124,6 +129,13 @@ defmodule EMLXLibs do
       &Regex.replace(~r/def test_backend do\n.*?\n  end\n/s, &1, fn body ->
         String.replace(body, "Nx.BinaryBackend", "EMLX.Backend")
       end)
+    )
+    |> then(
+      &Regex.replace(
+        ~r/Nx\.all_close\(((?:[^()]|\([^()]*\))*)\)\s*==\s*Nx\.tensor\(1, type: \{:u, 8\}\)/,
+        &1,
+        "Nx.to_number(Nx.all_close(\\1)) == 1"
+      )
     )
   end
 
@@ -346,9 +358,11 @@ defmodule EMLXLibs do
           case r.emlx do
             %{switched: files} when files not in [nil, ""] ->
               attrs <>
-                "The suite sets each test's backend and compiler in `#{files}` " <>
-                "(`test_backend/0`, `test_compiler/0`); on EMLX they return " <>
-                "`EMLX.Backend` and `EMLX` instead of Nx.BinaryBackend and Nx.Defn.Evaluator.\n\n"
+                "Test support adapted on EMLX (`#{files}`): `test_backend/0` and " <>
+                "`test_compiler/0`, which set each test's backend and compiler, return " <>
+                "`EMLX.Backend` and `EMLX` instead of Nx.BinaryBackend and Nx.Defn.Evaluator; " <>
+                "an assertion helper that compares `Nx.all_close/3`'s result to " <>
+                "`Nx.tensor(1, type: {:u, 8})` with `==` compares the number.\n\n"
 
             _ ->
               attrs
