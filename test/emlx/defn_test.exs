@@ -94,6 +94,23 @@ defmodule EMLX.DefnTest do
     end
   end
 
+  # The same node seen as a vectorized and as a devectorized tensor keeps
+  # both shapes (issue 14: Nx's "mixed vectorized axes" grad tests).
+  test "grad over tensors vectorized on different axes" do
+    x = Nx.tensor([[1.0, 2.0], [3.0, 4.0]]) |> Nx.vectorize(:x)
+    y = Nx.tensor([10.0, 20.0]) |> Nx.vectorize(:y)
+
+    for op <- [&Nx.add/2, &Nx.multiply/2] do
+      grad = fn x, y -> Nx.Defn.grad({x, y}, fn {a, b} -> op.(a, b) end) end
+      {wx, wy} = grad.(x, y)
+      on_emlx = &Nx.backend_copy(&1, EMLX.Backend)
+      {gx, gy} = Nx.Defn.jit(grad, compiler: EMLX).(on_emlx.(x), on_emlx.(y))
+      assert gx.vectorized_axes == [x: 2, y: 2] and gy.vectorized_axes == [x: 2, y: 2]
+      assert_tensor(Nx.devectorize(gx), Nx.devectorize(wx))
+      assert_tensor(Nx.devectorize(gy), Nx.devectorize(wy))
+    end
+  end
+
   describe "caching" do
     test "Nx.Defn.compile, default options and the application config" do
       compiled =
