@@ -145,8 +145,10 @@ mx::array emlx_triangular_solve(const mx::array &a0, const mx::array &b0, bool l
     a = mx::swapaxes(a, -1, -2, s);
     lower = !lower;
   }
+  // A vector b is a column (a x = b) or, with left_side: false, a row (x a = b).
   bool vec = b.ndim() == a.ndim() - 1;
-  if (vec) b = mx::expand_dims(b, -1, s);
+  int vec_axis = left ? -1 : -2;
+  if (vec) b = mx::expand_dims(b, vec_axis, s);
   mx::array x = a;
   if (left) {
     x = mx::linalg::solve_triangular(a, b, !lower, s);
@@ -155,7 +157,7 @@ mx::array emlx_triangular_solve(const mx::array &a0, const mx::array &b0, bool l
     auto xt = mx::linalg::solve_triangular(mx::swapaxes(a, -1, -2, s), mx::swapaxes(b, -1, -2, s), lower, s);
     x = mx::swapaxes(xt, -1, -2, s);
   }
-  if (vec) x = mx::squeeze(x, -1, s);
+  if (vec) x = mx::squeeze(x, vec_axis, s);
   return x;
 }
 
