@@ -17,7 +17,8 @@
 #     equal;
 #   * "idiom: tensor captured by a jit closure": Nx refuses to inline a
 #     tensor of another backend than Nx.BinaryBackend into a defn
-#     expression (Nx.Defn.IncompatibleBackendsError).
+#     expression (Nx.Defn.IncompatibleBackendsError, and the ArgumentErrors
+#     of Nx.Defn.grad/2 and Nx.Defn.Expr that say so).
 
 defmodule EMLXLibs.Formatter do
   @moduledoc false
@@ -97,6 +98,16 @@ defmodule EMLXLibs.Formatter do
     if msg(e) =~ "Nx.Defn.Expr and",
       do: "idiom: tensor captured by a jit closure",
       else: "Nx.Defn.IncompatibleBackendsError: " <> msg(e)
+  end
+
+  # The same idiom as Nx.Defn.grad/2 and Nx.Defn.Expr word it.
+  defp classify(:error, %ArgumentError{} = e) do
+    message = msg(e)
+
+    if message =~ "captured as a closure inside the gradient function" or
+         message =~ ~r/cannot convert tensor allocated on \S+ to an expression/,
+       do: "idiom: tensor captured by a jit closure",
+       else: "ArgumentError: " <> message
   end
 
   defp classify(:error, %{__exception__: true} = e), do: inspect(e.__struct__) <> ": " <> msg(e)
