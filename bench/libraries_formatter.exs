@@ -44,7 +44,13 @@ defmodule EMLXLibs.Formatter do
 
   @impl true
   def handle_cast({:test_finished, %ExUnit.Test{} = test}, io) do
-    {state, class, detail} = describe(test.state)
+    {state, class, detail} =
+      try do
+        describe(test.state)
+      rescue
+        e -> {elem(test.state, 0), "(formatter: #{inspect(e.__struct__)})", nil}
+      end
+
     file = test.tags[:file] && Path.relative_to_cwd(test.tags[:file])
     write(io, {:test, test.module, test.name, state, test.time, class, detail, file})
     {:noreply, io}
@@ -112,7 +118,12 @@ defmodule EMLXLibs.Formatter do
 
   defp classify(:error, %{__exception__: true} = e), do: inspect(e.__struct__) <> ": " <> msg(e)
   defp classify(:exit, {:timeout, _}), do: "exit: timeout"
-  defp classify(kind, reason), do: "#{kind}: " <> String.slice(inspect(reason, limit: 5), 0, 120)
+
+  # A linked process (a Task, a serving) that failed: its own failure.
+  defp classify({:EXIT, _pid}, {%{__exception__: true} = e, _stack}), do: classify(:error, e)
+
+  defp classify(kind, reason),
+    do: "#{inspect(kind)}: " <> String.slice(inspect(reason, limit: 5), 0, 120)
 
   defp msg(e) do
     first_line(Exception.message(e))
