@@ -204,8 +204,16 @@ std::vector<mx::array> emlx_svd(const mx::array &a0, bool full, std::optional<mx
 std::vector<mx::array> emlx_eigh(const mx::array &a0, std::optional<mx::Dtype> out, SD s) {
   auto a = float_for_linalg(a0, out, s);
   auto [w, v] = mx::linalg::eigh(a, "L", s);
-  // Nx orders eigenvalues from the largest down
-  return {plus_zero(mx::flip(w, -1, s), s), plus_zero(mx::flip(v, -1, s), s)};
+  // Nx orders eigenvalues by absolute value, the largest first (LAPACK:
+  // ascending values). Flipped first, so that of two of equal magnitude the
+  // positive one comes first.
+  w = mx::flip(w, -1, s);
+  v = mx::flip(v, -1, s);
+  auto order = mx::argsort(mx::negative(mx::abs(w, s), s), -1, s);
+  w = mx::take_along_axis(w, order, -1, s);
+  auto cols = mx::broadcast_to(mx::expand_dims(order, -2, s), v.shape(), s);
+  v = mx::take_along_axis(v, cols, -1, s);
+  return {plus_zero(w, s), plus_zero(v, s)};
 }
 
 std::vector<mx::array> emlx_lu(const mx::array &a0, std::optional<mx::Dtype> out, SD s) {
