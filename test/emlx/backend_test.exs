@@ -414,5 +414,20 @@ defmodule EMLX.BackendTest do
     end
   end
 
+  # Issue 14: MLX has no complex atan2; Nx defines it for real-valued
+  # complex numbers and raises otherwise.
+  test "atan2 of complex tensors, as Nx.BinaryBackend" do
+    a = Nx.tensor([Complex.new(7, 0), Complex.new(-1, 0), Complex.new(0, 0)])
+    b = Nx.tensor([Complex.new(2, 0), Complex.new(2, 0), Complex.new(-3, 0)])
+    assert_same(&Nx.atan2/2, [a, b])
+    assert_same(&Nx.atan2/2, [a, Nx.tensor([1.0, -2.0, 0.5])])
+
+    for {x, y} <- [{7, Complex.new(2, 3)}, {Complex.new(2, 3), 7}] do
+      assert_raise ArithmeticError, "Complex.atan2 only accepts real numbers as arguments", fn ->
+        Nx.atan2(to_emlx(Nx.tensor(x)), to_emlx(Nx.tensor(y)))
+      end
+    end
+  end
+
   defp to_emlx(t), do: Nx.backend_copy(t, {EMLX.Backend, device: device()})
 end
