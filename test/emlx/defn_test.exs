@@ -111,6 +111,17 @@ defmodule EMLX.DefnTest do
     end
   end
 
+  # Issue 14 (Nx's "window reduce (sum of squares)"): a window's values fold
+  # into the accumulator in order, so a function that is not associative
+  # gives Nx's result.
+  test "window_reduce with a function that is not associative" do
+    t = Nx.iota({4, 4}, type: :f32)
+    opts = [padding: :same, strides: [2, 2]]
+    f = &Nx.window_reduce(&1, 0.0, {3, 3}, opts, fn x, acc -> Nx.add(acc, Nx.multiply(x, x)) end)
+    assert_tensor(f.(Nx.backend_copy(t, EMLX.Backend)), f.(t))
+    assert Nx.to_list(f.(Nx.backend_copy(t, EMLX.Backend))) == [[42.0, 124.0], [499.0, 1002.0]]
+  end
+
   describe "caching" do
     test "Nx.Defn.compile, default options and the application config" do
       compiled =

@@ -2,10 +2,12 @@ defmodule EMLX.Backend.Fold do
   @moduledoc false
   # Reductions with an arbitrary function (`Nx.reduce/4`,
   # `Nx.window_reduce/5`) for EMLX.Backend, composed from Nx ops that run
-  # on EMLX: the values to reduce are laid along a last axis, folded
-  # pairwise (a tree of log2(n) steps of element-wise ops on MLX), then the
-  # initial accumulator is folded in. The function must be associative and
-  # commutative, as Nx requires for compiled backends.
+  # on EMLX: the values to reduce are laid along a last axis. For a reduce
+  # they are folded pairwise (a tree of log2(n) steps of element-wise ops on
+  # MLX), then the initial accumulator is folded in: the function must be
+  # associative and commutative, as for compiled backends. A window's few
+  # values are folded into the accumulator in order, as Nx.BinaryBackend
+  # does.
   #
   # Inside `defn`, Nx's evaluator hands over the function as a closure over
   # its traced body, whose ops carry the scalar shapes it was traced with;
@@ -63,9 +65,21 @@ defmodule EMLX.Backend.Fold do
   @doc "`Nx.Backend.window_reduce/6` given the `windows` (see `windows_template/3`)."
   def window_reduce(%T{type: type} = out, windows, acc, fun) do
     windows
-    |> fold_last_axis(acc, out.shape, whole(fun))
+    |> fold_in_order(acc, out.shape, whole(fun))
     |> Nx.as_type(type)
     |> then(&%{out | data: &1.data})
+  end
+
+  # A window is small: its elements are folded into the accumulator one by
+  # one, in order, as Nx.BinaryBackend does (so a function that is not
+  # associative, such as `acc + x * x`, gives Nx's result).
+  defp fold_in_order(%T{shape: shape} = t, acc, result_shape, fun) do
+    last = tuple_size(shape) - 1
+    acc = Nx.broadcast(acc, result_shape)
+
+    Enum.reduce(0..(elem(shape, last) - 1)//1, acc, fn k, acc ->
+      t |> Nx.slice_along_axis(k, 1, axis: last) |> Nx.squeeze(axes: [last]) |> fun.(acc)
+    end)
   end
 
   # `fun` as a function of whole tensors (see the module comment). The
