@@ -18,7 +18,10 @@
 #   * "idiom: tensor captured by a jit closure": Nx refuses to inline a
 #     tensor of another backend than Nx.BinaryBackend into a defn
 #     expression (Nx.Defn.IncompatibleBackendsError, and the ArgumentErrors
-#     of Nx.Defn.grad/2 and Nx.Defn.Expr that say so).
+#     of Nx.Defn.grad/2 and Nx.Defn.Expr that say so);
+#   * "idiom: a test's own backend meets the default backend": a stand-in
+#     backend defined by a test (its name ends in TestBackend) mixes only
+#     with Nx.BinaryBackend.
 
 defmodule EMLXLibs.Formatter do
   @moduledoc false
@@ -101,9 +104,19 @@ defmodule EMLXLibs.Formatter do
   defp classify(:error, %ExUnit.TimeoutError{}), do: "timeout (ExUnit per-test limit)"
 
   defp classify(:error, %{__struct__: Nx.Defn.IncompatibleBackendsError} = e) do
-    if msg(e) =~ "Nx.Defn.Expr and",
-      do: "idiom: tensor captured by a jit closure",
-      else: "Nx.Defn.IncompatibleBackendsError: " <> msg(e)
+    cond do
+      msg(e) =~ "Nx.Defn.Expr and" -> "idiom: tensor captured by a jit closure"
+      msg(e) =~ ~r/Test\w*Backend/ -> "idiom: a test's own backend meets the default backend"
+      true -> "Nx.Defn.IncompatibleBackendsError: " <> msg(e)
+    end
+  end
+
+  # A test's stand-in backend without to_binary: only Nx.BinaryBackend
+  # takes its tensors (through backend_transfer).
+  defp classify(:error, %UndefinedFunctionError{module: module} = e) do
+    if inspect(module) =~ ~r/Test\w*Backend$/,
+      do: "idiom: a test's own backend meets the default backend",
+      else: "UndefinedFunctionError: " <> msg(e)
   end
 
   # The same idiom as Nx.Defn.grad/2 and Nx.Defn.Expr word it.
