@@ -2,12 +2,13 @@
 #include "emlx_job.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "emlx_codec.h"
 
 emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
-  emlx_job *job = enif_alloc(sizeof(emlx_job));
+  emlx_job *job = malloc(sizeof(emlx_job));
   if (!job) return NULL;
   memset(job, 0, sizeof *job);
   job->kind = kind;
@@ -17,7 +18,7 @@ emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
   if (kind != EMLX_JOB_FREE && kind != EMLX_JOB_STOP && kind != EMLX_JOB_OP) {
     job->env = enif_alloc_env();
     if (!job->env) {
-      enif_free(job);
+      free(job);
       return NULL;
     }
   }
@@ -30,9 +31,9 @@ emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
 
 void emlx_job_free(emlx_job *job) {
   for (int i = 0; i < job->nfixups; i++) enif_release_resource(job->fixups[i].res);
-  if (job->fixups) enif_free(job->fixups);
+  free(job->fixups);
   for (int i = 0; i < job->nheld; i++) emlx_arr_free(job->held[i]);
-  if (job->held) enif_free(job->held);
+  free(job->held);
   emlx_arena_free(&job->arena);
   switch (job->kind) {
     case EMLX_JOB_OP:
@@ -53,7 +54,7 @@ void emlx_job_free(emlx_job *job) {
   }
   if (job->env) enif_free_env(job->env);
   if (job->qres) enif_release_resource(job->qres);
-  enif_free(job);
+  free(job);
 }
 
 /* ---- decoding, on the scheduler ---- */
@@ -61,7 +62,7 @@ void emlx_job_free(emlx_job *job) {
 static int hold(emlx_job *job, emlx_arr *a) {
   if (job->nheld == job->cap_held) {
     int cap = job->cap_held ? job->cap_held * 2 : 8;
-    emlx_arr **n = enif_realloc(job->held, sizeof(emlx_arr *) * (size_t)cap);
+    emlx_arr **n = realloc(job->held, sizeof(emlx_arr *) * (size_t)cap);
     if (!n) return 0;
     job->held = n;
     job->cap_held = cap;
@@ -73,7 +74,7 @@ static int hold(emlx_job *job, emlx_arr *a) {
 static int add_fixup(emlx_job *job, emlx_array_res *res, emlx_arr **slot) {
   if (job->nfixups == job->cap_fixups) {
     int cap = job->cap_fixups ? job->cap_fixups * 2 : 4;
-    emlx_fixup *n = enif_realloc(job->fixups, sizeof(emlx_fixup) * (size_t)cap);
+    emlx_fixup *n = realloc(job->fixups, sizeof(emlx_fixup) * (size_t)cap);
     if (!n) return 0;
     job->fixups = n;
     job->cap_fixups = cap;
