@@ -6,6 +6,7 @@
 #define EMLX_JOB_H
 
 #include <erl_nif.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -92,8 +93,18 @@ typedef struct { /* FREE: handles dropped on the queue's own thread */
   emlx_compiled *compiled;
 } emlx_free_job;
 
+/* A job whose caller polls for its reply (see emlx_poll_* in emlx_nif.c)
+ * instead of receiving a message. NONE: a message, as usual. WAITING: the
+ * caller polls; the worker leaves the reply in the job and makes it DONE,
+ * and the caller frees the job. ABANDONED: the caller stopped polling (it
+ * waits for the message now, or is gone): the worker sends the reply and
+ * frees the job. */
+enum { EMLX_POLL_NONE, EMLX_POLL_WAITING, EMLX_POLL_DONE, EMLX_POLL_ABANDONED };
+
 struct emlx_job {
   emlx_job *next;
+  _Atomic int poll;         /* EMLX_POLL_*; set before the job is posted */
+  ERL_NIF_TERM poll_result; /* the reply (in env) once DONE */
   emlx_job_kind kind;
   emlx_queue_res *qres; /* kept for the job's life (not for FREE/STOP) */
   ErlNifPid pid;

@@ -39,6 +39,78 @@ static ERL_NIF_TERM submit(ErlNifEnv *env, emlx_job *job) {
   return ref;
 }
 
+/* ---- polled replies ----
+ *
+ * A short job (an eval, a small read) replies within microseconds, and a
+ * reply by message costs a thread wake-up on each side. submit_polled posts
+ * the job and polls for its reply from a rescheduled NIF
+ * (enif_schedule_nif: the scheduler runs other processes in between), for
+ * up to EMLX_POLL_NS; it then returns {:emlx_done, reply}. Past that, the
+ * caller gets the job's reference and receives the reply as a message, as
+ * after submit. EMLX.Worker.await/1 takes either. */
+#define EMLX_POLL_NS 100000
+
+static ErlNifResourceType *emlx_poll_type;
+static ERL_NIF_TERM atom_emlx_done;
+
+typedef struct {
+  emlx_job *job; /* the polled job; NULL once its reply is taken or left to the worker */
+} emlx_poll_res;
+
+/* The polling process is gone before the reply was taken. */
+static void poll_dtor(ErlNifEnv *env, void *obj) {
+  (void)env;
+  emlx_poll_res *r = obj;
+  if (!r->job) return;
+  int expected = EMLX_POLL_WAITING;
+  if (!atomic_compare_exchange_strong(&r->job->poll, &expected, EMLX_POLL_ABANDONED))
+    emlx_job_free(r->job); /* DONE, never taken */
+  r->job = NULL;
+}
+
+/* poll_reply(poll resource, deadline in ns, job reference) */
+static ERL_NIF_TERM poll_reply(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  emlx_poll_res *r;
+  ErlNifSInt64 deadline;
+  if (!enif_get_resource(env, argv[0], emlx_poll_type, (void **)&r) || !r->job ||
+      !enif_get_int64(env, argv[1], &deadline))
+    return enif_make_badarg(env);
+  emlx_job *job = r->job;
+  if (atomic_load_explicit(&job->poll, memory_order_acquire) == EMLX_POLL_WAITING) {
+    if (enif_monotonic_time(ERL_NIF_NSEC) < deadline) return enif_schedule_nif(env, "poll_reply", 0, poll_reply, argc, argv);
+    int expected = EMLX_POLL_WAITING;
+    if (atomic_compare_exchange_strong(&job->poll, &expected, EMLX_POLL_ABANDONED)) {
+      r->job = NULL; /* the worker sends the reply and frees the job */
+      return argv[2];
+    }
+  }
+  ERL_NIF_TERM result = enif_make_copy(env, job->poll_result);
+  r->job = NULL;
+  emlx_job_free(job);
+  return enif_make_tuple2(env, atom_emlx_done, result);
+}
+
+/* As submit, with the reply polled for (see above). */
+static ERL_NIF_TERM submit_polled(ErlNifEnv *env, emlx_job *job) {
+  emlx_poll_res *r = enif_alloc_resource(emlx_poll_type, sizeof(emlx_poll_res));
+  if (!r) return submit(env, job);
+  ERL_NIF_TERM ref = enif_make_ref(env);
+  job->ref = enif_make_copy(job->env, ref);
+  if (!enif_self(env, &job->pid)) {
+    r->job = NULL;
+    enif_release_resource(r);
+    emlx_job_free(job);
+    return emlx_raise_arg(env, "EMLX calls must come from a process");
+  }
+  r->job = job;
+  atomic_store(&job->poll, EMLX_POLL_WAITING);
+  ERL_NIF_TERM res = enif_make_resource(env, r);
+  enif_release_resource(r);
+  ERL_NIF_TERM args[3] = {res, enif_make_int64(env, enif_monotonic_time(ERL_NIF_NSEC) + EMLX_POLL_NS), ref};
+  emlx_queue_post(job->qres->q, job);
+  return enif_schedule_nif(env, "poll_reply", 0, poll_reply, 3, args);
+}
+
 /* A new job on the queue of term t; NULL after raising the error in *raised. */
 static emlx_job *queue_job(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job_kind kind, ERL_NIF_TERM *raised) {
   emlx_queue_res *qr;
@@ -96,7 +168,7 @@ static ERL_NIF_TERM nif_queue_sync(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   ERL_NIF_TERM raised;
   emlx_job *job = queue_job(env, argv[0], EMLX_JOB_SYNC, &raised);
   if (!job) return raised;
-  return submit(env, job);
+  return submit_polled(env, job);
 }
 
 /* ---- ops ---- */
@@ -226,7 +298,7 @@ static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
   char err[256];
   if (!emlx_job_take_array(env, argv[1], job, &job->to_binary.arr, err, sizeof err)) return fail(env, job, err);
   job->to_binary.limit = (size_t)limit;
-  return submit(env, job);
+  return submit_polled(env, job);
 }
 
 static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -237,7 +309,7 @@ static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
   char err[256];
   if (!emlx_job_take_arrays(env, argv[1], job, 0, &job->eval.inputs, &job->eval.ninputs, err, sizeof err))
     return fail(env, job, err);
-  return submit(env, job);
+  return submit_polled(env, job);
 }
 
 /* ---- programs ---- */
@@ -557,6 +629,9 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   (void)priv;
   set_tf32(env, info);
   if (emlx_resources_load(env) != 0) return 1;
+  emlx_poll_type = enif_open_resource_type(env, NULL, "emlx_poll", poll_dtor, ERL_NIF_RT_CREATE, NULL);
+  if (!emlx_poll_type) return 1;
+  atom_emlx_done = enif_make_atom(env, "emlx_done");
   op_count = emlx_op_count();
   op_atoms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)op_count);
   if (!op_atoms) return 1;

@@ -55,10 +55,23 @@ void emlx_queue_free_later(emlx_queue *q, emlx_arr *a, emlx_compiled *c) {
 
 /* ---- replies ---- */
 
+/* Every job with a reply env replies exactly once. A polled job hands its
+ * reply to the polling caller, who frees the job; if the caller stopped
+ * polling, the reply goes as a message and the job is freed here (the
+ * worker loop frees only unpolled jobs). */
 static void reply(emlx_job *job, ERL_NIF_TERM result) {
+  int polled = atomic_load_explicit(&job->poll, memory_order_relaxed) != EMLX_POLL_NONE;
+  if (polled) {
+    job->poll_result = result;
+    int expected = EMLX_POLL_WAITING;
+    if (atomic_compare_exchange_strong_explicit(&job->poll, &expected, EMLX_POLL_DONE, memory_order_acq_rel,
+                                                memory_order_acquire))
+      return; /* the job belongs to the caller now: touch nothing */
+  }
   ERL_NIF_TERM msg = enif_make_tuple2(job->env, job->ref, result);
   enif_send(NULL, &job->pid, job->env, msg);
   enif_clear_env(job->env);
+  if (polled) emlx_job_free(job);
 }
 
 static void reply_ok(emlx_job *job, ERL_NIF_TERM value) { reply(job, enif_make_tuple2(job->env, ATOM.ok, value)); }
@@ -381,13 +394,15 @@ static void *worker_main(void *arg) {
     atomic_fetch_sub_explicit(&q->pending, 1, memory_order_acq_rel);
     pthread_mutex_unlock(&q->mu);
 
+    /* A polled job is freed by its reply (or by the caller it replies to). */
+    int polled = atomic_load_explicit(&job->poll, memory_order_relaxed) != EMLX_POLL_NONE;
     if (job->nfixups && !resolve(job)) {
-      emlx_job_free(job);
+      if (!polled) emlx_job_free(job);
       continue;
     }
     int stop = job->kind == EMLX_JOB_STOP;
     if (job_bodies[job->kind]) job_bodies[job->kind](q, job);
-    emlx_job_free(job);
+    if (!polled) emlx_job_free(job);
     if (stop) break;
   }
   queue_destroy(q);

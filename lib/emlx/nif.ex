@@ -20,7 +20,7 @@ defmodule EMLX.NIF do
   @typedoc "An MLX array."
   @type array :: reference()
   @typedoc "A posted job; its reply is awaited with `EMLX.Worker.await/1`."
-  @type job :: reference()
+  @type job :: reference() | {:emlx_done, term()}
   @type device :: :cpu | :gpu
   @typedoc "An Nx type, or `:bool` (MLX's boolean) where MLX reports types."
   @type type :: EMLX.Types.mlx_type()
