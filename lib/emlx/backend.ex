@@ -660,11 +660,11 @@ defmodule EMLX.Backend do
   defp wrap(out, handle, device, queue), do: %{out | data: data(handle, device, queue)}
 
   defp args_device(args) do
-    Enum.find_value(args, CommandQueue.default_device(), fn
+    Enum.find_value(args, fn
       %T{data: %__MODULE__{device: device}} -> device
       [%T{} | _] = list -> Enum.find_value(list, &tensor_device/1)
       _ -> nil
-    end)
+    end) || CommandQueue.default_device()
   end
 
   defp tensor_device(%T{data: %__MODULE__{device: device}}), do: device
