@@ -10,9 +10,19 @@
 emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
   emlx_job *job = malloc(sizeof(emlx_job));
   if (!job) return NULL;
-  memset(job, 0, sizeof *job);
+  /* The job is written here and read on the worker's core: an op clears
+   * only its header and the op's small fields (its arguments are written as
+   * they are decoded, and read up to nargs), not the whole argument array. */
+  if (kind == EMLX_JOB_OP) {
+    memset(job, 0, offsetof(emlx_job, op));
+    job->op.index = 0;
+    job->op.out_dtype = -1;
+    job->op.nargs = 0;
+    job->op.nresults = 0;
+  } else {
+    memset(job, 0, sizeof *job);
+  }
   job->kind = kind;
-  if (kind == EMLX_JOB_OP) job->op.out_dtype = -1;
   job->error_kind = EMLX_ERR_ARG;
   /* Ops never reply (their results are arrays filled in place): no env. */
   if (kind != EMLX_JOB_FREE && kind != EMLX_JOB_STOP && kind != EMLX_JOB_OP) {
