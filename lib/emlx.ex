@@ -94,6 +94,8 @@ defmodule EMLX do
   end
 
   defp eval_on(queue, device, refs) do
+    EMLX.GC.before_eval(queue)
+
     :telemetry.span([:emlx, :eval], %{device: device}, fn ->
       {NIF.eval(queue, refs) |> Worker.await(), %{device: device}}
     end)

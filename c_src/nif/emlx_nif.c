@@ -5,6 +5,9 @@
  * a reference at once; the result arrives as a message {Ref, Result}. */
 #include <errno.h>
 #include <fcntl.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <signal.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -539,6 +542,24 @@ static ERL_NIF_TERM nif_deallocate(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
 
 /* ---- devices and memory ---- */
 
+/* A barrier behind the resource destructors this scheduler has queued (see
+ * emlx_barrier_res): returns ref; {ref, :swept} follows once they have run. */
+static ERL_NIF_TERM nif_sweep_barrier(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc, (void)argv;
+  emlx_barrier_res *b = enif_alloc_resource(emlx_barrier_type, sizeof(emlx_barrier_res));
+  if (!b) return enif_raise_exception(env, enif_make_atom(env, "out_of_memory"));
+  b->env = enif_alloc_env();
+  if (!b->env) {
+    enif_release_resource(b);
+    return enif_raise_exception(env, enif_make_atom(env, "out_of_memory"));
+  }
+  enif_self(env, &b->pid);
+  ERL_NIF_TERM ref = enif_make_ref(env);
+  b->ref = enif_make_copy(b->env, ref);
+  enif_release_resource(b);
+  return ref;
+}
+
 static ERL_NIF_TERM nif_device_available(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   emlx_device dev;
@@ -614,6 +635,27 @@ static void restore_sigchld(void) {
   }
 }
 
+/* MLX's CPU buffers come from malloc, on the worker thread (a glibc thread
+ * arena). The BEAM sets glibc's trim threshold and top pad at start (erl
+ * +MYtt, +MYtp: 128 KiB and 0), which also freezes glibc's mmap threshold at
+ * 128 KiB: every array buffer above that was a fresh mmap, page-faulted in
+ * on first write and unmapped on free (a 2048x2048 f32 softmax took 4,096
+ * page faults an iteration; Python MLX, with glibc's adaptive threshold,
+ * none). Set what glibc would adapt to: buffers up to 32 MiB (glibc's
+ * ceiling for the mmap threshold) come from the heap, and up to 64 MiB of
+ * free heap top is kept. The top pad keeps a thread arena's extra heaps
+ * (64 MiB each) from being unmapped as soon as they are empty, which would
+ * fault them in again at the next evaluation. EMLX_KEEP_MALLOC=1 opts out. */
+static void tune_malloc(void) {
+#if defined(__GLIBC__)
+  const char *keep = getenv("EMLX_KEEP_MALLOC");
+  if (keep && keep[0] == '1') return;
+  mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+  mallopt(M_TOP_PAD, 64 * 1024 * 1024);
+#endif
+}
+
 /*
  * MLX's CUDA backend reads MLX_ENABLE_TF32 once, at its first f32 matmul or
  * conv. EMLX.NIF passes the value it wants ("0" for full f32, Nx's meaning;
@@ -641,6 +683,7 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   for (int i = 0; i < op_count; i++) ops_sorted[i] = (op_by_atom){op_atoms[i], i};
   qsort(ops_sorted, (size_t)op_count, sizeof(op_by_atom), cmp_op_by_atom);
   restore_sigchld();
+  tune_malloc();
   return 0;
 }
 
@@ -663,6 +706,7 @@ static ErlNifFunc funcs[] = {
     {"deallocate", 1, nif_deallocate, 0},
     {"device_available", 1, nif_device_available, 0},
     {"memory_info", 0, nif_memory_info, 0},
+    {"sweep_barrier", 0, nif_sweep_barrier, 0},
     {"reset_peak_memory", 0, nif_reset_peak_memory, 0},
     {"clear_cache", 0, nif_clear_cache, 0},
     {"set_cache_limit", 1, nif_set_cache_limit, 0},

@@ -190,6 +190,14 @@ defmodule EMLX.NIF do
         }
   def memory_info, do: :erlang.nif_error(:nif_not_loaded)
 
+  @doc """
+  Returns a reference `ref`; `{ref, :swept}` arrives once the resource
+  destructors this scheduler had queued (those of a garbage collection
+  just done by the caller) have run. See `EMLX.GC`.
+  """
+  @spec sweep_barrier() :: reference()
+  def sweep_barrier, do: :erlang.nif_error(:nif_not_loaded)
+
   @doc false
   @spec reset_peak_memory() :: :ok
   def reset_peak_memory, do: :erlang.nif_error(:nif_not_loaded)
