@@ -10,7 +10,12 @@ defmodule EMLX.SafeTensorsTest do
 
   alias EMLX.PyEnv
 
-  @moduletag :tmp_dir
+  setup do
+    dir = Path.join(System.tmp_dir!(), "emlx-safetensors-#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf!(dir) end)
+    %{tmp_dir: dir}
+  end
 
   @types [
     {:u, 8},
