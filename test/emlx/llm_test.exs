@@ -75,6 +75,30 @@ defmodule EMLX.LLMTest do
     assert %{weight: %Nx.Tensor{type: {:bf, 16}}} = models.bf16.model.params.embed
   end
 
+  test "bad input raises ArgumentError", %{models: models} do
+    model = models.bf16.model
+
+    assert_raise ArgumentError, ~r/max_length 5 is shorter/, fn ->
+      Qwen3.generate(model, [[1, 2, 3]], max_tokens: 4, max_length: 5)
+    end
+
+    assert_raise ArgumentError, ~r/non-empty/, fn -> Qwen3.generate(model, [[1], []]) end
+
+    dir = Path.join(System.tmp_dir!(), "emlx-llm-bad-#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf!(dir) end)
+    File.write!(Path.join(dir, "config.json"), ~s({"model_type": "llama"}))
+    assert_raise ArgumentError, ~r/model_type "qwen3", got "llama"/, fn -> Qwen3.load(dir) end
+    File.cp!(Path.join(models.bf16.dir, "config.json"), Path.join(dir, "config.json"))
+    assert_raise ArgumentError, ~r/no model\*.safetensors/, fn -> Qwen3.load(dir) end
+
+    serving = EMLX.LLM.Serving.new(model, sequence_length: 4)
+
+    assert_raise ArgumentError, ~r/1 to 4 token ids/, fn ->
+      Nx.Serving.run(serving, [1, 2, 3, 4, 5])
+    end
+  end
+
   test "decode steps and prefill reuse their compiled plans", %{models: models} do
     %{model: model} = models.q4
     # Every recording ends in EMLX.Defn.Recorder.finish/2: count its calls.

@@ -52,7 +52,8 @@ defmodule EMLX.LLM.Qwen3 do
   def load(dir, opts \\ []) do
     opts = Keyword.validate!(opts, [:device])
     device = opts[:device] || EMLX.default_device()
-    config = dir |> Path.join("config.json") |> File.read!() |> JSON.decode!()
+    raw = dir |> Path.join("config.json") |> File.read!() |> JSON.decode!()
+    config = model_config!(raw)
     files = dir |> Path.join("model*.safetensors") |> Path.wildcard() |> Enum.sort()
 
     if files == [] do
@@ -65,12 +66,11 @@ defmodule EMLX.LLM.Qwen3 do
       end)
 
     weights =
-      case config["quantization"] do
+      case raw["quantization"] do
         nil -> weights
         quantization -> EMLX.Quantization.from_packed(weights, quantization)
       end
 
-    config = model_config!(config)
     %__MODULE__{config: config, params: params(weights, config), device: device, id: make_ref()}
   end
 
@@ -164,7 +164,8 @@ defmodule EMLX.LLM.Qwen3 do
   (seconds to the first new token, and for the ones after it).
 
   Options: `:max_tokens` (default 32), `:max_length` (the KV cache's
-  length, default prompt plus `max_tokens`), `:pad_id` (default 0).
+  length, at least and by default the longest prompt plus `max_tokens`
+  less one), `:pad_id` (default 0).
   """
   @spec generate(t(), [[non_neg_integer()]], keyword()) :: {[[non_neg_integer()]], map()}
   def generate(%__MODULE__{} = model, prompts, opts \\ []) do
@@ -177,7 +178,15 @@ defmodule EMLX.LLM.Qwen3 do
       raise ArgumentError, "EMLX.LLM.Qwen3.generate/3: prompts must be non-empty, max_tokens >= 1"
     end
 
-    t_max = opts[:max_length] || longest + n
+    # The last step writes its token's keys at longest + n - 2.
+    t_max = opts[:max_length] || longest + n - 1
+
+    if t_max < longest + n - 1 do
+      raise ArgumentError,
+            "EMLX.LLM.Qwen3.generate/3: max_length #{t_max} is shorter than the longest prompt " <>
+              "(#{longest}) plus max_tokens (#{n}) less one"
+    end
+
     batch = length(prompts)
     pads = Enum.map(lengths, &(longest - &1))
     ids = Enum.map(prompts, &(List.duplicate(opts[:pad_id], longest - length(&1)) ++ &1))
@@ -198,7 +207,7 @@ defmodule EMLX.LLM.Qwen3 do
 
     last = Nx.tensor(Enum.map(ids, &[List.last(&1)]), type: :s32, backend: backend)
     offset = Nx.tensor(0, type: :s32, backend: backend)
-    step = step_fun(model, [model.params, last, caches, offset, pads_t])
+    step = step_fun(model, {batch, t_max}, [model.params, last, caches, offset, pads_t])
 
     {tokens, t1, _} =
       Enum.reduce(0..(n - 1), {[], nil, {last, caches}}, fn i, {acc, t1, {input, caches}} ->
@@ -235,9 +244,8 @@ defmodule EMLX.LLM.Qwen3 do
   # for the VM's life (`Nx.Defn.compile/3`: a call checks its arguments
   # against the templates, with no per-call key to build). A serving keeps
   # the cache length fixed, so it compiles one step per batch size.
-  defp step_fun(%__MODULE__{config: c} = model, args) do
-    {_, _, t_max, _} = elem(elem(Enum.at(args, 2), 0), 0).shape
-    key = {__MODULE__, model.id, :step, elem(Enum.at(args, 1).shape, 0), t_max}
+  defp step_fun(%__MODULE__{config: c} = model, shape, args) do
+    key = {__MODULE__, model.id, :step, shape}
 
     case :persistent_term.get(key, nil) do
       nil ->

@@ -22,7 +22,7 @@ defmodule EMLX.LLM.Serving do
 
   Options of `new/2`: `:max_tokens` (default 32), `:sequence_length`
   (default 128), `:max_length` (the KV cache's length, default
-  `:sequence_length` plus `:max_tokens`, the same for every batch).
+  `:sequence_length` plus `:max_tokens` less one, the same for every batch).
   """
 
   @behaviour Nx.Serving
@@ -49,7 +49,7 @@ defmodule EMLX.LLM.Serving do
       Enum.zip_with(Nx.to_list(ids), Nx.to_list(lengths), fn row, n -> Enum.take(row, -n) end)
 
     # One cache length for every batch, so each batch size compiles one step.
-    max_length = opts[:max_length] || opts[:sequence_length] + opts[:max_tokens]
+    max_length = opts[:max_length] || opts[:sequence_length] + opts[:max_tokens] - 1
 
     execute = fn ->
       generate_opts = [max_tokens: opts[:max_tokens], max_length: max_length]
