@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "emlx_codec.h"
+#include "emlx_worker.h"
 
 emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
   emlx_job *job = malloc(sizeof(emlx_job));
@@ -65,6 +66,23 @@ void emlx_job_free(emlx_job *job) {
   if (job->env) enif_free_env(job->env);
   if (job->qres) enif_release_resource(job->qres);
   free(job);
+}
+
+ERL_NIF_TERM emlx_job_submit(ErlNifEnv *env, emlx_job *job) {
+  ERL_NIF_TERM ref = enif_make_ref(env);
+  job->ref = enif_make_copy(job->env, ref);
+  if (!enif_self(env, &job->pid)) {
+    emlx_job_free(job);
+    return emlx_raise_arg(env, "EMLX calls must come from a process");
+  }
+  emlx_queue_post(job->qres->q, job);
+  return ref;
+}
+
+ERL_NIF_TERM emlx_job_fail(ErlNifEnv *env, emlx_job *job, const char *msg) {
+  int kind = job->error_kind;
+  emlx_job_free(job);
+  return emlx_raise_kind(env, kind, msg);
 }
 
 /* ---- decoding, on the scheduler ---- */

@@ -25,6 +25,8 @@ typedef enum {
   EMLX_JOB_PROGRAM,
   EMLX_JOB_TO_POINTER,
   EMLX_JOB_FROM_POINTER,
+  EMLX_JOB_LOAD_SAFETENSORS,
+  EMLX_JOB_SAVE_SAFETENSORS,
   EMLX_JOB_FREE,
   EMLX_JOB_STOP
 } emlx_job_kind;
@@ -88,6 +90,19 @@ typedef struct { /* FROM_POINTER */
   char shm_name[64];
 } emlx_from_pointer_job;
 
+typedef struct { /* LOAD_SAFETENSORS */
+  const char *path; /* in the job's arena */
+} emlx_load_job;
+
+typedef struct { /* SAVE_SAFETENSORS: names and metadata in the job's arena */
+  const char *path;
+  const char **names;
+  emlx_arr **arrs;
+  int n;
+  const char **meta_keys, **meta_values;
+  int nmeta;
+} emlx_save_job;
+
 typedef struct { /* FREE: handles dropped on the queue's own thread */
   emlx_arr *arr;
   emlx_compiled *compiled;
@@ -127,6 +142,8 @@ struct emlx_job {
     emlx_program_job program;
     emlx_to_pointer_job to_pointer;
     emlx_from_pointer_job from_pointer;
+    emlx_load_job load;
+    emlx_save_job save;
     emlx_free_job free;
   };
 };
@@ -135,6 +152,12 @@ struct emlx_job {
  * jobs get no reply env. */
 emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres);
 void emlx_job_free(emlx_job *job);
+
+/* Posts the job to its queue and returns the reference its reply will
+ * carry; raises (and frees the job) when not called from a process. */
+ERL_NIF_TERM emlx_job_submit(ErlNifEnv *env, emlx_job *job);
+/* Frees the job and raises msg with the job's error kind. */
+ERL_NIF_TERM emlx_job_fail(ErlNifEnv *env, emlx_job *job, const char *msg);
 
 /* ---- decoding, on the scheduler ---- */
 

@@ -17,6 +17,7 @@
 
 #include "emlx_array.h"
 #include "emlx_codec.h"
+#include "emlx_io.h"
 #include "emlx_job.h"
 #include "emlx_resources.h"
 #include "emlx_worker.h"
@@ -30,17 +31,6 @@ static int get_queue(ErlNifEnv *env, ERL_NIF_TERM t, emlx_queue_res **out) {
   return enif_get_resource(env, t, emlx_queue_type, (void **)out) && (*out)->q != NULL;
 }
 
-/* Sends the job to its queue and returns the reply reference. */
-static ERL_NIF_TERM submit(ErlNifEnv *env, emlx_job *job) {
-  ERL_NIF_TERM ref = enif_make_ref(env);
-  job->ref = enif_make_copy(job->env, ref);
-  if (!enif_self(env, &job->pid)) {
-    emlx_job_free(job);
-    return emlx_raise_arg(env, "EMLX calls must come from a process");
-  }
-  emlx_queue_post(job->qres->q, job);
-  return ref;
-}
 
 /* ---- polled replies ----
  *
@@ -96,7 +86,7 @@ static ERL_NIF_TERM poll_reply(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
 /* As submit, with the reply polled for (see above). */
 static ERL_NIF_TERM submit_polled(ErlNifEnv *env, emlx_job *job) {
   emlx_poll_res *r = enif_alloc_resource(emlx_poll_type, sizeof(emlx_poll_res));
-  if (!r) return submit(env, job);
+  if (!r) return emlx_job_submit(env, job);
   ERL_NIF_TERM ref = enif_make_ref(env);
   job->ref = enif_make_copy(job->env, ref);
   if (!enif_self(env, &job->pid)) {
@@ -126,11 +116,6 @@ static emlx_job *queue_job(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job_kind kind, E
   return job;
 }
 
-static ERL_NIF_TERM fail(ErlNifEnv *env, emlx_job *job, const char *msg) {
-  int kind = job->error_kind;
-  emlx_job_free(job);
-  return emlx_raise_kind(env, kind, msg);
-}
 
 /* Queue depth at which an op asks its caller to wait for the worker. */
 #define EMLX_BACKPRESSURE 2048
@@ -220,7 +205,7 @@ static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) 
   emlx_op_job *oj = &job->op;
   oj->index = op;
   if (!enif_is_identical(argv[3], ATOM.nil) && !emlx_decode_dtype(env, argv[3], &oj->out_dtype))
-    return fail(env, job, "the output type is not one MLX supports");
+    return emlx_job_fail(env, job, "the output type is not one MLX supports");
 
   ERL_NIF_TERM head, tail = argv[2];
   char err[256];
@@ -229,7 +214,7 @@ static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) 
     if (!emlx_job_decode_arg(env, head, sig[i], job, &oj->args[i], err, sizeof err)) {
       char msg[400];
       snprintf(msg, sizeof msg, "%s, argument %d: %s", emlx_op_name(op), i + 1, err);
-      return fail(env, job, msg);
+      return emlx_job_fail(env, job, msg);
     }
   }
   oj->nargs = nsig;
@@ -239,10 +224,10 @@ static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) 
   ERL_NIF_TERM terms[EMLX_MAX_OUTS];
   for (int i = 0; i < nouts; i++) {
     terms[i] = emlx_make_pending(env, qr, &oj->results[i]);
-    if (!terms[i]) return fail(env, job, "out of memory");
+    if (!terms[i]) return emlx_job_fail(env, job, "out of memory");
     oj->nresults = i + 1;
   }
-  if (!enif_self(env, &job->pid)) return fail(env, job, "EMLX calls must come from a process");
+  if (!enif_self(env, &job->pid)) return emlx_job_fail(env, job, "EMLX calls must come from a process");
   emlx_queue_post(qr->q, job);
   ERL_NIF_TERM result = nouts == 1 ? terms[0] : enif_make_list_from_array(env, terms, (unsigned)nouts);
   if (atomic_load_explicit(&qr->q->pending, memory_order_relaxed) > EMLX_BACKPRESSURE)
@@ -272,22 +257,22 @@ static ERL_NIF_TERM nif_from_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM
   if (!job) return emlx_raise_arg(env, "out of memory");
   emlx_from_binary_job *fb = &job->from_binary;
   const char *bad = emlx_decode_spec(env, argv[2], argv[3], &fb->spec);
-  if (bad) return fail(env, job, bad);
+  if (bad) return emlx_job_fail(env, job, bad);
   ErlNifBinary bin;
   ERL_NIF_TERM copy = enif_make_copy(job->env, argv[1]); /* refc binaries are shared, not copied */
-  if (!enif_inspect_binary(job->env, copy, &bin)) return fail(env, job, "expected a binary");
+  if (!enif_inspect_binary(job->env, copy, &bin)) return emlx_job_fail(env, job, "expected a binary");
   size_t count;
-  if (!emlx_spec_count(&fb->spec, &count)) return fail(env, job, "shape too large");
+  if (!emlx_spec_count(&fb->spec, &count)) return emlx_job_fail(env, job, "shape too large");
   size_t isz = emlx_dtype_size(fb->spec.dtype);
   if (count > SIZE_MAX / isz || count * isz != bin.size) {
     char msg[200];
     snprintf(msg, sizeof msg, "binary of %zu bytes does not match the shape and type (%zu bytes expected)", bin.size,
              count > SIZE_MAX / isz ? SIZE_MAX : count * isz);
-    return fail(env, job, msg);
+    return emlx_job_fail(env, job, msg);
   }
   fb->data = bin.data;
   fb->nbytes = bin.size;
-  return submit(env, job);
+  return emlx_job_submit(env, job);
 }
 
 static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -299,7 +284,7 @@ static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
   emlx_job *job = emlx_job_new(EMLX_JOB_TO_BINARY, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
   char err[256];
-  if (!emlx_job_take_array(env, argv[1], job, &job->to_binary.arr, err, sizeof err)) return fail(env, job, err);
+  if (!emlx_job_take_array(env, argv[1], job, &job->to_binary.arr, err, sizeof err)) return emlx_job_fail(env, job, err);
   job->to_binary.limit = (size_t)limit;
   return submit_polled(env, job);
 }
@@ -311,7 +296,7 @@ static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
   if (!job) return raised;
   char err[256];
   if (!emlx_job_take_arrays(env, argv[1], job, 0, &job->eval.inputs, &job->eval.ninputs, err, sizeof err))
-    return fail(env, job, err);
+    return emlx_job_fail(env, job, err);
   return submit_polled(env, job);
 }
 
@@ -404,8 +389,8 @@ static ERL_NIF_TERM nif_program_run(ErlNifEnv *env, int argc, const ERL_NIF_TERM
   job->program.compile = enif_is_identical(argv[3], ATOM.true_);
   char err[256];
   if (!emlx_job_take_arrays(env, argv[2], job, 0, &job->program.inputs, &job->program.ninputs, err, sizeof err))
-    return fail(env, job, err);
-  return submit(env, job);
+    return emlx_job_fail(env, job, err);
+  return emlx_job_submit(env, job);
 }
 
 /* ---- pointers ---- */
@@ -444,14 +429,14 @@ static ERL_NIF_TERM nif_to_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   char err[256];
   emlx_array_res *res;
   emlx_to_pointer_job *tp = &job->to_pointer;
-  if (!emlx_job_take_array(env, argv[1], job, &tp->arr, err, sizeof err)) return fail(env, job, err);
+  if (!emlx_job_take_array(env, argv[1], job, &tp->arr, err, sizeof err)) return emlx_job_fail(env, job, err);
   enif_get_resource(env, argv[1], emlx_array_type, (void **)&res);
   tp->res = res;
   enif_keep_resource(res);
   tp->ipc = strcmp(mode, "ipc") == 0;
   tp->permissions = perms;
   snprintf(tp->shm_name, sizeof tp->shm_name, "/emlx-%ld-%lu", (long)getpid(), ++counter);
-  return submit(env, job);
+  return emlx_job_submit(env, job);
 }
 
 static ERL_NIF_TERM nif_from_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -462,22 +447,22 @@ static ERL_NIF_TERM nif_from_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TER
   emlx_from_pointer_job *fp = &job->from_pointer;
   ErlNifUInt64 addr;
   if (enif_get_uint64(env, argv[1], &addr)) {
-    if (addr == 0) return fail(env, job, "the pointer address is null");
+    if (addr == 0) return emlx_job_fail(env, job, "the pointer address is null");
     fp->ipc = 0;
     fp->address = (uintptr_t)addr;
   } else if (get_shm_name(env, argv[1], fp->shm_name, sizeof fp->shm_name)) {
     fp->ipc = 1;
   } else {
-    return fail(env, job, "expected an address (integer) or a shared-memory name (binary)");
+    return emlx_job_fail(env, job, "expected an address (integer) or a shared-memory name (binary)");
   }
   const char *bad = emlx_decode_spec(env, argv[2], argv[3], &fp->spec);
-  if (bad) return fail(env, job, bad);
+  if (bad) return emlx_job_fail(env, job, bad);
   size_t count;
-  if (!emlx_spec_count(&fp->spec, &count)) return fail(env, job, "shape too large");
+  if (!emlx_spec_count(&fp->spec, &count)) return emlx_job_fail(env, job, "shape too large");
   size_t isz = emlx_dtype_size(fp->spec.dtype);
-  if (count > (SIZE_MAX >> 4) / isz) return fail(env, job, "shape too large");
+  if (count > (SIZE_MAX >> 4) / isz) return emlx_job_fail(env, job, "shape too large");
   fp->nbytes = count * isz;
-  return submit(env, job);
+  return emlx_job_submit(env, job);
 }
 
 static ERL_NIF_TERM nif_shm_unlink(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -701,6 +686,8 @@ static ErlNifFunc funcs[] = {
     {"to_pointer", 4, nif_to_pointer, 0},
     {"from_pointer", 4, nif_from_pointer, 0},
     {"shm_unlink", 1, nif_shm_unlink, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"load_safetensors", 2, emlx_nif_load_safetensors, 0},
+    {"save_safetensors", 4, emlx_nif_save_safetensors, 0},
     {"array_info", 1, nif_array_info, 0},
     {"array_strides", 1, nif_array_strides, 0},
     {"deallocate", 1, nif_deallocate, 0},

@@ -158,6 +158,19 @@ defmodule EMLX.NIF do
   @spec shm_unlink(binary()) :: :ok
   def shm_unlink(_name), do: :erlang.nif_error(:nif_not_loaded)
 
+  ## Files
+
+  @doc """
+  Posts reading a `.safetensors` file with MLX's loader; the reply is
+  `{[{name, array}], [{key, value}]}` (arrays evaluated, metadata strings).
+  """
+  @spec load_safetensors(queue, binary()) :: job
+  def load_safetensors(_queue, _path), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Posts writing `[{name, array}]` and `[{key, value}]` metadata to a `.safetensors` file."
+  @spec save_safetensors(queue, binary(), [{binary(), array}], [{binary(), binary()}]) :: job
+  def save_safetensors(_queue, _path, _arrays, _metadata), do: :erlang.nif_error(:nif_not_loaded)
+
   ## Arrays
 
   @doc "`{shape, type, owner_queue}` of an array, or `{:pending, owner_queue}` before it is computed."

@@ -284,6 +284,22 @@ defmodule EMLX.FastTest do
     end
   end
 
+  describe "logsumexp/2" do
+    test "matches the reference, over the last axis and over others" do
+      cases = [
+        {{16}, []},
+        {{3, 32}, [axes: [-1]]},
+        {{2, 3, 64}, [axes: [2], keep_axes: true]},
+        {{1, 40}, [keep_axes: true]},
+        {{4, 5, 6}, [axes: [0, 1]]}
+      ]
+
+      for type <- @types, {{shape, opts}, seed} <- Enum.with_index(cases) do
+        check(&Fast.logsumexp(&1, opts), [rand(shape, seed, type)], :logsumexp)
+      end
+    end
+  end
+
   describe "kv_cache_attention/7 and kv_cache_attention_masked/8" do
     defp kv_inputs(type) do
       {b, t, nq, nkv, d, tmax} = {2, 3, 4, 2, 8, 6}
