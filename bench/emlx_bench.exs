@@ -124,6 +124,17 @@ defmodule EMLXBench.Defns do
   end
 
   deftransformp head_scale(q), do: 1.0 / :math.sqrt(elem(Nx.shape(q), 2))
+
+  ## A loop whose condition is read each iteration: `n` steps of a small body
+
+  defn while_loop(x, n) do
+    {_, acc, _} =
+      while {i = 0, acc = x, n}, i < n do
+        {i + 1, Nx.tanh(acc * 0.99 + 0.1), n}
+      end
+
+    acc
+  end
 end
 
 defmodule MLXPython do
@@ -287,7 +298,8 @@ defmodule EMLXBench do
       mlp([784, 512, 512, 10], 128, false),
       mlp([784, 64, 64, 10], 8, true),
       transformer(512, 768, 12, false),
-      transformer(32, 64, 4, true)
+      transformer(32, 64, 4, true),
+      while_loop(1_000, 64, true)
     ]
   end
 
@@ -466,6 +478,21 @@ defmodule EMLXBench do
         p = evaluated(block_params(d))
         f = jit.(&Defns.transformer_block(&1, &2, heads: heads))
         fn -> f.(x, p) end
+      end
+    }
+  end
+
+  defp while_loop(iters, size, binary) do
+    %{
+      name: "while_loop_#{count(iters)}_f32_#{size}",
+      params:
+        "while loop: #{iters} x tanh(x * 0.99 + 0.1) on f32[#{size}], condition read each time",
+      size: "#{iters} x f32[#{size}]",
+      binary: binary,
+      setup: fn jit ->
+        x = evaluated(synth({size}, :f32, 1.0, 0.0))
+        f = jit.(&Defns.while_loop/2)
+        fn -> f.(x, iters) end
       end
     }
   end

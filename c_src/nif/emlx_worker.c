@@ -195,7 +195,7 @@ static void run_sync(emlx_queue *q, emlx_job *job) { emlx_reply_status(job, emlx
 /* ---- programs ---- */
 
 static void run_program(emlx_queue *q, emlx_job *job) {
-  emlx_program_res *p = job->program.res;
+  emlx_program *p = &job->program.res->prog;
   emlx_arr **outs = enif_alloc(sizeof(emlx_arr *) * (size_t)(p->nouts ? p->nouts : 1));
   ERL_NIF_TERM *terms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)(p->nouts ? p->nouts : 1));
   if (!outs || !terms) {
@@ -204,8 +204,7 @@ static void run_program(emlx_queue *q, emlx_job *job) {
     emlx_reply_oom(job);
     return;
   }
-  emlx_status st = emlx_program_run(q->stream, p->instrs, p->ninstrs, job->program.inputs, job->program.ninputs, p->out_slots,
-                                    p->nouts, job->program.compile, &p->compiled, outs);
+  emlx_status st = emlx_program_run(q->stream, p, job->program.inputs, job->program.ninputs, job->program.compile, outs);
   if (st != EMLX_OK) {
     emlx_reply_error(job, st);
   } else {
