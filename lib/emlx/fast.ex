@@ -300,6 +300,32 @@ defmodule EMLX.Fast do
   end
 
   @doc """
+  A linear layer without bias, `x @ transpose(weight)`, with MLX's own
+  matmul in `x`'s type (as mlx-lm's `nn.Linear`): `x` is {..., in},
+  `weight` {out, in}; the output is {..., out} of `x`'s type. `Nx.dot/4` on
+  EMLX computes f16/bf16 products on the CPU as an f32 GEMM rounded once
+  (faster and more accurate); this keeps MLX's half-precision kernel, so
+  results equal MLX's (and mlx-lm's) bit for bit. The reference is
+  `Nx.dot(x, [-1], weight, [1])`.
+  """
+  deftransform linear(x, weight) do
+    name = "linear/2"
+    x = float!(x, name, "x")
+    weight = float!(weight, name, "weight")
+    rank = tuple_size(x.shape)
+
+    if rank < 1 or tuple_size(weight.shape) != 2 or
+         elem(x.shape, rank - 1) != elem(weight.shape, 1) do
+      raise ArgumentError,
+            "EMLX.Fast.#{name}: x must be {..., in} and weight {out, in}, got #{inspect(x.shape)} and #{inspect(weight.shape)}"
+    end
+
+    weight = Nx.as_type(weight, x.type)
+    out = Nx.template(put_elem(x.shape, rank - 1, elem(weight.shape, 0)), x.type)
+    fast(name, :fast_linear, [x, weight], [{:arg, 0}, {:arg, 1}], out, &Reference.linear/2)
+  end
+
+  @doc """
   `log(sum(exp(x)))` over `axes` (default: all) with MLX's own kernel
   (`mx::logsumexp`, which accumulates in f32 and keeps `x`'s type), as
   mlx-lm computes log-probabilities. Options: `:axes`, `:keep_axes`

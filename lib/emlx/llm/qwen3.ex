@@ -391,7 +391,7 @@ defmodule EMLX.LLM.Qwen3 do
     do: Fast.rope_with_positions(t, positions, c.head_dim, false, c.theta, 1.0)
 
   defp linear(x, %{weight: w, scales: s, biases: b}), do: Packed.matmul(x, w, s, b)
-  defp linear(x, %{weight: w}), do: Nx.dot(x, [-1], w, [1])
+  defp linear(x, %{weight: w}), do: Fast.linear(x, w)
 
   defp embed(%{weight: w, scales: s, biases: b}, ids, c) do
     bits = div(elem(w.shape, 1) * 32, c.hidden)
