@@ -15,8 +15,10 @@ defmodule EMLX.GC do
   So each process counts the bytes of the arrays its eager ops and compiled
   programs produce. When the count passes `config :emlx, :gc_bytes`
   (default 16 MiB; `false` turns this off), the next evaluation
-  (`EMLX.eval/1`, a read-back) first runs a minor garbage collection of the
-  process, then waits on `EMLX.NIF.sweep_barrier/0` until the destructors
+  (`EMLX.eval/1`, a read-back) first runs a garbage collection of the
+  process (a full one: a minor collection misses the dead handles already
+  promoted to the old heap, which depends on what else the process
+  allocated), then waits on `EMLX.NIF.sweep_barrier/0` until the destructors
   that collection queued have run. The evaluation then sees only the
   arrays still referenced: intermediates are donated or reused from MLX's
   cache, as in Python.
@@ -77,7 +79,7 @@ defmodule EMLX.GC do
     # holder's release, not the collection, would then queue the destructor,
     # on no particular scheduler: let the worker catch up first.
     queue |> EMLX.NIF.queue_sync() |> EMLX.Worker.await()
-    :erlang.garbage_collect(self(), type: :minor)
+    :erlang.garbage_collect(self())
     ref = EMLX.NIF.sweep_barrier()
 
     # The barrier's destructor runs right after those the collection queued;
