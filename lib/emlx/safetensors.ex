@@ -114,10 +114,8 @@ defmodule EMLX.SafeTensors do
               "and biases (EMLX.Quantization.parts/1) under names of their own"
     end
 
-    case t.data do
-      %EMLX.Backend{} -> t
-      _ -> Types.check!(t.type, :save_safetensors) && t
-    end
+    unless match?(%EMLX.Backend{}, t.data), do: Types.check!(t.type, :save_safetensors)
+    t
   end
 
   defp tensor!(name, other) do

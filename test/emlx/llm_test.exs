@@ -89,7 +89,15 @@ defmodule EMLX.LLMTest do
     on_exit(fn -> File.rm_rf!(dir) end)
     File.write!(Path.join(dir, "config.json"), ~s({"model_type": "llama"}))
     assert_raise ArgumentError, ~r/model_type "qwen3", got "llama"/, fn -> Qwen3.load(dir) end
-    File.cp!(Path.join(models.bf16.dir, "config.json"), Path.join(dir, "config.json"))
+    config = models.bf16.dir |> Path.join("config.json") |> File.read!() |> JSON.decode!()
+    yarn = Map.put(config, "rope_scaling", %{"rope_type" => "yarn", "factor" => 4.0})
+    File.write!(Path.join(dir, "config.json"), JSON.encode!(yarn))
+
+    assert_raise ArgumentError, ~r/rope scaling .*yarn.* is not supported/, fn ->
+      Qwen3.load(dir)
+    end
+
+    File.write!(Path.join(dir, "config.json"), JSON.encode!(config))
     assert_raise ArgumentError, ~r/no model\*.safetensors/, fn -> Qwen3.load(dir) end
 
     serving = EMLX.LLM.Serving.new(model, sequence_length: 4)

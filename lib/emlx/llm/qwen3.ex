@@ -75,18 +75,12 @@ defmodule EMLX.LLM.Qwen3 do
   end
 
   defp model_config!(%{"model_type" => "qwen3"} = c) do
-    case c["rope_scaling"] do
-      nil ->
-        :ok
+    # mlx-lm reads the scaling from rope_scaling, else from transformers 5's
+    # rope_parameters; only plain RoPE (no type, or "default") is supported.
+    scaling = c["rope_scaling"] || c["rope_parameters"] || %{}
 
-      %{"type" => "default"} ->
-        :ok
-
-      %{"rope_type" => "default"} ->
-        :ok
-
-      other ->
-        raise ArgumentError, "EMLX.LLM.Qwen3: rope_scaling #{inspect(other)} is not supported"
+    unless (scaling["type"] || scaling["rope_type"]) in [nil, "default"] do
+      raise ArgumentError, "EMLX.LLM.Qwen3: rope scaling #{inspect(scaling)} is not supported"
     end
 
     theta = c["rope_theta"] || get_in(c, ["rope_parameters", "rope_theta"])
