@@ -28,11 +28,14 @@
 # Each library is copied to WORK_DIR/<suite>-<mode> (default
 # /tmp/emlx-libs; its _build is kept, so a re-run only recompiles what
 # changed), its dependencies are rewritten as path dependencies and its
-# test_helper.exs gets a prelude (see bench/libraries.exs). Each run has a
-# time limit, SUITE_TIMEOUT seconds (default 2400); a run that reaches it is
-# reported with the number of tests it got through. ExUnit's own per-test
-# limit (60 s) applies as upstream. MIX_TEST_ARGS (default
-# "--seed 0 --max-cases 2") is passed to `mix test`.
+# test_helper.exs gets a prelude that installs the result formatter (see
+# bench/libraries.exs). The suite runs through bench/libraries_run.exs (what
+# `mix test` does: compile and load every test file, then run; in mode
+# emlx, EMLX becomes the global default backend and defn compiler in
+# between). Each run has a time limit, SUITE_TIMEOUT seconds (default
+# 2400); a run that reaches it is reported with the number of tests it got
+# through. ExUnit's own per-test limit (60 s) applies as upstream.
+# LIBS_SEED (default 0) and LIBS_MAX_CASES (default 2) go to ExUnit.
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,7 +49,6 @@ results="$work/results"
 suites="${SUITES:-polaris axon scholar nx}"
 limit="${SUITE_TIMEOUT:-2400}"
 modes="${MODES:-upstream emlx}"
-read -r -a test_args <<<"${MIX_TEST_ARGS:---seed 0 --max-cases 2}"
 mkdir -p "$results" "$root/bench/results"
 
 summarize() {
@@ -78,7 +80,7 @@ for suite in $suites; do
 
     start=$(date +%s)
     (cd "$dir" && MIX_ENV=test EMLX_LIBS_RESULTS="$out.results" \
-      timeout -k 30 "$limit" mix test "${test_args[@]}" >"$out.log" 2>&1)
+      timeout -k 30 "$limit" mix run "$root/bench/libraries_run.exs" "$mode" >"$out.log" 2>&1)
     status=$?
     seconds=$(($(date +%s) - start))
     case $status in
@@ -87,7 +89,11 @@ for suite in $suites; do
       *) what="exit $status" ;;
     esac
     ref="$(cat "$LIBS_DIR/$suite/.emlx_ref" 2>/dev/null || echo unknown)"
-    printf 'seconds=%s\nexit=%s\nref=%s\n' "$seconds" "$what" "$ref" >"$out.meta"
+    # test files whose module attributes call Nx (tensors compiled into the module)
+    attrs="$(cd "$dir" && grep -rlE '^\s*@[a-z_0-9]+ .*Nx\.' test --include='*_test.exs' | wc -l)"
+    switched="$(cat "$dir/.emlx_switched" 2>/dev/null)"
+    printf 'seconds=%s\nexit=%s\nref=%s\nattr_files=%s\nswitched=%s\n' \
+      "$seconds" "$what" "$ref" "$attrs" "$switched" >"$out.meta"
     echo "   $what in ${seconds} s; $(tail -n 3 "$out.log" | grep -E 'tests?,' || echo 'no summary line')" >&2
   done
 done

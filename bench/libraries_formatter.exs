@@ -4,9 +4,10 @@
 # test_helper.exs prelude that bench/libraries.exs writes into each library
 # copy; it is never part of EMLX itself.
 #
-# Each line is `{:test, module, name, state, time_us, class, detail}.` where
-# state is :passed, :failed, :skipped, :excluded or :invalid, class is a
-# short cause (nil when passed) and detail the first lines of the message.
+# Each line is `{:test, module, name, state, time_us, class, detail, file}.`
+# where state is :passed, :failed, :skipped, :excluded or :invalid, class is
+# a short cause (nil when passed), detail the first lines of the message and
+# file the test file, relative to the project.
 # Two idioms that hold only on Nx.BinaryBackend are classed apart:
 #
 #   * "idiom: == on tensor structs": an assertion (or a doctest) compares
@@ -16,7 +17,11 @@
 #     equal;
 #   * "idiom: tensor captured by a jit closure": Nx refuses to inline a
 #     tensor of another backend than Nx.BinaryBackend into a defn
-#     expression (Nx.Defn.IncompatibleBackendsError).
+#     expression (Nx.Defn.IncompatibleBackendsError, and the ArgumentErrors
+#     of Nx.Defn.grad/2 and Nx.Defn.Expr that say so);
+#   * "idiom: a test's own backend meets the default backend": a stand-in
+#     backend defined by a test (its name ends in TestBackend) mixes only
+#     with Nx.BinaryBackend.
 
 defmodule EMLXLibs.Formatter do
   @moduledoc false
@@ -42,8 +47,15 @@ defmodule EMLXLibs.Formatter do
 
   @impl true
   def handle_cast({:test_finished, %ExUnit.Test{} = test}, io) do
-    {state, class, detail} = describe(test.state)
-    write(io, {:test, test.module, test.name, state, test.time, class, detail})
+    {state, class, detail} =
+      try do
+        describe(test.state)
+      rescue
+        e -> {elem(test.state, 0), "(formatter: #{inspect(e.__struct__)})", nil}
+      end
+
+    file = test.tags[:file] && Path.relative_to_cwd(test.tags[:file])
+    write(io, {:test, test.module, test.name, state, test.time, class, detail, file})
     {:noreply, io}
   end
 
@@ -92,14 +104,39 @@ defmodule EMLXLibs.Formatter do
   defp classify(:error, %ExUnit.TimeoutError{}), do: "timeout (ExUnit per-test limit)"
 
   defp classify(:error, %{__struct__: Nx.Defn.IncompatibleBackendsError} = e) do
-    if msg(e) =~ "Nx.Defn.Expr and",
-      do: "idiom: tensor captured by a jit closure",
-      else: "Nx.Defn.IncompatibleBackendsError: " <> msg(e)
+    cond do
+      msg(e) =~ "Nx.Defn.Expr and" -> "idiom: tensor captured by a jit closure"
+      msg(e) =~ ~r/Test\w*Backend/ -> "idiom: a test's own backend meets the default backend"
+      true -> "Nx.Defn.IncompatibleBackendsError: " <> msg(e)
+    end
+  end
+
+  # A test's stand-in backend without to_binary: only Nx.BinaryBackend
+  # takes its tensors (through backend_transfer).
+  defp classify(:error, %UndefinedFunctionError{module: module} = e) do
+    if inspect(module) =~ ~r/Test\w*Backend$/,
+      do: "idiom: a test's own backend meets the default backend",
+      else: "UndefinedFunctionError: " <> msg(e)
+  end
+
+  # The same idiom as Nx.Defn.grad/2 and Nx.Defn.Expr word it.
+  defp classify(:error, %ArgumentError{} = e) do
+    message = msg(e)
+
+    if message =~ "captured as a closure inside the gradient function" or
+         message =~ ~r/cannot convert tensor allocated on \S+ to an expression/,
+       do: "idiom: tensor captured by a jit closure",
+       else: "ArgumentError: " <> message
   end
 
   defp classify(:error, %{__exception__: true} = e), do: inspect(e.__struct__) <> ": " <> msg(e)
   defp classify(:exit, {:timeout, _}), do: "exit: timeout"
-  defp classify(kind, reason), do: "#{kind}: " <> String.slice(inspect(reason, limit: 5), 0, 120)
+
+  # A linked process (a Task, a serving) that failed: its own failure.
+  defp classify({:EXIT, _pid}, {%{__exception__: true} = e, _stack}), do: classify(:error, e)
+
+  defp classify(kind, reason),
+    do: "#{inspect(kind)}: " <> String.slice(inspect(reason, limit: 5), 0, 120)
 
   defp msg(e) do
     first_line(Exception.message(e))

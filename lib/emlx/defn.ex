@@ -149,7 +149,9 @@ defmodule EMLX.Defn do
           |> Enum.with_index()
           |> Enum.map(fn {arg, p} ->
             fn ->
-              t = arg.()
+              # A lazy container computes its tensor here, eagerly: the
+              # parameter is a real array, and the plan stays valid.
+              t = Recorder.suspended(arg)
               param = Recorder.bind_param(p, EMLX.Backend.ref_on(t, device, queue))
               keep_quantization(%{t | data: EMLX.Backend.data(param, device, queue)}, t)
             end

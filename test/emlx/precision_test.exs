@@ -123,6 +123,14 @@ defmodule EMLX.PrecisionTest do
     {vals, vecs} = Nx.LinAlg.eigh(a)
     close(vals, [4.0, 1.0, 1.0], 1.0e-5)
     close(Nx.dot(a, vecs), Nx.to_list(Nx.multiply(vecs, vals)), 1.0e-5)
+
+    # Nx's order is by magnitude, the largest first (issue 14: Nx's eigh tests)
+    b = emlx([[5.0, 3.0, 1.0], [3.0, -100.0, 2.0], [1.0, 2.0, 7.0]])
+    {vals, vecs} = Nx.LinAlg.eigh(b)
+    close(vals, [-100.1219, 7.49879, 4.62311], 1.0e-4)
+    close(Nx.dot(b, vecs), Nx.to_list(Nx.multiply(vecs, vals)), 1.0e-3)
+    {batched, _} = Nx.LinAlg.eigh(Nx.stack([b, Nx.negate(b)]))
+    close(batched, [[-100.1219, 7.49879, 4.62311], [100.1219, -7.49879, -4.62311]], 1.0e-4)
   end
 
   test "svd and lu reconstruct the input" do

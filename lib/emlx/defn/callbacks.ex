@@ -52,14 +52,16 @@ defmodule EMLX.Defn.Callbacks do
 
   # One visit per expression id; a node keeps its id, so Nx's evaluator
   # caches work as before.
+  # By id, the rewritten node; each occurrence keeps its own tensor struct
+  # (a vectorized and a devectorized view share one node).
   defp rewrite(%T{data: %Expr{id: id}} = t, seen, opts) do
     case seen do
       %{^id => done} ->
-        {done, seen}
+        {%{t | data: done}, seen}
 
       %{} ->
         {done, seen} = rewrite_node(t, seen, opts)
-        {done, Map.put(seen, id, done)}
+        {done, Map.put(seen, id, done.data)}
     end
   end
 

@@ -146,12 +146,12 @@ defmodule EMLX.Defn.Cond do
         {param, subst}
 
       {_, %{^id => done}} ->
-        {done, subst}
+        {%{t | data: done}, subst}
 
       _ ->
         {args, subst} = Tree.apply_args(t, :scope, subst, &substitute(&1, &2, params))
         done = put_in(t.data.args, args)
-        {done, Map.put(subst, id, done)}
+        {done, Map.put(subst, id, done.data)}
     end
   end
 

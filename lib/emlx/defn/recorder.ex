@@ -76,6 +76,25 @@ defmodule EMLX.Defn.Recorder do
   end
 
   @doc """
+  Runs `fun` with no recording active (its ops run eagerly): a lazy
+  container's parameter function computes its tensor so (Nx.Batch stacks
+  its entries when the computation reads it).
+  """
+  def suspended(fun) do
+    case Process.delete(@key) do
+      nil ->
+        fun.()
+
+      rec ->
+        try do
+          fun.()
+        after
+          Process.put(@key, rec)
+        end
+    end
+  end
+
+  @doc """
   Binds defn parameter `p` to the real array `ref` (done the first time
   the parameter is read) and returns its placeholder.
   """

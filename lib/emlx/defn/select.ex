@@ -25,14 +25,20 @@ defmodule EMLX.Defn.Select do
     expr
   end
 
+  # Each occurrence of a node keeps its own tensor struct (a vectorized and
+  # a devectorized view share one node); a lowered cond is its select.
   defp node(%T{data: %Expr{id: id}} = t, seen, scope) do
     case seen do
+      %{^id => {:data, done}} ->
+        {%{t | data: done}, seen}
+
       %{^id => done} ->
         {done, seen}
 
       %{} ->
         {done, seen} = op(t, seen, scope)
-        {done, Map.put(seen, id, done)}
+        memo = if done.data.id == id, do: {:data, done.data}, else: done
+        {done, Map.put(seen, id, memo)}
     end
   end
 
