@@ -13,7 +13,8 @@
 # Each entry of EMLX_OUT.json: name, params, emlx_s, emlx_compiled_s (null
 # with BENCH_EMLX_COMPILED=0, see below), binary_s, size (the size
 # BinaryBackend ran, null when it did not run), iters, min_s (the fastest
-# run), checksums, errors. Times are the median seconds per iteration after
+# run), checksums, peak_bytes (MLX's peak memory over the timed runs, EMLX
+# sides), errors. Times are the median seconds per iteration after
 # warm-up; evaluation is forced inside the timed region (EMLX.eval on every
 # output; BinaryBackend computes eagerly).
 #
@@ -50,6 +51,10 @@ defmodule EMLXBench.Defns do
     e = Nx.exp(x - Nx.reduce_max(x, axes: [-1], keep_axes: true))
     e / Nx.sum(e, axes: [-1], keep_axes: true)
   end
+
+  defn svd(a), do: Nx.LinAlg.svd(a)
+  defn qr(a), do: Nx.LinAlg.qr(a)
+  defn eigh(a), do: Nx.LinAlg.eigh(a)
 
   # NCHW input, OIHW kernel (Nx's defaults), stride 1, "same" padding.
   defn conv2d(x, k), do: Nx.conv(x, k, padding: :same)
@@ -206,6 +211,20 @@ defmodule EMLXBench do
     |> Nx.as_type(type)
   end
 
+  # A full-rank matrix for the decompositions (synth/4's values have rank
+  # 2), from integer arithmetic so that every side builds the same values:
+  # ((i mod 4093)^2 mod 4093) / 4093 - 0.5 over the flat index i.
+  def square(n) do
+    q = Nx.remainder(Nx.iota({n * n}, type: :s32), 4093)
+
+    Nx.multiply(q, q)
+    |> Nx.remainder(4093)
+    |> Nx.as_type(:f32)
+    |> Nx.divide(4093)
+    |> Nx.subtract(0.5)
+    |> Nx.reshape({n, n})
+  end
+
   def mlp_params(sizes) do
     sizes
     |> Enum.chunk_every(2, 1, :discard)
@@ -264,10 +283,16 @@ defmodule EMLXBench do
       elementwise(100_000, true),
       matmul(2048, :f32, false),
       matmul(2048, :bf16, false),
+      matmul(1024, :f32, false),
+      matmul(1024, :bf16, false),
       matmul(128, :f32, true),
       matmul(128, :bf16, true),
       softmax(4096, false),
+      softmax(2048, false),
       softmax(256, true),
+      linalg(:svd, 512),
+      linalg(:qr, 512),
+      linalg(:eigh, 512),
       conv({32, 64, 56, 56}, 64, false),
       conv({1, 8, 16, 16}, 8, true),
       mlp([784, 512, 512, 10], 128, false),
@@ -393,6 +418,23 @@ defmodule EMLXBench do
     }
   end
 
+  # Nx.LinAlg.svd / qr / eigh of square(n) (eigh: its symmetric part).
+  defp linalg(kind, n) do
+    %{
+      name: "#{kind}_#{n}",
+      params:
+        "Nx.LinAlg.#{kind} of f32[#{n}x#{n}]" <> if(kind == :eigh, do: ", symmetric", else: ""),
+      size: "#{n}x#{n}",
+      binary: false,
+      setup: fn jit ->
+        m = square(n)
+        a = evaluated(if kind == :eigh, do: Nx.multiply(Nx.add(m, Nx.transpose(m)), 0.5), else: m)
+        f = jit.(Function.capture(Defns, kind, 1))
+        fn -> f.(a) end
+      end
+    }
+  end
+
   defp conv({batch, c, h, w} = shape, out_c, binary) do
     %{
       name: "conv2d_b#{batch}_c#{c}_#{h}x#{w}_k3",
@@ -485,17 +527,30 @@ defmodule EMLXBench do
   ## are done (at most max_iters runs); the median of those, divided by
   ## `reps` (the times the function repeats its step).
 
-  def measure(fun, target_s, min_iters, max_iters, reps \\ 1) do
+  ## `device` (EMLX sides) also measures MLX's peak memory over the timed
+  ## runs: dead arrays of earlier work are swept first, and the peak counter
+  ## reset, so the peak is that of the workload's inputs, the first run's
+  ## output (kept for the checksum) and what each run allocates.
+
+  def measure(fun, target_s, min_iters, max_iters, reps \\ 1, device \\ nil) do
     {first_s, out} = timed(fun)
     warm_up(fun, first_s, 1)
+    if device, do: reset_peak(device)
     times = timed_runs(fun, [], target_s, min_iters, max_iters) |> Enum.map(&(&1 / reps))
 
     %{
       median_s: median(times),
       min_s: Enum.min(times),
       iters: length(times),
-      checksum: checksum(out)
+      checksum: checksum(out),
+      peak_bytes: if(device, do: EMLX.memory_info().peak_memory)
     }
+  end
+
+  defp reset_peak(device) do
+    :erlang.garbage_collect()
+    EMLX.GC.sweep(EMLX.CommandQueue.resolve(device))
+    EMLX.reset_peak_memory()
   end
 
   defp warm_up(_fun, spent, runs) when spent >= 0.25 or runs >= 5, do: :ok
@@ -535,9 +590,15 @@ defmodule EMLXBench do
   def run_side(workload, backend, target_s, min_iters, max_iters, jit \\ & &1) do
     previous = Nx.default_backend(backend)
 
+    device =
+      case backend do
+        {EMLX.Backend, opts} -> Keyword.fetch!(opts, :device)
+        _ -> nil
+      end
+
     try do
       fun = workload.setup.(jit)
-      {:ok, measure(fun, target_s, min_iters, max_iters, Map.get(workload, :reps, 1))}
+      {:ok, measure(fun, target_s, min_iters, max_iters, Map.get(workload, :reps, 1), device)}
     rescue
       e -> {:error, e.__struct__ |> inspect() |> Kernel.<>(": " <> Exception.message(e))}
     after
@@ -652,6 +713,7 @@ defmodule EMLXBench do
       iters: Map.new(sides, fn {side, result} -> {side, value(result, :iters)} end),
       min_s: Map.new(sides, fn {side, result} -> {side, value(result, :min_s)} end),
       checksums: Map.new(sides, fn {side, result} -> {side, value(result, :checksum)} end),
+      peak_bytes: Map.new(sides, fn {side, result} -> {side, value(result, :peak_bytes)} end),
       errors: errors
     }
   end

@@ -9,9 +9,11 @@ device or, with BENCH_DEVICE=gpu, its GPU (the same libmlx that EMLX links).
 Usually run by bench/run.sh, through bench/emlx_bench.exs, which drives the
 --serve mode so that both sides of a workload are timed back to back. Each entry of OUT.json: name, params,
 mlx_python_s (plain eager MLX), mlx_compiled_s (the same function through
-mx.compile, where that applies; else null), iters, checksums, errors. Times
-are the median seconds per iteration after warm-up; mx.eval on every output
-is inside the timed region.
+mx.compile, where that applies; else null), numpy_s (the same work in numpy,
+on its own OpenBLAS, where numpy has it: f32 matmul, softmax, SVD, QR, eigh;
+else null), iters, min_s, checksums, peak_bytes (MLX's peak memory over the
+timed runs; null for numpy), errors. Times are the median seconds per
+iteration after warm-up; mx.eval on every output is inside the timed region.
 
 Environment: BENCH_ONLY=regex runs only the matching workloads;
 BENCH_TARGET_S (default 1.5) is the time each measurement aims to spend;
@@ -32,6 +34,11 @@ import sys
 import time
 
 import mlx.core as mx
+
+try:
+    import numpy as np
+except ImportError:  # the numpy column is then left empty
+    np = None
 
 DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
 if DEVICE not in ("cpu", "gpu"):
@@ -57,6 +64,13 @@ def synth(shape, dtype, scale, phase):
     n = math.prod(shape)
     x = mx.sin(mx.arange(n, dtype=mx.float32) * 0.37 + phase) * scale
     return x.reshape(shape).astype(dtype)
+
+
+# A full-rank matrix for the decompositions, identical to EMLXBench.square/1:
+# ((i mod 4093)^2 mod 4093) / 4093 - 0.5 over the flat index i.
+def square(n):
+    q = mx.arange(n * n, dtype=mx.int32) % 4093
+    return ((q * q % 4093).astype(mx.float32) / 4093 - 0.5).reshape(n, n)
 
 
 def evaluated(tree):
@@ -233,6 +247,19 @@ def elementwise(n):
     return f"elementwise_chain_{count(n)}", f"tanh(exp(x) * 2 + 1), x f32[{n}]", setup
 
 
+## numpy (OpenBLAS) versions, where a workload has one: the same inputs,
+## copied out of MLX.
+
+
+def np_softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def to_numpy(a):
+    return np.array(a) if np is not None else None
+
+
 def matmul_w(n, type_name, precision=None):
     """precision (GPU f32 only): "full" or "tf32", in the name and params."""
     suffix, note = {
@@ -245,7 +272,10 @@ def matmul_w(n, type_name, precision=None):
         dtype = TYPES[type_name]
         a = evaluated(synth((n, n), dtype, 1.0, 0.0))
         b = evaluated(synth((n, n), dtype, 1.0, 1.0))
-        return (lambda: matmul(a, b)), None
+        if np is None or type_name != "f32" or DEVICE != "cpu":
+            return (lambda: matmul(a, b)), None
+        na, nb = to_numpy(a), to_numpy(b)
+        return (lambda: matmul(a, b)), None, (lambda: na @ nb)
 
     return (
         f"matmul_{n}_{type_name}{suffix}",
@@ -258,9 +288,36 @@ def softmax_w(n):
     def setup():
         x = evaluated(synth((n, n), mx.float32, 4.0, 0.0))
         compiled = mx.compile(softmax)
-        return (lambda: softmax(x)), (lambda: compiled(x))
+        if np is None or DEVICE != "cpu":
+            return (lambda: softmax(x)), (lambda: compiled(x))
+        nx = to_numpy(x)
+        return (lambda: softmax(x)), (lambda: compiled(x)), (lambda: np_softmax(nx))
 
     return f"softmax_{n}x{n}", f"softmax over the last axis of f32[{n}x{n}]", setup
+
+
+LINALG = {
+    "svd": (lambda a: mx.linalg.svd(a, stream=mx.cpu), lambda a: np.linalg.svd(a)),
+    "qr": (lambda a: mx.linalg.qr(a, stream=mx.cpu), lambda a: np.linalg.qr(a)),
+    "eigh": (lambda a: mx.linalg.eigh(a, stream=mx.cpu), lambda a: np.linalg.eigh(a)),
+}
+
+
+def linalg(kind, n):
+    """SVD / QR / eigh of square(n) (eigh: its symmetric part), on MLX's CPU
+    stream (MLX has them on the CPU only) and in numpy."""
+
+    def setup():
+        m = square(n)
+        a = evaluated((m + m.T) * 0.5 if kind == "eigh" else m)
+        mlx_fn, np_fn = LINALG[kind]
+        if np is None:
+            return (lambda: mlx_fn(a)), None
+        na = to_numpy(a)
+        return (lambda: mlx_fn(a)), None, (lambda: np_fn(na))
+
+    params = f"Nx.LinAlg.{kind} of f32[{n}x{n}]" + (", symmetric" if kind == "eigh" else "")
+    return f"{kind}_{n}", params, setup
 
 
 def conv(shape, out_c):
@@ -349,10 +406,16 @@ WORKLOADS_CPU = [
     elementwise(100_000),
     matmul_w(2048, "f32"),
     matmul_w(2048, "bf16"),
+    matmul_w(1024, "f32"),
+    matmul_w(1024, "bf16"),
     matmul_w(128, "f32"),
     matmul_w(128, "bf16"),
     softmax_w(4096),
+    softmax_w(2048),
     softmax_w(256),
+    linalg("svd", 512),
+    linalg("qr", 512),
+    linalg("eigh", 512),
     conv((32, 64, 56, 56), 64),
     conv((1, 8, 16, 16), 8),
     mlp([784, 512, 512, 10], 128),
@@ -388,13 +451,20 @@ WORKLOADS = workloads_gpu(tf32_enabled()) if DEVICE == "gpu" else WORKLOADS_CPU
 ## have passed, at most 5 runs), then timed runs until both min_iters runs
 ## and target_s seconds are done (at most max_iters runs); the median,
 ## divided by reps. mx.eval waits for the (on the GPU asynchronous) work,
-## inside the timed region.
+## inside the timed region. MLX sides also record MLX's peak memory over the
+## timed runs (reset after the warm-up; the inputs and the first run's
+## output, kept for the checksum, count in it, as on the EMLX side).
+
+
+def force(out):
+    if not (np is not None and all(isinstance(t, np.ndarray) for t in leaves(out))):
+        mx.eval(out)
 
 
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
-    mx.eval(out)
+    force(out)
     return time.perf_counter() - t0, out
 
 
@@ -403,18 +473,28 @@ def leaves(tree):
         return [leaf for key in sorted(tree) for leaf in leaves(tree[key])]
     if isinstance(tree, (list, tuple)):
         return [leaf for item in tree for leaf in leaves(item)]
+    if np is not None and hasattr(tree, "_fields"):  # numpy's named result tuples
+        return [leaf for item in tuple(tree) for leaf in leaves(item)]
     return [tree]
 
 
 def checksum(tree):
-    return sum(mx.sum(mx.abs(t.astype(mx.float32))).item() for t in leaves(tree))
+    # numpy results are summed by MLX too: the sum's own rounding differs
+    # between the two (numpy sums pairwise).
+    def one(t):
+        t = mx.array(t) if np is not None and isinstance(t, np.ndarray) else t
+        return mx.sum(mx.abs(t.astype(mx.float32))).item()
+
+    return sum(one(t) for t in leaves(tree))
 
 
-def measure(fn, target_s, reps=1, min_iters=3, max_iters=25):
+def measure(fn, target_s, reps=1, min_iters=3, max_iters=25, memory=True):
     spent, out = timed(fn)
     runs = 1
     while spent < 0.25 and runs < 5:
         spent, runs = spent + timed(fn)[0], runs + 1
+    if memory:
+        mx.reset_peak_memory()
     times = []
     while len(times) < max_iters and (len(times) < min_iters or sum(times) < target_s):
         times.append(timed(fn)[0])
@@ -424,7 +504,11 @@ def measure(fn, target_s, reps=1, min_iters=3, max_iters=25):
         "min_s": min(times),
         "iters": len(times),
         "checksum": checksum(out),
+        "peak_bytes": mx.get_peak_memory() if memory else None,
     }
+
+
+SIDES = ("mlx_python", "mlx_compiled", "numpy")
 
 
 def run_workload(workload, target_s, quiet=False):
@@ -436,29 +520,27 @@ def run_workload(workload, target_s, quiet=False):
     entry = {
         "name": name,
         "params": params,
-        "mlx_python_s": None,
-        "mlx_compiled_s": None,
-        "iters": {"mlx_python": None, "mlx_compiled": None},
-        "min_s": {"mlx_python": None, "mlx_compiled": None},
-        "checksums": {"mlx_python": None, "mlx_compiled": None},
+        **{f"{side}_s": None for side in SIDES},
+        **{key: dict.fromkeys(SIDES) for key in ("iters", "min_s", "checksums", "peak_bytes")},
         "errors": {},
     }
 
     try:
-        eager, compiled = setup()
+        fns = setup()
     except Exception as e:  # noqa: BLE001 - recorded in the results
-        eager, compiled = None, None
+        fns = ()
         entry["errors"]["mlx_python"] = f"{type(e).__name__}: {e}"
 
-    for side, fn in (("mlx_python", eager), ("mlx_compiled", compiled)):
+    for side, fn in zip(SIDES, fns):
         if fn is None:
             continue
         try:
-            result = measure(fn, target_s, reps)
+            result = measure(fn, target_s, reps, memory=side != "numpy")
             entry[f"{side}_s"] = result["median_s"]
             entry["iters"][side] = result["iters"]
             entry["min_s"][side] = result["min_s"]
             entry["checksums"][side] = result["checksum"]
+            entry["peak_bytes"][side] = result["peak_bytes"]
         except Exception as e:  # noqa: BLE001 - recorded in the results
             entry["errors"][side] = f"{type(e).__name__}: {e}"
 
@@ -467,7 +549,8 @@ def run_workload(workload, target_s, quiet=False):
             return f"{entry[f'{side}_s']:.6g} s ({entry['iters'][side]} runs)"
         return "error" if side in entry["errors"] else "-"
 
-    summary = f"MLX py {show('mlx_python')}, MLX compiled {show('mlx_compiled')}"
+    labels = (("MLX py", "mlx_python"), ("MLX compiled", "mlx_compiled"), ("numpy", "numpy"))
+    summary = ", ".join(f"{label} {show(side)}" for label, side in labels)
     if not quiet:
         print(f" {summary}", file=sys.stderr)
     return entry, summary

@@ -22,9 +22,11 @@ Each entry, one per workload:
     emlx_compiled_s     EMLX's defn compiler (null until it exists)
     mlx_python_s        Python MLX, eager
     mlx_compiled_s      Python MLX through mx.compile (null where not applicable)
+    numpy_s             numpy on its own OpenBLAS (f32 matmul, softmax, SVD, QR, eigh)
     binary_s            Nx.BinaryBackend
     size                the size BinaryBackend ran (null when it did not run)
-    iters, min_s, checksums, errors   per side (min_s: the fastest run)
+    iters, min_s, checksums, peak_bytes, errors   per side (min_s: the fastest
+                        run; peak_bytes: MLX's peak memory over the timed runs)
 
 All times are median seconds per iteration after warm-up; null where a side
 did not run. Ratios in the table: emlx/mlx = emlx_s / mlx_python_s (1.0 is
@@ -43,6 +45,7 @@ SIDES = [
     ("emlx_compiled_s", "EMLX jit", "EMLX (compiled)"),
     ("mlx_python_s", "MLX py", "Python MLX (eager)"),
     ("mlx_compiled_s", "MLX compiled", "Python MLX (mx.compile)"),
+    ("numpy_s", "numpy", "numpy (OpenBLAS)"),
     ("binary_s", "Binary", "Nx.BinaryBackend"),
 ]
 COLORS = {
@@ -50,6 +53,7 @@ COLORS = {
     "emlx_compiled_s": "#b08fd8",
     "mlx_python_s": "#2a7ab9",
     "mlx_compiled_s": "#8cc3ea",
+    "numpy_s": "#e3a33b",
     "binary_s": "#999999",
 }
 
@@ -61,7 +65,7 @@ def merge(emlx_entries, mlx_entries):
         m = by_name.pop(e["name"], None)
         if m is None:
             print(f"report: {e['name']} has no Python MLX result", file=sys.stderr)
-            m = {"iters": {}, "min_s": {}, "checksums": {}, "errors": {}}
+            m = {"iters": {}, "min_s": {}, "checksums": {}, "peak_bytes": {}, "errors": {}}
         merged.append(
             {
                 "name": e["name"],
@@ -70,11 +74,13 @@ def merge(emlx_entries, mlx_entries):
                 "emlx_compiled_s": e.get("emlx_compiled_s"),
                 "mlx_python_s": m.get("mlx_python_s"),
                 "mlx_compiled_s": m.get("mlx_compiled_s"),
+                "numpy_s": m.get("numpy_s"),
                 "binary_s": e["binary_s"],
                 "size": e["size"],
                 "iters": {**e["iters"], **m["iters"]},
                 "min_s": {**e["min_s"], **m["min_s"]},
                 "checksums": {**e["checksums"], **m["checksums"]},
+                "peak_bytes": {**e.get("peak_bytes", {}), **m.get("peak_bytes", {})},
                 "errors": {**e["errors"], **m["errors"]},
             }
         )
@@ -116,27 +122,41 @@ def checksum_note(entry):
     return f"checksum differs: {', '.join(off)}" if off else None
 
 
+def fmt_mb(n):
+    return "-" if n is None else f"{n / 1e6:.0f}"
+
+
 def table(entries):
-    sides = [s for s in SIDES if s[0] != "emlx_compiled_s" or any(e[s[0]] for e in entries)]
+    sides = [
+        s
+        for s in SIDES
+        if s[0] not in ("emlx_compiled_s", "numpy_s") or any(e.get(s[0]) for e in entries)
+    ]
     binary = any(e["binary_s"] is not None for e in entries)
     if not binary:
         sides = [s for s in sides if s[0] != "binary_s"]
+    numpy = any(e.get("numpy_s") for e in entries)
     header = (
         ["workload"]
         + [h for _, h, _ in sides]
         + ["emlx/mlx", "(min)", "jit/compiled"]
+        + (["emlx/numpy"] if numpy else [])
+        + ["peak MB emlx", "py"]
         + (["binary/emlx", "binary size"] if binary else [])
     )
     rows = []
     for e in entries:
+        peak = e.get("peak_bytes", {})
         rows.append(
             [e["name"]]
-            + [fmt_time(e[key]) for key, _, _ in sides]
+            + [fmt_time(e.get(key)) for key, _, _ in sides]
             + [
                 fmt_ratio(ratio(e["emlx_s"], e["mlx_python_s"])),
                 fmt_ratio(ratio(e["min_s"].get("emlx"), e["min_s"].get("mlx_python"))),
                 fmt_ratio(ratio(e.get("emlx_compiled_s"), e.get("mlx_compiled_s"))),
             ]
+            + ([fmt_ratio(ratio(e["emlx_s"], e.get("numpy_s")))] if numpy else [])
+            + [fmt_mb(peak.get("emlx")), fmt_mb(peak.get("mlx_python"))]
             + (
                 [fmt_ratio(ratio(e["binary_s"], e["emlx_s"])), e["size"] or "-"]
                 if binary
@@ -172,7 +192,7 @@ def chart(entries, path, device_label):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sides = [s for s in SIDES if any(e[s[0]] is not None for e in entries)]
+    sides = [s for s in SIDES if any(e.get(s[0]) is not None for e in entries)]
     n = len(entries)
     height = 0.8 / len(sides)
     fig, (ax, rax) = plt.subplots(
@@ -184,10 +204,10 @@ def chart(entries, path, device_label):
     )
     for i, (key, _, label) in enumerate(sides):
         ys = [row + (i - (len(sides) - 1) / 2) * height for row in range(n)]
-        xs = [e[key] if e[key] is not None else 0 for e in entries]
+        xs = [e.get(key) or 0 for e in entries]
         ax.barh(ys, xs, height=height, label=label, color=COLORS[key])
         for y, e in zip(ys, entries):
-            if e[key] is None and key in ("emlx_s", "mlx_python_s"):
+            if e.get(key) is None and key in ("emlx_s", "mlx_python_s"):
                 ax.text(
                     0.005,
                     y,
@@ -294,6 +314,10 @@ def main(argv):
     print("emlx/mlx: EMLX time / Python MLX time (eager both; > 1: EMLX slower);")
     print("(min): the same ratio of the fastest runs, less sensitive to background load.")
     print("jit/compiled: EMLX compiled (compiler: EMLX) time / Python mx.compile time.")
+    if any(e.get("numpy_s") for e in entries):
+        print("emlx/numpy: EMLX eager time / numpy time (numpy on its own OpenBLAS).")
+    print("peak MB: MLX's peak memory over the timed runs, EMLX eager and Python MLX eager")
+    print("(inputs and one kept output included on both sides).")
     if any(e["binary_s"] is not None for e in entries):
         print("binary/emlx: BinaryBackend time / EMLX time, at the size in 'binary size'.")
     if gpu:

@@ -94,6 +94,8 @@ defmodule EMLX do
   end
 
   defp eval_on(queue, device, refs) do
+    EMLX.GC.before_eval(queue)
+
     :telemetry.span([:emlx, :eval], %{device: device}, fn ->
       {NIF.eval(queue, refs) |> Worker.await(), %{device: device}}
     end)
@@ -327,6 +329,21 @@ defmodule EMLX do
     ref = NIF.from_binary(resolve_worker(device), blob, shape, type) |> Worker.await()
     {device, ref}
   end
+
+  ## Safetensors files (see EMLX.SafeTensors)
+
+  @doc """
+  Reads a `.safetensors` file with MLX's loader into `%{name => tensor}`
+  (element types as stored, bf16 and f16 included). Options: `:device`,
+  `:metadata` (see `EMLX.SafeTensors.load/2`).
+  """
+  defdelegate load_safetensors(path, opts \\ []), to: EMLX.SafeTensors, as: :load
+
+  @doc """
+  Writes `%{name => tensor}` to a `.safetensors` file with MLX's writer.
+  Options: `:metadata`, `:device` (see `EMLX.SafeTensors.save/3`).
+  """
+  defdelegate save_safetensors(path, tensors, opts \\ []), to: EMLX.SafeTensors, as: :save
 
   ## Affine quantization (see EMLX.Quantization)
 

@@ -7,6 +7,7 @@
 ErlNifResourceType *emlx_queue_type;
 ErlNifResourceType *emlx_array_type;
 ErlNifResourceType *emlx_program_type;
+ErlNifResourceType *emlx_barrier_type;
 emlx_atoms ATOM;
 
 static void queue_dtor(ErlNifEnv *env, void *obj) {
@@ -41,11 +42,20 @@ static void program_dtor(ErlNifEnv *env, void *obj) {
   if (p->owner) enif_release_resource(p->owner);
 }
 
+static void barrier_dtor(ErlNifEnv *env, void *obj) {
+  emlx_barrier_res *b = obj;
+  if (!b->env) return;
+  enif_send(env, &b->pid, b->env, enif_make_tuple2(b->env, b->ref, ATOM.swept));
+  enif_free_env(b->env);
+  b->env = NULL;
+}
+
 int emlx_resources_load(ErlNifEnv *env) {
   emlx_queue_type = enif_open_resource_type(env, NULL, "emlx_queue", queue_dtor, ERL_NIF_RT_CREATE, NULL);
   emlx_array_type = enif_open_resource_type(env, NULL, "emlx_array", array_dtor, ERL_NIF_RT_CREATE, NULL);
   emlx_program_type = enif_open_resource_type(env, NULL, "emlx_program", program_dtor, ERL_NIF_RT_CREATE, NULL);
-  if (!emlx_queue_type || !emlx_array_type || !emlx_program_type) return 1;
+  emlx_barrier_type = enif_open_resource_type(env, NULL, "emlx_barrier", barrier_dtor, ERL_NIF_RT_CREATE, NULL);
+  if (!emlx_queue_type || !emlx_array_type || !emlx_program_type || !emlx_barrier_type) return 1;
 
 #define A(name) enif_make_atom(env, name)
   ATOM.ok = A("ok");
@@ -71,6 +81,7 @@ int emlx_resources_load(ErlNifEnv *env) {
   ATOM.cache_memory = A("cache_memory");
   ATOM.wait = A("wait");
   ATOM.pending = A("pending");
+  ATOM.swept = A("swept");
   ATOM.while_ = A("while");
   ATOM.cond = A("cond");
 #undef A

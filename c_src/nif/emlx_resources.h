@@ -14,13 +14,14 @@
 typedef struct {
   ERL_NIF_TERM ok, error, nil, true_, false_, cpu, gpu, mlx, argument, nan, infinity, neg_infinity,
       already_deallocated, bool_, exception, struct_, message, argument_error,
-      active_memory, peak_memory, cache_memory, wait, pending, while_, cond;
+      active_memory, peak_memory, cache_memory, wait, pending, swept, while_, cond;
 } emlx_atoms;
 extern emlx_atoms ATOM;
 
 extern ErlNifResourceType *emlx_queue_type;
 extern ErlNifResourceType *emlx_array_type;
 extern ErlNifResourceType *emlx_program_type;
+extern ErlNifResourceType *emlx_barrier_type;
 
 typedef struct emlx_queue emlx_queue; /* a command queue (emlx_worker.h) */
 
@@ -40,6 +41,17 @@ typedef struct emlx_program_res {
   struct emlx_program_res **subs;
   int nsubs;
 } emlx_program_res;
+
+/* A sweep barrier (EMLX.NIF.sweep_barrier/0): made and dropped at once, so
+ * its destructor is queued behind those of the resources a garbage
+ * collection of the same process just dropped (the BEAM runs resource
+ * destructors later, in order, as work of the scheduler that dropped them);
+ * it then sends {ref, :swept} to pid. */
+typedef struct {
+  ErlNifPid pid;
+  ErlNifEnv *env; /* holds ref */
+  ERL_NIF_TERM ref;
+} emlx_barrier_res;
 
 /* Opens the resource types and makes the atoms; 0 on success. */
 int emlx_resources_load(ErlNifEnv *env);

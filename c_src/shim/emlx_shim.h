@@ -194,6 +194,27 @@ emlx_status emlx_eval(emlx_stream *s, emlx_arr **arrs, int n);
 emlx_status emlx_arr_host_view(emlx_stream *s, const emlx_arr *a, emlx_arr **view, const void **data,
                                size_t *nbytes);
 
+/* ---- safetensors files (emlx_io.cpp) ---- */
+
+typedef struct emlx_tensor_file emlx_tensor_file; /* the named arrays and metadata of one file */
+
+/* Reads a .safetensors file with MLX's loader on stream s (its CPU stream on
+ * a GPU worker: MLX reads files on the CPU) and evaluates every array. */
+emlx_status emlx_load_safetensors(emlx_stream *s, const char *path, emlx_tensor_file **out);
+int emlx_tensor_file_count(const emlx_tensor_file *f);
+const char *emlx_tensor_file_name(const emlx_tensor_file *f, int i);
+/* A new handle on array i (NULL when out of memory). */
+emlx_arr *emlx_tensor_file_array(const emlx_tensor_file *f, int i);
+int emlx_tensor_file_meta_count(const emlx_tensor_file *f);
+const char *emlx_tensor_file_meta_key(const emlx_tensor_file *f, int i);
+const char *emlx_tensor_file_meta_value(const emlx_tensor_file *f, int i);
+void emlx_tensor_file_free(emlx_tensor_file *f);
+
+/* Writes n named arrays and nmeta metadata strings to a .safetensors file
+ * with MLX's writer (the arrays are evaluated first). */
+emlx_status emlx_save_safetensors(emlx_stream *s, const char *path, const char *const *names, emlx_arr *const *arrs,
+                                  int n, const char *const *meta_keys, const char *const *meta_values, int nmeta);
+
 /* ---- memory ---- */
 void emlx_memory_info(size_t *active, size_t *peak, size_t *cache);
 void emlx_reset_peak_memory(void);

@@ -240,9 +240,13 @@ mx::array emlx_conv(const mx::array &x0, const mx::array &k0, const std::vector<
                     SD s) {
   mx::Dtype t = out ? *out : mx::promote_types(x0.dtype(), k0.dtype());
   // MLX convolves floats: integers go through float64 on the CPU (exact to
-  // 2^53), float32 elsewhere.
+  // 2^53), float32 elsewhere. Half types go through float32 on the CPU, where
+  // MLX's half-precision convolution is a plain loop and its float32 one a
+  // BLAS GEMM; the result is rounded once to the half type.
+  bool cpu = mx::to_stream(s).device == mx::Device::cpu;
   mx::Dtype ct = t;
-  if (!is_float(t) && !is_complex(t)) ct = mx::to_stream(s).device == mx::Device::cpu ? mx::float64 : mx::float32;
+  if (!is_float(t) && !is_complex(t)) ct = cpu ? mx::float64 : mx::float32;
+  if (cpu && (t == mx::float16 || t == mx::bfloat16)) ct = mx::float32;
   auto x = mx::transpose(mx::astype(x0, ct, s), in_perm, s);
   auto k = mx::transpose(mx::astype(k0, ct, s), k_perm, s);
   mx::array r = x;

@@ -7,6 +7,53 @@ namespace emlx {
 
 // ---- dot ----
 
+// Integer GEMM, exact, through float64 GEMMs (BLAS) on the CPU. Integer
+// products wrap modulo 2^w (w the type's bits), and modulo 2^w only the low w
+// bits of each operand matter, as an unsigned number. Each operand is split
+// into limbs of `limb_bits` bits (16, or 8 for 8-bit types); for every pair
+// of limbs (i, j) whose shift (i + j) * limb_bits is below w, the f64 GEMM
+// of the limbs sums K products below 2^(2 * limb_bits). The sums of one
+// shift, at most `limbs` GEMMs, stay below limbs * K * 2^(2 * limb_bits),
+// which exact_int_gemm_fits keeps under 2^53: every f64 sum is an exact
+// integer. The shifted sums are added in uint64, which wraps, and the cast
+// to the type keeps the low w bits: the two's-complement result.
+static int int_limb_bits(mx::Dtype t) { return t.size() == 1 ? 8 : 16; }
+static int int_limbs(mx::Dtype t) { return static_cast<int>(t.size()) * 8 / int_limb_bits(t); }
+
+static bool exact_int_gemm_fits(mx::Dtype t, int64_t K) {
+  if (!is_int(t)) return false;
+  // limbs * K * 2^(2 * limb_bits) < 2^53
+  return static_cast<double>(int_limbs(t)) * static_cast<double>(K) <
+         std::ldexp(1.0, 53 - 2 * int_limb_bits(t));
+}
+
+static mx::array int_matmul_f64(const mx::array &a, const mx::array &b, mx::Dtype t, SD s) {
+  int bits = int_limb_bits(t), limbs = int_limbs(t), w = static_cast<int>(t.size()) * 8;
+  auto mask = mx::array(static_cast<uint64_t>((1u << bits) - 1), mx::uint64);
+  auto split = [&](const mx::array &x) {
+    auto u = mx::astype(x, mx::uint64, s);  // congruent to x modulo 2^64
+    std::vector<mx::array> v;
+    for (int i = 0; i < limbs; i++) {
+      auto shifted = i ? mx::right_shift(u, mx::array(static_cast<uint64_t>(i * bits), mx::uint64), s) : u;
+      v.push_back(mx::astype(mx::bitwise_and(shifted, mask, s), mx::float64, s));
+    }
+    return v;
+  };
+  auto la = split(a), lb = split(b);
+  std::optional<mx::array> acc;
+  for (int d = 0; d * bits < w; d++) {
+    std::optional<mx::array> level;
+    for (int i = 0; i <= d; i++) {
+      auto p = mx::matmul(la[i], lb[d - i], s);
+      level = level ? mx::add(*level, p, s) : p;
+    }
+    auto u = mx::astype(*level, mx::uint64, s);
+    if (d) u = mx::left_shift(u, mx::array(static_cast<uint64_t>(d * bits), mx::uint64), s);
+    acc = acc ? mx::add(*acc, u, s) : u;
+  }
+  return mx::astype(*acc, t, s);
+}
+
 mx::array emlx_dot(const mx::array &a0, const std::vector<int> &ca, const std::vector<int> &ba, const mx::array &b0,
                    const std::vector<int> &cb, const std::vector<int> &bb, std::optional<mx::Dtype> out, SD s) {
   if (ca.size() != cb.size() || ba.size() != bb.size()) throw arg_error("dot axes lists must have equal lengths");
@@ -37,11 +84,21 @@ mx::array emlx_dot(const mx::array &a0, const std::vector<int> &ca, const std::v
   pb.insert(pb.end(), fb.begin(), fb.end());
   auto a3 = mx::reshape(mx::transpose(a, pa, s), {B, M, K}, s);
   auto b3 = mx::reshape(mx::transpose(b, pb, s), {B, K, N}, s);
-  mx::array r = is_float(t) || is_complex(t)
-                    ? mx::matmul(a3, b3, s)
-                    // MLX has no integer matmul: multiply and sum, exact with wrap-around.
-                    : mx::sum(mx::multiply(mx::reshape(a3, {B, M, K, 1}, s), mx::reshape(b3, {B, 1, K, N}, s), s),
-                              std::vector<int>{2}, false, s);
+  bool cpu = mx::to_stream(s).device == mx::Device::cpu;
+  mx::array r = a3;
+  if (cpu && (t == mx::float16 || t == mx::bfloat16))
+    // MLX's CPU GEMM for half types is a plain loop: an f32 GEMM (BLAS) of
+    // the exactly widened inputs, rounded once to the half type, is both
+    // faster and at least as accurate.
+    r = mx::matmul(mx::astype(a3, mx::float32, s), mx::astype(b3, mx::float32, s), s);
+  else if (is_float(t) || is_complex(t))
+    r = mx::matmul(a3, b3, s);
+  else if (cpu && exact_int_gemm_fits(t, K))
+    r = int_matmul_f64(a3, b3, t, s);
+  else
+    // MLX has no integer matmul: multiply and sum, exact with wrap-around.
+    r = mx::sum(mx::multiply(mx::reshape(a3, {B, M, K, 1}, s), mx::reshape(b3, {B, 1, K, N}, s), s),
+                std::vector<int>{2}, false, s);
   mx::Shape shape;
   for (int v : ba) shape.push_back(a.shape(v));
   for (int v : fa) shape.push_back(a.shape(v));

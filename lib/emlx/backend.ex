@@ -116,12 +116,7 @@ defmodule EMLX.Backend do
     wrap(out, Dispatch.run(queue, op, args, type), device, queue)
   end
 
-  defp device_option(opts) do
-    case Keyword.get(opts, :device) do
-      nil -> CommandQueue.default_device()
-      device -> device
-    end
-  end
+  defp device_option(opts), do: Keyword.get(opts, :device) || CommandQueue.default_device()
 
   defp number_arg(%Complex{re: re, im: im}), do: {re, im}
   defp number_arg(n), do: n
@@ -136,6 +131,7 @@ defmodule EMLX.Backend do
   def to_binary(%T{type: type, data: %__MODULE__{} = data} = t, limit) do
     bytes = min(limit, flat_size(t)) * Types.elem_bytes(type)
     %__MODULE__{ref: ref, queue: queue} = realize(data)
+    EMLX.GC.before_eval(queue)
 
     :telemetry.span([:emlx, :to_binary], %{bytes: bytes}, fn ->
       {NIF.to_binary(queue, ref, bytes) |> Worker.await(), %{bytes: bytes}}
@@ -602,6 +598,7 @@ defmodule EMLX.Backend do
     queue = CommandQueue.resolve(device)
     raw = Enum.map(args, &arg_on(&1, device, queue))
     handle = Dispatch.run(queue, op, raw, if(cast == :out, do: type, else: cast))
+    EMLX.GC.produced(out, op, handle)
     wrap(out, handle, device, queue)
   end
 
@@ -661,11 +658,11 @@ defmodule EMLX.Backend do
   defp wrap(out, handle, device, queue), do: %{out | data: data(handle, device, queue)}
 
   defp args_device(args) do
-    Enum.find_value(args, CommandQueue.default_device(), fn
+    Enum.find_value(args, fn
       %T{data: %__MODULE__{device: device}} -> device
       [%T{} | _] = list -> Enum.find_value(list, &tensor_device/1)
       _ -> nil
-    end)
+    end) || CommandQueue.default_device()
   end
 
   defp tensor_device(%T{data: %__MODULE__{device: device}}), do: device

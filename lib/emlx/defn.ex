@@ -222,6 +222,7 @@ defmodule EMLX.Defn do
   defp fill(result, refs, device, queue) do
     {result, []} =
       Composite.traverse(result, refs, fn %Nx.Tensor{} = t, [ref | rest] ->
+        EMLX.GC.produced(t, :program, ref)
         {%{t | data: EMLX.Backend.data(ref, device, queue)}, rest}
       end)
 

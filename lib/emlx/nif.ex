@@ -20,7 +20,7 @@ defmodule EMLX.NIF do
   @typedoc "An MLX array."
   @type array :: reference()
   @typedoc "A posted job; its reply is awaited with `EMLX.Worker.await/1`."
-  @type job :: reference()
+  @type job :: reference() | {:emlx_done, term()}
   @type device :: :cpu | :gpu
   @typedoc "An Nx type, or `:bool` (MLX's boolean) where MLX reports types."
   @type type :: EMLX.Types.mlx_type()
@@ -158,6 +158,19 @@ defmodule EMLX.NIF do
   @spec shm_unlink(binary()) :: :ok
   def shm_unlink(_name), do: :erlang.nif_error(:nif_not_loaded)
 
+  ## Files
+
+  @doc """
+  Posts reading a `.safetensors` file with MLX's loader; the reply is
+  `{[{name, array}], [{key, value}]}` (arrays evaluated, metadata strings).
+  """
+  @spec load_safetensors(queue, binary()) :: job
+  def load_safetensors(_queue, _path), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Posts writing `[{name, array}]` and `[{key, value}]` metadata to a `.safetensors` file."
+  @spec save_safetensors(queue, binary(), [{binary(), array}], [{binary(), binary()}]) :: job
+  def save_safetensors(_queue, _path, _arrays, _metadata), do: :erlang.nif_error(:nif_not_loaded)
+
   ## Arrays
 
   @doc "`{shape, type, owner_queue}` of an array, or `{:pending, owner_queue}` before it is computed."
@@ -189,6 +202,14 @@ defmodule EMLX.NIF do
           cache_memory: non_neg_integer()
         }
   def memory_info, do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc """
+  Returns a reference `ref`; `{ref, :swept}` arrives once the resource
+  destructors this scheduler had queued (those of a garbage collection
+  just done by the caller) have run. See `EMLX.GC`.
+  """
+  @spec sweep_barrier() :: reference()
+  def sweep_barrier, do: :erlang.nif_error(:nif_not_loaded)
 
   @doc false
   @spec reset_peak_memory() :: :ok
