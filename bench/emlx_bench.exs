@@ -21,7 +21,10 @@
 # Environment: BENCH_ONLY=regex runs only the matching workloads;
 # BENCH_TARGET_S (default 1.5) is the time each measurement aims to spend;
 # every defn workload also runs through `Nx.Defn.jit(fun, compiler: EMLX)`
-# into emlx_compiled_s (BENCH_EMLX_COMPILED=0 skips it).
+# into emlx_compiled_s (BENCH_EMLX_COMPILED=0 skips it). BENCH_QUIET=seconds
+# waits, before each workload, until the machine's CPUs are at least 90%
+# idle over one second (for a shared machine; at most that many seconds);
+# each entry records the idle fraction it started at as cpu_idle.
 #
 # BENCH_DEVICE=cpu|gpu (default cpu) picks the device of both sides: EMLX
 # runs on `{EMLX.Backend, device: :gpu}` and `compiler: EMLX, device: :gpu`,
@@ -567,6 +570,7 @@ defmodule EMLXBench do
     target_s = String.to_float(System.get_env("BENCH_TARGET_S", "1.5"))
     only = System.get_env("BENCH_ONLY")
     compiled? = System.get_env("BENCH_EMLX_COMPILED", "1") in ["1", "true"]
+    quiet_s = String.to_integer(System.get_env("BENCH_QUIET", "0"))
     device = bench_device()
     emlx = {EMLX.Backend, device: device}
     check_device!(emlx)
@@ -582,6 +586,7 @@ defmodule EMLXBench do
 
     entries =
       Enum.map(workloads, fn w ->
+        idle = wait_quiet(quiet_s)
         mlx_summary = if python, do: MLXPython.run(python, w.name) <> ", "
         emlx_result = run_side(w, emlx, target_s, 3, 25)
 
@@ -602,7 +607,7 @@ defmodule EMLXBench do
             "BinaryBackend #{describe(binary)}"
         )
 
-        entry(w, emlx_result, compiled, binary)
+        w |> entry(emlx_result, compiled, binary) |> Map.put(:cpu_idle, idle)
       end)
 
     if python, do: MLXPython.stop(python)
@@ -610,6 +615,38 @@ defmodule EMLXBench do
     File.mkdir_p!(Path.dirname(emlx_out))
     File.write!(emlx_out, JSON.encode!(entries))
     IO.puts(:stderr, "emlx_bench: wrote #{emlx_out}")
+  end
+
+  # Waits (at most max_s seconds) until the CPUs are at least 90% idle over
+  # one second, from /proc/stat; returns the last idle fraction (nil when
+  # not waiting, or without /proc/stat).
+  defp wait_quiet(0), do: nil
+  defp wait_quiet(max_s), do: wait_quiet(System.monotonic_time(:second) + max_s, nil)
+
+  defp wait_quiet(deadline, _last) do
+    with {:ok, a} <- cpu_times(),
+         :ok <- Process.sleep(1000),
+         {:ok, b} <- cpu_times() do
+      {idle, total} = {elem(b, 0) - elem(a, 0), elem(b, 1) - elem(a, 1)}
+      frac = if total > 0, do: idle / total, else: 1.0
+
+      if frac >= 0.9 or System.monotonic_time(:second) >= deadline,
+        do: Float.round(frac, 3),
+        else: wait_quiet(deadline, frac)
+    else
+      _ -> nil
+    end
+  end
+
+  # {idle + iowait, total} jiffies of all CPUs.
+  defp cpu_times do
+    with {:ok, stat} <- File.read("/proc/stat"),
+         ["cpu" | fields] <- stat |> String.split("\n") |> hd() |> String.split() do
+      values = Enum.map(fields, &String.to_integer/1)
+      {:ok, {Enum.at(values, 3) + Enum.at(values, 4), Enum.sum(values)}}
+    else
+      _ -> :error
+    end
   end
 
   defp bench_device do

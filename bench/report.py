@@ -25,6 +25,8 @@ Each entry, one per workload:
     numpy_s             numpy on its own OpenBLAS (f32 matmul, softmax, SVD, QR, eigh)
     binary_s            Nx.BinaryBackend
     size                the size BinaryBackend ran (null when it did not run)
+    cpu_idle            how idle the CPUs were when the workload started (with
+                        BENCH_QUIET; null otherwise)
     iters, min_s, checksums, peak_bytes, errors   per side (min_s: the fastest
                         run; peak_bytes: MLX's peak memory over the timed runs)
 
@@ -77,6 +79,7 @@ def merge(emlx_entries, mlx_entries):
                 "numpy_s": m.get("numpy_s"),
                 "binary_s": e["binary_s"],
                 "size": e["size"],
+                "cpu_idle": e.get("cpu_idle"),
                 "iters": {**e["iters"], **m["iters"]},
                 "min_s": {**e["min_s"], **m["min_s"]},
                 "checksums": {**e["checksums"], **m["checksums"]},
@@ -176,6 +179,8 @@ def table(entries):
     for e in entries:
         for side, message in e["errors"].items():
             notes.append(f"{e['name']}: {side}: {message.splitlines()[0][:160]}")
+        if e.get("cpu_idle") is not None and e["cpu_idle"] < 0.9:
+            notes.append(f"{e['name']}: started with the CPUs only {e['cpu_idle']:.0%} idle")
         note = checksum_note(e)
         if note:
             notes.append(f"{e['name']}: {note} ({e['checksums']})")

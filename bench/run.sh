@@ -16,7 +16,9 @@
 # (skip timing the defn workloads through `compiler: EMLX`, the
 # emlx_compiled_s column; on by default), BENCH_DEVICE=cpu|gpu (default cpu;
 # the venv's MLX is the CPU build, so for an NVIDIA GPU use bench/run_gpu.sh,
-# which needs no venv and writes h200.json). The Elixir
+# which needs no venv and writes h200.json), BENCH_QUIET=seconds (on a shared
+# machine: before each workload, wait up to that long for the CPUs to be 90%
+# idle; each entry's cpu_idle says how idle they were). The Elixir
 # toolchain and offline deps come from scripts/env.sh unless already set.
 set -euo pipefail
 
