@@ -70,6 +70,24 @@ defmodule EMLX.DefnCondTest do
     if y > 2, do: acc + y, else: acc
   end
 
+  # The branches not taken read a loop that would not end; two conds share
+  # it, which Nx.Defn.Tree.scope_ids/1 counts as the scope's.
+  defn lazy_branches(x, flag) do
+    {_, y} = while({i = 0, y = x}, i >= 0, do: {i + 1, y})
+    a = if flag, do: x, else: y
+    b = if flag, do: x * 2, else: y * 3
+    a + b
+  end
+
+  defn lazy_branches_in_loop(x) do
+    {_, acc, _} =
+      while {i = 0, acc = x, flag = 1}, i < 3 do
+        {i + 1, lazy_branches(acc, flag), flag}
+      end
+
+    acc
+  end
+
   defn hook_in_branch(x) do
     if Nx.sum(x) > 0, do: hook(x + 1, :taken), else: hook(x - 1, :other)
   end
@@ -132,6 +150,17 @@ defmodule EMLX.DefnCondTest do
     result = f.(emlx([1.0, 2.0]))
     refute_received :read_back
     assert Nx.to_list(result) == [28.0, 44.0]
+  end
+
+  # Issue 14 (Scholar's MDS, 100x slower): a node two conds share only in
+  # their branches was taken for one the scope computes anyway, so it ran
+  # whichever branch was taken. On a queue of its own, so that a regression
+  # cannot block others.
+  @tag timeout: 30_000
+  test "the branches not taken do not run, even what two conds share" do
+    opts = [command_queue: EMLX.CommandQueue.new!(device())]
+    assert Nx.to_list(emlx_jit(&lazy_branches/2, opts).(emlx([1.0, 2.0]), emlx(1))) == [3.0, 6.0]
+    assert Nx.to_list(emlx_jit(&lazy_branches_in_loop/1, opts).(emlx([1.0, 2.0]))) == [27.0, 54.0]
   end
 
   test "a hook runs in the branch taken only" do

@@ -19,7 +19,7 @@ defmodule EMLX.Defn.Callbacks do
   def wrap(fun, opts) do
     fn vars ->
       expr = fun.(vars)
-      opts = Keyword.put(opts, :emlx_scope, Tree.scope_ids(expr))
+      opts = Keyword.put(opts, :emlx_scope, EMLX.Defn.Sub.eager_ids(expr))
       {expr, _seen} = Composite.traverse(expr, %{}, &rewrite(&1, &2, opts))
       expr
     end

@@ -20,7 +20,7 @@ defmodule EMLX.Defn.Cond do
   alias Nx.Tensor, as: T
 
   @doc """
-  The `cond` node `t` of a scope whose ids are `scope` (`Nx.Defn.Tree.scope_ids/1`)
+  The `cond` node `t` of a scope whose eager ids are `scope` (`EMLX.Defn.Sub.eager_ids/1`)
   as a runtime call into `run/4`, or `:keep` when it is left to Nx's evaluator
   (vectorized). `rewrite` rewrites the inputs (expressions of the scope).
   """
@@ -97,9 +97,10 @@ defmodule EMLX.Defn.Cond do
   defp dynamic([], last, inputs, opts), do: Sub.inline(last, inputs, opts)
 
   # The expressions of the scope the branches read: where a walk from the
-  # branches (and predicates) meets an id of the scope (for a tuple, such
-  # as a loop's results, the element read), and every parameter. Constants
-  # stay in.
+  # branches (and predicates) meets a node the scope computes anyway (for a
+  # tuple, such as a loop's results, the element read), and every
+  # parameter. Anything else stays in the branch, computed only when it is
+  # taken. Constants stay in.
   defp free_vars(exprs, scope) do
     {_, free} = Enum.reduce(exprs, {%{}, []}, &walk(&1, &2, scope))
     Enum.reverse(free)

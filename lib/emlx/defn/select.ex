@@ -9,7 +9,8 @@ defmodule EMLX.Defn.Select do
   # that cannot be told apart: its branches (and the predicates after the
   # first) hold no side effect and no loop (no hook, token, runtime call,
   # `while`, and no inner `cond` that is not itself lowered). Expressions
-  # the enclosing scope computes anyway are not looked into. MLX ops do not
+  # the enclosing scope computes anyway (`EMLX.Defn.Sub.eager_ids/1`) are
+  # not looked into. MLX ops do not
   # raise on data (an integer division by zero gives a value), so computing
   # the branch not taken changes nothing but time.
 
@@ -20,7 +21,7 @@ defmodule EMLX.Defn.Select do
 
   @doc "`expr` (a tensor or a container) with its lowerable `cond`s as selects."
   def lower(expr) do
-    scope = Tree.scope_ids(expr)
+    scope = EMLX.Defn.Sub.eager_ids(expr)
     {expr, _seen} = Composite.traverse(expr, %{}, &node(&1, &2, scope))
     expr
   end

@@ -7,7 +7,39 @@ defmodule EMLX.Defn.Sub do
   # (`inline/3`).
 
   alias EMLX.Defn.{Callbacks, Recorder}
-  alias Nx.Defn.Composite
+  alias Nx.Defn.{Composite, Expr, Tree}
+  alias Nx.Tensor, as: T
+
+  @doc """
+  The ids of the nodes `expr`'s scope computes whatever its conds decide:
+  reachable from its outputs without entering a cond's branches (a cond's
+  first predicate is always computed) nor a loop's condition and body.
+  Unlike `Nx.Defn.Tree.scope_ids/1`, a node that two conds share only in
+  their branches is not among them: Nx's evaluator computes it only when
+  a branch reads it.
+  """
+  def eager_ids(expr), do: Composite.reduce(expr, %{}, &eager/2)
+
+  defp eager(%T{data: %Expr{id: id, op: op, args: args}} = t, ids) do
+    cond do
+      Map.has_key?(ids, id) ->
+        ids
+
+      op == :cond ->
+        [[{first, _} | _], _] = args
+        eager(first, Map.put(ids, id, true))
+
+      true ->
+        {_, ids} =
+          Tree.apply_args(t, :scope, Map.put(ids, id, true), fn arg, acc ->
+            {arg, eager(arg, acc)}
+          end)
+
+        ids
+    end
+  end
+
+  defp eager(_other, ids), do: ids
 
   @doc "Nx's evaluator over `expr` (its parameters are given at each call)."
   def evaluator(expr, opts) do
