@@ -7,7 +7,7 @@ defmodule EMLX.MixProject do
     [
       app: :emlx,
       version: @version,
-      elixir: "~> 1.17",
+      elixir: "~> 1.18",
       start_permanent: Mix.env() == :prod,
       compilers: [:emlx_nif] ++ Mix.compilers(),
       deps: deps(),

@@ -40,8 +40,6 @@
 # are named `matmul_N_f32_tf32` when TF32 is on; bench/run_gpu.sh runs them
 # in a second pass with MLX_ENABLE_TF32=1 (the CPU ignores the setting).
 
-Code.require_file("host.exs", __DIR__)
-
 defmodule EMLXBench.Defns do
   @moduledoc false
   # Every workload except the dispatch loops is one `defn`, run eagerly
@@ -129,7 +127,23 @@ defmodule EMLXBench.Defns do
   end
 
   deftransformp head_scale(q), do: 1.0 / :math.sqrt(elem(Nx.shape(q), 2))
+
+  ## A loop whose condition is read each iteration: `n` steps of a small body
+
+  defn while_loop(x, n) do
+    {_, acc, _} =
+      while {i = 0, acc = x, n}, i < n do
+        {i + 1, Nx.tanh(acc * 0.99 + 0.1), n}
+      end
+
+    acc
+  end
 end
+
+# MLXPython (bench/mlx_python.exs) drives bench/mlx_bench.py --serve;
+# BenchQuiet (bench/quiet.exs) waits for idle CPUs (BENCH_QUIET).
+Code.require_file("mlx_python.exs", __DIR__)
+Code.require_file("quiet.exs", __DIR__)
 
 defmodule EMLXBench do
   @moduledoc false
@@ -239,7 +253,8 @@ defmodule EMLXBench do
       mlp([784, 512, 512, 10], 128, false),
       mlp([784, 64, 64, 10], 8, true),
       transformer(512, 768, 12, false),
-      transformer(32, 64, 4, true)
+      transformer(32, 64, 4, true),
+      while_loop(1_000, 64, true)
     ]
   end
 
@@ -422,6 +437,21 @@ defmodule EMLXBench do
     }
   end
 
+  defp while_loop(iters, size, binary) do
+    %{
+      name: "while_loop_#{count(iters)}_f32_#{size}",
+      params:
+        "while loop: #{iters} x tanh(x * 0.99 + 0.1) on f32[#{size}], condition read each time",
+      size: "#{iters} x f32[#{size}]",
+      binary: binary,
+      setup: fn jit ->
+        x = evaluated(synth({size}, :f32, 1.0, 0.0))
+        f = jit.(&Defns.while_loop/2)
+        fn -> f.(x, iters) end
+      end
+    }
+  end
+
   defp count(n) when rem(n, 1_000_000) == 0, do: "#{div(n, 1_000_000)}M"
   defp count(n) when rem(n, 1_000) == 0, do: "#{div(n, 1_000)}k"
   defp count(n), do: "#{n}"
@@ -558,7 +588,7 @@ defmodule EMLXBench do
 
     entries =
       Enum.map(workloads, fn w ->
-        idle = BenchHost.wait_quiet(quiet_s)
+        idle = BenchQuiet.wait_quiet(quiet_s)
         mlx_summary = if python, do: MLXPython.run(python, w.name) <> ", "
         emlx_result = run_side(w, emlx, target_s, 3, 25)
 

@@ -373,6 +373,32 @@ def transformer(seq, d, heads):
     )
 
 
+def while_loop(iters, size):
+    """The loop a Python user writes: the condition read each iteration
+    (.item()), the body plain or under mx.compile."""
+
+    def step(acc):
+        return mx.tanh(acc * 0.99 + 0.1)
+
+    def setup():
+        x = evaluated(synth((size,), mx.float32, 1.0, 0.0))
+        compiled_step = mx.compile(step)
+
+        def run(body):
+            i, acc, n = mx.array(0), x, mx.array(iters)
+            while (i < n).item():
+                i, acc = i + 1, body(acc)
+            return acc
+
+        return (lambda: run(step)), (lambda: run(compiled_step))
+
+    return (
+        f"while_loop_{count(iters)}_f32_{size}",
+        f"while loop: {iters} x tanh(x * 0.99 + 0.1) on f32[{size}], condition read each time",
+        setup,
+    )
+
+
 WORKLOADS_CPU = [
     dispatch("no_eval"),
     dispatch("eval_each"),
@@ -396,6 +422,7 @@ WORKLOADS_CPU = [
     mlp([784, 64, 64, 10], 8),
     transformer(512, 768, 12),
     transformer(32, 64, 4),
+    while_loop(1_000, 64),
 ]
 
 

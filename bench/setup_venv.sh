@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates bench/.venv (once) with what the benchmarks and the digits example
 # need from PyPI: mlx and mlx-cpu at the same version as the libmlx EMLX links,
-# numpy for the bench's numpy column, matplotlib for the chart, scikit-learn
-# for its bundled digits dataset.
+# numpy for the bench's numpy column, mlx-lm for the LLM decode bench
+# (bench/llm_decode.sh), matplotlib for the chart, scikit-learn for its
+# bundled digits dataset.
 #
 #   bash bench/setup_venv.sh        # idempotent; about 3 s when ready
 #
@@ -15,15 +16,17 @@ venv="$here/.venv"
 mlx_version="${MLX_VERSION:-${LIBMLX_VERSION:-0.32.4}}"
 python="${PYTHON:-python3}"
 
-packages=("mlx==$mlx_version" "mlx-cpu==$mlx_version" "numpy" "matplotlib" "scikit-learn")
+mlx_lm_version="${MLX_LM_VERSION:-0.32.0}"
+packages=("mlx==$mlx_version" "mlx-cpu==$mlx_version" "mlx-lm==$mlx_lm_version" "numpy" "matplotlib" "scikit-learn")
 
 ready() {
   [ -x "$venv/bin/python" ] &&
-    "$venv/bin/python" - "$mlx_version" <<'PY' >/dev/null 2>&1
+    "$venv/bin/python" - "$mlx_version" "$mlx_lm_version" <<'PY' >/dev/null 2>&1
 import sys
 from importlib.metadata import version
-import mlx.core, numpy, matplotlib, sklearn  # noqa: F401
+import mlx.core, mlx_lm, numpy, matplotlib, sklearn  # noqa: F401
 assert version("mlx") == sys.argv[1] and version("mlx-cpu") == sys.argv[1]
+assert version("mlx-lm") == sys.argv[2]
 PY
 }
 

@@ -330,6 +330,21 @@ defmodule EMLX do
     {device, ref}
   end
 
+  ## Safetensors files (see EMLX.SafeTensors)
+
+  @doc """
+  Reads a `.safetensors` file with MLX's loader into `%{name => tensor}`
+  (element types as stored, bf16 and f16 included). Options: `:device`,
+  `:metadata` (see `EMLX.SafeTensors.load/2`).
+  """
+  defdelegate load_safetensors(path, opts \\ []), to: EMLX.SafeTensors, as: :load
+
+  @doc """
+  Writes `%{name => tensor}` to a `.safetensors` file with MLX's writer.
+  Options: `:metadata`, `:device` (see `EMLX.SafeTensors.save/3`).
+  """
+  defdelegate save_safetensors(path, tensors, opts \\ []), to: EMLX.SafeTensors, as: :save
+
   ## Affine quantization (see EMLX.Quantization)
 
   @doc "Quantizes a dense tensor: `EMLX.Quantization.quantize/2`."

@@ -21,7 +21,7 @@ emlx_env_fail() {
 
 emlx_elixir_ok() {
   command -v elixir >/dev/null 2>&1 &&
-    elixir -e 'unless Version.match?(System.version(), ">= 1.17.0"), do: System.halt(1)' >/dev/null 2>&1
+    elixir -e 'unless Version.match?(System.version(), ">= 1.18.0"), do: System.halt(1)' >/dev/null 2>&1
 }
 
 if ! emlx_elixir_ok; then
@@ -29,7 +29,7 @@ if ! emlx_elixir_ok; then
     [ -x "$dir/elixir" ] && export PATH="$dir:$PATH"
   done
 fi
-emlx_elixir_ok || emlx_env_fail "no Elixir >= 1.17 on PATH or under $EMLX_HOME/elixir-*/bin" || return 1 2>/dev/null || exit 1
+emlx_elixir_ok || emlx_env_fail "no Elixir >= 1.18 on PATH or under $EMLX_HOME/elixir-*/bin" || return 1 2>/dev/null || exit 1
 
 if [ -z "${EMLX_DEPS_PATH:-}" ] && [ -d "$EMLX_HOME/deps" ]; then
   export EMLX_DEPS_PATH="$EMLX_HOME/deps"

@@ -21,11 +21,13 @@ stage)
 run)
   if [ ! -f /tmp/emlx-unpacked ]; then
     cat "$pack"/pack.part.* | xz -d | tar -C / -xf -
-    # libmlx (the mlx-cuda-13 wheel) and Python's mlx share one site-packages,
-    # at the path the build expects (its marker says the wheel is unpacked).
+    # libmlx (the mlx-cuda-13 wheel), Python's mlx and mlx-lm share one
+    # site-packages, at the path the build expects (its marker says the
+    # wheel is unpacked).
     site=/root/.cache/emlx/libmlx-0.32.4-cuda13/site-packages
     mkdir -p "$site"
-    for whl in /root/.cache/emlx/wheels/mlx_cuda_13-0.32.4-*.whl /work/gpustage/mlx-0.32.4-cp312-*.whl; do
+    for whl in /root/.cache/emlx/wheels/mlx_cuda_13-0.32.4-*.whl /work/gpustage/mlx-0.32.4-cp312-*.whl \
+      /work/gpustage/mlx_lm-0.32.0-py3-none-any.whl; do
       python3 -m zipfile -e "$whl" "$site"
     done
     echo "mlx-cuda-13==0.32.4" >"$site/.emlx-complete"

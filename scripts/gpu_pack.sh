@@ -3,9 +3,10 @@
 # EMLX's tests and bench there: Erlang/OTP (Debian's /usr/lib/erlang),
 # Elixir, the Hex archive, the offline Mix deps, the cuda13 libmlx wheel
 # unpacked, a test build of EMLX compiled here against it, and the Python
-# `mlx` wheel (for the bench's Python side). The pack is split into pieces
-# of at most $PIECE_MB MB in ignored folders .gpu1/, .gpu2/, ... (one per
-# device call); scripts/gpu_device.sh reassembles and runs them there.
+# `mlx` and `mlx-lm` wheels (for the benches' Python side). The pack is
+# split into pieces of at most $PIECE_MB MB in ignored folders .gpu1/,
+# .gpu2/, ... (one per device call); scripts/gpu_device.sh reassembles and
+# runs them there.
 #
 #   bash scripts/gpu_pack.sh            # build (if needed) and pack
 set -euo pipefail
@@ -32,12 +33,17 @@ if ! ls "$STAGE"/mlx-0.32.4-cp312-*.whl >/dev/null 2>&1; then
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_35_x86_64 -d "$STAGE" mlx==0.32.4
 fi
+# mlx-lm (pure Python) for bench/llm_decode.sh; the host's Python has its
+# other dependencies (transformers, jinja2, pyyaml, ...).
+if ! ls "$STAGE"/mlx_lm-0.32.0-py3-none-any.whl >/dev/null 2>&1; then
+  python3 -m pip download -q --no-deps -d "$STAGE" mlx-lm==0.32.0
+fi
 
 echo "==> packing"
 elixir_dir=$(dirname "$(dirname "$(command -v elixir)")")
 # The wheels travel as they are (already compressed); the device unpacks them,
 # and mix copies libmlx into the build's priv/libmlx there.
-wheels=("$HOME"/.cache/emlx/wheels/mlx_cuda_13-0.32.4-*.whl "$STAGE"/mlx-0.32.4-cp312-*.whl)
+wheels=("$HOME"/.cache/emlx/wheels/mlx_cuda_13-0.32.4-*.whl "$STAGE"/mlx-0.32.4-cp312-*.whl "$STAGE"/mlx_lm-0.32.0-py3-none-any.whl)
 tar -C / --exclude='*/priv/libmlx' --exclude='*/src/*.erl' --exclude='*/examples' --exclude='*/doc' --exclude='*/man' -cf - \
   usr/lib/erlang \
   "${elixir_dir#/}/bin" "${elixir_dir#/}/lib" \

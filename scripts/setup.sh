@@ -3,12 +3,16 @@
 # the machine is ready):
 #   1. Debian packages: Erlang/OTP with its headers, build tools, Python venv,
 #      OpenBLAS (MLX's BLAS and LAPACK calls go to it: see the Makefile).
-#   2. Elixir >= 1.17: Debian 12 ships 1.14, so Elixir 1.18 is built from
-#      Debian's own source archive (trixie) into $EMLX_HOME/elixir-<version>.
+#   2. Elixir >= 1.18 (its JSON module reads model configs): Debian 12 ships
+#      1.14, so Elixir 1.18 is built from Debian's own source archive
+#      (trixie) into $EMLX_HOME/elixir-<version>.
 #   3. Mix dependencies: from Hex where hex.pm is reachable; otherwise the
 #      offline copies at $EMLX_DEPS_PATH (default $EMLX_HOME/deps) are checked.
 #   4. The MLX wheel (mlx-cpu 0.32.4 from PyPI, sha256-checked) and the NIF,
 #      through `mix compile`.
+#   5. The Python venv the interop tests run (safetensors written by Python
+#      MLX, token equality with mlx-lm): mlx, mlx-cpu 0.32.4 and mlx-lm
+#      0.32.0 from PyPI at $EMLX_PYENV (default $EMLX_HOME/pyenv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -84,5 +88,22 @@ source scripts/env.sh
 say "fetching MLX (if needed) and compiling EMLX"
 MIX_ENV=test mix compile
 mix compile
+
+# 5. The Python venv of the interop tests ----------------------------------
+pyenv="${EMLX_PYENV:-$EMLX_HOME/pyenv}"
+py_packages=(mlx==0.32.4 mlx-cpu==0.32.4 mlx-lm==0.32.0)
+if [ -x "$pyenv/bin/python" ] && "$pyenv/bin/python" - <<'PY' >/dev/null 2>&1
+from importlib.metadata import version
+import mlx.core, mlx_lm  # noqa: F401
+assert (version("mlx"), version("mlx-cpu"), version("mlx-lm")) == ("0.32.4", "0.32.4", "0.32.0")
+PY
+then
+  say "Python venv present in $pyenv"
+else
+  say "making the Python venv $pyenv (${py_packages[*]})"
+  $SUDO mkdir -p "$pyenv" && $SUDO chown "$(id -u)" "$pyenv"
+  python3 -m venv "$pyenv"
+  "$pyenv/bin/python" -m pip install --quiet "${py_packages[@]}"
+fi
 
 say "ready in $(($(date +%s) - start))s. Tests: bash .ci/run"

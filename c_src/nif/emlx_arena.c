@@ -1,7 +1,7 @@
-/* The arena: a list of blocks from enif_alloc. */
+/* The arena: a list of blocks from malloc. */
 #include "emlx_arena.h"
 
-#include <erl_nif.h>
+#include <stdlib.h>
 
 struct emlx_arena_block {
   emlx_arena_block *next;
@@ -9,7 +9,7 @@ struct emlx_arena_block {
 };
 
 void *emlx_arena_alloc(emlx_arena *arena, size_t bytes) {
-  emlx_arena_block *b = enif_alloc(sizeof(emlx_arena_block) + bytes + sizeof(max_align_t));
+  emlx_arena_block *b = malloc(sizeof(emlx_arena_block) + bytes + sizeof(max_align_t));
   if (!b) return NULL;
   b->next = arena->blocks;
   arena->blocks = b;
@@ -19,7 +19,7 @@ void *emlx_arena_alloc(emlx_arena *arena, size_t bytes) {
 void emlx_arena_free(emlx_arena *arena) {
   while (arena->blocks) {
     emlx_arena_block *next = arena->blocks->next;
-    enif_free(arena->blocks);
+    free(arena->blocks);
     arena->blocks = next;
   }
 }

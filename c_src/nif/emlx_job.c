@@ -2,21 +2,34 @@
 #include "emlx_job.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "emlx_codec.h"
+#include "emlx_worker.h"
 
 emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
-  emlx_job *job = enif_alloc(sizeof(emlx_job));
+  emlx_job *job = malloc(sizeof(emlx_job));
   if (!job) return NULL;
-  memset(job, 0, sizeof *job);
+  /* The job is written here and read on the worker's core: an op clears
+   * only its header and the op's small fields (its arguments are written as
+   * they are decoded, and read up to nargs), not the whole argument array. */
+  if (kind == EMLX_JOB_OP) {
+    memset(job, 0, offsetof(emlx_job, op));
+    job->op.index = 0;
+    job->op.out_dtype = -1;
+    job->op.nargs = 0;
+    job->op.nresults = 0;
+  } else {
+    memset(job, 0, sizeof *job);
+  }
   job->kind = kind;
-  if (kind == EMLX_JOB_OP) job->op.out_dtype = -1;
   job->error_kind = EMLX_ERR_ARG;
-  if (kind != EMLX_JOB_FREE && kind != EMLX_JOB_STOP) {
+  /* Ops never reply (their results are arrays filled in place): no env. */
+  if (kind != EMLX_JOB_FREE && kind != EMLX_JOB_STOP && kind != EMLX_JOB_OP) {
     job->env = enif_alloc_env();
     if (!job->env) {
-      enif_free(job);
+      free(job);
       return NULL;
     }
   }
@@ -29,9 +42,9 @@ emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
 
 void emlx_job_free(emlx_job *job) {
   for (int i = 0; i < job->nfixups; i++) enif_release_resource(job->fixups[i].res);
-  if (job->fixups) enif_free(job->fixups);
+  free(job->fixups);
   for (int i = 0; i < job->nheld; i++) emlx_arr_free(job->held[i]);
-  if (job->held) enif_free(job->held);
+  free(job->held);
   emlx_arena_free(&job->arena);
   switch (job->kind) {
     case EMLX_JOB_OP:
@@ -52,7 +65,24 @@ void emlx_job_free(emlx_job *job) {
   }
   if (job->env) enif_free_env(job->env);
   if (job->qres) enif_release_resource(job->qres);
-  enif_free(job);
+  free(job);
+}
+
+ERL_NIF_TERM emlx_job_submit(ErlNifEnv *env, emlx_job *job) {
+  ERL_NIF_TERM ref = enif_make_ref(env);
+  job->ref = enif_make_copy(job->env, ref);
+  if (!enif_self(env, &job->pid)) {
+    emlx_job_free(job);
+    return emlx_raise_arg(env, "EMLX calls must come from a process");
+  }
+  emlx_queue_post(job->qres->q, job);
+  return ref;
+}
+
+ERL_NIF_TERM emlx_job_fail(ErlNifEnv *env, emlx_job *job, const char *msg) {
+  int kind = job->error_kind;
+  emlx_job_free(job);
+  return emlx_raise_kind(env, kind, msg);
 }
 
 /* ---- decoding, on the scheduler ---- */
@@ -60,7 +90,7 @@ void emlx_job_free(emlx_job *job) {
 static int hold(emlx_job *job, emlx_arr *a) {
   if (job->nheld == job->cap_held) {
     int cap = job->cap_held ? job->cap_held * 2 : 8;
-    emlx_arr **n = enif_realloc(job->held, sizeof(emlx_arr *) * (size_t)cap);
+    emlx_arr **n = realloc(job->held, sizeof(emlx_arr *) * (size_t)cap);
     if (!n) return 0;
     job->held = n;
     job->cap_held = cap;
@@ -72,7 +102,7 @@ static int hold(emlx_job *job, emlx_arr *a) {
 static int add_fixup(emlx_job *job, emlx_array_res *res, emlx_arr **slot) {
   if (job->nfixups == job->cap_fixups) {
     int cap = job->cap_fixups ? job->cap_fixups * 2 : 4;
-    emlx_fixup *n = enif_realloc(job->fixups, sizeof(emlx_fixup) * (size_t)cap);
+    emlx_fixup *n = realloc(job->fixups, sizeof(emlx_fixup) * (size_t)cap);
     if (!n) return 0;
     job->fixups = n;
     job->cap_fixups = cap;

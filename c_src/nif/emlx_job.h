@@ -6,6 +6,7 @@
 #define EMLX_JOB_H
 
 #include <erl_nif.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,6 +25,8 @@ typedef enum {
   EMLX_JOB_PROGRAM,
   EMLX_JOB_TO_POINTER,
   EMLX_JOB_FROM_POINTER,
+  EMLX_JOB_LOAD_SAFETENSORS,
+  EMLX_JOB_SAVE_SAFETENSORS,
   EMLX_JOB_FREE,
   EMLX_JOB_STOP
 } emlx_job_kind;
@@ -87,13 +90,36 @@ typedef struct { /* FROM_POINTER */
   char shm_name[64];
 } emlx_from_pointer_job;
 
+typedef struct { /* LOAD_SAFETENSORS */
+  const char *path; /* in the job's arena */
+} emlx_load_job;
+
+typedef struct { /* SAVE_SAFETENSORS: names and metadata in the job's arena */
+  const char *path;
+  const char **names;
+  emlx_arr **arrs;
+  int n;
+  const char **meta_keys, **meta_values;
+  int nmeta;
+} emlx_save_job;
+
 typedef struct { /* FREE: handles dropped on the queue's own thread */
   emlx_arr *arr;
   emlx_compiled *compiled;
 } emlx_free_job;
 
+/* A job whose caller polls for its reply (see emlx_poll_* in emlx_nif.c)
+ * instead of receiving a message. NONE: a message, as usual. WAITING: the
+ * caller polls; the worker leaves the reply in the job and makes it DONE,
+ * and the caller frees the job. ABANDONED: the caller stopped polling (it
+ * waits for the message now, or is gone): the worker sends the reply and
+ * frees the job. */
+enum { EMLX_POLL_NONE, EMLX_POLL_WAITING, EMLX_POLL_DONE, EMLX_POLL_ABANDONED };
+
 struct emlx_job {
   emlx_job *next;
+  _Atomic int poll;         /* EMLX_POLL_*; set before the job is posted */
+  ERL_NIF_TERM poll_result; /* the reply (in env) once DONE */
   emlx_job_kind kind;
   emlx_queue_res *qres; /* kept for the job's life (not for FREE/STOP) */
   ErlNifPid pid;
@@ -116,6 +142,8 @@ struct emlx_job {
     emlx_program_job program;
     emlx_to_pointer_job to_pointer;
     emlx_from_pointer_job from_pointer;
+    emlx_load_job load;
+    emlx_save_job save;
     emlx_free_job free;
   };
 };
@@ -124,6 +152,12 @@ struct emlx_job {
  * jobs get no reply env. */
 emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres);
 void emlx_job_free(emlx_job *job);
+
+/* Posts the job to its queue and returns the reference its reply will
+ * carry; raises (and frees the job) when not called from a process. */
+ERL_NIF_TERM emlx_job_submit(ErlNifEnv *env, emlx_job *job);
+/* Frees the job and raises msg with the job's error kind. */
+ERL_NIF_TERM emlx_job_fail(ErlNifEnv *env, emlx_job *job, const char *msg);
 
 /* ---- decoding, on the scheduler ---- */
 

@@ -17,7 +17,9 @@
 
 #include "emlx_array.h"
 #include "emlx_codec.h"
+#include "emlx_io.h"
 #include "emlx_job.h"
+#include "emlx_programs.h"
 #include "emlx_resources.h"
 #include "emlx_worker.h"
 
@@ -30,16 +32,77 @@ static int get_queue(ErlNifEnv *env, ERL_NIF_TERM t, emlx_queue_res **out) {
   return enif_get_resource(env, t, emlx_queue_type, (void **)out) && (*out)->q != NULL;
 }
 
-/* Sends the job to its queue and returns the reply reference. */
-static ERL_NIF_TERM submit(ErlNifEnv *env, emlx_job *job) {
+
+/* ---- polled replies ----
+ *
+ * A short job (an eval, a small read) replies within microseconds, and a
+ * reply by message costs a thread wake-up on each side. submit_polled posts
+ * the job and polls for its reply from a rescheduled NIF
+ * (enif_schedule_nif: the scheduler runs other processes in between), for
+ * up to EMLX_POLL_NS; it then returns {:emlx_done, reply}. Past that, the
+ * caller gets the job's reference and receives the reply as a message, as
+ * after submit. EMLX.Worker.await/1 takes either. */
+#define EMLX_POLL_NS 100000
+
+static ErlNifResourceType *emlx_poll_type;
+static ERL_NIF_TERM atom_emlx_done;
+
+typedef struct {
+  emlx_job *job; /* the polled job; NULL once its reply is taken or left to the worker */
+} emlx_poll_res;
+
+/* The polling process is gone before the reply was taken. */
+static void poll_dtor(ErlNifEnv *env, void *obj) {
+  (void)env;
+  emlx_poll_res *r = obj;
+  if (!r->job) return;
+  int expected = EMLX_POLL_WAITING;
+  if (!atomic_compare_exchange_strong(&r->job->poll, &expected, EMLX_POLL_ABANDONED))
+    emlx_job_free(r->job); /* DONE, never taken */
+  r->job = NULL;
+}
+
+/* poll_reply(poll resource, deadline in ns, job reference) */
+static ERL_NIF_TERM poll_reply(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  emlx_poll_res *r;
+  ErlNifSInt64 deadline;
+  if (!enif_get_resource(env, argv[0], emlx_poll_type, (void **)&r) || !r->job ||
+      !enif_get_int64(env, argv[1], &deadline))
+    return enif_make_badarg(env);
+  emlx_job *job = r->job;
+  if (atomic_load_explicit(&job->poll, memory_order_acquire) == EMLX_POLL_WAITING) {
+    if (enif_monotonic_time(ERL_NIF_NSEC) < deadline) return enif_schedule_nif(env, "poll_reply", 0, poll_reply, argc, argv);
+    int expected = EMLX_POLL_WAITING;
+    if (atomic_compare_exchange_strong(&job->poll, &expected, EMLX_POLL_ABANDONED)) {
+      r->job = NULL; /* the worker sends the reply and frees the job */
+      return argv[2];
+    }
+  }
+  ERL_NIF_TERM result = enif_make_copy(env, job->poll_result);
+  r->job = NULL;
+  emlx_job_free(job);
+  return enif_make_tuple2(env, atom_emlx_done, result);
+}
+
+/* As submit, with the reply polled for (see above). */
+static ERL_NIF_TERM submit_polled(ErlNifEnv *env, emlx_job *job) {
+  emlx_poll_res *r = enif_alloc_resource(emlx_poll_type, sizeof(emlx_poll_res));
+  if (!r) return emlx_job_submit(env, job);
   ERL_NIF_TERM ref = enif_make_ref(env);
   job->ref = enif_make_copy(job->env, ref);
   if (!enif_self(env, &job->pid)) {
+    r->job = NULL;
+    enif_release_resource(r);
     emlx_job_free(job);
     return emlx_raise_arg(env, "EMLX calls must come from a process");
   }
+  r->job = job;
+  atomic_store(&job->poll, EMLX_POLL_WAITING);
+  ERL_NIF_TERM res = enif_make_resource(env, r);
+  enif_release_resource(r);
+  ERL_NIF_TERM args[3] = {res, enif_make_int64(env, enif_monotonic_time(ERL_NIF_NSEC) + EMLX_POLL_NS), ref};
   emlx_queue_post(job->qres->q, job);
-  return ref;
+  return enif_schedule_nif(env, "poll_reply", 0, poll_reply, 3, args);
 }
 
 /* A new job on the queue of term t; NULL after raising the error in *raised. */
@@ -54,11 +117,6 @@ static emlx_job *queue_job(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job_kind kind, E
   return job;
 }
 
-static ERL_NIF_TERM fail(ErlNifEnv *env, emlx_job *job, const char *msg) {
-  int kind = job->error_kind;
-  emlx_job_free(job);
-  return emlx_raise_kind(env, kind, msg);
-}
 
 /* Queue depth at which an op asks its caller to wait for the worker. */
 #define EMLX_BACKPRESSURE 2048
@@ -99,14 +157,34 @@ static ERL_NIF_TERM nif_queue_sync(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   ERL_NIF_TERM raised;
   emlx_job *job = queue_job(env, argv[0], EMLX_JOB_SYNC, &raised);
   if (!job) return raised;
-  return submit(env, job);
+  return submit_polled(env, job);
 }
 
 /* ---- ops ---- */
 
-static int find_op(ERL_NIF_TERM name) {
-  for (int i = 0; i < op_count; i++)
-    if (enif_is_identical(name, op_atoms[i])) return i;
+/* Atoms are immediate terms, equal exactly when their values are: the op
+ * atoms sorted by value make the name lookup a binary search. */
+typedef struct {
+  ERL_NIF_TERM atom;
+  int index;
+} op_by_atom;
+static op_by_atom *ops_sorted;
+
+static int cmp_op_by_atom(const void *a, const void *b) {
+  ERL_NIF_TERM x = ((const op_by_atom *)a)->atom, y = ((const op_by_atom *)b)->atom;
+  return x < y ? -1 : x > y;
+}
+
+int emlx_find_op(ERL_NIF_TERM name) {
+  int lo = 0, hi = op_count - 1;
+  while (lo <= hi) {
+    int mid = (lo + hi) / 2;
+    if (ops_sorted[mid].atom == name) return ops_sorted[mid].index;
+    if (ops_sorted[mid].atom < name)
+      lo = mid + 1;
+    else
+      hi = mid - 1;
+  }
   return -1;
 }
 
@@ -115,7 +193,7 @@ static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) 
   (void)argc;
   emlx_queue_res *qr;
   if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  int op = find_op(argv[1]);
+  int op = emlx_find_op(argv[1]);
   if (op < 0) return emlx_raise_arg(env, "unknown EMLX op %T", argv[1]);
   const char *sig = emlx_op_signature(op);
   int nsig = (int)strlen(sig);
@@ -128,7 +206,7 @@ static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) 
   emlx_op_job *oj = &job->op;
   oj->index = op;
   if (!enif_is_identical(argv[3], ATOM.nil) && !emlx_decode_dtype(env, argv[3], &oj->out_dtype))
-    return fail(env, job, "the output type is not one MLX supports");
+    return emlx_job_fail(env, job, "the output type is not one MLX supports");
 
   ERL_NIF_TERM head, tail = argv[2];
   char err[256];
@@ -137,7 +215,7 @@ static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) 
     if (!emlx_job_decode_arg(env, head, sig[i], job, &oj->args[i], err, sizeof err)) {
       char msg[400];
       snprintf(msg, sizeof msg, "%s, argument %d: %s", emlx_op_name(op), i + 1, err);
-      return fail(env, job, msg);
+      return emlx_job_fail(env, job, msg);
     }
   }
   oj->nargs = nsig;
@@ -147,10 +225,10 @@ static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) 
   ERL_NIF_TERM terms[EMLX_MAX_OUTS];
   for (int i = 0; i < nouts; i++) {
     terms[i] = emlx_make_pending(env, qr, &oj->results[i]);
-    if (!terms[i]) return fail(env, job, "out of memory");
+    if (!terms[i]) return emlx_job_fail(env, job, "out of memory");
     oj->nresults = i + 1;
   }
-  if (!enif_self(env, &job->pid)) return fail(env, job, "EMLX calls must come from a process");
+  if (!enif_self(env, &job->pid)) return emlx_job_fail(env, job, "EMLX calls must come from a process");
   emlx_queue_post(qr->q, job);
   ERL_NIF_TERM result = nouts == 1 ? terms[0] : enif_make_list_from_array(env, terms, (unsigned)nouts);
   if (atomic_load_explicit(&qr->q->pending, memory_order_relaxed) > EMLX_BACKPRESSURE)
@@ -180,22 +258,22 @@ static ERL_NIF_TERM nif_from_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM
   if (!job) return emlx_raise_arg(env, "out of memory");
   emlx_from_binary_job *fb = &job->from_binary;
   const char *bad = emlx_decode_spec(env, argv[2], argv[3], &fb->spec);
-  if (bad) return fail(env, job, bad);
+  if (bad) return emlx_job_fail(env, job, bad);
   ErlNifBinary bin;
   ERL_NIF_TERM copy = enif_make_copy(job->env, argv[1]); /* refc binaries are shared, not copied */
-  if (!enif_inspect_binary(job->env, copy, &bin)) return fail(env, job, "expected a binary");
+  if (!enif_inspect_binary(job->env, copy, &bin)) return emlx_job_fail(env, job, "expected a binary");
   size_t count;
-  if (!emlx_spec_count(&fb->spec, &count)) return fail(env, job, "shape too large");
+  if (!emlx_spec_count(&fb->spec, &count)) return emlx_job_fail(env, job, "shape too large");
   size_t isz = emlx_dtype_size(fb->spec.dtype);
   if (count > SIZE_MAX / isz || count * isz != bin.size) {
     char msg[200];
     snprintf(msg, sizeof msg, "binary of %zu bytes does not match the shape and type (%zu bytes expected)", bin.size,
              count > SIZE_MAX / isz ? SIZE_MAX : count * isz);
-    return fail(env, job, msg);
+    return emlx_job_fail(env, job, msg);
   }
   fb->data = bin.data;
   fb->nbytes = bin.size;
-  return submit(env, job);
+  return emlx_job_submit(env, job);
 }
 
 static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -207,9 +285,9 @@ static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
   emlx_job *job = emlx_job_new(EMLX_JOB_TO_BINARY, qr);
   if (!job) return emlx_raise_arg(env, "out of memory");
   char err[256];
-  if (!emlx_job_take_array(env, argv[1], job, &job->to_binary.arr, err, sizeof err)) return fail(env, job, err);
+  if (!emlx_job_take_array(env, argv[1], job, &job->to_binary.arr, err, sizeof err)) return emlx_job_fail(env, job, err);
   job->to_binary.limit = (size_t)limit;
-  return submit(env, job);
+  return submit_polled(env, job);
 }
 
 static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -219,101 +297,8 @@ static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
   if (!job) return raised;
   char err[256];
   if (!emlx_job_take_arrays(env, argv[1], job, 0, &job->eval.inputs, &job->eval.ninputs, err, sizeof err))
-    return fail(env, job, err);
-  return submit(env, job);
-}
-
-/* ---- programs ---- */
-
-/* program_new(queue, [{op, args, out_type}], ninputs, out_slots) */
-static ERL_NIF_TERM nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  (void)argc;
-  emlx_queue_res *qr;
-  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  unsigned n, nouts;
-  int ninputs;
-  if (!enif_get_list_length(env, argv[1], &n) || n > 1000000) return emlx_raise_arg(env, "expected a list of instructions");
-  if (!enif_get_int(env, argv[2], &ninputs) || ninputs < 0) return emlx_raise_arg(env, "expected the number of inputs");
-  if (!enif_get_list_length(env, argv[3], &nouts) || nouts > 100000) return emlx_raise_arg(env, "expected a list of output slots");
-
-  emlx_program_res *p = enif_alloc_resource(emlx_program_type, sizeof(emlx_program_res));
-  if (!p) return emlx_raise_arg(env, "out of memory");
-  memset(p, 0, sizeof *p);
-  p->owner = qr;
-  enif_keep_resource(qr);
-  ERL_NIF_TERM term = enif_make_resource(env, p);
-  enif_release_resource(p); /* the term owns it now; a raise below frees it */
-
-  p->instrs = enif_alloc(sizeof(emlx_instr) * (n ? n : 1));
-  p->out_slots = enif_alloc(sizeof(int) * (nouts ? nouts : 1));
-  if (!p->instrs || !p->out_slots) return emlx_raise_arg(env, "out of memory");
-  p->ninputs = ninputs;
-
-  ERL_NIF_TERM head, tail = argv[3];
-  for (unsigned i = 0; i < nouts; i++) {
-    enif_get_list_cell(env, tail, &head, &tail);
-    if (!enif_get_int(env, head, &p->out_slots[i]) || p->out_slots[i] < 0)
-      return emlx_raise_arg(env, "output slots must be non-negative integers");
-  }
-  p->nouts = (int)nouts;
-
-  tail = argv[1];
-  char err[256];
-  for (unsigned i = 0; i < n; i++) {
-    int arity;
-    const ERL_NIF_TERM *el;
-    emlx_instr *in = &p->instrs[i];
-    enif_get_list_cell(env, tail, &head, &tail);
-    if (!enif_get_tuple(env, head, &arity, &el) || arity != 3)
-      return emlx_raise_arg(env, "instruction %u: expected {op, args, out_type}", i);
-    in->op = find_op(el[0]);
-    if (in->op < 0) return emlx_raise_arg(env, "instruction %u: unknown EMLX op %T", i, el[0]);
-    const char *sig = emlx_op_signature(in->op);
-    int nsig = (int)strlen(sig);
-    unsigned len;
-    if (!enif_get_list_length(env, el[1], &len) || (int)len != nsig)
-      return emlx_raise_arg(env, "instruction %u: op %s expects %d arguments", i, emlx_op_name(in->op), nsig);
-    in->out_dtype = -1;
-    if (!enif_is_identical(el[2], ATOM.nil) && !emlx_decode_dtype(env, el[2], &in->out_dtype))
-      return emlx_raise_arg(env, "instruction %u: the output type is not one MLX supports", i);
-    ERL_NIF_TERM ah, at = el[1];
-    for (int k = 0; k < nsig; k++) {
-      enif_get_list_cell(env, at, &ah, &at);
-      int ok = (sig[k] == EMLX_ARG_ARR || sig[k] == EMLX_ARG_ARRS)
-                   ? emlx_decode_slots(env, ah, sig[k], &p->arena, &in->args[k])
-                   : emlx_decode_value(env, ah, sig[k], &p->arena, &in->args[k], err, sizeof err);
-      if (!ok) {
-        if (sig[k] == EMLX_ARG_ARR || sig[k] == EMLX_ARG_ARRS) snprintf(err, sizeof err, "expected a slot number");
-        return emlx_raise_arg(env, "instruction %u (%s), argument %d: %s", i, emlx_op_name(in->op), k + 1, err);
-      }
-    }
-    in->nargs = nsig;
-    p->ninstrs = (int)i + 1;
-  }
-  return term;
-}
-
-/* program_run(queue, program, inputs, compile?) */
-static ERL_NIF_TERM nif_program_run(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  (void)argc;
-  emlx_queue_res *qr;
-  emlx_program_res *p;
-  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  if (!enif_get_resource(env, argv[1], emlx_program_type, (void **)&p) || !p->instrs)
-    return emlx_raise_arg(env, "expected an EMLX program");
-  if (p->owner->q != qr->q) return emlx_raise_arg(env, "a program runs on the command queue it was made for");
-  unsigned len;
-  if (!enif_get_list_length(env, argv[2], &len) || (int)len != p->ninputs)
-    return emlx_raise_arg(env, "the program expects %d inputs", p->ninputs);
-  emlx_job *job = emlx_job_new(EMLX_JOB_PROGRAM, qr);
-  if (!job) return emlx_raise_arg(env, "out of memory");
-  job->program.res = p;
-  enif_keep_resource(p);
-  job->program.compile = enif_is_identical(argv[3], ATOM.true_);
-  char err[256];
-  if (!emlx_job_take_arrays(env, argv[2], job, 0, &job->program.inputs, &job->program.ninputs, err, sizeof err))
-    return fail(env, job, err);
-  return submit(env, job);
+    return emlx_job_fail(env, job, err);
+  return submit_polled(env, job);
 }
 
 /* ---- pointers ---- */
@@ -352,14 +337,14 @@ static ERL_NIF_TERM nif_to_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   char err[256];
   emlx_array_res *res;
   emlx_to_pointer_job *tp = &job->to_pointer;
-  if (!emlx_job_take_array(env, argv[1], job, &tp->arr, err, sizeof err)) return fail(env, job, err);
+  if (!emlx_job_take_array(env, argv[1], job, &tp->arr, err, sizeof err)) return emlx_job_fail(env, job, err);
   enif_get_resource(env, argv[1], emlx_array_type, (void **)&res);
   tp->res = res;
   enif_keep_resource(res);
   tp->ipc = strcmp(mode, "ipc") == 0;
   tp->permissions = perms;
   snprintf(tp->shm_name, sizeof tp->shm_name, "/emlx-%ld-%lu", (long)getpid(), ++counter);
-  return submit(env, job);
+  return emlx_job_submit(env, job);
 }
 
 static ERL_NIF_TERM nif_from_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -370,22 +355,22 @@ static ERL_NIF_TERM nif_from_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TER
   emlx_from_pointer_job *fp = &job->from_pointer;
   ErlNifUInt64 addr;
   if (enif_get_uint64(env, argv[1], &addr)) {
-    if (addr == 0) return fail(env, job, "the pointer address is null");
+    if (addr == 0) return emlx_job_fail(env, job, "the pointer address is null");
     fp->ipc = 0;
     fp->address = (uintptr_t)addr;
   } else if (get_shm_name(env, argv[1], fp->shm_name, sizeof fp->shm_name)) {
     fp->ipc = 1;
   } else {
-    return fail(env, job, "expected an address (integer) or a shared-memory name (binary)");
+    return emlx_job_fail(env, job, "expected an address (integer) or a shared-memory name (binary)");
   }
   const char *bad = emlx_decode_spec(env, argv[2], argv[3], &fp->spec);
-  if (bad) return fail(env, job, bad);
+  if (bad) return emlx_job_fail(env, job, bad);
   size_t count;
-  if (!emlx_spec_count(&fp->spec, &count)) return fail(env, job, "shape too large");
+  if (!emlx_spec_count(&fp->spec, &count)) return emlx_job_fail(env, job, "shape too large");
   size_t isz = emlx_dtype_size(fp->spec.dtype);
-  if (count > (SIZE_MAX >> 4) / isz) return fail(env, job, "shape too large");
+  if (count > (SIZE_MAX >> 4) / isz) return emlx_job_fail(env, job, "shape too large");
   fp->nbytes = count * isz;
-  return submit(env, job);
+  return emlx_job_submit(env, job);
 }
 
 static ERL_NIF_TERM nif_shm_unlink(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -579,10 +564,17 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   (void)priv;
   set_tf32(env, info);
   if (emlx_resources_load(env) != 0) return 1;
+  emlx_poll_type = enif_open_resource_type(env, NULL, "emlx_poll", poll_dtor, ERL_NIF_RT_CREATE, NULL);
+  if (!emlx_poll_type) return 1;
+  atom_emlx_done = enif_make_atom(env, "emlx_done");
   op_count = emlx_op_count();
   op_atoms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)op_count);
   if (!op_atoms) return 1;
   for (int i = 0; i < op_count; i++) op_atoms[i] = enif_make_atom(env, emlx_op_name(i));
+  ops_sorted = enif_alloc(sizeof(op_by_atom) * (size_t)op_count);
+  if (!ops_sorted) return 1;
+  for (int i = 0; i < op_count; i++) ops_sorted[i] = (op_by_atom){op_atoms[i], i};
+  qsort(ops_sorted, (size_t)op_count, sizeof(op_by_atom), cmp_op_by_atom);
   restore_sigchld();
   tune_malloc();
   return 0;
@@ -597,11 +589,13 @@ static ErlNifFunc funcs[] = {
     {"from_binary", 4, nif_from_binary, 0},
     {"to_binary", 3, nif_to_binary, 0},
     {"eval", 2, nif_eval, 0},
-    {"program_new", 4, nif_program_new, ERL_NIF_DIRTY_JOB_CPU_BOUND},
-    {"program_run", 4, nif_program_run, 0},
+    {"program_new", 4, emlx_nif_program_new, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"program_run", 4, emlx_nif_program_run, 0},
     {"to_pointer", 4, nif_to_pointer, 0},
     {"from_pointer", 4, nif_from_pointer, 0},
     {"shm_unlink", 1, nif_shm_unlink, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"load_safetensors", 2, emlx_nif_load_safetensors, 0},
+    {"save_safetensors", 4, emlx_nif_save_safetensors, 0},
     {"array_info", 1, nif_array_info, 0},
     {"array_strides", 1, nif_array_strides, 0},
     {"deallocate", 1, nif_deallocate, 0},

@@ -33,10 +33,12 @@ static void program_dtor(ErlNifEnv *env, void *obj) {
   (void)env;
   emlx_program_res *p = obj;
   /* the compiled replay is dropped on its own thread */
-  if (p->compiled && p->owner) emlx_queue_free_later(p->owner->q, NULL, p->compiled);
-  if (p->instrs) enif_free(p->instrs);
-  if (p->out_slots) enif_free(p->out_slots);
+  if (p->prog.compiled && p->owner) emlx_queue_free_later(p->owner->q, NULL, p->prog.compiled);
+  if (p->prog.instrs) enif_free(p->prog.instrs);
+  if (p->prog.out_slots) enif_free(p->prog.out_slots);
   emlx_arena_free(&p->arena);
+  for (int i = 0; i < p->nsubs; i++) enif_release_resource(p->subs[i]);
+  if (p->subs) enif_free(p->subs);
   if (p->owner) enif_release_resource(p->owner);
 }
 
@@ -80,6 +82,8 @@ int emlx_resources_load(ErlNifEnv *env) {
   ATOM.wait = A("wait");
   ATOM.pending = A("pending");
   ATOM.swept = A("swept");
+  ATOM.while_ = A("while");
+  ATOM.cond = A("cond");
 #undef A
   return 0;
 }

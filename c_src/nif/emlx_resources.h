@@ -14,7 +14,7 @@
 typedef struct {
   ERL_NIF_TERM ok, error, nil, true_, false_, cpu, gpu, mlx, argument, nan, infinity, neg_infinity,
       already_deallocated, bool_, exception, struct_, message, argument_error,
-      active_memory, peak_memory, cache_memory, wait, pending, swept;
+      active_memory, peak_memory, cache_memory, wait, pending, swept, while_, cond;
 } emlx_atoms;
 extern emlx_atoms ATOM;
 
@@ -32,16 +32,14 @@ typedef struct {
 } emlx_queue_res;
 
 /* The NIF resource for a program (see emlx_program_run in emlx_shim.h).
- * It belongs to one queue: MLX's compile cache is per thread. */
-typedef struct {
+ * It belongs to one queue: MLX's compile cache is per thread. It keeps the
+ * programs its loop instructions run (subs). */
+typedef struct emlx_program_res {
   emlx_queue_res *owner;
-  emlx_instr *instrs;
-  int ninstrs;
-  int ninputs;
-  int *out_slots;
-  int nouts;
-  emlx_arena arena;        /* holds the decoded argument lists */
-  emlx_compiled *compiled; /* made and used on the owner's thread */
+  emlx_program prog;
+  emlx_arena arena; /* holds the decoded argument lists */
+  struct emlx_program_res **subs;
+  int nsubs;
 } emlx_program_res;
 
 /* A sweep barrier (EMLX.NIF.sweep_barrier/0): made and dropped at once, so

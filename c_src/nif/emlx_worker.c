@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "emlx_codec.h"
+#include "emlx_io.h"
 
 #define WORKER_STACK_BYTES (64u * 1024u * 1024u)
 #define WORKER_SPIN_ROUNDS 200
@@ -55,13 +56,26 @@ void emlx_queue_free_later(emlx_queue *q, emlx_arr *a, emlx_compiled *c) {
 
 /* ---- replies ---- */
 
+/* Every job with a reply env replies exactly once. A polled job hands its
+ * reply to the polling caller, who frees the job; if the caller stopped
+ * polling, the reply goes as a message and the job is freed here (the
+ * worker loop frees only unpolled jobs). */
 static void reply(emlx_job *job, ERL_NIF_TERM result) {
+  int polled = atomic_load_explicit(&job->poll, memory_order_relaxed) != EMLX_POLL_NONE;
+  if (polled) {
+    job->poll_result = result;
+    int expected = EMLX_POLL_WAITING;
+    if (atomic_compare_exchange_strong_explicit(&job->poll, &expected, EMLX_POLL_DONE, memory_order_acq_rel,
+                                                memory_order_acquire))
+      return; /* the job belongs to the caller now: touch nothing */
+  }
   ERL_NIF_TERM msg = enif_make_tuple2(job->env, job->ref, result);
   enif_send(NULL, &job->pid, job->env, msg);
   enif_clear_env(job->env);
+  if (polled) emlx_job_free(job);
 }
 
-static void reply_ok(emlx_job *job, ERL_NIF_TERM value) { reply(job, enif_make_tuple2(job->env, ATOM.ok, value)); }
+void emlx_reply_ok(emlx_job *job, ERL_NIF_TERM value) { reply(job, enif_make_tuple2(job->env, ATOM.ok, value)); }
 
 static ERL_NIF_TERM make_string(ErlNifEnv *env, const char *s) {
   ERL_NIF_TERM t;
@@ -75,14 +89,14 @@ static void reply_failure(emlx_job *job, int kind, const char *msg) {
 }
 
 /* The error of the shim call that returned st. */
-static void reply_error(emlx_job *job, emlx_status st) { reply_failure(job, st, emlx_last_error()); }
+void emlx_reply_error(emlx_job *job, emlx_status st) { reply_failure(job, st, emlx_last_error()); }
 
-static void reply_oom(emlx_job *job) { reply_failure(job, EMLX_ERR_MLX, "out of memory"); }
+void emlx_reply_oom(emlx_job *job) { reply_failure(job, EMLX_ERR_MLX, "out of memory"); }
 
 /* :ok, or the error of the shim call that returned st. */
-static void reply_status(emlx_job *job, emlx_status st) {
+void emlx_reply_status(emlx_job *job, emlx_status st) {
   if (st != EMLX_OK)
-    reply_error(job, st);
+    emlx_reply_error(job, st);
   else
     reply(job, ATOM.ok);
 }
@@ -125,14 +139,14 @@ static void run_op(emlx_queue *q, emlx_job *job) {
 /* Replies with a new array (or the error that kept it from being made). */
 static void reply_array(emlx_job *job, emlx_status st, emlx_arr *out) {
   if (st != EMLX_OK) {
-    reply_error(job, st);
+    emlx_reply_error(job, st);
     return;
   }
   ERL_NIF_TERM t = emlx_make_array(job->env, job->qres, out);
   if (!t)
-    reply_oom(job);
+    emlx_reply_oom(job);
   else
-    reply_ok(job, t);
+    emlx_reply_ok(job, t);
 }
 
 static void run_from_binary(emlx_queue *q, emlx_job *job) {
@@ -147,7 +161,7 @@ static void run_from_binary(emlx_queue *q, emlx_job *job) {
 static int host_view(emlx_queue *q, emlx_job *job, const emlx_arr *arr, emlx_arr **view, const void **data, size_t *nbytes) {
   emlx_status st = emlx_arr_host_view(q->stream, arr, view, data, nbytes);
   if (st == EMLX_OK) return 1;
-  reply_error(job, st);
+  emlx_reply_error(job, st);
   return 0;
 }
 
@@ -161,39 +175,38 @@ static void run_to_binary(emlx_queue *q, emlx_job *job) {
   emlx_array_res *res = emlx_array_res_new(job->qres, view, EMLX_ARR_READY);
   if (!res) {
     emlx_arr_free(view);
-    reply_oom(job);
+    emlx_reply_oom(job);
     return;
   }
   size_t size = job->to_binary.limit < nbytes ? job->to_binary.limit : nbytes;
   ERL_NIF_TERM bin = enif_make_resource_binary(job->env, res, data, size);
   enif_release_resource(res);
-  reply_ok(job, bin);
+  emlx_reply_ok(job, bin);
 }
 
 /* mx::eval blocks until the arrays are computed: no stream-wide sync after it
  * (that was one more round trip to MLX's stream thread per eval). */
 static void run_eval(emlx_queue *q, emlx_job *job) {
-  reply_status(job, emlx_eval(q->stream, job->eval.inputs, job->eval.ninputs));
+  emlx_reply_status(job, emlx_eval(q->stream, job->eval.inputs, job->eval.ninputs));
 }
 
-static void run_sync(emlx_queue *q, emlx_job *job) { reply_status(job, emlx_stream_synchronize(q->stream)); }
+static void run_sync(emlx_queue *q, emlx_job *job) { emlx_reply_status(job, emlx_stream_synchronize(q->stream)); }
 
 /* ---- programs ---- */
 
 static void run_program(emlx_queue *q, emlx_job *job) {
-  emlx_program_res *p = job->program.res;
+  emlx_program *p = &job->program.res->prog;
   emlx_arr **outs = enif_alloc(sizeof(emlx_arr *) * (size_t)(p->nouts ? p->nouts : 1));
   ERL_NIF_TERM *terms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)(p->nouts ? p->nouts : 1));
   if (!outs || !terms) {
     if (outs) enif_free(outs);
     if (terms) enif_free(terms);
-    reply_oom(job);
+    emlx_reply_oom(job);
     return;
   }
-  emlx_status st = emlx_program_run(q->stream, p->instrs, p->ninstrs, job->program.inputs, job->program.ninputs, p->out_slots,
-                                    p->nouts, job->program.compile, &p->compiled, outs);
+  emlx_status st = emlx_program_run(q->stream, p, job->program.inputs, job->program.ninputs, job->program.compile, outs);
   if (st != EMLX_OK) {
-    reply_error(job, st);
+    emlx_reply_error(job, st);
   } else {
     int ok = 1;
     for (int i = 0; i < p->nouts; i++) {
@@ -205,9 +218,9 @@ static void run_program(emlx_queue *q, emlx_job *job) {
       if (!terms[i]) ok = 0;
     }
     if (ok)
-      reply_ok(job, enif_make_list_from_array(job->env, terms, (unsigned)p->nouts));
+      emlx_reply_ok(job, enif_make_list_from_array(job->env, terms, (unsigned)p->nouts));
     else
-      reply_oom(job);
+      emlx_reply_oom(job);
   }
   enif_free(outs);
   enif_free(terms);
@@ -239,7 +252,7 @@ static void run_to_pointer(emlx_queue *q, emlx_job *job) {
       return;
     }
     emlx_arr_free(old);
-    reply_ok(job, enif_make_tuple2(job->env, enif_make_uint64(job->env, (ErlNifUInt64)(uintptr_t)data),
+    emlx_reply_ok(job, enif_make_tuple2(job->env, enif_make_uint64(job->env, (ErlNifUInt64)(uintptr_t)data),
                                    enif_make_uint64(job->env, nbytes)));
     return;
   }
@@ -265,7 +278,7 @@ static void run_to_pointer(emlx_queue *q, emlx_job *job) {
   munmap(dst, map);
   close(fd);
   emlx_arr_free(view);
-  reply_ok(job, enif_make_tuple2(job->env, make_string(job->env, tp->shm_name), enif_make_uint64(job->env, nbytes)));
+  emlx_reply_ok(job, enif_make_tuple2(job->env, make_string(job->env, tp->shm_name), enif_make_uint64(job->env, nbytes)));
 }
 
 /* :local copies from an address of this process with process_vm_readv,
@@ -277,7 +290,7 @@ static void run_from_pointer(emlx_queue *q, emlx_job *job) {
   emlx_from_pointer_job *fp = &job->from_pointer;
   void *buf = enif_alloc(fp->nbytes ? fp->nbytes : 1);
   if (!buf) {
-    reply_oom(job);
+    emlx_reply_oom(job);
     return;
   }
   if (!fp->ipc) {
@@ -335,6 +348,8 @@ static void (*const job_bodies[])(emlx_queue *q, emlx_job *job) = {
     [EMLX_JOB_PROGRAM] = run_program,
     [EMLX_JOB_TO_POINTER] = run_to_pointer,
     [EMLX_JOB_FROM_POINTER] = run_from_pointer,
+    [EMLX_JOB_LOAD_SAFETENSORS] = emlx_run_load_safetensors,
+    [EMLX_JOB_SAVE_SAFETENSORS] = emlx_run_save_safetensors,
     [EMLX_JOB_FREE] = NULL,
     [EMLX_JOB_STOP] = NULL,
 };
@@ -381,13 +396,15 @@ static void *worker_main(void *arg) {
     atomic_fetch_sub_explicit(&q->pending, 1, memory_order_acq_rel);
     pthread_mutex_unlock(&q->mu);
 
+    /* A polled job is freed by its reply (or by the caller it replies to). */
+    int polled = atomic_load_explicit(&job->poll, memory_order_relaxed) != EMLX_POLL_NONE;
     if (job->nfixups && !resolve(job)) {
-      emlx_job_free(job);
+      if (!polled) emlx_job_free(job);
       continue;
     }
     int stop = job->kind == EMLX_JOB_STOP;
     if (job_bodies[job->kind]) job_bodies[job->kind](q, job);
-    emlx_job_free(job);
+    if (!polled) emlx_job_free(job);
     if (stop) break;
   }
   queue_destroy(q);

@@ -34,4 +34,11 @@ void emlx_queue_stop(emlx_queue *q);
  * here when no job can be allocated). Either may be NULL. */
 void emlx_queue_free_later(emlx_queue *q, emlx_arr *a, emlx_compiled *c);
 
+/* Replies to a job from its worker: {:ok, value}; :ok or the error of the
+ * shim call that returned st; the error of that call; out of memory. */
+void emlx_reply_ok(emlx_job *job, ERL_NIF_TERM value);
+void emlx_reply_status(emlx_job *job, emlx_status st);
+void emlx_reply_error(emlx_job *job, emlx_status st);
+void emlx_reply_oom(emlx_job *job);
+
 #endif

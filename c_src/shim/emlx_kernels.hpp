@@ -42,6 +42,11 @@ mx::array emlx_sigmoid(const mx::array &x, SD s);
 mx::array emlx_cbrt(const mx::array &x, SD s);
 mx::array emlx_erfc(const mx::array &x, SD s);
 
+// ---- correctly rounded float32 math on the GPU (kernels_gpu_math.cpp) ----
+mx::array gpu_precise_unary(const char *fn, const mx::array &x, SD s, mx::array (*fallback)(const mx::array &, SD));
+mx::array emlx_log(const mx::array &x, SD s);
+mx::array emlx_atan2(const mx::array &y, const mx::array &x, SD s);
+
 // ---- element-wise, types, reductions (kernels_elementwise.cpp) ----
 mx::array truthy(const mx::array &x, SD s);  // a bool tensor: x != 0
 mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d);
@@ -130,6 +135,7 @@ mx::array emlx_fast_sdpa(const mx::array &q, const mx::array &k, const mx::array
 mx::array emlx_fast_sdpa_key_masked(const mx::array &q, const mx::array &k, const mx::array &v, double scale,
                                     const mx::array &key_mask, SD s);
 mx::array emlx_fast_swiglu(const mx::array &gate, const mx::array &up, SD s);
+mx::array emlx_fast_linear(const mx::array &x, const mx::array &w, SD s);
 std::vector<mx::array> emlx_fast_kv_cache_attention(const mx::array &q, const mx::array &new_k, const mx::array &new_v,
                                                     const mx::array &k_cache, const mx::array &v_cache,
                                                     const mx::array &offset, double scale,

@@ -1,5 +1,6 @@
 // Programs: replay of a flat list of op-table instructions over slots,
-// optionally under mx::compile, made once per program and kept in its cache.
+// optionally under mx::compile, made once per program and kept in its cache;
+// and loops (EMLX_OP_WHILE), run here on the worker thread.
 
 #include <functional>
 
@@ -13,6 +14,10 @@ struct emlx_compiled {
 namespace emlx {
 namespace {
 
+std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std::vector<mx::array> &in, bool compile);
+std::vector<mx::array> run_while(const emlx_stream &stream, const emlx_instr &in, const std::vector<emlx_arr> &slots);
+std::vector<mx::array> run_cond(const emlx_stream &stream, const emlx_instr &in, const std::vector<emlx_arr> &slots);
+
 // Runs the instructions over slots (the inputs first, then every
 // instruction's results in turn) and returns the arrays of out_slots.
 std::vector<mx::array> replay(const emlx_stream &stream, const emlx_instr *instrs, int ninstrs,
@@ -22,6 +27,11 @@ std::vector<mx::array> replay(const emlx_stream &stream, const emlx_instr *instr
   for (auto &a : inputs) slots.emplace_back(a);
   for (int i = 0; i < ninstrs; i++) {
     const emlx_instr &in = instrs[i];
+    if (in.op == EMLX_OP_WHILE || in.op == EMLX_OP_COND) {
+      auto results = in.op == EMLX_OP_WHILE ? run_while(stream, in, slots) : run_cond(stream, in, slots);
+      for (auto &r : results) slots.emplace_back(std::move(r));
+      continue;
+    }
     emlx_arg args[EMLX_MAX_ARGS];
     std::vector<std::vector<emlx_arr *>> arr_lists;
     for (int k = 0; k < in.nargs; k++) {
@@ -52,6 +62,86 @@ std::vector<mx::array> replay(const emlx_stream &stream, const emlx_instr *instr
   return outs;
 }
 
+// One run of program p: under its mx::compile cache when asked and it can
+// be traced, else a plain replay.
+std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std::vector<mx::array> &in, bool compile) {
+  std::vector<int> slots(p->out_slots, p->out_slots + p->nouts);
+  if (!compile || p->plain || (p->compiled && !p->compiled->traceable))
+    return replay(stream, p->instrs, p->ninstrs, in, slots);
+  if (!p->compiled) {
+    emlx_stream st = stream;
+    const emlx_instr *instrs = p->instrs;
+    int ninstrs = p->ninstrs;
+    auto body = [st, instrs, ninstrs, slots](const std::vector<mx::array> &args) {
+      return replay(st, instrs, ninstrs, args, slots);
+    };
+    p->compiled = new emlx_compiled{mx::compile(body), true};
+  }
+  try {
+    return p->compiled->fn(in);
+  } catch (...) {
+    // Tracing failed: an op needs data while tracing ("cannot compile"),
+    // or the program is wrong. Either way it replays plainly, now and from
+    // then on; a genuine error is raised by that replay, once.
+    p->compiled->traceable = false;
+    return replay(stream, p->instrs, p->ninstrs, in, slots);
+  }
+}
+
+// A loop: the condition and the body are programs of their own, each
+// compiled once; every iteration evaluates the condition with the state
+// (so no graph grows across iterations) and reads it here, on the worker.
+std::vector<mx::array> run_while(const emlx_stream &stream, const emlx_instr &in, const std::vector<emlx_arr> &slots) {
+  auto slot = [&](int64_t k) -> const mx::array & {
+    if (k < 0 || k >= static_cast<int64_t>(slots.size())) throw arg_error("loop slot out of range");
+    return slots[k].a;
+  };
+  std::vector<mx::array> state;
+  for (int j = 0; j < in.args[0].u.ints.n; j++) state.push_back(slot(in.args[0].u.ints.v[j]));
+  auto inputs = [&](const emlx_arg &map) {
+    std::vector<mx::array> v;
+    for (int j = 0; j < map.u.ints.n; j++) {
+      int64_t m = map.u.ints.v[j];
+      if (m < 0 && -m - 1 >= static_cast<int64_t>(state.size())) throw arg_error("loop state index out of range");
+      v.push_back(m < 0 ? state[-m - 1] : slot(m));
+    }
+    return v;
+  };
+  emlx_program *cond = in.args[1].u.prog, *body = in.args[3].u.prog;
+  for (int64_t iter = 0;; iter++) {
+    auto pred = run(stream, cond, inputs(in.args[2]), true);
+    if (pred.size() != 1 || pred[0].size() != 1) throw arg_error("a loop condition must be one scalar");
+    auto go = mx::not_equal(pred[0], mx::zeros({}, pred[0].dtype(), stream.s), stream.s);
+    std::vector<mx::array> all{go};
+    if (iter % 32 == 0) all.insert(all.end(), state.begin(), state.end());
+    mx::eval(all);
+    if (!go.item<bool>()) return state;
+    auto next = run(stream, body, inputs(in.args[4]), true);
+    if (next.size() != state.size()) throw arg_error("a loop body must return the whole state");
+    state = std::move(next);
+  }
+}
+
+// A branch: the predicate is evaluated and read here, then only the program
+// of the branch taken runs.
+std::vector<mx::array> run_cond(const emlx_stream &stream, const emlx_instr &in, const std::vector<emlx_arr> &slots) {
+  auto inputs = [&](const emlx_arg &list) {
+    std::vector<mx::array> v;
+    for (int j = 0; j < list.u.ints.n; j++) {
+      int64_t k = list.u.ints.v[j];
+      if (k < 0 || k >= static_cast<int64_t>(slots.size())) throw arg_error("cond slot out of range");
+      v.push_back(slots[k].a);
+    }
+    return v;
+  };
+  auto pred = run(stream, in.args[0].u.prog, inputs(in.args[1]), true);
+  if (pred.size() != 1 || pred[0].size() != 1) throw arg_error("a cond predicate must be one scalar");
+  auto go = mx::not_equal(pred[0], mx::zeros({}, pred[0].dtype(), stream.s), stream.s);
+  mx::eval(go);
+  int k = go.item<bool>() ? 2 : 4;
+  return run(stream, in.args[k].u.prog, inputs(in.args[k + 1]), true);
+}
+
 }  // namespace
 }  // namespace emlx
 
@@ -59,33 +149,12 @@ using namespace emlx;  // the C entry points below use the shim's internals
 
 extern "C" {
 
-emlx_status emlx_program_run(emlx_stream *s, const emlx_instr *instrs, int ninstrs, emlx_arr **inputs, int ninputs,
-                             const int *out_slots, int nouts, int compile, emlx_compiled **cache, emlx_arr **outs) {
+emlx_status emlx_program_run(emlx_stream *s, emlx_program *p, emlx_arr **inputs, int ninputs, int compile,
+                             emlx_arr **outs) {
   return guard([&] {
     std::vector<mx::array> in;
     for (int i = 0; i < ninputs; i++) in.push_back(inputs[i]->a);
-    std::vector<int> slots(out_slots, out_slots + nouts);
-    std::vector<mx::array> results;
-    if (compile && !(*cache && !(*cache)->traceable)) {
-      if (!*cache) {
-        emlx_stream st = *s;
-        auto body = [st, instrs, ninstrs, slots](const std::vector<mx::array> &args) {
-          return replay(st, instrs, ninstrs, args, slots);
-        };
-        *cache = new emlx_compiled{mx::compile(body), true};
-      }
-      try {
-        results = (*cache)->fn(in);
-      } catch (...) {
-        // Tracing failed: an op needs data while tracing ("cannot compile"),
-        // or the program is wrong. Either way it replays plainly, now and from
-        // then on; a genuine error is raised by that replay, once.
-        (*cache)->traceable = false;
-        results = replay(*s, instrs, ninstrs, in, slots);
-      }
-    } else {
-      results = replay(*s, instrs, ninstrs, in, slots);
-    }
+    auto results = run(*s, p, in, compile != 0);
     hand_out(results, outs);
   });
 }

@@ -16,8 +16,9 @@
 extern "C" {
 #endif
 
-typedef struct emlx_arr emlx_arr;       /* one mx::array handle */
-typedef struct emlx_stream emlx_stream; /* one mx::Stream, owned by a worker */
+typedef struct emlx_arr emlx_arr;         /* one mx::array handle */
+typedef struct emlx_stream emlx_stream;   /* one mx::Stream, owned by a worker */
+typedef struct emlx_program emlx_program; /* a program (see emlx_program_run) */
 
 /* Element types, in the order the codec knows them. */
 typedef enum {
@@ -59,7 +60,8 @@ typedef enum {
   EMLX_ARG_FLOAT = 'f',  /* double */
   EMLX_ARG_DTYPE = 't',  /* an element type */
   EMLX_ARG_BOOL = 'b',   /* true/false */
-  EMLX_ARG_SCALAR = 'n'  /* a number: integer, float, complex, nan/inf */
+  EMLX_ARG_SCALAR = 'n', /* a number: integer, float, complex, nan/inf */
+  EMLX_ARG_PROGRAM = 'p' /* a program (only in a program's loop instruction) */
 } emlx_arg_kind;
 
 typedef enum { EMLX_SCALAR_INT = 0, EMLX_SCALAR_UINT, EMLX_SCALAR_FLOAT, EMLX_SCALAR_COMPLEX } emlx_scalar_kind;
@@ -88,6 +90,7 @@ typedef struct {
     int dtype;
     int b;
     emlx_scalar scalar;
+    emlx_program *prog;
   } u;
 } emlx_arg;
 
@@ -112,7 +115,24 @@ const char *emlx_last_error(void);
  * 0..ninputs-1 are the inputs; each instruction appends its results. In an
  * instruction's args, array arguments ('a') hold a slot number in u.i, and
  * array lists ('A') hold slot numbers in u.ints.
+ *
+ * One instruction is not of the op table: op EMLX_OP_WHILE, a loop run on
+ * the worker thread. Its args: 'I' the slots of the initial state (n
+ * arrays), 'p' the condition program, 'I' its inputs, 'p' the body
+ * program, 'I' its inputs. An input entry m >= 0 is slot m of the
+ * enclosing program; m < 0 is element -m-1 of the loop's current state.
+ * The condition returns one scalar, the body the n arrays of the next
+ * state; the instruction's n results are the state once the condition is
+ * zero.
+ *
+ * And op EMLX_OP_COND, a branch: its args 'p' the predicate program, 'I'
+ * its input slots, 'p' the program run when the predicate is not zero, 'I'
+ * its input slots, 'p' the program run otherwise, 'I' its input slots. Its
+ * results are those of the branch run (the two return as many arrays).
  */
+#define EMLX_OP_WHILE (-2)
+#define EMLX_OP_COND (-3)
+
 typedef struct {
   int op;
   int out_dtype;
@@ -122,14 +142,26 @@ typedef struct {
 
 typedef struct emlx_compiled emlx_compiled; /* an mx::compile'd replay, per program */
 
+struct emlx_program {
+  emlx_instr *instrs;
+  int ninstrs;
+  int ninputs;
+  int *out_slots;
+  int nouts;
+  int plain;               /* never under mx::compile: it holds a loop */
+  emlx_compiled *compiled; /* made and used on the program's queue thread */
+};
+
 /*
- * Replays the program on stream s and writes the arrays of `out_slots`.
- * With `compile`, the replay runs under mx::compile, made once and kept in
- * *cache (free it with emlx_compiled_free on the same thread); a program
- * whose tracing fails replays plainly, then and on every later run.
+ * Replays the program on stream s and writes the arrays of its out_slots.
+ * With `compile` (and unless the program is plain), the replay runs under
+ * mx::compile, made once and kept in p->compiled (free it with
+ * emlx_compiled_free on the same thread); a program whose tracing fails
+ * replays plainly, then and on every later run. Loop bodies and conditions
+ * are compiled the same way, each in its own program.
  */
-emlx_status emlx_program_run(emlx_stream *s, const emlx_instr *instrs, int ninstrs, emlx_arr **inputs, int ninputs,
-                             const int *out_slots, int nouts, int compile, emlx_compiled **cache, emlx_arr **outs);
+emlx_status emlx_program_run(emlx_stream *s, emlx_program *p, emlx_arr **inputs, int ninputs, int compile,
+                             emlx_arr **outs);
 void emlx_compiled_free(emlx_compiled *c);
 
 /* ---- streams (one per worker thread, created on that thread) ---- */
@@ -161,6 +193,27 @@ emlx_status emlx_eval(emlx_stream *s, emlx_arr **arrs, int n);
  */
 emlx_status emlx_arr_host_view(emlx_stream *s, const emlx_arr *a, emlx_arr **view, const void **data,
                                size_t *nbytes);
+
+/* ---- safetensors files (emlx_io.cpp) ---- */
+
+typedef struct emlx_tensor_file emlx_tensor_file; /* the named arrays and metadata of one file */
+
+/* Reads a .safetensors file with MLX's loader on stream s (its CPU stream on
+ * a GPU worker: MLX reads files on the CPU) and evaluates every array. */
+emlx_status emlx_load_safetensors(emlx_stream *s, const char *path, emlx_tensor_file **out);
+int emlx_tensor_file_count(const emlx_tensor_file *f);
+const char *emlx_tensor_file_name(const emlx_tensor_file *f, int i);
+/* A new handle on array i (NULL when out of memory). */
+emlx_arr *emlx_tensor_file_array(const emlx_tensor_file *f, int i);
+int emlx_tensor_file_meta_count(const emlx_tensor_file *f);
+const char *emlx_tensor_file_meta_key(const emlx_tensor_file *f, int i);
+const char *emlx_tensor_file_meta_value(const emlx_tensor_file *f, int i);
+void emlx_tensor_file_free(emlx_tensor_file *f);
+
+/* Writes n named arrays and nmeta metadata strings to a .safetensors file
+ * with MLX's writer (the arrays are evaluated first). */
+emlx_status emlx_save_safetensors(emlx_stream *s, const char *path, const char *const *names, emlx_arr *const *arrs,
+                                  int n, const char *const *meta_keys, const char *const *meta_values, int nmeta);
 
 /* ---- memory ---- */
 void emlx_memory_info(size_t *active, size_t *peak, size_t *cache);

@@ -205,20 +205,32 @@ static mx::array conv_nchw(const mx::array &x, const mx::array &k, const std::ve
   return mx::transpose(r, to_first, s);
 }
 
+// One real convolution. MLX's own kernel has up to 3 spatial dimensions,
+// feature groups in 1-D and 2-D only, and no float64: grouped 3-D
+// convolutions (Axon's depthwise and separable conv3d), those of more than
+// 3 spatial dimensions and float64 ones run as patches times kernel, one
+// batched matmul over the groups.
+static mx::array conv_real(const mx::array &x, const mx::array &k, const std::vector<int> &strides,
+                           const std::vector<int> &lo, const std::vector<int> &hi, const std::vector<int> &in_dil,
+                           const std::vector<int> &k_dil, int groups, SD s) {
+  if (x.dtype() == mx::float64 || x.ndim() > 5 || (groups != 1 && x.ndim() > 4))
+    return conv_patches(x, k, strides, lo, hi, in_dil, k_dil, groups, s);
+  return conv_nchw(x, k, strides, lo, hi, in_dil, k_dil, groups, s);
+}
+
 static mx::array conv_typed(const mx::array &x, const mx::array &k, const std::vector<int> &strides,
                             const std::vector<int> &lo, const std::vector<int> &hi, const std::vector<int> &in_dil,
                             const std::vector<int> &k_dil, int groups, SD s) {
   if (is_complex(x.dtype())) {
     // (a + bi) * (c + di) = (ac - bd) + (ad + bc)i, four real convolutions
     auto a = mx::real(x, s), b = mx::imag(x, s), c = mx::real(k, s), d = mx::imag(k, s);
-    auto f = [&](const mx::array &u, const mx::array &v) { return conv_nchw(u, v, strides, lo, hi, in_dil, k_dil, groups, s); };
+    auto f = [&](const mx::array &u, const mx::array &v) { return conv_real(u, v, strides, lo, hi, in_dil, k_dil, groups, s); };
     auto re = mx::subtract(f(a, c), f(b, d), s);
     auto im = mx::add(f(a, d), f(b, c), s);
     return mx::add(mx::astype(re, mx::complex64, s),
                    mx::multiply(mx::astype(im, mx::complex64, s), mx::array(std::complex<float>(0.0f, 1.0f)), s), s);
   }
-  if (x.dtype() == mx::float64) return conv_patches(x, k, strides, lo, hi, in_dil, k_dil, groups, s);
-  return conv_nchw(x, k, strides, lo, hi, in_dil, k_dil, groups, s);
+  return conv_real(x, k, strides, lo, hi, in_dil, k_dil, groups, s);
 }
 
 mx::array emlx_conv(const mx::array &x0, const mx::array &k0, const std::vector<int> &strides,

@@ -52,7 +52,7 @@ mx::array emlx_logical_xor(const mx::array &a, const mx::array &b, SD s) {
 }
 
 mx::array emlx_phase(const mx::array &x, SD s) {
-  if (is_complex(x.dtype())) return mx::arctan2(mx::imag(x, s), mx::real(x, s), s);
+  if (is_complex(x.dtype())) return emlx_atan2(mx::imag(x, s), mx::real(x, s), s);
   auto f = is_float(x.dtype()) ? x : mx::astype(x, mx::float32, s);
   auto pi = mx::array(M_PI, f.dtype());
   auto zero = mx::array(0.0, f.dtype());

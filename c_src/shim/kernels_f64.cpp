@@ -7,6 +7,7 @@
 #include <mlx/primitives.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <memory>
 
 namespace emlx {
@@ -21,29 +22,37 @@ namespace emlx {
 namespace {
 
 enum f64_fn { F64_EXP, F64_EXPM1, F64_LOG1P, F64_SIN, F64_COS, F64_TAN, F64_SINH, F64_COSH, F64_ASIN, F64_ACOS,
-              F64_ATAN, F64_ASINH, F64_ACOSH, F64_ATANH, F64_ERF, F64_ERFC, F64_ERFINV, F64_SIGMOID, F64_CBRT };
+              F64_ATAN, F64_ASINH, F64_ACOSH, F64_ATANH, F64_ERF, F64_ERFC, F64_ERFINV, F64_ERFINV_NX, F64_SIGMOID,
+              F64_CBRT };
 
-double erfinv64(double y) {
+// Giles' approximation of erfinv (single precision accurate), evaluated in
+// double: what Nx computes for every float type.
+double erfinv_giles(double y) {
   if (std::isnan(y) || y < -1.0 || y > 1.0) return NAN;
   if (y == 1.0) return INFINITY;
   if (y == -1.0) return -INFINITY;
-  // Giles' single-precision approximation as a start, then Newton steps on erf.
-  double w = -std::log((1.0 - y) * (1.0 + y)), x;
+  if (y == 0.0) return y;
+  double w = -std::log((1.0 - y) * (1.0 + y));
   if (w < 5.0) {
     w -= 2.5;
     double p = 2.81022636e-08;
     p = 3.43273939e-07 + p * w; p = -3.5233877e-06 + p * w; p = -4.39150654e-06 + p * w;
     p = 0.00021858087 + p * w; p = -0.00125372503 + p * w; p = -0.00417768164 + p * w;
     p = 0.246640727 + p * w; p = 1.50140941 + p * w;
-    x = p * y;
-  } else {
-    w = std::sqrt(w) - 3.0;
-    double p = -0.000200214257;
-    p = 0.000100950558 + p * w; p = 0.00134934322 + p * w; p = -0.00367342844 + p * w;
-    p = 0.00573950773 + p * w; p = -0.0076224613 + p * w; p = 0.00943887047 + p * w;
-    p = 1.00167406 + p * w; p = 2.83297682 + p * w;
-    x = p * y;
+    return p * y;
   }
+  w = std::sqrt(w) - 3.0;
+  double p = -0.000200214257;
+  p = 0.000100950558 + p * w; p = 0.00134934322 + p * w; p = -0.00367342844 + p * w;
+  p = 0.00573950773 + p * w; p = -0.0076224613 + p * w; p = 0.00943887047 + p * w;
+  p = 1.00167406 + p * w; p = 2.83297682 + p * w;
+  return p * y;
+}
+
+// float64: Giles' approximation as a start, then Newton steps on erf.
+double erfinv64(double y) {
+  double x = erfinv_giles(y);
+  if (!std::isfinite(x) || y == 0.0) return x;
   for (int i = 0; i < 3; i++) {
     double err = std::erf(x) - y;
     x -= err / (2.0 / std::sqrt(M_PI) * std::exp(-x * x));
@@ -51,11 +60,22 @@ double erfinv64(double y) {
   return x;
 }
 
+// Where long double is x87's 64-bit-mantissa format, log1p and cbrt are
+// computed in it and rounded once: glibc's double log1p and cbrt can be
+// 1 ulp off (log1p(2.0) is 1.0986122886681096, not log(3)'s ...098).
+#if LDBL_MANT_DIG == 64
+double precise_log1p(double v) { return static_cast<double>(std::log1p(static_cast<long double>(v))); }
+double precise_cbrt(double v) { return static_cast<double>(std::cbrt(static_cast<long double>(v))); }
+#else
+double precise_log1p(double v) { return std::log1p(v); }
+double precise_cbrt(double v) { return std::cbrt(v); }
+#endif
+
 double f64_apply(int fn, double v) {
   switch (fn) {
     case F64_EXP: return std::exp(v);
     case F64_EXPM1: return std::expm1(v);
-    case F64_LOG1P: return std::log1p(v);
+    case F64_LOG1P: return precise_log1p(v);
     case F64_SIN: return std::sin(v);
     case F64_COS: return std::cos(v);
     case F64_TAN: return std::tan(v);
@@ -70,8 +90,9 @@ double f64_apply(int fn, double v) {
     case F64_ERF: return std::erf(v);
     case F64_ERFC: return std::erfc(v);
     case F64_ERFINV: return erfinv64(v);
+    case F64_ERFINV_NX: return erfinv_giles(v);
     case F64_SIGMOID: return 1.0 / (1.0 + std::exp(-v));
-    default: return std::cbrt(v);
+    default: return precise_cbrt(v);
   }
 }
 
@@ -139,7 +160,6 @@ F64_OR_MLX(asinh, F64_ASINH, mx::arcsinh(x, s))
 F64_OR_MLX(acosh, F64_ACOSH, mx::arccosh(x, s))
 F64_OR_MLX(atanh, F64_ATANH, mx::arctanh(x, s))
 F64_OR_MLX(erf, F64_ERF, mx::erf(x, s))
-F64_OR_MLX(erf_inv, F64_ERFINV, mx::erfinv(x, s))
 F64_OR_MLX(sigmoid, F64_SIGMOID,
            x.dtype() == mx::complex64
                ? mx::reciprocal(mx::add(mx::exp(mx::negative(x, s), s), mx::array(std::complex<float>(1.0f, 0.0f)), s), s)
@@ -151,6 +171,16 @@ mx::array emlx_cbrt(const mx::array &x, SD s) {
   if (x.dtype() == mx::complex64) return mx::exp(mx::divide(mx::log(x, s), mx::array(std::complex<float>(3.0f, 0.0f)), s), s);
   auto third = mx::array(1.0 / 3.0, x.dtype());
   return mx::multiply(mx::sign(x, s), mx::power(mx::abs(x, s), third, s), s);
+}
+
+// Narrower floats on the CPU: Nx's approximation evaluated in double and
+// rounded once, as Nx computes it (MLX evaluates it in float32: the last
+// digit differs, and so does every Nx.Random.normal draw).
+mx::array emlx_erf_inv(const mx::array &x, SD s) {
+  if (x.dtype() == mx::float64) return f64_unary(x, F64_ERFINV, s);
+  if (is_float(x.dtype()) && mx::to_stream(s).device == mx::Device::cpu)
+    return mx::astype(f64_unary(mx::astype(x, mx::float64, s), F64_ERFINV_NX, s), x.dtype(), s);
+  return mx::erfinv(x, s);
 }
 
 mx::array emlx_erfc(const mx::array &x, SD s) {

@@ -205,6 +205,17 @@ std::vector<mx::array> emlx_fast_kv_cache_attention(const mx::array &q, const mx
   return {mx::transpose(attn, bntd, s), k, v};
 }
 
+// x @ w^T with MLX's own matmul in the inputs' type (as mlx-lm's nn.Linear):
+// unlike Nx.dot on EMLX, half types are not computed as an f32 GEMM on the
+// CPU, so results match MLX's bit for bit.
+mx::array emlx_fast_linear(const mx::array &x, const mx::array &w, SD s) {
+  check_float(x, "x");
+  check_float(w, "weight");
+  if (w.ndim() != 2 || x.ndim() < 1 || x.shape(-1) != w.shape(1))
+    throw arg_error("EMLX.Fast: linear wants x {..., in} and weight {out, in}");
+  return mx::matmul(x, mx::transpose(mx::astype(w, x.dtype(), s), s), s);
+}
+
 mx::array emlx_fast_swiglu(const mx::array &gate, const mx::array &up, SD s) {
   check_float(gate, "gate");
   check_float(up, "up");

@@ -200,8 +200,10 @@ mx::array emlx_triangular_solve(const mx::array &a0, const mx::array &b0, bool l
     a = mx::swapaxes(a, -1, -2, s);
     lower = !lower;
   }
+  // A vector b is a column (a x = b) or, with left_side: false, a row (x a = b).
   bool vec = b.ndim() == a.ndim() - 1;
-  if (vec) b = mx::expand_dims(b, -1, s);
+  int vec_axis = left ? -1 : -2;
+  if (vec) b = mx::expand_dims(b, vec_axis, s);
   mx::array x = a;
   if (left) {
     x = mx::linalg::solve_triangular(a, b, !lower, s);
@@ -210,7 +212,7 @@ mx::array emlx_triangular_solve(const mx::array &a0, const mx::array &b0, bool l
     auto xt = mx::linalg::solve_triangular(mx::swapaxes(a, -1, -2, s), mx::swapaxes(b, -1, -2, s), lower, s);
     x = mx::swapaxes(xt, -1, -2, s);
   }
-  if (vec) x = mx::squeeze(x, -1, s);
+  if (vec) x = mx::squeeze(x, vec_axis, s);
   return x;
 }
 
@@ -257,8 +259,16 @@ std::vector<mx::array> emlx_svd(const mx::array &a0, bool full, std::optional<mx
 std::vector<mx::array> emlx_eigh(const mx::array &a0, std::optional<mx::Dtype> out, SD s) {
   auto a = float_for_linalg(a0, out, s);
   auto [w, v] = mx::linalg::eigh(a, "L", s);
-  // Nx orders eigenvalues from the largest down
-  return {plus_zero(mx::flip(w, -1, s), s), plus_zero(mx::flip(v, -1, s), s)};
+  // Nx orders eigenvalues by absolute value, the largest first (LAPACK:
+  // ascending values). Flipped first, so that of two of equal magnitude the
+  // positive one comes first.
+  w = mx::flip(w, -1, s);
+  v = mx::flip(v, -1, s);
+  auto order = mx::argsort(mx::negative(mx::abs(w, s), s), -1, s);
+  w = mx::take_along_axis(w, order, -1, s);
+  auto cols = mx::broadcast_to(mx::expand_dims(order, -2, s), v.shape(), s);
+  v = mx::take_along_axis(v, cols, -1, s);
+  return {plus_zero(w, s), plus_zero(v, s)};
 }
 
 std::vector<mx::array> emlx_lu(const mx::array &a0, std::optional<mx::Dtype> out, SD s) {

@@ -313,10 +313,13 @@ defmodule EMLX.Backend do
 
   callbacks = Nx.Backend.behaviour_info(:callbacks)
 
-  for op <- EMLX.Ops.binary(), {op, 3} in callbacks do
+  for op <- EMLX.Ops.binary() -- [:atan2], {op, 3} in callbacks do
     @impl true
     def unquote(op)(out, a, b), do: run(out, unquote(op), [a, b])
   end
+
+  @impl true
+  defdelegate atan2(out, a, b), to: EMLX.Backend.Atan2
 
   for op <- EMLX.Ops.unary(), {op, 2} in callbacks do
     @impl true
@@ -526,9 +529,8 @@ defmodule EMLX.Backend do
     result
   end
 
-  # `config :emlx, linalg: :nx` runs Nx's own reference algorithms (composed
-  # from MLX ops) instead of MLX's LAPACK kernels: results then match Nx's
-  # digit for digit and sign for sign, at a large cost in speed.
+  # `config :emlx, linalg: :nx`: Nx's own algorithms (on MLX ops), not MLX's
+  # LAPACK kernels: Nx's digits and signs, at a large cost in speed.
   defp linalg_native?(tensors) do
     Application.get_env(:emlx, :linalg, :native) == :native and
       Enum.all?(tensors, fn %T{type: {kind, _}} -> kind != :c end)
@@ -588,9 +590,8 @@ defmodule EMLX.Backend do
 
   ## Running ops
 
-  # Runs `op` for the output template `out`: picks the device and queue,
-  # brings every tensor argument onto that queue, and wraps the result.
-  # Results are cast to `out.type` unless `cast` is nil.
+  # Runs `op` for the output template `out`: picks the device and queue, brings
+  # every tensor argument there, wraps the result (cast to `out.type` unless nil).
   defp run(%T{type: type} = out, op, args, cast \\ :out) do
     device = args_device(args)
     Types.check!(type, op)
@@ -620,8 +621,8 @@ defmodule EMLX.Backend do
   end
 
   @doc false
-  # EMLX.Quantization's ops: one result for the template `out` (cast to its
-  # type when `cast` is :out), or a tuple of templates, one per result.
+  # EMLX.Quantization's ops (and EMLX.Backend.Atan2's): one result for `out`
+  # (cast to its type when `cast` is :out), or a tuple of templates.
   def run_quantization(out, op, args, cast \\ nil)
 
   def run_quantization(out, op, args, _cast) when is_tuple(out),
@@ -657,11 +658,11 @@ defmodule EMLX.Backend do
   defp wrap(out, handle, device, queue), do: %{out | data: data(handle, device, queue)}
 
   defp args_device(args) do
-    Enum.find_value(args, CommandQueue.default_device(), fn
+    Enum.find_value(args, fn
       %T{data: %__MODULE__{device: device}} -> device
       [%T{} | _] = list -> Enum.find_value(list, &tensor_device/1)
       _ -> nil
-    end)
+    end) || CommandQueue.default_device()
   end
 
   defp tensor_device(%T{data: %__MODULE__{device: device}}), do: device

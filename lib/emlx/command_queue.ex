@@ -153,6 +153,19 @@ defmodule EMLX.CommandQueue do
   @spec default(:cpu | :gpu) :: reference()
   def default(device) do
     case :persistent_term.get(default_key(device), nil) do
+      nil -> start_and_default(device)
+      ref -> ref
+    end
+  end
+
+  # No default queue: on a node that loaded EMLX without starting its
+  # application (a peer node running a distributed Nx.Serving, say), it is
+  # started now; a device that still has none cannot be used.
+  defp start_and_default(device) do
+    emlx_started? = List.keymember?(Application.started_applications(), :emlx, 0)
+    unless emlx_started?, do: {:ok, _} = Application.ensure_all_started(:emlx)
+
+    case :persistent_term.get(default_key(device), nil) do
       nil ->
         raise ArgumentError,
               "EMLX has no #{inspect(device)} device in this build " <>

@@ -23,13 +23,19 @@ defmodule EMLX.Defn do
   arrays that outlive the call. At most `config :emlx, :plan_cache_size`
   plans are kept (default 512), the oldest dropped first.
 
-  Control flow that needs data (`while` conditions, `cond` predicates),
-  hooks and runtime calls split the program into segments: each segment
-  runs as one batched program (without mx::compile), the data is read, and
-  recording goes on. Only the branch taken by a `cond` is evaluated, so side
-  effects of other branches never run. Such functions are re-recorded on
-  every call (no plan is cached); anything the recorder cannot batch runs
-  through the eager backend.
+  Control flow runs on the worker thread too: a `while` records as one loop
+  instruction whose condition and body are programs of their own, compiled
+  by mx::compile once (`EMLX.Defn.Loop`; inside a loop body, a `cond`
+  without side effects is computed as selects), and a `cond` as one
+  instruction that reads its predicate and runs only the branch taken
+  (`EMLX.Defn.Cond`). Such a function is still one cached plan, with no
+  BEAM round trip per iteration. Hooks and runtime calls split the program
+  into segments: each segment runs as one batched program (without
+  mx::compile), the data is read, and recording goes on; a loop or a
+  branch holding one runs from the BEAM (only the branch taken is
+  evaluated, so side effects of other branches never run), and such
+  functions are re-recorded on every call (no plan is cached). Anything the
+  recorder cannot batch runs through the eager backend.
 
   ## Options
 
@@ -102,7 +108,9 @@ defmodule EMLX.Defn do
 
   # A defn called while another is being recorded joins its program.
   defp inline(key, vars, fun, args, opts) do
-    eval = Nx.Defn.Evaluator.__compile__(key, vars, Callbacks.wrap(fun), evaluator_opts(opts))
+    eval =
+      Nx.Defn.Evaluator.__compile__(key, vars, Callbacks.wrap(fun, opts), evaluator_opts(opts))
+
     [result] = eval.([args])
     result
   end
@@ -127,16 +135,12 @@ defmodule EMLX.Defn do
   defp cache_value(plan, result), do: {:plan, plan, Composite.traverse(result, &Nx.to_template/1)}
 
   # Hooks (and runtime calls) receive tensors backed by real arrays.
-  defp evaluator_opts(opts) do
-    case Keyword.fetch(opts, :hooks) do
-      {:ok, hooks} -> [hooks: Map.new(hooks, fn {name, f} -> {name, Callbacks.realizing(f)} end)]
-      :error -> []
-    end
-  end
+  defp evaluator_opts(opts), do: Callbacks.evaluator_opts(opts)
 
   # Walks the expression with Nx's evaluator while EMLX.Backend records.
   defp record(vars, fun, args, opts, device, queue) do
-    eval = Nx.Defn.Evaluator.__compile__(nil, vars, Callbacks.wrap(fun), evaluator_opts(opts))
+    eval =
+      Nx.Defn.Evaluator.__compile__(nil, vars, Callbacks.wrap(fun, opts), evaluator_opts(opts))
 
     {{result, outputs}, rec} =
       Recorder.with_recorder(queue, device, fn ->
@@ -145,7 +149,9 @@ defmodule EMLX.Defn do
           |> Enum.with_index()
           |> Enum.map(fn {arg, p} ->
             fn ->
-              t = arg.()
+              # A lazy container computes its tensor here, eagerly: the
+              # parameter is a real array, and the plan stays valid.
+              t = Recorder.suspended(arg)
               param = Recorder.bind_param(p, EMLX.Backend.ref_on(t, device, queue))
               keep_quantization(%{t | data: EMLX.Backend.data(param, device, queue)}, t)
             end

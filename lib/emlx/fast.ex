@@ -38,7 +38,8 @@ defmodule EMLX.Fast do
   `rope/6`, `rope_with_positions/6`, `rope_with_freqs/6`,
   `scaled_dot_product_attention/4` and `/5` (mask),
   `scaled_dot_product_attention_causal/4`,
-  `scaled_dot_product_attention_causal_key_masked/5`, `swiglu/2`, and the
+  `scaled_dot_product_attention_causal_key_masked/5`, `swiglu/2`,
+  `logsumexp/2` (MLX's kernel, not in `mlx::core::fast`), and the
   functional KV-cache step `kv_cache_attention/7` and
   `kv_cache_attention_masked/8`.
 
@@ -296,6 +297,75 @@ defmodule EMLX.Fast do
 
     up = Nx.as_type(up, gate.type)
     fast(name, :fast_swiglu, [gate, up], [{:arg, 0}, {:arg, 1}], gate, &Reference.swiglu/2)
+  end
+
+  @doc """
+  A linear layer without bias, `x @ transpose(weight)`, with MLX's own
+  matmul in `x`'s type (as mlx-lm's `nn.Linear`): `x` is {..., in},
+  `weight` {out, in}; the output is {..., out} of `x`'s type. `Nx.dot/4` on
+  EMLX computes f16/bf16 products on the CPU as an f32 GEMM rounded once
+  (faster and more accurate); this keeps MLX's half-precision kernel, so
+  results equal MLX's (and mlx-lm's) bit for bit. The reference is
+  `Nx.dot(x, [-1], weight, [1])`.
+  """
+  deftransform linear(x, weight) do
+    name = "linear/2"
+    x = float!(x, name, "x")
+    weight = float!(weight, name, "weight")
+    rank = tuple_size(x.shape)
+
+    if rank < 1 or tuple_size(weight.shape) != 2 or
+         elem(x.shape, rank - 1) != elem(weight.shape, 1) do
+      raise ArgumentError,
+            "EMLX.Fast.#{name}: x must be {..., in} and weight {out, in}, got #{inspect(x.shape)} and #{inspect(weight.shape)}"
+    end
+
+    weight = Nx.as_type(weight, x.type)
+    out = Nx.template(put_elem(x.shape, rank - 1, elem(weight.shape, 0)), x.type)
+    fast(name, :fast_linear, [x, weight], [{:arg, 0}, {:arg, 1}], out, &Reference.linear/2)
+  end
+
+  @doc """
+  `log(sum(exp(x)))` over `axes` (default: all) with MLX's own kernel
+  (`mx::logsumexp`, which accumulates in f32 and keeps `x`'s type), as
+  mlx-lm computes log-probabilities. Options: `:axes`, `:keep_axes`
+  (default `false`). The reference is `Nx.logsumexp/2` computed in f32.
+  """
+  deftransform logsumexp(x, opts \\ []) do
+    name = "logsumexp/2"
+    opts = Keyword.validate!(opts, [:axes, keep_axes: false])
+    x = float!(x, name, "x")
+    rank = tuple_size(x.shape)
+    axes = if opts[:axes], do: Enum.map(opts[:axes], &Nx.axis_index(x, &1)), else: Nx.axes(x)
+    keep = opts[:keep_axes]
+
+    shape =
+      x.shape
+      |> Tuple.to_list()
+      |> Enum.with_index()
+      |> Enum.flat_map(fn {d, i} -> if i in axes, do: if(keep, do: [1], else: []), else: [d] end)
+      |> List.to_tuple()
+
+    if x.vectorized_axes != [] or rank == 0 do
+      reference_logsumexp(x, axes, keep)
+    else
+      struct = %Block{
+        name: name,
+        op: :logsumexp,
+        layout: [{:arg, 0}, {:value, axes}, {:value, keep}]
+      }
+
+      Nx.block(struct, [x], Nx.template(shape, x.type), fn _, x ->
+        reference_logsumexp(x, axes, keep)
+      end)
+    end
+  end
+
+  defp reference_logsumexp(x, axes, keep) do
+    x
+    |> Nx.as_type(Nx.Type.merge(x.type, {:f, 32}))
+    |> Nx.logsumexp(axes: axes, keep_axes: keep)
+    |> Nx.as_type(x.type)
   end
 
   @doc """

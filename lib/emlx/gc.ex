@@ -16,7 +16,9 @@ defmodule EMLX.GC do
   programs produce (views excepted). When the count passes `config :emlx,
   :gc_bytes` (default 16 MiB; `false` turns this off), the next evaluation
   (`EMLX.eval/1`, a read-back) first lets the queue's worker catch up, runs
-  a minor garbage collection of the process, then waits on
+  a garbage collection of the process (a full one: a minor collection
+  misses the dead handles already promoted to the old heap, which depends
+  on what else the process allocated), then waits on
   `EMLX.NIF.sweep_barrier/0` until the destructors that collection queued
   have run. The evaluation then sees only the arrays still referenced:
   intermediates are donated or freed, as in Python.
@@ -77,7 +79,7 @@ defmodule EMLX.GC do
     # holder's release, not the collection, would then queue the destructor,
     # on no particular scheduler: let the worker catch up first.
     queue |> EMLX.NIF.queue_sync() |> EMLX.Worker.await()
-    :erlang.garbage_collect(self(), type: :minor)
+    :erlang.garbage_collect(self())
     ref = EMLX.NIF.sweep_barrier()
 
     # The barrier's destructor runs right after those the collection queued;

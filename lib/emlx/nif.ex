@@ -20,7 +20,7 @@ defmodule EMLX.NIF do
   @typedoc "An MLX array."
   @type array :: reference()
   @typedoc "A posted job; its reply is awaited with `EMLX.Worker.await/1`."
-  @type job :: reference()
+  @type job :: reference() | {:emlx_done, term()}
   @type device :: :cpu | :gpu
   @typedoc "An Nx type, or `:bool` (MLX's boolean) where MLX reports types."
   @type type :: EMLX.Types.mlx_type()
@@ -157,6 +157,19 @@ defmodule EMLX.NIF do
   @doc "Unlinks a POSIX shared-memory segment; a missing one is fine."
   @spec shm_unlink(binary()) :: :ok
   def shm_unlink(_name), do: :erlang.nif_error(:nif_not_loaded)
+
+  ## Files
+
+  @doc """
+  Posts reading a `.safetensors` file with MLX's loader; the reply is
+  `{[{name, array}], [{key, value}]}` (arrays evaluated, metadata strings).
+  """
+  @spec load_safetensors(queue, binary()) :: job
+  def load_safetensors(_queue, _path), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Posts writing `[{name, array}]` and `[{key, value}]` metadata to a `.safetensors` file."
+  @spec save_safetensors(queue, binary(), [{binary(), array}], [{binary(), binary()}]) :: job
+  def save_safetensors(_queue, _path, _arrays, _metadata), do: :erlang.nif_error(:nif_not_loaded)
 
   ## Arrays
 

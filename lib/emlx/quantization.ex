@@ -261,6 +261,12 @@ defmodule EMLX.Quantization do
     }
   end
 
+  @doc "mlx-lm's packed layout as quantized tensors: `EMLX.Quantization.Packed.from_packed/2`."
+  defdelegate from_packed(tensors, quantization), to: EMLX.Quantization.Packed
+
+  @doc "The packed weight, scales, biases, bits and group size of a quantized tensor: `EMLX.Quantization.Packed.parts/1`."
+  defdelegate parts(qw), to: EMLX.Quantization.Packed
+
   @doc false
   # EMLX.Backend.dot/7 with a quantized operand.
   def dot(out, a, contract_a, batch_a, b, contract_b, batch_b) do

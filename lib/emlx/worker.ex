@@ -3,7 +3,9 @@ defmodule EMLX.Worker do
   Waiting on a command queue's worker thread.
 
   `EMLX.NIF`'s MLX work is posted to the worker and returns at once: a job
-  reference whose reply `await/1` receives, or pending arrays, which
+  reference whose reply `await/1` receives (a short job's reply may come
+  back already, polled for by the NIF: `{:emlx_done, reply}`), or pending
+  arrays, which
   `info/1` and `strides/1` wait for. `run_op/4` posts an op and, when the
   queue is deep, waits for it to drain (backpressure).
   """
@@ -15,14 +17,18 @@ defmodule EMLX.Worker do
   by the worker raises `ArgumentError`; an MLX failure `EMLX.NIFError`.
   """
   @spec await(NIF.job()) :: term()
+  def await({:emlx_done, reply}), do: unwrap(reply)
+
   def await(ref) when is_reference(ref) do
     receive do
-      {^ref, :ok} -> :ok
-      {^ref, {:ok, value}} -> value
-      {^ref, {:error, :argument, message}} -> raise ArgumentError, message
-      {^ref, {:error, :mlx, message}} -> raise EMLX.NIFError, message
+      {^ref, reply} -> unwrap(reply)
     end
   end
+
+  defp unwrap(:ok), do: :ok
+  defp unwrap({:ok, value}), do: value
+  defp unwrap({:error, :argument, message}), do: raise(ArgumentError, message)
+  defp unwrap({:error, :mlx, message}), do: raise(EMLX.NIFError, message)
 
   @doc "Runs `EMLX.NIF.op/4`, waiting for the worker to drain first when the queue is deep."
   @spec run_op(NIF.queue(), atom(), list(), Nx.Type.t() | nil) :: NIF.array() | [NIF.array()]

@@ -382,4 +382,58 @@ defmodule EMLX.BackendTest do
       end
     end
   end
+
+  # Issue 14: with left_side: false a vector b is a row (x a = b); it was
+  # taken as a column, and Nx's gradients, which solve so, failed.
+  describe "triangular_solve with left_side: false and a vector b" do
+    test "solves x a = b, and its gradients match Nx's" do
+      bin = &Nx.tensor(&1, backend: Nx.BinaryBackend)
+      a = bin.([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+      b = bin.([2.0, 3.0, 4.0])
+
+      batched =
+        {bin.([[[1.0, 0.0], [2.0, 3.0]], [[2.0, 0.0], [1.0, 4.0]]]),
+         bin.([[1.0, 2.0], [3.0, 5.0]])}
+
+      solve = &Nx.LinAlg.triangular_solve(&1, &2, left_side: false, lower: false)
+      assert_same(solve, [a, b])
+      assert_same(solve, [Nx.as_type(a, :c64), Nx.as_type(b, :c64)])
+
+      grads = [
+        fn a, b -> Nx.Defn.grad(a, &(solve.(Nx.sin(&1), Nx.cos(b)) |> Nx.sin() |> Nx.sum())) end,
+        fn a, b -> Nx.Defn.grad(b, &(solve.(Nx.sin(a), Nx.cos(&1)) |> Nx.sin() |> Nx.sum())) end,
+        fn a, b ->
+          Nx.Defn.grad(a, &(Nx.LinAlg.triangular_solve(&1, b, left_side: false) |> Nx.sum()))
+        end
+      ]
+
+      for grad <- grads, {x, y} <- [{a, b}, batched], compiler <- [Nx.Defn.Evaluator, EMLX] do
+        want =
+          Nx.with_default_backend(Nx.BinaryBackend, fn ->
+            Nx.Defn.jit(grad, compiler: Nx.Defn.Evaluator).(x, y)
+          end)
+
+        assert %Nx.BinaryBackend{} = want.data
+        got = Nx.Defn.jit(grad, compiler: compiler).(to_emlx(x), to_emlx(y))
+        assert_tensor(got, want, tol: 1.0e-5)
+      end
+    end
+  end
+
+  # Issue 14: MLX has no complex atan2; Nx defines it for real-valued
+  # complex numbers and raises otherwise.
+  test "atan2 of complex tensors, as Nx.BinaryBackend" do
+    a = Nx.tensor([Complex.new(7, 0), Complex.new(-1, 0), Complex.new(0, 0)])
+    b = Nx.tensor([Complex.new(2, 0), Complex.new(2, 0), Complex.new(-3, 0)])
+    assert_same(&Nx.atan2/2, [a, b])
+    assert_same(&Nx.atan2/2, [a, Nx.tensor([1.0, -2.0, 0.5])])
+
+    for {x, y} <- [{7, Complex.new(2, 3)}, {Complex.new(2, 3), 7}] do
+      assert_raise ArithmeticError, "Complex.atan2 only accepts real numbers as arguments", fn ->
+        Nx.atan2(to_emlx(Nx.tensor(x)), to_emlx(Nx.tensor(y)))
+      end
+    end
+  end
+
+  defp to_emlx(t), do: Nx.backend_copy(t, {EMLX.Backend, device: device()})
 end

@@ -239,6 +239,17 @@ defmodule EMLX.DefnCacheTest do
       assert Nx.to_list(f.(emlx([3, 4]), %Raising{shape: {4}})) == [6, 8]
     end
 
+    test "a lazy container that computes its tensor with Nx ops (Nx.Batch), twice" do
+      f = jit(&Nx.multiply(&1, 2))
+
+      batch = fn a, b ->
+        Nx.Batch.merge(Nx.Batch.stack(Enum.map(a, &emlx/1)), Nx.Batch.concatenate([emlx(b)]))
+      end
+
+      assert Nx.to_list(f.(batch.([1, 2], [3, 4]))) == [2, 4, 6, 8]
+      assert Nx.to_list(f.(batch.([10, 20], [30, 40]))) == [20, 40, 60, 80]
+    end
+
     test "under Nx.Defn.compile too" do
       compiled =
         Nx.Defn.compile(

@@ -73,6 +73,61 @@ defmodule EMLX.DefnTest do
     end
   end
 
+  defn reduce_with(t, fun), do: Nx.reduce(t, 1, [axes: [1]], fun)
+  defn window_reduce_with(t), do: Nx.window_reduce(t, 0, {2}, fn x, acc -> max(x, acc) * 1 end)
+
+  # Inside defn, Nx's evaluator hands reduce a closure over a body traced
+  # with scalars (issue 14: Nx's own suite, "window reduce" and "calls
+  # external anonymous function via reduce").
+  describe "reduce and window_reduce with a function inside defn" do
+    test "on the eager evaluator and the compiler" do
+      x = Nx.backend_copy(Nx.tensor([[1, 2, 3], [4, 5, 6]], type: :s32), EMLX.Backend)
+      w = Nx.backend_copy(Nx.tensor([1, 5, 3]), EMLX.Backend)
+      product = fn t -> reduce_with(t, &Nx.add(Nx.multiply(&1, &2), 0)) end
+      sum = fn t -> reduce_with(t, &Nx.add/2) end
+
+      for compiler <- [Nx.Defn.Evaluator, EMLX] do
+        assert Nx.to_list(Nx.Defn.jit(product, compiler: compiler).(x)) == [6, 120]
+        assert Nx.to_list(Nx.Defn.jit(sum, compiler: compiler).(x)) == [7, 16]
+        assert Nx.to_list(Nx.Defn.jit(&window_reduce_with/1, compiler: compiler).(w)) == [5, 5]
+      end
+    end
+  end
+
+  # The same node seen as a vectorized and as a devectorized tensor keeps
+  # both shapes (issue 14: Nx's "mixed vectorized axes" grad tests).
+  test "grad over tensors vectorized on different axes" do
+    x = Nx.tensor([[1.0, 2.0], [3.0, 4.0]], backend: Nx.BinaryBackend) |> Nx.vectorize(:x)
+    y = Nx.tensor([10.0, 20.0], backend: Nx.BinaryBackend) |> Nx.vectorize(:y)
+
+    for op <- [&Nx.add/2, &Nx.multiply/2] do
+      grad = fn x, y -> Nx.Defn.grad({x, y}, fn {a, b} -> op.(a, b) end) end
+      {wx, wy} = Nx.with_default_backend(Nx.BinaryBackend, fn -> grad.(x, y) end)
+      assert %Nx.BinaryBackend{} = wx.data
+      on_emlx = &Nx.backend_copy(&1, EMLX.Backend)
+      {gx, gy} = Nx.Defn.jit(grad, compiler: EMLX).(on_emlx.(x), on_emlx.(y))
+      assert gx.vectorized_axes == [x: 2, y: 2] and gy.vectorized_axes == [x: 2, y: 2]
+      assert_tensor(Nx.devectorize(gx), Nx.devectorize(wx))
+      assert_tensor(Nx.devectorize(gy), Nx.devectorize(wy))
+    end
+  end
+
+  # Issue 14 (Nx's "window reduce (sum of squares)"): a window's values fold
+  # into the accumulator in order, so a function that is not associative
+  # gives Nx's result.
+  test "window_reduce with a function that is not associative" do
+    t = Nx.iota({4, 4}, type: :f32, backend: Nx.BinaryBackend)
+    opts = [padding: :same, strides: [2, 2]]
+    f = &Nx.window_reduce(&1, 0.0, {3, 3}, opts, fn x, acc -> Nx.add(acc, Nx.multiply(x, x)) end)
+
+    assert_tensor(
+      f.(Nx.backend_copy(t, EMLX.Backend)),
+      Nx.with_default_backend(Nx.BinaryBackend, fn -> f.(t) end)
+    )
+
+    assert Nx.to_list(f.(Nx.backend_copy(t, EMLX.Backend))) == [[42.0, 124.0], [499.0, 1002.0]]
+  end
+
   describe "caching" do
     test "Nx.Defn.compile, default options and the application config" do
       compiled =

@@ -284,6 +284,41 @@ defmodule EMLX.FastTest do
     end
   end
 
+  describe "linear/2" do
+    test "matches the reference" do
+      for type <- @types,
+          {xs, ws, seed} <- [{{8}, {3, 8}, 1}, {{4, 8}, {5, 8}, 2}, {{2, 3, 16}, {7, 16}, 3}] do
+        check(&Fast.linear/2, [rand(xs, seed, type), rand(ws, seed + 1, type)], :fast_linear)
+      end
+    end
+
+    test "gradient" do
+      check_grad(&Fast.linear/2, [rand({3, 8}, 1), rand({5, 8}, 2)], [0, 1])
+    end
+
+    test "bad shapes raise" do
+      assert_raise ArgumentError, ~r/weight \{out, in\}/, fn ->
+        Fast.linear(on_emlx(rand({2, 8}, 1)), on_emlx(rand({5, 7}, 2)))
+      end
+    end
+  end
+
+  describe "logsumexp/2" do
+    test "matches the reference, over the last axis and over others" do
+      cases = [
+        {{16}, []},
+        {{3, 32}, [axes: [-1]]},
+        {{2, 3, 64}, [axes: [2], keep_axes: true]},
+        {{1, 40}, [keep_axes: true]},
+        {{4, 5, 6}, [axes: [0, 1]]}
+      ]
+
+      for type <- @types, {{shape, opts}, seed} <- Enum.with_index(cases) do
+        check(&Fast.logsumexp(&1, opts), [rand(shape, seed, type)], :logsumexp)
+      end
+    end
+  end
+
   describe "kv_cache_attention/7 and kv_cache_attention_masked/8" do
     defp kv_inputs(type) do
       {b, t, nq, nkv, d, tmax} = {2, 3, 4, 2, 8, 6}

@@ -102,4 +102,47 @@ defmodule EMLX.PointerTest do
     assert Nx.to_list(back) == [12.5, -20.0, 1.0e11]
     refute File.exists?("/dev/shm/emlx-from-python-" <> tag)
   end
+
+  @torch """
+  import sys, numpy as np, torch
+  from multiprocessing import shared_memory, resource_tracker
+  seg = shared_memory.SharedMemory(name=sys.argv[1].lstrip("/"))
+  n = int(sys.argv[2])
+  x = torch.from_numpy(np.frombuffer(seg.buf, dtype=np.float32, count=n).copy()).cuda()
+  seg.close()
+  seg.unlink()
+  y = (x * 2 + 1).cpu().numpy()
+  out = shared_memory.SharedMemory(name="emlx-from-torch-" + sys.argv[3], create=True, size=4 * n)
+  out.buf[: 4 * n] = y.tobytes()
+  out.close()
+  resource_tracker.unregister(out._name, "shared_memory")
+  print(torch.cuda.get_device_name(), float(x.sum()))
+  """
+
+  # Runs with EMLX_TEST_DEVICE=gpu where python3 has PyTorch with CUDA
+  # (test/test_helper.exs excludes it elsewhere).
+  @tag :torch_cuda
+  test "a PyTorch process on the GPU reads an :ipc tensor of a :gpu array, and EMLX reads its answer" do
+    tag = Integer.to_string(System.unique_integer([:positive]))
+    t = Nx.iota({1000}, type: :f32, backend: {EMLX.Backend, device: :gpu})
+    %Nx.Pointer{kind: :ipc, handle: name} = Nx.to_pointer(t, mode: :ipc)
+
+    {out, 0} =
+      System.cmd(System.find_executable("python3"), ["-c", @torch, name, "1000", tag],
+        stderr_to_stdout: true
+      )
+
+    assert out =~ "499500.0"
+
+    back =
+      Nx.from_pointer(
+        {EMLX.Backend, device: :gpu},
+        %Nx.Pointer{kind: :ipc, handle: "/emlx-from-torch-" <> tag},
+        {:f, 32},
+        {1000}
+      )
+
+    assert back.data.device == :gpu
+    assert Nx.to_list(back) == Enum.map(0..999, &(&1 * 2.0 + 1.0))
+  end
 end

@@ -3,19 +3,33 @@ defmodule EMLX.Defn.Callbacks do
   # Hooks and runtime calls run user code in the middle of a recording.
   # The tensors they receive must be real arrays for their whole life (the
   # code may keep them, send them away or read them after the recording),
-  # never recorder placeholders. `wrap/1` wraps the traced function so that
+  # never recorder placeholders. `wrap/2` wraps the traced function so that
   # every hook callback and runtime-call function in its expression hands
   # over tensors backed by real arrays; `realizing/1` does the same for one
-  # callback (the `:hooks` option).
+  # callback (the `:hooks` option). `wrap/2` also hands each `while` node to
+  # `EMLX.Defn.Loop`, which runs loops on the worker thread.
 
   alias Nx.Defn.{Composite, Expr, Tree}
   alias Nx.Tensor, as: T
 
-  @doc "The traced function `fun`, with callbacks in its expression realizing their input."
-  def wrap(fun) do
+  @doc """
+  The traced function `fun`, with callbacks in its expression realizing
+  their input and loops run by `EMLX.Defn.Loop`. `opts` are the compiler's.
+  """
+  def wrap(fun, opts) do
     fn vars ->
-      {expr, _seen} = Composite.traverse(fun.(vars), %{}, &rewrite/2)
+      expr = fun.(vars)
+      opts = Keyword.put(opts, :emlx_scope, EMLX.Defn.Sub.eager_ids(expr))
+      {expr, _seen} = Composite.traverse(expr, %{}, &rewrite(&1, &2, opts))
       expr
+    end
+  end
+
+  @doc "The options for Nx's evaluator: hooks given in `opts` realize their input."
+  def evaluator_opts(opts) do
+    case Keyword.fetch(opts, :hooks) do
+      {:ok, hooks} -> [hooks: Map.new(hooks, fn {name, f} -> {name, realizing(f)} end)]
+      :error -> []
     end
   end
 
@@ -38,19 +52,48 @@ defmodule EMLX.Defn.Callbacks do
 
   # One visit per expression id; a node keeps its id, so Nx's evaluator
   # caches work as before.
-  defp rewrite(%T{data: %Expr{id: id}} = t, seen) do
+  # By id, the rewritten node; each occurrence keeps its own tensor struct
+  # (a vectorized and a devectorized view share one node).
+  defp rewrite(%T{data: %Expr{id: id}} = t, seen, opts) do
     case seen do
       %{^id => done} ->
-        {done, seen}
+        {%{t | data: done}, seen}
 
       %{} ->
-        {args, seen} = Tree.apply_args(t, :all, seen, &rewrite/2)
-        done = put_in(t.data.args, callbacks(t.data.op, args))
-        {done, Map.put(seen, id, done)}
+        {done, seen} = rewrite_node(t, seen, opts)
+        {done, Map.put(seen, id, done.data)}
     end
   end
 
-  defp rewrite(other, seen), do: {other, seen}
+  defp rewrite(other, seen, _opts), do: {other, seen}
+
+  # A loop's condition and body are rewritten when the loop runs, a cond's
+  # predicates and branches when it runs (each as a scope of its own).
+  defp rewrite_node(%T{data: %Expr{op: :while, args: [initial | _]}} = t, seen, opts) do
+    {initial, seen} = Composite.traverse(initial, seen, &rewrite(&1, &2, opts))
+    {EMLX.Defn.Loop.rewrite(t, initial, compiler_opts(opts)), seen}
+  end
+
+  defp rewrite_node(%T{data: %Expr{op: :cond, id: id}} = t, seen, opts) do
+    scope = Keyword.fetch!(opts, :emlx_scope)
+
+    with true <- Map.has_key?(scope, id),
+         {done, seen} <-
+           EMLX.Defn.Cond.rewrite(t, scope, compiler_opts(opts), seen, &rewrite(&1, &2, opts)) do
+      {done, seen}
+    else
+      _ -> rewrite_args(t, seen, opts)
+    end
+  end
+
+  defp rewrite_node(t, seen, opts), do: rewrite_args(t, seen, opts)
+
+  defp rewrite_args(t, seen, opts) do
+    {args, seen} = Tree.apply_args(t, :all, seen, &rewrite(&1, &2, opts))
+    {put_in(t.data.args, callbacks(t.data.op, args)), seen}
+  end
+
+  defp compiler_opts(opts), do: Keyword.delete(opts, :emlx_scope)
 
   defp callbacks(:hook, [expr, spec, template, ref]), do: [expr, spec(spec), template, ref]
 

@@ -18,6 +18,12 @@ defmodule EMLX.Defn.Recorder do
   # results become real (lazy) arrays, and a new segment starts. A function
   # without such needs records as a single segment, which the compiler runs
   # under mx::compile and caches.
+  #
+  # A `while` records as one loop instruction (see EMLX.Defn.Loop): its
+  # condition and body are recorded beforehand by `static/1`, each as a
+  # program of its own over the loop state, which must need no data while
+  # recording (a flush there throws, and the loop runs from the BEAM). A
+  # `cond` records as one cond instruction the same way (EMLX.Defn.Cond).
 
   alias EMLX.{NIF, Worker}
 
@@ -41,10 +47,17 @@ defmodule EMLX.Defn.Recorder do
     input_index: %{},
     materialized: %{},
     flushed?: false,
-    no_plan?: false
+    no_plan?: false,
+    static?: false
   ]
 
   def active?, do: Process.get(@key) != nil
+
+  @doc "The active recording's `{device, queue}`."
+  def target do
+    %__MODULE__{device: device, queue: queue} = Process.get(@key)
+    {device, queue}
+  end
 
   @doc """
   Runs `fun` with an empty recorder and returns `{result, recorder}`.
@@ -59,6 +72,25 @@ defmodule EMLX.Defn.Recorder do
       {result, Process.get(@key)}
     after
       if previous, do: Process.put(@key, previous), else: Process.delete(@key)
+    end
+  end
+
+  @doc """
+  Runs `fun` with no recording active (its ops run eagerly): a lazy
+  container's parameter function computes its tensor so (Nx.Batch stacks
+  its entries when the computation reads it).
+  """
+  def suspended(fun) do
+    case Process.delete(@key) do
+      nil ->
+        fun.()
+
+      rec ->
+        try do
+          fun.()
+        after
+          Process.put(@key, rec)
+        end
     end
   end
 
@@ -100,6 +132,8 @@ defmodule EMLX.Defn.Recorder do
   end
 
   defp translate({:emlx_slot, seg, sym}, %{segment: seg} = rec), do: {sym, rec}
+
+  defp translate({:emlx_slot, _, _}, %{static?: true}), do: throw(:emlx_dynamic)
 
   defp translate({:emlx_slot, _, _} = slot, rec) do
     real = Map.fetch!(rec.materialized, slot)
@@ -146,15 +180,23 @@ defmodule EMLX.Defn.Recorder do
   end
 
   defp input_ref({:const, ref}, _rec), do: ref
+  defp input_ref({:param, p}, %{static?: true}), do: {:loop_state, p}
   defp input_ref({:param, p}, rec), do: Map.fetch!(rec.params, p)
 
   @doc "The real array behind a placeholder, flushing the segment when needed."
-  def materialize({:emlx_param, p}) do
+  def materialize(placeholder) do
+    case Process.get(@key) do
+      %{static?: true} -> throw(:emlx_dynamic)
+      _ -> materialize_real(placeholder)
+    end
+  end
+
+  defp materialize_real({:emlx_param, p}) do
     rec = Process.get(@key)
     Map.fetch!(rec.params, p)
   end
 
-  def materialize({:emlx_slot, _, _} = slot) do
+  defp materialize_real({:emlx_slot, _, _} = slot) do
     rec = Process.get(@key)
 
     case rec.materialized do
@@ -168,7 +210,101 @@ defmodule EMLX.Defn.Recorder do
     end
   end
 
-  def materialize(ref) when is_reference(ref), do: ref
+  defp materialize_real(ref) when is_reference(ref), do: ref
+
+  @doc """
+  Records `fun` (which returns a list of handles) as a program of its own
+  over parameters `{:emlx_param, p}` that are never bound: returns
+  `{:ok, %{program: program, sources: sources, no_plan?: boolean}}`, or
+  `:dynamic` when the recording needed data (nothing has run then).
+  """
+  def static(fun) do
+    outer = Process.get(@key)
+
+    Process.put(@key, %__MODULE__{
+      queue: outer.queue,
+      device: outer.device,
+      segment: make_ref(),
+      static?: true
+    })
+
+    try do
+      outputs = fun.()
+      rec = Process.get(@key)
+      {syms, rec} = Enum.map_reduce(outputs, rec, &translate/2)
+
+      {:ok,
+       %{
+         program: program(rec, syms),
+         sources: Enum.reverse(rec.sources),
+         nouts: length(syms),
+         no_plan?: rec.no_plan?
+       }}
+    catch
+      :throw, :emlx_dynamic -> :dynamic
+    after
+      Process.put(@key, outer)
+    end
+  end
+
+  @doc """
+  Records a loop over the state `init` (handles) with the condition and
+  body plans of `static/1`; returns the placeholders of the final state.
+  """
+  def record_while(init, cond, body) do
+    rec = Process.get(@key)
+    {init_syms, rec} = Enum.map_reduce(init, rec, &translate/2)
+    {cond_in, rec} = Enum.map_reduce(cond.sources, rec, &loop_input/2)
+    {body_in, rec} = Enum.map_reduce(body.sources, rec, &loop_input/2)
+    n = length(init)
+    slots = Enum.map(rec.nouts..(rec.nouts + n - 1)//1, &{:emlx_slot, rec.segment, {:out, &1}})
+    instr = {:while, [init_syms, cond.program, cond_in, body.program, body_in], nil}
+
+    Process.put(@key, %{
+      rec
+      | instrs: [instr | rec.instrs],
+        nouts: rec.nouts + n,
+        no_plan?: rec.no_plan? or cond.no_plan? or body.no_plan?
+    })
+
+    slots
+  end
+
+  @doc """
+  Records a cond over the handles `inputs`: the plans of `static/1` for
+  its predicate, the branch taken when it is not zero and the other one,
+  each over parameters standing for `inputs`. Returns the placeholders of
+  its results.
+  """
+  def record_cond(inputs, pred, then, otherwise) do
+    inputs = List.to_tuple(inputs)
+    rec = Process.get(@key)
+    {pred_in, rec} = Enum.map_reduce(pred.sources, rec, &cond_input(&1, &2, inputs))
+    {then_in, rec} = Enum.map_reduce(then.sources, rec, &cond_input(&1, &2, inputs))
+    {else_in, rec} = Enum.map_reduce(otherwise.sources, rec, &cond_input(&1, &2, inputs))
+    n = then.nouts
+    slots = Enum.map(rec.nouts..(rec.nouts + n - 1)//1, &{:emlx_slot, rec.segment, {:out, &1}})
+
+    instr =
+      {:cond, [pred.program, pred_in, then.program, then_in, otherwise.program, else_in], nil}
+
+    Process.put(@key, %{
+      rec
+      | instrs: [instr | rec.instrs],
+        nouts: rec.nouts + n,
+        no_plan?: rec.no_plan? or pred.no_plan? or then.no_plan? or otherwise.no_plan?
+    })
+
+    slots
+  end
+
+  defp cond_input({:param, p}, rec, inputs), do: translate(elem(inputs, p), rec)
+  defp cond_input({:const, ref}, rec, _inputs), do: translate(ref, rec)
+
+  # A loop program's input: an element of the loop's state, or an array of
+  # the enclosing recording.
+  defp loop_input({:param, p}, rec), do: {{:state, p}, rec}
+  defp loop_input({:const, ref}, rec), do: translate(ref, rec)
 
   # Runs the current segment without mx::compile; every result becomes real.
   defp flush(rec) do
@@ -205,8 +341,30 @@ defmodule EMLX.Defn.Recorder do
     instrs =
       rec.instrs
       |> Enum.reverse()
-      |> Enum.map(fn {op, args, out_type} ->
-        {op, Enum.map(args, &renumber(&1, slot)), out_type}
+      |> Enum.map(fn
+        {:while, [init, cond, cond_in, body, body_in], nil} ->
+          input = fn
+            {:state, p} -> -p - 1
+            sym -> slot.(sym)
+          end
+
+          {:while,
+           [Enum.map(init, slot), cond, Enum.map(cond_in, input), body, Enum.map(body_in, input)],
+           nil}
+
+        {:cond, [pred, pred_in, then, then_in, otherwise, else_in], nil} ->
+          {:cond,
+           [
+             pred,
+             Enum.map(pred_in, slot),
+             then,
+             Enum.map(then_in, slot),
+             otherwise,
+             Enum.map(else_in, slot)
+           ], nil}
+
+        {op, args, out_type} ->
+          {op, Enum.map(args, &renumber(&1, slot)), out_type}
       end)
 
     NIF.program_new(rec.queue, instrs, n, Enum.map(out_syms, slot))

@@ -187,6 +187,9 @@ defmodule EMLX.Fast.Reference do
     {t_.(attn), k, v}
   end
 
+  @doc "A linear layer without bias: x @ transpose(weight)."
+  def linear(x, weight), do: Nx.dot(x, [-1], weight, [1])
+
   @doc "SwiGLU: silu(gate) * up."
   def swiglu(gate, up) do
     {g, type} = up(gate)
