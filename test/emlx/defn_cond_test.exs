@@ -10,21 +10,8 @@ defmodule EMLX.DefnCondTest do
 
   setup do
     EMLX.Defn.Cache.clear()
-    test = self()
-    id = {__MODULE__, make_ref()}
-
-    :telemetry.attach(
-      id,
-      [:emlx, :to_binary, :stop],
-      Function.capture(__MODULE__, :read_back, 4),
-      test
-    )
-
-    on_exit(fn -> :telemetry.detach(id) end)
+    notify_read_backs()
   end
-
-  @doc false
-  def read_back(_event, _measurements, _metadata, pid), do: send(pid, :read_back)
 
   defn clauses(x, k) do
     cond do

@@ -97,9 +97,6 @@ defmodule EMLX.DefnLoopTest do
     {count, total}
   end
 
-  @doc false
-  def read_back(_event, _measurements, _metadata, pid), do: send(pid, :read_back)
-
   defp emlx_jit(fun, opts \\ []), do: Nx.Defn.jit(fun, Keyword.put(opts, :compiler, EMLX))
 
   defp same(fun, args) do
@@ -143,17 +140,7 @@ defmodule EMLX.DefnLoopTest do
 
   describe "on the worker thread" do
     setup do
-      test = self()
-      id = {__MODULE__, make_ref()}
-
-      :telemetry.attach(
-        id,
-        [:emlx, :to_binary, :stop],
-        Function.capture(__MODULE__, :read_back, 4),
-        test
-      )
-
-      on_exit(fn -> :telemetry.detach(id) end)
+      notify_read_backs()
     end
 
     test "no read-back per iteration, and the call is one cached plan" do

@@ -12,6 +12,20 @@ defmodule EMLX.Case do
   end
 
   @doc """
+  Sends `:read_back` to the calling process on every array read back to the
+  BEAM (the `[:emlx, :to_binary, :stop]` telemetry event) until the test
+  ends. For tests that check work stays on the worker thread.
+  """
+  def notify_read_backs do
+    id = {__MODULE__, make_ref()}
+    :telemetry.attach(id, [:emlx, :to_binary, :stop], &__MODULE__.read_back/4, self())
+    ExUnit.Callbacks.on_exit(fn -> :telemetry.detach(id) end)
+  end
+
+  @doc false
+  def read_back(_event, _measurements, _metadata, pid), do: send(pid, :read_back)
+
+  @doc """
   The device the suite runs on: `EMLX_TEST_DEVICE` (`cpu`, the default, or
   `gpu`, which needs a CUDA build of MLX and a GPU).
   """
