@@ -60,6 +60,20 @@ defmodule EMLX.Case do
     assert_tensor(got, want, opts)
   end
 
+  @doc """
+  Runs `fun` compiled by EMLX on `args` (lists or numbers, made EMLX
+  tensors) and by Nx's evaluator on Nx.BinaryBackend, and checks every
+  tensor of the two results (any container) within `tol` (default 1.0e-5).
+  """
+  def assert_compiled_same(fun, args, tol \\ 1.0e-5) do
+    got = apply(Nx.Defn.jit(fun, compiler: EMLX), Enum.map(args, &emlx/1))
+    want = apply(fun, Enum.map(args, &Nx.tensor(&1, backend: Nx.BinaryBackend)))
+
+    [got, want]
+    |> Enum.map(&Nx.Defn.Composite.flatten_list([&1]))
+    |> Enum.zip_with(fn [g, w] -> assert_tensor(g, w, tol: tol) end)
+  end
+
   @doc "Checks an EMLX result against an expected tensor."
   def assert_tensor(%Nx.Tensor{} = got, %Nx.Tensor{} = want, opts \\ []) do
     assert got.shape == want.shape, "shape #{inspect(got.shape)} != #{inspect(want.shape)}"
