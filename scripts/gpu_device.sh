@@ -15,7 +15,7 @@ shift
 case "$what" in
 stage)
   mkdir -p "$pack"
-  cp "$1"/pack.part.* "$pack"/
+  cp "$1"/pack.part.* "$1"/pylib.tar.xz "$pack"/ 2>/dev/null || true
   ls -la "$pack"
   ;;
 run)
@@ -46,6 +46,16 @@ run)
   export PATH="/usr/lib/erlang/bin:$(ls -d /opt/emlx/elixir-*/bin | head -n 1):$PATH"
   export EMLX_DEPS_PATH=/opt/emlx/deps HEX_OFFLINE=1 MIX_BUILD_PATH=/work/gpubuild/_build LIBMLX_VARIANT=cuda13
   export PYTHONPATH=/root/.cache/emlx/libmlx-0.32.4-cuda13/site-packages
+  # mlx-lm's dependencies (the pylib piece) and a venv-shaped wrapper of the
+  # host's python3, for the tests that compare with Python MLX (EMLX_PYENV).
+  if [ -f "$pack/pylib.tar.xz" ]; then
+    [ -d /tmp/pylib ] || tar -C /tmp -xJf "$pack/pylib.tar.xz"
+    PYTHONPATH="$PYTHONPATH:/tmp/pylib"
+    mkdir -p /tmp/pyenv/bin
+    printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" >/tmp/pyenv/bin/python
+    chmod +x /tmp/pyenv/bin/python
+    export EMLX_PYENV="${EMLX_PYENV:-/tmp/pyenv}"
+  fi
   export MIX_ENV="${MIX_ENV:-test}"
   "$@"
   ;;

@@ -17,7 +17,7 @@ PIECE_MB="${PIECE_MB:-55}"
 BUILD=/work/gpubuild/_build
 STAGE=/work/gpustage
 
-for d in .gpu1 .gpu2 .gpu3 .gpu4; do
+for d in .gpu1 .gpu2 .gpu3 .gpu4 .gpu5; do
   grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >>.git/info/exclude
   rm -rf "$d"
 done
@@ -37,6 +37,19 @@ fi
 # other dependencies (transformers, jinja2, pyyaml, ...).
 if ! ls "$STAGE"/mlx_lm-0.32.0-py3-none-any.whl >/dev/null 2>&1; then
   python3 -m pip download -q --no-deps -d "$STAGE" mlx-lm==0.32.0
+fi
+
+# mlx-lm's pure-Python dependencies for the host's Python 3.12 (its own
+# numpy and torch stay), for the tests and benches that run mlx-lm there.
+if [ ! -f "$STAGE/pylib.tar.xz" ]; then
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_35_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$tmp/whl" mlx-lm==0.32.0
+  rm -f "$tmp"/whl/numpy-* "$tmp"/whl/hf_xet-* "$tmp"/whl/mlx-* "$tmp"/whl/mlx_metal-*
+  for whl in "$tmp"/whl/*.whl; do python3 -m zipfile -e "$whl" "$tmp/pylib"; done
+  tar -C "$tmp" -cJf "$STAGE/pylib.tar.xz" pylib
+  rm -rf "$tmp"
 fi
 
 echo "==> packing"
@@ -60,5 +73,8 @@ for part in "$STAGE"/pack.part.*; do
   mkdir -p ".gpu$i" && cp "$part" ".gpu$i/"
   i=$((i + 1))
 done
+# The Python side travels as one more piece.
+mkdir -p ".gpu$i" && cp "$STAGE/pylib.tar.xz" ".gpu$i/"
+i=$((i + 1))
 ls -la .gpu*/
 echo "pieces: $((i - 1)); sha256 $(sha256sum "$STAGE/pack.tar.xz" | cut -c1-16)"
