@@ -93,6 +93,25 @@ defmodule EMLX do
     container
   end
 
+  @doc """
+  Starts evaluating tensors (as `eval/1` takes them) and returns at once
+  (MLX's `async_eval`): the device computes while the caller goes on, e.g.
+  posting the next step of a decode loop; a later read or `eval/1` waits
+  for the result, and raises any error of the computation.
+  """
+  def async_eval(container) do
+    if(is_list(container), do: container, else: [container])
+    |> Nx.Defn.Composite.flatten_list()
+    |> Enum.flat_map(fn
+      %Nx.Tensor{data: %EMLX.Backend{} = data} -> [EMLX.Backend.realize(data)]
+      _other -> []
+    end)
+    |> Enum.group_by(& &1.queue, & &1.ref)
+    |> Enum.each(fn {queue, refs} -> :ok = NIF.async_eval(queue, refs) end)
+
+    container
+  end
+
   defp eval_on(queue, device, refs) do
     EMLX.GC.before_eval(queue)
 

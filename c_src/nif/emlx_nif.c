@@ -290,6 +290,19 @@ static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
   return submit_polled(env, job);
 }
 
+/* async_eval(queue, arrays): posts mx::async_eval of the arrays; returns :ok at once. */
+static ERL_NIF_TERM nif_async_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  ERL_NIF_TERM raised;
+  emlx_job *job = queue_job(env, argv[0], EMLX_JOB_ASYNC_EVAL, &raised);
+  if (!job) return raised;
+  char err[256];
+  if (!emlx_job_take_arrays(env, argv[1], job, 0, &job->eval.inputs, &job->eval.ninputs, err, sizeof err))
+    return emlx_job_fail(env, job, err);
+  emlx_queue_post(job->qres->q, job);
+  return ATOM.ok;
+}
+
 static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   ERL_NIF_TERM raised;
@@ -589,6 +602,7 @@ static ErlNifFunc funcs[] = {
     {"from_binary", 4, nif_from_binary, 0},
     {"to_binary", 3, nif_to_binary, 0},
     {"eval", 2, nif_eval, 0},
+    {"async_eval", 2, nif_async_eval, 0},
     {"program_new", 4, emlx_nif_program_new, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"program_run", 4, emlx_nif_program_run, 0},
     {"to_pointer", 4, nif_to_pointer, 0},

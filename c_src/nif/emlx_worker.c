@@ -109,6 +109,8 @@ static int resolve(emlx_job *job) {
   if (emlx_job_resolve(job, &kind, msg, sizeof msg)) return 1;
   if (job->kind == EMLX_JOB_OP) {
     for (int i = 0; i < job->op.nresults; i++) emlx_array_fail(job->op.results[i], kind, msg);
+  } else if (job->kind == EMLX_JOB_ASYNC_EVAL) {
+    /* nothing to start: the failed array raises when it is read */
   } else {
     reply_failure(job, kind, msg);
   }
@@ -188,6 +190,13 @@ static void run_to_binary(emlx_queue *q, emlx_job *job) {
  * (that was one more round trip to MLX's stream thread per eval). */
 static void run_eval(emlx_queue *q, emlx_job *job) {
   emlx_reply_status(job, emlx_eval(q->stream, job->eval.inputs, job->eval.ninputs));
+}
+
+/* Starts the computation and returns at once (mx::async_eval): the worker
+ * goes on to its next job, e.g. building the next graph, while the device
+ * runs this one. No reply; an error shows at the read or eval that waits. */
+static void run_async_eval(emlx_queue *q, emlx_job *job) {
+  emlx_async_eval(q->stream, job->eval.inputs, job->eval.ninputs);
 }
 
 static void run_sync(emlx_queue *q, emlx_job *job) { emlx_reply_status(job, emlx_stream_synchronize(q->stream)); }
@@ -344,6 +353,7 @@ static void (*const job_bodies[])(emlx_queue *q, emlx_job *job) = {
     [EMLX_JOB_FROM_BINARY] = run_from_binary,
     [EMLX_JOB_TO_BINARY] = run_to_binary,
     [EMLX_JOB_EVAL] = run_eval,
+    [EMLX_JOB_ASYNC_EVAL] = run_async_eval,
     [EMLX_JOB_SYNC] = run_sync,
     [EMLX_JOB_PROGRAM] = run_program,
     [EMLX_JOB_TO_POINTER] = run_to_pointer,

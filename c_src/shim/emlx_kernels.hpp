@@ -132,6 +132,8 @@ mx::array emlx_fast_rope_freqs(const mx::array &x, const mx::array &pos, int64_t
                                const mx::array &inv_freqs, SD s);
 mx::array emlx_fast_sdpa(const mx::array &q, const mx::array &k, const mx::array &v, double scale, int64_t mode,
                          const std::optional<mx::array> &mask, SD s);
+mx::array emlx_fast_sdpa_cached(const mx::array &q, const mx::array &k, const mx::array &v, double scale,
+                                const mx::array &offset, SD s);
 mx::array emlx_fast_sdpa_key_masked(const mx::array &q, const mx::array &k, const mx::array &v, double scale,
                                     const mx::array &key_mask, SD s);
 mx::array emlx_fast_swiglu(const mx::array &gate, const mx::array &up, SD s);

@@ -170,6 +170,15 @@ emlx_status emlx_eval(emlx_stream *s, emlx_arr **arrs, int n) {
   });
 }
 
+emlx_status emlx_async_eval(emlx_stream *s, emlx_arr **arrs, int n) {
+  (void)s;
+  return guard([&] {
+    std::vector<mx::array> v;
+    for (int i = 0; i < n; i++) v.push_back(arrs[i]->a);
+    mx::async_eval(v);
+  });
+}
+
 emlx_status emlx_arr_host_view(emlx_stream *s, const emlx_arr *a, emlx_arr **view, const void **data,
                                size_t *nbytes) {
   *view = nullptr;
@@ -180,7 +189,8 @@ emlx_status emlx_arr_host_view(emlx_stream *s, const emlx_arr *a, emlx_arr **vie
       x = mx::contiguous(x, false, stream_for_array(*s, x));
       x.eval();
     }
-    mx::synchronize(s->s);
+    /* eval waits for x itself: no stream-wide sync, which would also wait
+     * for work queued after it (e.g. the next decode step, async_eval'd). */
     auto *v = new emlx_arr(x);
     *data = v->a.data<void>();
     *nbytes = v->a.nbytes();

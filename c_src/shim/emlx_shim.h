@@ -186,6 +186,8 @@ emlx_status emlx_arr_from_bytes(emlx_stream *s, const void *data, size_t nbytes,
 
 /* Evaluates the arrays on stream s. */
 emlx_status emlx_eval(emlx_stream *s, emlx_arr **arrs, int n);
+/* mx::async_eval: schedules the arrays' computation and returns. */
+emlx_status emlx_async_eval(emlx_stream *s, emlx_arr **arrs, int n);
 
 /*
  * Evaluates a and returns a row-contiguous evaluated handle on the same

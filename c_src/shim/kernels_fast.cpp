@@ -160,6 +160,31 @@ mx::array emlx_fast_sdpa_key_masked(const mx::array &q, const mx::array &k, cons
                                                 s);
 }
 
+// Attention over the filled prefix of a KV cache, as mlx-lm runs it: k and
+// v {B, Nkv, Tmax, D} hold offset + Tq valid positions, q {B, Nq, Tq, D} the
+// queries at positions offset..offset+Tq-1. The prefix is sliced (its length
+// is read from `offset`: evaluated here outside mx::compile, and under
+// mx::compile the read makes the program replay plainly) and attended with
+// no mask for one query, MLX's causal mask for several: the same kernels,
+// over the same keys, as mlx-lm's decode step.
+mx::array emlx_fast_sdpa_cached(const mx::array &q, const mx::array &k, const mx::array &v, double scale,
+                                const mx::array &offset, SD s) {
+  check_sdpa(q, k, v);
+  if (offset.ndim() != 0 || !is_int(offset.dtype())) throw arg_error("EMLX.Fast: offset must be an integer scalar");
+  mx::array o = offset.dtype() == mx::int64 ? offset : mx::astype(offset, mx::int64, s);
+  int64_t off = o.item<int64_t>();
+  int32_t tq = q.shape(2), tmax = k.shape(2);
+  if (off < 0 || off + tq > tmax)
+    throw arg_error("EMLX.Fast: offset " + std::to_string(off) + " plus " + std::to_string(tq) +
+                    " queries does not fit the cache of " + std::to_string(tmax) + " positions");
+  int32_t len = static_cast<int32_t>(off) + tq;
+  mx::Shape lo = {0, 0, 0, 0}, hi = {k.shape(0), k.shape(1), len, k.shape(3)};
+  auto kp = len == tmax ? k : mx::slice(k, lo, hi, s);
+  auto vp = len == tmax ? v : mx::slice(v, lo, hi, s);
+  return mx::fast::scaled_dot_product_attention(q, kp, vp, static_cast<float>(scale), tq == 1 ? "" : "causal",
+                                                std::nullopt, std::nullopt, false, s);
+}
+
 // KV cache in {B, T, N, D} (Bumblebee's layout): new_k and new_v {B, T, Nkv, D}
 // written into the caches {B, Tmax, Nkv, D} at `offset` (clamped to fit, as
 // Nx.put_slice), then q {B, T, Nq, D} at positions offset + t attends the

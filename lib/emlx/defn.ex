@@ -42,6 +42,11 @@ defmodule EMLX.Defn do
     * `:device` - `:cpu` or `:gpu` (default `EMLX.default_device/0`)
     * `:command_queue` - an `EMLX.CommandQueue` to run on
     * `:max_concurrency` - partitions for `Nx.Serving`, each on its own queue
+    * `:fuse` - `true` (default) runs the plan under `mx::compile`, which
+      fuses element-wise chains; `false` replays its MLX ops one by one, as
+      an eager MLX program runs them (the same kernels, hence the same
+      rounding in half precision: `EMLX.LLM.Qwen3` uses it to give mlx-lm's
+      tokens exactly on the GPU)
   """
 
   alias EMLX.CommandQueue
@@ -73,6 +78,7 @@ defmodule EMLX.Defn do
     # The parameters are fixed here, and Nx checks each call's arguments
     # against them: the cache key is built once.
     cache_key = Cache.key({key, make_ref()}, vars, queue, Keyword.get(opts, :hooks, %{}))
+    opts = Keyword.put(opts, :fuse, Keyword.get(opts, :fuse, true))
 
     fn args_list ->
       Enum.map(args_list, &run(key, vars, fun, &1, opts, device, queue, cache_key))
@@ -101,7 +107,9 @@ defmodule EMLX.Defn do
     if Recorder.active?() do
       inline(key, vars, fun, args, opts)
     else
-      cache_key = cache_key || Cache.key(key, vars, queue, Keyword.get(opts, :hooks, %{}))
+      fuse = Keyword.get(opts, :fuse, true)
+      opts = Keyword.put(opts, :fuse, fuse)
+      cache_key = cache_key || Cache.key({key, fuse}, vars, queue, Keyword.get(opts, :hooks, %{}))
       run_cached(cache_key, vars, fun, args, opts, device, queue)
     end
   end
@@ -118,7 +126,7 @@ defmodule EMLX.Defn do
   defp run_cached(cache_key, vars, fun, args, opts, device, queue) do
     case Cache.lookup(cache_key) do
       {:plan, plan, output} ->
-        run_plan(plan, output, args, device, queue) ||
+        run_plan(plan, output, args, device, queue, opts[:fuse]) ||
           record(vars, fun, args, opts, device, queue) |> elem(0)
 
       :dynamic ->
@@ -167,7 +175,7 @@ defmodule EMLX.Defn do
         {result, collect(result, device, queue)}
       end)
 
-    {refs, plan} = Recorder.finish(rec, outputs)
+    {refs, plan} = Recorder.finish(rec, outputs, opts[:fuse])
     {fill(result, refs, device, queue), plan}
   end
 
@@ -183,7 +191,7 @@ defmodule EMLX.Defn do
   # Nil when an argument is quantized: the key cannot tell an 8-bit
   # quantized weight from a plain s8 tensor of its shape, and a quantized
   # argument is recorded anew each call (see keep_quantization/2).
-  defp run_plan(plan, output, args, device, queue) do
+  defp run_plan(plan, output, args, device, queue, fuse) do
     args = List.to_tuple(args)
 
     inputs =
@@ -199,7 +207,7 @@ defmodule EMLX.Defn do
       end)
 
     if inputs do
-      refs = Recorder.run_program(queue, plan.program, Enum.reverse(inputs))
+      refs = Recorder.run_program(queue, plan.program, Enum.reverse(inputs), fuse)
       fill(output, refs, device, queue)
     end
   end

@@ -282,6 +282,32 @@ defmodule EMLX.Fast do
   end
 
   @doc """
+  Attention over the filled prefix of a KV cache, as mlx-lm's decode step
+  runs it: `k_cache` and `v_cache` {B, N_kv, T_max, D} hold `offset + T_q`
+  valid positions, and q {B, N_q, T_q, D} holds the queries at positions
+  `offset` to `offset + T_q - 1`; query i sees keys 0 to `offset + i`.
+  `offset` is an integer or an integer scalar tensor.
+
+  On EMLX the prefix is sliced to its length and attended by MLX's fused
+  SDPA with no mask (one query) or its causal mask (several): the kernels
+  and key count of mlx-lm's step, not a masked pass over all T_max
+  positions. The length is data: EMLX reads `offset` when it builds the
+  graph, so under `compiler: EMLX` the program is replayed without
+  `mx::compile` (see `EMLX`'s `:fuse` option). An offset past the cache
+  raises. The reference masks the keys past each query's position.
+  """
+  deftransform scaled_dot_product_attention_cached(q, k_cache, v_cache, scale, offset) do
+    name = "scaled_dot_product_attention_cached/5"
+    {q, k, v, scale} = qkv!(q, k_cache, v_cache, scale, name)
+    offset = offset!(offset, name)
+    layout = [{:arg, 0}, {:arg, 1}, {:arg, 2}, {:value, scale}, {:arg, 3}]
+
+    fast(name, :fast_sdpa_cached, [q, k, v, offset], layout, q, fn q, k, v, o ->
+      Reference.sdpa_cached(q, k, v, scale, o)
+    end)
+  end
+
+  @doc """
   Fused SwiGLU: `silu(gate) * up`. `up` has `gate`'s shape; the output has
   `gate`'s shape and type.
   """
@@ -433,20 +459,7 @@ defmodule EMLX.Fast do
               "#{inspect(kc.shape)} do not agree (N_q a multiple of N_kv, T at most T_max)"
     end
 
-    offset =
-      case offset do
-        i when is_integer(i) and i >= 0 and i < 2_147_483_648 ->
-          Nx.tensor(i, type: {:s, 32})
-
-        %Nx.Tensor{shape: {}, type: {kind, _}} = o when kind in [:s, :u] ->
-          o
-
-        other ->
-          raise ArgumentError,
-                "EMLX.Fast.#{name}: offset must be a non-negative integer or an integer scalar tensor, " <>
-                  "got: #{inspect(other)}"
-      end
-
+    offset = offset!(offset, name)
     scale = number!(scale, name, "scale")
     layout = Enum.map(0..5, &{:arg, &1}) ++ [{:value, scale}]
 
@@ -602,6 +615,17 @@ defmodule EMLX.Fast do
   end
 
   defp broadcastable?(_shape, _full), do: false
+
+  defp offset!(i, _name) when is_integer(i) and i >= 0 and i < 2_147_483_648,
+    do: Nx.tensor(i, type: {:s, 32})
+
+  defp offset!(%Nx.Tensor{shape: {}, type: {kind, _}} = o, _name) when kind in [:s, :u], do: o
+
+  defp offset!(other, name) do
+    raise ArgumentError,
+          "EMLX.Fast.#{name}: offset must be a non-negative integer or an integer scalar tensor, " <>
+            "got: #{inspect(other)}"
+  end
 
   defp qkv!(q, k, v, scale, name) do
     [q, k, v] = for {t, w} <- [{q, "q"}, {k, "k"}, {v, "v"}], do: float!(t, name, w)

@@ -141,6 +141,10 @@ defmodule EMLX.NIF do
   @spec to_binary(queue, array, non_neg_integer()) :: job
   def to_binary(_queue, _array, _limit_bytes), do: :erlang.nif_error(:nif_not_loaded)
 
+  @doc "Posts `mx::async_eval` of a list of arrays: no reply (`:ok` at once)."
+  @spec async_eval(queue, [array]) :: :ok
+  def async_eval(_queue, _arrays), do: :erlang.nif_error(:nif_not_loaded)
+
   @doc "Posts the evaluation of a list of arrays."
   @spec eval(queue, [array]) :: job
   def eval(_queue, _arrays), do: :erlang.nif_error(:nif_not_loaded)

@@ -277,6 +277,32 @@ defmodule EMLX.DefnTest do
     end
   end
 
+  describe "fuse: false" do
+    test "replays the plan's ops one by one: same values, no fused kernel" do
+      fun = fn x -> Nx.expm1(Nx.tan(Nx.log1p(Nx.divide(x, 8192)))) end
+      cpu = {EMLX.Backend, device: :cpu}
+      x = Nx.iota({4096}, type: :f32, backend: cpu)
+      want = Nx.with_default_backend(cpu, fn -> fun.(x) end) |> Nx.to_binary()
+
+      fused = fn ->
+        Path.wildcard(Path.join(System.tmp_dir!(), "mlx/*/cpu/lib*Log1p*Tan*Expm1*.so"))
+      end
+
+      # MLX's on-disk kernel cache may hold it from an earlier run
+      Enum.each(fused.(), &File.rm!/1)
+
+      plain = Nx.Defn.jit(fun, compiler: EMLX, device: :cpu, fuse: false)
+      assert Nx.to_binary(plain.(x)) == want
+      assert Nx.to_binary(plain.(x)) == want
+      assert fused.() == []
+
+      # the same function fused: its own plan, and MLX's JIT builds the kernel
+      got = Nx.Defn.jit(fun, compiler: EMLX, device: :cpu).(x)
+      assert_tensor(got, Nx.from_binary(want, :f32), tol: 1.0e-5)
+      assert fused.() != []
+    end
+  end
+
   describe "programs that cannot be traced" do
     test "replay plainly (triangular_solve reads data for its singular check); a genuine error raises" do
       f = Nx.Defn.jit(fn a, b -> Nx.LinAlg.triangular_solve(a, b) end, compiler: EMLX)

@@ -40,6 +40,27 @@ defmodule EMLXTest do
     assert EMLX.eval([a, b]) == [a, b]
   end
 
+  test "async_eval/1 starts the work and returns; a read waits, and raises the work's error" do
+    a = emlx([1.0, 2.0])
+    b = Nx.multiply(Nx.add(a, 1), 3)
+    tree = {b, %{c: Nx.exp(a)}, 7}
+    assert EMLX.async_eval(tree) == tree
+    assert EMLX.async_eval([b]) == [b]
+    assert Nx.to_list(b) == [6.0, 9.0]
+
+    bad =
+      EMLX.Fast.scaled_dot_product_attention_cached(
+        emlx(Nx.iota({1, 1, 1, 2}, type: :f32)),
+        emlx(Nx.iota({1, 1, 2, 2}, type: :f32)),
+        emlx(Nx.iota({1, 1, 2, 2}, type: :f32)),
+        1.0,
+        5
+      )
+
+    assert EMLX.async_eval(bad) == bad
+    assert_raise ArgumentError, ~r/does not fit the cache/, fn -> Nx.to_list(bad) end
+  end
+
   test "eval/1 on an Nx tensor returns it" do
     t = emlx([1, 2])
     assert EMLX.eval(t) == t

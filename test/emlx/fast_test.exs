@@ -203,6 +203,38 @@ defmodule EMLX.FastTest do
       end
     end
 
+    test "over a KV cache's filled prefix (cached/5) matches the reference" do
+      # {queries, cache length, offset}: a decode step, a chunk, a full cache
+      for type <- @types,
+          {{tq, tmax, off}, i} <- Enum.with_index([{1, 6, 2}, {3, 7, 1}, {2, 5, 3}]) do
+        [q, k, v] = [
+          rand({2, 4, tq, 8}, i, type),
+          rand({2, 2, tmax, 8}, i + 10, type),
+          rand({2, 2, tmax, 8}, i + 20, type)
+        ]
+
+        f = &Fast.scaled_dot_product_attention_cached(&1, &2, &3, 0.35, &4)
+        check(f, [q, k, v, Nx.tensor(off, type: :s32)], :fast_sdpa_cached)
+      end
+    end
+
+    test "cached/5 equals attention over the sliced prefix, and checks its offset" do
+      [q, k, v] = [rand({1, 2, 1, 8}, 1), rand({1, 2, 6, 8}, 2), rand({1, 2, 6, 8}, 3)]
+      got = Fast.scaled_dot_product_attention_cached(on_emlx(q), on_emlx(k), on_emlx(v), 0.35, 3)
+      prefix = &Nx.slice_along_axis(on_emlx(&1), 0, 4, axis: 2)
+      want = Fast.scaled_dot_product_attention(on_emlx(q), prefix.(k), prefix.(v), 0.35)
+      assert Nx.to_binary(got) == Nx.to_binary(want)
+
+      assert_raise ArgumentError, ~r/offset 6 plus 1 queries does not fit the cache of 6/, fn ->
+        Fast.scaled_dot_product_attention_cached(on_emlx(q), on_emlx(k), on_emlx(v), 0.35, 6)
+        |> Nx.to_binary()
+      end
+
+      assert_raise ArgumentError, ~r/offset must be a non-negative integer/, fn ->
+        Fast.scaled_dot_product_attention_cached(q, k, v, 0.35, -1)
+      end
+    end
+
     test "with a mask (integer: attend where nonzero; float: added)" do
       for type <- @types do
         {b, nq, tq, tk} = {2, 4, 3, 5}

@@ -109,9 +109,9 @@ defmodule EMLX.LLMTest do
 
   test "decode steps and prefill reuse their compiled plans", %{models: models} do
     %{model: model} = models.q4
-    # Every recording ends in EMLX.Defn.Recorder.finish/2: count its calls.
+    # Every recording ends in EMLX.Defn.Recorder.finish/3: count its calls.
     Code.ensure_loaded!(EMLX.Defn.Recorder)
-    assert :erlang.trace_pattern({EMLX.Defn.Recorder, :finish, 2}, true, [:global]) == 1
+    assert :erlang.trace_pattern({EMLX.Defn.Recorder, :finish, 3}, true, [:global]) == 1
     tracer = spawn_link(fn -> count_calls(0) end)
     :erlang.trace(self(), true, [:call, {:tracer, tracer}])
 

@@ -391,7 +391,7 @@ defmodule EMLX.Defn.Recorder do
   `{refs, plan}`: the plan (for caching) when the whole function was one
   segment, else nil.
   """
-  def finish(rec, outputs) do
+  def finish(rec, outputs, fuse \\ true) do
     if rec.flushed? or rec.no_plan? do
       # Outputs of the current segment run now; older ones are real already.
       {syms, rec} = Enum.map_reduce(outputs, rec, &translate/2)
@@ -400,18 +400,19 @@ defmodule EMLX.Defn.Recorder do
     else
       {syms, rec} = Enum.map_reduce(outputs, rec, &translate/2)
       program = program(rec, syms)
-      refs = run_program(rec.queue, program, Enum.reverse(rec.inputs))
+      refs = run_program(rec.queue, program, Enum.reverse(rec.inputs), fuse)
       plan = %{program: program, sources: Enum.reverse(rec.sources)}
       {refs, plan}
     end
   end
 
   @doc """
-  Runs a program under mx::compile. A program that cannot be traced (an op
-  needs data while tracing) replays plainly instead, and the program
-  remembers it (in the NIF); a genuine error is raised once.
+  Runs a program under mx::compile (`fuse`, the default) or replays its
+  ops plainly. A program that cannot be traced (an op needs data while
+  tracing) replays plainly instead, and the program remembers it (in the
+  NIF); a genuine error is raised once.
   """
-  def run_program(queue, program, inputs) do
-    NIF.program_run(queue, program, inputs, true) |> Worker.await()
+  def run_program(queue, program, inputs, fuse \\ true) do
+    NIF.program_run(queue, program, inputs, fuse) |> Worker.await()
   end
 end

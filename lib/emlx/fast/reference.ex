@@ -187,6 +187,15 @@ defmodule EMLX.Fast.Reference do
     {t_.(attn), k, v}
   end
 
+  @doc "Attention over the first offset + T_q keys, query i at position offset + i."
+  def sdpa_cached(q, k, v, scale, offset) do
+    {_, _, tq, _} = q.shape
+    tmax = elem(k.shape, 2)
+    qpos = Nx.add(Nx.iota({tq, 1}, type: {:s, 32}), Nx.as_type(offset, {:s, 32}))
+    keep = Nx.less_equal(Nx.iota({1, tmax}, type: {:s, 32}), qpos) |> Nx.reshape({1, 1, tq, tmax})
+    sdpa(q, k, v, scale, {:keep, keep})
+  end
+
   @doc "A linear layer without bias: x @ transpose(weight)."
   def linear(x, weight), do: Nx.dot(x, [-1], weight, [1])
 

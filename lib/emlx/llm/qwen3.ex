@@ -24,7 +24,14 @@ defmodule EMLX.LLM.Qwen3 do
   longest sequence, `{B, N_kv, T_max, D}` per layer (mlx-lm's layout),
   kept as device arrays between steps and written at the step's offset
   (`Nx.put_slice/3` with a tensor offset): every step has the same
-  shapes, so the step's plan is recorded and `mx::compile`d once.
+  shapes, so the step's plan is recorded once. Each step attends the
+  cache's filled prefix as mlx-lm does
+  (`EMLX.Fast.scaled_dot_product_attention_cached/5`: the same fused SDPA
+  call over the same keys), and the plans replay their MLX ops without
+  `mx::compile` (`fuse: false`), so every kernel, and every rounding in
+  half precision, is mlx-lm's on the CPU and on the GPU. As in
+  `mlx_lm.generate`, the next step is posted and started (`EMLX.async_eval/1`)
+  before the current token is read.
   Log-probabilities are `logits - logsumexp(logits)` in the model's type
   (`EMLX.Fast.logsumexp/2`) and the token their first argmax, as mlx-lm's
   greedy sampler.
@@ -200,16 +207,23 @@ defmodule EMLX.LLM.Qwen3 do
       end
 
     last = Nx.tensor(Enum.map(ids, &[List.last(&1)]), type: :s32, backend: backend)
-    offset = Nx.tensor(0, type: :s32, backend: backend)
-    step = step_fun(model, {batch, t_max}, [model.params, last, caches, offset, pads_t])
+    offset_at = &Nx.tensor(longest - 1 + &1, type: :s32, backend: backend)
 
+    step =
+      step_fun(model, {batch, t_max, padded?}, [model.params, last, caches, offset_at.(0), pads_t])
+
+    run_step = &EMLX.async_eval(step.(model.params, &1, &2, offset_at.(&3), pads_t))
+
+    # As mlx_lm.generate: step i + 1 is posted (its graph built from step
+    # i's lazy token, and started with async_eval) before step i's token is
+    # read, so the host's work of a step overlaps the device's of the last.
     {tokens, t1, _} =
-      Enum.reduce(0..(n - 1), {[], nil, {last, caches}}, fn i, {acc, t1, {input, caches}} ->
-        offset = Nx.tensor(longest - 1 + i, type: :s32, backend: backend)
-        {next, caches} = step.(model.params, input, caches, offset, pads_t)
+      Enum.reduce(0..(n - 1), {[], nil, run_step.(last, caches, 0)}, fn i,
+                                                                        {acc, t1, {next, caches}} ->
+        pending = if i + 1 < n, do: run_step.(Nx.reshape(next, {batch, 1}), caches, i + 1)
         row = Nx.to_flat_list(next)
         t1 = t1 || System.monotonic_time()
-        {[row | acc], t1, {Nx.reshape(next, {batch, 1}), caches}}
+        {[row | acc], t1, pending}
       end)
 
     t2 = System.monotonic_time()
@@ -229,7 +243,11 @@ defmodule EMLX.LLM.Qwen3 do
   # One compiled call: the prompt prefix into the caches.
   defp prefill(%__MODULE__{config: c} = model, ids, caches, pads, padded?) do
     fun =
-      Nx.Defn.jit(&prefill_step(&1, &2, &3, &4, padded?, c), compiler: EMLX, device: model.device)
+      Nx.Defn.jit(&prefill_step(&1, &2, &3, &4, padded?, c),
+        compiler: EMLX,
+        device: model.device,
+        fuse: false
+      )
 
     fun.(model.params, ids, caches, pads)
   end
@@ -238,14 +256,15 @@ defmodule EMLX.LLM.Qwen3 do
   # for the VM's life (`Nx.Defn.compile/3`: a call checks its arguments
   # against the templates, with no per-call key to build). A serving keeps
   # the cache length fixed, so it compiles one step per batch size.
-  defp step_fun(%__MODULE__{config: c} = model, shape, args) do
+  defp step_fun(%__MODULE__{config: c} = model, {_, _, padded?} = shape, args) do
     key = {__MODULE__, model.id, :step, shape}
 
     case :persistent_term.get(key, nil) do
       nil ->
         templates = Enum.map(args, &Nx.to_template/1)
-        fun = &decode_step(&1, &2, &3, &4, &5, c)
-        compiled = Nx.Defn.compile(fun, templates, compiler: EMLX, device: model.device)
+        fun = &decode_step(&1, &2, &3, &4, &5, padded?, c)
+        opts = [compiler: EMLX, device: model.device, fuse: false]
+        compiled = Nx.Defn.compile(fun, templates, opts)
         :persistent_term.put(key, compiled)
         compiled
 
@@ -313,18 +332,20 @@ defmodule EMLX.LLM.Qwen3 do
   end
 
   @doc false
-  def decode_step(params, input, caches, offset, pads, c) do
+  def decode_step(params, input, caches, offset, pads, padded?, c) do
     {b, 1} = input.shape
     x = embed(params.embed, input, c)
     positions = Nx.reshape(Nx.subtract(offset, pads), {b, 1})
     {_, _, t_max, _} = elem(elem(caches, 0), 0).shape
     k_idx = Nx.iota({1, t_max})
+    scale = :math.pow(c.head_dim, -0.5)
 
     valid =
-      k_idx
-      |> Nx.less_equal(offset)
-      |> Nx.logical_and(Nx.greater_equal(k_idx, Nx.new_axis(pads, 1)))
-      |> Nx.reshape({b, 1, 1, t_max})
+      padded? &&
+        k_idx
+        |> Nx.less_equal(offset)
+        |> Nx.logical_and(Nx.greater_equal(k_idx, Nx.new_axis(pads, 1)))
+        |> Nx.reshape({b, 1, 1, t_max})
 
     {x, caches} =
       layers(params.layers, caches, x, fn x, layer, {kc, vc} ->
@@ -333,7 +354,14 @@ defmodule EMLX.LLM.Qwen3 do
         k = transpose_heads(rope_at(k, positions, c))
         kc = Nx.put_slice(kc, [0, 0, offset, 0], k)
         vc = Nx.put_slice(vc, [0, 0, offset, 0], transpose_heads(v))
-        out = Fast.scaled_dot_product_attention(q, kc, vc, :math.pow(c.head_dim, -0.5), valid)
+
+        # Unpadded, the keys are the cache's first offset + 1 positions,
+        # attended as mlx-lm does; left padding needs the key mask.
+        out =
+          if padded?,
+            do: Fast.scaled_dot_product_attention(q, kc, vc, scale, valid),
+            else: Fast.scaled_dot_product_attention_cached(q, kc, vc, scale, offset)
+
         {block_rest(x, out, layer, c), {kc, vc}}
       end)
 
