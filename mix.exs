@@ -99,6 +99,7 @@ defmodule EMLX.LibMLX do
   # Where libmlx comes from, at compile time.
   #
   #   MLX_DIR          an existing install with include/ and lib/libmlx.so
+  #   LIBMLX_BUILD     true: build MLX from the source tree at MLX_SRC (cmake)
   #   LIBMLX_VERSION   the MLX wheel version (default 0.32.4)
   #   LIBMLX_VARIANT   cpu (Linux default), cuda13 or cuda12
   #   LIBMLX_CACHE     where wheels are kept (default: the user cache dir)
@@ -112,9 +113,10 @@ defmodule EMLX.LibMLX do
   @index "https://pypi.org/simple/"
 
   def ensure! do
-    case System.get_env("MLX_DIR") do
-      dir when dir not in [nil, ""] -> from_dir!(dir)
-      _ -> from_wheel!()
+    cond do
+      env("MLX_DIR", nil) -> from_dir!(env("MLX_DIR", nil))
+      env("LIBMLX_BUILD", "false") in ["true", "1"] -> from_source!()
+      true -> from_wheel!()
     end
   end
 
@@ -172,6 +174,100 @@ defmodule EMLX.LibMLX do
     end
 
     %{include: include, lib: lib, variant: "custom", version: "custom", source: dir}
+  end
+
+  # LIBMLX_BUILD=true: MLX built with cmake from the checkout at MLX_SRC
+  # (the machine may have no network) against the system's OpenBLAS and
+  # LAPACKE (Debian: cmake libopenblas-dev liblapacke-dev), installed into
+  # LIBMLX_CACHE/libmlx-<version>-source[-debug]/ once. MLX's CMake fetches
+  # nlohmann/json and fmt from GitHub; LIBMLX_DEPS names a folder holding
+  # their trees as json/ and fmt/ to build offline. GGUF is left out (EMLX
+  # reads safetensors). LIBMLX_ENABLE_DEBUG=true builds libmlx with debug
+  # info and assertions (RelWithDebInfo); LIBMLX_ENABLE_JIT is MLX's Metal
+  # JIT switch upstream and changes nothing on Linux (the CPU JIT of
+  # mx::compile is always there), so it is refused rather than ignored.
+  defp from_source! do
+    src =
+      env("MLX_SRC", nil) ||
+        Mix.raise("LIBMLX_BUILD=true needs MLX_SRC, the path of an MLX source checkout")
+
+    version_h = Path.join(src, "mlx/version.h")
+
+    unless File.exists?(Path.join(src, "CMakeLists.txt")) and File.exists?(version_h) do
+      Mix.raise("MLX_SRC=#{src} is not an MLX source tree (no CMakeLists.txt and mlx/version.h)")
+    end
+
+    if env("LIBMLX_ENABLE_JIT", nil) do
+      Mix.raise(
+        "LIBMLX_ENABLE_JIT selects MLX's Metal JIT, which Linux builds do not have; unset it"
+      )
+    end
+
+    version =
+      ~w(MAJOR MINOR PATCH)
+      |> Enum.map(fn part ->
+        [_, n] = Regex.run(~r/#define MLX_VERSION_#{part} (\d+)/, File.read!(version_h))
+        n
+      end)
+      |> Enum.join(".")
+
+    debug? = env("LIBMLX_ENABLE_DEBUG", "false") in ["true", "1"]
+    variant = env("LIBMLX_VARIANT", "cpu")
+    cache = env("LIBMLX_CACHE", :filename.basedir(:user_cache, ~c"emlx") |> to_string())
+    name = "libmlx-#{version}-source#{if debug?, do: "-debug", else: ""}-#{variant}"
+    prefix = Path.join(cache, name)
+    marker = Path.join(prefix, ".emlx-complete")
+
+    unless File.exists?(marker) do
+      build = Path.join(cache, name <> "-build")
+      deps = env("LIBMLX_DEPS", nil)
+
+      fetch =
+        if deps,
+          do:
+            for(
+              {dep, var} <- [{"json", "JSON"}, {"fmt", "FMT"}],
+              do: "-DFETCHCONTENT_SOURCE_DIR_#{var}=#{Path.expand(Path.join(deps, dep))}"
+            ),
+          else: []
+
+      flags =
+        [
+          "-DCMAKE_BUILD_TYPE=#{if debug?, do: "RelWithDebInfo", else: "Release"}",
+          "-DCMAKE_INSTALL_PREFIX=#{prefix}",
+          "-DCMAKE_INSTALL_LIBDIR=lib",
+          "-DBUILD_SHARED_LIBS=ON",
+          "-DMLX_BUILD_TESTS=OFF",
+          "-DMLX_BUILD_EXAMPLES=OFF",
+          "-DMLX_BUILD_BENCHMARKS=OFF",
+          "-DMLX_BUILD_PYTHON_BINDINGS=OFF",
+          "-DMLX_BUILD_METAL=OFF",
+          "-DMLX_BUILD_GGUF=OFF",
+          "-DMLX_BUILD_CUDA=#{if String.starts_with?(variant, "cuda"), do: "ON", else: "OFF"}",
+          "-DBLA_VENDOR=OpenBLAS"
+        ] ++ fetch
+
+      jobs = env("LIBMLX_BUILD_JOBS", Integer.to_string(System.schedulers_online()))
+      Mix.shell().info("Building MLX #{version} from #{src} into #{prefix} (#{jobs} jobs)")
+      cmake!(["-S", src, "-B", build | flags])
+      cmake!(["--build", build, "--parallel", jobs])
+      cmake!(["--install", build])
+      File.write!(marker, "source #{src} #{version}\n")
+    end
+
+    %{
+      include: Path.join(prefix, "include"),
+      lib: Path.join(prefix, "lib"),
+      variant: "source-#{variant}",
+      version: version,
+      source: prefix
+    }
+  end
+
+  defp cmake!(args) do
+    cmake = System.find_executable("cmake") || Mix.raise("LIBMLX_BUILD=true needs cmake")
+    {_, status} = System.cmd(cmake, args, into: IO.stream(:stdio, :line), stderr_to_stdout: true)
+    if status != 0, do: Mix.raise("cmake #{Enum.join(args, " ")} failed (exit #{status})")
   end
 
   defp from_wheel! do
