@@ -24,4 +24,13 @@ torch_cuda? =
 # can wait past ExUnit's 60 s default: the whole suite took 531 s there.
 timeout = if device == :gpu, do: 600_000, else: 60_000
 
-ExUnit.start(exclude: if(torch_cuda?, do: [], else: [:torch_cuda]), timeout: timeout)
+# :batch_bit_equal tests check that a batch decodes each prompt to the very
+# tokens it gets alone. That holds on the CPU; on the GPU a batch's rows go
+# through other kernels (cuBLAS picks GEMM kernels by row count; a padded
+# batch attends with a key mask), and their bf16 rounding flips near-tied
+# greedy picks of the random test model (1 prompt of 8 on the H200).
+exclude =
+  if(torch_cuda?, do: [], else: [:torch_cuda]) ++
+    if(device == :gpu, do: [:batch_bit_equal], else: [])
+
+ExUnit.start(exclude: exclude, timeout: timeout)

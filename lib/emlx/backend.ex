@@ -449,6 +449,10 @@ defmodule EMLX.Backend do
     end
   end
 
+  # EMLX.Distributed: the collective is one op (on the CPU stream).
+  def block(%EMLX.Distributed.Block{op: op, args: extra}, out, [t], _fun),
+    do: run(out, op, [t | extra])
+
   def block(struct, _out, args, fun), do: apply(fun, [struct | args])
 
   ## Convolution, windows and reductions with a function

@@ -144,6 +144,7 @@ defmodule EMLX.LLMTest do
     n
   end
 
+  @tag :batch_bit_equal
   test "a batch of prompts of different lengths (left-padded) decodes each as alone", %{
     models: models
   } do
@@ -154,6 +155,7 @@ defmodule EMLX.LLMTest do
     end
   end
 
+  @tag :batch_bit_equal
   test "EMLX.LLM.Serving: 8 concurrent callers get the tokens of one at a time", %{models: models} do
     %{model: model} = models.bf16
     serving = EMLX.LLM.Serving.new(model, max_tokens: 16, sequence_length: 16)

@@ -1,0 +1,144 @@
+// MLX's distributed layer (mlx::core::distributed) behind EMLX.Distributed:
+// one group per OS process, made by dist_init; collectives, send and recv
+// are ops of the op table, so they run eagerly and inside compiled programs.
+//
+// A collective whose ranks disagree on shape or type would make MLX's ring
+// backend read the wrong number of bytes and wait for ever. Each collective
+// first all-gathers a small header (type and shape) and raises
+// (ArgumentError) when the ranks differ; that read needs data while the
+// graph is built, so a program holding a collective replays plainly
+// instead of under mx::compile. send and recv carry the header too: recv
+// checks it, receives what was sent, and raises on a mismatch.
+
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+#include "emlx_kernels.hpp"
+#include "mlx/distributed/distributed.h"
+#include "mlx/distributed/ops.h"
+
+namespace emlx {
+namespace {
+
+namespace dist = mx::distributed;
+
+std::mutex group_mu;
+std::optional<dist::Group> group;  // set once by dist_init
+
+constexpr int kMaxDims = 8;
+constexpr int kHeader = kMaxDims + 2;  // dtype code, rank, dims
+
+dist::Group current() {
+  std::lock_guard<std::mutex> lock(group_mu);
+  if (!group) throw arg_error("EMLX.Distributed: not initialized (call EMLX.Distributed.init/1 first)");
+  return *group;
+}
+
+mx::array header(const mx::array &x) {
+  if (x.ndim() > kMaxDims) throw arg_error("EMLX.Distributed: tensors of at most 8 axes");
+  std::vector<int64_t> h(kHeader, -1);
+  h[0] = from_dtype(x.dtype());
+  h[1] = static_cast<int64_t>(x.ndim());
+  for (size_t i = 0; i < x.ndim(); i++) h[2 + i] = x.shape(static_cast<int>(i));
+  return mx::array(h.data(), {kHeader}, mx::int64);
+}
+
+std::string describe(const int64_t *h) {
+  std::string s = "type code " + std::to_string(h[0]) + ", shape {";
+  for (int64_t i = 0; i < h[1] && i < kMaxDims; i++) s += (i ? ", " : "") + std::to_string(h[2 + i]);
+  return s + "}";
+}
+
+// Every rank must bring the same type and shape.
+void check_same(const mx::array &x, const dist::Group &g, const char *what, SD s) {
+  auto all = dist::all_gather(header(x), g, s);
+  all.eval();
+  const int64_t *h = all.data<int64_t>();
+  for (int r = 1; r < g.size(); r++)
+    for (int k = 0; k < kHeader; k++)
+      if (h[r * kHeader + k] != h[k])
+        throw arg_error(std::string("EMLX.Distributed.") + what + ": the ranks' tensors differ (rank 0: " +
+                        describe(h) + "; rank " + std::to_string(r) + ": " + describe(h + r * kHeader) + ")");
+}
+
+int peer(int64_t p, const dist::Group &g) {
+  if (p < 0 || p >= g.size() || p == g.rank())
+    throw arg_error("EMLX.Distributed: peer " + std::to_string(p) + " is not another rank of the group of " +
+                    std::to_string(g.size()));
+  return static_cast<int>(p);
+}
+
+}  // namespace
+
+// backend: 0 any, 1 ring, 2 mpi, 3 nccl. rank (-1: from MLX_RANK) and the
+// hostfile's path as bytes (empty: from MLX_HOSTFILE) are set in the
+// environment MLX's backends read (the BEAM's os:putenv does not reach it).
+// Result: int32 {rank, size}.
+mx::array emlx_dist_init(int64_t backend, bool strict, int64_t rank, const std::vector<int64_t> &hostfile, SD s) {
+  static const char *names[] = {"any", "ring", "mpi", "nccl"};
+  if (backend < 0 || backend > 3) throw arg_error("EMLX.Distributed: unknown backend");
+  std::lock_guard<std::mutex> lock(group_mu);
+  if (!group) {
+    if (rank >= 0) setenv("MLX_RANK", std::to_string(rank).c_str(), 1);
+    if (!hostfile.empty()) {
+      std::string path;
+      for (auto c : hostfile) path.push_back(static_cast<char>(c));
+      setenv("MLX_HOSTFILE", path.c_str(), 1);
+    }
+    if (backend != 0 && !dist::is_available(names[backend]))
+      throw arg_error(std::string("EMLX.Distributed: the ") + names[backend] + " backend is not available in this MLX");
+    group = dist::init(strict, names[backend]);
+  }
+  int32_t rs[2] = {group->rank(), group->size()};
+  (void)s;
+  return mx::array(rs, {2}, mx::int32);
+}
+
+mx::array emlx_dist_all(const mx::array &x, int64_t kind, SD s) {
+  auto g = current();
+  static const char *what[] = {"all_sum", "all_max", "all_min", "all_gather"};
+  if (kind < 0 || kind > 3) throw arg_error("EMLX.Distributed: unknown collective");
+  if (g.size() == 1) return kind == 3 ? mx::expand_dims(x, 0, s) : x;
+  check_same(x, g, what[kind], s);
+  switch (kind) {
+    case 0: return dist::all_sum(x, g, s);
+    case 1: return dist::all_max(x, g, s);
+    case 2: return dist::all_min(x, g, s);
+    default:
+      // MLX gathers along axis 0; a leading axis of ranks keeps each rank's tensor whole.
+      return dist::all_gather(mx::expand_dims(x, 0, s), g, s);
+  }
+}
+
+mx::array emlx_dist_send(const mx::array &x, int64_t dst, SD s) {
+  auto g = current();
+  int d = peer(dst, g);
+  auto h = dist::send(header(x), d, g, s);
+  h.eval();
+  return dist::send(x, d, g, s);
+}
+
+mx::array emlx_dist_recv(const mx::Shape &shape, mx::Dtype dtype, int64_t src, SD s) {
+  auto g = current();
+  int p = peer(src, g);
+  auto h = dist::recv({kHeader}, mx::int64, p, g, s);
+  h.eval();
+  const int64_t *hv = h.data<int64_t>();
+  mx::array want = header(mx::zeros(shape, dtype));
+  const int64_t *wv = want.data<int64_t>();
+  bool same = true;
+  for (int k = 0; k < kHeader; k++) same = same && hv[k] == wv[k];
+  if (!same) {
+    // Take what was sent, so the stream between the two ranks stays in step.
+    mx::Shape sent;
+    for (int64_t i = 0; i < hv[1] && i < kMaxDims; i++) sent.push_back(static_cast<int32_t>(hv[2 + i]));
+    auto drop = dist::recv(sent, to_dtype(static_cast<int>(hv[0])), p, g, s);
+    drop.eval();
+    throw arg_error("EMLX.Distributed.recv: rank " + std::to_string(p) + " sent " + describe(hv) +
+                    ", not the expected " + describe(wv));
+  }
+  return dist::recv(shape, dtype, p, g, s);
+}
+
+}  // namespace emlx

@@ -1,0 +1,144 @@
+defmodule EMLX.Distributed.Block do
+  @moduledoc """
+  The `Nx.block/4` identity of an `EMLX.Distributed` collective: `op` and
+  `args` are the op-table entry EMLX.Backend runs and its arguments after
+  the block's tensor.
+  """
+  defstruct [:name, :op, args: []]
+end
+
+defmodule EMLX.Distributed do
+  @moduledoc """
+  MLX's distributed layer (`mlx::core::distributed`): one group of
+  processes per OS process, and collectives over it.
+
+      # on each of two OS processes, rank 0 and rank 1
+      EMLX.Distributed.init(backend: :ring, rank: r, hosts: ["127.0.0.1:5001", "127.0.0.1:5002"])
+      EMLX.Distributed.all_sum(grads)
+
+  `init/1` joins the group once per OS process: `:backend` is `:ring`
+  (TCP, MLX's own), `:mpi`, `:nccl` or `:any` (the first available);
+  rank and hosts come from MLX's usual environment (`MLX_RANK`,
+  `MLX_HOSTFILE`, a JSON list with one `["ip:port"]` list per rank) or
+  from the `:rank` and `:hosts` options, which set them. The ring's ranks
+  connect to each other inside `init/1`, which returns when all have.
+
+  `all_sum/1`, `all_max/1`, `all_min/1` and `all_gather/1` (a leading axis
+  of ranks) run eagerly and inside `defn`; under `compiler: EMLX` they are
+  instructions of the compiled program. `send/2` and `recv/4` move one
+  tensor between two ranks. Collectives run on the CPU stream (the ring
+  works on host memory).
+
+  Every collective first exchanges its tensor's type and shape, and raises
+  `ArgumentError` when the ranks differ, rather than letting MLX read the
+  wrong number of bytes; `recv/4` checks what arrives likewise. A peer that
+  is gone breaks the TCP connection and the call raises `EMLX.NIFError`.
+  A program holding a collective reads that header while it is built, so
+  it replays without `mx::compile` fusion.
+  """
+
+  alias EMLX.Distributed.Block
+
+  @backends %{any: 0, ring: 1, mpi: 2, nccl: 3}
+  @kinds %{all_sum: 0, all_max: 1, all_min: 2, all_gather: 3}
+
+  @doc """
+  Joins the process group (once per OS process; later calls return the
+  same group). Options: `:backend` (default `:any`), `:rank` and `:hosts`
+  (a list of `"ip:port"`, one per rank; written to a hostfile for MLX),
+  `:strict` (default `true`: raise when no backend can start). Returns
+  `%{rank: r, size: n}`.
+  """
+  def init(opts \\ []) do
+    opts = Keyword.validate!(opts, backend: :any, strict: true, rank: nil, hosts: nil)
+
+    code =
+      Map.get(@backends, opts[:backend]) ||
+        raise ArgumentError,
+              "EMLX.Distributed.init/1: :backend must be one of #{inspect(Map.keys(@backends))}"
+
+    hostfile =
+      if hosts = opts[:hosts] do
+        path = Path.join(System.tmp_dir!(), "emlx-hosts-#{System.pid()}.json")
+        File.write!(path, JSON.encode!(Enum.map(hosts, &[&1])))
+        :binary.bin_to_list(path)
+      else
+        []
+      end
+
+    args = [code, opts[:strict], opts[:rank] || -1, hostfile]
+    [rank, size] = EMLX.op_on(:cpu, :dist_init, args) |> EMLX.to_nx() |> Nx.to_list()
+    group = %{rank: rank, size: size, backend: opts[:backend]}
+    :persistent_term.put(__MODULE__, group)
+    %{rank: rank, size: size}
+  end
+
+  @doc "This process's rank in the group."
+  def rank, do: group!().rank
+
+  @doc "The number of processes in the group."
+  def size, do: group!().size
+
+  @doc "Whether `init/1` has run in this OS process."
+  def initialized?, do: :persistent_term.get(__MODULE__, nil) != nil
+
+  for {name, _} <- @kinds, name != :all_gather do
+    @doc "`#{name}` of `tensor` over the group; every rank gets the result."
+    def unquote(name)(tensor), do: collective(unquote(name), tensor)
+  end
+
+  @doc "Every rank's `tensor`, stacked along a new leading axis of size `size/0`."
+  def all_gather(tensor), do: collective(:all_gather, tensor)
+
+  @doc """
+  Sends `tensor` to rank `dst` and returns when it is sent (the receiver
+  must call `recv/4` with its shape and type).
+  """
+  def send(tensor, dst) when is_integer(dst) do
+    group!()
+    {device, ref} = EMLX.Backend.from_nx(tensor)
+    sent = EMLX.op_on(device, :dist_send, [{device, ref}, dst])
+    EMLX.eval(sent)
+    :ok
+  end
+
+  @doc "Receives a tensor of `shape` and `type` sent by rank `src`."
+  def recv(shape, type, src, opts \\ []) when is_tuple(shape) and is_integer(src) do
+    group!()
+    type = Nx.Type.normalize!(type)
+    device = Keyword.get(opts, :device, :cpu)
+    EMLX.op_on(device, :dist_recv, [shape, type, src]) |> EMLX.eval() |> EMLX.to_nx()
+  end
+
+  defp collective(name, tensor) do
+    %{size: size} = group!()
+    tensor = Nx.to_tensor(tensor)
+
+    out =
+      if name == :all_gather,
+        do: Nx.template(Tuple.insert_at(tensor.shape, 0, size), tensor.type),
+        else: Nx.template(tensor.shape, tensor.type)
+
+    struct = %Block{name: name, op: :dist_all, args: [Map.fetch!(@kinds, name)]}
+    Nx.block(struct, [tensor], out, &default(&1, &2, out))
+  end
+
+  # Off EMLX.Backend (another backend, or inside a defn traced for another
+  # compiler) the collective is a runtime call: it runs eagerly on EMLX's
+  # CPU queue and its result comes back to the caller's backend.
+  defp default(struct, tensor, out), do: Nx.runtime_call(out, tensor, [block: struct], &on_emlx/2)
+
+  @doc false
+  def on_emlx(%Nx.Tensor{data: %backend{}} = t, block: %Block{op: op, args: args}) do
+    emlx = Nx.backend_copy(t, {EMLX.Backend, device: :cpu})
+    {device, ref} = EMLX.Backend.from_nx(emlx)
+    result = EMLX.op_on(device, op, [{device, ref} | args]) |> EMLX.to_nx()
+    Nx.backend_transfer(result, backend)
+  end
+
+  defp group! do
+    :persistent_term.get(__MODULE__, nil) ||
+      raise ArgumentError,
+            "EMLX.Distributed: not initialized (call EMLX.Distributed.init/1 first)"
+  end
+end

@@ -1,0 +1,159 @@
+defmodule EMLX.DistPeer do
+  @moduledoc """
+  What the EMLX.Distributed tests run on their peer nodes (separate OS
+  processes, one MLX process group): start/1 makes the peers, the rest is
+  called on them through `:peer.call/4`.
+  """
+  import Nx.Defn
+
+  @doc "Starts `n` peer nodes (OS processes) that can run EMLX, and returns them."
+  def start(n) do
+    for _ <- 1..n do
+      {:ok, peer, _node} = :peer.start(%{connection: :standard_io})
+      :ok = :peer.call(peer, :code, :add_paths, [:code.get_path()])
+      {:ok, _} = :peer.call(peer, Application, :ensure_all_started, [:emlx])
+      peer
+    end
+  end
+
+  @doc """
+  Runs `EMLX.DistPeer.name(rank, args...)` on every peer at once and returns
+  the results in rank order (a raised exception as `{:raised, module, message}`).
+  """
+  def on_all(peers, name, args \\ [], timeout \\ 120_000) do
+    peers
+    |> Enum.with_index()
+    |> Enum.map(fn {peer, rank} ->
+      Task.async(fn -> :peer.call(peer, __MODULE__, :run, [name, [rank | args]], timeout) end)
+    end)
+    |> Task.await_many(timeout + 5_000)
+  end
+
+  @doc false
+  def run(name, args) do
+    apply(__MODULE__, name, args)
+  rescue
+    e -> {:raised, e.__struct__, Exception.message(e)}
+  end
+
+  alias EMLX.Distributed
+
+  @doc "The collectives eagerly, on the evaluator, compiled and from Nx.BinaryBackend."
+  def collectives(rank) do
+    t = Nx.tensor([1.0 + rank, 10.0 * (rank + 1), -rank], backend: EMLX.Backend)
+
+    f =
+      &{Distributed.all_sum(&1), Distributed.all_max(&1), Distributed.all_min(&1),
+       Distributed.all_gather(&1)}
+
+    for r <- [
+          f.(t),
+          Nx.Defn.jit(f).(t),
+          Nx.Defn.jit(f, compiler: EMLX).(t),
+          f.(Nx.backend_copy(t, Nx.BinaryBackend))
+        ],
+        do: r |> Tuple.to_list() |> Enum.map(&Nx.to_list/1)
+  end
+
+  @doc "Rank 0 sends three tensors; rank 1 receives one, asks for a wrong shape, then takes the third."
+  def send_recv(0) do
+    Distributed.send(Nx.iota({2, 3}, type: :s32, backend: EMLX.Backend), 1)
+    Distributed.send(Nx.tensor([5.0, 6.0], backend: EMLX.Backend), 1)
+    Distributed.send(Nx.tensor([7.0, 8.0], backend: EMLX.Backend), 1)
+  end
+
+  def send_recv(1) do
+    a = Distributed.recv({2, 3}, :s32, 0) |> Nx.to_list()
+
+    wrong =
+      try do
+        Distributed.recv({3}, :f32, 0)
+      rescue
+        e in ArgumentError -> Exception.message(e)
+      end
+
+    {a, wrong, Distributed.recv({2}, :f32, 0) |> Nx.to_list()}
+  end
+
+  @doc "An all_sum whose ranks bring tensors of different shapes."
+  def mismatched(rank),
+    do: Distributed.all_sum(Nx.iota({2 + rank}, backend: EMLX.Backend)) |> Nx.to_list()
+
+  @doc "all_sum of rank + 1."
+  def sum_ranks(rank),
+    do: Distributed.all_sum(Nx.tensor(rank + 1.0, backend: EMLX.Backend)) |> Nx.to_number()
+
+  @doc "Joins a ring of `size` ranks on 127.0.0.1 from `port` on."
+  def join(rank, size, port) do
+    hosts = for i <- 0..(size - 1), do: "127.0.0.1:#{port + i}"
+    EMLX.Distributed.init(backend: :ring, rank: rank, hosts: hosts)
+  end
+
+  ## Data-parallel training of a small digits-shaped MLP (64-32-10)
+
+  @doc "The data set every rank makes alike: 64 samples of 64 features, 10 classes."
+  def data do
+    key = Nx.Random.key(7)
+    {x, key} = Nx.Random.uniform(key, shape: {64, 64}, type: :f32)
+    {labels, _} = Nx.Random.randint(key, 0, 10, shape: {64}, type: :s32)
+    {x, labels}
+  end
+
+  @doc "The initial parameters, the same on every rank."
+  def params do
+    key = Nx.Random.key(11)
+    {w1, key} = Nx.Random.normal(key, 0.0, 0.1, shape: {64, 32}, type: :f32)
+    {w2, _} = Nx.Random.normal(key, 0.0, 0.1, shape: {32, 10}, type: :f32)
+    %{w1: w1, b1: Nx.broadcast(0.0, {32}), w2: w2, b2: Nx.broadcast(0.0, {10})}
+  end
+
+  defn loss(p, x, labels) do
+    logits = x |> Nx.dot(p.w1) |> Nx.add(p.b1) |> Nx.max(0) |> Nx.dot(p.w2) |> Nx.add(p.b2)
+    logp = logits - Nx.logsumexp(logits, axes: [1], keep_axes: true)
+    onehot = Nx.equal(Nx.new_axis(labels, 1), Nx.iota({1, 10}))
+    -Nx.mean(Nx.sum(logp * onehot, axes: [1]))
+  end
+
+  @doc "One SGD step on the whole batch."
+  defn step(p, x, labels) do
+    g = grad(p, &loss(&1, x, labels))
+    update(p, g)
+  end
+
+  @doc "One SGD step on this rank's half, gradients averaged over the ranks with all_sum."
+  defn step_shared(p, x, labels) do
+    g = grad(p, &loss(&1, x, labels))
+    g = %{w1: avg(g.w1), b1: avg(g.b1), w2: avg(g.w2), b2: avg(g.b2)}
+    update(p, g)
+  end
+
+  deftransformp avg(t), do: Nx.divide(EMLX.Distributed.all_sum(t), EMLX.Distributed.size())
+
+  defnp update(p, g) do
+    %{w1: p.w1 - 0.5 * g.w1, b1: p.b1 - 0.5 * g.b1, w2: p.w2 - 0.5 * g.w2, b2: p.b2 - 0.5 * g.b2}
+  end
+
+  @doc "Trains `steps` steps: on the whole batch (rank nil) or on the half of `rank`."
+  def train(rank, steps) do
+    backend = {EMLX.Backend, device: :cpu}
+    {x, labels} = data()
+    p = Nx.backend_transfer(params(), backend)
+
+    {x, labels, fun} =
+      case rank do
+        nil ->
+          {x, labels, &step/3}
+
+        r ->
+          half = div(elem(x.shape, 0), 2)
+
+          {Nx.slice_along_axis(x, r * half, half, axis: 0),
+           Nx.slice_along_axis(labels, r * half, half, axis: 0), &step_shared/3}
+      end
+
+    [x, labels] = Enum.map([x, labels], &Nx.backend_transfer(&1, backend))
+    jit = Nx.Defn.jit(fun, compiler: EMLX, device: :cpu)
+    p = Enum.reduce(1..steps, p, fn _, p -> jit.(p, x, labels) end)
+    Map.new(p, fn {k, v} -> {k, Nx.backend_transfer(v, Nx.BinaryBackend)} end)
+  end
+end
