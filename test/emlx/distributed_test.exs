@@ -63,6 +63,54 @@ defmodule EMLX.DistributedTest do
     refute Nx.all_close(whole.w1, DistPeer.params().w1, atol: 1.0e-4) |> Nx.to_number() == 1
   end
 
+  test "a peer that is gone: the collective raises EMLX.NIFError, and the VM stays up" do
+    [p0, p1] = peers = DistPeer.start(2)
+
+    try do
+      port = 41_000 + :rand.uniform(20_000)
+      assert [%{rank: 0}, %{rank: 1}] = DistPeer.on_all(peers, :join, [2, port])
+      :peer.stop(p1)
+
+      assert {:raised, EMLX.NIFError, message} =
+               :peer.call(p0, DistPeer, :run, [:sum_ranks, [0]], 60_000)
+
+      assert message =~ "connection to a peer was lost"
+      code = "Nx.tensor(2.0, backend: EMLX.Backend) |> Nx.multiply(2) |> Nx.to_number()"
+      assert {4.0, _} = :peer.call(p0, Code, :eval_string, [code])
+    after
+      :peer.stop(p0)
+    end
+  end
+
+  test "Nx.Serving across two BEAM nodes: callers on A are served by B's EMLX" do
+    [{pa, a}, {pb, b}] = DistPeer.start(2, named: true)
+
+    try do
+      name = :emlx_remote_serving
+      assert :ok = :peer.call(pb, DistPeer, :serve, [name])
+
+      inputs =
+        for i <- 1..6,
+            do: Nx.tensor(Enum.map(0..4, &(0.3 * i * &1)), type: :f32, backend: Nx.BinaryBackend)
+
+      results = :peer.call(pa, DistPeer, :call_remote, [b, name, inputs], 120_000)
+
+      for {x, {out, served_by}} <- Enum.zip(inputs, results) do
+        assert served_by == b
+        refute served_by == a
+        want = DistPeer.serving_fun(Nx.backend_copy(x, EMLX.Backend))
+        assert_in_delta_list(Nx.to_list(out), Nx.to_list(want))
+      end
+    after
+      Enum.each([pa, pb], &:peer.stop/1)
+    end
+  end
+
+  defp assert_in_delta_list(got, want) do
+    assert length(got) == length(want)
+    for {g, w} <- Enum.zip(got, want), do: assert_in_delta(g, w, 1.0e-6)
+  end
+
   test "without init/1 the functions raise" do
     refute Distributed.initialized?()
 

@@ -6,13 +6,84 @@ defmodule EMLX.DistPeer do
   """
   import Nx.Defn
 
-  @doc "Starts `n` peer nodes (OS processes) that can run EMLX, and returns them."
-  def start(n) do
-    for _ <- 1..n do
-      {:ok, peer, _node} = :peer.start(%{connection: :standard_io})
+  @doc """
+  Starts `n` peer nodes (OS processes) that can run EMLX, and returns them.
+  With `named: true` they are distributed Erlang nodes on 127.0.0.1 (epmd
+  is started if needed), returned as `{peer, node}`.
+  """
+  def start(n, opts \\ []) do
+    if opts[:named] do
+      epmd = System.find_executable("epmd") || Path.join(:code.root_dir(), "bin/epmd")
+      {_, 0} = System.cmd(epmd, ["-daemon"])
+    end
+
+    for i <- 1..n do
+      args =
+        if opts[:named],
+          do: %{
+            connection: :standard_io,
+            name: :"emlx_peer_#{i}_#{System.unique_integer([:positive])}",
+            host: ~c"127.0.0.1",
+            longnames: true
+          },
+          else: %{connection: :standard_io}
+
+      {:ok, peer, node} = :peer.start(args)
       :ok = :peer.call(peer, :code, :add_paths, [:code.get_path()])
       {:ok, _} = :peer.call(peer, Application, :ensure_all_started, [:emlx])
-      peer
+      if opts[:named], do: {peer, node}, else: peer
+    end
+  end
+
+  ## Nx.Serving across two nodes
+
+  defn serving_fun(x), do: Nx.sin(x) * 2 + Nx.cos(x)
+
+  @doc "Starts a distributed Nx.Serving `name` over EMLX on this node (kept alive after the call)."
+  def serve(name) do
+    parent = self()
+
+    spawn(fn ->
+      serving =
+        Nx.Serving.jit(&serving_fun/1, compiler: EMLX)
+        |> Nx.Serving.client_postprocessing(fn {out, _meta}, _info ->
+          {Nx.backend_transfer(out, Nx.BinaryBackend), node()}
+        end)
+
+      {:ok, _} =
+        Nx.Serving.start_link(serving: serving, name: name, batch_size: 4, batch_timeout: 50)
+
+      send(parent, :serving)
+      Process.sleep(:infinity)
+    end)
+
+    receive do
+      :serving -> :ok
+    after
+      30_000 -> :timeout
+    end
+  end
+
+  @doc "From a node without that serving: each input through the remote serving, 4 callers at once."
+  def call_remote(server, name, inputs) do
+    true = Node.connect(server)
+    wait_for_serving(name, 100)
+
+    inputs
+    |> Enum.map(fn x ->
+      Task.async(fn ->
+        batch = Nx.Batch.stack([Nx.backend_copy(x, Nx.BinaryBackend)])
+        {out, served_by} = Nx.Serving.batched_run({:distributed, name}, batch)
+        {out[0], served_by}
+      end)
+    end)
+    |> Task.await_many(60_000)
+  end
+
+  defp wait_for_serving(name, tries) do
+    if :pg.get_members(Nx.Serving.PG, name) == [] and tries > 0 do
+      Process.sleep(50)
+      wait_for_serving(name, tries - 1)
     end
   end
 
