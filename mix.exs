@@ -187,6 +187,8 @@ defmodule EMLX.LibMLX do
   # JIT switch upstream and changes nothing on Linux (the CPU JIT of
   # mx::compile is always there), so it is refused rather than ignored.
   defp from_source! do
+    variant = variant!()
+
     src =
       env("MLX_SRC", nil) ||
         Mix.raise("LIBMLX_BUILD=true needs MLX_SRC, the path of an MLX source checkout")
@@ -212,7 +214,6 @@ defmodule EMLX.LibMLX do
       |> Enum.join(".")
 
     debug? = env("LIBMLX_ENABLE_DEBUG", "false") in ["true", "1"]
-    variant = env("LIBMLX_VARIANT", "cpu")
     cache = env("LIBMLX_CACHE", :filename.basedir(:user_cache, ~c"emlx") |> to_string())
     name = "libmlx-#{version}-source#{if debug?, do: "-debug", else: ""}-#{variant}"
     prefix = Path.join(cache, name)
@@ -264,6 +265,18 @@ defmodule EMLX.LibMLX do
     }
   end
 
+  defp variant! do
+    variant = env("LIBMLX_VARIANT", "cpu")
+
+    if Map.has_key?(@variants, variant),
+      do: variant,
+      else:
+        Mix.raise(
+          "unknown LIBMLX_VARIANT=#{inspect(variant)}; set it to one of: " <>
+            Enum.join(Map.keys(@variants), ", ")
+        )
+  end
+
   defp cmake!(args) do
     cmake = System.find_executable("cmake") || Mix.raise("LIBMLX_BUILD=true needs cmake")
     {_, status} = System.cmd(cmake, args, into: IO.stream(:stdio, :line), stderr_to_stdout: true)
@@ -272,14 +285,8 @@ defmodule EMLX.LibMLX do
 
   defp from_wheel! do
     version = env("LIBMLX_VERSION", @default_version)
-    variant = env("LIBMLX_VARIANT", "cpu")
-
-    package =
-      Map.get(@variants, variant) ||
-        Mix.raise(
-          "unknown LIBMLX_VARIANT=#{inspect(variant)}; set it to one of: " <>
-            Enum.join(Map.keys(@variants), ", ")
-        )
+    variant = variant!()
+    package = Map.fetch!(@variants, variant)
 
     cache = env("LIBMLX_CACHE", :filename.basedir(:user_cache, ~c"emlx") |> to_string())
     site = Path.join([cache, "libmlx-#{version}-#{variant}", "site-packages"])

@@ -162,8 +162,10 @@ mx::array emlx_quotient(const mx::array &a, const mx::array &b, SD s) {
   if (is_signed_int(a.dtype())) {
     auto zero = mx::array(0, a.dtype());
     auto r = mx::subtract(a, mx::multiply(q, bs, s), s);
+    // A truncated quotient leaves a remainder of a's sign: where it has the
+    // other sign, q was floored (whichever MLX's integer floor_divide does).
     auto fix = mx::logical_and(mx::not_equal(r, zero, s),
-                               mx::not_equal(mx::less(a, zero, s), mx::less(bs, zero, s), s), s);
+                               mx::not_equal(mx::less(a, zero, s), mx::less(r, zero, s), s), s);
     q = mx::where(fix, mx::add(q, mx::array(1, a.dtype()), s), q, s);
     q = mx::where(mx::equal(b, mx::array(-1, b.dtype()), s), mx::negative(a, s), q, s);
   }

@@ -18,13 +18,16 @@ defmodule EMLX.LibMLXTest do
 
   test "the build uses the wheel of LIBMLX_VARIANT (default cpu), unpacked with its layout" do
     info = EMLX.LibMLX.ensure!()
-    assert info.variant in [System.get_env("LIBMLX_VARIANT", "cpu"), "custom"]
+
+    assert info.variant in [System.get_env("LIBMLX_VARIANT", "cpu"), "custom"] or
+             String.starts_with?(info.variant, "source-")
+
     assert File.exists?(Path.join(info.lib, "libmlx.so"))
     assert File.exists?(Path.join(info.include, "mlx/mlx.h"))
   end
 
   test "an unknown variant says what to set" do
-    with_env([{"LIBMLX_VARIANT", "rocm"}, {"MLX_DIR", ""}], fn ->
+    with_env([{"LIBMLX_VARIANT", "rocm"}, {"MLX_DIR", ""}, {"LIBMLX_BUILD", ""}], fn ->
       assert_raise Mix.Error, ~r/unknown LIBMLX_VARIANT="rocm".*cpu.*cuda1[23]/, fn ->
         EMLX.LibMLX.ensure!()
       end
@@ -52,12 +55,74 @@ defmodule EMLX.LibMLXTest do
   test "a version PyPI does not have says what to set" do
     cache = Path.join(System.tmp_dir!(), "emlx-cache-#{System.unique_integer([:positive])}")
 
-    with_env([{"LIBMLX_VERSION", "0.0.1"}, {"LIBMLX_CACHE", cache}, {"MLX_DIR", ""}], fn ->
-      assert_raise Mix.Error, ~r/(no mlx-cpu==0.0.1 wheel|could not fetch)/, fn ->
-        EMLX.LibMLX.ensure!()
+    with_env(
+      [
+        {"LIBMLX_VERSION", "0.0.1"},
+        {"LIBMLX_CACHE", cache},
+        {"MLX_DIR", ""},
+        {"LIBMLX_BUILD", ""}
+      ],
+      fn ->
+        assert_raise Mix.Error, ~r/(no mlx-cpu==0.0.1 wheel|could not fetch)/, fn ->
+          EMLX.LibMLX.ensure!()
+        end
       end
-    end)
+    )
   after
     File.rm_rf!(Path.join(System.tmp_dir!(), "emlx-cache-*"))
+  end
+
+  describe "LIBMLX_BUILD=true (a source build) checks before it builds" do
+    test "MLX_SRC is required and must be an MLX tree" do
+      with_env([{"LIBMLX_BUILD", "true"}, {"MLX_DIR", ""}, {"MLX_SRC", ""}], fn ->
+        assert_raise Mix.Error, ~r/LIBMLX_BUILD=true needs MLX_SRC/, fn ->
+          EMLX.LibMLX.ensure!()
+        end
+      end)
+
+      with_env([{"LIBMLX_BUILD", "true"}, {"MLX_DIR", ""}, {"MLX_SRC", System.tmp_dir!()}], fn ->
+        assert_raise Mix.Error, ~r/is not an MLX source tree/, fn -> EMLX.LibMLX.ensure!() end
+      end)
+    end
+
+    test "an unknown variant is refused here too" do
+      with_env(
+        [
+          {"LIBMLX_BUILD", "true"},
+          {"MLX_DIR", ""},
+          {"MLX_SRC", File.cwd!()},
+          {"LIBMLX_VARIANT", "rocm"}
+        ],
+        fn ->
+          assert_raise Mix.Error, ~r/unknown LIBMLX_VARIANT="rocm"/, fn ->
+            EMLX.LibMLX.ensure!()
+          end
+        end
+      )
+    end
+
+    test "LIBMLX_ENABLE_JIT, a Metal switch, is refused on Linux" do
+      src = Path.join(System.tmp_dir!(), "emlx-fake-mlx-#{System.unique_integer([:positive])}")
+      File.mkdir_p!(Path.join(src, "mlx"))
+      File.write!(Path.join(src, "CMakeLists.txt"), "")
+      File.write!(Path.join(src, "mlx/version.h"), "#define MLX_VERSION_MAJOR 0\n")
+
+      try do
+        env = [
+          {"LIBMLX_BUILD", "true"},
+          {"MLX_DIR", ""},
+          {"MLX_SRC", src},
+          {"LIBMLX_ENABLE_JIT", "true"}
+        ]
+
+        with_env(env, fn ->
+          assert_raise Mix.Error, ~r/LIBMLX_ENABLE_JIT selects MLX's Metal JIT/, fn ->
+            EMLX.LibMLX.ensure!()
+          end
+        end)
+      after
+        File.rm_rf!(src)
+      end
+    end
   end
 end
