@@ -237,7 +237,10 @@ defmodule EMLX.LLM.Qwen3 do
   defp empty_caches(%__MODULE__{config: c, params: params, device: device}, batch, t_max) do
     zero = Nx.tensor(0, type: params.norm.type, backend: {EMLX.Backend, device: device})
     cache = Nx.broadcast(zero, {batch, c.kv_heads, t_max, c.head_dim})
-    List.to_tuple(for _ <- 1..c.layers, do: {cache, Nx.backend_copy(cache)})
+
+    List.to_tuple(
+      for _ <- 1..c.layers, do: {cache, Nx.backend_copy(cache, {EMLX.Backend, device: device})}
+    )
   end
 
   # One compiled call: the prompt prefix into the caches.
