@@ -31,6 +31,14 @@ mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d) {
   }
 }
 
+// A scalar is its value, an array with its data already there (as Python
+// MLX's `x + 1.0` makes it): no Full primitive to schedule and evaluate for
+// every Nx.add(t, 1.0). Larger shapes broadcast it.
+mx::array emlx_full(const emlx_scalar &n, const mx::Shape &shape, mx::Dtype d, SD s) {
+  auto v = emlx_scalar_array(n, d);
+  return shape.empty() ? v : mx::full(shape, v, s);
+}
+
 // Nx rounds half away from zero; MLX rounds half to even.
 mx::array emlx_round(const mx::array &x, SD s) {
   if (!is_float(x.dtype())) return x;
