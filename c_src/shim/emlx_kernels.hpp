@@ -51,6 +51,7 @@ mx::array emlx_atan2(const mx::array &y, const mx::array &x, SD s);
 mx::array truthy(const mx::array &x, SD s);  // a bool tensor: x != 0
 mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d);
 mx::array emlx_full(const emlx_scalar &n, const mx::Shape &shape, mx::Dtype d, SD s);
+mx::array emlx_cast(const mx::array &x, mx::Dtype d, SD s);
 mx::array emlx_round(const mx::array &x, SD s);
 mx::array emlx_logical_not(const mx::array &x, SD s);
 mx::array emlx_logical_and(const mx::array &a, const mx::array &b, SD s);

@@ -88,7 +88,7 @@ std::vector<mx::array> run_op(int op, const mx::Stream &stream, const emlx_arg *
 #define NUM(k) (args[k].u.scalar)
 #define S stream
 #define OUT out_type
-  auto cast = [&](const mx::array &x) { return OUT ? mx::astype(x, *OUT, S) : x; };
+  auto cast = [&](const mx::array &x) { return OUT ? emlx_cast(x, *OUT, S) : x; };
   switch (op) {
 #define UNARY(n, f) \
   case OP_##n:      \

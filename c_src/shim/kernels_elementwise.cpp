@@ -39,6 +39,40 @@ mx::array emlx_full(const emlx_scalar &n, const mx::Shape &shape, mx::Dtype d, S
   return shape.empty() ? v : mx::full(shape, v, s);
 }
 
+namespace {
+template <typename T>
+mx::array host_scalar(const mx::array &x, mx::Dtype d) {
+  return mx::array(*x.data<T>(), d);
+}
+}  // namespace
+
+// x in type d. An available scalar (a constant, as from Nx.add(t, 1)) of a
+// real type converts on the host when the conversion is exact-or-rounded
+// and well defined (to a float type, or integer to integer): no AsType node
+// to schedule and evaluate. Anything else is MLX's astype.
+mx::array emlx_cast(const mx::array &x, mx::Dtype d, SD s) {
+  if (x.dtype() == d) return x;
+  bool to_float = is_float(d), from_int = is_int(x.dtype()) || x.dtype() == mx::bool_;
+  if (x.ndim() == 0 && x.is_available() && !is_complex(d) && !is_complex(x.dtype()) &&
+      (to_float || (from_int && is_int(d)))) {
+    switch (x.dtype()) {
+      case mx::bool_: return host_scalar<bool>(x, d);
+      case mx::int8: return host_scalar<int8_t>(x, d);
+      case mx::int16: return host_scalar<int16_t>(x, d);
+      case mx::int32: return host_scalar<int32_t>(x, d);
+      case mx::int64: return host_scalar<int64_t>(x, d);
+      case mx::uint8: return host_scalar<uint8_t>(x, d);
+      case mx::uint16: return host_scalar<uint16_t>(x, d);
+      case mx::uint32: return host_scalar<uint32_t>(x, d);
+      case mx::uint64: return host_scalar<uint64_t>(x, d);
+      case mx::float32: return host_scalar<float>(x, d);
+      case mx::float64: return host_scalar<double>(x, d);
+      default: break;
+    }
+  }
+  return mx::astype(x, d, s);
+}
+
 // Nx rounds half away from zero; MLX rounds half to even.
 mx::array emlx_round(const mx::array &x, SD s) {
   if (!is_float(x.dtype())) return x;

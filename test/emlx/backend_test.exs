@@ -110,6 +110,9 @@ defmodule EMLX.BackendTest do
     end
 
     test "every Nx.Backend callback is implemented" do
+      # function_exported?/3 needs the module loaded (this test may run first)
+      Code.ensure_loaded!(EMLX.Backend)
+
       missing =
         for {name, arity} <- Nx.Backend.behaviour_info(:callbacks),
             not function_exported?(EMLX.Backend, name, arity),
@@ -157,6 +160,34 @@ defmodule EMLX.BackendTest do
       assert_same(&Nx.as_type(&1, :u8), [f])
       assert_same(&Nx.as_type(&1, :f16), [f])
       assert_same(&Nx.bitcast(&1, :s32), [Nx.tensor([1.0, -2.0])])
+    end
+  end
+
+  test "scalar constants of one type with tensors of another (converted on the host)" do
+    # values every type involved holds exactly (half precision rounds
+    # differently in Nx and MLX), then large integers into wide types
+    small = for n <- [7, -3, 2.5, -0.75, 100], {_, st} <- @types, do: {n, st}
+
+    large =
+      for n <- [4_000_000_000, -9_000_000_000_000_000_000],
+          st <- [{:s, 64}, {:f, 64}],
+          do: {n, st}
+
+    for {_, type} <- @types,
+        type != {:c, 64},
+        {n, stype} <- small ++ large,
+        stype != {:c, 64},
+        is_integer(n) or Nx.Type.float?(stype),
+        n >= 0 or elem(stype, 0) != :u,
+        {n, stype} in small or type in [{:s, 64}, {:f, 32}, {:f, 64}] do
+      s = Nx.tensor(n, type: stype, backend: Nx.BinaryBackend)
+      t = Nx.tensor([1, 2], type: type, backend: Nx.BinaryBackend)
+      want = Nx.add(t, s)
+      got = Nx.add(Nx.backend_copy(t, EMLX.Backend), Nx.backend_copy(s, EMLX.Backend))
+      assert got.type == want.type
+
+      assert Nx.to_binary(got) == Nx.to_binary(want),
+             "#{inspect(type)} + #{inspect(n)} as #{inspect(stype)}"
     end
   end
 
