@@ -450,8 +450,8 @@ defmodule EMLX.Backend do
   end
 
   # EMLX.Distributed: the collective is one op (on the CPU stream).
-  def block(%EMLX.Distributed.Block{op: op, args: extra}, out, [t], _fun),
-    do: run(out, op, [t | extra])
+  def block(%EMLX.Distributed.Block{} = b, out, [t], _fun),
+    do: EMLX.Distributed.run_block(b, out, t)
 
   def block(struct, _out, args, fun), do: apply(fun, [struct | args])
 

@@ -25,19 +25,28 @@ defmodule EMLX.Distributed do
 
   `all_sum/1`, `all_max/1`, `all_min/1` and `all_gather/1` (a leading axis
   of ranks) run eagerly and inside `defn`; under `compiler: EMLX` they are
-  instructions of the compiled program. `send/2` and `recv/4` move one
+  instructions of the compiled program. `send/2` and `recv/3` move one
   tensor between two ranks. Collectives run on the CPU stream (the ring
   works on host memory).
 
+  The group has a command queue of its own: `init/1`, `send/2`, `recv/3`
+  and the collectives called eagerly run there and are waited for at most
+  `:timeout` ms (an option of `init/1`, default 60 s). Past it the call
+  raises `EMLX.NIFError` and the group is marked broken (its ranks are out
+  of step): every later call raises, and the queue, stuck in MLX's wait,
+  is left to it. Collectives inside a compiled program run on the
+  program's queue, with no timeout.
+
   Every collective first exchanges its tensor's type and shape, and raises
   `ArgumentError` when the ranks differ, rather than letting MLX read the
-  wrong number of bytes; `recv/4` checks what arrives likewise. A peer that
+  wrong number of bytes; `recv/3` checks what arrives likewise. A peer that
   is gone breaks the TCP connection and the call raises `EMLX.NIFError`.
   A program holding a collective reads that header while it is built, so
   it replays without `mx::compile` fusion.
   """
 
   alias EMLX.Distributed.Block
+  alias EMLX.NIF
 
   @backends %{any: 0, ring: 1, mpi: 2, nccl: 3}
   @kinds %{all_sum: 0, all_max: 1, all_min: 2, all_gather: 3}
@@ -46,11 +55,13 @@ defmodule EMLX.Distributed do
   Joins the process group (once per OS process; later calls return the
   same group). Options: `:backend` (default `:any`), `:rank` and `:hosts`
   (a list of `"ip:port"`, one per rank; written to a hostfile for MLX),
-  `:strict` (default `true`: raise when no backend can start). Returns
+  `:strict` (default `true`: raise when no backend can start), `:timeout`
+  (ms, default 60_000: how long `init/1` and every eager call wait). Returns
   `%{rank: r, size: n}`.
   """
   def init(opts \\ []) do
-    opts = Keyword.validate!(opts, backend: :any, strict: true, rank: nil, hosts: nil)
+    opts =
+      Keyword.validate!(opts, backend: :any, strict: true, rank: nil, hosts: nil, timeout: 60_000)
 
     code =
       Map.get(@backends, opts[:backend]) ||
@@ -67,10 +78,18 @@ defmodule EMLX.Distributed do
       end
 
     args = [code, opts[:strict], opts[:rank] || -1, hostfile]
-    [rank, size] = EMLX.op_on(:cpu, :dist_init, args) |> EMLX.to_nx() |> Nx.to_list()
-    group = %{rank: rank, size: size, backend: opts[:backend]}
-    :persistent_term.put(__MODULE__, group)
-    %{rank: rank, size: size}
+
+    case :persistent_term.get(__MODULE__, nil) do
+      %{rank: rank, size: size} ->
+        %{rank: rank, size: size}
+
+      nil ->
+        queue = EMLX.CommandQueue.new!(:cpu)
+        group = %{queue: queue.ref, timeout: opts[:timeout], backend: opts[:backend], broken: nil}
+        [rank, size] = run_on(group, :dist_init, args, "init") |> Nx.to_list()
+        :persistent_term.put(__MODULE__, Map.merge(group, %{rank: rank, size: size}))
+        %{rank: rank, size: size}
+    end
   end
 
   @doc "This process's rank in the group."
@@ -92,22 +111,16 @@ defmodule EMLX.Distributed do
 
   @doc """
   Sends `tensor` to rank `dst` and returns when it is sent (the receiver
-  must call `recv/4` with its shape and type).
+  must call `recv/3` with its shape and type).
   """
   def send(tensor, dst) when is_integer(dst) do
-    group!()
-    {device, ref} = EMLX.Backend.from_nx(tensor)
-    sent = EMLX.op_on(device, :dist_send, [{device, ref}, dst])
-    EMLX.eval(sent)
+    run_on(group!(), :dist_send, [Nx.to_tensor(tensor), dst], "send")
     :ok
   end
 
   @doc "Receives a tensor of `shape` and `type` sent by rank `src`."
-  def recv(shape, type, src, opts \\ []) when is_tuple(shape) and is_integer(src) do
-    group!()
-    type = Nx.Type.normalize!(type)
-    device = Keyword.get(opts, :device, :cpu)
-    EMLX.op_on(device, :dist_recv, [shape, type, src]) |> EMLX.eval() |> EMLX.to_nx()
+  def recv(shape, type, src) when is_tuple(shape) and is_integer(src) do
+    run_on(group!(), :dist_recv, [shape, Nx.Type.normalize!(type), src], "recv")
   end
 
   defp collective(name, tensor) do
@@ -129,16 +142,56 @@ defmodule EMLX.Distributed do
   defp default(struct, tensor, out), do: Nx.runtime_call(out, tensor, [block: struct], &on_emlx/2)
 
   @doc false
-  def on_emlx(%Nx.Tensor{data: %backend{}} = t, block: %Block{op: op, args: args}) do
-    emlx = Nx.backend_copy(t, {EMLX.Backend, device: :cpu})
-    {device, ref} = EMLX.Backend.from_nx(emlx)
-    result = EMLX.op_on(device, op, [{device, ref} | args]) |> EMLX.to_nx()
-    Nx.backend_transfer(result, backend)
+  # A collective off EMLX.Backend (an Nx.runtime_call): eagerly, on the group's queue.
+  def on_emlx(%Nx.Tensor{data: %backend{}} = t, block: %Block{name: name, op: op, args: args}) do
+    run_on(group!(), op, [t | args], Atom.to_string(name)) |> Nx.backend_transfer(backend)
+  end
+
+  @doc false
+  # EMLX.Backend's block for a collective: an instruction of the program
+  # being recorded, or, eagerly, a run on the group's queue.
+  def run_block(%Block{name: name, op: op, args: extra}, out, t) do
+    if EMLX.Defn.Recorder.active?(),
+      do: EMLX.Backend.run_quantization(out, op, [t | extra], :out),
+      else: run_on(group!(), op, [t | extra], Atom.to_string(name))
+  end
+
+  # Runs `op` on the group's queue and waits for its result at most the
+  # group's timeout; a tensor argument is brought there first.
+  defp run_on(%{queue: queue, timeout: timeout} = group, op, args, what) do
+    raw =
+      Enum.map(args, fn
+        %Nx.Tensor{} = t -> EMLX.Backend.ref_on(t, :cpu, queue)
+        other -> other
+      end)
+
+    ref = EMLX.Worker.run_op(queue, op, raw, nil)
+
+    case EMLX.Worker.await(NIF.eval(queue, [ref]), timeout) do
+      {:ok, :ok} ->
+        EMLX.Backend.to_nx({:cpu, ref})
+
+      :timeout ->
+        broken = "#{what} did not finish within #{timeout} ms"
+        # (a group still joining is not stored at all)
+        if Map.has_key?(group, :rank),
+          do: :persistent_term.put(__MODULE__, Map.put(group, :broken, broken))
+
+        raise EMLX.NIFError, "EMLX.Distributed.#{what}: #{broken} (a rank that never joined?)"
+    end
   end
 
   defp group! do
-    :persistent_term.get(__MODULE__, nil) ||
-      raise ArgumentError,
-            "EMLX.Distributed: not initialized (call EMLX.Distributed.init/1 first)"
+    case :persistent_term.get(__MODULE__, nil) do
+      nil ->
+        raise ArgumentError,
+              "EMLX.Distributed: not initialized (call EMLX.Distributed.init/1 first)"
+
+      %{broken: nil} = group ->
+        group
+
+      %{broken: why} ->
+        raise EMLX.NIFError, "EMLX.Distributed: the group is broken: an earlier call #{why}"
+    end
   end
 end

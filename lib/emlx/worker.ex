@@ -25,6 +25,21 @@ defmodule EMLX.Worker do
     end
   end
 
+  @doc """
+  As `await/1`, giving up after `timeout` ms: returns `{:ok, value}` or
+  `:timeout` (a reply that comes later is dropped by the next call).
+  """
+  @spec await(NIF.job(), timeout()) :: {:ok, term()} | :timeout
+  def await({:emlx_done, reply}, _timeout), do: {:ok, unwrap(reply)}
+
+  def await(ref, timeout) when is_reference(ref) do
+    receive do
+      {^ref, reply} -> {:ok, unwrap(reply)}
+    after
+      timeout -> :timeout
+    end
+  end
+
   defp unwrap(:ok), do: :ok
   defp unwrap({:ok, value}), do: value
   defp unwrap({:error, :argument, message}), do: raise(ArgumentError, message)

@@ -111,6 +111,22 @@ defmodule EMLX.DistributedTest do
     for {g, w} <- Enum.zip(got, want), do: assert_in_delta(g, w, 1.0e-6)
   end
 
+  test "a rank that never joins: the call raises after the timeout, and the group is broken after" do
+    [p0, p1] = peers = DistPeer.start(2)
+
+    try do
+      port = 41_000 + :rand.uniform(20_000)
+      assert [%{rank: 0}, %{rank: 1}] = DistPeer.on_all(peers, :join, [2, port, 1_500])
+      {first, second, other_work} = :peer.call(p0, DistPeer, :lone_sum, [0], 30_000)
+      assert first =~ "all_sum did not finish within 1500 ms"
+      assert second =~ "the group is broken: an earlier call all_sum did not finish"
+      # the VM and EMLX's other queues go on
+      assert other_work == 2.0
+    after
+      Enum.each([p0, p1], &:peer.stop/1)
+    end
+  end
+
   test "without init/1 the functions raise" do
     refute Distributed.initialized?()
 

@@ -155,10 +155,31 @@ defmodule EMLX.DistPeer do
     do: Distributed.all_sum(Nx.tensor(rank + 1.0, backend: EMLX.Backend)) |> Nx.to_number()
 
   @doc "Joins a ring of `size` ranks on 127.0.0.1 from `port` on."
-  def join(rank, size, port) do
+  def join(rank, size, port, timeout \\ 60_000) do
     hosts = for i <- 0..(size - 1), do: "127.0.0.1:#{port + i}"
-    EMLX.Distributed.init(backend: :ring, rank: rank, hosts: hosts)
+    EMLX.Distributed.init(backend: :ring, rank: rank, hosts: hosts, timeout: timeout)
   end
+
+  @doc "Rank 0 sums while rank 1 does not join: the timeout, then a broken group."
+  def lone_sum(0) do
+    first =
+      try do
+        Distributed.all_sum(Nx.tensor([1.0], backend: EMLX.Backend))
+      rescue
+        e in EMLX.NIFError -> Exception.message(e)
+      end
+
+    second =
+      try do
+        Distributed.all_max(Nx.tensor([1.0], backend: EMLX.Backend))
+      rescue
+        e in EMLX.NIFError -> Exception.message(e)
+      end
+
+    {first, second, Nx.to_number(Nx.add(Nx.tensor(1.0, backend: EMLX.Backend), 1))}
+  end
+
+  def lone_sum(1), do: :idle
 
   ## Data-parallel training of a small digits-shaped MLP (64-32-10)
 
