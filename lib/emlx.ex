@@ -81,13 +81,8 @@ defmodule EMLX do
   end
 
   def eval(container) when is_tuple(container) or is_map(container) or is_list(container) do
-    if(is_list(container), do: container, else: [container])
-    |> Nx.Defn.Composite.flatten_list()
-    |> Enum.flat_map(fn
-      %Nx.Tensor{data: %EMLX.Backend{} = data} -> [EMLX.Backend.realize(data)]
-      _other -> []
-    end)
-    |> Enum.group_by(&{&1.queue, &1.device}, & &1.ref)
+    container
+    |> refs_by_queue()
     |> Enum.each(fn {{queue, device}, refs} -> eval_on(queue, device, refs) end)
 
     container
@@ -100,16 +95,22 @@ defmodule EMLX do
   for the result, and raises any error of the computation.
   """
   def async_eval(container) do
+    container
+    |> refs_by_queue()
+    |> Enum.each(fn {{queue, _device}, refs} -> :ok = NIF.async_eval(queue, refs) end)
+
+    container
+  end
+
+  # The arrays of a container's EMLX tensors, by {queue, device}.
+  defp refs_by_queue(container) do
     if(is_list(container), do: container, else: [container])
     |> Nx.Defn.Composite.flatten_list()
     |> Enum.flat_map(fn
       %Nx.Tensor{data: %EMLX.Backend{} = data} -> [EMLX.Backend.realize(data)]
       _other -> []
     end)
-    |> Enum.group_by(& &1.queue, & &1.ref)
-    |> Enum.each(fn {queue, refs} -> :ok = NIF.async_eval(queue, refs) end)
-
-    container
+    |> Enum.group_by(&{&1.queue, &1.device}, & &1.ref)
   end
 
   defp eval_on(queue, device, refs) do

@@ -161,22 +161,22 @@ emlx_status emlx_arr_from_bytes(emlx_stream *s, const void *data, size_t nbytes,
   });
 }
 
+namespace {
+std::vector<mx::array> arrays_of(emlx_arr **arrs, int n) {
+  std::vector<mx::array> v;
+  for (int i = 0; i < n; i++) v.push_back(arrs[i]->a);
+  return v;
+}
+}  // namespace
+
 emlx_status emlx_eval(emlx_stream *s, emlx_arr **arrs, int n) {
   (void)s;
-  return guard([&] {
-    std::vector<mx::array> v;
-    for (int i = 0; i < n; i++) v.push_back(arrs[i]->a);
-    mx::eval(v);
-  });
+  return guard([&] { mx::eval(arrays_of(arrs, n)); });
 }
 
 emlx_status emlx_async_eval(emlx_stream *s, emlx_arr **arrs, int n) {
   (void)s;
-  return guard([&] {
-    std::vector<mx::array> v;
-    for (int i = 0; i < n; i++) v.push_back(arrs[i]->a);
-    mx::async_eval(v);
-  });
+  return guard([&] { mx::async_eval(arrays_of(arrs, n)); });
 }
 
 emlx_status emlx_arr_host_view(emlx_stream *s, const emlx_arr *a, emlx_arr **view, const void **data,

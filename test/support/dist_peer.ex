@@ -162,24 +162,19 @@ defmodule EMLX.DistPeer do
 
   @doc "Rank 0 sums while rank 1 does not join: the timeout, then a broken group."
   def lone_sum(0) do
-    first =
-      try do
-        Distributed.all_sum(Nx.tensor([1.0], backend: EMLX.Backend))
-      rescue
-        e in EMLX.NIFError -> Exception.message(e)
-      end
-
-    second =
-      try do
-        Distributed.all_max(Nx.tensor([1.0], backend: EMLX.Backend))
-      rescue
-        e in EMLX.NIFError -> Exception.message(e)
-      end
-
+    one = Nx.tensor([1.0], backend: EMLX.Backend)
+    first = nif_error_message(fn -> Distributed.all_sum(one) end)
+    second = nif_error_message(fn -> Distributed.all_max(one) end)
     {first, second, Nx.to_number(Nx.add(Nx.tensor(1.0, backend: EMLX.Backend), 1))}
   end
 
   def lone_sum(1), do: :idle
+
+  defp nif_error_message(fun) do
+    fun.()
+  rescue
+    e in EMLX.NIFError -> Exception.message(e)
+  end
 
   ## Data-parallel training of a small digits-shaped MLP (64-32-10)
 
