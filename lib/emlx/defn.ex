@@ -76,8 +76,8 @@ defmodule EMLX.Defn do
   def __compile__(key, vars, fun, opts) do
     {device, queue} = target(opts)
     # The parameters are fixed here, and Nx checks each call's arguments
-    # against them: the cache key is built once.
-    cache_key = Cache.key({key, make_ref()}, vars, queue, Keyword.get(opts, :hooks, %{}))
+    # against them: one small cache key serves every call.
+    cache_key = Cache.compiled_key(queue, Keyword.get(opts, :hooks, %{}))
     opts = Keyword.put(opts, :fuse, Keyword.get(opts, :fuse, true))
 
     fn args_list ->

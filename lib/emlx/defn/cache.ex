@@ -53,6 +53,18 @@ defmodule EMLX.Defn.Cache do
     :emlx_uncached -> :uncached
   end
 
+  @doc """
+  The key of a function compiled once with `Nx.Defn.compile/3`: its plan
+  serves every call (Nx checks each call's arguments against the
+  templates), so the key need not describe the function; a small key keeps
+  each call's lookup cheap (a fingerprint of hundreds of parameters costs
+  a lookup about 0.2 ms to hash and copy).
+  """
+  def compiled_key(queue, hooks) do
+    {:compiled, make_ref(), queue, hooks |> Map.keys() |> Enum.sort(),
+     Application.get_env(:emlx, :linalg, :native)}
+  end
+
   @doc "The cached value for `key` (`nil` when absent)."
   def lookup(:uncached), do: nil
 
