@@ -183,7 +183,7 @@ defmodule EMLX.LibMLX do
   # nlohmann/json and fmt from GitHub; LIBMLX_DEPS names a folder holding
   # their trees as json/ and fmt/ to build offline. GGUF is left out (EMLX
   # reads safetensors). LIBMLX_ENABLE_DEBUG=true builds libmlx with debug
-  # info and assertions (RelWithDebInfo); LIBMLX_ENABLE_JIT is MLX's Metal
+  # info and assertions (CMake's Debug: unoptimized); LIBMLX_ENABLE_JIT is MLX's Metal
   # JIT switch upstream and changes nothing on Linux (the CPU JIT of
   # mx::compile is always there), so it is refused rather than ignored.
   defp from_source! do
@@ -234,7 +234,7 @@ defmodule EMLX.LibMLX do
 
       flags =
         [
-          "-DCMAKE_BUILD_TYPE=#{if debug?, do: "RelWithDebInfo", else: "Release"}",
+          "-DCMAKE_BUILD_TYPE=#{if debug?, do: "Debug", else: "Release"}",
           "-DCMAKE_INSTALL_PREFIX=#{prefix}",
           "-DCMAKE_INSTALL_LIBDIR=lib",
           "-DBUILD_SHARED_LIBS=ON",
