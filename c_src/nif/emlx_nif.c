@@ -290,15 +290,25 @@ static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
   return submit_polled(env, job);
 }
 
+/* An eval job (EVAL or ASYNC_EVAL) on the arrays of argv[1]; NULL after
+ * raising the error in *raised. */
+static emlx_job *eval_job(ErlNifEnv *env, const ERL_NIF_TERM argv[], emlx_job_kind kind, ERL_NIF_TERM *raised) {
+  emlx_job *job = queue_job(env, argv[0], kind, raised);
+  if (!job) return NULL;
+  char err[256];
+  if (!emlx_job_take_arrays(env, argv[1], job, 0, &job->eval.inputs, &job->eval.ninputs, err, sizeof err)) {
+    *raised = emlx_job_fail(env, job, err);
+    return NULL;
+  }
+  return job;
+}
+
 /* async_eval(queue, arrays): posts mx::async_eval of the arrays; returns :ok at once. */
 static ERL_NIF_TERM nif_async_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   ERL_NIF_TERM raised;
-  emlx_job *job = queue_job(env, argv[0], EMLX_JOB_ASYNC_EVAL, &raised);
+  emlx_job *job = eval_job(env, argv, EMLX_JOB_ASYNC_EVAL, &raised);
   if (!job) return raised;
-  char err[256];
-  if (!emlx_job_take_arrays(env, argv[1], job, 0, &job->eval.inputs, &job->eval.ninputs, err, sizeof err))
-    return emlx_job_fail(env, job, err);
   emlx_queue_post(job->qres->q, job);
   return ATOM.ok;
 }
@@ -306,11 +316,8 @@ static ERL_NIF_TERM nif_async_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
 static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   ERL_NIF_TERM raised;
-  emlx_job *job = queue_job(env, argv[0], EMLX_JOB_EVAL, &raised);
+  emlx_job *job = eval_job(env, argv, EMLX_JOB_EVAL, &raised);
   if (!job) return raised;
-  char err[256];
-  if (!emlx_job_take_arrays(env, argv[1], job, 0, &job->eval.inputs, &job->eval.ninputs, err, sizeof err))
-    return emlx_job_fail(env, job, err);
   return submit_polled(env, job);
 }
 

@@ -35,12 +35,13 @@ dist::Group current() {
   return *group;
 }
 
-mx::array header(const mx::array &x) {
-  if (x.ndim() > kMaxDims) throw arg_error("EMLX.Distributed: tensors of at most 8 axes");
+// A tensor's type and shape as kHeader int64s.
+mx::array header(const mx::Shape &shape, mx::Dtype dtype) {
+  if (shape.size() > kMaxDims) throw arg_error("EMLX.Distributed: tensors of at most 8 axes");
   std::vector<int64_t> h(kHeader, -1);
-  h[0] = from_dtype(x.dtype());
-  h[1] = static_cast<int64_t>(x.ndim());
-  for (size_t i = 0; i < x.ndim(); i++) h[2 + i] = x.shape(static_cast<int>(i));
+  h[0] = from_dtype(dtype);
+  h[1] = static_cast<int64_t>(shape.size());
+  for (size_t i = 0; i < shape.size(); i++) h[2 + i] = shape[i];
   return mx::array(h.data(), {kHeader}, mx::int64);
 }
 
@@ -52,7 +53,7 @@ std::string describe(const int64_t *h) {
 
 // Every rank must bring the same type and shape.
 void check_same(const mx::array &x, const dist::Group &g, const char *what, SD s) {
-  auto all = dist::all_gather(header(x), g, s);
+  auto all = dist::all_gather(header(x.shape(), x.dtype()), g, s);
   all.eval();
   const int64_t *h = all.data<int64_t>();
   for (int r = 1; r < g.size(); r++)
@@ -114,7 +115,7 @@ mx::array emlx_dist_all(const mx::array &x, int64_t kind, SD s) {
 mx::array emlx_dist_send(const mx::array &x, int64_t dst, SD s) {
   auto g = current();
   int d = peer(dst, g);
-  auto h = dist::send(header(x), d, g, s);
+  auto h = dist::send(header(x.shape(), x.dtype()), d, g, s);
   h.eval();
   return dist::send(x, d, g, s);
 }
@@ -125,7 +126,7 @@ mx::array emlx_dist_recv(const mx::Shape &shape, mx::Dtype dtype, int64_t src, S
   auto h = dist::recv({kHeader}, mx::int64, p, g, s);
   h.eval();
   const int64_t *hv = h.data<int64_t>();
-  mx::array want = header(mx::zeros(shape, dtype));
+  mx::array want = header(shape, dtype);
   const int64_t *wv = want.data<int64_t>();
   bool same = true;
   for (int k = 0; k < kHeader; k++) same = same && hv[k] == wv[k];

@@ -61,22 +61,13 @@ mx::array rope_rows(const mx::array &x, const mx::array &pos, int64_t dims, bool
 // The value of an integer scalar, read on the host: an available array
 // (one from the BEAM, or computed and waited for) is read in place, with no
 // kernel and no wait on the stream (whose queue may hold an async_eval'd
-// step); another is evaluated first (under mx::compile that throws, and
-// the program replays plainly).
-int64_t host_int_scalar(const mx::array &a) {
+// step; emlx_cast converts an available scalar on the host); another is
+// evaluated first (under mx::compile that throws, and the program replays
+// plainly).
+int64_t host_int_scalar(const mx::array &a, SD s) {
   mx::array x = a;
   if (!x.is_available()) x.eval();
-  switch (x.dtype()) {
-    case mx::int8: return *x.data<int8_t>();
-    case mx::int16: return *x.data<int16_t>();
-    case mx::int32: return *x.data<int32_t>();
-    case mx::int64: return *x.data<int64_t>();
-    case mx::uint8: return *x.data<uint8_t>();
-    case mx::uint16: return *x.data<uint16_t>();
-    case mx::uint32: return *x.data<uint32_t>();
-    case mx::uint64: return static_cast<int64_t>(*x.data<uint64_t>());
-    default: throw arg_error("EMLX.Fast: offset must be an integer scalar");
-  }
+  return *emlx_cast(x, mx::int64, s).data<int64_t>();
 }
 
 // q {B, Nq, Tq, D}, k and v {B, Nkv, Tkv, D} with Nq a multiple of Nkv.
@@ -192,7 +183,7 @@ mx::array emlx_fast_sdpa_cached(const mx::array &q, const mx::array &k, const mx
                                 const mx::array &offset, SD s) {
   check_sdpa(q, k, v);
   if (offset.ndim() != 0 || !is_int(offset.dtype())) throw arg_error("EMLX.Fast: offset must be an integer scalar");
-  int64_t off = host_int_scalar(offset);
+  int64_t off = host_int_scalar(offset, s);
   int32_t tq = q.shape(2), tmax = k.shape(2);
   if (off < 0 || off + tq > tmax)
     throw arg_error("EMLX.Fast: offset " + std::to_string(off) + " plus " + std::to_string(tq) +
