@@ -449,9 +449,12 @@ defmodule EMLX.Backend do
     end
   end
 
-  # EMLX.Distributed: the collective is one op (on the CPU stream).
-  def block(%EMLX.Distributed.Block{} = b, out, [t], _fun),
-    do: EMLX.Distributed.run_block(b, out, t)
+  # EMLX.Distributed: one op of the program being recorded, else run on the group's queue.
+  def block(%EMLX.Distributed.Block{op: op, args: extra} = b, out, [t], _fun) do
+    if EMLX.Defn.Recorder.active?(),
+      do: run(out, op, [t | extra]),
+      else: EMLX.Distributed.run_block(b, t)
+  end
 
   def block(struct, _out, args, fun), do: apply(fun, [struct | args])
 

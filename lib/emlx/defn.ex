@@ -78,7 +78,6 @@ defmodule EMLX.Defn do
     # The parameters are fixed here, and Nx checks each call's arguments
     # against them: one small cache key serves every call.
     cache_key = Cache.compiled_key(queue, Keyword.get(opts, :hooks, %{}))
-    opts = Keyword.put(opts, :fuse, Keyword.get(opts, :fuse, true))
 
     fn args_list ->
       Enum.map(args_list, &run(key, vars, fun, &1, opts, device, queue, cache_key))
@@ -107,9 +106,11 @@ defmodule EMLX.Defn do
     if Recorder.active?() do
       inline(key, vars, fun, args, opts)
     else
-      fuse = Keyword.get(opts, :fuse, true)
-      opts = Keyword.put(opts, :fuse, fuse)
-      cache_key = cache_key || Cache.key({key, fuse}, vars, queue, Keyword.get(opts, :hooks, %{}))
+      opts = Keyword.put_new(opts, :fuse, true)
+
+      cache_key =
+        cache_key || Cache.key({key, opts[:fuse]}, vars, queue, Keyword.get(opts, :hooks, %{}))
+
       run_cached(cache_key, vars, fun, args, opts, device, queue)
     end
   end

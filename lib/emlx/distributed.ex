@@ -68,28 +68,27 @@ defmodule EMLX.Distributed do
         raise ArgumentError,
               "EMLX.Distributed.init/1: :backend must be one of #{inspect(Map.keys(@backends))}"
 
-    hostfile =
-      if hosts = opts[:hosts] do
-        path = Path.join(System.tmp_dir!(), "emlx-hosts-#{System.pid()}.json")
-        File.write!(path, JSON.encode!(Enum.map(hosts, &[&1])))
-        :binary.bin_to_list(path)
-      else
-        []
-      end
-
-    args = [code, opts[:strict], opts[:rank] || -1, hostfile]
-
     case :persistent_term.get(__MODULE__, nil) do
       %{rank: rank, size: size} ->
         %{rank: rank, size: size}
 
       nil ->
+        args = [code, opts[:strict], opts[:rank] || -1, hostfile(opts[:hosts])]
         queue = EMLX.CommandQueue.new!(:cpu)
         group = %{queue: queue.ref, timeout: opts[:timeout], backend: opts[:backend], broken: nil}
         [rank, size] = run_on(group, :dist_init, args, "init") |> Nx.to_list()
         :persistent_term.put(__MODULE__, Map.merge(group, %{rank: rank, size: size}))
         %{rank: rank, size: size}
     end
+  end
+
+  # The hosts as the JSON hostfile MLX reads, its path as bytes for the NIF.
+  defp hostfile(nil), do: []
+
+  defp hostfile(hosts) do
+    path = Path.join(System.tmp_dir!(), "emlx-hosts-#{System.pid()}.json")
+    File.write!(path, JSON.encode!(Enum.map(hosts, &[&1])))
+    :binary.bin_to_list(path)
   end
 
   @doc "This process's rank in the group."
@@ -143,18 +142,14 @@ defmodule EMLX.Distributed do
 
   @doc false
   # A collective off EMLX.Backend (an Nx.runtime_call): eagerly, on the group's queue.
-  def on_emlx(%Nx.Tensor{data: %backend{}} = t, block: %Block{name: name, op: op, args: args}) do
-    run_on(group!(), op, [t | args], Atom.to_string(name)) |> Nx.backend_transfer(backend)
-  end
+  def on_emlx(%Nx.Tensor{data: %backend{}} = t, block: %Block{} = block),
+    do: block |> run_block(t) |> Nx.backend_transfer(backend)
 
   @doc false
-  # EMLX.Backend's block for a collective: an instruction of the program
-  # being recorded, or, eagerly, a run on the group's queue.
-  def run_block(%Block{name: name, op: op, args: extra}, out, t) do
-    if EMLX.Defn.Recorder.active?(),
-      do: EMLX.Backend.run_quantization(out, op, [t | extra], :out),
-      else: run_on(group!(), op, [t | extra], Atom.to_string(name))
-  end
+  # A collective run eagerly, on the group's queue (EMLX.Backend records
+  # it into a program being recorded instead).
+  def run_block(%Block{name: name, op: op, args: extra}, t),
+    do: run_on(group!(), op, [t | extra], Atom.to_string(name))
 
   # Runs `op` on the group's queue and waits for its result at most the
   # group's timeout; a tensor argument is brought there first.

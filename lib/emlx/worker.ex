@@ -17,17 +17,14 @@ defmodule EMLX.Worker do
   by the worker raises `ArgumentError`; an MLX failure `EMLX.NIFError`.
   """
   @spec await(NIF.job()) :: term()
-  def await({:emlx_done, reply}), do: unwrap(reply)
-
-  def await(ref) when is_reference(ref) do
-    receive do
-      {^ref, reply} -> unwrap(reply)
-    end
+  def await(job) do
+    {:ok, value} = await(job, :infinity)
+    value
   end
 
   @doc """
   As `await/1`, giving up after `timeout` ms: returns `{:ok, value}` or
-  `:timeout` (a reply that comes later is dropped by the next call).
+  `:timeout` (a reply that comes later stays in the caller's mailbox).
   """
   @spec await(NIF.job(), timeout()) :: {:ok, term()} | :timeout
   def await({:emlx_done, reply}, _timeout), do: {:ok, unwrap(reply)}

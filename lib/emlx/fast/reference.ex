@@ -173,8 +173,7 @@ defmodule EMLX.Fast.Reference do
     v = Nx.put_slice(v_cache, [0, offset, 0, 0], new_v)
     {b, t, _, _} = q.shape
     tmax = elem(k_cache.shape, 1)
-    qpos = Nx.add(Nx.iota({t, 1}, type: {:s, 32}), Nx.as_type(offset, {:s, 32}))
-    keep = Nx.less_equal(Nx.iota({1, tmax}, type: {:s, 32}), qpos) |> Nx.reshape({1, 1, t, tmax})
+    keep = keep_up_to(t, tmax, offset)
 
     keep =
       if key_mask,
@@ -189,11 +188,14 @@ defmodule EMLX.Fast.Reference do
 
   @doc "Attention over the first offset + T_q keys, query i at position offset + i."
   def sdpa_cached(q, k, v, scale, offset) do
-    {_, _, tq, _} = q.shape
-    tmax = elem(k.shape, 2)
-    qpos = Nx.add(Nx.iota({tq, 1}, type: {:s, 32}), Nx.as_type(offset, {:s, 32}))
-    keep = Nx.less_equal(Nx.iota({1, tmax}, type: {:s, 32}), qpos) |> Nx.reshape({1, 1, tq, tmax})
+    keep = keep_up_to(elem(q.shape, 2), elem(k.shape, 2), offset)
     sdpa(q, k, v, scale, {:keep, keep})
+  end
+
+  # {1, 1, t, tmax}: query i (at position offset + i) keeps keys 0..offset + i.
+  defp keep_up_to(t, tmax, offset) do
+    qpos = Nx.add(Nx.iota({t, 1}, type: {:s, 32}), Nx.as_type(offset, {:s, 32}))
+    Nx.less_equal(Nx.iota({1, tmax}, type: {:s, 32}), qpos) |> Nx.reshape({1, 1, t, tmax})
   end
 
   @doc "A linear layer without bias: x @ transpose(weight)."
