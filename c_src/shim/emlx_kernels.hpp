@@ -52,6 +52,8 @@ mx::array truthy(const mx::array &x, SD s);  // a bool tensor: x != 0
 mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d);
 mx::array emlx_full(const emlx_scalar &n, const mx::Shape &shape, mx::Dtype d, SD s);
 mx::array emlx_cast(const mx::array &x, mx::Dtype d, SD s);
+bool host_readable(const mx::array &x);       // available, in a small buffer: read on the host in place
+bool host_int(const mx::array &x, int64_t &v);  // an integer scalar's value, when host_readable
 mx::array emlx_round(const mx::array &x, SD s);
 mx::array emlx_logical_not(const mx::array &x, SD s);
 mx::array emlx_logical_and(const mx::array &a, const mx::array &b, SD s);

@@ -46,6 +46,31 @@ mx::array host_scalar(const mx::array &x, mx::Dtype d) {
 }
 }  // namespace
 
+// An evaluated array in a buffer of a few bytes (a scalar constant, a value
+// from the BEAM, a computed scalar) is read on the host in place. The size
+// bound matters on the GPU, where reading a buffer moves all of it to
+// unified memory: a scalar view of a large tensor is computed on the stream.
+bool host_readable(const mx::array &x) { return x.is_available() && x.buffer_size() <= 64; }
+
+bool host_int(const mx::array &x, int64_t &v) {
+  if (x.size() != 1 || !host_readable(x)) return false;
+  switch (x.dtype()) {
+    case mx::int8: v = *x.data<int8_t>(); return true;
+    case mx::int16: v = *x.data<int16_t>(); return true;
+    case mx::int32: v = *x.data<int32_t>(); return true;
+    case mx::int64: v = *x.data<int64_t>(); return true;
+    case mx::uint8: v = *x.data<uint8_t>(); return true;
+    case mx::uint16: v = *x.data<uint16_t>(); return true;
+    case mx::uint32: v = *x.data<uint32_t>(); return true;
+    case mx::uint64: {
+      uint64_t u = *x.data<uint64_t>();
+      v = u > static_cast<uint64_t>(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(u);
+      return true;
+    }
+    default: return false;
+  }
+}
+
 // x in type d. An available scalar (a constant, as from Nx.add(t, 1)) of a
 // real type converts on the host when the conversion is exact-or-rounded
 // and well defined (to a float type, or integer to integer): no AsType node
@@ -53,7 +78,7 @@ mx::array host_scalar(const mx::array &x, mx::Dtype d) {
 mx::array emlx_cast(const mx::array &x, mx::Dtype d, SD s) {
   if (x.dtype() == d) return x;
   bool to_float = is_float(d), from_int = is_int(x.dtype()) || x.dtype() == mx::bool_;
-  if (x.ndim() == 0 && x.is_available() && !is_complex(d) && !is_complex(x.dtype()) &&
+  if (x.ndim() == 0 && host_readable(x) && !is_complex(d) && !is_complex(x.dtype()) &&
       (to_float || (from_int && is_int(d)))) {
     switch (x.dtype()) {
       case mx::bool_: return host_scalar<bool>(x, d);

@@ -3,7 +3,9 @@
 // and SwiGLU. Every shape and type is checked here first (arg_error, an
 // ArgumentError in Elixir) so MLX never sees input it would reject.
 
+#include <functional>
 #include <string>
+#include <unordered_map>
 
 #include "emlx_kernels.hpp"
 
@@ -59,15 +61,16 @@ mx::array rope_rows(const mx::array &x, const mx::array &pos, int64_t dims, bool
 }
 
 // The value of an integer scalar, read on the host: an available array
-// (one from the BEAM, or computed and waited for) is read in place, with no
-// kernel and no wait on the stream (whose queue may hold an async_eval'd
-// step; emlx_cast converts an available scalar on the host); another is
-// evaluated first (under mx::compile that throws, and the program replays
-// plainly).
+// (one from the BEAM, or computed and waited for) is read in place
+// (host_int), with no kernel and no wait on the stream, whose queue may hold
+// an async_eval'd step; another is evaluated first (under mx::compile that
+// throws, and the program replays plainly).
 int64_t host_int_scalar(const mx::array &a, SD s) {
-  mx::array x = a;
-  if (!x.is_available()) x.eval();
-  return *emlx_cast(x, mx::int64, s).data<int64_t>();
+  int64_t v;
+  if (host_int(a, v)) return v;
+  auto x = mx::astype(a, mx::int64, s);
+  x.eval();
+  return *x.data<int64_t>();
 }
 
 // q {B, Nq, Tq, D}, k and v {B, Nkv, Tkv, D} with Nq a multiple of Nkv.
@@ -257,7 +260,22 @@ mx::array emlx_fast_swiglu(const mx::array &gate, const mx::array &up, SD s) {
   check_float(up, "up");
   if (gate.shape() != up.shape()) throw arg_error("EMLX.Fast: gate and up must have the same shape");
   auto u = mx::astype(up, gate.dtype(), s);
-  return mx::multiply(mx::multiply(gate, mx::sigmoid(gate, s), s), u, s);
+  auto ops = [](const mx::array &g, const mx::array &x, SD st) {
+    return mx::multiply(mx::multiply(g, mx::sigmoid(g, st), st), x, st);
+  };
+  auto st = mx::to_stream(s);
+  if (st.device != mx::Device::gpu) return ops(gate, u, s);
+  // On the GPU, one fused kernel (as mlx-lm's compiled swiglu; each op
+  // still rounds to the input type, so the values are the same), instead of
+  // three launches. MLX's compile cache is per thread, and so is this one.
+  using fn_t = std::function<std::vector<mx::array>(const std::vector<mx::array> &)>;
+  thread_local std::unordered_map<int, fn_t> fused;
+  auto it = fused.find(st.index);
+  if (it == fused.end()) {
+    fn_t body = [ops, st](const std::vector<mx::array> &in) { return std::vector<mx::array>{ops(in[0], in[1], st)}; };
+    it = fused.emplace(st.index, mx::compile(body, true)).first;
+  }
+  return it->second({gate, u})[0];
 }
 
 }  // namespace emlx

@@ -122,16 +122,31 @@ mx::array emlx_slice(const mx::array &x, const mx::Shape &start, const mx::Shape
   return mx::slice(x, start, stop, strides, s);
 }
 
-// Dynamic starts (scalar arrays) clamped into range, as Nx does.
+// Dynamic starts (scalar arrays) clamped into range, as Nx does. Starts
+// known on the host (constants, values from the BEAM) are clamped there and
+// the slice is a static one: no clamping kernels, no dynamic-slice primitive.
+static bool host_starts(const std::vector<mx::array> &starts, const mx::Shape &dims, const mx::Shape &sizes,
+                        mx::Shape &out) {
+  for (size_t i = 0; i < starts.size(); i++) {
+    int64_t v;
+    if (!host_int(starts[i], v)) return false;
+    int64_t hi = std::max<int64_t>(0, dims[i] - sizes[i]);
+    out.push_back(static_cast<int32_t>(std::clamp<int64_t>(v, 0, hi)));
+  }
+  return true;
+}
+
 static mx::array clamp_starts(const std::vector<mx::array> &starts, const mx::Shape &dims, const mx::Shape &sizes,
                               SD s) {
   std::vector<mx::array> parts;
+  mx::Shape hi;
   for (size_t i = 0; i < starts.size(); i++) {
-    auto st = mx::reshape(mx::astype(starts[i], mx::int32, s), {1}, s);
-    int32_t hi = dims[i] - sizes[i];
-    parts.push_back(mx::clip(st, mx::array(0, mx::int32), mx::array(hi < 0 ? 0 : hi, mx::int32), s));
+    parts.push_back(mx::reshape(mx::astype(starts[i], mx::int32, s), {1}, s));
+    hi.push_back(std::max(0, dims[i] - sizes[i]));
   }
-  return mx::concatenate(parts, 0, s);
+  auto st = mx::concatenate(parts, 0, s);
+  auto top = mx::array(hi.begin(), {static_cast<int>(hi.size())}, mx::int32);
+  return mx::clip(st, mx::array(0, mx::int32), top, s);
 }
 
 mx::array emlx_dynamic_slice(const mx::array &x, const std::vector<mx::array> &starts, const mx::Shape &lengths,
@@ -143,6 +158,8 @@ mx::array emlx_dynamic_slice(const mx::array &x, const std::vector<mx::array> &s
     axes.push_back(i);
     if (strides[i] != 1) strided = true;
   }
+  mx::Shape fixed;
+  if (host_starts(starts, x.shape(), lengths, fixed)) return emlx_slice(x, fixed, lengths, strides, s);
   auto st = clamp_starts(starts, x.shape(), lengths, s);
   auto r = mx::slice(x, st, axes, lengths, s);
   if (!strided) return r;
@@ -158,8 +175,14 @@ mx::array emlx_put_slice(const mx::array &x, const mx::array &upd, const std::ve
       throw arg_error("put_slice update is larger than the tensor");
   std::vector<int> axes;
   for (int i = 0; i < static_cast<int>(x.ndim()); i++) axes.push_back(i);
-  auto st = clamp_starts(starts, x.shape(), upd.shape(), s);
-  return mx::slice_update(x, mx::astype(upd, x.dtype(), s), st, axes, s);
+  auto u = mx::astype(upd, x.dtype(), s);
+  mx::Shape fixed;
+  if (host_starts(starts, x.shape(), upd.shape(), fixed)) {
+    mx::Shape stop;
+    for (size_t i = 0; i < fixed.size(); i++) stop.push_back(fixed[i] + upd.shape(static_cast<int>(i)));
+    return mx::slice_update(x, u, fixed, stop, s);
+  }
+  return mx::slice_update(x, u, clamp_starts(starts, x.shape(), upd.shape(), s), axes, s);
 }
 
 mx::array emlx_select(const mx::array &pred, const mx::array &a, const mx::array &b, SD s) {

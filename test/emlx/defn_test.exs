@@ -162,6 +162,49 @@ defmodule EMLX.DefnTest do
     end
   end
 
+  # A start known on the host (a constant, an argument) makes a static slice;
+  # one computed in the graph is clamped on the stream. Both clamp as Nx does.
+  test "slice and put_slice with starts computed in the graph and starts from arguments" do
+    t = Nx.iota({4, 6}, type: :f32)
+    u = Nx.tensor([[-1.0, -2.0, -3.0]])
+
+    for type <- [:s32, :s64, :u8, :u32, :u64], {i, j} <- [{0, 0}, {2, 1}, {3, 5}, {9, 200}] do
+      {si, sj} = {Nx.tensor(i, type: type), Nx.tensor(j, type: type)}
+
+      computed = fn t, u, i, j ->
+        # (i + 2) - 2 is computed in the graph: a lazy start
+        i = Nx.subtract(Nx.add(i, 2), 2)
+        j = Nx.subtract(Nx.add(j, 2), 2)
+        {Nx.slice(t, [i, j], [2, 3]), Nx.put_slice(t, [i, j], u)}
+      end
+
+      given = fn t, u, i, j -> {Nx.slice(t, [i, j], [2, 3]), Nx.put_slice(t, [i, j], u)} end
+
+      for fun <- [computed, given] do
+        want = fun.(t, u, si, sj)
+        got = Nx.Defn.jit(fun, compiler: EMLX).(emlx(t), emlx(u), emlx(si), emlx(sj))
+
+        assert Nx.to_binary(elem(got, 0)) == Nx.to_binary(elem(want, 0)),
+               "slice at #{i},#{j} #{type}"
+
+        assert Nx.to_binary(elem(got, 1)) == Nx.to_binary(elem(want, 1)),
+               "put_slice at #{i},#{j} #{type}"
+      end
+    end
+
+    # a negative start is clamped to 0
+    neg = Nx.tensor(-3)
+
+    got =
+      Nx.Defn.jit(&Nx.put_slice(&1, [Nx.subtract(Nx.add(&2, 2), 2), &2], &3), compiler: EMLX).(
+        emlx(t),
+        emlx(neg),
+        emlx(u)
+      )
+
+    assert Nx.to_binary(got) == Nx.to_binary(Nx.put_slice(t, [neg, neg], u))
+  end
+
   describe "control flow and side effects" do
     defn count_up(x) do
       {_, acc, _} =

@@ -212,7 +212,15 @@ defmodule EMLX.LLM.Qwen3 do
     step =
       step_fun(model, {batch, t_max, padded?}, [model.params, last, caches, offset_at.(0), pads_t])
 
-    run_step = &EMLX.async_eval(step.(model.params, &1, &2, offset_at.(&3), pads_t))
+    run_step = fn input, caches, i ->
+      out = step.(model.params, input, caches, offset_at.(i), pads_t)
+      # The posted step's graph holds the last caches now. Letting go of
+      # EMLX's own hold (before the step is evaluated) lets MLX write each
+      # new key and value into the cache's buffer in place, as mlx-lm's
+      # cache does, instead of copying every cache whole at every step.
+      release(caches)
+      EMLX.async_eval(out)
+    end
 
     # As mlx_lm.generate: step i + 1 is posted (its graph built from step
     # i's lazy token, and started with async_eval) before step i's token is
@@ -232,6 +240,11 @@ defmodule EMLX.LLM.Qwen3 do
     per_prompt = tokens |> Enum.reverse() |> Enum.zip_with(& &1)
     stats = %{prefill_s: seconds.(t1 - t0), decode_s: seconds.(t2 - t1), prompt_tokens: longest}
     {per_prompt, stats}
+  end
+
+  defp release(caches) do
+    for {k, v} <- Tuple.to_list(caches), t <- [k, v], do: Nx.backend_deallocate(t)
+    :ok
   end
 
   defp empty_caches(%__MODULE__{config: c, params: params, device: device}, batch, t_max) do
