@@ -160,6 +160,21 @@ static ERL_NIF_TERM nif_queue_sync(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   return submit_polled(env, job);
 }
 
+static ERL_NIF_TERM nif_queue_drain(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  ERL_NIF_TERM raised;
+  emlx_job *job = queue_job(env, argv[0], EMLX_JOB_DRAIN, &raised);
+  if (!job) return raised;
+  return submit_polled(env, job);
+}
+
+static ERL_NIF_TERM nif_queue_idle(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_queue_res *qr;
+  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  return atomic_load_explicit(&qr->q->pending, memory_order_acquire) == 0 ? ATOM.true_ : ATOM.false_;
+}
+
 /* ---- ops ---- */
 
 /* Atoms are immediate terms, equal exactly when their values are: the op
@@ -604,6 +619,8 @@ static ErlNifFunc funcs[] = {
     {"queue_new", 1, nif_queue_new, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"queue_device", 1, nif_queue_device, 0},
     {"queue_sync", 1, nif_queue_sync, 0},
+    {"queue_drain", 1, nif_queue_drain, 0},
+    {"queue_idle", 1, nif_queue_idle, 0},
     {"op", 4, nif_op, 0},
     {"op_list", 0, nif_op_list, 0},
     {"from_binary", 4, nif_from_binary, 0},

@@ -201,6 +201,13 @@ static void run_async_eval(emlx_queue *q, emlx_job *job) {
 
 static void run_sync(emlx_queue *q, emlx_job *job) { emlx_reply_status(job, emlx_stream_synchronize(q->stream)); }
 
+/* Every job posted before this one has run: no wait on the stream (the
+ * device may still be computing what they asked for). */
+static void run_drain(emlx_queue *q, emlx_job *job) {
+  (void)q;
+  emlx_reply_status(job, EMLX_OK);
+}
+
 /* ---- programs ---- */
 
 static void run_program(emlx_queue *q, emlx_job *job) {
@@ -355,6 +362,7 @@ static void (*const job_bodies[])(emlx_queue *q, emlx_job *job) = {
     [EMLX_JOB_EVAL] = run_eval,
     [EMLX_JOB_ASYNC_EVAL] = run_async_eval,
     [EMLX_JOB_SYNC] = run_sync,
+    [EMLX_JOB_DRAIN] = run_drain,
     [EMLX_JOB_PROGRAM] = run_program,
     [EMLX_JOB_TO_POINTER] = run_to_pointer,
     [EMLX_JOB_FROM_POINTER] = run_from_pointer,
@@ -403,18 +411,20 @@ static void *worker_main(void *arg) {
     emlx_job *job = q->head;
     q->head = job->next;
     if (!q->head) q->tail = NULL;
-    atomic_fetch_sub_explicit(&q->pending, 1, memory_order_acq_rel);
     pthread_mutex_unlock(&q->mu);
 
-    /* A polled job is freed by its reply (or by the caller it replies to). */
+    /* A polled job is freed by its reply (or by the caller it replies to).
+     * pending counts a job until it is done (see emlx_queue_idle). */
     int polled = atomic_load_explicit(&job->poll, memory_order_relaxed) != EMLX_POLL_NONE;
     if (job->nfixups && !resolve(job)) {
       if (!polled) emlx_job_free(job);
+      atomic_fetch_sub_explicit(&q->pending, 1, memory_order_acq_rel);
       continue;
     }
     int stop = job->kind == EMLX_JOB_STOP;
     if (job_bodies[job->kind]) job_bodies[job->kind](q, job);
     if (!polled) emlx_job_free(job);
+    atomic_fetch_sub_explicit(&q->pending, 1, memory_order_acq_rel);
     if (stop) break;
   }
   queue_destroy(q);

@@ -14,7 +14,7 @@ struct emlx_queue {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   emlx_job *head, *tail;
-  atomic_int pending; /* jobs queued, read without the lock while spinning */
+  atomic_int pending; /* jobs posted and not yet done; read without the lock */
   int sleeping;       /* the worker waits on cv (under mu) */
   emlx_stream *stream;
   emlx_device device;

@@ -20,10 +20,11 @@ extern "C" {
 emlx_status emlx_load_safetensors(emlx_stream *s, const char *path, emlx_tensor_file **out) {
   *out = nullptr;
   return guard([&] {
-    // MLX reads files on a CPU stream; a GPU worker's arrays are then used
-    // by its GPU stream like any other.
-    const mx::Stream &stream = s->cpu ? *s->cpu : s->s;
-    auto [arrays, metadata] = mx::load_safetensors(std::string(path), stream);
+    // Read on the worker's own stream. On the GPU, MLX then copies each
+    // tensor into device memory, as Python's mx.load does; read on a CPU
+    // stream they would stay in managed memory, which the GPU's kernels read
+    // more slowly (a 4-bit decoder's step took 1.5x as long).
+    auto [arrays, metadata] = mx::load_safetensors(std::string(path), s->s);
     auto file = std::make_unique<emlx_tensor_file>();
     std::vector<mx::array> all;
     for (auto &[name, a] : arrays) {

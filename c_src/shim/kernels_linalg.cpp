@@ -82,8 +82,11 @@ mx::array emlx_dot(const mx::array &a0, const std::vector<int> &ca, const std::v
   pa.insert(pa.end(), ca.begin(), ca.end());
   pb.insert(pb.end(), cb.begin(), cb.end());
   pb.insert(pb.end(), fb.begin(), fb.end());
-  auto a3 = mx::reshape(mx::transpose(a, pa, s), {B, M, K}, s);
-  auto b3 = mx::reshape(mx::transpose(b, pb, s), {B, K, N}, s);
+  // Without batch axes the product is a plain 2-D matmul (as Python's
+  // a @ b), not a batch of one.
+  bool batched = !ba.empty();
+  auto a3 = mx::reshape(mx::transpose(a, pa, s), batched ? mx::Shape{B, M, K} : mx::Shape{M, K}, s);
+  auto b3 = mx::reshape(mx::transpose(b, pb, s), batched ? mx::Shape{B, K, N} : mx::Shape{K, N}, s);
   bool cpu = mx::to_stream(s).device == mx::Device::cpu;
   auto r = [&] {
     if (cpu && (t == mx::float16 || t == mx::bfloat16))

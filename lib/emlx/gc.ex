@@ -77,8 +77,9 @@ defmodule EMLX.GC do
     Process.delete(@key)
     # A job still queued holds the arrays it reads and makes, and the last
     # holder's release, not the collection, would then queue the destructor,
-    # on no particular scheduler: let the worker catch up first.
-    queue |> EMLX.NIF.queue_sync() |> EMLX.Worker.await()
+    # on no particular scheduler: let the worker catch up first (its jobs
+    # only: the device need not have finished their work).
+    unless EMLX.NIF.queue_idle(queue), do: queue |> EMLX.NIF.queue_drain() |> EMLX.Worker.await()
     :erlang.garbage_collect(self())
     ref = EMLX.NIF.sweep_barrier()
 

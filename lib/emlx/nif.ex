@@ -103,6 +103,17 @@ defmodule EMLX.NIF do
   @spec queue_sync(queue) :: job
   def queue_sync(_queue), do: :erlang.nif_error(:nif_not_loaded)
 
+  @doc """
+  Posts a barrier that replies once the worker has run every job posted
+  before it, without waiting for the device to finish their work.
+  """
+  @spec queue_drain(queue) :: job
+  def queue_drain(_queue), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Whether every job posted to the queue is done (a snapshot)."
+  @spec queue_idle(queue) :: boolean()
+  def queue_idle(_queue), do: :erlang.nif_error(:nif_not_loaded)
+
   ## Ops and programs
 
   @doc "The op table: `[{name, signature}]` (see `EMLX.Ops`)."

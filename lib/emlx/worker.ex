@@ -47,7 +47,7 @@ defmodule EMLX.Worker do
   def run_op(queue, name, args, out_type) do
     case NIF.op(queue, name, args, out_type) do
       {:wait, result} ->
-        queue |> NIF.queue_sync() |> await()
+        queue |> NIF.queue_drain() |> await()
         result
 
       result ->
@@ -67,7 +67,7 @@ defmodule EMLX.Worker do
   defp when_computed(fun, array) do
     case fun.(array) do
       {:pending, owner} ->
-        owner |> NIF.queue_sync() |> await()
+        owner |> NIF.queue_drain() |> await()
         when_computed(fun, array)
 
       result ->

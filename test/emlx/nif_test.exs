@@ -190,4 +190,18 @@ defmodule EMLX.NIFTest do
     assert NIF.queue_sync(q) |> Worker.await() == :ok
     assert Nx.to_list(Nx.add(emlx([1, 2]), 1)) == [2, 3]
   end
+
+  test "queue_drain waits for the jobs posted before it, queue_idle tells when all are done" do
+    q = queue()
+    %{data: %{ref: x}} = emlx([1.0, 2.0]) |> EMLX.eval()
+    last = Enum.reduce(1..500, x, fn _, acc -> Worker.run_op(q, :add, [acc, x], {:f, 32}) end)
+    assert NIF.queue_drain(q) |> Worker.await() == :ok
+    # every op has run: the last result's metadata is there without waiting
+    assert {{2}, {:f, 32}, ^q} = NIF.array_info(last)
+    # the drain job itself may still be counted for a moment after its reply
+    assert Enum.any?(1..1000, fn _ -> NIF.queue_idle(q) or (Process.sleep(1) && false) end)
+
+    assert NIF.to_binary(q, last, 8) |> Worker.await() ==
+             <<501.0::float-32-native, 1002.0::float-32-native>>
+  end
 end
