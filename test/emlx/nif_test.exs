@@ -192,8 +192,13 @@ defmodule EMLX.NIFTest do
   end
 
   test "queue_drain waits for the jobs posted before it, queue_idle tells when all are done" do
-    q = queue()
-    %{data: %{ref: x}} = emlx([1.0, 2.0]) |> EMLX.eval()
+    # a queue of its own: the default one is shared with the other async tests
+    %EMLX.CommandQueue{ref: q} = EMLX.CommandQueue.new!(device())
+
+    x =
+      NIF.from_binary(q, <<1.0::float-32-native, 2.0::float-32-native>>, {2}, {:f, 32})
+      |> Worker.await()
+
     last = Enum.reduce(1..500, x, fn _, acc -> Worker.run_op(q, :add, [acc, x], {:f, 32}) end)
     assert NIF.queue_drain(q) |> Worker.await() == :ok
     # every op has run: the last result's metadata is there without waiting
