@@ -44,8 +44,12 @@ ERL_NIF_TERM emlx_make_pending(ErlNifEnv *env, emlx_queue_res *owner, emlx_array
   return t;
 }
 
-emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_array_res **res_out, int *state_out, int *kind_out,
-                          char *err, size_t errlen) {
+static emlx_arr *retain(const emlx_arr *a, void *storage) {
+  return storage ? emlx_arr_retain_at(a, storage) : emlx_arr_retain(a);
+}
+
+emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_array_res **res_out, int *state_out,
+                          int *kind_out, char *err, size_t errlen) {
   emlx_array_res *res;
   *state_out = EMLX_ARR_READY;
   if (!enif_get_resource(env, t, emlx_array_type, (void **)&res)) {
@@ -56,7 +60,7 @@ emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_array_res **res_o
   spin_lock(res);
   int state = res->state;
   int dead = state == EMLX_ARR_READY && res->arr == NULL;
-  emlx_arr *copy = state == EMLX_ARR_READY && res->arr ? emlx_arr_retain(res->arr) : NULL;
+  emlx_arr *copy = state == EMLX_ARR_READY && res->arr ? retain(res->arr, storage) : NULL;
   if (state == EMLX_ARR_FAILED) {
     snprintf(err, errlen, "%s", res->error ? res->error : "the op producing this tensor failed");
     if (kind_out) *kind_out = res->error_kind;
@@ -98,10 +102,10 @@ emlx_arr *emlx_array_swap(emlx_array_res *res, emlx_arr *a) {
 
 /* ---- worker side ---- */
 
-emlx_arr *emlx_array_resolve(emlx_array_res *res, int *kind, char *msg, size_t msglen) {
+emlx_arr *emlx_array_resolve(emlx_array_res *res, void *storage, int *kind, char *msg, size_t msglen) {
   spin_lock(res);
   int state = res->state;
-  emlx_arr *copy = state == EMLX_ARR_READY && res->arr ? emlx_arr_retain(res->arr) : NULL;
+  emlx_arr *copy = state == EMLX_ARR_READY && res->arr ? retain(res->arr, storage) : NULL;
   if (state == EMLX_ARR_FAILED) {
     *kind = res->error_kind;
     snprintf(msg, msglen, "%s", res->error ? res->error : "the op producing this tensor failed");

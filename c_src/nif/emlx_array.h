@@ -33,11 +33,12 @@ ERL_NIF_TERM emlx_make_array(ErlNifEnv *env, emlx_queue_res *owner, emlx_arr *a)
 /* A new PENDING array resource of the queue (kept once for the job that fills it). */
 ERL_NIF_TERM emlx_make_pending(ErlNifEnv *env, emlx_queue_res *owner, emlx_array_res **res_out);
 
-/* Takes a retained handle from a READY array term. Otherwise NULL, with
- * *state_out telling why (PENDING, FAILED, or READY for a dead/bad term)
- * and a message in err (the error kind in *kind_out when FAILED). */
-emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_array_res **res_out, int *state_out, int *kind_out,
-                          char *err, size_t errlen);
+/* Takes a retained handle from a READY array term, made in storage (of
+ * EMLX_ARR_BYTES, see emlx_arr_retain_at) when not NULL. Otherwise NULL,
+ * with *state_out telling why (PENDING, FAILED, or READY for a dead/bad
+ * term) and a message in err (the error kind in *kind_out when FAILED). */
+emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_array_res **res_out, int *state_out,
+                          int *kind_out, char *err, size_t errlen);
 
 /* Takes the handle out; a pending array is marked to be dropped when computed. */
 emlx_arr *emlx_array_detach(emlx_array_res *res, int *marked_pending);
@@ -47,10 +48,10 @@ emlx_arr *emlx_array_swap(emlx_array_res *res, emlx_arr *a);
 
 /* ---- worker side ---- */
 
-/* A retained handle of an input that was pending when its job was
- * decoded; NULL with the error's kind and message when it failed, was
- * deallocated, or is still pending. */
-emlx_arr *emlx_array_resolve(emlx_array_res *res, int *kind, char *msg, size_t msglen);
+/* A retained handle (in storage when not NULL) of an input that was
+ * pending when its job was decoded; NULL with the error's kind and message
+ * when it failed, was deallocated, or is still pending. */
+emlx_arr *emlx_array_resolve(emlx_array_res *res, void *storage, int *kind, char *msg, size_t msglen);
 /* Fills a pending result, or fails it. */
 void emlx_array_fill(emlx_array_res *res, emlx_arr *a);
 void emlx_array_fail(emlx_array_res *res, int kind, const char *msg);

@@ -31,7 +31,15 @@ static emlx_job *job_alloc(void) {
   spare_lock_take();
   if (nspare > 0) job = spare[--nspare];
   spare_lock_give();
-  return job ? job : malloc(sizeof(emlx_job));
+  if (job) return job;
+  job = malloc(sizeof(emlx_job));
+  if (!job) return NULL;
+  /* the buffers a reused job carries over */
+  job->held = NULL;
+  job->cap_held = 0;
+  job->fixups = NULL;
+  job->cap_fixups = 0;
+  return job;
 }
 
 static void job_release(emlx_job *job) {
@@ -39,7 +47,10 @@ static void job_release(emlx_job *job) {
   int kept = nspare < EMLX_SPARE_JOBS;
   if (kept) spare[nspare++] = job;
   spare_lock_give();
-  if (!kept) free(job);
+  if (kept) return;
+  free(job->held);
+  free(job->fixups);
+  free(job);
 }
 
 emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
@@ -47,9 +58,14 @@ emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
   if (!job) return NULL;
   /* The job is written here and read on the worker's core: an op clears
    * only its header and the op's small fields (its arguments are written as
-   * they are decoded, and read up to nargs), not the whole argument array. */
+   * they are decoded, and read up to nargs), not the whole argument array.
+   * A reused job keeps its held and fixups buffers. */
+  emlx_arr **held = job->held;
+  emlx_fixup *fixups = job->fixups;
+  int cap_held = job->cap_held, cap_fixups = job->cap_fixups;
   if (kind == EMLX_JOB_OP) {
-    memset(job, 0, offsetof(emlx_job, op));
+    memset(job, 0, offsetof(emlx_job, boxes));
+    job->nboxes = 0;
     job->op.index = 0;
     job->op.out_dtype = -1;
     job->op.nargs = 0;
@@ -57,6 +73,10 @@ emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
   } else {
     memset(job, 0, sizeof *job);
   }
+  job->held = held;
+  job->cap_held = cap_held;
+  job->fixups = fixups;
+  job->cap_fixups = cap_fixups;
   job->kind = kind;
   job->error_kind = EMLX_ERR_ARG;
   /* Ops never reply (their results are arrays filled in place), nor does an
@@ -75,11 +95,24 @@ emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
   return job;
 }
 
+/* Storage in the job for one more retained handle, or NULL when it is full. */
+static void *box(emlx_job *job) { return job->nboxes < EMLX_JOB_BOXES ? job->boxes[job->nboxes].bytes : NULL; }
+
+static int boxed(const emlx_job *job, const emlx_arr *a) {
+  const unsigned char *p = (const unsigned char *)a;
+  return p >= job->boxes[0].bytes && p < job->boxes[0].bytes + sizeof job->boxes;
+}
+
+static void drop(emlx_job *job, emlx_arr *a) {
+  if (boxed(job, a))
+    emlx_arr_drop_at(a);
+  else
+    emlx_arr_free(a);
+}
+
 void emlx_job_free(emlx_job *job) {
   for (int i = 0; i < job->nfixups; i++) enif_release_resource(job->fixups[i].res);
-  free(job->fixups);
-  for (int i = 0; i < job->nheld; i++) emlx_arr_free(job->held[i]);
-  free(job->held);
+  for (int i = 0; i < job->nheld; i++) drop(job, job->held[i]);
   emlx_arena_free(&job->arena);
   switch (job->kind) {
     case EMLX_JOB_OP:
@@ -123,6 +156,7 @@ ERL_NIF_TERM emlx_job_fail(ErlNifEnv *env, emlx_job *job, const char *msg) {
 /* ---- decoding, on the scheduler ---- */
 
 static int hold(emlx_job *job, emlx_arr *a) {
+  if (boxed(job, a)) job->nboxes++;
   if (job->nheld == job->cap_held) {
     int cap = job->cap_held ? job->cap_held * 2 : 8;
     emlx_arr **n = realloc(job->held, sizeof(emlx_arr *) * (size_t)cap);
@@ -153,7 +187,7 @@ int emlx_job_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job *job, emlx_arr 
   emlx_array_res *res;
   int state;
   *slot = NULL;
-  emlx_arr *a = emlx_take_array(env, t, &res, &state, &job->error_kind, err, errlen);
+  emlx_arr *a = emlx_take_array(env, t, box(job), &res, &state, &job->error_kind, err, errlen);
   if (!a) {
     if (state != EMLX_ARR_PENDING) return 0;
     if (res->owner->q != job->qres->q) {
@@ -167,7 +201,7 @@ int emlx_job_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job *job, emlx_arr 
     return 1;
   }
   if (!hold(job, a)) {
-    emlx_arr_free(a);
+    drop(job, a);
     snprintf(err, errlen, "out of memory");
     return 0;
   }
@@ -218,10 +252,10 @@ int emlx_job_decode_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *job
 
 int emlx_job_resolve(emlx_job *job, int *kind, char *msg, size_t msglen) {
   for (int i = 0; i < job->nfixups; i++) {
-    emlx_arr *copy = emlx_array_resolve(job->fixups[i].res, kind, msg, msglen);
+    emlx_arr *copy = emlx_array_resolve(job->fixups[i].res, box(job), kind, msg, msglen);
     if (!copy) return 0;
     if (!hold(job, copy)) {
-      emlx_arr_free(copy);
+      drop(job, copy);
       *kind = EMLX_ERR_MLX;
       snprintf(msg, msglen, "out of memory");
       return 0;

@@ -35,6 +35,11 @@ typedef enum {
 
 typedef struct emlx_job emlx_job;
 
+#define EMLX_JOB_BOXES 4
+typedef struct {
+  _Alignas(8) unsigned char bytes[EMLX_ARR_BYTES];
+} emlx_arr_box;
+
 /* A pending input: resolved into *slot on the worker before the job runs
  * (queue order guarantees its producer ran first). */
 typedef struct {
@@ -134,6 +139,11 @@ struct emlx_job {
   emlx_fixup *fixups;
   int nfixups, cap_fixups;
   emlx_arena arena; /* decoded lists */
+  /* The first retained handles live in the job itself, so an op's inputs
+   * cost no malloc on the scheduler and no free on the worker. held and
+   * fixups keep their buffers when the job is reused. */
+  emlx_arr_box boxes[EMLX_JOB_BOXES];
+  int nboxes;
   int error_kind;   /* of a decode failure: EMLX_ERR_ARG, or EMLX_ERR_MLX for a failed input */
 
   union { /* by kind; STOP carries nothing */

@@ -428,7 +428,7 @@ static ERL_NIF_TERM array_meta(ErlNifEnv *env, ERL_NIF_TERM t, int strides) {
   char err[256];
   emlx_array_res *res;
   int state, kind = EMLX_ERR_ARG;
-  emlx_arr *a = emlx_take_array(env, t, &res, &state, &kind, err, sizeof err);
+  emlx_arr *a = emlx_take_array(env, t, NULL, &res, &state, &kind, err, sizeof err);
   if (!a && state == EMLX_ARR_PENDING) return enif_make_tuple2(env, ATOM.pending, enif_make_resource(env, res->owner));
   if (!a) return emlx_raise_kind(env, kind, err);
   int64_t v[EMLX_MAX_DIMS];

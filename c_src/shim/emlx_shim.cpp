@@ -117,6 +117,17 @@ void emlx_arr_free(emlx_arr *a) {
   }
 }
 
+static_assert(sizeof(emlx_arr) <= EMLX_ARR_BYTES && alignof(emlx_arr) <= 8, "EMLX_ARR_BYTES is too small");
+
+emlx_arr *emlx_arr_retain_at(const emlx_arr *a, void *storage) { return new (storage) emlx_arr(a->a); }
+
+void emlx_arr_drop_at(emlx_arr *a) {
+  try {
+    a->~emlx_arr();
+  } catch (...) {
+  }
+}
+
 int emlx_arr_ndim(const emlx_arr *a) { return static_cast<int>(a->a.ndim()); }
 
 void emlx_arr_shape(const emlx_arr *a, int64_t *dims) {

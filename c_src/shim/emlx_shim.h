@@ -173,6 +173,11 @@ emlx_status emlx_stream_synchronize(emlx_stream *s);
 /* ---- arrays ---- */
 emlx_arr *emlx_arr_retain(const emlx_arr *a); /* a new handle on the same array; NULL on OOM */
 void emlx_arr_free(emlx_arr *a);
+/* A handle made in caller-owned storage of EMLX_ARR_BYTES (aligned to 8),
+ * with no allocation; emlx_arr_drop_at ends it, leaving the storage. */
+#define EMLX_ARR_BYTES 16
+emlx_arr *emlx_arr_retain_at(const emlx_arr *a, void *storage);
+void emlx_arr_drop_at(emlx_arr *a);
 int emlx_arr_ndim(const emlx_arr *a);
 void emlx_arr_shape(const emlx_arr *a, int64_t *dims);
 void emlx_arr_strides(const emlx_arr *a, int64_t *strides);
