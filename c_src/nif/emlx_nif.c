@@ -152,20 +152,22 @@ static ERL_NIF_TERM nif_queue_device(ErlNifEnv *env, int argc, const ERL_NIF_TER
   return qr->q->device == EMLX_DEV_GPU ? ATOM.gpu : ATOM.cpu;
 }
 
-static ERL_NIF_TERM nif_queue_sync(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  (void)argc;
+/* A barrier job: SYNC (the jobs before it, then the stream) or DRAIN (the jobs only). */
+static ERL_NIF_TERM queue_barrier(ErlNifEnv *env, ERL_NIF_TERM queue, emlx_job_kind kind) {
   ERL_NIF_TERM raised;
-  emlx_job *job = queue_job(env, argv[0], EMLX_JOB_SYNC, &raised);
+  emlx_job *job = queue_job(env, queue, kind, &raised);
   if (!job) return raised;
   return submit_polled(env, job);
 }
 
+static ERL_NIF_TERM nif_queue_sync(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  return queue_barrier(env, argv[0], EMLX_JOB_SYNC);
+}
+
 static ERL_NIF_TERM nif_queue_drain(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  ERL_NIF_TERM raised;
-  emlx_job *job = queue_job(env, argv[0], EMLX_JOB_DRAIN, &raised);
-  if (!job) return raised;
-  return submit_polled(env, job);
+  return queue_barrier(env, argv[0], EMLX_JOB_DRAIN);
 }
 
 static ERL_NIF_TERM nif_queue_idle(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
