@@ -26,6 +26,7 @@ defmodule EMLX.GC do
 
   @key {__MODULE__, :bytes}
   @default_bytes 16 * 1024 * 1024
+  @min_bytes 4096
 
   # Ops whose result shares its input's buffer: they allocate nothing.
   @views [:reshape, :squeeze, :transpose, :broadcast, :broadcast_to, :slice, :bitcast]
@@ -40,9 +41,14 @@ defmodule EMLX.GC do
       when is_reference(handle) and op not in @views do
     bytes = Tuple.product(shape) * div(bits, 8)
 
-    case Process.get(@key) do
-      nil -> Process.put(@key, bytes)
-      n -> Process.put(@key, n + bytes)
+    # Arrays under a page are not counted (they are the dispatch-bound case,
+    # where this is on every op's path): the BEAM's own collections, which
+    # their terms trigger, free them.
+    if bytes >= @min_bytes do
+      case Process.get(@key) do
+        nil -> Process.put(@key, bytes)
+        n -> Process.put(@key, n + bytes)
+      end
     end
 
     :ok

@@ -36,15 +36,14 @@ defmodule EMLX.Types do
   devices); `context` (the callback or op being run) goes into the message.
   """
   @spec check!(Nx.Type.t(), atom()) :: :ok
-  def check!(type, context) do
-    if type not in @supported do
-      raise ArgumentError,
-            "EMLX.Backend: MLX has no #{Nx.Type.to_string(type)} type " <>
-              "(in #{context}); supported types: " <>
-              Enum.map_join(@supported, ", ", &Nx.Type.to_string/1)
-    end
+  # one clause per type (a pattern match, not a list scan: every op checks)
+  for type <- @supported, do: def(check!(unquote(Macro.escape(type)), _context), do: :ok)
 
-    :ok
+  def check!(type, context) do
+    raise ArgumentError,
+          "EMLX.Backend: MLX has no #{Nx.Type.to_string(type)} type " <>
+            "(in #{context}); supported types: " <>
+            Enum.map_join(@supported, ", ", &Nx.Type.to_string/1)
   end
 
   @doc "The Nx type of an MLX array's type (`:bool` is `{:u, 8}`)."
