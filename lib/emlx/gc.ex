@@ -13,9 +13,10 @@ defmodule EMLX.GC do
   80 MB.
 
   So each process counts the bytes of the arrays its eager ops and compiled
-  programs produce (views excepted). When the count passes `config :emlx,
-  :gc_bytes` (default 16 MiB; `false` turns this off), the next evaluation
-  (`EMLX.eval/1`, a read-back) first lets the queue's worker catch up, runs
+  programs produce (views, and arrays under 4 KiB, excepted). When the
+  count passes `config :emlx, :gc_bytes` (default 16 MiB; `false` turns
+  this off), the next evaluation (`EMLX.eval/1`, a read-back) first lets
+  the queue's worker catch up (its jobs, not the device), runs
   a garbage collection of the process (a full one: a minor collection
   misses the dead handles already promoted to the old heap, which depends
   on what else the process allocated), then waits on
