@@ -192,6 +192,20 @@ defmodule EMLX.DefnTest do
       end
     end
 
+    # strided, at starts from arguments and from the graph
+    strided = fn t, i ->
+      {Nx.slice(t, [i, 1], [3, 5], strides: [2, 2]),
+       Nx.slice(t, [Nx.add(i, 1), 0], [2, 4], strides: [1, 3])}
+    end
+
+    for i <- [0, 1, 7] do
+      si = Nx.tensor(i)
+      want = strided.(t, si)
+      got = Nx.Defn.jit(strided, compiler: EMLX).(emlx(t), emlx(si))
+      assert Nx.to_binary(elem(got, 0)) == Nx.to_binary(elem(want, 0))
+      assert Nx.to_binary(elem(got, 1)) == Nx.to_binary(elem(want, 1))
+    end
+
     # a negative start is clamped to 0
     neg = Nx.tensor(-3)
 
