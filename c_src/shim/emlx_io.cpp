@@ -22,8 +22,7 @@ emlx_status emlx_load_safetensors(emlx_stream *s, const char *path, emlx_tensor_
   return guard([&] {
     // Read on the worker's own stream. On the GPU, MLX then copies each
     // tensor into device memory, as Python's mx.load does; read on a CPU
-    // stream they would stay in managed memory, which the GPU's kernels read
-    // more slowly (a 4-bit decoder's step took 1.5x as long).
+    // stream they would stay in managed memory.
     auto [arrays, metadata] = mx::load_safetensors(std::string(path), s->s);
     auto file = std::make_unique<emlx_tensor_file>();
     std::vector<mx::array> all;

@@ -2,6 +2,9 @@
 // powers, shifts, bit counts, logic on any type, casts), reductions and
 // cumulative extrema.
 
+#include <optional>
+#include <type_traits>
+
 #include "emlx_kernels.hpp"
 
 namespace emlx {
@@ -40,9 +43,24 @@ mx::array emlx_full(const emlx_scalar &n, const mx::Shape &shape, mx::Dtype d, S
 }
 
 namespace {
-template <typename T>
-mx::array host_scalar(const mx::array &x, mx::Dtype d) {
-  return mx::array(*x.data<T>(), d);
+// Calls f with the value of x's first element, read in place in its own C
+// type; false for a type with none here (half precision, complex).
+template <typename F>
+bool visit_host_scalar(const mx::array &x, F &&f) {
+  switch (x.dtype()) {
+    case mx::bool_: f(*x.data<bool>()); return true;
+    case mx::int8: f(*x.data<int8_t>()); return true;
+    case mx::int16: f(*x.data<int16_t>()); return true;
+    case mx::int32: f(*x.data<int32_t>()); return true;
+    case mx::int64: f(*x.data<int64_t>()); return true;
+    case mx::uint8: f(*x.data<uint8_t>()); return true;
+    case mx::uint16: f(*x.data<uint16_t>()); return true;
+    case mx::uint32: f(*x.data<uint32_t>()); return true;
+    case mx::uint64: f(*x.data<uint64_t>()); return true;
+    case mx::float32: f(*x.data<float>()); return true;
+    case mx::float64: f(*x.data<double>()); return true;
+    default: return false;
+  }
 }
 }  // namespace
 
@@ -53,22 +71,13 @@ mx::array host_scalar(const mx::array &x, mx::Dtype d) {
 bool host_readable(const mx::array &x) { return x.is_available() && x.buffer_size() <= 64; }
 
 bool host_int(const mx::array &x, int64_t &v) {
-  if (x.size() != 1 || !host_readable(x)) return false;
-  switch (x.dtype()) {
-    case mx::int8: v = *x.data<int8_t>(); return true;
-    case mx::int16: v = *x.data<int16_t>(); return true;
-    case mx::int32: v = *x.data<int32_t>(); return true;
-    case mx::int64: v = *x.data<int64_t>(); return true;
-    case mx::uint8: v = *x.data<uint8_t>(); return true;
-    case mx::uint16: v = *x.data<uint16_t>(); return true;
-    case mx::uint32: v = *x.data<uint32_t>(); return true;
-    case mx::uint64: {
-      uint64_t u = *x.data<uint64_t>();
+  if (x.size() != 1 || !is_int(x.dtype()) || !host_readable(x)) return false;
+  return visit_host_scalar(x, [&](auto u) {
+    if constexpr (std::is_same_v<decltype(u), uint64_t>)
       v = u > static_cast<uint64_t>(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(u);
-      return true;
-    }
-    default: return false;
-  }
+    else
+      v = static_cast<int64_t>(u);
+  });
 }
 
 // x in type d. An available scalar (a constant, as from Nx.add(t, 1)) of a
@@ -80,20 +89,8 @@ mx::array emlx_cast(const mx::array &x, mx::Dtype d, SD s) {
   bool to_float = is_float(d), from_int = is_int(x.dtype()) || x.dtype() == mx::bool_;
   if (x.ndim() == 0 && host_readable(x) && !is_complex(d) && !is_complex(x.dtype()) &&
       (to_float || (from_int && is_int(d)))) {
-    switch (x.dtype()) {
-      case mx::bool_: return host_scalar<bool>(x, d);
-      case mx::int8: return host_scalar<int8_t>(x, d);
-      case mx::int16: return host_scalar<int16_t>(x, d);
-      case mx::int32: return host_scalar<int32_t>(x, d);
-      case mx::int64: return host_scalar<int64_t>(x, d);
-      case mx::uint8: return host_scalar<uint8_t>(x, d);
-      case mx::uint16: return host_scalar<uint16_t>(x, d);
-      case mx::uint32: return host_scalar<uint32_t>(x, d);
-      case mx::uint64: return host_scalar<uint64_t>(x, d);
-      case mx::float32: return host_scalar<float>(x, d);
-      case mx::float64: return host_scalar<double>(x, d);
-      default: break;
-    }
+    std::optional<mx::array> r;
+    if (visit_host_scalar(x, [&](auto u) { r = mx::array(u, d); })) return *r;
   }
   return mx::astype(x, d, s);
 }

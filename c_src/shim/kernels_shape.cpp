@@ -152,14 +152,14 @@ static mx::array clamp_starts(const std::vector<mx::array> &starts, const mx::Sh
 mx::array emlx_dynamic_slice(const mx::array &x, const std::vector<mx::array> &starts, const mx::Shape &lengths,
                              const mx::Shape &strides, SD s) {
   check_slice_lists(x, starts.size(), lengths, strides);
+  mx::Shape fixed;
+  if (host_starts(starts, x.shape(), lengths, fixed)) return emlx_slice(x, fixed, lengths, strides, s);
   std::vector<int> axes;
   bool strided = false;
   for (int i = 0; i < static_cast<int>(x.ndim()); i++) {
     axes.push_back(i);
     if (strides[i] != 1) strided = true;
   }
-  mx::Shape fixed;
-  if (host_starts(starts, x.shape(), lengths, fixed)) return emlx_slice(x, fixed, lengths, strides, s);
   auto st = clamp_starts(starts, x.shape(), lengths, s);
   auto r = mx::slice(x, st, axes, lengths, s);
   if (!strided) return r;
