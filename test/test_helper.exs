@@ -29,8 +29,10 @@ timeout = if device == :gpu, do: 600_000, else: 60_000
 # through other kernels (cuBLAS picks GEMM kernels by row count; a padded
 # batch attends with a key mask), and their bf16 rounding flips near-tied
 # greedy picks of the random test model (1 prompt of 8 on the H200).
+# :nccl tests need a CUDA build and two GPUs (EMLX_TEST_NCCL=1 on such a host).
 exclude =
   if(torch_cuda?, do: [], else: [:torch_cuda]) ++
-    if(device == :gpu, do: [:batch_bit_equal], else: [])
+    if(device == :gpu, do: [:batch_bit_equal], else: []) ++
+    if(System.get_env("EMLX_TEST_NCCL") == "1", do: [], else: [:nccl])
 
 ExUnit.start(exclude: exclude, timeout: timeout)

@@ -144,12 +144,13 @@ bool cpu_only_op(int op) {
     case OP_solve:
     case OP_determinant:
     case OP_triangular_solve:
-    // MLX's ring backend (TCP) works on host memory
     case OP_dist_init:
+      return true;
+    // MLX's ring backend (TCP) works on host memory, NCCL on the GPU's
     case OP_dist_all:
     case OP_dist_send:
     case OP_dist_recv:
-      return true;
+      return !dist_on_gpu();
     default:
       return false;
   }

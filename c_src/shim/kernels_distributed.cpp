@@ -1,6 +1,8 @@
 // MLX's distributed layer (mlx::core::distributed) behind EMLX.Distributed:
 // one group per OS process, made by dist_init; collectives, send and recv
 // are ops of the op table, so they run eagerly and inside compiled programs.
+// The ring's collectives run on a worker's CPU stream (host memory), an
+// NCCL group's on its GPU stream (NCCL has no send or recv in MLX).
 //
 // A collective whose ranks disagree on shape or type would make MLX's ring
 // backend read the wrong number of bytes and wait for ever. Each collective
@@ -10,6 +12,7 @@
 // instead of under mx::compile. send and recv carry the header too: recv
 // checks it, receives what was sent, and raises on a mismatch.
 
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -25,13 +28,16 @@ namespace dist = mx::distributed;
 
 std::mutex group_mu;
 std::optional<dist::Group> group;  // set once by dist_init
+std::atomic<bool> nccl{false};     // the group is NCCL's (backend: :nccl)
 
 constexpr int kMaxDims = 8;
 constexpr int kHeader = kMaxDims + 2;  // dtype code, rank, dims
 
-dist::Group current() {
+dist::Group current(SD s) {
   std::lock_guard<std::mutex> lock(group_mu);
   if (!group) throw arg_error("EMLX.Distributed: not initialized (call EMLX.Distributed.init/1 first)");
+  if (nccl && mx::to_stream(s).device == mx::Device::cpu)
+    throw arg_error("EMLX.Distributed: an NCCL group's collectives run on device :gpu, not :cpu");
   return *group;
 }
 
@@ -72,36 +78,51 @@ int peer(int64_t p, const dist::Group &g) {
 
 }  // namespace
 
-// backend: 0 any, 1 ring, 2 mpi, 3 nccl. rank (-1: from MLX_RANK) and the
-// hostfile's path as bytes (empty: from MLX_HOSTFILE) are set in the
-// environment MLX's backends read (the BEAM's os:putenv does not reach it).
+bool dist_on_gpu() { return nccl; }
+
+// backend: 0 any, 1 ring, 2 mpi, 3 nccl. rank (-1: from MLX_RANK), size
+// (-1: from MLX_WORLD_SIZE, read by NCCL) and `where` as bytes are set in
+// the environment MLX's backends read (the BEAM's os:putenv does not reach
+// it): for the ring the hostfile's path (MLX_HOSTFILE), for NCCL rank 0's
+// "ip:port" (NCCL_HOST_IP, NCCL_PORT); empty leaves the environment's.
 // Result: int32 {rank, size}.
-mx::array emlx_dist_init(int64_t backend, bool strict, int64_t rank, const std::vector<int64_t> &hostfile, SD s) {
+mx::array emlx_dist_init(int64_t backend, bool strict, int64_t rank, int64_t size, const std::vector<int64_t> &where,
+                         SD s) {
   static const char *names[] = {"any", "ring", "mpi", "nccl"};
   if (backend < 0 || backend > 3) throw arg_error("EMLX.Distributed: unknown backend");
   std::lock_guard<std::mutex> lock(group_mu);
   if (!group) {
     if (rank >= 0) setenv("MLX_RANK", std::to_string(rank).c_str(), 1);
-    if (!hostfile.empty()) {
-      std::string path;
-      for (auto c : hostfile) path.push_back(static_cast<char>(c));
-      setenv("MLX_HOSTFILE", path.c_str(), 1);
+    if (size >= 0) setenv("MLX_WORLD_SIZE", std::to_string(size).c_str(), 1);
+    std::string w;
+    for (auto c : where) w.push_back(static_cast<char>(c));
+    if (!w.empty() && backend == 3) {
+      auto colon = w.rfind(':');
+      if (colon == std::string::npos || colon == 0 || colon + 1 == w.size())
+        throw arg_error("EMLX.Distributed: NCCL's address must be \"ip:port\", got \"" + w + "\"");
+      setenv("NCCL_HOST_IP", w.substr(0, colon).c_str(), 1);
+      setenv("NCCL_PORT", w.substr(colon + 1).c_str(), 1);
+    } else if (!w.empty()) {
+      setenv("MLX_HOSTFILE", w.c_str(), 1);
     }
     if (backend != 0 && !dist::is_available(names[backend]))
       throw arg_error(std::string("EMLX.Distributed: the ") + names[backend] + " backend is not available in this MLX");
     group = dist::init(strict, names[backend]);
+    nccl = backend == 3;
   }
   int32_t rs[2] = {group->rank(), group->size()};
   (void)s;
   return mx::array(rs, {2}, mx::int32);
 }
 
-mx::array emlx_dist_all(const mx::array &x, int64_t kind, SD s) {
-  auto g = current();
+// check: first exchange type and shape (a small collective and a wait);
+// off (EMLX.Distributed.init(check_shapes: false)) ranks must agree.
+mx::array emlx_dist_all(const mx::array &x, int64_t kind, bool check, SD s) {
+  auto g = current(s);
   static const char *what[] = {"all_sum", "all_max", "all_min", "all_gather"};
   if (kind < 0 || kind > 3) throw arg_error("EMLX.Distributed: unknown collective");
   if (g.size() == 1) return kind == 3 ? mx::expand_dims(x, 0, s) : x;
-  check_same(x, g, what[kind], s);
+  if (check) check_same(x, g, what[kind], s);
   switch (kind) {
     case 0: return dist::all_sum(x, g, s);
     case 1: return dist::all_max(x, g, s);
@@ -113,7 +134,7 @@ mx::array emlx_dist_all(const mx::array &x, int64_t kind, SD s) {
 }
 
 mx::array emlx_dist_send(const mx::array &x, int64_t dst, SD s) {
-  auto g = current();
+  auto g = current(s);
   int d = peer(dst, g);
   auto h = dist::send(header(x.shape(), x.dtype()), d, g, s);
   h.eval();
@@ -121,7 +142,7 @@ mx::array emlx_dist_send(const mx::array &x, int64_t dst, SD s) {
 }
 
 mx::array emlx_dist_recv(const mx::Shape &shape, mx::Dtype dtype, int64_t src, SD s) {
-  auto g = current();
+  auto g = current(s);
   int p = peer(src, g);
   auto h = dist::recv({kHeader}, mx::int64, p, g, s);
   h.eval();

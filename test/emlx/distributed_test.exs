@@ -127,6 +127,17 @@ defmodule EMLX.DistributedTest do
     end
   end
 
+  test "check_shapes: false: the collectives run without the type-and-shape exchange" do
+    peers = DistPeer.start(2)
+
+    try do
+      port = 41_000 + :rand.uniform(20_000)
+      assert DistPeer.on_all(peers, :unchecked_sum, [port]) == [3.0, 3.0]
+    after
+      Enum.each(peers, &:peer.stop/1)
+    end
+  end
+
   test "without init/1 the functions raise" do
     refute Distributed.initialized?()
 

@@ -46,9 +46,12 @@ defmodule EMLX.GCTest do
     settle(x)
     base = EMLX.memory_info().active_memory
     _dead = x |> Nx.exp() |> EMLX.eval()
-    assert EMLX.memory_info().active_memory >= base + @bytes
+    # MLX's counters are process-wide: a few bytes freed by earlier tests'
+    # leftovers (seen on the GPU: 8) must not decide it, 16 MiB must.
+    slack = 1024 * 1024
+    assert EMLX.memory_info().active_memory >= base + @bytes - slack
     EMLX.GC.sweep(x.data.queue)
-    assert EMLX.memory_info().active_memory < base + @bytes
+    assert EMLX.memory_info().active_memory < base + @bytes - slack
   end
 
   test "gc_bytes: false turns the sweep off" do

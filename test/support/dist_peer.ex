@@ -9,7 +9,8 @@ defmodule EMLX.DistPeer do
   @doc """
   Starts `n` peer nodes (OS processes) that can run EMLX, and returns them.
   With `named: true` they are distributed Erlang nodes on 127.0.0.1 (epmd
-  is started if needed), returned as `{peer, node}`.
+  is started if needed), returned as `{peer, node}`. With `gpus: true`
+  peer i sees only GPU i - 1 (`CUDA_VISIBLE_DEVICES`), as NCCL's ranks do.
   """
   def start(n, opts \\ []) do
     if opts[:named] do
@@ -27,6 +28,11 @@ defmodule EMLX.DistPeer do
             longnames: true
           },
           else: %{connection: :standard_io}
+
+      args =
+        if opts[:gpus],
+          do: Map.put(args, :env, [{~c"CUDA_VISIBLE_DEVICES", ~c"#{i - 1}"}]),
+          else: args
 
       {:ok, peer, node} = :peer.start(args)
       :ok = :peer.call(peer, :code, :add_paths, [:code.get_path()])
@@ -110,8 +116,8 @@ defmodule EMLX.DistPeer do
   alias EMLX.Distributed
 
   @doc "The collectives eagerly, on the evaluator, compiled and from Nx.BinaryBackend."
-  def collectives(rank) do
-    t = Nx.tensor([1.0 + rank, 10.0 * (rank + 1), -rank], backend: EMLX.Backend)
+  def collectives(rank, device \\ :cpu) do
+    t = Nx.tensor([1.0 + rank, 10.0 * (rank + 1), -rank], backend: {EMLX.Backend, device: device})
 
     f =
       &{Distributed.all_sum(&1), Distributed.all_max(&1), Distributed.all_min(&1),
@@ -120,7 +126,7 @@ defmodule EMLX.DistPeer do
     for r <- [
           f.(t),
           Nx.Defn.jit(f).(t),
-          Nx.Defn.jit(f, compiler: EMLX).(t),
+          Nx.Defn.jit(f, compiler: EMLX, device: device).(t),
           f.(Nx.backend_copy(t, Nx.BinaryBackend))
         ],
         do: r |> Tuple.to_list() |> Enum.map(&Nx.to_list/1)
@@ -146,6 +152,9 @@ defmodule EMLX.DistPeer do
     {a, wrong, Distributed.recv({2}, :f32, 0) |> Nx.to_list()}
   end
 
+  @doc "Rank 0 sends one tensor to rank 1."
+  def send_one(0), do: Distributed.send(Nx.tensor([1.0], backend: EMLX.Backend), 1)
+
   @doc "An all_sum whose ranks bring tensors of different shapes."
   def mismatched(rank),
     do: Distributed.all_sum(Nx.iota({2 + rank}, backend: EMLX.Backend)) |> Nx.to_list()
@@ -154,10 +163,17 @@ defmodule EMLX.DistPeer do
   def sum_ranks(rank),
     do: Distributed.all_sum(Nx.tensor(rank + 1.0, backend: EMLX.Backend)) |> Nx.to_number()
 
-  @doc "Joins a ring of `size` ranks on 127.0.0.1 from `port` on."
-  def join(rank, size, port, timeout \\ 60_000) do
+  @doc "Joins a group (`:ring` or `:nccl`) of `size` ranks on 127.0.0.1 from `port` on."
+  def join(rank, size, port, timeout \\ 60_000, backend \\ :ring) do
     hosts = for i <- 0..(size - 1), do: "127.0.0.1:#{port + i}"
-    EMLX.Distributed.init(backend: :ring, rank: rank, hosts: hosts, timeout: timeout)
+    EMLX.Distributed.init(backend: backend, rank: rank, hosts: hosts, timeout: timeout)
+  end
+
+  @doc "Joins a ring of two with `check_shapes: false`, then all_sums rank + 1."
+  def unchecked_sum(rank, port) do
+    hosts = ["127.0.0.1:#{port}", "127.0.0.1:#{port + 1}"]
+    EMLX.Distributed.init(backend: :ring, rank: rank, hosts: hosts, check_shapes: false)
+    sum_ranks(rank)
   end
 
   @doc "Rank 0 sums while rank 1 does not join: the timeout, then a broken group."
@@ -221,8 +237,8 @@ defmodule EMLX.DistPeer do
   end
 
   @doc "Trains `steps` steps: on the whole batch (rank nil) or on the half of `rank`."
-  def train(rank, steps) do
-    backend = {EMLX.Backend, device: :cpu}
+  def train(rank, steps, device \\ :cpu) do
+    backend = {EMLX.Backend, device: device}
     {x, labels} = data()
     p = Nx.backend_transfer(params(), backend)
 
@@ -239,7 +255,7 @@ defmodule EMLX.DistPeer do
       end
 
     [x, labels] = Enum.map([x, labels], &Nx.backend_transfer(&1, backend))
-    jit = Nx.Defn.jit(fun, compiler: EMLX, device: :cpu)
+    jit = Nx.Defn.jit(fun, compiler: EMLX, device: device)
     p = Enum.reduce(1..steps, p, fn _, p -> jit.(p, x, labels) end)
     Map.new(p, fn {k, v} -> {k, Nx.backend_transfer(v, Nx.BinaryBackend)} end)
   end

@@ -1,0 +1,67 @@
+# One rank of the all_sum bandwidth bench (bench/dist_nccl.sh starts two,
+# each with its own CUDA_VISIBLE_DEVICES): EMLX.Distributed over NCCL, an
+# all_sum of a GiB-sized bf16 tensor on :gpu, timed call by call (each
+# eager call returns once its result is computed).
+#
+#     RANK=r PORT=p MIB=1024 ITERS=20 mix run bench/dist_allsum.exs
+rank = String.to_integer(System.fetch_env!("RANK"))
+port = String.to_integer(System.fetch_env!("PORT"))
+mib = String.to_integer(System.get_env("MIB", "1024"))
+iters = String.to_integer(System.get_env("ITERS", "20"))
+# IMPL=emlx_nocheck: init(check_shapes: false), no type-and-shape exchange a call
+impl = System.get_env("IMPL", "emlx")
+
+hosts = ["127.0.0.1:#{port}", "127.0.0.1:#{port + 1}"]
+
+%{size: size} =
+  EMLX.Distributed.init(
+    backend: :nccl,
+    rank: rank,
+    hosts: hosts,
+    timeout: 300_000,
+    check_shapes: impl != "emlx_nocheck"
+  )
+
+n = div(mib * 1024 * 1024, 2)
+# a materialized tensor (a broadcast would be copied by each all_sum)
+x =
+  Nx.iota({n}, type: :bf16, backend: {EMLX.Backend, device: :gpu})
+  |> Nx.multiply(0)
+  |> Nx.add(rank + 1)
+
+for _ <- 1..3, do: EMLX.Distributed.all_sum(x)
+want = Enum.sum(1..size)
+
+times =
+  for _ <- 1..iters do
+    t0 = System.monotonic_time(:microsecond)
+    y = EMLX.Distributed.all_sum(x)
+    t = System.monotonic_time(:microsecond) - t0
+    # the sum is exact in bf16 for these small integers
+    last = y[n - 1]
+    true = Nx.to_number(last) == want
+    # freed now, as Python's `del y` frees it: the next result reuses its
+    # buffer (the slice is a view of it, so it goes too)
+    Nx.backend_deallocate(last)
+    Nx.backend_deallocate(y)
+    t / 1.0e6
+  end
+
+sorted = Enum.sort(times)
+median = Enum.at(sorted, div(iters, 2))
+bytes = n * 2
+# NCCL's bus bandwidth of an all-reduce: algorithm bandwidth times 2(n-1)/n
+busbw = bytes / median * 2 * (size - 1) / size / 1.0e9
+
+IO.puts(
+  "DIST_RESULT " <>
+    JSON.encode!(%{
+      impl: impl,
+      rank: rank,
+      size: size,
+      bytes: bytes,
+      median_s: median,
+      min_s: hd(sorted),
+      busbw_gbs: busbw
+    })
+)

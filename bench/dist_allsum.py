@@ -1,0 +1,77 @@
+"""One rank of the all_sum bandwidth bench, in Python: NCCL's own figure
+through PyTorch's torch.distributed (IMPL=torch) or MLX's NCCL backend
+(IMPL=mlx), same size, dtype and timing as bench/dist_allsum.exs.
+
+    IMPL=torch RANK=r PORT=p MIB=1024 ITERS=20 python3 bench/dist_allsum.py
+"""
+import json
+import os
+import time
+
+impl = os.environ["IMPL"]
+rank = int(os.environ["RANK"])
+port = int(os.environ["PORT"])
+mib = int(os.environ.get("MIB", "1024"))
+iters = int(os.environ.get("ITERS", "20"))
+size = 2
+n = mib * 1024 * 1024 // 2
+
+if impl == "torch":
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    torch.cuda.set_device(0)
+    x = torch.full((n,), rank + 1, dtype=torch.bfloat16, device="cuda")
+
+    def prepare():
+        # all_reduce works in place: a copy of x, made before the clock starts
+        y = x.clone()
+        torch.cuda.synchronize()
+        return y
+
+    def step(y):
+        dist.all_reduce(y)
+        torch.cuda.synchronize()
+        return y
+
+    def last(y):
+        return y[-1].item()
+
+else:
+    os.environ.update(MLX_RANK=str(rank), MLX_WORLD_SIZE=str(size), NCCL_HOST_IP="127.0.0.1", NCCL_PORT=str(port))
+    import mlx.core as mx
+
+    group = mx.distributed.init(strict=True, backend="nccl")
+    x = mx.full((n,), rank + 1, dtype=mx.bfloat16)
+    mx.eval(x)
+
+    def prepare():
+        return None
+
+    def step(_):
+        y = mx.distributed.all_sum(x, group=group)
+        mx.eval(y)
+        return y
+
+    def last(y):
+        return y[-1].item()
+
+
+for _ in range(3):
+    step(prepare())
+want = sum(range(1, size + 1))
+times = []
+for _ in range(iters):
+    y = prepare()
+    t0 = time.perf_counter()
+    y = step(y)
+    times.append(time.perf_counter() - t0)
+    assert last(y) == want
+    del y
+times.sort()
+median = times[iters // 2]
+nbytes = n * 2
+busbw = nbytes / median * 2 * (size - 1) / size / 1e9
+print("DIST_RESULT " + json.dumps(dict(impl=impl, rank=rank, size=size, bytes=nbytes, median_s=median,
+                                       min_s=times[0], busbw_gbs=busbw)), flush=True)

@@ -1,0 +1,69 @@
+defmodule EMLX.DistributedNCCLTest do
+  # EMLX.Distributed over MLX's NCCL backend: two OS processes (peer nodes),
+  # each with one GPU of its own. Needs a CUDA build and two GPUs, so it runs
+  # only when asked (EMLX_TEST_NCCL=1, on the GPU host); CI has neither.
+  use ExUnit.Case, async: false
+
+  alias EMLX.DistPeer
+
+  @moduletag :nccl
+  @moduletag timeout: 600_000
+
+  setup_all do
+    peers = DistPeer.start(2, gpus: true)
+    on_exit(fn -> Enum.each(peers, &:peer.stop/1) end)
+    port = 41_000 + :rand.uniform(20_000)
+    joined = DistPeer.on_all(peers, :join, [2, port, 300_000, :nccl], 300_000)
+    %{peers: peers, joined: joined}
+  end
+
+  test "init/1 with backend: :nccl gives each process its rank in a group of two", %{
+    joined: joined
+  } do
+    assert joined == [%{rank: 0, size: 2}, %{rank: 1, size: 2}]
+  end
+
+  test "collectives on :gpu: eagerly, on the evaluator, compiled and from Nx.BinaryBackend", %{
+    peers: peers
+  } do
+    want = [
+      [3.0, 30.0, -1.0],
+      [2.0, 20.0, 0.0],
+      [1.0, 10.0, -1.0],
+      [[1.0, 10.0, 0.0], [2.0, 20.0, -1.0]]
+    ]
+
+    for per_rank <- DistPeer.on_all(peers, :collectives, [:gpu], 300_000),
+        got <- per_rank,
+        do: assert(got == want)
+  end
+
+  test "ranks that bring different shapes raise ArgumentError on each", %{peers: peers} do
+    for r <- DistPeer.on_all(peers, :mismatched) do
+      assert {:raised, ArgumentError, message} = r
+      assert message =~ "the ranks' tensors differ"
+    end
+
+    assert DistPeer.on_all(peers, :sum_ranks) == [3.0, 3.0]
+  end
+
+  test "the MLP trained on two GPUs, gradients all_summed by NCCL, equals one GPU on the whole batch",
+       %{peers: peers} do
+    steps = 15
+    [w0, w1] = DistPeer.on_all(peers, :train, [steps, :gpu], 300_000)
+    whole = DistPeer.train(nil, steps, :gpu)
+
+    for k <- [:w1, :b1, :w2, :b2] do
+      assert Nx.to_binary(w0[k]) == Nx.to_binary(w1[k])
+      assert Nx.all_close(w0[k], whole[k], atol: 1.0e-5, rtol: 1.0e-4) |> Nx.to_number() == 1
+    end
+
+    refute Nx.all_close(whole.w1, DistPeer.params().w1, atol: 1.0e-4) |> Nx.to_number() == 1
+  end
+
+  test "send and recv raise ArgumentError: MLX's NCCL backend has neither", %{peers: peers} do
+    [p0 | _] = peers
+    assert {:raised, ArgumentError, message} = :peer.call(p0, DistPeer, :run, [:send_one, [0]])
+    assert message =~ "NCCL backend has no send or recv"
+  end
+end
