@@ -116,7 +116,8 @@ defmodule EMLX.Backend do
     wrap(out, Dispatch.run(queue, op, args, type), device, queue)
   end
 
-  defp device_option(opts), do: Keyword.get(opts, :device) || CommandQueue.default_device()
+  @doc false
+  def device_option(opts), do: Keyword.get(opts, :device) || CommandQueue.default_device()
 
   defp number_arg(%Complex{re: re, im: im}), do: {re, im}
   defp number_arg(n), do: n
@@ -543,67 +544,53 @@ defmodule EMLX.Backend do
       Enum.all?(tensors, fn %T{type: {kind, _}} -> kind != :c end)
   end
 
-  ## Pointers
+  ## Pointers (EMLX.Backend.Pointer)
 
-  @doc """
-  `Nx.to_pointer/2`: `mode: :local` (default) evaluates the tensor, makes it
-  row-contiguous in place and returns the address of MLX's own buffer (no
-  copy; valid while the tensor lives). `mode: :ipc` copies the data into a
-  new POSIX shared-memory segment with `:permissions` (default `0o400`),
-  since MLX arrays are immutable; the receiver unlinks it when it opens it
-  (see `EMLX.shm_unlink/1` otherwise).
-  """
   @impl true
-  def to_pointer(%T{data: %__MODULE__{} = data}, opts) do
-    %__MODULE__{ref: ref, queue: queue} = realize(data)
-    mode = Keyword.get(opts, :mode, :local)
-    permissions = Keyword.get(opts, :permissions, 0o400)
+  defdelegate to_pointer(tensor, opts), to: EMLX.Backend.Pointer
 
-    case :telemetry.span([:emlx, :to_pointer], %{mode: mode}, fn ->
-           {NIF.to_pointer(queue, ref, mode, permissions) |> Worker.await(), %{mode: mode}}
-         end) do
-      {address, size} when is_integer(address) ->
-        %Nx.Pointer{kind: :local, address: address, data_size: size}
-
-      {name, size} ->
-        %Nx.Pointer{kind: :ipc, handle: name, data_size: size}
-    end
-  end
-
-  @doc """
-  `Nx.from_pointer/5`: builds a tensor from a `:local` address of this OS
-  process or an `:ipc` shared-memory handle (which it unlinks). The data is
-  copied into an MLX buffer: MLX may reuse an input buffer in place for an
-  output, which must never write into memory EMLX does not own. A bad
-  address raises instead of crashing (the copy uses process_vm_readv).
-  """
   @impl true
-  def from_pointer(%Nx.Pointer{} = pointer, type, shape, backend_opts, opts) do
-    device = device_option(backend_opts)
-    Types.check!(type, :from_pointer)
-    queue = CommandQueue.resolve(device)
-
-    source =
-      case pointer do
-        %Nx.Pointer{kind: :local, address: address} when is_integer(address) -> address
-        %Nx.Pointer{kind: :ipc, handle: handle} when is_binary(handle) -> handle
-        other -> raise ArgumentError, "invalid pointer: #{inspect(other)}"
-      end
-
-    ref = NIF.from_pointer(queue, source, shape, type) |> Worker.await()
-    names = Keyword.get(opts, :names) || List.duplicate(nil, tuple_size(shape))
-    wrap(%T{shape: shape, type: type, names: names}, ref, device, queue)
-  end
+  defdelegate from_pointer(pointer, type, shape, backend_opts, opts), to: EMLX.Backend.Pointer
 
   ## Running ops
 
   # Runs `op` for the output template `out`: picks the device and queue, brings
   # every tensor argument there, wraps the result (cast to `out.type` unless nil).
   defp run(%T{type: type} = out, op, args, cast \\ :out) do
-    device = args_device(args)
     Types.check!(type, op)
+
+    case one_queue(args) do
+      # the common eager case, without the general path's list walks
+      {raw, device, queue} ->
+        if CommandQueue.resolve(device) == queue,
+          do: post(out, op, raw, device, queue, cast),
+          else: run_any(out, op, args, cast)
+
+      nil ->
+        run_any(out, op, args, cast)
+    end
+  end
+
+  # One or two arrays of one queue: their handles, device and queue.
+  defp one_queue([%T{data: %__MODULE__{ref: r, device: d, queue: q}}]) when is_reference(r),
+    do: {[r], d, q}
+
+  defp one_queue([
+         %T{data: %__MODULE__{ref: r1, device: d, queue: q}},
+         %T{data: %__MODULE__{ref: r2, queue: q}}
+       ])
+       when is_reference(r1) and is_reference(r2),
+       do: {[r1, r2], d, q}
+
+  defp one_queue(_), do: nil
+
+  defp run_any(out, op, args, cast) do
+    device = args_device(args)
     queue = CommandQueue.resolve(device)
-    raw = Enum.map(args, &arg_on(&1, device, queue))
+    post(out, op, Enum.map(args, &arg_on(&1, device, queue)), device, queue, cast)
+  end
+
+  defp post(%T{type: type} = out, op, raw, device, queue, cast) do
     handle = Dispatch.run(queue, op, raw, if(cast == :out, do: type, else: cast))
     EMLX.GC.produced(out, op, handle)
     wrap(out, handle, device, queue)

@@ -17,10 +17,14 @@ defmodule EMLX.GCTest do
     |> EMLX.eval()
   end
 
+  # Frees what is dead: the sweep queues the frees as jobs, the drain waits for them.
   defp settle(x) do
     EMLX.GC.sweep(x.data.queue)
+    drain(x)
     EMLX.reset_peak_memory()
   end
+
+  defp drain(x), do: x.data.queue |> EMLX.NIF.queue_drain() |> EMLX.Worker.await()
 
   test "a sweep barrier answers once the destructors queued before it have run" do
     ref = EMLX.NIF.sweep_barrier()
@@ -51,21 +55,36 @@ defmodule EMLX.GCTest do
     slack = 1024 * 1024
     assert EMLX.memory_info().active_memory >= base + @bytes - slack
     EMLX.GC.sweep(x.data.queue)
+    drain(x)
     assert EMLX.memory_info().active_memory < base + @bytes - slack
   end
 
   test "gc_bytes: false turns the sweep off" do
     previous = Application.get_env(:emlx, :gc_bytes)
-    Application.put_env(:emlx, :gc_bytes, false)
 
-    try do
+    # A dead 16 MiB result (its evaluation's own check stays under the
+    # limit), a lazy op that passes it, then the check an evaluation makes
+    # first. With the sweep on it frees the dead array. With it off there
+    # is no sweep: the count of bytes produced stays (the BEAM may still
+    # collect the handle on its own, so memory cannot tell).
+    dead_after_check = fn ->
       x = input()
       settle(x)
       base = EMLX.memory_info().active_memory
-      x |> chain() |> EMLX.eval()
-      x |> chain() |> EMLX.eval()
-      # the first call's output (and its intermediates) are still alive
-      assert EMLX.memory_info().active_memory >= base + 2 * @bytes
+      _dead = x |> Nx.exp() |> EMLX.eval()
+      _lazy = Nx.negate(x)
+      EMLX.GC.before_eval(x.data.queue)
+      drain(x)
+      {EMLX.memory_info().active_memory - base, Process.get({EMLX.GC, :bytes})}
+    end
+
+    try do
+      Application.put_env(:emlx, :gc_bytes, @bytes + 1)
+      assert {freed, nil} = dead_after_check.()
+      assert freed < @bytes
+      Application.put_env(:emlx, :gc_bytes, false)
+      assert {_, counted} = dead_after_check.()
+      assert counted >= 2 * @bytes
     after
       if previous,
         do: Application.put_env(:emlx, :gc_bytes, previous),
