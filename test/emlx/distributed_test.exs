@@ -22,14 +22,7 @@ defmodule EMLX.DistributedTest do
   test "collectives eagerly, inside defn on the evaluator and under compiler: EMLX", %{
     peers: peers
   } do
-    want = [
-      [3.0, 30.0, -1.0],
-      [2.0, 20.0, 0.0],
-      [1.0, 10.0, -1.0],
-      [[1.0, 10.0, 0.0], [2.0, 20.0, -1.0]]
-    ]
-
-    for per_rank <- DistPeer.on_all(peers, :collectives), got <- per_rank, do: assert(got == want)
+    DistPeer.assert_collectives(peers, :cpu)
   end
 
   test "send and recv; a recv of the wrong shape raises and the pair stays in step", %{
@@ -40,27 +33,12 @@ defmodule EMLX.DistributedTest do
   end
 
   test "ranks that bring different shapes raise ArgumentError on each", %{peers: peers} do
-    for r <- DistPeer.on_all(peers, :mismatched) do
-      assert {:raised, ArgumentError, message} = r
-      assert message =~ "the ranks' tensors differ"
-    end
-
-    # the group still works
-    assert DistPeer.on_all(peers, :sum_ranks) == [3.0, 3.0]
+    DistPeer.assert_mismatch_raises(peers)
   end
 
   test "an MLP trained by two processes on halves, gradients all_summed, equals one on the whole batch",
        %{peers: peers} do
-    steps = 15
-    [w0, w1] = DistPeer.on_all(peers, :train, [steps])
-    whole = DistPeer.train(nil, steps)
-
-    for k <- [:w1, :b1, :w2, :b2] do
-      assert Nx.to_binary(w0[k]) == Nx.to_binary(w1[k])
-      assert Nx.all_close(w0[k], whole[k], atol: 1.0e-5, rtol: 1.0e-4) |> Nx.to_number() == 1
-    end
-
-    refute Nx.all_close(whole.w1, DistPeer.params().w1, atol: 1.0e-4) |> Nx.to_number() == 1
+    DistPeer.assert_trained_like_whole(peers, 15, :cpu)
   end
 
   test "a peer that is gone: the collective raises EMLX.NIFError, and the VM stays up" do

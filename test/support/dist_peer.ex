@@ -152,6 +152,47 @@ defmodule EMLX.DistPeer do
     {a, wrong, Distributed.recv({2}, :f32, 0) |> Nx.to_list()}
   end
 
+  ## What both backends' tests assert (ring in distributed_test.exs, NCCL in distributed_nccl_test.exs)
+
+  import ExUnit.Assertions
+
+  @doc "Each rank's collectives (`collectives/2`) give rank 0's [1, 10, 0] and rank 1's [2, 20, -1] reduced."
+  def assert_collectives(peers, device) do
+    want = [
+      [3.0, 30.0, -1.0],
+      [2.0, 20.0, 0.0],
+      [1.0, 10.0, -1.0],
+      [[1.0, 10.0, 0.0], [2.0, 20.0, -1.0]]
+    ]
+
+    for per_rank <- on_all(peers, :collectives, [device], 300_000),
+        got <- per_rank,
+        do: assert(got == want)
+  end
+
+  @doc "Ranks with different shapes raise ArgumentError on each, and the group still works after."
+  def assert_mismatch_raises(peers) do
+    for r <- on_all(peers, :mismatched) do
+      assert {:raised, ArgumentError, message} = r
+      assert message =~ "the ranks' tensors differ"
+    end
+
+    assert on_all(peers, :sum_ranks) == [3.0, 3.0]
+  end
+
+  @doc "Two ranks trained on halves end equal to each other and to one process on the whole batch."
+  def assert_trained_like_whole(peers, steps, device) do
+    [w0, w1] = on_all(peers, :train, [steps, device], 300_000)
+    whole = train(nil, steps, device)
+
+    for k <- [:w1, :b1, :w2, :b2] do
+      assert Nx.to_binary(w0[k]) == Nx.to_binary(w1[k])
+      assert Nx.all_close(w0[k], whole[k], atol: 1.0e-5, rtol: 1.0e-4) |> Nx.to_number() == 1
+    end
+
+    refute Nx.all_close(whole.w1, params().w1, atol: 1.0e-4) |> Nx.to_number() == 1
+  end
+
   @doc "Rank 0 sends one tensor to rank 1."
   def send_one(0), do: Distributed.send(Nx.tensor([1.0], backend: EMLX.Backend), 1)
 
