@@ -156,6 +156,26 @@ defmodule EMLX.DefnCacheTest do
         Application.delete_env(:emlx, :plan_cache_size)
       end
     end
+
+    test "processes storing past the bound at once evict without crashing" do
+      Application.put_env(:emlx, :plan_cache_size, 4)
+
+      try do
+        # Each store past the bound evicts; at once, two evictions can find
+        # the same oldest entry (Axon's suite hit that: a MatchError).
+        1..8
+        |> Enum.map(fn p ->
+          Task.async(fn ->
+            for k <- 1..2_000, do: EMLX.Defn.Cache.store({:stress, p, k}, :plan)
+          end)
+        end)
+        |> Task.await_many(60_000)
+
+        assert EMLX.Defn.Cache.size() <= 4
+      after
+        Application.delete_env(:emlx, :plan_cache_size)
+      end
+    end
   end
 
   describe "outputs" do
@@ -259,6 +279,13 @@ defmodule EMLX.DefnCacheTest do
         )
 
       assert Nx.to_list(compiled.(emlx([1, 2]), %Raising{shape: {1}})) == [-1, -2]
+    end
+
+    test "a lazy container in a map, some of its parts used" do
+      input = %EMLX.Test.LazyParts{a: [[1]], b: [[2]], c: [[3]]}
+      f = jit(fn %{"x" => x} -> Nx.add(x.a, x.c) end)
+      assert Nx.to_list(f.(%{"x" => input})) == [[4]]
+      assert Nx.to_list(f.(%{"x" => %{input | a: [[10]]}})) == [[13]]
     end
 
     test "a used input is still read, each call" do

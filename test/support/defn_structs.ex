@@ -16,3 +16,19 @@ defmodule EMLX.Test.Raising do
     end
   end
 end
+
+defmodule EMLX.Test.LazyParts do
+  @moduledoc false
+  # A lazy container of three lists: `a` and `c` become tensors when
+  # materialized, `b` raises (Axon's test of lazy container inputs).
+  defstruct [:a, :b, :c]
+
+  defimpl Nx.LazyContainer do
+    def traverse(%{a: a, b: b, c: c}, acc, fun) do
+      {a, acc} = fun.(a |> Nx.tensor() |> Nx.to_template(), fn -> Nx.tensor(a) end, acc)
+      {b, acc} = fun.(b |> Nx.tensor() |> Nx.to_template(), fn -> raise "don't call b" end, acc)
+      {c, acc} = fun.(c |> Nx.tensor() |> Nx.to_template(), fn -> Nx.tensor(c) end, acc)
+      {%{a: a, b: b, c: c}, acc}
+    end
+  end
+end

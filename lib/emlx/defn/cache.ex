@@ -83,7 +83,7 @@ defmodule EMLX.Defn.Cache do
 
     if :ets.insert_new(@table, {key, seq, value}) do
       :ets.insert(@order, {seq, key})
-      evict(:ets.info(@table, :size) - limit())
+      evict(limit())
     end
 
     :ok
@@ -101,17 +101,20 @@ defmodule EMLX.Defn.Cache do
 
   defp limit, do: Application.get_env(:emlx, :plan_cache_size, 512)
 
-  defp evict(n) when n <= 0, do: :ok
+  # Drops the oldest plans until at most `limit` are left. Processes that
+  # store at once evict at once: one that finds the oldest entry already
+  # taken by another goes on to the next.
+  defp evict(limit) do
+    with true <- :ets.info(@table, :size) > limit,
+         seq when seq != :"$end_of_table" <- :ets.first(@order) do
+      case :ets.take(@order, seq) do
+        [{^seq, key}] -> :ets.delete(@table, key)
+        [] -> :ok
+      end
 
-  defp evict(n) do
-    case :ets.first(@order) do
-      :"$end_of_table" ->
-        :ok
-
-      seq ->
-        [{^seq, key}] = :ets.take(@order, seq)
-        :ets.delete(@table, key)
-        evict(n - 1)
+      evict(limit)
+    else
+      _ -> :ok
     end
   end
 
