@@ -8,7 +8,7 @@
 # where state is :passed, :failed, :skipped, :excluded or :invalid, class is
 # a short cause (nil when passed), detail the first lines of the message and
 # file the test file, relative to the project.
-# Two idioms that hold only on Nx.BinaryBackend are classed apart:
+# Idioms that hold only on Nx.BinaryBackend are classed apart:
 #
 #   * "idiom: == on tensor structs": an assertion (or a doctest) compares
 #     tensors, or structs and containers holding them, with `==`/`===`, and
@@ -21,7 +21,11 @@
 #     of Nx.Defn.grad/2 and Nx.Defn.Expr that say so);
 #   * "idiom: a test's own backend meets the default backend": a stand-in
 #     backend defined by a test (its name ends in TestBackend) mixes only
-#     with Nx.BinaryBackend.
+#     with Nx.BinaryBackend;
+#   * "idiom: a tensor sent to another node without a copy to
+#     Nx.BinaryBackend": Nx.Serving's docs ask it of EXLA's and Torchx's
+#     tensors too (distributed_preprocessing); EMLX raises when such a
+#     tensor is used.
 
 defmodule EMLXLibs.Formatter do
   @moduledoc false
@@ -123,10 +127,19 @@ defmodule EMLXLibs.Formatter do
   defp classify(:error, %ArgumentError{} = e) do
     message = msg(e)
 
-    if message =~ "captured as a closure inside the gradient function" or
-         message =~ ~r/cannot convert tensor allocated on \S+ to an expression/,
-       do: "idiom: tensor captured by a jit closure",
-       else: "ArgumentError: " <> message
+    cond do
+      message =~ "captured as a closure inside the gradient function" or
+          message =~ ~r/cannot convert tensor allocated on \S+ to an expression/ ->
+        "idiom: tensor captured by a jit closure"
+
+      # Nx.Serving's docs: EXLA's and Torchx's tensors, too, must be copied
+      # to Nx.BinaryBackend before they go to another node.
+      message =~ "this tensor was made on node" ->
+        "idiom: a tensor sent to another node without a copy to Nx.BinaryBackend"
+
+      true ->
+        "ArgumentError: " <> message
+    end
   end
 
   defp classify(:error, %{__exception__: true} = e), do: inspect(e.__struct__) <> ": " <> msg(e)
@@ -134,6 +147,11 @@ defmodule EMLXLibs.Formatter do
 
   # A linked process (a Task, a serving) that failed: its own failure.
   defp classify({:EXIT, _pid}, {%{__exception__: true} = e, _stack}), do: classify(:error, e)
+
+  # An exit that carries an exception (a distributed serving's remote call):
+  # that exception's cause.
+  defp classify(:exit, {{%{__exception__: true} = e, stack}, _where}) when is_list(stack),
+    do: classify(:error, e)
 
   defp classify(kind, reason),
     do: "#{inspect(kind)}: " <> String.slice(inspect(reason, limit: 5), 0, 120)

@@ -647,7 +647,18 @@ defmodule EMLX.Backend do
   def realize(%__MODULE__{ref: nil, placeholder: placeholder} = data),
     do: %{data | ref: Dispatch.materialize(placeholder), placeholder: nil}
 
-  def realize(%__MODULE__{} = data), do: data
+  def realize(%__MODULE__{ref: ref} = data) when node(ref) == node(), do: data
+
+  # An MLX array lives in its node's memory: a tensor sent to another node
+  # (by a message, or through Nx.Serving without distributed_preprocessing)
+  # holds a reference that means nothing here.
+  def realize(%__MODULE__{ref: ref}) do
+    raise ArgumentError,
+          "EMLX: this tensor was made on node #{node(ref)}, and its MLX array stays in " <>
+            "that node's memory; copy it to Nx.BinaryBackend there before sending it " <>
+            "(Nx.backend_transfer/2, or Nx.Serving's distributed_preprocessing and " <>
+            "distributed_postprocessing)"
+  end
 
   defp wrap(out, handle, device, queue), do: %{out | data: data(handle, device, queue)}
 

@@ -84,6 +84,21 @@ defmodule EMLX.DistributedTest do
     end
   end
 
+  test "an EMLX tensor that comes from another node raises a clear ArgumentError" do
+    [{peer, node}] = DistPeer.start(1, named: true)
+
+    try do
+      foreign = :peer.call(peer, Nx, :tensor, [[1.0, 2.0], [backend: EMLX.Backend]])
+
+      for use <- [&Nx.to_binary/1, &Nx.add(&1, 1), &Nx.add(&1, &1)] do
+        e = assert_raise ArgumentError, fn -> use.(foreign) end
+        assert e.message =~ "this tensor was made on node #{node}"
+      end
+    after
+      :peer.stop(peer)
+    end
+  end
+
   defp assert_in_delta_list(got, want) do
     assert length(got) == length(want)
     for {g, w} <- Enum.zip(got, want), do: assert_in_delta(g, w, 1.0e-6)
