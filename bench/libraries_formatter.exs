@@ -153,6 +153,10 @@ defmodule EMLXLibs.Formatter do
   defp classify(:exit, {{%{__exception__: true} = e, stack}, _where}) when is_list(stack),
     do: classify(:error, e)
 
+  # A serving's exit around another (a streaming call): the inner one's cause.
+  defp classify(:exit, {{{_, _}, {Nx.Serving, _, _}} = inner, {Nx.Serving, _, _}}),
+    do: classify(:exit, inner)
+
   defp classify(kind, reason),
     do: "#{inspect(kind)}: " <> String.slice(inspect(reason, limit: 5), 0, 120)
 
