@@ -69,6 +69,11 @@ void check_same(const mx::array &x, const dist::Group &g, const char *what, SD s
                         describe(h) + "; rank " + std::to_string(r) + ": " + describe(h + r * kHeader) + ")");
 }
 
+bool env_set(const char *name) {
+  const char *v = std::getenv(name);
+  return v && *v;
+}
+
 int peer(int64_t p, const dist::Group &g) {
   if (p < 0 || p >= g.size() || p == g.rank())
     throw arg_error("EMLX.Distributed: peer " + std::to_string(p) + " is not another rank of the group of " +
@@ -85,7 +90,7 @@ bool dist_on_gpu() { return nccl; }
 // the environment MLX's backends read (the BEAM's os:putenv does not reach
 // it): for the ring the hostfile's path (MLX_HOSTFILE), for NCCL rank 0's
 // "ip:port" (NCCL_HOST_IP, NCCL_PORT); empty leaves the environment's.
-// Result: int32 {rank, size}.
+// Result: int32 {rank, size, 1 when the group is NCCL's}.
 mx::array emlx_dist_init(int64_t backend, bool strict, int64_t rank, int64_t size, const std::vector<int64_t> &where,
                          SD s) {
   static const char *names[] = {"any", "ring", "mpi", "nccl"};
@@ -108,11 +113,15 @@ mx::array emlx_dist_init(int64_t backend, bool strict, int64_t rank, int64_t siz
     if (backend != 0 && !dist::is_available(names[backend]))
       throw arg_error(std::string("EMLX.Distributed: the ") + names[backend] + " backend is not available in this MLX");
     group = dist::init(strict, names[backend]);
-    nccl = backend == 3;
+    // "any" takes NCCL first on a CUDA build, when its environment is set
+    // (MLX's own order); the ring, MPI or JACCL otherwise.
+    nccl = backend == 3 || (backend == 0 && group->size() > 1 && mx::is_available(mx::Device::gpu) &&
+                            env_set("NCCL_HOST_IP") && env_set("NCCL_PORT") && env_set("MLX_RANK") &&
+                            env_set("MLX_WORLD_SIZE"));
   }
-  int32_t rs[2] = {group->rank(), group->size()};
+  int32_t rs[3] = {group->rank(), group->size(), nccl ? 1 : 0};
   (void)s;
-  return mx::array(rs, {2}, mx::int32);
+  return mx::array(rs, {3}, mx::int32);
 }
 
 // check: first exchange type and shape (a small collective and a wait);

@@ -17,7 +17,9 @@ defmodule EMLX.Distributed do
       EMLX.Distributed.all_sum(grads)
 
   `init/1` joins the group once per OS process: `:backend` is `:ring`
-  (TCP, MLX's own), `:mpi`, `:nccl` or `:any` (the first available);
+  (TCP, MLX's own), `:mpi`, `:nccl` or `:any` (the first available, in
+  MLX's order: NCCL on a CUDA build when its environment is set, then the
+  ring, MPI);
   rank and hosts come from MLX's usual environment (`MLX_RANK`,
   `MLX_HOSTFILE`, a JSON list with one `["ip:port"]` list per rank; for
   NCCL `MLX_WORLD_SIZE`, `NCCL_HOST_IP` and `NCCL_PORT`) or from the
@@ -109,7 +111,13 @@ defmodule EMLX.Distributed do
           broken: nil
         }
 
-        [rank, size] = run_on(group, :dist_init, args, "init") |> Nx.to_list()
+        [rank, size, nccl] = run_on(group, :dist_init, args, "init") |> Nx.to_list()
+        # backend: :any took NCCL (its environment was set): a :gpu queue
+        group =
+          if nccl == 1 and device == :cpu,
+            do: %{group | queue: EMLX.CommandQueue.new!(:gpu).ref, device: :gpu, backend: :nccl},
+            else: group
+
         :persistent_term.put(__MODULE__, Map.merge(group, %{rank: rank, size: size}))
         %{rank: rank, size: size}
     end

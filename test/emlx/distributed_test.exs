@@ -120,7 +120,7 @@ defmodule EMLX.DistributedTest do
     end
   end
 
-  test "check_shapes: false: the collectives run without the type-and-shape exchange" do
+  test "backend: :any and check_shapes: false: the ring, without the type-and-shape exchange" do
     peers = DistPeer.start(2)
 
     try do
