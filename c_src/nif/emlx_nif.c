@@ -457,6 +457,21 @@ static ERL_NIF_TERM nif_array_strides(ErlNifEnv *env, int argc, const ERL_NIF_TE
   return array_meta(env, argv[0], 1);
 }
 
+/* Whether the array is computed (MLX's is_available, the check a job makes
+ * of an array from another queue): such an array needs no evaluation on its
+ * own queue first. A pending, failed or deallocated array answers false. */
+static ERL_NIF_TERM nif_array_available(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  char err[256];
+  emlx_array_res *res;
+  int state, kind = EMLX_ERR_ARG;
+  emlx_arr *a = emlx_take_array(env, argv[0], NULL, &res, &state, &kind, err, sizeof err);
+  if (!a) return ATOM.false_;
+  int available = emlx_arr_is_available(a);
+  emlx_arr_free(a);
+  return available ? ATOM.true_ : ATOM.false_;
+}
+
 static ERL_NIF_TERM nif_deallocate(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   emlx_array_res *res;
@@ -638,6 +653,7 @@ static ErlNifFunc funcs[] = {
     {"save_safetensors", 4, emlx_nif_save_safetensors, 0},
     {"array_info", 1, nif_array_info, 0},
     {"array_strides", 1, nif_array_strides, 0},
+    {"array_available", 1, nif_array_available, 0},
     {"deallocate", 1, nif_deallocate, 0},
     {"device_available", 1, nif_device_available, 0},
     {"memory_info", 0, nif_memory_info, 0},

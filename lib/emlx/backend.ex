@@ -676,9 +676,10 @@ defmodule EMLX.Backend do
   defp arg_on(%T{data: %__MODULE__{queue: queue} = data}, _device, queue), do: handle(data)
 
   defp arg_on(%T{data: %__MODULE__{} = data}, _device, _queue) do
-    # MLX streams are thread-local: evaluate on the array's own queue first.
+    # MLX streams are thread-local: an array not yet computed is evaluated
+    # on its own queue first (a round trip to that queue's worker).
     %__MODULE__{ref: ref, queue: other} = realize(data)
-    NIF.eval(other, [ref]) |> Worker.await()
+    unless NIF.array_available(ref), do: NIF.eval(other, [ref]) |> Worker.await()
     ref
   end
 

@@ -196,6 +196,10 @@ defmodule EMLX.NIF do
   @spec array_strides(array) :: tuple() | {:pending, queue}
   def array_strides(_array), do: :erlang.nif_error(:nif_not_loaded)
 
+  @doc "Whether an array is computed (false while pending, failed or deallocated)."
+  @spec array_available(array) :: boolean()
+  def array_available(_array), do: :erlang.nif_error(:nif_not_loaded)
+
   @doc "The strides of an array, waiting for a pending one (`EMLX.Worker.strides/1`)."
   @spec strides(array) :: tuple()
   defdelegate strides(array), to: EMLX.Worker

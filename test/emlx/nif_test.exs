@@ -209,4 +209,30 @@ defmodule EMLX.NIFTest do
     assert NIF.to_binary(q, last, 8) |> Worker.await() ==
              <<501.0::float-32-native, 1002.0::float-32-native>>
   end
+
+  test "array_available: false until computed, then true; false once deallocated" do
+    %EMLX.CommandQueue{ref: q} = EMLX.CommandQueue.new!(device())
+    x = NIF.from_binary(q, <<1.0::float-32-native>>, {1}, {:f, 32}) |> Worker.await()
+    y = Worker.run_op(q, :add, [x, x], {:f, 32})
+    assert NIF.queue_drain(q) |> Worker.await() == :ok
+    # made, not evaluated (MLX is lazy)
+    refute NIF.array_available(y)
+    assert NIF.eval(q, [y]) |> Worker.await() == :ok
+    assert NIF.array_available(y)
+
+    # a tensor of another queue, computed: used there with no evaluation first
+    t =
+      Nx.tensor([1.0, 2.0], backend: {EMLX.Backend, device: device()}) |> Nx.add(1) |> EMLX.eval()
+
+    assert NIF.array_available(t.data.ref)
+    other = EMLX.CommandQueue.new!(device())
+
+    assert Nx.to_list(EMLX.CommandQueue.with_queue(other, fn -> Nx.multiply(t, 2) end)) == [
+             4.0,
+             6.0
+           ]
+
+    NIF.deallocate(y)
+    refute NIF.array_available(y)
+  end
 end
