@@ -173,8 +173,6 @@ mx::array emlx_put_slice(const mx::array &x, const mx::array &upd, const std::ve
   for (size_t i = 0; i < x.ndim(); i++)
     if (upd.shape(static_cast<int>(i)) > x.shape(static_cast<int>(i)))
       throw arg_error("put_slice update is larger than the tensor");
-  std::vector<int> axes;
-  for (int i = 0; i < static_cast<int>(x.ndim()); i++) axes.push_back(i);
   auto u = mx::astype(upd, x.dtype(), s);
   mx::Shape fixed;
   if (host_starts(starts, x.shape(), upd.shape(), fixed)) {
@@ -182,6 +180,8 @@ mx::array emlx_put_slice(const mx::array &x, const mx::array &upd, const std::ve
     for (size_t i = 0; i < fixed.size(); i++) stop.push_back(fixed[i] + upd.shape(static_cast<int>(i)));
     return mx::slice_update(x, u, fixed, stop, s);
   }
+  std::vector<int> axes;
+  for (int i = 0; i < static_cast<int>(x.ndim()); i++) axes.push_back(i);
   return mx::slice_update(x, u, clamp_starts(starts, x.shape(), upd.shape(), s), axes, s);
 }
 
