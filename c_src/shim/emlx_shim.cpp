@@ -196,8 +196,17 @@ emlx_status emlx_arr_host_view(emlx_stream *s, const emlx_arr *a, emlx_arr **vie
   return guard([&] {
     mx::array x = a->a;
     x.eval();
+    const mx::Stream &st = stream_for_array(*s, x);
     if (!x.flags().row_contiguous) {
-      x = mx::contiguous(x, false, stream_for_array(*s, x));
+      x = mx::contiguous(x, false, st);
+      x.eval();
+    } else if (st.device == mx::Device::gpu && x.buffer_size() > x.nbytes()) {
+      /* A view into a larger device buffer (Nx.to_number(t[i]) of a big
+       * tensor): reading it in place would move the whole buffer to
+       * unified memory (MLX's CUDA allocator does so on a host read), and
+       * the buffer, once freed, would serve later results from there.
+       * Copy the view's own bytes on the device and read those. */
+      x = mx::copy(x, st);
       x.eval();
     }
     /* eval waits for x itself: no stream-wide sync, which would also wait
