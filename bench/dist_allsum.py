@@ -14,6 +14,9 @@ port = int(os.environ["PORT"])
 mib = int(os.environ.get("MIB", "1024"))
 iters = int(os.environ.get("ITERS", "20"))
 size = 2
+# READ=each (default): each result's last element is read and checked
+# between calls, outside the timing; READ=last: only the last result's
+read_each = os.environ.get("READ", "each") == "each"
 n = mib * 1024 * 1024 // 2
 
 if impl == "torch":
@@ -62,16 +65,17 @@ for _ in range(3):
     step(prepare())
 want = sum(range(1, size + 1))
 times = []
-for _ in range(iters):
+for i in range(iters):
     y = prepare()
     t0 = time.perf_counter()
     y = step(y)
     times.append(time.perf_counter() - t0)
-    assert last(y) == want
+    if read_each or i == iters - 1:
+        assert last(y) == want
     del y
 times.sort()
 median = times[iters // 2]
 nbytes = n * 2
 busbw = nbytes / median * 2 * (size - 1) / size / 1e9
-print("DIST_RESULT " + json.dumps(dict(impl=impl, rank=rank, size=size, bytes=nbytes, median_s=median,
+print("DIST_RESULT " + json.dumps(dict(impl=impl, read="each" if read_each else "last", rank=rank, size=size, bytes=nbytes, median_s=median,
                                        min_s=times[0], busbw_gbs=busbw)), flush=True)

@@ -5,7 +5,8 @@
 # process, a 1 GiB bf16 tensor (MIB); EMLX twice, with its per-call
 # type-and-shape check (the default) and without (check_shapes: false).
 # Writes OUT/nccl.json with each rank's result and the ratios of bus
-# bandwidth, EMLX / PyTorch and EMLX / MLX.
+# bandwidth, EMLX / PyTorch and EMLX / MLX. READ=last checks only the last
+# result of each run (default READ=each: every result, between the timed calls).
 set -uo pipefail
 out="${1:-/tmp/emlx-nccl}"
 mkdir -p "$out"
