@@ -139,6 +139,10 @@ ERL_NIF_TERM emlx_nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     }
     in->op = emlx_find_op(el[0]);
     if (in->op < 0) return emlx_raise_arg(env, "instruction %u: unknown EMLX op %T", i, el[0]);
+    /* A collective (EMLX.Distributed) checks the ranks' types and shapes at
+     * every call, on the host: a program holding one is never traced by
+     * mx::compile, whose cached trace would skip the check on some ranks. */
+    if (strncmp(emlx_op_name(in->op), "dist_", 5) == 0) p->prog.plain = 1;
     const char *sig = emlx_op_signature(in->op);
     int nsig = (int)strlen(sig);
     unsigned len;

@@ -156,7 +156,7 @@ mx::array emlx_quantized_matmul(const mx::array &x, const mx::array &w, const mx
 
 // ---- MLX's distributed layer (kernels_distributed.cpp) ----
 mx::array emlx_dist_init(int64_t backend, bool strict, int64_t rank, int64_t size, const std::vector<int64_t> &where,
-                         SD s);
+                         const std::vector<int64_t> &check_host, SD s);
 bool dist_on_gpu();  // the group is NCCL's: collectives run on the GPU stream
 mx::array emlx_dist_all(const mx::array &x, int64_t kind, bool check, SD s);
 mx::array emlx_dist_send(const mx::array &x, int64_t dst, SD s);

@@ -6,11 +6,13 @@
 //
 // A collective whose ranks disagree on shape or type would make MLX's ring
 // backend read the wrong number of bytes and wait for ever. Each collective
-// first all-gathers a small header (type and shape) and raises
-// (ArgumentError) when the ranks differ; that read needs data while the
-// graph is built, so a program holding a collective replays plainly
-// instead of under mx::compile. send and recv carry the header too: recv
-// checks it, receives what was sent, and raises on a mismatch.
+// first exchanges a small header (type and shape) and raises
+// (ArgumentError) when the ranks differ: over the side channel of
+// kernels_dist_check.cpp, or where there is none as a small all_gather. A
+// program holding a collective replays plainly, never under mx::compile
+// (emlx_programs.c), so the check runs at every call. send and recv carry
+// the header too: recv checks it, receives what was sent, and raises on a
+// mismatch.
 
 #include <atomic>
 #include <cstdlib>
@@ -25,6 +27,13 @@ namespace emlx {
 namespace {
 
 namespace dist = mx::distributed;
+}  // namespace
+
+void dist_check_setup(const dist::Group &g, const std::string &host, SD s);
+bool dist_check_exchange(const std::vector<int64_t> &mine, int &bad, std::vector<int64_t> &h0,
+                         std::vector<int64_t> &hb);
+
+namespace {
 
 std::mutex group_mu;
 std::optional<dist::Group> group;  // set once by dist_init
@@ -42,12 +51,17 @@ dist::Group current(SD s) {
 }
 
 // A tensor's type and shape as kHeader int64s.
-mx::array header(const mx::Shape &shape, mx::Dtype dtype) {
+std::vector<int64_t> header_values(const mx::Shape &shape, mx::Dtype dtype) {
   if (shape.size() > kMaxDims) throw arg_error("EMLX.Distributed: tensors of at most 8 axes");
   std::vector<int64_t> h(kHeader, -1);
   h[0] = from_dtype(dtype);
   h[1] = static_cast<int64_t>(shape.size());
   for (size_t i = 0; i < shape.size(); i++) h[2 + i] = shape[i];
+  return h;
+}
+
+mx::array header(const mx::Shape &shape, mx::Dtype dtype) {
+  auto h = header_values(shape, dtype);
   return mx::array(h.data(), {kHeader}, mx::int64);
 }
 
@@ -57,16 +71,26 @@ std::string describe(const int64_t *h) {
   return s + "}";
 }
 
+[[noreturn]] void differ(const char *what, const int64_t *h0, int r, const int64_t *hr) {
+  throw arg_error(std::string("EMLX.Distributed.") + what + ": the ranks' tensors differ (rank 0: " + describe(h0) +
+                  "; rank " + std::to_string(r) + ": " + describe(hr) + ")");
+}
+
 // Every rank must bring the same type and shape.
 void check_same(const mx::array &x, const dist::Group &g, const char *what, SD s) {
-  auto all = dist::all_gather(header(x.shape(), x.dtype()), g, s);
+  auto mine = header_values(x.shape(), x.dtype());
+  int bad;
+  std::vector<int64_t> h0, hb;
+  if (dist_check_exchange(mine, bad, h0, hb)) {
+    if (bad >= 0) differ(what, h0.data(), bad, hb.data());
+    return;
+  }
+  auto all = dist::all_gather(mx::array(mine.data(), {kHeader}, mx::int64), g, s);
   all.eval();
   const int64_t *h = all.data<int64_t>();
   for (int r = 1; r < g.size(); r++)
     for (int k = 0; k < kHeader; k++)
-      if (h[r * kHeader + k] != h[k])
-        throw arg_error(std::string("EMLX.Distributed.") + what + ": the ranks' tensors differ (rank 0: " +
-                        describe(h) + "; rank " + std::to_string(r) + ": " + describe(h + r * kHeader) + ")");
+      if (h[r * kHeader + k] != h[k]) differ(what, h, r, h + r * kHeader);
 }
 
 bool env_set(const char *name) {
@@ -91,11 +115,13 @@ bool dist_on_gpu() { return nccl; }
 // it): for the ring the hostfile's path (MLX_HOSTFILE), for NCCL rank 0's
 // "ip:port" (NCCL_HOST_IP, NCCL_PORT); empty leaves the environment's.
 // Result: int32 {rank, size, 1 when the group is NCCL's}.
+// check_host: rank 0's IPv4 address for the check's side channel, as bytes
+// ("": none; an NCCL group uses NCCL_HOST_IP).
 mx::array emlx_dist_init(int64_t backend, bool strict, int64_t rank, int64_t size, const std::vector<int64_t> &where,
-                         SD s) {
+                         const std::vector<int64_t> &check_host, SD s) {
   static const char *names[] = {"any", "ring", "mpi", "nccl"};
   if (backend < 0 || backend > 3) throw arg_error("EMLX.Distributed: unknown backend");
-  std::lock_guard<std::mutex> lock(group_mu);
+  std::unique_lock<std::mutex> lock(group_mu);
   if (!group) {
     if (rank >= 0) setenv("MLX_RANK", std::to_string(rank).c_str(), 1);
     if (size >= 0) setenv("MLX_WORLD_SIZE", std::to_string(size).c_str(), 1);
@@ -119,8 +145,18 @@ mx::array emlx_dist_init(int64_t backend, bool strict, int64_t rank, int64_t siz
                             env_set("NCCL_HOST_IP") && env_set("NCCL_PORT") && env_set("MLX_RANK") &&
                             env_set("MLX_WORLD_SIZE"));
   }
-  int32_t rs[3] = {group->rank(), group->size(), nccl ? 1 : 0};
-  (void)s;
+  std::string host;
+  if (nccl) {
+    if (const char *ip = std::getenv("NCCL_HOST_IP")) host = ip;
+  } else {
+    for (auto c : check_host) host.push_back(static_cast<char>(c));
+  }
+  dist::Group g = *group;
+  lock.unlock();
+  // (NCCL's set-up collectives run on the GPU stream: the group's queue is
+  // a :gpu one, or for backend: :any, on whatever stream this is.)
+  if (!nccl || mx::to_stream(s).device == mx::Device::gpu) dist_check_setup(g, host, s);
+  int32_t rs[3] = {g.rank(), g.size(), nccl ? 1 : 0};
   return mx::array(rs, {3}, mx::int32);
 }
 

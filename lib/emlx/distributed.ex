@@ -50,12 +50,17 @@ defmodule EMLX.Distributed do
 
   Every collective first exchanges its tensor's type and shape, and raises
   `ArgumentError` when the ranks differ, rather than letting MLX read the
-  wrong number of bytes; `recv/3` checks what arrives likewise. A peer that
-  is gone breaks the TCP connection and the call raises `EMLX.NIFError`.
-  A program holding a collective reads that header while it is built, so
-  it replays without `mx::compile` fusion. The exchange is a small
-  collective and a wait for it, a fixed cost a call (a 1 GiB all_sum on two
-  H200s through NCCL took 0.17-0.49 ms longer with it, in three runs).
+  wrong number of bytes; `recv/3` checks what arrives likewise. The
+  exchange goes over a side channel that `init/1` opens: one TCP
+  connection from each rank to rank 0 (at the first host's IPv4 address,
+  for NCCL `NCCL_HOST_IP`, on a port rank 0 picks), one small message
+  each way a call, on the host, with no device work and no wait for the
+  device. Where rank 0's address is not known as an IPv4 address, the
+  exchange is a small collective and a wait for it (a 1 GiB all_sum on two
+  H200s through NCCL took 0.17-0.49 ms longer with it, in three runs). A
+  peer that is gone closes its connection and the call raises
+  `EMLX.NIFError`. A program holding a collective replays without
+  `mx::compile` fusion, so that the check runs at every call.
   `init(check_shapes: false)` skips it, for programs whose ranks are known
   to agree; a mismatch then reaches MLX.
   """
@@ -100,7 +105,7 @@ defmodule EMLX.Distributed do
 
       nil ->
         {device, size, where} = where(opts[:backend], opts[:hosts])
-        args = [code, opts[:strict], opts[:rank] || -1, size, where]
+        args = [code, opts[:strict], opts[:rank] || -1, size, where, check_host(opts[:hosts])]
         queue = EMLX.CommandQueue.new!(device)
 
         group = %{
@@ -135,6 +140,42 @@ defmodule EMLX.Distributed do
     path = Path.join(System.tmp_dir!(), "emlx-hosts-#{System.pid()}.json")
     File.write!(path, JSON.encode!(Enum.map(hosts, &[&1])))
     {:cpu, -1, :binary.bin_to_list(path)}
+  end
+
+  # Rank 0's IPv4 address, where the other ranks reach the shape check's
+  # side channel (an NCCL group's comes from NCCL_HOST_IP, in the NIF): the
+  # first of the hosts, or of the hostfile MLX_HOSTFILE names. [] when
+  # unknown (the check is then a small collective).
+  defp check_host(hosts) do
+    first =
+      case hosts do
+        [host | _] -> host
+        _ -> hostfile_first(System.get_env("MLX_HOSTFILE"))
+      end
+
+    with host when is_binary(host) <- first,
+         [_ | _] = parts <- String.split(host, ":"),
+         ip = parts |> Enum.drop(-1) |> Enum.join(":"),
+         {:ok, _} <- :inet.parse_ipv4strict_address(String.to_charlist(ip)) do
+      :binary.bin_to_list(ip)
+    else
+      _ -> []
+    end
+  end
+
+  defp hostfile_first(nil), do: nil
+
+  defp hostfile_first(path) do
+    with {:ok, text} <- File.read(path),
+         {:ok, [first | _]} <- JSON.decode(text) do
+      case first do
+        [host | _] when is_binary(host) -> host
+        host when is_binary(host) -> host
+        _ -> nil
+      end
+    else
+      _ -> nil
+    end
   end
 
   @doc "This process's rank in the group."

@@ -52,7 +52,8 @@ defmodule EMLX.DistributedTest do
       assert {:raised, EMLX.NIFError, message} =
                :peer.call(p0, DistPeer, :run, [:sum_ranks, [0]], 60_000)
 
-      assert message =~ "connection to a peer was lost"
+      # (the shape check's channel notices first; without it, the ring does)
+      assert message =~ ~r"rank 1 is gone|connection to a peer was lost"
       code = "Nx.tensor(2.0, backend: EMLX.Backend) |> Nx.multiply(2) |> Nx.to_number()"
       assert {4.0, _} = :peer.call(p0, Code, :eval_string, [code])
     after
