@@ -33,7 +33,9 @@ defmodule EMLX.Types do
   2.15 s (Nx.BinaryBackend 2.13 s; c64 0.4 ms). The check that routes these
   types costs every other op a pattern match per tensor argument (about
   10 ns for an add, measured alone; an eager f32 add, about 1.4 us, did
-  not change beyond its noise).
+  not change beyond its noise). Under `compiler: EMLX`, a `defn` with such
+  a type anywhere in its expression runs op by op with `Nx.Defn.Evaluator`
+  on `EMLX.Backend` (see `EMLX.Defn`).
 
   MLX-only features take native types only and raise `ArgumentError`
   naming the type: `EMLX.Fast`, `EMLX.Quantization`, `.safetensors` files

@@ -227,6 +227,85 @@ defmodule EMLX.EmulatedTypesTest do
     end
   end
 
+  describe "c128 under compiler: EMLX" do
+    defp jit_same(fun, args) do
+      got =
+        apply(
+          Nx.Defn.jit(fun, compiler: EMLX),
+          Enum.map(args, &Nx.backend_copy(&1, {EMLX.Backend, device: device()}))
+        )
+
+      want = apply(Nx.Defn.jit(fun, compiler: Nx.Defn.Evaluator), args)
+      assert_bits(got, want)
+      got
+    end
+
+    test "a function of c128 runs op by op, as Nx's evaluator on Nx.BinaryBackend" do
+      fun = fn x, y ->
+        {Nx.sum(Nx.multiply(Nx.exp(x), y)), Nx.abs(Nx.dot(x, Nx.transpose(y))), Nx.real(x)}
+      end
+
+      x = c128()
+      y = Nx.multiply(x, Complex.new(0.5, -0.25))
+      {s, a, r} = jit_same(fun, [x, y])
+      assert s.data.device == device()
+      assert a.type == {:f, 64}
+      assert r.type == {:f, 64}
+
+      # the second call reuses the cached decision (and gives the same bits)
+      {s2, _, _} = jit_same(fun, [x, y])
+      assert Nx.to_binary(s2) == Nx.to_binary(s)
+    end
+
+    test "the decision is cached with the plan: a second call does not trace again" do
+      counter = :counters.new(1, [])
+
+      fun =
+        Nx.Defn.jit(
+          fn x ->
+            :counters.add(counter, 1, 1)
+            Nx.multiply(x, Nx.conjugate(x))
+          end,
+          compiler: EMLX
+        )
+
+      x = Nx.backend_copy(c128(), {EMLX.Backend, device: device()})
+      first = fun.(x)
+      second = fun.(x)
+      assert :counters.get(counter, 1) == 1
+      assert Nx.to_binary(first) == Nx.to_binary(second)
+      assert Nx.to_binary(first) == Nx.to_binary(Nx.multiply(c128(), Nx.conjugate(c128())))
+    end
+
+    test "an f64 input with a c128 intermediate, a while loop and a cond" do
+      jit_same(&EMLX.EmulatedCases.Defns.c128_loop/1, [bin([0.1, -0.7, 1.3], :f64)])
+      jit_same(&EMLX.EmulatedCases.Defns.c128_loop/1, [bin([-0.1, -0.7, 0.3], :f64)])
+    end
+
+    test "grad through complex functions" do
+      for f <- [&Nx.exp/1, &Nx.sin/1, &Nx.sqrt/1, &Nx.conjugate/1, &Nx.log/1] do
+        fun = fn x -> Nx.Defn.grad(x, fn y -> y |> f.() |> Nx.abs() |> Nx.sum() end) end
+        jit_same(fun, [c128()])
+      end
+
+      # an f64 input whose gradient passes through c128
+      fun = fn x ->
+        Nx.Defn.grad(x, fn y ->
+          y |> Nx.complex(Nx.multiply(y, 2)) |> Nx.exp() |> Nx.imag() |> Nx.sum()
+        end)
+      end
+
+      jit_same(fun, [bin([0.1, -0.2, 0.3], :f64)])
+    end
+
+    test "a c64 function still records one MLX program" do
+      fun = Nx.Defn.jit(fn x -> Nx.multiply(Nx.exp(x), 2) end, compiler: EMLX)
+      x = emlx([Complex.new(1, 2)], type: :c64)
+      assert Nx.to_flat_list(fun.(x)) == Nx.to_flat_list(Nx.multiply(Nx.exp(x), 2))
+      assert %EMLX.Backend{} = fun.(x).data
+    end
+  end
+
   describe "f8 and f8_e4m3fn" do
     for type <- f8_types() do
       @type_ type
@@ -360,6 +439,17 @@ defmodule EMLX.EmulatedTypesTest do
       want = Nx.to_batched(x, 4) |> Enum.to_list()
       assert length(got) == 4
       Enum.zip_with(got, want, &assert_bits/2)
+    end
+
+    test "a defn on s4 under compiler: EMLX" do
+      fun = Nx.Defn.jit(fn x -> x |> Nx.add(3) |> Nx.multiply(x) end, compiler: EMLX)
+      x = bin([-8, -1, 0, 5, 7], :s4)
+      got = fun.(Nx.backend_copy(x, {EMLX.Backend, device: device()}))
+
+      want =
+        Nx.Defn.jit(fn x -> x |> Nx.add(3) |> Nx.multiply(x) end, compiler: Nx.Defn.Evaluator).(x)
+
+      assert_bits(got, want)
     end
   end
 

@@ -119,3 +119,26 @@ defmodule EMLX.EmulatedCases do
   defp copy(%Nx.Tensor{} = t, backend), do: Nx.backend_copy(t, backend)
   defp copy(other, _backend), do: other
 end
+
+defmodule EMLX.EmulatedCases.Defns do
+  @moduledoc "defn functions over emulated types (test/emlx/emulated_types_test.exs)."
+  import Nx.Defn
+
+  @doc "An f64 input through a c128 loop state and a cond on the result."
+  defn c128_loop(x) do
+    z = Nx.complex(x, x * 0.5)
+
+    {_, acc, _} =
+      while {i = 0, acc = z, z}, i < 3 do
+        {i + 1, acc * z + 1, z}
+      end
+
+    out = Nx.sum(Nx.real(acc))
+
+    if out > 0 do
+      out
+    else
+      -out
+    end
+  end
+end

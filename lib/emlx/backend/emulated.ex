@@ -33,6 +33,7 @@ defmodule EMLX.Backend.Emulated do
 
   alias EMLX.{CommandQueue, NIF, Worker}
   alias EMLX.Defn.Recorder
+  alias Nx.Defn.{Composite, Tree}
   alias Nx.Tensor, as: T
 
   # Work on the stored array as it is, whatever it holds (or are no
@@ -120,6 +121,33 @@ defmodule EMLX.Backend.Emulated do
   def any?(tuple) when is_tuple(tuple), do: tuple |> Tuple.to_list() |> any?()
   def any?(t) when emulated_tensor(t), do: true
   def any?(_), do: false
+
+  @doc """
+  Whether a traced `defn` expression (a container of `Nx.Defn.Expr`
+  tensors) has a node of an emulated type, in any scope (loop bodies,
+  branches, blocks' default implementations). One visit per node id.
+  """
+  def expr?(container) do
+    Composite.reduce(container, %{}, &visit/2)
+    false
+  catch
+    :emlx_emulated -> true
+  end
+
+  defp visit(%T{type: type}, _seen) when is_emulated(type), do: throw(:emlx_emulated)
+
+  defp visit(%T{data: %Nx.Defn.Expr{id: id}} = t, seen) do
+    case seen do
+      %{^id => _} ->
+        seen
+
+      %{} ->
+        {_, seen} = Tree.apply_args(t, :all, Map.put(seen, id, true), &{&1, visit(&1, &2)})
+        seen
+    end
+  end
+
+  defp visit(_other, seen), do: seen
 
   ## The callbacks
 
