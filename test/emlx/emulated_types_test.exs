@@ -430,6 +430,17 @@ defmodule EMLX.EmulatedTypesTest do
       end
     end
 
+    test "sub-byte start indices of slice and put_slice (found in the list argument)" do
+      t = bin([0, 1, 2, 3, 4, 5], :s32)
+
+      for type <- subbyte_types() do
+        i = bin(1, type)
+        got = assert_emulated(&Nx.slice(&1, [&2], [2]), [t, i], device())
+        assert storage(got) == {{2}, {:s, 32}}
+        assert_emulated(&Nx.put_slice(&1, [&2], Nx.tensor([9, 9])), [t, i], device())
+      end
+    end
+
     test "to_batched of an odd number of u4 elements" do
       x = bin(Enum.to_list(0..14), :u4)
 

@@ -116,10 +116,15 @@ defmodule EMLX.Backend.Emulated do
     end
   end
 
-  @doc "Whether a term holds a tensor of an emulated type (in lists and tuples, one level each)."
-  def any?(list) when is_list(list), do: Enum.any?(list, &any?/1)
-  def any?(tuple) when is_tuple(tuple), do: tuple |> Tuple.to_list() |> any?()
+  @doc """
+  Whether a term holds a tensor of an emulated type, in lists and tuples
+  (a slice's start indices, a concatenate's tensors, a block's arguments).
+  """
+  def any?([]), do: false
+  def any?([head | tail]) when is_integer(head), do: any?(tail)
+  def any?([head | tail]), do: any?(head) or any?(tail)
   def any?(t) when emulated_tensor(t), do: true
+  def any?(tuple) when is_tuple(tuple), do: any?(Tuple.to_list(tuple))
   def any?(_), do: false
 
   @doc """
