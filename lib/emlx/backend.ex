@@ -8,12 +8,15 @@ defmodule EMLX.Backend do
   Options: `:device` (`:cpu` or `:gpu`, default `EMLX.default_device/0`);
   any other option raises `ArgumentError`.
 
-  Types: u8..u64, s8..s64, f16, bf16, f32, c64, and f64 (computed in f64,
-  CPU only). Types MLX lacks (f8, c128, sub-byte integers) raise an
-  `ArgumentError` naming the type; nothing is silently downcast.
+  Types: u8..u64, s8..s64, f16, bf16, f32, f64 and c64 are MLX's. The types
+  MLX lacks (c128, f8, f8_e4m3fn, u2, u4, s2, s4) are computed exactly with
+  Nx.BinaryBackend's implementation, op by op (`EMLX.Types`); nothing is
+  silently downcast.
   """
 
   @behaviour Nx.Backend
+  # Wraps the callbacks: emulated types go to EMLX.Backend.Emulated.
+  use EMLX.Backend.Emulated
 
   # `ref` is the MLX array. While `compiler: EMLX` records a defn, an op's
   # result has no array yet: `ref` is nil and `placeholder` holds the
@@ -23,13 +26,19 @@ defmodule EMLX.Backend do
   alias Nx.Tensor, as: T
   alias EMLX.{CommandQueue, Dispatch, NIF, Types, Worker}
   alias EMLX.Backend.Fold
+  import EMLX.Backend.Emulated, only: [emulated_tensor: 1]
 
-  @doc "The Nx types EMLX.Backend stores (MLX has no f8, c128 or sub-byte integers)."
+  @doc "The Nx types EMLX.Backend stores: MLX's and the emulated ones (see `EMLX.Types`)."
   defdelegate supported_types, to: EMLX.Types, as: :supported
 
   ## Conversions
 
-  @doc "Converts an Nx tensor to a device ref `{device, ref}` (transferring it to EMLX when needed)."
+  @doc """
+  Converts an Nx tensor to a device ref `{device, ref}` (transferring it to
+  EMLX when needed). For a type MLX lacks (see `EMLX.Types`) the array is
+  the tensor's stored bytes, a uint8 vector.
+  """
+  # A type MLX lacks: its stored bytes, a uint8 vector (see EMLX.Types).
   def from_nx(%T{data: %__MODULE__{} = data}), do: {data.device, realize(data).ref}
 
   def from_nx(%T{} = tensor) do
@@ -103,7 +112,7 @@ defmodule EMLX.Backend do
   @impl true
   def from_binary(%T{shape: shape, type: type} = out, binary, opts) do
     device = device_option(opts)
-    Types.check!(type, :from_binary)
+    Types.native!(type, :from_binary)
     queue = CommandQueue.resolve(device)
     ref = NIF.from_binary(queue, binary, shape, type) |> Worker.await()
     wrap(out, ref, device, queue)
@@ -111,7 +120,7 @@ defmodule EMLX.Backend do
 
   defp create(%T{type: type} = out, opts, op, args, callback) do
     device = device_option(opts)
-    Types.check!(type, callback)
+    Types.native!(type, callback)
     queue = CommandQueue.resolve(device)
     wrap(out, Dispatch.run(queue, op, args, type), device, queue)
   end
@@ -557,7 +566,7 @@ defmodule EMLX.Backend do
   # Runs `op` for the output template `out`: picks the device and queue, brings
   # every tensor argument there, wraps the result (cast to `out.type` unless nil).
   defp run(%T{type: type} = out, op, args, cast \\ :out) do
-    Types.check!(type, op)
+    Types.native!(type, op)
 
     case one_queue(args) do
       # the common eager case, without the general path's list walks
@@ -601,7 +610,7 @@ defmodule EMLX.Backend do
     templates = Tuple.to_list(outs)
     [%T{type: type} | _] = templates
     device = args_device(args)
-    Types.check!(type, op)
+    Types.native!(type, op)
     queue = CommandQueue.resolve(device)
     raw = Enum.map(args, &arg_on(&1, device, queue))
     handles = Dispatch.run(queue, op, raw, nil)
@@ -626,6 +635,9 @@ defmodule EMLX.Backend do
 
   @doc false
   # The handle of a tensor on `queue`, transferring or evaluating as needed.
+  def ref_on(%T{type: type} = t, _device, _queue) when emulated_tensor(t),
+    do: Types.native!(type, "an MLX array argument")
+
   def ref_on(%T{} = t, device, queue), do: arg_on(t, device, queue)
 
   @doc false
@@ -684,7 +696,7 @@ defmodule EMLX.Backend do
   end
 
   defp arg_on(%T{shape: shape, type: type} = t, _device, queue) do
-    Types.check!(type, :backend_transfer)
+    Types.native!(type, :backend_transfer)
     NIF.from_binary(queue, Nx.to_binary(t), shape, type) |> Worker.await()
   end
 

@@ -37,6 +37,14 @@ defmodule EMLX.Defn do
   functions are re-recorded on every call (no plan is cached). Anything the
   recorder cannot batch runs through the eager backend.
 
+  A function with a type MLX lacks (c128, f8, sub-byte integers; see
+  `EMLX.Types`) in its inputs, outputs or any node of its expression is
+  not recorded: Nx's evaluator runs it op by op on `EMLX.Backend`, which
+  computes those types with Nx.BinaryBackend's implementation, so it gives
+  what Nx's evaluator on Nx.BinaryBackend gives (gradients included). The
+  expression is walked once, when it is traced; the evaluator is cached as
+  its plan.
+
   ## Options
 
     * `:device` - `:cpu` or `:gpu` (default `EMLX.default_device/0`)
@@ -130,6 +138,9 @@ defmodule EMLX.Defn do
         run_plan(plan, output, args, device, queue, opts[:fuse]) ||
           record(vars, fun, args, opts, device, queue) |> elem(0)
 
+      {:eager, eval} ->
+        run_eager(eval, args, device, queue)
+
       :dynamic ->
         record(vars, fun, args, opts, device, queue) |> elem(0)
 
@@ -141,16 +152,56 @@ defmodule EMLX.Defn do
   end
 
   defp cache_value(nil, _result), do: :dynamic
+  defp cache_value({:eager, _eval} = eager, _result), do: eager
   defp cache_value(plan, result), do: {:plan, plan, Composite.traverse(result, &Nx.to_template/1)}
 
   # Hooks (and runtime calls) receive tensors backed by real arrays.
   defp evaluator_opts(opts), do: Callbacks.evaluator_opts(opts)
 
-  # Walks the expression with Nx's evaluator while EMLX.Backend records.
+  # Walks the expression with Nx's evaluator while EMLX.Backend records;
+  # an expression with a type MLX lacks runs op by op instead (its
+  # evaluator is the cached plan).
   defp record(vars, fun, args, opts, device, queue) do
-    eval =
-      Nx.Defn.Evaluator.__compile__(nil, vars, Callbacks.wrap(fun, opts), evaluator_opts(opts))
+    case compile(vars, fun, opts) do
+      {eval, :emulated} -> {run_eager(eval, args, device, queue), {:eager, eval}}
+      {eval, :native} -> record(eval, args, opts, device, queue)
+    end
+  end
 
+  # Nx's evaluator for `fun`, and whether its expression holds a type MLX
+  # lacks (EMLX.Types.emulated/0), found by one walk while it is traced.
+  defp compile(vars, fun, opts) do
+    flag = {__MODULE__, :emulated, make_ref()}
+    wrapped = Callbacks.wrap(fun, opts, fn -> Process.put(flag, true) end)
+
+    try do
+      eval = Nx.Defn.Evaluator.__compile__(nil, vars, wrapped, evaluator_opts(opts))
+      {eval, if(Process.get(flag), do: :emulated, else: :native)}
+    after
+      Process.delete(flag)
+    end
+  end
+
+  # Types MLX lacks: Nx's evaluator runs the expression op by op on
+  # EMLX.Backend (EMLX.Backend.Emulated computes those types), on `device`
+  # and `queue`; inputs and outputs are EMLX tensors there.
+  defp run_eager(eval, args, device, queue) do
+    params = Enum.map(args, fn arg -> fn -> on_device(arg.(), device) end end)
+
+    [result] =
+      Nx.with_default_backend({EMLX.Backend, device: device}, fn ->
+        CommandQueue.with_queue(%CommandQueue{ref: queue, device: device}, fn ->
+          eval.([params])
+        end)
+      end)
+
+    Composite.traverse(result, &on_device(&1, device))
+  end
+
+  defp on_device(%Nx.Tensor{data: %EMLX.Backend{device: device}} = t, device), do: t
+  defp on_device(%Nx.Tensor{} = t, device), do: Nx.backend_copy(t, {EMLX.Backend, device: device})
+
+  defp record(eval, args, opts, device, queue) do
     {{result, outputs}, rec} =
       Recorder.with_recorder(queue, device, fn ->
         params =

@@ -200,13 +200,19 @@ defmodule EMLX.Distributed do
   must call `recv/3` with its shape and type).
   """
   def send(tensor, dst) when is_integer(dst) do
-    run_on(point_to_point!("send"), :dist_send, [Nx.to_tensor(tensor), dst], "send")
+    group = point_to_point!("send")
+    tensor = Nx.to_tensor(tensor)
+    EMLX.Types.native!(tensor.type, "EMLX.Distributed.send")
+    run_on(group, :dist_send, [tensor, dst], "send")
     :ok
   end
 
   @doc "Receives a tensor of `shape` and `type` sent by rank `src`."
   def recv(shape, type, src) when is_tuple(shape) and is_integer(src) do
-    run_on(point_to_point!("recv"), :dist_recv, [shape, Nx.Type.normalize!(type), src], "recv")
+    group = point_to_point!("recv")
+    type = Nx.Type.normalize!(type)
+    EMLX.Types.native!(type, "EMLX.Distributed.recv")
+    run_on(group, :dist_recv, [shape, type, src], "recv")
   end
 
   defp point_to_point!(what) do
@@ -223,6 +229,7 @@ defmodule EMLX.Distributed do
   defp collective(name, tensor) do
     %{size: size, check_shapes: check} = group!()
     tensor = Nx.to_tensor(tensor)
+    EMLX.Types.native!(tensor.type, "EMLX.Distributed.#{name}")
 
     out =
       if name == :all_gather,

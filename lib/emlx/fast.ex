@@ -540,7 +540,8 @@ defmodule EMLX.Fast do
     t = tensor!(t, name, what)
 
     case t.type do
-      {kind, _} when kind in [:f, :bf] ->
+      # f8 is no MLX type (see EMLX.Types): MLX's kernels cannot take it
+      {kind, size} when kind in [:f, :bf] and size >= 16 ->
         t
 
       type ->

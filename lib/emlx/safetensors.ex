@@ -114,7 +114,7 @@ defmodule EMLX.SafeTensors do
               "and biases (EMLX.Quantization.parts/1) under names of their own"
     end
 
-    unless match?(%EMLX.Backend{}, t.data), do: Types.check!(t.type, :save_safetensors)
+    Types.native!(t.type, "safetensors (MLX's writer)")
     t
   end
 

@@ -6,10 +6,6 @@ defmodule EMLX.DoctestExclusions do
   """
 
   @excluded [
-    # MLX has no f8, f8_e4m3fn or sub-byte integer types: these examples
-    # build such tensors, and EMLX raises naming the type instead.
-    tensor: 2,
-    bit_size: 1,
     # Nx's float64 erf_inv is a float32-accurate approximation: EMLX gives
     # the float64 value (erf_inv(0.1) = 0.08885599049425769, Nx
     # 0.08885598780483887). Re-tested in test/emlx/precision_test.exs.

@@ -3,6 +3,7 @@ defmodule EMLX.Backend.Pointer do
   # `Nx.to_pointer/2` and `Nx.from_pointer/5` for EMLX.Backend.
 
   alias EMLX.{CommandQueue, NIF, Types, Worker}
+  alias EMLX.Backend.Emulated
   alias Nx.Tensor, as: T
 
   @doc """
@@ -11,7 +12,9 @@ defmodule EMLX.Backend.Pointer do
   copy; valid while the tensor lives). `mode: :ipc` copies the data into a
   new POSIX shared-memory segment with `:permissions` (default `0o400`),
   since MLX arrays are immutable; the receiver unlinks it when it opens it
-  (see `EMLX.shm_unlink/1` otherwise).
+  (see `EMLX.shm_unlink/1` otherwise). A tensor of a type MLX lacks (see
+  `EMLX.Types`) gives its stored bytes: Nx's binary of it (c128 as pairs
+  of f64, sub-byte integers bit-packed), which `from_pointer/5` reads back.
   """
   def to_pointer(%T{data: %EMLX.Backend{} = data}, opts) do
     %EMLX.Backend{ref: ref, queue: queue} = EMLX.Backend.realize(data)
@@ -48,7 +51,14 @@ defmodule EMLX.Backend.Pointer do
         other -> raise ArgumentError, "invalid pointer: #{inspect(other)}"
       end
 
-    ref = NIF.from_pointer(queue, source, shape, type) |> Worker.await()
+    # A type MLX lacks is stored as its bytes (EMLX.Backend.Emulated):
+    # they are read as a uint8 vector.
+    ref =
+      if Types.emulated?(type),
+        do: NIF.from_pointer(queue, source, {Emulated.byte_count(type, shape)}, {:u, 8}),
+        else: NIF.from_pointer(queue, source, shape, type)
+
+    ref = Worker.await(ref)
     names = Keyword.get(opts, :names) || List.duplicate(nil, tuple_size(shape))
     %T{shape: shape, type: type, names: names, data: EMLX.Backend.data(ref, device, queue)}
   end

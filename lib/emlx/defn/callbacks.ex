@@ -16,12 +16,22 @@ defmodule EMLX.Defn.Callbacks do
   The traced function `fun`, with callbacks in its expression realizing
   their input and loops run by `EMLX.Defn.Loop`. `opts` are the compiler's.
   """
-  def wrap(fun, opts) do
+  #
+  # An expression with a type MLX lacks (EMLX.Types.emulated/0) anywhere is
+  # left as it is, to run op by op on EMLX.Backend, and `on_emulated` is
+  # called.
+  def wrap(fun, opts, on_emulated \\ fn -> :ok end) do
     fn vars ->
       expr = fun.(vars)
-      opts = Keyword.put(opts, :emlx_scope, EMLX.Defn.Sub.eager_ids(expr))
-      {expr, _seen} = Composite.traverse(expr, %{}, &rewrite(&1, &2, opts))
-      expr
+
+      if EMLX.Backend.Emulated.expr?(expr) do
+        on_emulated.()
+        expr
+      else
+        opts = Keyword.put(opts, :emlx_scope, EMLX.Defn.Sub.eager_ids(expr))
+        {expr, _seen} = Composite.traverse(expr, %{}, &rewrite(&1, &2, opts))
+        expr
+      end
     end
   end
 

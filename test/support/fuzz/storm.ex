@@ -401,7 +401,14 @@ defmodule EMLX.Fuzz.Storm do
 
   defp nx_ref(%Nx.Tensor{data: %EMLX.Backend{ref: ref}}), do: ref
 
-  # The tensor's Nx shape and type agree with the MLX array under it.
+  # The tensor's Nx shape and type agree with the MLX array under it; a
+  # type MLX lacks is a uint8 vector of its Nx binary's bytes.
+  defp well_formed?(%Nx.Tensor{shape: shape, type: type, vectorized_axes: []} = t)
+       when type in [{:c, 128}, {:f, 8}, {:f8_e4m3fn, 8}, {:u, 2}, {:u, 4}, {:s, 2}, {:s, 4}] do
+    bytes = div(Tuple.product(shape) * elem(type, 1) + 7, 8)
+    match?({{^bytes}, {:u, 8}, _}, Worker.info(nx_ref(t)))
+  end
+
   defp well_formed?(%Nx.Tensor{shape: shape, type: type, vectorized_axes: []} = t) do
     case Worker.info(nx_ref(t)) do
       {^shape, ^type, _} -> true

@@ -9,7 +9,7 @@ defmodule EMLX.Fuzz.Values do
   # (an Nx tensor), `{:"$d", label}` (a device ref); `st.fixed_lists` and
   # `st.dyn` hold the entries of each family (see EMLX.Fuzz.Storm).
 
-  @valid_types EMLX.Backend.supported_types()
+  @valid_types EMLX.Types.native()
   @bad_types [
     {:f, 8},
     {:u, 4},
