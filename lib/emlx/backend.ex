@@ -203,38 +203,9 @@ defmodule EMLX.Backend do
   # a placeholder of a recording owns no memory yet
   def backend_deallocate(%T{data: %__MODULE__{}}), do: :ok
 
+  # Batches as slices of the tensor (and a concatenate for a repeated leftover).
   @impl true
-  def to_batched(%T{shape: out_shape} = out, %T{shape: shape} = tensor, opts) do
-    leftover = opts[:leftover]
-    batch_size = elem(out_shape, 0)
-    axis_size = elem(shape, 0)
-    remainder = rem(axis_size, batch_size)
-    full = div(axis_size, batch_size)
-    rank = tuple_size(shape)
-    zeros = List.duplicate(0, rank - 1)
-    ones = List.duplicate(1, rank)
-    rest = tl(Tuple.to_list(out_shape))
-
-    range = if remainder != 0 and leftover == :repeat, do: 0..full, else: 0..(full - 1)//1
-
-    Stream.map(range, fn
-      ^full ->
-        tail = %{out | shape: List.to_tuple([remainder | rest])}
-        head = %{out | shape: List.to_tuple([batch_size - remainder | rest])}
-
-        concatenate(
-          out,
-          [
-            slice(tail, tensor, [full * batch_size | zeros], [remainder | rest], ones),
-            slice(head, tensor, [0 | zeros], [batch_size - remainder | rest], ones)
-          ],
-          0
-        )
-
-      i ->
-        slice(out, tensor, [i * batch_size | zeros], Tuple.to_list(out_shape), ones)
-    end)
-  end
+  defdelegate to_batched(out, tensor, opts), to: EMLX.Backend.Batched
 
   ## Types and shapes
 

@@ -188,14 +188,16 @@ defmodule EMLX.Defn do
   defp run_eager(eval, args, device, queue) do
     params = Enum.map(args, fn arg -> fn -> on_device(arg.(), device) end end)
 
-    [result] =
-      Nx.with_default_backend({EMLX.Backend, device: device}, fn ->
-        CommandQueue.with_queue(%CommandQueue{ref: queue, device: device}, fn ->
-          eval.([params])
-        end)
-      end)
-
+    [result] = on_target(device, queue, fn -> eval.([params]) end)
     Composite.traverse(result, &on_device(&1, device))
+  end
+
+  # Runs `fun` with EMLX.Backend on `device` as the default backend and
+  # `queue` as this process's queue for it.
+  defp on_target(device, queue, fun) do
+    Nx.with_default_backend({EMLX.Backend, device: device}, fn ->
+      CommandQueue.with_queue(%CommandQueue{ref: queue, device: device}, fun)
+    end)
   end
 
   defp on_device(%Nx.Tensor{data: %EMLX.Backend{device: device}} = t, device), do: t
@@ -217,13 +219,7 @@ defmodule EMLX.Defn do
             end
           end)
 
-        [result] =
-          Nx.with_default_backend({EMLX.Backend, device: device}, fn ->
-            CommandQueue.with_queue(%CommandQueue{ref: queue, device: device}, fn ->
-              eval.([params])
-            end)
-          end)
-
+        [result] = on_target(device, queue, fn -> eval.([params]) end)
         {result, collect(result, device, queue)}
       end)
 
