@@ -36,6 +36,19 @@ defmodule EMLX.DistributedTest do
     DistPeer.assert_mismatch_raises(peers)
   end
 
+  test "without the side channel (hosts by name) the check is a collective, and still raises" do
+    peers = DistPeer.start(2)
+
+    try do
+      port = 41_000 + :rand.uniform(20_000)
+      assert [%{rank: 0}, %{rank: 1}] = DistPeer.on_all(peers, :join_named, [port])
+      DistPeer.assert_mismatch_raises(peers)
+      DistPeer.assert_collectives(peers, :cpu)
+    after
+      Enum.each(peers, &:peer.stop/1)
+    end
+  end
+
   test "an MLP trained by two processes on halves, gradients all_summed, equals one on the whole batch",
        %{peers: peers} do
     DistPeer.assert_trained_like_whole(peers, 15, :cpu)
