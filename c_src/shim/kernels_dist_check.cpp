@@ -93,8 +93,8 @@ std::pair<int64_t, int64_t> group_sum(int64_t a, int64_t b, const dist::Group &g
   return {r[0], r[1]};
 }
 
-// Rank 0: listens on an ephemeral port of every interface.
-int listen_any(int backlog, int &port) {
+// One listening socket on an ephemeral port of `host` ("": every interface).
+int listen_at(const std::string &host, int backlog, int &port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
   int one = 1;
@@ -102,6 +102,10 @@ int listen_any(int backlog, int &port) {
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_ANY);
+  if (!host.empty() && ::inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) {
+    ::close(fd);
+    return -1;
+  }
   a.sin_port = 0;
   socklen_t len = sizeof a;
   if (::bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0 || ::listen(fd, backlog) != 0 ||
@@ -111,6 +115,15 @@ int listen_any(int backlog, int &port) {
   }
   port = ntohs(a.sin_port);
   return fd;
+}
+
+// Rank 0: listens on an ephemeral port of its own address (the one the
+// other ranks are given), or of every interface when that address is not
+// one of this host's (behind a NAT, say). The socket is closed once every
+// rank has connected.
+int listen_on(const std::string &host, int backlog, int &port) {
+  int fd = listen_at(host, backlog, port);
+  return fd >= 0 ? fd : listen_at("", backlog, port);
 }
 
 // Rank 0: takes one connection from every other rank; each says its rank.
@@ -172,7 +185,7 @@ void dist_check_setup(const dist::Group &g, const std::string &host, SD s) {
   in_addr probe{};
   bool ok = r == 0 || ::inet_pton(AF_INET, host.c_str(), &probe) == 1;
   if (r == 0) {
-    lfd = listen_any(n, port);
+    lfd = listen_on(host, n, port);
     ok = lfd >= 0;
   }
   auto [able, root_port] = group_sum(ok ? 1 : 0, r == 0 ? port : 0, g, s);

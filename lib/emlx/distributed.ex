@@ -53,9 +53,10 @@ defmodule EMLX.Distributed do
   wrong number of bytes; `recv/3` checks what arrives likewise. The
   exchange goes over a side channel that `init/1` opens: one TCP
   connection from each rank to rank 0 (at the first host's IPv4 address,
-  for NCCL `NCCL_HOST_IP`, on a port rank 0 picks), one small message
-  each way a call, on the host, with no device work and no wait for the
-  device. Where rank 0's address is not known as an IPv4 address, the
+  for NCCL `NCCL_HOST_IP`, on a port rank 0 picks; rank 0 listens on that
+  address, or on every interface when it is not one of its own, only
+  until every rank has connected), one small message each way a call, on
+  the host, with no device work and no wait for the device. Where rank 0's address is not known as an IPv4 address, the
   exchange is a small collective and a wait for it (a 1 GiB all_sum on two
   H200s through NCCL took 0.17-0.49 ms longer with it, in three runs). A
   peer that is gone closes its connection and the call raises
