@@ -23,11 +23,19 @@ defmodule EMLX.GC do
   `EMLX.NIF.sweep_barrier/0` until the destructors that collection queued
   have run. The evaluation then sees only the arrays still referenced:
   intermediates are donated or freed, as in Python.
+
+  A full collection costs about the size of the process's heap. A process
+  whose heap is larger than `:gc_bytes` sweeps once its new arrays weigh
+  as much as its heap, at most 16 times `:gc_bytes` (256 MiB by default),
+  so that the collections stay a bounded share of its work. Measured on a
+  2-core VM with a process holding an 80 MB heap: a compiled MLP step took
+  720-1370 µs with a sweep every 16 MiB and 520-730 µs with no sweep.
   """
 
   @key {__MODULE__, :bytes}
   @default_bytes 16 * 1024 * 1024
   @min_bytes 4096
+  @heap_factor 16
 
   # Ops whose result shares its input's buffer: they allocate nothing.
   @views [:reshape, :squeeze, :transpose, :broadcast, :broadcast_to, :slice, :bitcast]
@@ -70,9 +78,19 @@ defmodule EMLX.GC do
 
       n ->
         limit = Application.get_env(:emlx, :gc_bytes, @default_bytes)
-        if limit && n >= limit, do: sweep(queue)
+        if limit && n >= limit && n >= heap_bound(limit), do: sweep(queue)
         :ok
     end
+  end
+
+  # A full collection costs about the process's heap. A process whose heap
+  # is larger than the limit sweeps once its new arrays weigh as much as
+  # that heap (at most @heap_factor times the limit): the collections then
+  # cost a bounded share of the work, for at most that much memory held by
+  # dead arrays a while longer.
+  defp heap_bound(limit) do
+    {:total_heap_size, words} = Process.info(self(), :total_heap_size)
+    min(words * :erlang.system_info(:wordsize), limit * @heap_factor)
   end
 
   @doc """

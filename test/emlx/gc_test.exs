@@ -91,4 +91,33 @@ defmodule EMLX.GCTest do
         else: Application.delete_env(:emlx, :gc_bytes)
     end
   end
+
+  test "a process with a heap larger than gc_bytes sweeps once its arrays weigh as much as its heap" do
+    previous = Application.get_env(:emlx, :gc_bytes)
+    # about 4 MiB of arrays (256k f32) against a limit of 1 MiB
+    small = Nx.iota({256 * 1024}, type: :f32, backend: {EMLX.Backend, device: device()})
+    produce = fn -> small |> Nx.add(1) |> EMLX.eval() end
+
+    counted_after = fn ->
+      Process.delete({EMLX.GC, :bytes})
+      for _ <- 1..5, do: produce.()
+      Process.get({EMLX.GC, :bytes}, 0)
+    end
+
+    try do
+      Application.put_env(:emlx, :gc_bytes, 1024 * 1024)
+      # a small heap: each evaluation past 1 MiB sweeps (and resets the count)
+      assert counted_after.() <= 2 * 1024 * 1024
+
+      # a heap of about 16 MB (2M-element list): no sweep until the arrays
+      # weigh as much, so the count runs past the limit
+      big = Enum.to_list(1..2_000_000)
+      assert counted_after.() >= 4 * 1024 * 1024
+      assert length(big) == 2_000_000
+    after
+      if previous,
+        do: Application.put_env(:emlx, :gc_bytes, previous),
+        else: Application.delete_env(:emlx, :gc_bytes)
+    end
+  end
 end
