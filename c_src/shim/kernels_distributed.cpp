@@ -60,10 +60,8 @@ std::vector<int64_t> header_values(const mx::Shape &shape, mx::Dtype dtype) {
   return h;
 }
 
-mx::array header(const mx::Shape &shape, mx::Dtype dtype) {
-  auto h = header_values(shape, dtype);
-  return mx::array(h.data(), {kHeader}, mx::int64);
-}
+// A header as the int64 array a collective or send carries.
+mx::array header_array(const std::vector<int64_t> &h) { return mx::array(h.data(), {kHeader}, mx::int64); }
 
 std::string describe(const int64_t *h) {
   std::string s = "type code " + std::to_string(h[0]) + ", shape {";
@@ -85,7 +83,7 @@ void check_same(const mx::array &x, const dist::Group &g, const char *what, SD s
     if (bad >= 0) differ(what, h0.data(), bad, hb.data());
     return;
   }
-  auto all = dist::all_gather(mx::array(mine.data(), {kHeader}, mx::int64), g, s);
+  auto all = dist::all_gather(header_array(mine), g, s);
   all.eval();
   const int64_t *h = all.data<int64_t>();
   for (int r = 1; r < g.size(); r++)
@@ -181,7 +179,7 @@ mx::array emlx_dist_all(const mx::array &x, int64_t kind, bool check, SD s) {
 mx::array emlx_dist_send(const mx::array &x, int64_t dst, SD s) {
   auto g = current(s);
   int d = peer(dst, g);
-  auto h = dist::send(header(x.shape(), x.dtype()), d, g, s);
+  auto h = dist::send(header_array(header_values(x.shape(), x.dtype())), d, g, s);
   h.eval();
   return dist::send(x, d, g, s);
 }
@@ -192,8 +190,8 @@ mx::array emlx_dist_recv(const mx::Shape &shape, mx::Dtype dtype, int64_t src, S
   auto h = dist::recv({kHeader}, mx::int64, p, g, s);
   h.eval();
   const int64_t *hv = h.data<int64_t>();
-  mx::array want = header(shape, dtype);
-  const int64_t *wv = want.data<int64_t>();
+  auto want = header_values(shape, dtype);
+  const int64_t *wv = want.data();
   bool same = true;
   for (int k = 0; k < kHeader; k++) same = same && hv[k] == wv[k];
   if (!same) {
