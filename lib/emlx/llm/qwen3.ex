@@ -213,7 +213,7 @@ defmodule EMLX.LLM.Qwen3 do
       step_fun(model, {batch, t_max, padded?}, [model.params, last, caches, offset_at.(0), pads_t])
 
     run_step = fn input, caches, i ->
-      out = step.(input, caches, offset_at.(i), pads_t)
+      out = step.(model.params, input, caches, offset_at.(i), pads_t)
       # The posted step's graph holds the last caches now. Letting go of
       # EMLX's own hold (before the step is evaluated) lets MLX write each
       # new key and value into the cache's buffer in place, as mlx-lm's
@@ -269,65 +269,24 @@ defmodule EMLX.LLM.Qwen3 do
   end
 
   # The step, compiled once per model, batch size and cache length and kept
-  # for the VM's life. A serving keeps the cache length fixed, so it
-  # compiles one step per batch size.
-  #
-  # Nx.Defn.compile/3's wrapper walks every argument and checks it against
-  # its template at each call. For the weights (11 tensors a layer, the
-  # same ones at every step) that walk cost more than the step's whole
-  # replay: 2.8 ms a step for a 28-layer model on the CPU here, against
-  # 0.1 ms for the replay. So the step is compiled with Nx.Defn's own two
-  # calls (Nx.Defn.Compiler.to_lazy_params/2 and __compile__/3, what
-  # Nx.Defn.compile/3 does), the weights' lazy parameters are taken once
-  # per generate/3, and each step walks and checks only its own arguments
-  # (token, caches, offset, pads) against their templates.
-  defp step_fun(%__MODULE__{config: c} = model, {_, _, padded?} = shape, [params | _] = args) do
+  # for the VM's life (`Nx.Defn.compile/3`: a call checks its arguments
+  # against the templates, with no per-call key to build). A serving keeps
+  # the cache length fixed, so it compiles one step per batch size.
+  defp step_fun(%__MODULE__{config: c} = model, {_, _, padded?} = shape, args) do
     key = {__MODULE__, model.id, :step, shape}
 
-    {compiled, rest_templates} =
-      case :persistent_term.get(key, nil) do
-        nil ->
-          templates = Enum.map(args, &Nx.to_template/1)
-          fun = &decode_step(&1, &2, &3, &4, &5, padded?, c)
-          opts = [compiler: EMLX, device: model.device, fuse: false]
-          opts = Keyword.merge(Nx.Defn.default_options(), opts)
-          {lazy, lazy_params, flat_templates, _} = Nx.Defn.Compiler.to_lazy_params(fun, templates)
-          compiled = Nx.Defn.Compiler.__compile__(lazy, lazy_params, opts)
-          entry = {compiled, Enum.drop(flat_templates, length(lazy_leaves(params)))}
-          :persistent_term.put(key, entry)
-          entry
+    case :persistent_term.get(key, nil) do
+      nil ->
+        templates = Enum.map(args, &Nx.to_template/1)
+        fun = &decode_step(&1, &2, &3, &4, &5, padded?, c)
+        opts = [compiler: EMLX, device: model.device, fuse: false]
+        compiled = Nx.Defn.compile(fun, templates, opts)
+        :persistent_term.put(key, compiled)
+        compiled
 
-        entry ->
-          entry
-      end
-
-    weights = lazy_leaves(params)
-
-    fn input, caches, offset, pads ->
-      {own, []} =
-        Enum.reduce([input, caches, offset, pads], {[], rest_templates}, fn arg, acc ->
-          {_, acc} = Nx.LazyContainer.traverse(arg, acc, &checked_leaf/3)
-          acc
-        end)
-
-      [out] = compiled.([weights ++ Enum.reverse(own)])
-      out
+      compiled ->
+        compiled
     end
-  end
-
-  defp lazy_leaves(container) do
-    {_, funs} = Nx.LazyContainer.traverse(container, [], fn _, fun, acc -> {nil, [fun | acc]} end)
-    Enum.reverse(funs)
-  end
-
-  defp checked_leaf(template, fun, {acc, [want | templates]}) do
-    unless Nx.compatible?(template, want) do
-      raise ArgumentError,
-            "EMLX.LLM.Qwen3: a step argument #{inspect(template)} does not match the compiled " <>
-              "step's #{inspect(want)}"
-    end
-
-    {nil, {[fun | acc], templates}}
   end
 
   ## The model (traced by Nx.Defn, recorded by EMLX)
