@@ -160,8 +160,7 @@ defmodule EMLX.Distributed do
       end
 
     with host when is_binary(host) <- first,
-         [_ | _] = parts <- String.split(host, ":"),
-         ip = parts |> Enum.drop(-1) |> Enum.join(":"),
+         ip = host |> String.split(":") |> Enum.drop(-1) |> Enum.join(":"),
          {:ok, _} <- :inet.parse_ipv4strict_address(String.to_charlist(ip)) do
       :binary.bin_to_list(ip)
     else
