@@ -59,9 +59,19 @@ defmodule EMLX.GCTest do
     assert EMLX.memory_info().active_memory < base + @bytes - slack
   end
 
-  test "gc_bytes: false turns the sweep off" do
-    previous = Application.get_env(:emlx, :gc_bytes)
+  # Tests that set :gc_bytes have it put back after them.
+  setup do
+    previous = Application.fetch_env(:emlx, :gc_bytes)
 
+    on_exit(fn ->
+      case previous do
+        {:ok, value} -> Application.put_env(:emlx, :gc_bytes, value)
+        :error -> Application.delete_env(:emlx, :gc_bytes)
+      end
+    end)
+  end
+
+  test "gc_bytes: false turns the sweep off" do
     # A dead 16 MiB result (its evaluation's own check stays under the
     # limit), a lazy op that passes it, then the check an evaluation makes
     # first. With the sweep on it frees the dead array. With it off there
@@ -78,23 +88,16 @@ defmodule EMLX.GCTest do
       {EMLX.memory_info().active_memory - base, Process.get({EMLX.GC, :bytes})}
     end
 
-    try do
-      Application.put_env(:emlx, :gc_bytes, @bytes + 1)
-      assert {freed, nil} = dead_after_check.()
-      assert freed < @bytes
-      Application.put_env(:emlx, :gc_bytes, false)
-      assert {_, counted} = dead_after_check.()
-      assert counted >= 2 * @bytes
-    after
-      if previous,
-        do: Application.put_env(:emlx, :gc_bytes, previous),
-        else: Application.delete_env(:emlx, :gc_bytes)
-    end
+    Application.put_env(:emlx, :gc_bytes, @bytes + 1)
+    assert {freed, nil} = dead_after_check.()
+    assert freed < @bytes
+    Application.put_env(:emlx, :gc_bytes, false)
+    assert {_, counted} = dead_after_check.()
+    assert counted >= 2 * @bytes
   end
 
   test "a process with a heap larger than gc_bytes sweeps once its arrays weigh as much as its heap" do
-    previous = Application.get_env(:emlx, :gc_bytes)
-    # about 4 MiB of arrays (256k f32) against a limit of 1 MiB
+    # arrays of 1 MiB (256k f32), five of them, against a limit of 1 MiB
     small = Nx.iota({256 * 1024}, type: :f32, backend: {EMLX.Backend, device: device()})
     produce = fn -> small |> Nx.add(1) |> EMLX.eval() end
 
@@ -104,20 +107,14 @@ defmodule EMLX.GCTest do
       Process.get({EMLX.GC, :bytes}, 0)
     end
 
-    try do
-      Application.put_env(:emlx, :gc_bytes, 1024 * 1024)
-      # a small heap: each evaluation past 1 MiB sweeps (and resets the count)
-      assert counted_after.() <= 2 * 1024 * 1024
+    Application.put_env(:emlx, :gc_bytes, 1024 * 1024)
+    # a small heap: each evaluation past 1 MiB sweeps (and resets the count)
+    assert counted_after.() <= 2 * 1024 * 1024
 
-      # a heap of about 16 MB (2M-element list): no sweep until the arrays
-      # weigh as much, so the count runs past the limit
-      big = Enum.to_list(1..2_000_000)
-      assert counted_after.() >= 4 * 1024 * 1024
-      assert length(big) == 2_000_000
-    after
-      if previous,
-        do: Application.put_env(:emlx, :gc_bytes, previous),
-        else: Application.delete_env(:emlx, :gc_bytes)
-    end
+    # a heap of about 32 MB (a 2M-element list): no sweep until the arrays
+    # weigh as much (or 16 MiB), so the count runs past the limit
+    big = Enum.to_list(1..2_000_000)
+    assert counted_after.() >= 4 * 1024 * 1024
+    assert length(big) == 2_000_000
   end
 end
