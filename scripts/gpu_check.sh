@@ -9,7 +9,8 @@
 #
 # The whole run takes longer than one 10-minute device call: PART (second
 # argument) splits it. `tests` runs every test file but the doctest module
-# (`tests1` and `tests2`: every other one of those files, in two calls),
+# (`tests1` ... `testsN`: every N-th of those files, N from PARTS, default
+# 2, in N calls),
 # `doctests` runs the doctests with no exclusion list, and `all` (default)
 # runs both; conformance.json is written from the logs OUT holds (`report`
 # runs nothing and only writes it, e.g. after the two parts ran at once in
@@ -27,11 +28,13 @@ tests)
   mix test $files 2>&1 | tee "$out/tests.log" | tail -n 40
   status=${PIPESTATUS[0]}
   ;;
-tests1 | tests2)
-  # every other test file, for hosts where the whole tests part outlasts
-  # one 10-minute call (16 cores, NVRTC's cache cold: past 540 s)
-  nth=$([ "$part" = tests1 ] && echo 1 || echo 0)
-  mix test $(echo "$files" | awk -v n="$nth" 'NR % 2 == n') 2>&1 | tee "$out/$part.log" | tail -n 40
+tests[1-9])
+  # every PARTS-th test file, for hosts where the whole tests part outlasts
+  # one 10-minute call (16 cores, NVRTC's cache cold: past 540 s; 32 cores:
+  # 954 tests in 570 s, EMLX.FastTest's shapes each compiling kernels)
+  nth=${part#tests}
+  mix test $(echo "$files" | awk -v n="$nth" -v k="${PARTS:-2}" '(NR - 1) % k == n - 1') 2>&1 |
+    tee "$out/$part.log" | tail -n 40
   status=${PIPESTATUS[0]}
   ;;
 all)
@@ -42,9 +45,10 @@ esac
 if [ "$part" = all ] || [ "$part" = doctests ]; then
   EMLX_DOCTEST_ALL=1 mix test test/emlx/nx_doctest_test.exs >"$out/doctests_all.log" 2>&1
 fi
-# the two halves, once both ran, stand for the tests part
-if [ -s "$out/tests1.log" ] && [ -s "$out/tests2.log" ]; then
-  cat "$out/tests1.log" "$out/tests2.log" >"$out/tests.log"
+# the parts, once all ran, stand for the tests part
+logs=$(for k in $(seq 1 "${PARTS:-2}"); do [ -s "$out/tests$k.log" ] && echo "$out/tests$k.log"; done)
+if [ "$(echo "$logs" | grep -c .)" = "${PARTS:-2}" ]; then
+  cat $logs >"$out/tests.log"
 fi
 touch "$out/tests.log" "$out/doctests_all.log"
 
@@ -59,8 +63,8 @@ m = re.search(r"(\d+) doctests?, (?:\d+ tests?, )?(\d+) failures?", docs)
 eager_failed = len(re.findall(r"^\s+\d+\) doctest .*\(EMLX\.NxDoctestTest\)$", docs, re.M))
 doctests = [int(m.group(1)) // 2 - eager_failed, int(m.group(1)) // 2] if m else None
 # The fuzz storm runs inside the suite: a VM crash ends the log before
-# ExUnit's summary (each half has its own).
-halves = 2 if "Running ExUnit" in tests and tests.count("Running ExUnit") == 2 else 1
+# ExUnit's summary (each part has its own).
+halves = max(tests.count("Running ExUnit"), 1)
 finished = len(re.findall(r"\d+ doctests, \d+ tests?, \d+ failures?|\d+ tests?, \d+ failures?", tests)) >= halves
 fuzz_crashes = 0 if finished else 1
 conf = {"doctests": doctests, "differential": differential, "fuzz_crashes": fuzz_crashes}
