@@ -222,6 +222,52 @@ mx::array emlx_triangular_solve(const mx::array &a0, const mx::array &b0, bool l
 // -0.0 becomes +0.0, as Nx's own decompositions produce.
 static mx::array plus_zero(const mx::array &x, SD s) { return mx::add(x, mx::array(0.0, x.dtype()), s); }
 
+// Signs as Nx's Householder QR gives them. Where a column's part below the
+// diagonal is nonzero, Nx's reflection leaves +norm on R's diagonal and
+// LAPACK's -sign(alpha)·norm; where it is zero, neither reflects and R_ii
+// keeps its sign. So Q's column i and R's row i change sign together
+// (Q R stays A) where R_ii < 0 and step i reflected. Step i certainly did
+// not reflect when A's columns 0..i are already zero below the diagonal (no
+// step before it reflected either); a step that met zeros made by earlier
+// reflections is taken as reflecting. The extra columns of a tall A's
+// complete Q span the same space as Nx's but need not be its basis.
+// Complex factors keep LAPACK's phases.
+static std::pair<mx::array, mx::array> nx_signs(const mx::array &a, const mx::array &q, const mx::array &r, SD s) {
+  if (is_complex(r.dtype())) return {q, r};
+  int m = a.shape(-2), n = a.shape(-1), k = std::min(m, n);
+  auto zero = [&](const mx::array &x) { return mx::array(0, x.dtype()); };
+  // still_triangular[i]: columns 0..i of A are zero below the diagonal
+  auto below = mx::multiply(mx::abs(a, s), mx::tril(mx::ones({m, n}, a.dtype(), s), -1, s), s);
+  auto clean = mx::equal(mx::max(below, -2, false, s), zero(below), s);
+  auto still_triangular = mx::astype(mx::cumprod(mx::astype(clean, mx::int32, s), -1, false, true, s), mx::bool_, s);
+  mx::Shape start(still_triangular.ndim(), 0), stop = still_triangular.shape();
+  stop.back() = k;
+  still_triangular = mx::slice(still_triangular, start, stop, s);
+  auto d = mx::diagonal(r, 0, -2, -1, s);
+  auto flip = mx::logical_and(mx::less(d, zero(d), s), mx::logical_not(still_triangular, s), s);
+  if (m <= n) {
+    // The last row has nothing below the diagonal: neither reflects there,
+    // and R's last entry is the pivot that the reflections before left.
+    // Both reflect at the same steps, so det Q is the same for both: the
+    // last row flips when an odd number of the others did.
+    auto last = mx::equal(mx::arange(k, mx::int32, s), mx::array(k - 1, mx::int32), s);
+    flip = mx::logical_and(flip, mx::logical_not(last, s), s);
+    auto odd = mx::equal(mx::remainder(mx::sum(mx::astype(flip, mx::int32, s), -1, true, s), mx::array(2), s),
+                         mx::array(1), s);
+    flip = mx::logical_or(flip, mx::logical_and(last, odd, s), s);
+  }
+  auto sign = mx::where(flip, mx::array(-1, d.dtype()), mx::array(1, d.dtype()), s);
+  auto padded = [&](int len) {
+    if (len == k) return sign;
+    auto shape = sign.shape();
+    shape.back() = len - k;
+    return mx::concatenate({sign, mx::ones(shape, sign.dtype(), s)}, -1, s);
+  };
+  auto qs = mx::multiply(q, mx::expand_dims(padded(q.shape(-1)), -2, s), s);
+  auto rs = mx::multiply(r, mx::expand_dims(padded(r.shape(-2)), -1, s), s);
+  return {qs, rs};
+}
+
 std::vector<mx::array> emlx_qr(const mx::array &a0, bool complete, std::optional<mx::Dtype> out, SD s) {
   auto a = float_for_linalg(a0, out, s);
   int m = a.shape(-2), n = a.shape(-1);
@@ -237,10 +283,12 @@ std::vector<mx::array> emlx_qr(const mx::array &a0, bool complete, std::optional
       e[e.size() - 1] = n;
       return e;
     }(), s);
-    return {plus_zero(q, s), plus_zero(rr, s)};
+    auto [qp, rp] = nx_signs(a, q, rr, s);
+    return {plus_zero(qp, s), plus_zero(rp, s)};
   }
   auto [q, r] = mx::linalg::qr(a, s);
-  return {plus_zero(q, s), plus_zero(r, s)};
+  auto [qp, rp] = nx_signs(a, q, r, s);
+  return {plus_zero(qp, s), plus_zero(rp, s)};
 }
 
 std::vector<mx::array> emlx_svd(const mx::array &a0, bool full, std::optional<mx::Dtype> out, SD s) {

@@ -118,6 +118,33 @@ defmodule EMLX.PrecisionTest do
     end
   end
 
+  test "qr: Nx's signs by default (R's diagonal positive where Nx's QR reflects)" do
+    cases = [
+      # tall, reduced and complete (one extra column: Nx's up to nothing)
+      {[[1.0, -1.0, 4.0], [1.0, 4.0, -2.0], [1.0, 4.0, 2.0], [1.0, -1.0, 0.0]],
+       [:reduced, :complete]},
+      # wide, with the last row's sign set by the reflections before it
+      {[[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]], [:reduced, :complete]},
+      # already triangular with negative pivots: nothing reflects, R = A
+      {[[-3.0, 2.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, -1.0]], [:reduced]},
+      # triangular first column, then a column that needs a reflection
+      {[[-2.0, 1.0, 0.0], [0.0, -1.0, 2.0], [0.0, 3.0, 1.0]], [:reduced]},
+      # a batch of two square matrices
+      {[
+         [[4.0, 1.0, -2.0], [2.0, -3.0, 1.0], [-1.0, 2.0, 5.0]],
+         [[-1.0, 0.5, 2.0], [3.0, 1.0, -1.0], [2.0, -2.0, 4.0]]
+       ], [:reduced]}
+    ]
+
+    for {rows, modes} <- cases, mode <- modes do
+      ref = Nx.tensor(rows, backend: Nx.BinaryBackend)
+      {q, r} = Nx.LinAlg.qr(Nx.backend_copy(ref, EMLX.Backend), mode: mode)
+      {want_q, want_r} = Nx.LinAlg.qr(ref, mode: mode)
+      close(q, Nx.to_list(want_q), 1.0e-5)
+      close(r, Nx.to_list(want_r), 1.0e-5)
+    end
+  end
+
   test "eigh: A v = lambda v, eigenvalues in Nx's order" do
     a = emlx([[2.0, 1.0, 1.0], [1.0, 2.0, 1.0], [1.0, 1.0, 2.0]])
     {vals, vecs} = Nx.LinAlg.eigh(a)
