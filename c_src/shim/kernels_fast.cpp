@@ -278,4 +278,12 @@ mx::array emlx_fast_swiglu(const mx::array &gate, const mx::array &up, SD s) {
   return it->second({gate, u})[0];
 }
 
+// exp(x - max(x)) / sum(exp(x - max(x))) over `axes` with MLX's fused
+// kernel: what the compiler puts in place of that pattern (EMLX.Defn.Fusion).
+// Half types accumulate in float32, as emlx_sum does for the composed form.
+mx::array emlx_softmax(const mx::array &x, const std::vector<int> &axes, SD s) {
+  bool half = x.dtype() == mx::float16 || x.dtype() == mx::bfloat16;
+  return mx::softmax(x, axes, half, s);
+}
+
 }  // namespace emlx

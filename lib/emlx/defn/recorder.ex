@@ -367,7 +367,7 @@ defmodule EMLX.Defn.Recorder do
           {op, Enum.map(args, &renumber(&1, slot)), out_type}
       end)
 
-    NIF.program_new(rec.queue, instrs, n, Enum.map(out_syms, slot))
+    NIF.program_new(rec.queue, EMLX.Defn.Fusion.rewrite(instrs, n), n, Enum.map(out_syms, slot))
   end
 
   defp renumber({:in, _} = s, slot), do: slot.(s)
