@@ -306,17 +306,18 @@ mx::array emlx_argext(const mx::array &x0, int64_t axis, bool keep, bool tie_hig
   }
   if (is_float(x.dtype())) {
     // NaN wins: map it to +inf (max) or -inf (min) after noting where it is.
+    // Of several NaNs, the last one, whatever the tie break (Nx.BinaryBackend
+    // takes each NaN it meets).
     auto nan = mx::isnan(x, s);
     auto any_nan = mx::any(nan, std::vector<int>{ax}, true, s);
     auto inf = mx::array(is_max ? INFINITY : -INFINITY, x.dtype());
     auto x_clean = mx::where(nan, inf, x, s);
-    auto pick_nan = nan;  // first/last NaN along the axis when any
     mx::array base = tie_high ? mx::flip(x_clean, ax, s) : x_clean;
-    mx::array nan_base = tie_high ? mx::flip(pick_nan, ax, s) : pick_nan;
     auto idx = is_max ? mx::argmax(base, ax, true, s) : mx::argmin(base, ax, true, s);
-    auto nidx = mx::argmax(nan_base, ax, true, s);
-    idx = mx::where(any_nan, nidx, idx, s);
     if (tie_high) idx = mx::subtract(mx::array(x.shape(ax) - 1, idx.dtype()), idx, s);
+    auto last_nan = mx::argmax(mx::flip(nan, ax, s), ax, true, s);
+    last_nan = mx::subtract(mx::array(x.shape(ax) - 1, last_nan.dtype()), last_nan, s);
+    idx = mx::where(any_nan, last_nan, idx, s);
     if (!keep) idx = mx::squeeze(idx, std::vector<int>{ax}, s);
     if (axis < 0) idx = mx::reshape(idx, {}, s);
     return idx;

@@ -325,6 +325,24 @@ defmodule EMLX.BackendTest do
         assert_same(&fun.(&1, axis: 0, keep_axis: true), [ties])
         assert_same(&fun.(&1, axis: 1), [f])
       end
+
+      # Nx's own test: a NaN wins, and of several NaNs the last one, with
+      # either tie break
+      t =
+        Nx.tensor([
+          [:neg_infinity, :infinity, 1],
+          [:neg_infinity, :nan, 1],
+          [:infinity, :infinity, 1],
+          [:nan, :nan, 1],
+          [:nan, 0, :nan]
+        ])
+
+      assert Nx.to_flat_list(Nx.argmax(emlx(t), axis: 1)) == [1, 1, 0, 1, 2]
+      assert Nx.to_flat_list(Nx.argmin(emlx(t), axis: 1)) == [0, 1, 2, 1, 2]
+
+      for fun <- [&Nx.argmax/2, &Nx.argmin/2], tie <- [:low, :high], axis <- [0, 1] do
+        assert_same(&fun.(&1, axis: axis, tie_break: tie), [t])
+      end
     end
   end
 
