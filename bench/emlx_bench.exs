@@ -234,6 +234,7 @@ defmodule EMLXBench do
     [
       dispatch(:no_eval),
       dispatch(:eval_each),
+      round_trip(1_000),
       elementwise(10_000_000, false),
       elementwise(100_000, true),
       matmul(2048, :f32, false),

@@ -402,6 +402,7 @@ def while_loop(iters, size):
 WORKLOADS_CPU = [
     dispatch("no_eval"),
     dispatch("eval_each"),
+    round_trip(1_000),
     elementwise(10_000_000),
     elementwise(100_000),
     matmul_w(2048, "f32"),
