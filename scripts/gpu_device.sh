@@ -4,6 +4,15 @@
 #
 #   bash scripts/gpu_device.sh stage .gpu1      # copy a piece into /tmp (the host keeps /tmp while warm)
 #   bash scripts/gpu_device.sh run CMD ARGS...  # unpack once, set the environment, run CMD in the repo
+#   bash scripts/gpu_device.sh savecache DIR    # MLX's and the driver's JIT caches into DIR
+#
+# A new host compiles every CUDA kernel MLX builds at run time (NVRTC, then
+# the driver's PTX JIT): seconds per new shape, minutes over the test suite.
+# `savecache`, run at the end of a call (e.g. `... savecache $OUT`), packs
+# both caches (MLX's PTX under /tmp/mlx/VERSION/ptx, the driver's under
+# ~/.nv/ComputeCache) as jitcache.part.N pieces of 15 MB; copied into .gpucache/
+# here, scripts/gpu_pack.sh carries them, and `run` restores them before
+# the first command on the next host.
 #
 # NVIDIA's libraries come from the host: the nvidia-* pip packages' lib
 # folders of its Python (NVIDIA_SITE), put on LD_LIBRARY_PATH.
@@ -15,7 +24,7 @@ shift
 case "$what" in
 stage)
   mkdir -p "$pack"
-  cp "$1"/pack.part.* "$1"/pylib.tar.xz "$pack"/ 2>/dev/null || true
+  cp "$1"/pack.part.* "$1"/pylib.tar.xz "$1"/jitcache.part.* "$pack"/ 2>/dev/null || true
   ls -la "$pack"
   ;;
 run)
@@ -31,6 +40,9 @@ run)
       python3 -m zipfile -e "$whl" "$site"
     done
     echo "mlx-cuda-13==0.32.4" >"$site/.emlx-complete"
+    if ls "$pack"/jitcache.part.* >/dev/null 2>&1; then
+      cat "$pack"/jitcache.part.* | xz -d | tar -C / -xf - || echo "the JIT cache did not unpack" >&2
+    fi
     touch /tmp/emlx-unpacked
   fi
   # The NIF built with the pack serves as long as the C sources are the same
@@ -59,8 +71,21 @@ run)
   export MIX_ENV="${MIX_ENV:-test}"
   "$@"
   ;;
+savecache)
+  mkdir -p "$1"
+  # (MLX's CPU kernels, under /tmp/mlx/VERSION/cpu, are left: large, and
+  # quick to build on a host of 16 cores)
+  dirs=$(cd / && for d in tmp/mlx/*/ptx root/.nv/ComputeCache; do [ -d "$d" ] && echo "$d"; done || true)
+  if [ -z "$dirs" ]; then
+    echo "no JIT cache here" >&2
+    exit 0
+  fi
+  # shellcheck disable=SC2086
+  tar -C / -cf - $dirs | xz -T0 -6 | split -b 15M -d -a 1 - "$1/jitcache.part."
+  ls -la "$1"/jitcache.part.*
+  ;;
 *)
-  echo "usage: $0 stage DIR | run CMD..." >&2
+  echo "usage: $0 stage DIR | run CMD... | savecache DIR" >&2
   exit 2
   ;;
 esac

@@ -17,10 +17,11 @@ PIECE_MB="${PIECE_MB:-55}"
 BUILD=/work/gpubuild/_build
 STAGE=/work/gpustage
 
-for d in .gpu1 .gpu2 .gpu3 .gpu4 .gpu5; do
+for d in .gpu1 .gpu2 .gpu3 .gpu4 .gpu5 .gpu6; do
   grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >>.git/info/exclude
   rm -rf "$d"
 done
+grep -qx "/.gpucache/" .git/info/exclude 2>/dev/null || echo "/.gpucache/" >>.git/info/exclude
 
 echo "==> cuda13 test build in $BUILD"
 LIBMLX_VARIANT=cuda13 MIX_BUILD_PATH="$BUILD" MIX_ENV=test mix compile 2>&1 | grep -v "libcuda.so.1\|load_failed\|^ *{\|^$" || true
@@ -76,5 +77,11 @@ done
 # The Python side travels as one more piece.
 mkdir -p ".gpu$i" && cp "$STAGE/pylib.tar.xz" ".gpu$i/"
 i=$((i + 1))
+# MLX's and the driver's JIT caches from an earlier GPU run, when kept in
+# .gpucache/ (scripts/gpu_device.sh savecache): one more piece.
+if ls .gpucache/jitcache.part.* >/dev/null 2>&1; then
+  mkdir -p ".gpu$i" && cp .gpucache/jitcache.part.* ".gpu$i/"
+  i=$((i + 1))
+fi
 ls -la .gpu*/
 echo "pieces: $((i - 1)); sha256 $(sha256sum "$STAGE/pack.tar.xz" | cut -c1-16)"
