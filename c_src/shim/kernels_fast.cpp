@@ -286,4 +286,10 @@ mx::array emlx_softmax(const mx::array &x, const std::vector<int> &axes, SD s) {
   return mx::softmax(x, axes, half, s);
 }
 
+// x - logsumexp(x) over `axes`: the compiler's log_softmax (EMLX.Defn.Fusion),
+// MLX's logsumexp kernel (float32 accumulation) and one subtraction.
+mx::array emlx_log_softmax(const mx::array &x, const std::vector<int> &axes, SD s) {
+  return mx::subtract(x, mx::logsumexp(x, axes, true, s), s);
+}
+
 }  // namespace emlx
