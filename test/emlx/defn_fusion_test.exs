@@ -47,62 +47,84 @@ defmodule EMLX.DefnFusionTest do
 
   defn logsumexp(x), do: Nx.logsumexp(x, axes: [1])
 
+  # programs as recorded: operands {:in, i} and {:out, j}
+  @x {:in, 0}
   @softmax [
-    {:reduce_max, [0, [1], true], {:f, 32}},
-    {:subtract, [0, 1], {:f, 32}},
-    {:exp, [2], {:f, 32}},
-    {:sum, [3, [1], true], {:f, 32}},
-    {:divide, [3, 4], {:f, 32}}
+    {:reduce_max, [@x, [1], true], {:f, 32}},
+    {:subtract, [@x, {:out, 0}], {:f, 32}},
+    {:exp, [{:out, 1}], {:f, 32}},
+    {:sum, [{:out, 2}, [1], true], {:f, 32}},
+    {:divide, [{:out, 2}, {:out, 3}], {:f, 32}}
   ]
 
+  defp rewrite(instrs, outputs \\ nil),
+    do: Fusion.rewrite(instrs, outputs || [{:out, length(instrs) - 1}])
+
   test "the softmax pattern becomes one softmax in place of the divide, every slot kept" do
-    assert Fusion.rewrite(@softmax, 1) ==
-             List.replace_at(@softmax, 4, {:softmax, [0, [1]], {:f, 32}})
+    fused = List.replace_at(@softmax, 4, {:softmax, [@x, [1]], {:f, 32}})
+    assert rewrite(@softmax) == fused
 
     # other axes for the sum, another input for the max, an integer type: as is
-    other_axes = List.replace_at(@softmax, 3, {:sum, [3, [0], true], {:f, 32}})
-    assert Fusion.rewrite(other_axes, 1) == other_axes
-    other_input = List.replace_at(@softmax, 0, {:reduce_max, [1, [1], true], {:f, 32}})
-    assert Fusion.rewrite(other_input, 2) == other_input
+    other_axes = List.replace_at(@softmax, 3, {:sum, [{:out, 2}, [0], true], {:f, 32}})
+    assert rewrite(other_axes) == other_axes
+    other_input = List.replace_at(@softmax, 0, {:reduce_max, [{:in, 1}, [1], true], {:f, 32}})
+    assert rewrite(other_input) == other_input
     ints = Enum.map(@softmax, fn {op, args, _} -> {op, args, {:s, 32}} end)
-    assert Fusion.rewrite(ints, 1) == ints
+    assert rewrite(ints) == ints
+
+    # an intermediate result used elsewhere (an output, as a gradient's
+    # would be): it is computed anyway, so the pattern stays
+    assert rewrite(@softmax, [{:out, 4}, {:out, 2}]) == @softmax
+
+    assert rewrite(@softmax ++ [{:multiply, [{:out, 1}, {:out, 1}], {:f, 32}}]) ==
+             @softmax ++ [{:multiply, [{:out, 1}, {:out, 1}], {:f, 32}}]
 
     # log_softmax in both forms, Nx.logsumexp's form
     shifted = Enum.take(@softmax, 4)
-    log = {:log, [4], {:f, 32}}
+    log = {:log, [{:out, 3}], {:f, 32}}
+    plain = shifted ++ [log, {:subtract, [{:out, 1}, {:out, 4}], {:f, 32}}]
+    assert List.last(rewrite(plain)) == {:log_softmax, [@x, [1]], {:f, 32}}
 
-    assert List.last(Fusion.rewrite(shifted ++ [log, {:subtract, [2, 5], {:f, 32}}], 1)) ==
-             {:log_softmax, [0, [1]], {:f, 32}}
+    axon =
+      shifted ++ [log, {:negate, [{:out, 4}], {:f, 32}}, {:add, [{:out, 5}, {:out, 1}], {:f, 32}}]
 
-    axon = shifted ++ [log, {:negate, [5], {:f, 32}}, {:add, [6, 2], {:f, 32}}]
-    assert List.last(Fusion.rewrite(axon, 1)) == {:log_softmax, [0, [1]], {:f, 32}}
+    assert List.last(rewrite(axon)) == {:log_softmax, [@x, [1]], {:f, 32}}
 
     lse = [
-      {:reduce_max, [0, [1], true], {:f, 32}},
-      {:is_infinity, [1], {:u, 8}},
+      {:reduce_max, [@x, [1], true], {:f, 32}},
+      {:is_infinity, [{:out, 0}], {:u, 8}},
       {:full, [0.0, {}, {:f, 32}], {:f, 32}},
-      {:select, [2, 3, 1], {:f, 32}},
-      {:subtract, [0, 4], {:f, 32}},
-      {:exp, [5], {:f, 32}},
-      {:sum, [6, [1], true], {:f, 32}},
-      {:log, [7], {:f, 32}},
-      {:add, [8, 4], {:f, 32}}
+      {:select, [{:out, 1}, {:out, 2}, {:out, 0}], {:f, 32}},
+      {:subtract, [@x, {:out, 3}], {:f, 32}},
+      {:exp, [{:out, 4}], {:f, 32}},
+      {:sum, [{:out, 5}, [1], true], {:f, 32}},
+      {:log, [{:out, 6}], {:f, 32}},
+      {:add, [{:out, 7}, {:out, 3}], {:f, 32}}
     ]
 
-    assert List.last(Fusion.rewrite(lse, 1)) == {:logsumexp, [0, [1], true], {:f, 32}}
+    assert List.last(rewrite(lse)) == {:logsumexp, [@x, [1], true], {:f, 32}}
     # a max whose infinities are not zeroed is not Nx.logsumexp's
     one = List.replace_at(lse, 2, {:full, [1.0, {}, {:f, 32}], {:f, 32}})
-    assert Fusion.rewrite(one, 1) == one
+    assert rewrite(one) == one
 
-    # slots after a multi-result op are counted by its results
-    shifted = [{:qr, [0, false], {:f, 32}} | Enum.map(@softmax, &shift(&1, 2))]
-    fused = Fusion.rewrite(shifted, 1)
-    assert List.last(fused) == {:softmax, [0, [1]], {:f, 32}}
+    # results are numbered past multi-result ops and loops by their counts
+    for first <- [
+          {:qr, [{:in, 1}, false], {:f, 32}},
+          {:while, [[{:in, 1}, {:in, 2}], nil, [], nil, []], 2}
+        ] do
+      shifted = [first | Enum.map(@softmax, &shift(&1, 2))]
+      assert List.last(rewrite(shifted, [{:out, 6}])) == {:softmax, [@x, [1]], {:f, 32}}
+    end
   end
 
-  # the pattern's slots moved by n, its input (slot 0) left where it is
+  # the pattern's results numbered n further
   defp shift({op, args, t}, n),
-    do: {op, Enum.map(args, &if(is_integer(&1) and &1 > 0, do: &1 + n, else: &1)), t}
+    do:
+      {op,
+       Enum.map(args, fn
+         {:out, j} -> {:out, j + n}
+         other -> other
+       end), t}
 
   # float32: Nx.BinaryBackend's composed ops, to the rounding of a few ops;
   # bf16: the exact value (the composed ops in float64, rounded), to a

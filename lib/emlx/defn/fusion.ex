@@ -1,13 +1,16 @@
 defmodule EMLX.Defn.Fusion do
   @moduledoc false
   # Rewrites of a recorded program into MLX's fused kernels, made once when
-  # its plan is built (EMLX.Defn.Recorder.program/2). Each rewrite replaces
-  # one instruction by an equivalent one, so every slot keeps its number;
-  # the instructions it no longer needs stay in the program, and MLX, which
-  # computes only what the outputs depend on, never runs them unless
-  # something else uses them. Each pattern starts from the max over the
-  # axes (keep_axes) that Nx code subtracts first, so the fused kernel,
-  # which does the same, gives the same values up to rounding.
+  # its plan is built (EMLX.Defn.Recorder.program/2, on the instructions as
+  # recorded: operands are {:in, i} and {:out, j}). Each rewrite replaces a
+  # pattern's last instruction by one fused op, so every slot keeps its
+  # number; the pattern's other instructions stay in the program, and MLX,
+  # which computes only what the outputs depend on, never runs them. A
+  # pattern is fused only when nothing else (no other instruction, no
+  # output: a gradient, say) uses its intermediate results, which would
+  # then be computed anyway. Each pattern starts from the max over the axes
+  # (keep_axes) that Nx code subtracts first, as the fused kernels do, so
+  # they give the same values up to rounding.
   #
   # - softmax: reduce_max, subtract, exp, sum and divide over the same axes
   #   (Axon's softmax activation, attention) -> MLX's softmax kernel, one
@@ -19,46 +22,53 @@ defmodule EMLX.Defn.Fusion do
 
   @float [{:f, 32}, {:f, 16}, {:bf, 16}]
 
-  @doc "The program `instrs` (slots numbered, inputs first) with fused kernels."
-  def rewrite(instrs, ninputs) do
+  @doc "The recorded program `instrs`, whose results `outputs` are, with fused kernels."
+  def rewrite(instrs, outputs) do
     {defs, _} =
-      Enum.map_reduce(instrs, ninputs, fn {op, _, _} = instr, slot ->
-        {{slot, instr}, slot + EMLX.Ops.outputs(op)}
-      end)
+      Enum.map_reduce(instrs, 0, fn instr, j -> {{{:out, j}, instr}, j + width(instr)} end)
 
-    by_slot = Map.new(defs)
-    Enum.map(instrs, &(fuse(&1, by_slot) || &1))
+    uses = Enum.reduce(instrs, count(outputs, %{}), fn {_, args, _}, acc -> count(args, acc) end)
+    ctx = %{by_slot: Map.new(defs), uses: uses}
+    Enum.map(instrs, &(fuse(&1, ctx) || &1))
   end
 
-  defp fuse({:divide, [e, z], t}, by_slot) when t in @float do
-    with {:sum, [^e, axes, true], ^t} <- by_slot[z],
-         {:exp, [s], ^t} <- by_slot[e],
-         {x, ^axes} <- shifted(s, t, by_slot) do
+  # How many results an instruction has: loops and branches say it (the
+  # recorder's third element), ops as the op table has it.
+  defp width({op, _, n}) when op in [:while, :cond], do: n
+  defp width({op, _, _}), do: EMLX.Ops.outputs(op)
+
+  defp count({tag, _} = ref, acc) when tag in [:in, :out], do: Map.update(acc, ref, 1, &(&1 + 1))
+  defp count(list, acc) when is_list(list), do: Enum.reduce(list, acc, &count/2)
+  defp count(_other, acc), do: acc
+
+  defp fuse({:divide, [e, z], t}, ctx) when t in @float do
+    with {:sum, [^e, axes, true], ^t} <- def_of(z, 1, ctx),
+         {:exp, [s], ^t} <- def_of(e, 2, ctx),
+         {x, ^axes} <- shifted(s, 1, t, ctx) do
       {:softmax, [x, axes], t}
     else
       _ -> nil
     end
   end
 
-  defp fuse({:subtract, [s, l], t}, by_slot) when t in @float,
-    do: log_softmax(s, l, t, by_slot)
+  defp fuse({:subtract, [s, l], t}, ctx) when t in @float, do: log_softmax(s, l, t, ctx)
 
-  defp fuse({:add, [a, b], t}, by_slot) when t in @float do
-    with nil <- negated_log_softmax(a, b, t, by_slot),
-         nil <- negated_log_softmax(b, a, t, by_slot),
-         nil <- logsumexp(a, b, t, by_slot) do
-      logsumexp(b, a, t, by_slot)
+  defp fuse({:add, [a, b], t}, ctx) when t in @float do
+    with nil <- negated_log_softmax(a, b, t, ctx),
+         nil <- negated_log_softmax(b, a, t, ctx),
+         nil <- logsumexp(a, b, t, ctx) do
+      logsumexp(b, a, t, ctx)
     end
   end
 
-  defp fuse(_instr, _by_slot), do: nil
+  defp fuse(_instr, _ctx), do: nil
 
   # s - log(sum(exp(s))), s the shifted input
-  defp log_softmax(s, l, t, by_slot) do
-    with {x, axes} <- shifted(s, t, by_slot),
-         {:log, [z], ^t} <- by_slot[l],
-         {:sum, [e, ^axes, true], ^t} <- by_slot[z],
-         {:exp, [^s], ^t} <- by_slot[e] do
+  defp log_softmax(s, l, t, ctx) do
+    with {x, axes} <- shifted(s, 2, t, ctx),
+         {:log, [z], ^t} <- def_of(l, 1, ctx),
+         {:sum, [e, ^axes, true], ^t} <- def_of(z, 1, ctx),
+         {:exp, [^s], ^t} <- def_of(e, 1, ctx) do
       {:log_softmax, [x, axes], t}
     else
       _ -> nil
@@ -66,36 +76,41 @@ defmodule EMLX.Defn.Fusion do
   end
 
   # -log(sum(exp(s))) + s (Axon's log_softmax)
-  defp negated_log_softmax(n, s, t, by_slot) do
-    case by_slot[n] do
-      {:negate, [l], ^t} -> log_softmax(s, l, t, by_slot)
+  defp negated_log_softmax(n, s, t, ctx) do
+    case def_of(n, 1, ctx) do
+      {:negate, [l], ^t} -> log_softmax(s, l, t, ctx)
       _ -> nil
     end
   end
 
   # log(sum(exp(x - m))) + m, m the max with infinities as 0 (Nx.logsumexp)
-  defp logsumexp(l, m, t, by_slot) do
-    with {:log, [z], ^t} <- by_slot[l],
-         {:sum, [e, axes, true], ^t} <- by_slot[z],
-         {:exp, [s], ^t} <- by_slot[e],
-         {:subtract, [x, ^m], ^t} <- by_slot[s],
-         {:select, [mask, zero, m0], ^t} <- by_slot[m],
-         {:full, [value, {}, ^t], ^t} when value == 0 <- by_slot[zero],
-         {:is_infinity, [^m0], _} <- by_slot[mask],
-         {:reduce_max, [^x, ^axes, true], ^t} <- by_slot[m0] do
+  defp logsumexp(l, m, t, ctx) do
+    with {:log, [z], ^t} <- def_of(l, 1, ctx),
+         {:sum, [e, axes, true], ^t} <- def_of(z, 1, ctx),
+         {:exp, [s], ^t} <- def_of(e, 1, ctx),
+         {:subtract, [x, ^m], ^t} <- def_of(s, 1, ctx),
+         {:select, [mask, zero, m0], ^t} <- def_of(m, 2, ctx),
+         {:full, [value, {}, ^t], ^t} when value == 0 <- def_of(zero, 1, ctx),
+         {:is_infinity, [^m0], _} <- def_of(mask, 1, ctx),
+         {:reduce_max, [^x, ^axes, true], ^t} <- def_of(m0, 2, ctx) do
       {:logsumexp, [x, axes, true], t}
     else
       _ -> nil
     end
   end
 
-  # s = x - reduce_max(x, axes, keep_axes: true): {x, axes}
-  defp shifted(s, t, by_slot) do
-    with {:subtract, [x, m], ^t} <- by_slot[s],
-         {:reduce_max, [^x, axes, true], ^t} <- by_slot[m] do
+  # s = x - reduce_max(x, axes, keep_axes: true), s used `n` times: {x, axes}
+  defp shifted(s, n, t, ctx) do
+    with {:subtract, [x, m], ^t} <- def_of(s, n, ctx),
+         {:reduce_max, [^x, axes, true], ^t} <- def_of(m, 1, ctx) do
       {x, axes}
     else
       _ -> nil
     end
+  end
+
+  # The instruction that makes `ref`, when `ref` is used exactly `n` times.
+  defp def_of(ref, n, %{by_slot: by_slot, uses: uses}) do
+    if Map.get(uses, ref) == n, do: Map.get(by_slot, ref)
   end
 end

@@ -258,7 +258,8 @@ defmodule EMLX.Defn.Recorder do
     {body_in, rec} = Enum.map_reduce(body.sources, rec, &loop_input/2)
     n = length(init)
     slots = Enum.map(rec.nouts..(rec.nouts + n - 1)//1, &{:emlx_slot, rec.segment, {:out, &1}})
-    instr = {:while, [init_syms, cond.program, cond_in, body.program, body_in], nil}
+    # (the third element, nil for the NIF, counts the results here)
+    instr = {:while, [init_syms, cond.program, cond_in, body.program, body_in], n}
 
     Process.put(@key, %{
       rec
@@ -286,7 +287,7 @@ defmodule EMLX.Defn.Recorder do
     slots = Enum.map(rec.nouts..(rec.nouts + n - 1)//1, &{:emlx_slot, rec.segment, {:out, &1}})
 
     instr =
-      {:cond, [pred.program, pred_in, then.program, then_in, otherwise.program, else_in], nil}
+      {:cond, [pred.program, pred_in, then.program, then_in, otherwise.program, else_in], n}
 
     Process.put(@key, %{
       rec
@@ -341,8 +342,9 @@ defmodule EMLX.Defn.Recorder do
     instrs =
       rec.instrs
       |> Enum.reverse()
+      |> EMLX.Defn.Fusion.rewrite(out_syms)
       |> Enum.map(fn
-        {:while, [init, cond, cond_in, body, body_in], nil} ->
+        {:while, [init, cond, cond_in, body, body_in], _results} ->
           input = fn
             {:state, p} -> -p - 1
             sym -> slot.(sym)
@@ -352,7 +354,7 @@ defmodule EMLX.Defn.Recorder do
            [Enum.map(init, slot), cond, Enum.map(cond_in, input), body, Enum.map(body_in, input)],
            nil}
 
-        {:cond, [pred, pred_in, then, then_in, otherwise, else_in], nil} ->
+        {:cond, [pred, pred_in, then, then_in, otherwise, else_in], _results} ->
           {:cond,
            [
              pred,
@@ -367,7 +369,7 @@ defmodule EMLX.Defn.Recorder do
           {op, Enum.map(args, &renumber(&1, slot)), out_type}
       end)
 
-    NIF.program_new(rec.queue, EMLX.Defn.Fusion.rewrite(instrs, n), n, Enum.map(out_syms, slot))
+    NIF.program_new(rec.queue, instrs, n, Enum.map(out_syms, slot))
   end
 
   defp renumber({:in, _} = s, slot), do: slot.(s)
