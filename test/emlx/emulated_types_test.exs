@@ -491,3 +491,31 @@ defmodule EMLX.EmulatedTypesTest do
     end
   end
 end
+
+defmodule EMLX.EmulatedTypesLimitTest do
+  @moduledoc "Changes the :emlx application environment, so not async."
+  use EMLX.Case, async: false
+
+  setup do
+    Application.put_env(:emlx, :emulated_max_bytes, 1_000)
+    on_exit(fn -> Application.delete_env(:emlx, :emulated_max_bytes) end)
+  end
+
+  test "work on the host past :emulated_max_bytes raises instead of filling the host's memory" do
+    # (the fuzz storm's as_type of a 46,340² f32 iota to c128 wanted 43 GB
+    # of binaries and the VM went down)
+    x = emlx(Enum.to_list(1..200), type: :f32)
+
+    assert_raise ArgumentError, ~r/as_type with a type MLX lacks .* past the limit of 1000/, fn ->
+      Nx.as_type(x, :c128)
+    end
+
+    assert_raise ArgumentError, ~r/iota .* past the limit/, fn ->
+      Nx.iota({100}, type: :c128, backend: EMLX.Backend)
+    end
+
+    # under the limit the work is done as before
+    small = Nx.as_type(emlx([1, 2], type: :f32), :c128)
+    assert Nx.to_flat_list(small) == [Complex.new(1.0, 0.0), Complex.new(2.0, 0.0)]
+  end
+end

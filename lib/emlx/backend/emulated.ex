@@ -158,6 +158,7 @@ defmodule EMLX.Backend.Emulated do
 
   @doc "Runs callback `name` with `args` (see the module comment)."
   def call(name, args) when name in @creation do
+    fits_host!(name, args)
     {opts, args} = List.pop_at(args, -1)
     device = EMLX.Backend.device_option(opts)
     result = binary_backend(name, args ++ [[]])
@@ -201,12 +202,14 @@ defmodule EMLX.Backend.Emulated do
     do: backend.from_binary(t, read(t, flat_size(t)), opts)
 
   def call(:to_batched, [out, t, opts]) do
+    fits_host!(:to_batched, [t])
     {device, queue} = target([t])
     batches = Nx.BinaryBackend.to_batched(out, to_binary_backend(t), opts)
     Stream.map(batches, &to_emlx(&1, device, queue))
   end
 
   def call(:block, [struct, out | args]) do
+    fits_host!(:block, [out | args])
     {device, queue} = target(args)
     recording()
     result = binary_backend(:block, [struct, out | Enum.map(args, &to_binary_backend/1)])
@@ -215,11 +218,36 @@ defmodule EMLX.Backend.Emulated do
 
   # Every other callback: the out template first, then its arguments.
   def call(name, [out | args]) do
+    fits_host!(name, [out | args])
     {device, queue} = target(args)
     recording()
     result = binary_backend(name, [out | Enum.map(args, &to_binary_backend/1)])
     to_emlx(result, device, queue)
   end
+
+  # The host does this work through Nx.BinaryBackend, over binaries of the
+  # arguments and the result: past :emulated_max_bytes of them (default
+  # 1 GiB; `config :emlx, :emulated_max_bytes`), an ArgumentError rather
+  # than a host out of memory (Nx.BinaryBackend would take hours there).
+  defp fits_host!(name, terms) do
+    bytes = host_bytes(terms, 0)
+    max = Application.get_env(:emlx, :emulated_max_bytes, 1_073_741_824)
+
+    if bytes > max do
+      raise ArgumentError,
+            "EMLX.Backend: #{name} with a type MLX lacks runs on the host through " <>
+              "Nx.BinaryBackend, here over #{bytes} bytes of tensor data, past the limit of " <>
+              "#{max} (config :emlx, :emulated_max_bytes)"
+    end
+  end
+
+  defp host_bytes(%T{type: {_, bits}} = t, acc), do: acc + div(flat_size(t) * bits + 7, 8)
+  defp host_bytes(list, acc) when is_list(list), do: Enum.reduce(list, acc, &host_bytes/2)
+
+  defp host_bytes(tuple, acc) when is_tuple(tuple) and not is_struct(tuple),
+    do: tuple |> Tuple.to_list() |> host_bytes(acc)
+
+  defp host_bytes(_other, acc), do: acc
 
   defp binary_backend(name, args) do
     Nx.with_default_backend(Nx.BinaryBackend, fn -> apply(Nx.BinaryBackend, name, args) end)
