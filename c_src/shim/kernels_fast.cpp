@@ -286,6 +286,32 @@ mx::array emlx_softmax(const mx::array &x, const std::vector<int> &axes, SD s) {
   return mx::softmax(x, axes, half, s);
 }
 
+// The compiler's layer norm (EMLX.Defn.Fusion): (x - mean) * rsqrt(var + eps)
+// * g + b, mean and var the sums over `axes` divided by n. MLX's fused kernel
+// where it applies (over the last axis, n its size, g and b of that size
+// along it and of no more axes than x); the same ops composed otherwise.
+mx::array emlx_layer_norm_pattern(const mx::array &x, const mx::array &g, const mx::array &b,
+                                  const std::vector<int> &axes, int64_t n, double eps, SD s) {
+  int nd = static_cast<int>(x.ndim());
+  bool last = nd > 0 && axes.size() == 1 && axes[0] == nd - 1;
+  auto along_last = [&](const mx::array &w) {
+    if (w.ndim() < 1 || static_cast<int>(w.ndim()) > nd || w.shape(-1) != x.shape(-1)) return false;
+    for (int i = 0; i + 1 < static_cast<int>(w.ndim()); i++)
+      if (w.shape(i) != 1) return false;
+    return true;
+  };
+  if (last && n == x.shape(-1) && along_last(g) && along_last(b)) {
+    mx::Shape d{x.shape(-1)};
+    return mx::fast::layer_norm(x, mx::reshape(mx::astype(g, x.dtype(), s), d, s),
+                                mx::reshape(mx::astype(b, x.dtype(), s), d, s), static_cast<float>(eps), s);
+  }
+  auto count = mx::array(static_cast<double>(n), x.dtype());
+  auto c = mx::subtract(x, mx::divide(emlx_sum(x, axes, true, s), count, s), s);
+  auto var = mx::divide(emlx_sum(mx::multiply(c, c, s), axes, true, s), count, s);
+  auto r = mx::rsqrt(mx::add(var, mx::array(eps, x.dtype()), s), s);
+  return mx::add(mx::multiply(mx::multiply(c, r, s), g, s), b, s);
+}
+
 // x - logsumexp(x) over `axes`: the compiler's log_softmax (EMLX.Defn.Fusion),
 // MLX's logsumexp kernel (float32 accumulation) and one subtraction.
 mx::array emlx_log_softmax(const mx::array &x, const std::vector<int> &axes, SD s) {

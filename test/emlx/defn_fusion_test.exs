@@ -47,6 +47,30 @@ defmodule EMLX.DefnFusionTest do
 
   defn logsumexp(x), do: Nx.logsumexp(x, axes: [1])
 
+  # Axon's layer_norm (its mean_and_variance and normalize), over the last axis
+  defn axon_layer_norm(x) do
+    {gamma, beta} = norm_params(x)
+    mean = Nx.mean(x, axes: [-1], keep_axes: true)
+    var = Nx.variance(x, axes: [-1], keep_axes: true)
+    scale = gamma * Nx.rsqrt(var + 1.0e-5)
+    scale * (x - mean) + beta
+  end
+
+  # the plain form, over the first axis (MLX's kernel normalizes the last
+  # only: the fused op composes it)
+  defn layer_norm_first_axis(x) do
+    {gamma, beta} = norm_params(Nx.transpose(x))
+    c = x - Nx.mean(x, axes: [0], keep_axes: true)
+    var = Nx.mean(c * c, axes: [0], keep_axes: true)
+    c * Nx.rsqrt(var + 1.0e-5) * Nx.transpose(gamma) + Nx.transpose(beta)
+  end
+
+  defnp norm_params(x) do
+    d = Nx.axis_size(x, -1)
+    gamma = Nx.iota({1, d}, type: Nx.type(x)) / d + 0.5
+    {gamma, Nx.iota({1, d}, type: Nx.type(x)) / d - 0.25}
+  end
+
   # programs as recorded: operands {:in, i} and {:out, j}
   @x {:in, 0}
   @softmax [
@@ -107,6 +131,35 @@ defmodule EMLX.DefnFusionTest do
     one = List.replace_at(lse, 2, {:full, [1.0, {}, {:f, 32}], {:f, 32}})
     assert rewrite(one) == one
 
+    # layer norm, (x - mean) * rsqrt(var + eps) * g + b
+    f32 = {:f, 32}
+    count = {:full, [8, {}, {:s, 32}], {:s, 32}}
+
+    ln = [
+      {:sum, [@x, [1], true], f32},
+      count,
+      {:divide, [{:out, 0}, {:out, 1}], f32},
+      {:subtract, [@x, {:out, 2}], f32},
+      {:full, [1.0e-5, {}, f32], f32},
+      {:multiply, [{:out, 3}, {:out, 3}], f32},
+      {:sum, [{:out, 5}, [1], true], f32},
+      count,
+      {:divide, [{:out, 6}, {:out, 7}], f32},
+      {:add, [{:out, 8}, {:out, 4}], f32},
+      {:rsqrt, [{:out, 9}], f32},
+      {:multiply, [{:out, 3}, {:out, 10}], f32},
+      {:multiply, [{:out, 11}, {:in, 1}], f32},
+      {:add, [{:out, 12}, {:in, 2}], f32}
+    ]
+
+    assert List.last(rewrite(ln)) ==
+             {:layer_norm_pattern, [@x, {:in, 1}, {:in, 2}, [1], 8, 1.0e-5], f32}
+
+    # the centred input is an output too; a count that is not the mean's
+    assert rewrite(ln, [{:out, 13}, {:out, 3}]) == ln
+    other_count = List.replace_at(ln, 7, {:full, [7, {}, {:s, 32}], {:s, 32}})
+    assert rewrite(other_count) == other_count
+
     # results are numbered past multi-result ops and loops by their counts
     for first <- [
           {:qr, [{:in, 1}, false], {:f, 32}},
@@ -140,7 +193,9 @@ defmodule EMLX.DefnFusionTest do
           {&mismatched/1, 1.0e-6},
           {&axon_log_softmax/1, 1.0e-5},
           {&log_softmax/1, 1.0e-5},
-          {&logsumexp/1, 1.0e-5}
+          {&logsumexp/1, 1.0e-5},
+          {&axon_layer_norm/1, 1.0e-5},
+          {&layer_norm_first_axis/1, 1.0e-5}
         ],
         type <- [:f32, :bf16] do
       input = Nx.as_type(x, type)

@@ -53,11 +53,13 @@ defmodule EMLX.Defn.Fusion do
 
   defp fuse({:subtract, [s, l], t}, ctx) when t in @float, do: log_softmax(s, l, t, ctx)
 
-  defp fuse({:add, [a, b], t}, ctx) when t in @float do
+  defp fuse({:add, [a, b], t} = instr, ctx) when t in @float do
     with nil <- negated_log_softmax(a, b, t, ctx),
          nil <- negated_log_softmax(b, a, t, ctx),
-         nil <- logsumexp(a, b, t, ctx) do
-      logsumexp(b, a, t, ctx)
+         nil <- logsumexp(a, b, t, ctx),
+         nil <- logsumexp(b, a, t, ctx),
+         nil <- layer_norm(a, b, instr, ctx) do
+      layer_norm(b, a, instr, ctx)
     end
   end
 
@@ -97,6 +99,109 @@ defmodule EMLX.Defn.Fusion do
     else
       _ -> nil
     end
+  end
+
+  # (x - mean) * rsqrt(var + eps) * g + bias over the same axes, the three
+  # factors in any order and grouping (Axon's layer_norm: g * rsqrt(...)
+  # first; the plain form: (x - mean) * rsqrt(...) first), the mean and
+  # the variance as Nx.mean and Nx.variance record them. Fused only when
+  # the pattern's intermediate results are its own.
+  defp layer_norm(scaled, bias, {_, _, t} = final, ctx) do
+    with {:multiply, [u, v], ^t} <- def_of(scaled, 1, ctx),
+         {[_, _, _] = leaves, product} <- factors(u, v, t, ctx),
+         {r, [ve], ^t} <- find_leaf(leaves, :rsqrt, ctx),
+         {c, [x, mean], ^t} <- find_leaf(leaves, :subtract, ctx),
+         [g] <- leaves -- [r, c],
+         {x, axes, n, mean_refs} <- mean_of(mean, x, t, ctx),
+         {:add, [p, q], ^t} <- Map.get(ctx.by_slot, ve),
+         {eps, var, eps_ref} <- constant_plus(p, q, t, ctx),
+         {^x, ^axes, ^n, var_refs} <- variance_of(var, t, ctx),
+         refs = [scaled, product, r, ve, eps_ref, c | mean_refs ++ var_refs],
+         true <- own?(refs, final, ctx) do
+      {:layer_norm_pattern, [x, g, bias, axes, n, eps], t}
+    else
+      _ -> nil
+    end
+  end
+
+  # The three factors of u * v, one of them (the product's ref, also
+  # returned) a product itself.
+  defp factors(u, v, t, ctx) do
+    case {Map.get(ctx.by_slot, u), Map.get(ctx.by_slot, v)} do
+      {{:multiply, [a, b], ^t}, _} -> {[a, b, v], u}
+      {_, {:multiply, [a, b], ^t}} -> {[u, a, b], v}
+      _ -> nil
+    end
+  end
+
+  # The one leaf made by `op`: {ref, its operands, its type}.
+  defp find_leaf(leaves, op, ctx) do
+    case for(l <- leaves, match?({^op, _, _}, Map.get(ctx.by_slot, l)), do: l) do
+      [l] ->
+        {^op, args, t} = Map.fetch!(ctx.by_slot, l)
+        {l, args, t}
+
+      _ ->
+        nil
+    end
+  end
+
+  # sum(x, axes, keep_axes: true) / n, n a constant: {x, axes, n, refs}
+  defp mean_of(ref, x, t, ctx) do
+    with {:divide, [sum, count], ^t} <- Map.get(ctx.by_slot, ref),
+         {:sum, [^x, axes, true], ^t} <- Map.get(ctx.by_slot, sum),
+         {:full, [n, {}, _], _} when is_integer(n) and n > 0 <- Map.get(ctx.by_slot, count) do
+      {x, axes, n, [ref, sum, count]}
+    else
+      _ -> nil
+    end
+  end
+
+  # mean((x - mean(x))^2) over the axes, the square as pow(d, 2) or d * d
+  defp variance_of(ref, t, ctx) do
+    with {:divide, [sum, count], ^t} <- Map.get(ctx.by_slot, ref),
+         {:sum, [sq, axes, true], ^t} <- Map.get(ctx.by_slot, sum),
+         {:full, [n, {}, _], _} when is_integer(n) <- Map.get(ctx.by_slot, count),
+         {d, sq_refs} <- square_of(sq, t, ctx),
+         {:subtract, [x, mean], ^t} <- Map.get(ctx.by_slot, d),
+         {^x, ^axes, ^n, mean_refs} <- mean_of(mean, x, t, ctx) do
+      {x, axes, n, [ref, sum, count, sq, d | sq_refs ++ mean_refs]}
+    else
+      _ -> nil
+    end
+  end
+
+  defp square_of(sq, t, ctx) do
+    case Map.get(ctx.by_slot, sq) do
+      {:multiply, [d, d], ^t} ->
+        {d, []}
+
+      {:pow, [d, two], ^t} ->
+        case Map.get(ctx.by_slot, two) do
+          {:full, [2, {}, _], _} -> {d, [two]}
+          _ -> nil
+        end
+
+      _ ->
+        nil
+    end
+  end
+
+  # eps + var or var + eps, eps a scalar constant: {eps, var, eps's ref}
+  defp constant_plus(p, q, t, ctx) do
+    case {Map.get(ctx.by_slot, p), Map.get(ctx.by_slot, q)} do
+      {{:full, [eps, {}, ^t], ^t}, _} when is_number(eps) -> {eps / 1, q, p}
+      {_, {:full, [eps, {}, ^t], ^t}} when is_number(eps) -> {eps / 1, p, q}
+      _ -> nil
+    end
+  end
+
+  # Every use of the refs is by the pattern's own instructions.
+  defp own?(refs, final, ctx) do
+    refs = Enum.uniq(refs)
+    instrs = [final | Enum.map(refs, &Map.fetch!(ctx.by_slot, &1))]
+    internal = Enum.reduce(instrs, %{}, fn {_, args, _}, acc -> count(args, acc) end)
+    Enum.all?(refs, &(Map.get(ctx.uses, &1) == Map.get(internal, &1)))
   end
 
   # s = x - reduce_max(x, axes, keep_axes: true), s used `n` times: {x, axes}
