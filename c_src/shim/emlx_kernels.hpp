@@ -146,6 +146,8 @@ mx::array emlx_softmax(const mx::array &x, const std::vector<int> &axes, SD s);
 mx::array emlx_log_softmax(const mx::array &x, const std::vector<int> &axes, SD s);
 mx::array emlx_layer_norm_pattern(const mx::array &x, const mx::array &g, const mx::array &b,
                                   const std::vector<int> &axes, int64_t n, double eps, SD s);
+mx::array emlx_rms_norm_pattern(const mx::array &x, const mx::array &w, const std::vector<int> &axes, int64_t n,
+                                double eps, SD s);
 std::vector<mx::array> emlx_fast_kv_cache_attention(const mx::array &q, const mx::array &new_k, const mx::array &new_v,
                                                     const mx::array &k_cache, const mx::array &v_cache,
                                                     const mx::array &offset, double scale,

@@ -290,17 +290,20 @@ mx::array emlx_softmax(const mx::array &x, const std::vector<int> &axes, SD s) {
 // * g + b, mean and var the sums over `axes` divided by n. MLX's fused kernel
 // where it applies (over the last axis, n its size, g and b of that size
 // along it and of no more axes than x); the same ops composed otherwise.
+// w holds one value per element of x's last axis (its other axes of size 1,
+// no more of them than x has): what MLX's norm kernels take as a weight.
+static bool along_last(const mx::array &x, const mx::array &w) {
+  if (w.ndim() < 1 || w.ndim() > x.ndim() || w.shape(-1) != x.shape(-1)) return false;
+  for (int i = 0; i + 1 < static_cast<int>(w.ndim()); i++)
+    if (w.shape(i) != 1) return false;
+  return true;
+}
+
 mx::array emlx_layer_norm_pattern(const mx::array &x, const mx::array &g, const mx::array &b,
                                   const std::vector<int> &axes, int64_t n, double eps, SD s) {
   int nd = static_cast<int>(x.ndim());
   bool last = nd > 0 && axes.size() == 1 && axes[0] == nd - 1;
-  auto along_last = [&](const mx::array &w) {
-    if (w.ndim() < 1 || static_cast<int>(w.ndim()) > nd || w.shape(-1) != x.shape(-1)) return false;
-    for (int i = 0; i + 1 < static_cast<int>(w.ndim()); i++)
-      if (w.shape(i) != 1) return false;
-    return true;
-  };
-  if (last && n == x.shape(-1) && along_last(g) && along_last(b)) {
+  if (last && n == x.shape(-1) && along_last(x, g) && along_last(x, b)) {
     mx::Shape d{x.shape(-1)};
     return mx::fast::layer_norm(x, mx::reshape(mx::astype(g, x.dtype(), s), d, s),
                                 mx::reshape(mx::astype(b, x.dtype(), s), d, s), static_cast<float>(eps), s);
@@ -310,6 +313,21 @@ mx::array emlx_layer_norm_pattern(const mx::array &x, const mx::array &g, const 
   auto var = mx::divide(emlx_sum(mx::multiply(c, c, s), axes, true, s), count, s);
   auto r = mx::rsqrt(mx::add(var, mx::array(eps, x.dtype()), s), s);
   return mx::add(mx::multiply(mx::multiply(c, r, s), g, s), b, s);
+}
+
+// The compiler's RMS norm (EMLX.Defn.Fusion): x * rsqrt(sum(x^2) / n + eps)
+// * w over `axes`. MLX's fused kernel where it applies (as for the layer
+// norm above); the same ops composed otherwise.
+mx::array emlx_rms_norm_pattern(const mx::array &x, const mx::array &w, const std::vector<int> &axes, int64_t n,
+                                double eps, SD s) {
+  int nd = static_cast<int>(x.ndim());
+  if (nd > 0 && axes.size() == 1 && axes[0] == nd - 1 && n == x.shape(-1) && along_last(x, w)) {
+    mx::Shape d{x.shape(-1)};
+    return mx::fast::rms_norm(x, mx::reshape(mx::astype(w, x.dtype(), s), d, s), static_cast<float>(eps), s);
+  }
+  auto ms = mx::divide(emlx_sum(mx::multiply(x, x, s), axes, true, s), mx::array(static_cast<double>(n), x.dtype()), s);
+  auto r = mx::rsqrt(mx::add(ms, mx::array(eps, x.dtype()), s), s);
+  return mx::multiply(mx::multiply(x, r, s), w, s);
 }
 
 // x - logsumexp(x) over `axes`: the compiler's log_softmax (EMLX.Defn.Fusion),

@@ -65,6 +65,12 @@ defmodule EMLX.DefnFusionTest do
     c * Nx.rsqrt(var + 1.0e-5) * Nx.transpose(gamma) + Nx.transpose(beta)
   end
 
+  # RMS norm as Llama-style models write it, the weight first
+  defn rms_norm(x) do
+    {w, _} = norm_params(x)
+    w * (x * Nx.rsqrt(Nx.mean(Nx.pow(x, 2), axes: [-1], keep_axes: true) + 1.0e-6))
+  end
+
   defnp norm_params(x) do
     d = Nx.axis_size(x, -1)
     gamma = Nx.iota({1, d}, type: Nx.type(x)) / d + 0.5
@@ -155,10 +161,34 @@ defmodule EMLX.DefnFusionTest do
     assert List.last(rewrite(ln)) ==
              {:layer_norm_pattern, [@x, {:in, 1}, {:in, 2}, [1], 8, 1.0e-5], f32}
 
-    # the centred input is an output too; a count that is not the mean's
-    assert rewrite(ln, [{:out, 13}, {:out, 3}]) == ln
+    # the centred input is an output too: no layer norm (its scaled part,
+    # c * rsqrt(mean(c^2) + eps) * g, is an RMS norm of c, and becomes one)
+    assert List.last(rewrite(ln, [{:out, 13}, {:out, 3}])) == List.last(ln)
+
+    assert Enum.at(rewrite(ln, [{:out, 13}, {:out, 3}]), 12) ==
+             {:rms_norm_pattern, [{:out, 3}, {:in, 1}, [1], 8, 1.0e-5], f32}
+
+    # a count that is not the mean's
     other_count = List.replace_at(ln, 7, {:full, [7, {}, {:s, 32}], {:s, 32}})
-    assert rewrite(other_count) == other_count
+    assert List.last(rewrite(other_count)) == List.last(ln)
+
+    # RMS norm, x * rsqrt(mean(x^2) + eps) * w
+    rms = [
+      {:full, [1.0e-6, {}, f32], f32},
+      {:multiply, [@x, @x], f32},
+      {:sum, [{:out, 1}, [1], true], f32},
+      count,
+      {:divide, [{:out, 2}, {:out, 3}], f32},
+      {:add, [{:out, 4}, {:out, 0}], f32},
+      {:rsqrt, [{:out, 5}], f32},
+      {:multiply, [@x, {:out, 6}], f32},
+      {:multiply, [{:out, 7}, {:in, 1}], f32}
+    ]
+
+    assert List.last(rewrite(rms)) == {:rms_norm_pattern, [@x, {:in, 1}, [1], 8, 1.0e-6], f32}
+    # the normalized input scaled by something other than x: as is
+    other = List.replace_at(rms, 7, {:multiply, [{:in, 2}, {:out, 6}], f32})
+    assert rewrite(other) == other
 
     # results are numbered past multi-result ops and loops by their counts
     for first <- [
@@ -195,7 +225,8 @@ defmodule EMLX.DefnFusionTest do
           {&log_softmax/1, 1.0e-5},
           {&logsumexp/1, 1.0e-5},
           {&axon_layer_norm/1, 1.0e-5},
-          {&layer_norm_first_axis/1, 1.0e-5}
+          {&layer_norm_first_axis/1, 1.0e-5},
+          {&rms_norm/1, 1.0e-5}
         ],
         type <- [:f32, :bf16] do
       input = Nx.as_type(x, type)

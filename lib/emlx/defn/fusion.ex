@@ -18,7 +18,10 @@ defmodule EMLX.Defn.Fusion do
   # - log_softmax: the same shifted input minus the log of the sum, as
   #   `s - log(z)` or Axon's `-log(z) + s` -> x - logsumexp(x);
   # - logsumexp: Nx.logsumexp's form (a max that is infinite counts as 0,
-  #   as MLX's kernel has it) -> MLX's logsumexp kernel.
+  #   as MLX's kernel has it) -> MLX's logsumexp kernel;
+  # - layer norm: (x - mean) * rsqrt(var + eps) * g + b -> fast::layer_norm;
+  # - RMS norm: x * rsqrt(mean(x^2) + eps) * w -> fast::rms_norm (both over
+  #   the last axis; the same ops composed over others).
 
   @float [{:f, 32}, {:f, 16}, {:bf, 16}]
 
@@ -62,6 +65,8 @@ defmodule EMLX.Defn.Fusion do
       layer_norm(b, a, instr, ctx)
     end
   end
+
+  defp fuse({:multiply, [u, v], t} = instr, ctx) when t in @float, do: rms_norm(u, v, instr, ctx)
 
   defp fuse(_instr, _ctx), do: nil
 
@@ -119,6 +124,28 @@ defmodule EMLX.Defn.Fusion do
          refs = [scaled, product, r, ve, eps_ref, c | mean_refs ++ var_refs],
          true <- own?(refs, final, ctx) do
       {:layer_norm_pattern, [x, g, bias, axes, n, eps], t}
+    else
+      _ -> nil
+    end
+  end
+
+  # x * rsqrt(mean(x^2) + eps) * w over the same axes, the three factors in
+  # any order and grouping (RMS norm, as Llama-style models write it).
+  defp rms_norm(u, v, {_, _, t} = final, ctx) do
+    with {[_, _, _] = leaves, product} <- factors(u, v, t, ctx),
+         {r, [ve], ^t} <- find_leaf(leaves, :rsqrt, ctx),
+         {:add, [p, q], ^t} <- Map.get(ctx.by_slot, ve),
+         {eps, ms, eps_ref} <- constant_plus(p, q, t, ctx),
+         {:divide, [sum, count], ^t} <- Map.get(ctx.by_slot, ms),
+         {:sum, [sq, axes, true], ^t} <- Map.get(ctx.by_slot, sum),
+         {:full, [n, {}, _], _} when is_integer(n) and n > 0 <- Map.get(ctx.by_slot, count),
+         {x, sq_refs} <- square_of(sq, t, ctx),
+         [_, _] = rest <- leaves -- [r],
+         true <- x in rest,
+         [w] <- rest -- [x],
+         refs = [product, r, ve, eps_ref, ms, sum, count, sq | sq_refs],
+         true <- own?(refs, final, ctx) do
+      {:rms_norm_pattern, [x, w, axes, n, eps], t}
     else
       _ -> nil
     end
