@@ -246,6 +246,7 @@ defmodule EMLXBench do
       softmax(4096, false),
       softmax(2048, false),
       softmax(256, true),
+      layer_norm(4096, 768),
       linalg(:svd, 512),
       linalg(:qr, 512),
       linalg(:eigh, 512),
@@ -272,6 +273,7 @@ defmodule EMLXBench do
       matmul(8192, :f32, false, precision),
       matmul(4096, :f32, false, precision),
       softmax(8192, false),
+      layer_norm(16384, 4096),
       conv({32, 64, 56, 56}, 64, false),
       mlp([784, 512, 512, 10], 128, false),
       transformer(512, 768, 12, false)
@@ -370,6 +372,24 @@ defmodule EMLXBench do
         x = evaluated(synth({n, n}, :f32, 4.0, 0.0))
         f = jit.(&Defns.softmax/1)
         fn -> f.(x) end
+      end
+    }
+  end
+
+  # The transformer block's layer norm alone over rows of d (compiled, one
+  # MLX layer norm: EMLX.Defn.Fusion).
+  defp layer_norm(rows, d) do
+    %{
+      name: "layer_norm_#{rows}x#{d}",
+      params: "(x - mean) * rsqrt(var + 1e-5) * g + b over the last axis of f32[#{rows}x#{d}]",
+      size: "#{rows}x#{d}",
+      binary: false,
+      setup: fn jit ->
+        x = evaluated(synth({rows, d}, :f32, 2.0, 0.0))
+        g = evaluated(Nx.add(synth({d}, :f32, 0.1, 1.0), 1.0))
+        b = evaluated(synth({d}, :f32, 0.1, 2.0))
+        f = jit.(&Defns.layer_norm/3)
+        fn -> f.(x, g, b) end
       end
     }
   end

@@ -296,6 +296,20 @@ def softmax_w(n):
     return f"softmax_{n}x{n}", f"softmax over the last axis of f32[{n}x{n}]", setup
 
 
+def layer_norm_w(rows, d):
+    """The transformer block's layer norm alone (as EMLXBench's layer_norm/2)."""
+
+    def setup():
+        x = evaluated(synth((rows, d), mx.float32, 2.0, 0.0))
+        g = evaluated(synth((d,), mx.float32, 0.1, 1.0) + 1.0)
+        b = evaluated(synth((d,), mx.float32, 0.1, 2.0))
+        compiled = mx.compile(layer_norm)
+        return (lambda: layer_norm(x, g, b)), (lambda: compiled(x, g, b))
+
+    params = f"(x - mean) * rsqrt(var + 1e-5) * g + b over the last axis of f32[{rows}x{d}]"
+    return f"layer_norm_{rows}x{d}", params, setup
+
+
 LINALG = {
     "svd": (lambda a: mx.linalg.svd(a, stream=mx.cpu), lambda a: np.linalg.svd(a)),
     "qr": (lambda a: mx.linalg.qr(a, stream=mx.cpu), lambda a: np.linalg.qr(a)),
@@ -414,6 +428,7 @@ WORKLOADS_CPU = [
     softmax_w(4096),
     softmax_w(2048),
     softmax_w(256),
+    layer_norm_w(4096, 768),
     linalg("svd", 512),
     linalg("qr", 512),
     linalg("eigh", 512),
@@ -439,6 +454,7 @@ def workloads_gpu(tf32):
         matmul_w(8192, "f32", precision),
         matmul_w(4096, "f32", precision),
         softmax_w(8192),
+        layer_norm_w(16384, 4096),
         conv((32, 64, 56, 56), 64),
         mlp([784, 512, 512, 10], 128),
         transformer(512, 768, 12),
