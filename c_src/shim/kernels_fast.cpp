@@ -331,9 +331,13 @@ mx::array emlx_rms_norm_pattern(const mx::array &x, const mx::array &w, const st
 }
 
 // x - logsumexp(x) over `axes`: the compiler's log_softmax (EMLX.Defn.Fusion),
-// MLX's logsumexp kernel (float32 accumulation) and one subtraction.
+// MLX's logsumexp kernel (float32 accumulation) and one subtraction. A row
+// holding +inf is NaN, as the composed form gives it (its shift makes
+// inf - inf), where x - logsumexp(x) would give -inf beside the NaN.
 mx::array emlx_log_softmax(const mx::array &x, const std::vector<int> &axes, SD s) {
-  return mx::subtract(x, mx::logsumexp(x, axes, true, s), s);
+  auto r = mx::subtract(x, mx::logsumexp(x, axes, true, s), s);
+  auto inf_row = mx::isposinf(mx::max(x, axes, true, s), s);
+  return mx::where(inf_row, mx::array(NAN, x.dtype()), r, s);
 }
 
 }  // namespace emlx

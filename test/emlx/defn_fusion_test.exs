@@ -246,6 +246,23 @@ defmodule EMLX.DefnFusionTest do
     end
   end
 
+  test "non-finite rows give what the composed ops give" do
+    t =
+      Nx.tensor([
+        [:infinity, 1.0, 2.0],
+        [:neg_infinity, :neg_infinity, :neg_infinity],
+        [:nan, 1.0, 2.0],
+        [:neg_infinity, 0.0, 1.0],
+        [1.0e30, -1.0e30, 0.0]
+      ])
+
+    for fun <- [&softmax/1, &log_softmax/1, &logsumexp/1] do
+      want = fun.(t)
+      got = Nx.Defn.jit(fun, compiler: EMLX).(Nx.backend_copy(t, EMLX.Backend))
+      assert Nx.all_close(to_bin(got), want, equal_nan: true) |> Nx.to_number() == 1
+    end
+  end
+
   defp tuple_or(t) when is_tuple(t), do: Tuple.to_list(t)
   defp tuple_or(t), do: t
 end
