@@ -290,6 +290,13 @@ mx::array emlx_softmax(const mx::array &x, const std::vector<int> &axes, SD s) {
 // * g + b, mean and var the sums over `axes` divided by n. MLX's fused kernel
 // where it applies (over the last axis, n its size, g and b of that size
 // along it and of no more axes than x); the same ops composed otherwise.
+// The norm is over x's last axis alone, n its size: what MLX's norm kernels
+// compute.
+static bool over_last_axis(const mx::array &x, const std::vector<int> &axes, int64_t n) {
+  int nd = static_cast<int>(x.ndim());
+  return nd > 0 && axes.size() == 1 && axes[0] == nd - 1 && n == x.shape(-1);
+}
+
 // w holds one value per element of x's last axis (its other axes of size 1,
 // no more of them than x has): what MLX's norm kernels take as a weight.
 static bool along_last(const mx::array &x, const mx::array &w) {
@@ -301,9 +308,7 @@ static bool along_last(const mx::array &x, const mx::array &w) {
 
 mx::array emlx_layer_norm_pattern(const mx::array &x, const mx::array &g, const mx::array &b,
                                   const std::vector<int> &axes, int64_t n, double eps, SD s) {
-  int nd = static_cast<int>(x.ndim());
-  bool last = nd > 0 && axes.size() == 1 && axes[0] == nd - 1;
-  if (last && n == x.shape(-1) && along_last(x, g) && along_last(x, b)) {
+  if (over_last_axis(x, axes, n) && along_last(x, g) && along_last(x, b)) {
     mx::Shape d{x.shape(-1)};
     return mx::fast::layer_norm(x, mx::reshape(mx::astype(g, x.dtype(), s), d, s),
                                 mx::reshape(mx::astype(b, x.dtype(), s), d, s), static_cast<float>(eps), s);
@@ -320,8 +325,7 @@ mx::array emlx_layer_norm_pattern(const mx::array &x, const mx::array &g, const 
 // norm above); the same ops composed otherwise.
 mx::array emlx_rms_norm_pattern(const mx::array &x, const mx::array &w, const std::vector<int> &axes, int64_t n,
                                 double eps, SD s) {
-  int nd = static_cast<int>(x.ndim());
-  if (nd > 0 && axes.size() == 1 && axes[0] == nd - 1 && n == x.shape(-1) && along_last(x, w)) {
+  if (over_last_axis(x, axes, n) && along_last(x, w)) {
     mx::Shape d{x.shape(-1)};
     return mx::fast::rms_norm(x, mx::reshape(mx::astype(w, x.dtype(), s), d, s), static_cast<float>(eps), s);
   }

@@ -117,7 +117,7 @@ defmodule EMLX.Defn.Fusion do
          {r, [ve], ^t} <- find_leaf(leaves, :rsqrt, ctx),
          {c, [x, mean], ^t} <- find_leaf(leaves, :subtract, ctx),
          [g] <- leaves -- [r, c],
-         {x, axes, n, mean_refs} <- mean_of(mean, x, t, ctx),
+         {^x, axes, n, mean_refs} <- mean(mean, t, ctx),
          {:add, [p, q], ^t} <- Map.get(ctx.by_slot, ve),
          {eps, var, eps_ref} <- constant_plus(p, q, t, ctx),
          {^x, ^axes, ^n, var_refs} <- variance_of(var, t, ctx),
@@ -136,14 +136,11 @@ defmodule EMLX.Defn.Fusion do
          {r, [ve], ^t} <- find_leaf(leaves, :rsqrt, ctx),
          {:add, [p, q], ^t} <- Map.get(ctx.by_slot, ve),
          {eps, ms, eps_ref} <- constant_plus(p, q, t, ctx),
-         {:divide, [sum, count], ^t} <- Map.get(ctx.by_slot, ms),
-         {:sum, [sq, axes, true], ^t} <- Map.get(ctx.by_slot, sum),
-         {:full, [n, {}, _], _} when is_integer(n) and n > 0 <- Map.get(ctx.by_slot, count),
-         {x, sq_refs} <- square_of(sq, t, ctx),
+         {x, axes, n, ms_refs} <- mean_square(ms, t, ctx),
          [_, _] = rest <- leaves -- [r],
          true <- x in rest,
          [w] <- rest -- [x],
-         refs = [product, r, ve, eps_ref, ms, sum, count, sq | sq_refs],
+         refs = [product, r, ve, eps_ref | ms_refs],
          true <- own?(refs, final, ctx) do
       {:rms_norm_pattern, [x, w, axes, n, eps], t}
     else
@@ -173,26 +170,31 @@ defmodule EMLX.Defn.Fusion do
     end
   end
 
-  # sum(x, axes, keep_axes: true) / n, n a constant: {x, axes, n, refs}
-  defp mean_of(ref, x, t, ctx) do
+  # sum(y, axes, keep_axes: true) / n, n a constant (Nx.mean): {y, axes, n, refs}
+  defp mean(ref, t, ctx) do
     with {:divide, [sum, count], ^t} <- Map.get(ctx.by_slot, ref),
-         {:sum, [^x, axes, true], ^t} <- Map.get(ctx.by_slot, sum),
+         {:sum, [y, axes, true], ^t} <- Map.get(ctx.by_slot, sum),
          {:full, [n, {}, _], _} when is_integer(n) and n > 0 <- Map.get(ctx.by_slot, count) do
-      {x, axes, n, [ref, sum, count]}
+      {y, axes, n, [ref, sum, count]}
     else
       _ -> nil
     end
   end
 
-  # mean((x - mean(x))^2) over the axes, the square as pow(d, 2) or d * d
+  # mean(d^2), the square as pow(d, 2) or d * d: {d, axes, n, refs}
+  defp mean_square(ref, t, ctx) do
+    with {sq, axes, n, mean_refs} <- mean(ref, t, ctx),
+         {d, sq_refs} <- square_of(sq, t, ctx) do
+      {d, axes, n, [sq | sq_refs ++ mean_refs]}
+    end
+  end
+
+  # mean((x - mean(x))^2) over the axes (Nx.variance): {x, axes, n, refs}
   defp variance_of(ref, t, ctx) do
-    with {:divide, [sum, count], ^t} <- Map.get(ctx.by_slot, ref),
-         {:sum, [sq, axes, true], ^t} <- Map.get(ctx.by_slot, sum),
-         {:full, [n, {}, _], _} when is_integer(n) <- Map.get(ctx.by_slot, count),
-         {d, sq_refs} <- square_of(sq, t, ctx),
-         {:subtract, [x, mean], ^t} <- Map.get(ctx.by_slot, d),
-         {^x, ^axes, ^n, mean_refs} <- mean_of(mean, x, t, ctx) do
-      {x, axes, n, [ref, sum, count, sq, d | sq_refs ++ mean_refs]}
+    with {d, axes, n, square_refs} <- mean_square(ref, t, ctx),
+         {:subtract, [x, m], ^t} <- Map.get(ctx.by_slot, d),
+         {^x, ^axes, ^n, mean_refs} <- mean(m, t, ctx) do
+      {x, axes, n, [d | square_refs ++ mean_refs]}
     else
       _ -> nil
     end
