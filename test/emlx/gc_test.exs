@@ -103,12 +103,13 @@ defmodule EMLX.GCTest do
       _lazy = Nx.negate(x)
       EMLX.GC.before_eval(x.data.queue)
       drain(x)
-      {EMLX.memory_info().active_memory - base, Process.get({EMLX.GC, :bytes})}
+      # (on the GPU the buffer is let go once the device is done with it)
+      freed? = eventually(fn -> EMLX.memory_info().active_memory - base < @bytes end)
+      {freed?, Process.get({EMLX.GC, :bytes})}
     end
 
     Application.put_env(:emlx, :gc_bytes, @bytes + 1)
-    assert {freed, nil} = dead_after_check.()
-    assert freed < @bytes
+    assert {true, nil} = dead_after_check.()
     Application.put_env(:emlx, :gc_bytes, false)
     assert {_, counted} = dead_after_check.()
     assert counted >= 2 * @bytes
