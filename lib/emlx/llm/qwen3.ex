@@ -212,26 +212,31 @@ defmodule EMLX.LLM.Qwen3 do
     step =
       step_fun(model, {batch, t_max, padded?}, [model.params, last, caches, offset_at.(0), pads_t])
 
-    run_step = fn input, caches, i ->
+    post_step = fn input, caches, i ->
       out = step.(model.params, input, caches, offset_at.(i), pads_t)
       # The posted step's graph holds the last caches now. Letting go of
       # EMLX's own hold (before the step is evaluated) lets MLX write each
       # new key and value into the cache's buffer in place, as mlx-lm's
       # cache does, instead of copying every cache whole at every step.
       release(caches)
-      EMLX.async_eval(out)
+      out
     end
 
-    # As mlx_lm.generate: step i + 1 is posted (its graph built from step
-    # i's lazy token, and started with async_eval) before step i's token is
-    # read, so the host's work of a step overlaps the device's of the last.
+    # As mlx_lm.generate, step i + 1's graph is built from step i's lazy
+    # token before that token is read, so the device runs step i while the
+    # host builds step i + 1. Then step i's token is read, and only then is
+    # step i + 1 started (async_eval): the worker launches its kernels while
+    # the BEAM prepares the call of step i + 2. Started before the read, the
+    # launches would sit ahead of the read in the worker's queue, and the
+    # BEAM would wait for them at every step.
+    first = EMLX.async_eval(post_step.(last, caches, 0))
+
     {tokens, t1, _} =
-      Enum.reduce(0..(n - 1), {[], nil, run_step.(last, caches, 0)}, fn i,
-                                                                        {acc, t1, {next, caches}} ->
-        pending = if i + 1 < n, do: run_step.(Nx.reshape(next, {batch, 1}), caches, i + 1)
+      Enum.reduce(0..(n - 1), {[], nil, first}, fn i, {acc, t1, {next, caches}} ->
+        pending = if i + 1 < n, do: post_step.(Nx.reshape(next, {batch, 1}), caches, i + 1)
         row = Nx.to_flat_list(next)
         t1 = t1 || System.monotonic_time()
-        {[row | acc], t1, pending}
+        {[row | acc], t1, pending && EMLX.async_eval(pending)}
       end)
 
     t2 = System.monotonic_time()
