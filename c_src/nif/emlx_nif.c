@@ -472,6 +472,31 @@ static ERL_NIF_TERM nif_array_available(ErlNifEnv *env, int argc, const ERL_NIF_
   return available ? ATOM.true_ : ATOM.false_;
 }
 
+/* host_ints(array, max): the values of an integer array that is already
+ * computed and readable on the host as it stands (emlx_arr_host_ints), as
+ * a list; nil otherwise (pending, lazy, too large, device memory). Never
+ * waits: for checks of data the host has, such as literal indices. */
+static ERL_NIF_TERM nif_host_ints(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  char err[256];
+  emlx_array_res *res;
+  int state, kind = EMLX_ERR_ARG, max;
+  if (!enif_get_int(env, argv[1], &max) || max < 0 || max > 65536) return emlx_raise_arg(env, "expected a count up to 65536");
+  emlx_arr *a = emlx_take_array(env, argv[0], NULL, &res, &state, &kind, err, sizeof err);
+  if (!a) return ATOM.nil;
+  int64_t *vals = max ? enif_alloc(sizeof(int64_t) * (size_t)max) : NULL;
+  int n = -1;
+  if (vals || !max) n = emlx_arr_host_ints(a, max, res->owner->q->device == EMLX_DEV_CPU, vals);
+  emlx_arr_free(a);
+  ERL_NIF_TERM list = ATOM.nil;
+  if (n >= 0) {
+    list = enif_make_list(env, 0);
+    for (int i = n - 1; i >= 0; i--) list = enif_make_list_cell(env, enif_make_int64(env, vals[i]), list);
+  }
+  if (vals) enif_free(vals);
+  return list;
+}
+
 static ERL_NIF_TERM nif_deallocate(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   emlx_array_res *res;
@@ -654,6 +679,7 @@ static ErlNifFunc funcs[] = {
     {"array_info", 1, nif_array_info, 0},
     {"array_strides", 1, nif_array_strides, 0},
     {"array_available", 1, nif_array_available, 0},
+    {"host_ints", 2, nif_host_ints, 0},
     {"deallocate", 1, nif_deallocate, 0},
     {"device_available", 1, nif_device_available, 0},
     {"memory_info", 0, nif_memory_info, 0},

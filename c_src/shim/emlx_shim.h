@@ -183,6 +183,12 @@ void emlx_arr_shape(const emlx_arr *a, int64_t *dims);
 void emlx_arr_strides(const emlx_arr *a, int64_t *strides);
 int emlx_arr_dtype(const emlx_arr *a);
 int emlx_arr_is_available(const emlx_arr *a);
+/* An available, row-contiguous integer array's values, read in place (no
+ * evaluation, no stream): the count, or -1 when it has more than max
+ * elements, is not computed yet, or its memory may not be the host's (on
+ * the GPU only buffers of at most 64 bytes are read: the host-visible
+ * scalar pool; any_size 1 allows any, for the CPU). */
+int emlx_arr_host_ints(const emlx_arr *a, int max, int any_size, int64_t *out);
 size_t emlx_dtype_size(int dtype);
 
 /* Copies `nbytes` of host data into a new array of the given shape and type. */

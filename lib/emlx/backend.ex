@@ -25,7 +25,7 @@ defmodule EMLX.Backend do
 
   alias Nx.Tensor, as: T
   alias EMLX.{CommandQueue, Dispatch, NIF, Types, Worker}
-  alias EMLX.Backend.Fold
+  alias EMLX.Backend.{Bounds, Fold}
   import EMLX.Backend.Emulated, only: [emulated_tensor: 1]
 
   @doc "The Nx types EMLX.Backend stores: MLX's and the emulated ones (see `EMLX.Types`)."
@@ -294,9 +294,18 @@ defmodule EMLX.Backend do
 
   callbacks = Nx.Backend.behaviour_info(:callbacks)
 
-  for op <- EMLX.Ops.binary() -- [:atan2], {op, 3} in callbacks do
+  for op <- EMLX.Ops.binary() -- [:atan2, :left_shift, :right_shift], {op, 3} in callbacks do
     @impl true
     def unquote(op)(out, a, b), do: run(out, unquote(op), [a, b])
+  end
+
+  # A negative shift amount the host has raises, as in Nx.BinaryBackend.
+  for {op, direction} <- [left_shift: :left, right_shift: :right] do
+    @impl true
+    def unquote(op)(out, a, b) do
+      Bounds.shift!(unquote(direction), b)
+      run(out, unquote(op), [a, b])
+    end
   end
 
   @impl true
@@ -347,7 +356,10 @@ defmodule EMLX.Backend do
     do: run(out, :argsort, [tensor, opts[:axis], opts[:direction] == :desc, true])
 
   @impl true
-  def gather(out, tensor, indices, opts), do: run(out, :gather, [tensor, indices, opts[:axes]])
+  def gather(out, tensor, indices, opts) do
+    Bounds.indices!(tensor, indices, opts[:axes])
+    run(out, :gather, [tensor, indices, opts[:axes]])
+  end
 
   @impl true
   def indexed_add(out, tensor, indices, updates, opts),
@@ -358,6 +370,7 @@ defmodule EMLX.Backend do
     do: indexed(out, :indexed_put, tensor, indices, updates, opts)
 
   defp indexed(%T{type: type} = out, op, tensor, indices, updates, opts) do
+    Bounds.indices!(tensor, indices, opts[:axes])
     tensor = cast(tensor, type)
     run(out, op, [tensor, indices, updates, opts[:axes]])
   end

@@ -200,6 +200,14 @@ defmodule EMLX.NIF do
   @spec array_available(array) :: boolean()
   def array_available(_array), do: :erlang.nif_error(:nif_not_loaded)
 
+  @doc """
+  An integer array's values when it is computed and readable on the host as
+  it stands (at most `max` of them; on the GPU only arrays of up to 64
+  bytes), else nil. Never waits.
+  """
+  @spec host_ints(array, non_neg_integer()) :: [integer()] | nil
+  def host_ints(_array, _max), do: :erlang.nif_error(:nif_not_loaded)
+
   @doc "The strides of an array, waiting for a pending one (`EMLX.Worker.strides/1`)."
   @spec strides(array) :: tuple()
   defdelegate strides(array), to: EMLX.Worker

@@ -1,0 +1,69 @@
+defmodule EMLX.Backend.Bounds do
+  @moduledoc false
+  # Checks of values the host already has, made as Nx.BinaryBackend makes
+  # them and with its messages: out-of-bounds indices of gather and the
+  # indexed ops, negative shift amounts. An index or shift tensor is read
+  # when it is computed and readable in place (EMLX.NIF.host_ints/2: a
+  # literal such as `Nx.tensor([[3, -10]])`, on the GPU up to 64 bytes) and
+  # has at most @max values; EMLX never evaluates or waits to check. Other
+  # tensors (computed lazily, or in a compiled program) are not checked, as
+  # under EXLA: MLX clamps such indices.
+
+  alias Nx.Tensor, as: T
+
+  @max 4096
+
+  @doc """
+  Raises `ArgumentError` when an index tuple (the last axis of `indices`)
+  is out of the bounds of `tensor`'s `axes` (nil: its leading axes), in
+  the shape Nx.BinaryBackend reports: `tensor`'s with `axes` first.
+  """
+  def indices!(%T{shape: shape}, %T{shape: index_shape} = indices, axes) do
+    k = elem(index_shape, tuple_size(index_shape) - 1)
+
+    with true <- k > 0, [_ | _] = values <- host_ints(indices) do
+      shape = indexed_shape(shape, axes)
+      dims = shape |> Tuple.to_list() |> Enum.take(k)
+      Enum.each(Enum.chunk_every(values, k), &tuple!(&1, dims, shape))
+    end
+
+    :ok
+  end
+
+  @doc "Raises `ArgumentError` for a negative amount of a left or right shift."
+  def shift!(direction, %T{} = amount) do
+    with [_ | _] = values <- host_ints(amount),
+         v when is_integer(v) <- Enum.find(values, &(&1 < 0)) do
+      raise ArgumentError, "cannot #{direction} shift by #{v}"
+    end
+
+    :ok
+  end
+
+  defp tuple!(tuple, dims, shape) do
+    Enum.zip(tuple, dims)
+    |> Enum.with_index()
+    |> Enum.each(fn {{i, d}, axis} ->
+      if i < 0 or i >= d do
+        raise ArgumentError,
+              "index #{i} is out of bounds for axis #{axis} in shape #{inspect(shape)}"
+      end
+    end)
+  end
+
+  defp indexed_shape(shape, nil), do: shape
+
+  defp indexed_shape(shape, axes) do
+    all = Nx.axes(shape)
+
+    if List.starts_with?(all, axes),
+      do: shape,
+      else: List.to_tuple(Enum.map(axes ++ (all -- axes), &elem(shape, &1)))
+  end
+
+  defp host_ints(%T{type: {kind, _}, data: %EMLX.Backend{ref: ref}})
+       when is_reference(ref) and kind in [:s, :u],
+       do: EMLX.NIF.host_ints(ref, @max)
+
+  defp host_ints(_), do: nil
+end
