@@ -39,6 +39,8 @@ mx::array emlx_atanh(const mx::array &x, SD s);
 mx::array emlx_erf(const mx::array &x, SD s);
 mx::array emlx_erf_inv(const mx::array &x, SD s);
 mx::array emlx_sigmoid(const mx::array &x, SD s);
+mx::array emlx_tanh(const mx::array &x, SD s);
+mx::array emlx_rsqrt(const mx::array &x, SD s);
 mx::array emlx_cbrt(const mx::array &x, SD s);
 mx::array emlx_erfc(const mx::array &x, SD s);
 

@@ -6,7 +6,7 @@
 // the ops below therefore run a small CUDA kernel of ours (MLX's
 // fast::cuda_kernel, compiled once per op by NVRTC) that computes in double
 // precision and rounds once: the float32 nearest the true value for all but
-// astronomically rare inputs. Datacenter GPUs run float64 at half the float32
+// astronomically rare inputs (on the CPU, kernels_f64.cpp does the same). Datacenter GPUs run float64 at half the float32
 // rate, and these ops are bound by memory, so the cost is small (the README
 // gives the measured figures). Other types, the CPU, and empty arrays take
 // MLX's own ops.
@@ -64,10 +64,6 @@ mx::array gpu_precise_unary(const char *fn, const mx::array &x, SD s,
                             mx::array (*fallback)(const mx::array &, SD)) {
   if (!precise(x, s)) return fallback(x, s);
   return launch(fn, {x}, x.shape(), s);
-}
-
-mx::array emlx_log(const mx::array &x, SD s) {
-  return gpu_precise_unary("log", x, s, [](const mx::array &a, SD t) { return mx::log(a, t); });
 }
 
 // MLX's CPU atan2 for float32 is up to 1 ulp off as well (a fifth of

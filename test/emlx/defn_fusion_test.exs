@@ -94,6 +94,12 @@ defmodule EMLX.DefnFusionTest do
     fused = List.replace_at(@softmax, 4, {:softmax, [@x, [1]], {:f, 32}})
     assert rewrite(@softmax) == fused
 
+    # on the CPU float32 stays composed (EMLX's exp there is Nx's); bf16 fuses
+    out = [{:out, 4}]
+    assert Fusion.rewrite(@softmax, out, :cpu) == @softmax
+    bf16 = Enum.map(@softmax, fn {op, args, _} -> {op, args, {:bf, 16}} end)
+    assert List.last(Fusion.rewrite(bf16, out, :cpu)) == {:softmax, [@x, [1]], {:bf, 16}}
+
     # other axes for the sum, another input for the max, an integer type: as is
     other_axes = List.replace_at(@softmax, 3, {:sum, [{:out, 2}, [0], true], {:f, 32}})
     assert rewrite(other_axes) == other_axes
@@ -160,6 +166,8 @@ defmodule EMLX.DefnFusionTest do
 
     assert List.last(rewrite(ln)) ==
              {:layer_norm_pattern, [@x, {:in, 1}, {:in, 2}, [1], 8, 1.0e-5], f32}
+
+    assert List.last(Fusion.rewrite(ln, [{:out, 13}], :cpu)) == List.last(rewrite(ln))
 
     # the centred input is an output too: no layer norm (its scaled part,
     # c * rsqrt(mean(c^2) + eps) * g, is an RMS norm of c, and becomes one)

@@ -171,6 +171,49 @@ defmodule EMLX.PrecisionTest do
   end
 
   # On the CPU (the GPU runs MLX's float32 erf_inv, off in the last digit).
+  test "float32 transcendental functions on the CPU are Nx's, bit for bit" do
+    cpu = {EMLX.Backend, device: :cpu}
+    x = Nx.linspace(-10.0, 10.0, n: 20_001, type: :f32) |> Nx.backend_copy(Nx.BinaryBackend)
+    u = Nx.linspace(-0.999, 0.999, n: 20_001, type: :f32) |> Nx.backend_copy(Nx.BinaryBackend)
+    pos = Nx.add(Nx.abs(x), 0.001)
+
+    for {fun, input} <- [
+          exp: x,
+          expm1: x,
+          log: pos,
+          log1p: pos,
+          sin: x,
+          cos: x,
+          tan: x,
+          sinh: x,
+          cosh: x,
+          tanh: x,
+          asin: u,
+          acos: u,
+          atan: x,
+          asinh: x,
+          acosh: Nx.add(pos, 1),
+          atanh: u,
+          erf: x,
+          erfc: x,
+          sigmoid: x,
+          rsqrt: pos,
+          sqrt: pos
+        ] do
+      want = apply(Nx, fun, [input]) |> Nx.to_binary()
+      got = apply(Nx, fun, [Nx.backend_copy(input, cpu)]) |> Nx.to_binary()
+      assert got == want, "#{fun} differs from Nx.BinaryBackend's"
+    end
+
+    # the same inside a compiled program, and for strided input
+    f = Nx.Defn.jit(&Nx.tanh(Nx.exp(&1)), compiler: EMLX, device: :cpu)
+    small = Nx.slice(x, [0], [2000], strides: [3])
+    want = small |> Nx.exp() |> Nx.tanh() |> Nx.to_binary()
+    assert Nx.to_binary(f.(Nx.backend_copy(small, cpu))) == want
+    strided = Nx.slice(Nx.backend_copy(x, cpu), [0], [2000], strides: [3])
+    assert Nx.to_binary(Nx.exp(strided)) == Nx.to_binary(Nx.exp(small))
+  end
+
   test "float32 erf_inv is Nx's, bit for bit, and so are Nx.Random.normal's draws" do
     cpu = {EMLX.Backend, device: :cpu}
 

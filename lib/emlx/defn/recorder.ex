@@ -342,7 +342,7 @@ defmodule EMLX.Defn.Recorder do
     instrs =
       rec.instrs
       |> Enum.reverse()
-      |> EMLX.Defn.Fusion.rewrite(out_syms)
+      |> EMLX.Defn.Fusion.rewrite(out_syms, rec.device)
       |> Enum.map(fn
         {:while, [init, cond, cond_in, body, body_in], _results} ->
           input = fn
