@@ -152,7 +152,7 @@ int emlx_arr_host_ints(const emlx_arr *h, int max, int any_size, int64_t *out) {
   try {
     const mx::array &x = h->a;
     if (!mx::issubdtype(x.dtype(), mx::integer) || x.size() > static_cast<size_t>(max) || !x.is_available() ||
-        !x.flags().row_contiguous || x.data_size() != x.size() || (!any_size && x.buffer_size() > 64))
+        !x.flags().row_contiguous || x.data_size() != x.size() || (!any_size && x.buffer_size() > 8))
       return -1;
     int n = static_cast<int>(x.size());
     auto read = [&](auto *p) {

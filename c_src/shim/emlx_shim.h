@@ -186,8 +186,10 @@ int emlx_arr_is_available(const emlx_arr *a);
 /* An available, row-contiguous integer array's values, read in place (no
  * evaluation, no stream): the count, or -1 when it has more than max
  * elements, is not computed yet, or its memory may not be the host's (on
- * the GPU only buffers of at most 64 bytes are read: the host-visible
- * scalar pool; any_size 1 allows any, for the CPU). */
+ * the GPU only buffers of at most 8 bytes are read: MLX's CUDA allocator
+ * keeps those in host-visible memory, and reading a larger device buffer
+ * would copy it with a CUDA call on this thread; any_size 1 allows any,
+ * for the CPU). */
 int emlx_arr_host_ints(const emlx_arr *a, int max, int any_size, int64_t *out);
 size_t emlx_dtype_size(int dtype);
 

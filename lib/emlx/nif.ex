@@ -202,7 +202,7 @@ defmodule EMLX.NIF do
 
   @doc """
   An integer array's values when it is computed and readable on the host as
-  it stands (at most `max` of them; on the GPU only arrays of up to 64
+  it stands (at most `max` of them; on the GPU only arrays of up to 8
   bytes), else nil. Never waits.
   """
   @spec host_ints(array, non_neg_integer()) :: [integer()] | nil

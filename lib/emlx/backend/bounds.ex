@@ -4,7 +4,7 @@ defmodule EMLX.Backend.Bounds do
   # them and with its messages: out-of-bounds indices of gather and the
   # indexed ops, negative shift amounts. An index or shift tensor is read
   # when it is computed and readable in place (EMLX.NIF.host_ints/2: a
-  # literal such as `Nx.tensor([[3, -10]])`, on the GPU up to 64 bytes) and
+  # literal such as `Nx.tensor([[3, -10]])`; on the GPU up to 8 bytes) and
   # has at most @max values; EMLX never evaluates or waits to check. Other
   # tensors (computed lazily, or in a compiled program) are not checked, as
   # under EXLA: MLX clamps such indices.
