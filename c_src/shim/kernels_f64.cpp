@@ -130,7 +130,13 @@ class F64Unary : public mx::UnaryPrimitive {
       if (in.dtype() == mx::float32) {
         const float *src = in.data<float>();
         float *dst = out.data<float>();
-        for (size_t i = 0; i < n; i++) dst[i] = static_cast<float>(f64_apply(fn, static_cast<double>(src[i])));
+        // log1p as Nx defines it, log(x + 1) in double (x + 1 is exact for
+        // all but tiny x, where Nx's value is what Nx gives): the float
+        // nearest log1p otherwise, and Nx's bit for bit on any C library.
+        if (fn == F64_LOG1P)
+          for (size_t i = 0; i < n; i++) dst[i] = static_cast<float>(std::log(static_cast<double>(src[i]) + 1.0));
+        else
+          for (size_t i = 0; i < n; i++) dst[i] = static_cast<float>(f64_apply(fn, static_cast<double>(src[i])));
         return;
       }
       const double *src = in.data<double>();

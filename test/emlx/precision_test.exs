@@ -205,6 +205,10 @@ defmodule EMLX.PrecisionTest do
       assert got == want, "#{fun} differs from Nx.BinaryBackend's"
     end
 
+    # log1p as Nx defines it, log(x + 1), tiny inputs included
+    tiny = Nx.tensor([1.0e-10, -3.0e-8, 2.0e-5, 0.5], backend: Nx.BinaryBackend)
+    assert Nx.to_binary(Nx.log1p(Nx.backend_copy(tiny, cpu))) == Nx.to_binary(Nx.log1p(tiny))
+
     # the same inside a compiled program, and for strided input
     f = Nx.Defn.jit(&Nx.tanh(Nx.exp(&1)), compiler: EMLX, device: :cpu)
     small = Nx.slice(x, [0], [2000], strides: [3])
