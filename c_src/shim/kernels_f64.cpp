@@ -31,9 +31,9 @@ namespace emlx {
 
 namespace {
 
-enum f64_fn { F64_EXP, F64_EXPM1, F64_LOG, F64_TANH, F64_RSQRT, F64_LOG1P, F64_SIN, F64_COS, F64_TAN, F64_SINH, F64_COSH, F64_ASIN, F64_ACOS,
-              F64_ATAN, F64_ASINH, F64_ACOSH, F64_ATANH, F64_ERF, F64_ERFC, F64_ERFINV, F64_ERFINV_NX, F64_SIGMOID,
-              F64_CBRT };
+enum f64_fn { F64_EXP, F64_EXPM1, F64_LOG, F64_TANH, F64_RSQRT, F64_LOG1P, F64_SIN, F64_COS, F64_TAN,
+              F64_SINH, F64_COSH, F64_ASIN, F64_ACOS, F64_ATAN, F64_ASINH, F64_ACOSH, F64_ATANH, F64_ERF,
+              F64_ERFC, F64_ERFINV, F64_ERFINV_NX, F64_SIGMOID, F64_CBRT };
 
 // Giles' approximation of erfinv (single precision accurate), evaluated in
 // double: what Nx computes for every float type.

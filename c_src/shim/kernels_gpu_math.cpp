@@ -6,10 +6,11 @@
 // the ops below therefore run a small CUDA kernel of ours (MLX's
 // fast::cuda_kernel, compiled once per op by NVRTC) that computes in double
 // precision and rounds once: the float32 nearest the true value for all but
-// astronomically rare inputs (on the CPU, kernels_f64.cpp does the same). Datacenter GPUs run float64 at half the float32
-// rate, and these ops are bound by memory, so the cost is small (the README
-// gives the measured figures). Other types, the CPU, and empty arrays take
-// MLX's own ops.
+// astronomically rare inputs. Datacenter GPUs run float64 at half the
+// float32 rate, and these ops are bound by memory, so the cost is small
+// (the README gives the measured figures). Other types and empty arrays
+// take MLX's own ops; on the CPU, kernels_f64.cpp computes float32 in
+// double for every transcendental function.
 
 #include "emlx_kernels.hpp"
 

@@ -7,7 +7,7 @@ defmodule EMLX.Backend.Bounds do
   # literal such as `Nx.tensor([[3, -10]])`; on the GPU up to 8 bytes) and
   # has at most @max values; EMLX never evaluates or waits to check. Other
   # tensors (computed lazily, or in a compiled program) are not checked, as
-  # under EXLA: MLX clamps such indices.
+  # under EXLA: EMLX clamps their indices into range before MLX's gather.
 
   alias Nx.Tensor, as: T
 
