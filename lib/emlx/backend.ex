@@ -21,7 +21,9 @@ defmodule EMLX.Backend do
   # `ref` is the MLX array. While `compiler: EMLX` records a defn, an op's
   # result has no array yet: `ref` is nil and `placeholder` holds the
   # recorder's placeholder; `realize/1` gives data with the real array.
-  defstruct [:ref, :placeholder, :device, :queue, :quantization_config]
+  # `scalar` is an integer scalar constant's value, which the host knows
+  # (EMLX.Backend.Bounds checks shift amounts with it).
+  defstruct [:ref, :placeholder, :device, :queue, :quantization_config, :scalar]
 
   alias Nx.Tensor, as: T
   alias EMLX.{CommandQueue, Dispatch, NIF, Types, Worker}
@@ -98,7 +100,13 @@ defmodule EMLX.Backend do
 
   @impl true
   def constant(%T{shape: shape, type: type} = out, number, opts) do
-    create(out, opts, :full, [number_arg(number), shape, type], :constant)
+    case create(out, opts, :full, [number_arg(number), shape, type], :constant) do
+      %T{data: %__MODULE__{} = data} = t when shape == {} and is_integer(number) ->
+        %{t | data: %{data | scalar: number}}
+
+      t ->
+        t
+    end
   end
 
   @impl true
@@ -302,10 +310,8 @@ defmodule EMLX.Backend do
   # A negative shift amount the host has raises, as in Nx.BinaryBackend.
   for {op, direction} <- [left_shift: :left, right_shift: :right] do
     @impl true
-    def unquote(op)(out, a, b) do
-      Bounds.shift!(unquote(direction), b)
-      run(out, unquote(op), [a, b])
-    end
+    def unquote(op)(out, a, b),
+      do: run(out, unquote(op), [a, Bounds.shift!(unquote(direction), b)])
   end
 
   @impl true
@@ -356,10 +362,8 @@ defmodule EMLX.Backend do
     do: run(out, :argsort, [tensor, opts[:axis], opts[:direction] == :desc, true])
 
   @impl true
-  def gather(out, tensor, indices, opts) do
-    Bounds.indices!(tensor, indices, opts[:axes])
-    run(out, :gather, [tensor, indices, opts[:axes]])
-  end
+  def gather(out, tensor, indices, opts),
+    do: run(out, :gather, [tensor, Bounds.indices!(tensor, indices, opts[:axes]), opts[:axes]])
 
   @impl true
   def indexed_add(out, tensor, indices, updates, opts),
@@ -370,9 +374,8 @@ defmodule EMLX.Backend do
     do: indexed(out, :indexed_put, tensor, indices, updates, opts)
 
   defp indexed(%T{type: type} = out, op, tensor, indices, updates, opts) do
-    Bounds.indices!(tensor, indices, opts[:axes])
-    tensor = cast(tensor, type)
-    run(out, op, [tensor, indices, updates, opts[:axes]])
+    indices = Bounds.indices!(tensor, indices, opts[:axes])
+    run(out, op, [cast(tensor, type), indices, updates, opts[:axes]])
   end
 
   ## Blocks: native where MLX has the op, else Nx's own composition (run on EMLX)

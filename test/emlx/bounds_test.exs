@@ -67,6 +67,17 @@ defmodule EMLX.BoundsTest do
     end
 
     assert Nx.to_flat_list(Nx.left_shift(Nx.tensor([1, 2]), Nx.tensor([2, 1]))) == [4, 4]
+
+    # a number operand: Nx makes it a scalar constant, whose value EMLX keeps
+    assert_raise ArgumentError, "cannot left shift by -1", fn ->
+      Nx.left_shift(Nx.tensor(1), -1)
+    end
+
+    assert_raise ArgumentError, "cannot right shift by -1", fn ->
+      Nx.right_shift(Nx.tensor(1), -1)
+    end
+
+    assert Nx.to_flat_list(Nx.right_shift(Nx.tensor([8]), 2)) == [2]
   end
 
   test "lazy indices and compiled programs are not read: the indices are clamped" do

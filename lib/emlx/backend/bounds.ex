@@ -5,7 +5,9 @@ defmodule EMLX.Backend.Bounds do
   # indexed ops, negative shift amounts. An index or shift tensor is read
   # when it is computed and readable in place (EMLX.NIF.host_ints/2: a
   # literal such as `Nx.tensor([[3, -10]])`; on the GPU up to 8 bytes) and
-  # has at most @max values; EMLX never evaluates or waits to check. Other
+  # has at most @max values, or is an integer constant whose value the
+  # backend kept (a number operand, as in `Nx.left_shift(t, -1)`); EMLX
+  # never evaluates or waits to check. Other
   # tensors (computed lazily, or in a compiled program) are not checked, as
   # under EXLA: EMLX clamps their indices into range before MLX's gather.
 
@@ -17,6 +19,7 @@ defmodule EMLX.Backend.Bounds do
   Raises `ArgumentError` when an index tuple (the last axis of `indices`)
   is out of the bounds of `tensor`'s `axes` (nil: its leading axes), in
   the shape Nx.BinaryBackend reports: `tensor`'s with `axes` first.
+  Returns `indices`.
   """
   def indices!(%T{shape: shape}, %T{shape: index_shape} = indices, axes) do
     k = elem(index_shape, tuple_size(index_shape) - 1)
@@ -27,17 +30,17 @@ defmodule EMLX.Backend.Bounds do
       Enum.each(Enum.chunk_every(values, k), &tuple!(&1, dims, shape))
     end
 
-    :ok
+    indices
   end
 
-  @doc "Raises `ArgumentError` for a negative amount of a left or right shift."
+  @doc "Raises `ArgumentError` for a negative amount of a left or right shift; returns `amount`."
   def shift!(direction, %T{} = amount) do
     with [_ | _] = values <- host_ints(amount),
          v when is_integer(v) <- Enum.find(values, &(&1 < 0)) do
       raise ArgumentError, "cannot #{direction} shift by #{v}"
     end
 
-    :ok
+    amount
   end
 
   defp tuple!(tuple, dims, shape) do
@@ -60,6 +63,8 @@ defmodule EMLX.Backend.Bounds do
       do: shape,
       else: List.to_tuple(Enum.map(axes ++ (all -- axes), &elem(shape, &1)))
   end
+
+  defp host_ints(%T{data: %EMLX.Backend{scalar: n}}) when is_integer(n), do: [n]
 
   defp host_ints(%T{type: {kind, _}, data: %EMLX.Backend{ref: ref}})
        when is_reference(ref) and kind in [:s, :u],
