@@ -198,7 +198,8 @@ defmodule EMLX.PrecisionTest do
           erfc: x,
           sigmoid: x,
           rsqrt: pos,
-          sqrt: pos
+          sqrt: pos,
+          cbrt: x
         ] do
       want = apply(Nx, fun, [input]) |> Nx.to_binary()
       got = apply(Nx, fun, [Nx.backend_copy(input, cpu)]) |> Nx.to_binary()
