@@ -224,6 +224,7 @@ mx::array emlx_cbrt(const mx::array &x, SD s) {
 // digit differs, and so does every Nx.Random.normal draw).
 mx::array emlx_erf_inv(const mx::array &x, SD s) {
   if (x.dtype() == mx::float64) return f64_unary(x, F64_ERFINV, s);
+  if (via_double(x, s)) return f64_unary(x, F64_ERFINV_NX, s);
   if (is_float(x.dtype()) && mx::to_stream(s).device == mx::Device::cpu)
     return mx::astype(f64_unary(mx::astype(x, mx::float64, s), F64_ERFINV_NX, s), x.dtype(), s);
   return mx::erfinv(x, s);
