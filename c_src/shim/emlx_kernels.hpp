@@ -56,6 +56,10 @@ mx::array emlx_full(const emlx_scalar &n, const mx::Shape &shape, mx::Dtype d, S
 mx::array emlx_cast(const mx::array &x, mx::Dtype d, SD s);
 bool host_readable(const mx::array &x);       // available, in a small buffer: read on the host in place
 bool host_int(const mx::array &x, int64_t &v);  // an integer scalar's value, when host_readable
+// An available, row-contiguous integer array's values (at most max; any_size
+// false: only a buffer of up to 8 bytes, host memory on the GPU too), read
+// in place: the count, or -1.
+int host_ints(const mx::array &x, int max, bool any_size, int64_t *out);
 mx::array emlx_round(const mx::array &x, SD s);
 mx::array emlx_logical_not(const mx::array &x, SD s);
 mx::array emlx_logical_and(const mx::array &a, const mx::array &b, SD s);

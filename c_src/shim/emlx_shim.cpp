@@ -9,7 +9,7 @@
 #include <new>
 #include <string>
 
-#include "emlx_internal.hpp"
+#include "emlx_kernels.hpp"
 
 namespace emlx {
 namespace {
@@ -150,30 +150,7 @@ int emlx_arr_is_available(const emlx_arr *a) {
 
 int emlx_arr_host_ints(const emlx_arr *h, int max, int any_size, int64_t *out) {
   try {
-    const mx::array &x = h->a;
-    if (!mx::issubdtype(x.dtype(), mx::integer) || x.size() > static_cast<size_t>(max) || !x.is_available() ||
-        !x.flags().row_contiguous || x.data_size() != x.size() || (!any_size && x.buffer_size() > 8))
-      return -1;
-    int n = static_cast<int>(x.size());
-    auto read = [&](auto *p) {
-      for (int i = 0; i < n; i++) out[i] = static_cast<int64_t>(p[i]);
-    };
-    switch (x.dtype()) {
-      case mx::int8: read(x.data<int8_t>()); break;
-      case mx::int16: read(x.data<int16_t>()); break;
-      case mx::int32: read(x.data<int32_t>()); break;
-      case mx::int64: read(x.data<int64_t>()); break;
-      case mx::uint8: read(x.data<uint8_t>()); break;
-      case mx::uint16: read(x.data<uint16_t>()); break;
-      case mx::uint32: read(x.data<uint32_t>()); break;
-      case mx::uint64: {
-        const uint64_t *p = x.data<uint64_t>();
-        for (int i = 0; i < n; i++) out[i] = p[i] > static_cast<uint64_t>(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(p[i]);
-        break;
-      }
-      default: return -1;
-    }
-    return n;
+    return emlx::host_ints(h->a, max, any_size != 0, out);
   } catch (...) {
     return -1;
   }

@@ -43,24 +43,39 @@ mx::array emlx_full(const emlx_scalar &n, const mx::Shape &shape, mx::Dtype d, S
 }
 
 namespace {
-// Calls f with the value of x's first element, read in place in its own C
-// type; false for a type with none here (half precision, complex).
+// Calls f with a pointer to x's data in its own C type; false for a type
+// with none here (half precision, complex).
 template <typename F>
-bool visit_host_scalar(const mx::array &x, F &&f) {
+bool visit_host_data(const mx::array &x, F &&f) {
   switch (x.dtype()) {
-    case mx::bool_: f(*x.data<bool>()); return true;
-    case mx::int8: f(*x.data<int8_t>()); return true;
-    case mx::int16: f(*x.data<int16_t>()); return true;
-    case mx::int32: f(*x.data<int32_t>()); return true;
-    case mx::int64: f(*x.data<int64_t>()); return true;
-    case mx::uint8: f(*x.data<uint8_t>()); return true;
-    case mx::uint16: f(*x.data<uint16_t>()); return true;
-    case mx::uint32: f(*x.data<uint32_t>()); return true;
-    case mx::uint64: f(*x.data<uint64_t>()); return true;
-    case mx::float32: f(*x.data<float>()); return true;
-    case mx::float64: f(*x.data<double>()); return true;
+    case mx::bool_: f(x.data<bool>()); return true;
+    case mx::int8: f(x.data<int8_t>()); return true;
+    case mx::int16: f(x.data<int16_t>()); return true;
+    case mx::int32: f(x.data<int32_t>()); return true;
+    case mx::int64: f(x.data<int64_t>()); return true;
+    case mx::uint8: f(x.data<uint8_t>()); return true;
+    case mx::uint16: f(x.data<uint16_t>()); return true;
+    case mx::uint32: f(x.data<uint32_t>()); return true;
+    case mx::uint64: f(x.data<uint64_t>()); return true;
+    case mx::float32: f(x.data<float>()); return true;
+    case mx::float64: f(x.data<double>()); return true;
     default: return false;
   }
+}
+
+// Calls f with the value of x's first element, read in place.
+template <typename F>
+bool visit_host_scalar(const mx::array &x, F &&f) {
+  return visit_host_data(x, [&](const auto *p) { f(*p); });
+}
+
+// An integer value as int64, a uint64 past INT64_MAX clamped to it.
+template <typename T>
+int64_t as_int64(T u) {
+  if constexpr (std::is_same_v<T, uint64_t>)
+    return u > static_cast<uint64_t>(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(u);
+  else
+    return static_cast<int64_t>(u);
 }
 }  // namespace
 
@@ -72,12 +87,18 @@ bool host_readable(const mx::array &x) { return x.is_available() && x.buffer_siz
 
 bool host_int(const mx::array &x, int64_t &v) {
   if (x.size() != 1 || !is_int(x.dtype()) || !host_readable(x)) return false;
-  return visit_host_scalar(x, [&](auto u) {
-    if constexpr (std::is_same_v<decltype(u), uint64_t>)
-      v = u > static_cast<uint64_t>(INT64_MAX) ? INT64_MAX : static_cast<int64_t>(u);
-    else
-      v = static_cast<int64_t>(u);
+  return visit_host_scalar(x, [&](auto u) { v = as_int64(u); });
+}
+
+int host_ints(const mx::array &x, int max, bool any_size, int64_t *out) {
+  if (!is_int(x.dtype()) || x.size() > static_cast<size_t>(max) || !x.is_available() ||
+      !x.flags().row_contiguous || x.data_size() != x.size() || (!any_size && x.buffer_size() > 8))
+    return -1;
+  int n = static_cast<int>(x.size());
+  visit_host_data(x, [&](const auto *p) {
+    for (int i = 0; i < n; i++) out[i] = as_int64(p[i]);
   });
+  return n;
 }
 
 // x in type d. An available scalar (a constant, as from Nx.add(t, 1)) of a
