@@ -66,9 +66,12 @@ defmodule EMLX.Backend.Bounds do
 
   defp host_ints(%T{data: %EMLX.Backend{scalar: n}}) when is_integer(n), do: [n]
 
-  defp host_ints(%T{type: {kind, _}, data: %EMLX.Backend{ref: ref}})
-       when is_reference(ref) and kind in [:s, :u],
-       do: EMLX.NIF.host_ints(ref, @max)
+  # (the NIF reads into a buffer of the size it is given: the tensor's own)
+  defp host_ints(%T{type: {kind, _}, shape: shape, data: %EMLX.Backend{ref: ref}})
+       when is_reference(ref) and kind in [:s, :u] do
+    size = Tuple.product(shape)
+    if size <= @max, do: EMLX.NIF.host_ints(ref, size)
+  end
 
   defp host_ints(_), do: nil
 end
