@@ -23,9 +23,12 @@ struct emlx_arr {
 // A worker's stream. A GPU worker also holds a CPU stream made on the same
 // thread: what MLX's CUDA backend lacks (float64, linear algebra, 64-bit
 // scatter) runs there, on the same arrays (see emlx_ops.cpp, stream_for).
+// A CPU stream's tasks run on the worker's thread when it waits for them
+// (inl, cpu_inline.cpp).
 struct emlx_stream {
   mx::Stream s;
   std::optional<mx::Stream> cpu;
+  void *inl = nullptr;
   explicit emlx_stream(mx::Stream x, std::optional<mx::Stream> c = std::nullopt) : s(x), cpu(c) {}
 };
 
@@ -66,6 +69,19 @@ void hand_out(std::vector<mx::array> &results, emlx_arr **outs);
 // for what the GPU lacks): with out_dtype >= 0 every result is cast to it
 // when its own type differs. Throws on failure.
 std::vector<mx::array> run_instr(int op, const emlx_stream &stream, const emlx_arg *args, int out_dtype);
+
+// ---- CPU tasks on the worker's thread (cpu_inline.cpp) ----
+
+// Sets it up for a CPU stream made on this thread (nullptr: not set up).
+void *cpu_inline_start(mx::Stream s);
+void cpu_inline_stop(void *inl);
+// mx::eval, mx::async_eval and mx::synchronize, for the worker's thread:
+// small evals run this thread's CPU stream's tasks here.
+void eval_here(std::vector<mx::array> outs);
+void async_eval_here(std::vector<mx::array> outs);
+void synchronize_here(mx::Stream s);
+// n instructions were posted (tells small evals from big ones).
+void note_work(int64_t n);
 
 // The stream that work on `x` runs on: the CPU stream for float64 on a GPU worker.
 const mx::Stream &stream_for_array(const emlx_stream &s, const mx::array &x);

@@ -35,7 +35,7 @@ emlx_status emlx_load_safetensors(emlx_stream *s, const char *path, emlx_tensor_
       file->arrays.emplace_back(name, a);
     }
     // Read now, on this worker: a bad file fails here, not at a later use.
-    mx::eval(all);
+    eval_here(all);
     for (auto &[k, v] : metadata) file->metadata.emplace_back(k, v);
     *out = file.release();
   });
@@ -78,8 +78,8 @@ emlx_status emlx_save_safetensors(emlx_stream *s, const char *path, const char *
       all.push_back(a);
     }
     // Computed on this worker's own stream(s) before MLX's writer reads them.
-    mx::eval(all);
-    mx::synchronize(s->s);
+    eval_here(all);
+    synchronize_here(s->s);
     std::unordered_map<std::string, std::string> metadata;
     for (int i = 0; i < nmeta; i++) metadata[meta_keys[i]] = meta_values[i];
     mx::save_safetensors(std::string(path), std::move(arrays), std::move(metadata));

@@ -226,6 +226,7 @@ emlx_status emlx_op_run(int op, emlx_stream *s, const emlx_arg *args, int nargs,
   return guard([&] {
     if (op < 0 || op >= OP_COUNT) throw arg_error("unknown op");
     if (static_cast<int>(std::strlen(op_table[op].sig)) != nargs) throw arg_error("wrong number of op arguments");
+    note_work(1);
     auto results = run_instr(op, *s, args, out_dtype);
     if (results.size() > EMLX_MAX_OUTS) throw arg_error("too many op results");
     hand_out(results, outs);

@@ -65,6 +65,7 @@ std::vector<mx::array> replay(const emlx_stream &stream, const emlx_instr *instr
 // One run of program p: under its mx::compile cache when asked and it can
 // be traced, else a plain replay.
 std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std::vector<mx::array> &in, bool compile) {
+  note_work(p->ninstrs);
   std::vector<int> slots(p->out_slots, p->out_slots + p->nouts);
   if (!compile || p->plain || (p->compiled && !p->compiled->traceable))
     return replay(stream, p->instrs, p->ninstrs, in, slots);
@@ -114,7 +115,7 @@ std::vector<mx::array> run_while(const emlx_stream &stream, const emlx_instr &in
     auto go = mx::not_equal(pred[0], mx::zeros({}, pred[0].dtype(), stream.s), stream.s);
     std::vector<mx::array> all{go};
     if (iter % 32 == 0) all.insert(all.end(), state.begin(), state.end());
-    mx::eval(all);
+    eval_here(all);
     if (!go.item<bool>()) return state;
     auto next = run(stream, body, inputs(in.args[4]), true);
     if (next.size() != state.size()) throw arg_error("a loop body must return the whole state");
@@ -137,7 +138,7 @@ std::vector<mx::array> run_cond(const emlx_stream &stream, const emlx_instr &in,
   auto pred = run(stream, in.args[0].u.prog, inputs(in.args[1]), true);
   if (pred.size() != 1 || pred[0].size() != 1) throw arg_error("a cond predicate must be one scalar");
   auto go = mx::not_equal(pred[0], mx::zeros({}, pred[0].dtype(), stream.s), stream.s);
-  mx::eval(go);
+  eval_here({go});
   int k = go.item<bool>() ? 2 : 4;
   return run(stream, in.args[k].u.prog, inputs(in.args[k + 1]), true);
 }

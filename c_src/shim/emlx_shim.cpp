@@ -91,13 +91,21 @@ emlx_status emlx_stream_new(emlx_device dev, emlx_stream **out) {
     std::optional<mx::Stream> cpu;
     if (dev == EMLX_DEV_GPU) cpu = mx::new_stream(mx::Device::cpu);
     *out = new emlx_stream(st, cpu);
+    (*out)->inl = cpu_inline_start(cpu ? *cpu : st);
   });
 }
 
-void emlx_stream_free(emlx_stream *s) { delete s; }
+void emlx_stream_free(emlx_stream *s) {
+  if (!s) return;
+  try {
+    cpu_inline_stop(s->inl);
+  } catch (...) {
+  }
+  delete s;
+}
 
 emlx_status emlx_stream_synchronize(emlx_stream *s) {
-  return guard([&] { mx::synchronize(s->s); });
+  return guard([&] { synchronize_here(s->s); });
 }
 
 // ---- arrays ----
@@ -190,12 +198,12 @@ std::vector<mx::array> arrays_of(emlx_arr **arrs, int n) {
 
 emlx_status emlx_eval(emlx_stream *s, emlx_arr **arrs, int n) {
   (void)s;
-  return guard([&] { mx::eval(arrays_of(arrs, n)); });
+  return guard([&] { eval_here(arrays_of(arrs, n)); });
 }
 
 emlx_status emlx_async_eval(emlx_stream *s, emlx_arr **arrs, int n) {
   (void)s;
-  return guard([&] { mx::async_eval(arrays_of(arrs, n)); });
+  return guard([&] { async_eval_here(arrays_of(arrs, n)); });
 }
 
 emlx_status emlx_arr_host_view(emlx_stream *s, const emlx_arr *a, emlx_arr **view, const void **data,
@@ -203,11 +211,11 @@ emlx_status emlx_arr_host_view(emlx_stream *s, const emlx_arr *a, emlx_arr **vie
   *view = nullptr;
   return guard([&] {
     mx::array x = a->a;
-    x.eval();
+    eval_here({x});
     const mx::Stream &st = stream_for_array(*s, x);
     if (!x.flags().row_contiguous) {
       x = mx::contiguous(x, false, st);
-      x.eval();
+      eval_here({x});
     } else if (st.device == mx::Device::gpu && x.buffer_size() > x.nbytes()) {
       /* A view into a larger device buffer (Nx.to_number(t[i]) of a big
        * tensor): reading it in place would move the whole buffer to
@@ -215,7 +223,7 @@ emlx_status emlx_arr_host_view(emlx_stream *s, const emlx_arr *a, emlx_arr **vie
        * the buffer, once freed, would serve later results from there.
        * Copy the view's own bytes on the device and read those. */
       x = mx::copy(x, st);
-      x.eval();
+      eval_here({x});
     }
     /* eval waits for x itself: no stream-wide sync, which would also wait
      * for work queued after it (e.g. the next decode step, async_eval'd). */

@@ -88,7 +88,7 @@ void gone() {
 std::pair<int64_t, int64_t> group_sum(int64_t a, int64_t b, const dist::Group &g, SD s) {
   int64_t v[2] = {a, b};
   auto sum = dist::all_sum(mx::array(v, {2}, mx::int64), g, s);
-  sum.eval();
+  eval_here({sum});
   const int64_t *r = sum.data<int64_t>();
   return {r[0], r[1]};
 }

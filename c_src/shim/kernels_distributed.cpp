@@ -84,7 +84,7 @@ void check_same(const mx::array &x, const dist::Group &g, const char *what, SD s
     return;
   }
   auto all = dist::all_gather(header_array(mine), g, s);
-  all.eval();
+  eval_here({all});
   const int64_t *h = all.data<int64_t>();
   for (int r = 1; r < g.size(); r++)
     for (int k = 0; k < kHeader; k++)
@@ -180,7 +180,7 @@ mx::array emlx_dist_send(const mx::array &x, int64_t dst, SD s) {
   auto g = current(s);
   int d = peer(dst, g);
   auto h = dist::send(header_array(header_values(x.shape(), x.dtype())), d, g, s);
-  h.eval();
+  eval_here({h});
   return dist::send(x, d, g, s);
 }
 
@@ -188,7 +188,7 @@ mx::array emlx_dist_recv(const mx::Shape &shape, mx::Dtype dtype, int64_t src, S
   auto g = current(s);
   int p = peer(src, g);
   auto h = dist::recv({kHeader}, mx::int64, p, g, s);
-  h.eval();
+  eval_here({h});
   const int64_t *hv = h.data<int64_t>();
   auto want = header_values(shape, dtype);
   const int64_t *wv = want.data();
@@ -199,7 +199,7 @@ mx::array emlx_dist_recv(const mx::Shape &shape, mx::Dtype dtype, int64_t src, S
     mx::Shape sent;
     for (int64_t i = 0; i < hv[1] && i < kMaxDims; i++) sent.push_back(static_cast<int32_t>(hv[2 + i]));
     auto drop = dist::recv(sent, to_dtype(static_cast<int>(hv[0])), p, g, s);
-    drop.eval();
+    eval_here({drop});
     throw arg_error("EMLX.Distributed.recv: rank " + std::to_string(p) + " sent " + describe(hv) +
                     ", not the expected " + describe(wv));
   }

@@ -69,7 +69,7 @@ int64_t host_int_scalar(const mx::array &a, SD s) {
   int64_t v;
   if (host_int(a, v)) return v;
   auto x = mx::astype(a, mx::int64, s);
-  x.eval();
+  eval_here({x});
   return *x.data<int64_t>();
 }
 

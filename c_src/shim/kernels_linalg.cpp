@@ -187,7 +187,9 @@ mx::array emlx_triangular_solve(const mx::array &a0, const mx::array &b0, bool l
   if (b0.ndim() < 1 || b0.size() == 0) throw arg_error("linear algebra expects non-empty operands");
   // Nx raises on a singular (zero-diagonal) matrix: check it now.
   auto diag = mx::diagonal(a0, 0, -2, -1, s);
-  if (mx::any(mx::equal(diag, mx::zeros_like(diag, s), s), s).item<bool>())
+  auto singular = mx::any(mx::equal(diag, mx::zeros_like(diag, s), s), s);
+  eval_here({singular});
+  if (singular.item<bool>())
     throw arg_error("can't solve for singular matrix");
   if (is_complex(a0.dtype()) || is_complex(b0.dtype())) {
     auto a = mx::astype(a0, mx::complex64, s), b = mx::astype(b0, mx::complex64, s);
