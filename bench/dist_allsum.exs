@@ -14,6 +14,9 @@ impl = System.get_env("IMPL", "emlx")
 # between calls, outside the timing; READ=last: only the last result is
 # (as NCCL's own tests time back-to-back calls and check apart)
 read_each = System.get_env("READ", "each") == "each"
+# TIMELINE=path: each call's start and end (host clock, ns) written to
+# path.RANK, one "start end" line a call, to line the ranks up afterwards
+timeline = System.get_env("TIMELINE")
 
 hosts = ["127.0.0.1:#{port}", "127.0.0.1:#{port + 1}"]
 
@@ -36,11 +39,13 @@ x =
 for _ <- 1..3, do: EMLX.Distributed.all_sum(x)
 want = Enum.sum(1..size)
 
-times =
+calls =
   for i <- 1..iters do
+    w0 = :os.system_time(:nanosecond)
     t0 = System.monotonic_time(:microsecond)
     y = EMLX.Distributed.all_sum(x)
     t = System.monotonic_time(:microsecond) - t0
+    w1 = :os.system_time(:nanosecond)
 
     if read_each or i == iters do
       # the sum is exact in bf16 for these small integers
@@ -51,8 +56,11 @@ times =
 
     # freed now, as Python's `del y` frees it: the next result reuses its buffer
     Nx.backend_deallocate(y)
-    t / 1.0e6
+    {t / 1.0e6, "#{w0} #{w1}\n"}
   end
+
+times = Enum.map(calls, &elem(&1, 0))
+if timeline, do: File.write!("#{timeline}.#{rank}", Enum.map(calls, &elem(&1, 1)))
 
 sorted = Enum.sort(times)
 median = Enum.at(sorted, div(iters, 2))
