@@ -318,8 +318,10 @@ defmodule EMLX.DefnTest do
     end
 
     test "an element-wise chain is fused into one JIT-compiled kernel" do
+      # (MLX's own ops: EMLX's float32 transcendental kernels on the CPU,
+      # sinh or exp say, are not MLX's, and MLX's JIT does not fuse them)
       fun = fn x ->
-        Nx.cosh(Nx.add(Nx.multiply(Nx.sinh(x), Nx.atanh(Nx.divide(x, 4096))), 7.0))
+        Nx.sqrt(Nx.max(Nx.add(Nx.multiply(Nx.abs(x), 3.0), 7.0), Nx.divide(x, 4096)))
       end
 
       # MLX's CPU JIT, so on the CPU device whatever the test device is
@@ -329,7 +331,11 @@ defmodule EMLX.DefnTest do
       got = Nx.Defn.jit(fun, compiler: EMLX, device: :cpu).(x)
       assert_tensor(got, Nx.backend_copy(want, Nx.BinaryBackend), tol: 1.0e-4)
 
-      kernels = Path.wildcard(Path.join(System.tmp_dir!(), "mlx/*/cpu/lib*Sinh*ArcTanh*Cosh*.so"))
+      kernels =
+        Path.wildcard(
+          Path.join(System.tmp_dir!(), "mlx/*/cpu/lib*Abs*Multiply*Add*Maximum*Sqrt*.so")
+        )
+
       assert kernels != [], "no fused kernel was built by MLX's CPU JIT"
     end
   end
