@@ -22,6 +22,7 @@
 // one turns the feature off for that stream. EMLX_CPU_INLINE=0 turns it off.
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -46,6 +47,23 @@ struct Expose {
 };
 template struct Expose<&mx::scheduler::Scheduler::get_thread>;
 
+// The same for the scheduler's mutex and the condition variable it
+// notifies as tasks are counted in and out (n_active_tasks).
+using SchedMutex = std::mutex mx::scheduler::Scheduler::*;
+using SchedCv = std::condition_variable mx::scheduler::Scheduler::*;
+SchedMutex sched_mutex_member();
+SchedCv sched_cv_member();
+template <SchedMutex M, SchedCv C>
+struct ExposeSched {
+  friend SchedMutex sched_mutex_member() { return M; }
+  friend SchedCv sched_cv_member() { return C; }
+};
+template struct ExposeSched<&mx::scheduler::Scheduler::mtx, &mx::scheduler::Scheduler::completion_cv>;
+
+// MLX's eval waits for the stream threads (scheduler::wait_for_one) once
+// more than this many groups of 10 tasks are counted in (transforms.cpp).
+constexpr int kMaxActive = 10;
+
 struct StreamThreadPrefix {
   std::mutex mtx;
   std::queue<std::function<void()>> q;
@@ -53,16 +71,24 @@ struct StreamThreadPrefix {
   bool stop;
 };
 
+// What the stream thread listens to (see park).
+enum Mode { kQuiet, kWatch, kServe };
+
 struct Inline {
   StreamThreadPrefix *t = nullptr;
-  std::mutex exec;       // held while a task runs, by either thread
-  bool helping = false;  // the worker drains the queue      } under
-  bool serve = false;    // the stream thread runs the queue  } t->mtx
-  bool quit = false;     // park returns                      }
-  std::mutex pm;         // the quiet stream thread's own wait
-  std::condition_variable pcv;
-  bool kick = false;
+  std::mutex exec;            // held while a task runs, by either thread
+  bool helping = false;       // the worker drains the queue (under t->mtx)
+  std::atomic<int> mode{kQuiet};
+  std::atomic<bool> quit{false};
+  mx::scheduler::Scheduler &sched = mx::scheduler::scheduler();
+  std::mutex &sm = sched.*sched_mutex_member();
+  std::condition_variable &scv = sched.*sched_cv_member();
+  std::mutex qm;  // the quiet wait's own
+  std::condition_variable qcv;
+  bool kick = false;  // (under qm)
   std::promise<void> parked, left;
+
+  bool ending() const { return quit || t->stop; }
 
   // Runs the next task unless the worker drains; false when none was run.
   bool run_one() {
@@ -78,54 +104,70 @@ struct Inline {
     return true;
   }
 
-  // The stream thread, inside our task. Serving, it waits on MLX's
-  // condition variable and runs what is queued, as MLX's loop does. Quiet,
-  // it waits on its own (so that MLX's enqueues wake nobody) and looks at
-  // the queue when kicked, or now and then in case a wait of MLX's own on
-  // this thread's stream needs it.
+  // The stream thread, inside our task, in one of three modes.
+  //  - Serve (async evals): it waits on MLX's condition variable and runs
+  //    what is queued, as MLX's own loop does.
+  //  - Watch (big evals): it waits on the scheduler's condition variable,
+  //    notified every 10 tasks, and runs the queue once MLX's eval would
+  //    wait for it (more than kMaxActive groups of tasks counted in).
+  //  - Quiet (small evals): it waits on its own, so that queuing a task
+  //    wakes nobody.
+  // In every mode it also looks at the queue now and then, in case a wait
+  // of MLX's own on this stream needs it.
   void park() {
     parked.set_value();
     auto idle = std::chrono::milliseconds(2);
-    for (;;) {
-      bool serving;
-      {
-        std::unique_lock<std::mutex> lk(t->mtx);
-        if (quit || t->stop) break;
-        serving = serve;
-        if (serving) {
-          // (MLX's stop, at exit: its thread must get back to its own loop to end)
-          t->cond.wait(lk, [&] { return quit || t->stop || !serve || (!t->q.empty() && !helping); });
-          if (quit || t->stop) break;
-          if (!serve) continue;
+    while (!ending()) {
+      int m = mode;
+      bool worked = false;
+      if (m == kServe) {
+        {
+          std::unique_lock<std::mutex> lk(t->mtx);
+          // (MLX's stop, t->stop: its thread must get back to its own loop to end)
+          t->cond.wait(lk, [&] { return ending() || mode != kServe || (!t->q.empty() && !helping); });
         }
-      }
-      if (serving) {
         run_one();
         continue;
       }
-      {
-        std::unique_lock<std::mutex> lk(pm);
-        pcv.wait_for(lk, idle, [&] { return kick; });
-        kick = false;
+      if (m == kWatch) {
+        int active;
+        {
+          std::unique_lock<std::mutex> lk(sm);
+          scv.wait_for(lk, idle, [&] { return ending() || mode != kWatch || sched.n_active_tasks() > kMaxActive; });
+          active = sched.n_active_tasks();
+        }
+        while (run_one()) worked = true;
+        if (!worked && active > kMaxActive) {
+          // (another stream's backlog, or the worker drains: wait for a change)
+          std::unique_lock<std::mutex> lk(sm);
+          scv.wait_for(lk, idle, [&] { return ending() || mode != kWatch || sched.n_active_tasks() < active; });
+        }
+      } else {
+        {
+          std::unique_lock<std::mutex> lk(qm);
+          qcv.wait_for(lk, idle, [&] { return kick || ending() || mode != kQuiet; });
+          kick = false;
+        }
+        while (run_one()) worked = true;
       }
-      bool worked = false;
-      while (run_one()) worked = true;
       idle = worked ? std::chrono::milliseconds(2) : std::min(idle * 2, std::chrono::milliseconds(16));
     }
     left.set_value();
   }
 
-  void set_serve(bool on) {
-    bool was;
-    {
-      std::lock_guard<std::mutex> lk(t->mtx);
-      was = serve;
-      serve = on;
-    }
-    if (on && !was) {
-      std::lock_guard<std::mutex> lk(pm);
+  // The worker changes the mode; the stream thread is woken where it waits
+  // only when it must listen to more than before (a wait that listens to
+  // more notices the change at its next wake).
+  void set_mode(int m) {
+    int old = mode.exchange(m);
+    if (old == m) return;
+    if (old == kQuiet) {
+      std::lock_guard<std::mutex> lk(qm);
       kick = true;
-      pcv.notify_one();
+      qcv.notify_one();
+    } else if (old == kWatch && m == kServe) {
+      std::lock_guard<std::mutex> lk(sm);
+      scv.notify_all();
     }
   }
 
@@ -151,22 +193,26 @@ struct Inline {
     {
       std::lock_guard<std::mutex> lk(t->mtx);
       helping = false;
-      more = serve && !t->q.empty();
+      more = !t->q.empty();
     }
     if (more) t->cond.notify_all();
   }
 
   void stop() {
+    quit = true;
     {
       std::lock_guard<std::mutex> lk(t->mtx);
-      quit = true;
     }
     t->cond.notify_all();
     {
-      std::lock_guard<std::mutex> lk(pm);
-      kick = true;
-      pcv.notify_one();
+      std::lock_guard<std::mutex> lk(sm);
     }
+    scv.notify_all();
+    {
+      std::lock_guard<std::mutex> lk(qm);
+      kick = true;
+    }
+    qcv.notify_one();
     left.get_future().wait();
   }
 };
@@ -175,8 +221,8 @@ thread_local Inline *here = nullptr;  // the worker thread's CPU stream, when se
 thread_local int64_t work = 0;        // instructions posted since the last eval here
 thread_local int smalls = 0;          // small evals in a row
 
-// MLX makes an eval wait (scheduler::wait_for_one) once more than 10 groups
-// of 10 tasks are pending: an eval that big keeps the stream thread serving.
+// Evals of at most kSmall instructions queue too few tasks for MLX's wait
+// on the stream thread; kQuietAfter of them in a row make it quiet.
 constexpr int64_t kSmall = 4;
 constexpr int kQuietAfter = 8;
 
@@ -191,6 +237,7 @@ bool layout_holds(Inline &in, mx::Stream s) {
   {
     std::lock_guard<std::mutex> lk(in.t->mtx);
     if (in.t->stop || !in.t->q.empty()) return false;
+    in.helping = true;  // (the stream thread leaves the queue alone)
   }
   bool ran = false;
   mx::scheduler::enqueue(s, [&ran] { ran = true; });
@@ -199,9 +246,8 @@ bool layout_holds(Inline &in, mx::Stream s) {
     std::lock_guard<std::mutex> lk(in.t->mtx);
     n = in.t->q.size();
   }
-  if (n != 1) return false;
-  in.drain();
-  return ran;
+  in.drain();  // (and helping is off again)
+  return n == 1 && ran;
 }
 
 }  // namespace
@@ -236,14 +282,14 @@ void note_work(int64_t n) { work += n; }
 
 void eval_here(std::vector<mx::array> outs) {
   if (!here) return mx::eval(std::move(outs));
-  // The stream thread serves through big evals (and async ones), and goes
-  // quiet after a run of small ones. Either way the worker then runs what
-  // is still queued, instead of sleeping until it is run.
+  // Big evals make the stream thread watch for MLX's wait on it; a run of
+  // small ones makes it quiet. Either way the worker then runs what is
+  // still queued, instead of sleeping until it is run.
   if (work > kSmall) {
-    here->set_serve(true);
+    if (here->mode != kServe) here->set_mode(kWatch);
     smalls = 0;
   } else if (++smalls >= kQuietAfter) {
-    here->set_serve(false);
+    here->set_mode(kQuiet);
   }
   work = 0;
   mx::async_eval(outs);
@@ -254,7 +300,7 @@ void eval_here(std::vector<mx::array> outs) {
 void async_eval_here(std::vector<mx::array> outs) {
   work = 0;
   smalls = 0;
-  if (here) here->set_serve(true);
+  if (here) here->set_mode(kServe);
   mx::async_eval(std::move(outs));
 }
 
