@@ -173,9 +173,15 @@ defmodule EMLX.PrecisionTest do
   # On the CPU (the GPU runs MLX's float32 erf_inv, off in the last digit).
   test "float32 transcendental functions on the CPU are Nx's, bit for bit" do
     cpu = {EMLX.Backend, device: :cpu}
-    x = Nx.linspace(-10.0, 10.0, n: 20_001, type: :f32) |> Nx.backend_copy(Nx.BinaryBackend)
-    u = Nx.linspace(-0.999, 0.999, n: 20_001, type: :f32) |> Nx.backend_copy(Nx.BinaryBackend)
-    pos = Nx.add(Nx.abs(x), 0.001)
+    # (the inputs on Nx.BinaryBackend: with :gpu as the default backend, a
+    # scalar operand like 0.001 would take `pos` to the GPU, and Nx's
+    # reference values with it)
+    {x, u, pos, pos1} =
+      Nx.with_default_backend(Nx.BinaryBackend, fn ->
+        x = Nx.linspace(-10.0, 10.0, n: 20_001, type: :f32)
+        pos = Nx.add(Nx.abs(x), 0.001)
+        {x, Nx.linspace(-0.999, 0.999, n: 20_001, type: :f32), pos, Nx.add(pos, 1)}
+      end)
 
     for {fun, input} <- [
           exp: x,
@@ -192,7 +198,7 @@ defmodule EMLX.PrecisionTest do
           acos: u,
           atan: x,
           asinh: x,
-          acosh: Nx.add(pos, 1),
+          acosh: pos1,
           atanh: u,
           erf: x,
           erfc: x,
