@@ -91,7 +91,8 @@ emlx_status emlx_stream_new(emlx_device dev, emlx_stream **out) {
     std::optional<mx::Stream> cpu;
     if (dev == EMLX_DEV_GPU) cpu = mx::new_stream(mx::Device::cpu);
     *out = new emlx_stream(st, cpu);
-    (*out)->inl = cpu_inline_start(cpu ? *cpu : st);
+    // (a CPU queue only: a GPU queue's evals stay MLX's own, as measured on the H200)
+    if (dev == EMLX_DEV_CPU) (*out)->inl = cpu_inline_start(st);
   });
 }
 
