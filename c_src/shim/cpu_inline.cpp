@@ -6,8 +6,8 @@
 // are most of the time: one add on f32[4] and its eval take about 19 us on
 // the 2-core VM, of which the add itself is well under 1 us.
 //
-// Here, once eval has queued its tasks, the worker runs them itself and
-// then finds its results ready. The stream's own thread keeps running tasks
+// Here, on a CPU queue (emlx_stream_new), once eval has queued its tasks,
+// the worker runs them itself and then finds its results ready. The stream's own thread keeps running tasks
 // that the worker does not wait for (an async_eval, MLX's internal evals):
 // it sits in one long task of ours (park) that takes the queue's tasks as
 // MLX's loop would. One lock (exec) is held by whichever thread runs a
