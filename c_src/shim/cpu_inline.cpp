@@ -80,6 +80,7 @@ struct Inline {
   bool helping = false;       // the worker drains the queue (under t->mtx)
   std::atomic<int> mode{kQuiet};
   std::atomic<bool> quit{false};
+  std::atomic<uint64_t> evals{0};  // the worker's evals so far
   mx::scheduler::Scheduler &sched = mx::scheduler::scheduler();
   std::mutex &sm = sched.*sched_mutex_member();
   std::condition_variable &scv = sched.*sched_cv_member();
@@ -117,6 +118,7 @@ struct Inline {
   void park() {
     parked.set_value();
     auto idle = std::chrono::milliseconds(2);
+    uint64_t seen = 0;
     while (!ending()) {
       int m = mode;
       bool worked = false;
@@ -150,7 +152,12 @@ struct Inline {
         }
         while (run_one()) worked = true;
       }
-      idle = worked ? std::chrono::milliseconds(2) : std::min(idle * 2, std::chrono::milliseconds(16));
+      // Every 2 ms while the worker evaluates (a small eval that still queues
+      // enough tasks for MLX's wait gets through in that time), less often
+      // once it has been idle.
+      uint64_t now = evals;
+      idle = worked || now != seen ? std::chrono::milliseconds(2) : std::min(idle * 2, std::chrono::milliseconds(16));
+      seen = now;
     }
     left.set_value();
   }
@@ -292,6 +299,7 @@ void eval_here(std::vector<mx::array> outs) {
     here->set_mode(kQuiet);
   }
   work = 0;
+  here->evals++;
   mx::async_eval(outs);
   here->drain();
   mx::eval(std::move(outs));  // waits (the work is done) and raises its errors
