@@ -7,19 +7,20 @@
 // the 2-core VM, of which the add itself is well under 1 us.
 //
 // Here, on a CPU queue (emlx_stream_new), once eval has queued its tasks,
-// the worker runs them itself and then finds its results ready. The stream's own thread keeps running tasks
-// that the worker does not wait for (an async_eval, MLX's internal evals):
-// it sits in one long task of ours (park) that takes the queue's tasks as
-// MLX's loop would. One lock (exec) is held by whichever thread runs a
-// task, from taking it off the queue to its end, so tasks still run one at
-// a time and in order. While the worker drains (helping) the stream thread
-// takes none.
+// the worker runs them itself and then finds its results ready. The
+// stream's own thread keeps running tasks that the worker does not wait
+// for (an async_eval, MLX's internal evals): it sits in one long task of
+// ours (park) that takes the queue's tasks as MLX's loop would. One lock
+// (exec) is held by whichever thread runs a task, from taking it off the
+// queue to its end, so tasks still run one at a time and in order. While
+// the worker drains (helping) the stream thread takes none.
 //
 // MLX keeps StreamThread in scheduler.cpp; its first members are mirrored
 // below (checked against the 0.32 wheels' Scheduler::enqueue: the mutex at
-// 0, the deque at 40, the condition variable at 120, `stop` at 168), and
-// the layout is checked once a stream is set up, before any use: a wrong
-// one turns the feature off for that stream. EMLX_CPU_INLINE=0 turns it off.
+// 0, the deque at 40, the condition variable at 120, `stop` at 168; MLX
+// is pinned at 0.32.4). Once a stream is set up, a check that one queued
+// task shows up in the mirror turns the feature off for that stream when
+// it fails. EMLX_CPU_INLINE=0 turns it off.
 
 #include <algorithm>
 #include <atomic>
