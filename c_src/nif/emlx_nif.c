@@ -457,9 +457,10 @@ static ERL_NIF_TERM nif_array_strides(ErlNifEnv *env, int argc, const ERL_NIF_TE
   return array_meta(env, argv[0], 1);
 }
 
-/* Whether the array is computed (MLX's is_available, the check a job makes
- * of an array from another queue): such an array needs no evaluation on its
- * own queue first. A pending, failed or deallocated array answers false. */
+/* Whether the array is computed (emlx_arr_is_available, the check a job
+ * makes of an array from another queue): such an array needs no evaluation
+ * on its own queue first. A pending, failed or deallocated array, or one
+ * started by async_eval and not yet waited for, answers false. */
 static ERL_NIF_TERM nif_array_available(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   char err[256];

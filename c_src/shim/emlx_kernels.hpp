@@ -56,6 +56,8 @@ mx::array emlx_full(const emlx_scalar &n, const mx::Shape &shape, mx::Dtype d, S
 mx::array emlx_cast(const mx::array &x, mx::Dtype d, SD s);
 bool host_readable(const mx::array &x);       // available, in a small buffer: read on the host in place
 bool host_int(const mx::array &x, int64_t &v);  // an integer scalar's value, when host_readable
+// Whether x is computed, asked from a BEAM thread: reads x only.
+bool computed_here(const mx::array &x);
 // An available, row-contiguous integer array's values (at most max; any_size
 // false: only a buffer of up to 8 bytes, host memory on the GPU too), read
 // in place: the count, or -1.

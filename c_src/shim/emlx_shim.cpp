@@ -151,7 +151,7 @@ int emlx_arr_dtype(const emlx_arr *a) { return from_dtype(a->a.dtype()); }
 
 int emlx_arr_is_available(const emlx_arr *a) {
   try {
-    return a->a.is_available() ? 1 : 0;
+    return emlx::computed_here(a->a) ? 1 : 0;
   } catch (...) {
     return 0;
   }

@@ -182,6 +182,9 @@ int emlx_arr_ndim(const emlx_arr *a);
 void emlx_arr_shape(const emlx_arr *a, int64_t *dims);
 void emlx_arr_strides(const emlx_arr *a, int64_t *strides);
 int emlx_arr_dtype(const emlx_arr *a);
+/* Whether the array is computed, read without changing it (callable from a
+ * BEAM thread while its worker uses the array): one started by async_eval
+ * and not yet waited for counts as not computed. */
 int emlx_arr_is_available(const emlx_arr *a);
 /* An available, row-contiguous integer array's values, read in place (no
  * evaluation, no stream): the count, or -1 when it has more than max

@@ -90,16 +90,14 @@ bool host_int(const mx::array &x, int64_t &v) {
   return visit_host_scalar(x, [&](auto u) { v = as_int64(u); });
 }
 
-namespace {
-// Whether x is computed, from a BEAM scheduler thread while the worker may
-// be using x: only reads it (is_available() would detach an event and set
-// the status, writes). An array with an event still to check, one started
-// by async_eval, counts as not there.
+// Whether x is computed, asked from a BEAM scheduler thread while the
+// worker may be using x: only reads it (is_available() would detach an
+// event and set the status, writes). An array with an event still to
+// check, one started by async_eval, counts as not there.
 bool computed_here(const mx::array &x) {
   auto st = x.status();
   return st == mx::array::Status::available || (st == mx::array::Status::evaluated && !x.event().valid());
 }
-}  // namespace
 
 int host_ints(const mx::array &x, int max, bool any_size, int64_t *out) {
   if (!is_int(x.dtype()) || x.size() > static_cast<size_t>(max) || !computed_here(x) ||
