@@ -186,16 +186,27 @@ struct Inline {
       std::lock_guard<std::mutex> lk(t->mtx);
       helping = true;
     }
-    for (;;) {
-      std::lock_guard<std::mutex> ex(exec);
-      std::function<void()> task;
+    try {
+      for (;;) {
+        std::lock_guard<std::mutex> ex(exec);
+        std::function<void()> task;
+        {
+          std::lock_guard<std::mutex> lk(t->mtx);
+          if (t->q.empty()) break;
+          task = std::move(t->q.front());
+          t->q.pop();
+        }
+        task();
+      }
+    } catch (...) {
+      // (MLX's tasks catch std::exception themselves; anything else still
+      // leaves the stream thread free to take the queue again)
       {
         std::lock_guard<std::mutex> lk(t->mtx);
-        if (t->q.empty()) break;
-        task = std::move(t->q.front());
-        t->q.pop();
+        helping = false;
       }
-      task();
+      t->cond.notify_all();
+      throw;
     }
     bool more;
     {
