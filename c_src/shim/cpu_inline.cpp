@@ -92,13 +92,15 @@ struct Inline {
 
   bool ending() const { return quit || t->stop; }
 
-  // Runs the next task unless the worker drains; false when none was run.
-  bool run_one() {
+  // Takes the next task off the queue and runs it, holding exec from one to
+  // the other; the stream thread takes none while the worker drains. False
+  // when none was run.
+  bool run_next(bool worker) {
     std::lock_guard<std::mutex> ex(exec);
     std::function<void()> task;
     {
       std::lock_guard<std::mutex> lk(t->mtx);
-      if (helping || t->q.empty()) return false;
+      if ((helping && !worker) || t->q.empty()) return false;
       task = std::move(t->q.front());
       t->q.pop();
     }
@@ -129,7 +131,7 @@ struct Inline {
           // (MLX's stop, t->stop: its thread must get back to its own loop to end)
           t->cond.wait(lk, [&] { return ending() || mode != kServe || (!t->q.empty() && !helping); });
         }
-        run_one();
+        run_next(false);
         continue;
       }
       if (m == kWatch) {
@@ -139,7 +141,7 @@ struct Inline {
           scv.wait_for(lk, idle, [&] { return ending() || mode != kWatch || sched.n_active_tasks() > kMaxActive; });
           active = sched.n_active_tasks();
         }
-        while (run_one()) worked = true;
+        while (run_next(false)) worked = true;
         if (!worked && active > kMaxActive) {
           // (another stream's backlog, or the worker drains: wait for a change)
           std::unique_lock<std::mutex> lk(sm);
@@ -151,7 +153,7 @@ struct Inline {
           qcv.wait_for(lk, idle, [&] { return kick || ending() || mode != kQuiet; });
           kick = false;
         }
-        while (run_one()) worked = true;
+        while (run_next(false)) worked = true;
       }
       // Every 2 ms while the worker evaluates (a small eval that still queues
       // enough tasks for MLX's wait gets through in that time), less often
@@ -180,41 +182,27 @@ struct Inline {
   }
 
   // The worker runs every queued task (any the stream thread is running
-  // ends first).
+  // ends first). Whatever way it ends (MLX's tasks catch std::exception
+  // themselves, not everything), the queue is the stream thread's again.
   void drain() {
-    {
-      std::lock_guard<std::mutex> lk(t->mtx);
-      helping = true;
-    }
-    try {
-      for (;;) {
-        std::lock_guard<std::mutex> ex(exec);
-        std::function<void()> task;
+    struct Helping {
+      Inline &in;
+      explicit Helping(Inline &i) : in(i) {
+        std::lock_guard<std::mutex> lk(in.t->mtx);
+        in.helping = true;
+      }
+      ~Helping() {
+        bool more;
         {
-          std::lock_guard<std::mutex> lk(t->mtx);
-          if (t->q.empty()) break;
-          task = std::move(t->q.front());
-          t->q.pop();
+          std::lock_guard<std::mutex> lk(in.t->mtx);
+          in.helping = false;
+          more = !in.t->q.empty();
         }
-        task();
+        if (more) in.t->cond.notify_all();
       }
-    } catch (...) {
-      // (MLX's tasks catch std::exception themselves; anything else still
-      // leaves the stream thread free to take the queue again)
-      {
-        std::lock_guard<std::mutex> lk(t->mtx);
-        helping = false;
-      }
-      t->cond.notify_all();
-      throw;
+    } helping_now(*this);
+    while (run_next(true)) {
     }
-    bool more;
-    {
-      std::lock_guard<std::mutex> lk(t->mtx);
-      helping = false;
-      more = !t->q.empty();
-    }
-    if (more) t->cond.notify_all();
   }
 
   void stop() {
