@@ -81,21 +81,12 @@ defmodule EMLX.CommandQueueTest do
   end
 
   test "64 processes, each on its own queue, get correct results" do
-    tasks =
-      for i <- 1..64 do
-        Task.async(fn ->
-          q = CommandQueue.new!(device())
-
-          CommandQueue.with_queue(q, fn ->
-            a = Nx.iota({16, 16}, type: :f32, backend: EMLX.Backend) |> Nx.add(i)
-            b = Nx.dot(a, Nx.eye(16, backend: EMLX.Backend))
-            s = Nx.sum(b) |> Nx.to_number()
-            {q.ref, s}
-          end)
-        end)
-      end
-
-    results = Task.await_many(tasks, 60_000)
+    results =
+      on_own_queues(64, fn i ->
+        a = Nx.iota({16, 16}, type: :f32, backend: EMLX.Backend) |> Nx.add(i)
+        b = Nx.dot(a, Nx.eye(16, backend: EMLX.Backend))
+        Nx.sum(b) |> Nx.to_number()
+      end)
 
     for {{_ref, sum}, i} <- Enum.with_index(results, 1) do
       assert sum == Enum.sum(0..255) + 256 * i

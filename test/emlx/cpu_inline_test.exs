@@ -66,25 +66,19 @@ defmodule EMLX.CpuInlineTest do
   end
 
   test "eight queues at once, small and big evals mixed" do
-    tasks =
-      for k <- 1..8 do
-        Task.async(fn ->
-          q = CommandQueue.new!(device())
+    results =
+      on_own_queues(8, fn k ->
+        t = Nx.broadcast(Nx.tensor(k * 1.0, backend: {EMLX.Backend, device: device()}), {16})
 
-          on(q, fn ->
-            t = Nx.broadcast(Nx.tensor(k * 1.0, backend: {EMLX.Backend, device: device()}), {16})
-
-            Enum.reduce(1..60, t, fn i, acc ->
-              n = if rem(i, 10) == 0, do: 200, else: 1
-              next = Enum.reduce(1..n, acc, fn _, a -> Nx.add(a, 1.0) end)
-              EMLX.eval(next)
-            end)
-            |> Nx.to_list()
-          end)
+        Enum.reduce(1..60, t, fn i, acc ->
+          n = if rem(i, 10) == 0, do: 200, else: 1
+          next = Enum.reduce(1..n, acc, fn _, a -> Nx.add(a, 1.0) end)
+          EMLX.eval(next)
         end)
-      end
+        |> Nx.to_list()
+      end)
 
-    for {result, k} <- Enum.zip(Task.await_many(tasks, 60_000), 1..8) do
+    for {{_ref, result}, k} <- Enum.zip(results, 1..8) do
       # 54 steps of one add and 6 of 200
       assert result == List.duplicate(k + 54.0 + 6 * 200.0, 16)
     end

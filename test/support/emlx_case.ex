@@ -37,6 +37,22 @@ defmodule EMLX.Case do
     end
   end
 
+  @doc """
+  Runs `fun.(i)` for `i` in `1..count`, each in a process of its own bound
+  to a new command queue of the test device (`EMLX.CommandQueue.with_queue/2`),
+  all at once; returns `{queue_ref, result}` in order of `i`.
+  """
+  def on_own_queues(count, fun) do
+    1..count
+    |> Enum.map(fn i ->
+      Task.async(fn ->
+        q = EMLX.CommandQueue.new!(device())
+        {q.ref, EMLX.CommandQueue.with_queue(q, fn -> fun.(i) end)}
+      end)
+    end)
+    |> Task.await_many(60_000)
+  end
+
   @doc "A tensor on EMLX (on the test device)."
   def emlx(data, opts \\ []),
     do: Nx.tensor(data, Keyword.put(opts, :backend, {EMLX.Backend, device: device()}))
