@@ -2,6 +2,7 @@
 // powers, shifts, bit counts, logic on any type, casts), reductions and
 // cumulative extrema.
 
+#include <cmath>
 #include <optional>
 #include <type_traits>
 
@@ -37,8 +38,18 @@ mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d) {
 // A scalar is its value, an array with its data already there (as Python
 // MLX's `x + 1.0` makes it): no Full primitive to schedule and evaluate for
 // every Nx.add(t, 1.0). Larger shapes broadcast it.
+//
+// A complex value with a NaN or infinite part is made from its two float
+// parts instead: under mx::compile a scalar with no primitive becomes a
+// literal in the fused kernel's source, and MLX writes a complex literal as
+// complex64_t(nan, nan), which does not compile.
 mx::array emlx_full(const emlx_scalar &n, const mx::Shape &shape, mx::Dtype d, SD s) {
   auto v = emlx_scalar_array(n, d);
+  if (is_complex(d) && n.kind != EMLX_SCALAR_INT && n.kind != EMLX_SCALAR_UINT &&
+      (!std::isfinite(n.re) || (n.kind != EMLX_SCALAR_FLOAT && !std::isfinite(n.im)))) {
+    float parts[2] = {static_cast<float>(n.re), n.kind == EMLX_SCALAR_FLOAT ? 0.0f : static_cast<float>(n.im)};
+    v = mx::reshape(mx::view(mx::array(parts, {2}, mx::float32), d, s), {}, s);
+  }
   return shape.empty() ? v : mx::full(shape, v, s);
 }
 
@@ -130,7 +141,9 @@ mx::array emlx_round(const mx::array &x, SD s) {
   if (!is_float(x.dtype())) return x;
   auto frac = mx::abs(mx::subtract(x, mx::trunc(x, s), s), s);
   auto away = mx::add(x, mx::multiply(mx::sign(x, s), mx::array(0.5, x.dtype()), s), s);
-  return mx::where(mx::equal(frac, mx::array(0.5, x.dtype()), s), away, mx::round(x, 0, s), s);
+  // + 0.0: -0.0 (round(-0.4)) becomes +0.0, as Nx's integer rounding gives
+  auto r = mx::where(mx::equal(frac, mx::array(0.5, x.dtype()), s), away, mx::round(x, 0, s), s);
+  return mx::add(r, mx::array(0.0, x.dtype()), s);
 }
 
 mx::array emlx_logical_not(const mx::array &x, SD s) { return mx::logical_not(truthy(x, s), s); }

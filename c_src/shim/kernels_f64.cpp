@@ -213,8 +213,21 @@ F64_OR_MLX(sigmoid, F64_SIGMOID,
 
 mx::array emlx_cbrt(const mx::array &x, SD s) {
   if (via_double(x, s)) return f64_unary(x, F64_CBRT, s);
-  // complex: the principal root exp(log(z) / 3)
-  if (x.dtype() == mx::complex64) return mx::exp(mx::divide(mx::log(x, s), mx::array(std::complex<float>(3.0f, 0.0f)), s), s);
+  // complex: the principal root in polar form, cbrt(|z|) at angle arg(z) / 3
+  // (exp(log(z) / 3) makes cbrt(inf + 0i) inf + NaN i). A part whose cosine
+  // or sine is 0 is 0, also for an infinite modulus, and the value is
+  // assembled from its parts (a product with i would give NaN there).
+  if (x.dtype() == mx::complex64) {
+    auto re = mx::real(x, s), im = mx::imag(x, s);
+    auto mag = mx::power(mx::abs(x, s), mx::array(1.0f / 3.0f), s);
+    auto th = mx::divide(mx::arctan2(im, re, s), mx::array(3.0f), s);
+    auto zero = mx::array(0.0f);
+    auto part = [&](const mx::array &t) {
+      return mx::where(mx::equal(t, zero, s), zero, mx::multiply(mag, t, s), s);
+    };
+    auto both = mx::stack({part(mx::cos(th, s)), part(mx::sin(th, s))}, -1, s);
+    return mx::reshape(mx::view(both, mx::complex64, s), x.shape(), s);
+  }
   auto third = mx::array(1.0 / 3.0, x.dtype());
   return mx::multiply(mx::sign(x, s), mx::power(mx::abs(x, s), third, s), s);
 }

@@ -224,6 +224,28 @@ mx::array emlx_triangular_solve(const mx::array &a0, const mx::array &b0, bool l
 // -0.0 becomes +0.0, as Nx's own decompositions produce.
 static mx::array plus_zero(const mx::array &x, SD s) { return mx::add(x, mx::array(0.0, x.dtype()), s); }
 
+// Sign of each vector along `axis` (-2: the columns, -1: the rows of a
+// matrix): that of its entry of largest magnitude (the first of equals), so
+// that this entry comes out positive once multiplied. LAPACK leaves each
+// eigenvector's and singular vector's sign arbitrary; Nx's own algorithms
+// (Jacobi rotations from the identity, QDWH) give vectors whose largest entry
+// is positive in Nx's tests, and the rule makes EMLX's answer one fixed
+// function of the input. Complex vectors keep LAPACK's phases.
+static mx::array vector_signs(const mx::array &x, int axis, SD s) {
+  auto at = mx::argmax(mx::abs(x, s), axis, true, s);
+  auto big = mx::take_along_axis(x, at, axis, s);
+  return mx::where(mx::less(big, mx::array(0, x.dtype()), s), mx::array(-1, x.dtype()), mx::array(1, x.dtype()), s);
+}
+
+// Ones appended to signs {..., k} (along the last axis) up to len.
+static mx::array signs_to(const mx::array &sign, int len, SD s) {
+  int k = sign.shape(-1);
+  if (len == k) return sign;
+  auto shape = sign.shape();
+  shape.back() = len - k;
+  return mx::concatenate({sign, mx::ones(shape, sign.dtype(), s)}, -1, s);
+}
+
 // Signs as Nx's Householder QR gives them. Where a column's part below the
 // diagonal is nonzero, Nx's reflection leaves +norm on R's diagonal and
 // LAPACK's -sign(alpha)·norm; where it is zero, neither reflects and R_ii
@@ -259,14 +281,8 @@ static std::pair<mx::array, mx::array> nx_signs(const mx::array &a, const mx::ar
     flip = mx::logical_or(flip, mx::logical_and(last, odd, s), s);
   }
   auto sign = mx::where(flip, mx::array(-1, d.dtype()), mx::array(1, d.dtype()), s);
-  auto padded = [&](int len) {
-    if (len == k) return sign;
-    auto shape = sign.shape();
-    shape.back() = len - k;
-    return mx::concatenate({sign, mx::ones(shape, sign.dtype(), s)}, -1, s);
-  };
-  auto qs = mx::multiply(q, mx::expand_dims(padded(q.shape(-1)), -2, s), s);
-  auto rs = mx::multiply(r, mx::expand_dims(padded(r.shape(-2)), -1, s), s);
+  auto qs = mx::multiply(q, mx::expand_dims(signs_to(sign, q.shape(-1), s), -2, s), s);
+  auto rs = mx::multiply(r, mx::expand_dims(signs_to(sign, r.shape(-2), s), -1, s), s);
   return {qs, rs};
 }
 
@@ -306,6 +322,26 @@ std::vector<mx::array> emlx_svd(const mx::array &a0, bool full, std::optional<mx
     r[0] = mx::slice(u, mx::Shape(u.ndim(), 0), ue, s);
     r[2] = mx::slice(vt, mx::Shape(vt.ndim(), 0), ve, s);
   }
+  if (!is_complex(a.dtype())) {
+    // The first k singular vectors of the smaller side (V's for a tall or
+    // square A, U's for a wide one, as Nx takes the SVD of its adjoint) get
+    // a positive largest entry; the other side's flip with them (U S Vt
+    // stays A).
+    int m = a.shape(-2), n = a.shape(-1), k = std::min(m, n);
+    auto &u = r[0], &vt = r[2];
+    mx::array sign = m >= n ? mx::squeeze(vector_signs(mx::slice(vt, mx::Shape(vt.ndim(), 0), [&] {
+                                                         auto e = vt.shape();
+                                                         e[e.size() - 2] = k;
+                                                         return e;
+                                                       }(), s), -1, s), -1, s)
+                            : mx::squeeze(vector_signs(mx::slice(u, mx::Shape(u.ndim(), 0), [&] {
+                                                         auto e = u.shape();
+                                                         e[e.size() - 1] = k;
+                                                         return e;
+                                                       }(), s), -2, s), -2, s);
+    u = mx::multiply(u, mx::expand_dims(signs_to(sign, u.shape(-1), s), -2, s), s);
+    vt = mx::multiply(vt, mx::expand_dims(signs_to(sign, vt.shape(-2), s), -1, s), s);
+  }
   return {plus_zero(r[0], s), plus_zero(r[1], s), plus_zero(r[2], s)};
 }
 
@@ -321,6 +357,7 @@ std::vector<mx::array> emlx_eigh(const mx::array &a0, std::optional<mx::Dtype> o
   w = mx::take_along_axis(w, order, -1, s);
   auto cols = mx::broadcast_to(mx::expand_dims(order, -2, s), v.shape(), s);
   v = mx::take_along_axis(v, cols, -1, s);
+  if (!is_complex(v.dtype())) v = mx::multiply(v, vector_signs(v, -2, s), s);
   return {plus_zero(w, s), plus_zero(v, s)};
 }
 

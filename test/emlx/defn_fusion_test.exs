@@ -271,6 +271,21 @@ defmodule EMLX.DefnFusionTest do
     end
   end
 
+  defn select_complex_nan(x), do: Nx.select(Nx.real(x) > 0, Complex.new(:nan, :nan), x * 2 + 1)
+  defn select_complex_inf(x), do: Nx.select(Nx.real(x) > 0, Complex.new(:infinity, 0), x * 2 + 1)
+
+  # MLX writes a complex literal of a fused kernel as complex64_t(nan, nan),
+  # which does not compile: such constants are made from their parts.
+  test "complex constants with non-finite parts in a fused kernel" do
+    x = emlx([Complex.new(1, 2), Complex.new(-1, 0)], type: :c64)
+
+    for fun <- [&select_complex_nan/1, &select_complex_inf/1] do
+      want = fun.(to_bin(x))
+      got = Nx.Defn.jit(fun, compiler: EMLX).(x)
+      assert Nx.to_list(to_bin(got)) |> inspect() == Nx.to_list(want) |> inspect()
+    end
+  end
+
   defp tuple_or(t) when is_tuple(t), do: Tuple.to_list(t)
   defp tuple_or(t), do: t
 end

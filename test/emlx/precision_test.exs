@@ -170,6 +170,48 @@ defmodule EMLX.PrecisionTest do
     close(p |> Nx.dot(l) |> Nx.dot(uu), Nx.to_list(m), 1.0e-5)
   end
 
+  # Each vector's entry of largest magnitude is positive (issue 14: Nx's eigh
+  # and svd tests, and the svd gradients built on eigh).
+  test "eigh and svd vectors have a positive largest entry, and still reconstruct" do
+    largest_positive = fn m, axis ->
+      rows = Nx.to_list(if axis == 0, do: Nx.transpose(m), else: m)
+      assert Enum.all?(rows, fn v -> Enum.max_by(v, &abs/1) > 0 end), inspect(rows)
+    end
+
+    b = emlx([[5.0, 3.0, 1.0], [3.0, -100.0, 2.0], [1.0, 2.0, 7.0]])
+    {vals, vecs} = Nx.LinAlg.eigh(b)
+    largest_positive.(vecs, 0)
+    close(Nx.dot(b, vecs), Nx.to_list(Nx.multiply(vecs, vals)), 1.0e-3)
+
+    tall = emlx([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 10.0], [1.0, 0.0, 1.0]])
+
+    for a <- [tall, Nx.transpose(tall), Nx.negate(tall)], full? <- [false, true] do
+      {m, n} = a.shape
+      k = min(m, n)
+      {u, s, vt} = Nx.LinAlg.svd(a, full_matrices?: full?)
+      u_k = Nx.slice(u, [0, 0], [m, k])
+      vt_k = Nx.slice(vt, [0, 0], [k, n])
+      if m >= n, do: largest_positive.(vt_k, 1), else: largest_positive.(u_k, 0)
+      close(Nx.dot(Nx.multiply(u_k, s), vt_k), Nx.to_list(a), 1.0e-4)
+    end
+  end
+
+  test "complex cbrt in polar form, finite at infinity; round gives +0.0" do
+    z =
+      emlx([Complex.new(:infinity, 0), Complex.new(-8.0, 0.0), Complex.new(1.0, 2.0)], type: :c64)
+
+    [inf, neg, w] = Nx.to_list(Nx.cbrt(z))
+    assert inf == Complex.new(:infinity, 0.0)
+    assert_in_delta Complex.real(neg), 1.0, 1.0e-6
+    assert_in_delta Complex.imag(neg), 1.7320508, 1.0e-6
+    assert_in_delta Complex.real(w), 1.2196165, 1.0e-6
+    assert_in_delta Complex.imag(w), 0.47171128, 1.0e-6
+
+    # Nx rounds to an integer: round(-0.4) is +0.0, not -0.0
+    assert <<0::32, _::binary>> = Nx.to_binary(Nx.round(emlx([-0.4, -1.5])))
+    assert Nx.to_list(Nx.round(emlx([-0.4, -1.5, 2.5]))) == [0.0, -2.0, 3.0]
+  end
+
   # On the CPU (the GPU runs MLX's float32 erf_inv, off in the last digit).
   test "float32 transcendental functions on the CPU are Nx's, bit for bit" do
     cpu = {EMLX.Backend, device: :cpu}
