@@ -61,6 +61,30 @@ defmodule EMLXTest do
     assert_raise ArgumentError, ~r/does not fit the cache/, fn -> Nx.to_list(bad) end
   end
 
+  # On a GPU queue each async_eval is started on the queue's launcher thread
+  # while the worker builds the next step on top of it (gpu_launch.cpp).
+  test "steps built on async_eval'd steps, as a decode loop does, give the eager results" do
+    x0 = Nx.iota({64, 64}, type: :f32) |> Nx.divide(4096)
+    cache0 = Nx.broadcast(0.0, {8, 64})
+
+    step = fn x, cache, i ->
+      y = x |> Nx.multiply(1.01) |> Nx.add(Nx.sin(x)) |> Nx.divide(2)
+      row = y |> Nx.sum(axes: [0]) |> Nx.reshape({1, 64})
+      {y, Nx.put_slice(cache, [i, 0], row)}
+    end
+
+    want =
+      Enum.reduce(0..7, {x0, cache0}, fn i, {x, c} -> step.(x, c, i) end)
+      |> elem(1)
+
+    {_, got} =
+      Enum.reduce(0..7, EMLX.async_eval({emlx(x0), emlx(cache0)}), fn i, {x, c} ->
+        EMLX.async_eval(step.(x, c, emlx(i)))
+      end)
+
+    assert Nx.all_close(to_bin(got), want, rtol: 1.0e-5) |> Nx.to_number() == 1
+  end
+
   test "eval/1 on an Nx tensor returns it" do
     t = emlx([1, 2])
     assert EMLX.eval(t) == t
