@@ -138,6 +138,8 @@ mx::array emlx_fast_layer_norm(const mx::array &x, const mx::array &w, const std
                                SD s);
 mx::array emlx_fast_rope(const mx::array &x, int64_t dims, bool traditional, double base, double scale,
                          int64_t offset, SD s);
+mx::array emlx_fast_rope_offset(const mx::array &x, int64_t dims, bool traditional, double base, double scale,
+                                const mx::array &offset, SD s);
 mx::array emlx_fast_rope_positions(const mx::array &x, const mx::array &pos, int64_t dims, bool traditional,
                                    double base, double scale, SD s);
 mx::array emlx_fast_rope_freqs(const mx::array &x, const mx::array &pos, int64_t dims, bool traditional, double scale,

@@ -116,6 +116,15 @@ mx::array emlx_fast_rope(const mx::array &x, int64_t dims, bool traditional, dou
                         static_cast<int>(offset), std::nullopt, s);
 }
 
+// offset: an integer scalar array, as mlx-lm's rope(x, offset) passes it.
+mx::array emlx_fast_rope_offset(const mx::array &x, int64_t dims, bool traditional, double base, double scale,
+                                const mx::array &offset, SD s) {
+  check_rope(x, dims);
+  if (offset.ndim() != 0 || !is_int(offset.dtype())) throw arg_error("EMLX.Fast: offset must be an integer scalar");
+  return mx::fast::rope(x, static_cast<int>(dims), traditional, static_cast<float>(base), static_cast<float>(scale),
+                        mx::astype(offset, mx::int32, s), std::nullopt, s);
+}
+
 mx::array emlx_fast_rope_positions(const mx::array &x, const mx::array &pos, int64_t dims, bool traditional,
                                    double base, double scale, SD s) {
   return rope_rows(x, pos, dims, traditional, static_cast<float>(base), scale, std::nullopt, s);

@@ -109,8 +109,35 @@ defmodule EMLX.Fast do
   `dims` (even, at most D) features are rotated, the rest pass through;
   `traditional` rotates interleaved pairs (false: split halves, as Qwen3);
   `base` is the angular frequency base, `scale` multiplies positions and
-  `offset` is an integer (tokens already in the KV cache).
+  `offset` (tokens already in the KV cache) is an integer, or an integer
+  scalar tensor: a decode step then keeps one compiled plan for every
+  position, and runs the same fused kernel as mlx-lm's `rope(x, offset)`.
   """
+  deftransform rope(a, dims, traditional, base, scale, %Nx.Tensor{} = offset) do
+    name = "rope/6"
+    {a, scale} = rope_args!(a, dims, traditional, scale, 2, name)
+    base = positive!(base, name, "base")
+
+    unless offset.shape == {} and elem(offset.type, 0) in [:s, :u] do
+      raise ArgumentError,
+            "EMLX.Fast.#{name}: offset must be an integer or an integer scalar tensor, " <>
+              "got: #{inspect(offset)}"
+    end
+
+    layout = [
+      {:arg, 0},
+      {:value, dims},
+      {:value, traditional},
+      {:value, base},
+      {:value, scale},
+      {:arg, 1}
+    ]
+
+    fast(name, :fast_rope_offset, [a, offset], layout, a, fn a, o ->
+      Reference.rope(a, dims, traditional, base, scale, o)
+    end)
+  end
+
   deftransform rope(a, dims, traditional, base, scale, offset) do
     name = "rope/6"
     {a, scale} = rope_args!(a, dims, traditional, scale, 2, name)
@@ -118,7 +145,8 @@ defmodule EMLX.Fast do
 
     unless is_integer(offset) and offset >= -2_147_483_648 and offset <= 2_147_483_647 do
       raise ArgumentError,
-            "EMLX.Fast.#{name}: offset must be a 32-bit integer, got: #{inspect(offset)}"
+            "EMLX.Fast.#{name}: offset must be a 32-bit integer or an integer scalar tensor, " <>
+              "got: #{inspect(offset)}"
     end
 
     layout = [

@@ -143,6 +143,28 @@ defmodule EMLX.FastTest do
       check_grad(&Fast.rope(&1, 6, false, 10_000.0, 1.0, 2), [rand({2, 3, 4, 8}, 1)], [0])
       check_grad(&Fast.rope(&1, 8, true, 10_000.0, 1.0, 2), [rand({2, 3, 4, 8}, 1)], [0])
     end
+
+    test "an integer scalar tensor offset gives the integer offset's values" do
+      for type <- @types, {offset, i} <- Enum.with_index([0, 7, 11]) do
+        x = rand({2, 3, 5, 8}, i, type)
+        o = Nx.tensor(offset, type: :s32)
+        check(&Fast.rope(&1, 8, i == 1, 10_000.0, 1.0, &2), [x, o], :fast_rope_offset)
+        want = Fast.rope(x, 8, i == 1, 10_000.0, 1.0, offset)
+        got = Fast.rope(on_emlx(x), 8, i == 1, 10_000.0, 1.0, on_emlx(o))
+        assert_tensor(got, want, tol: tol(want.type))
+      end
+
+      x = rand({2, 3, 4, 8}, 1)
+      check_grad(&Fast.rope(&1, 6, false, 10_000.0, 1.0, &2), [x, Nx.tensor(3)], [0])
+
+      for bad <- [Nx.tensor([1, 2]), Nx.tensor(1.0)] do
+        assert_raise ArgumentError,
+                     ~r/offset must be an integer or an integer scalar tensor/,
+                     fn ->
+                       Fast.rope(on_emlx(x), 8, false, 1.0e4, 1.0, bad)
+                     end
+      end
+    end
   end
 
   describe "rope_with_positions/6 and rope_with_freqs/6" do

@@ -371,8 +371,17 @@ defmodule EMLX.LLM.Qwen3 do
     {x, caches} =
       layers(params.layers, caches, x, fn x, layer, {kc, vc} ->
         {q, k, v} = qkv(x, layer, c)
-        q = transpose_heads(rope_at(q, positions, c))
-        k = transpose_heads(rope_at(k, positions, c))
+
+        # Unpadded, every row is at `offset`: mlx-lm's rope(x, offset) on
+        # the transposed heads, the same fused kernel and graph.
+        {q, k} =
+          if padded?,
+            do:
+              {transpose_heads(rope_at(q, positions, c)),
+               transpose_heads(rope_at(k, positions, c))},
+            else:
+              {rope_from(transpose_heads(q), offset, c), rope_from(transpose_heads(k), offset, c)}
+
         kc = Nx.put_slice(kc, [0, 0, offset, 0], k)
         vc = Nx.put_slice(vc, [0, 0, offset, 0], transpose_heads(v))
 
@@ -429,6 +438,8 @@ defmodule EMLX.LLM.Qwen3 do
   defp transpose_heads(t), do: Nx.transpose(t, axes: [0, 2, 1, 3])
 
   defp rope(t, c), do: Fast.rope(t, c.head_dim, false, c.theta, 1.0, 0)
+
+  defp rope_from(t, offset, c), do: Fast.rope(t, c.head_dim, false, c.theta, 1.0, offset)
 
   defp rope_at(t, positions, c),
     do: Fast.rope_with_positions(t, positions, c.head_dim, false, c.theta, 1.0)
