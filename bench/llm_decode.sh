@@ -17,6 +17,7 @@
 #                   pre-made folders there are used as they are
 #   LLM_PROMPT_TOKENS (default 16), LLM_NEW_TOKENS (default 32),
 #   LLM_VARIANTS (default bf16,4bit), LLM_RUNS (timed runs, best kept; default 2),
+#   LLM_ROUNDS (default 1: rounds of mlx-lm then EMLX, the median ratio's reported),
 #   LLM_OUT (default bench/results/llm_<device>.json)
 set -euo pipefail
 
@@ -50,4 +51,5 @@ exec "$python" bench/llm_decode.py \
   --new-tokens "${LLM_NEW_TOKENS:-32}" \
   --variants "${LLM_VARIANTS:-bf16,4bit}" \
   --runs "${LLM_RUNS:-2}" \
+  --rounds "${LLM_ROUNDS:-1}" \
   --out "${LLM_OUT:-$root/bench/results/llm_$device.json}"
