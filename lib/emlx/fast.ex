@@ -113,54 +113,28 @@ defmodule EMLX.Fast do
   scalar tensor: a decode step then keeps one compiled plan for every
   position, and runs the same fused kernel as mlx-lm's `rope(x, offset)`.
   """
-  deftransform rope(a, dims, traditional, base, scale, %Nx.Tensor{} = offset) do
-    name = "rope/6"
-    {a, scale} = rope_args!(a, dims, traditional, scale, 2, name)
-    base = positive!(base, name, "base")
-
-    unless offset.shape == {} and elem(offset.type, 0) in [:s, :u] do
-      raise ArgumentError,
-            "EMLX.Fast.#{name}: offset must be an integer or an integer scalar tensor, " <>
-              "got: #{inspect(offset)}"
-    end
-
-    layout = [
-      {:arg, 0},
-      {:value, dims},
-      {:value, traditional},
-      {:value, base},
-      {:value, scale},
-      {:arg, 1}
-    ]
-
-    fast(name, :fast_rope_offset, [a, offset], layout, a, fn a, o ->
-      Reference.rope(a, dims, traditional, base, scale, o)
-    end)
-  end
-
   deftransform rope(a, dims, traditional, base, scale, offset) do
     name = "rope/6"
     {a, scale} = rope_args!(a, dims, traditional, scale, 2, name)
     base = positive!(base, name, "base")
+    layout = [{:arg, 0}, {:value, dims}, {:value, traditional}, {:value, base}, {:value, scale}]
 
-    unless is_integer(offset) and offset >= -2_147_483_648 and offset <= 2_147_483_647 do
-      raise ArgumentError,
-            "EMLX.Fast.#{name}: offset must be a 32-bit integer or an integer scalar tensor, " <>
-              "got: #{inspect(offset)}"
+    case offset do
+      %Nx.Tensor{shape: {}, type: {kind, _}} when kind in [:s, :u] ->
+        fast(name, :fast_rope_offset, [a, offset], layout ++ [{:arg, 1}], a, fn a, o ->
+          Reference.rope(a, dims, traditional, base, scale, o)
+        end)
+
+      i when is_integer(i) and i >= -2_147_483_648 and i <= 2_147_483_647 ->
+        fast(name, :fast_rope, [a], layout ++ [{:value, i}], a, fn a ->
+          Reference.rope(a, dims, traditional, base, scale, i)
+        end)
+
+      other ->
+        raise ArgumentError,
+              "EMLX.Fast.#{name}: offset must be a 32-bit integer or an integer scalar tensor, " <>
+                "got: #{inspect(other)}"
     end
-
-    layout = [
-      {:arg, 0},
-      {:value, dims},
-      {:value, traditional},
-      {:value, base},
-      {:value, scale},
-      {:value, offset}
-    ]
-
-    fast(name, :fast_rope, [a], layout, a, fn a ->
-      Reference.rope(a, dims, traditional, base, scale, offset)
-    end)
   end
 
   @doc """

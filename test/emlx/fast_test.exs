@@ -159,7 +159,7 @@ defmodule EMLX.FastTest do
 
       for bad <- [Nx.tensor([1, 2]), Nx.tensor(1.0)] do
         assert_raise ArgumentError,
-                     ~r/offset must be an integer or an integer scalar tensor/,
+                     ~r/offset must be a 32-bit integer or an integer scalar tensor/,
                      fn ->
                        Fast.rope(on_emlx(x), 8, false, 1.0e4, 1.0, bad)
                      end
