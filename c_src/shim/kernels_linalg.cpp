@@ -309,40 +309,33 @@ std::vector<mx::array> emlx_qr(const mx::array &a0, bool complete, std::optional
   return {plus_zero(qp, s), plus_zero(rp, s)};
 }
 
+// The first k entries of x along axis (-1 or -2).
+static mx::array head(const mx::array &x, int axis, int k, SD s) {
+  auto stop = x.shape();
+  stop[stop.size() + axis] = k;
+  return mx::slice(x, mx::Shape(x.ndim(), 0), stop, s);
+}
+
 std::vector<mx::array> emlx_svd(const mx::array &a0, bool full, std::optional<mx::Dtype> out, SD s) {
   auto a = float_for_linalg(a0, out, s);
   auto r = mx::linalg::svd(a, true, s);
+  int m = a.shape(-2), n = a.shape(-1), k = std::min(m, n);
+  auto &u = r[0], &vt = r[2];
   if (!full) {
-    int m = a.shape(-2), n = a.shape(-1), k = std::min(m, n);
-    auto u = r[0], vt = r[2];
-    auto ue = u.shape();
-    ue[ue.size() - 1] = k;
-    auto ve = vt.shape();
-    ve[ve.size() - 2] = k;
-    r[0] = mx::slice(u, mx::Shape(u.ndim(), 0), ue, s);
-    r[2] = mx::slice(vt, mx::Shape(vt.ndim(), 0), ve, s);
+    u = head(u, -1, k, s);
+    vt = head(vt, -2, k, s);
   }
   if (!is_complex(a.dtype())) {
     // The first k singular vectors of the smaller side (V's for a tall or
     // square A, U's for a wide one, as Nx takes the SVD of its adjoint) get
     // a positive largest entry; the other side's flip with them (U S Vt
     // stays A).
-    int m = a.shape(-2), n = a.shape(-1), k = std::min(m, n);
-    auto &u = r[0], &vt = r[2];
-    mx::array sign = m >= n ? mx::squeeze(vector_signs(mx::slice(vt, mx::Shape(vt.ndim(), 0), [&] {
-                                                         auto e = vt.shape();
-                                                         e[e.size() - 2] = k;
-                                                         return e;
-                                                       }(), s), -1, s), -1, s)
-                            : mx::squeeze(vector_signs(mx::slice(u, mx::Shape(u.ndim(), 0), [&] {
-                                                         auto e = u.shape();
-                                                         e[e.size() - 1] = k;
-                                                         return e;
-                                                       }(), s), -2, s), -2, s);
+    auto sign = m >= n ? mx::squeeze(vector_signs(head(vt, -2, k, s), -1, s), -1, s)
+                       : mx::squeeze(vector_signs(head(u, -1, k, s), -2, s), -2, s);
     u = mx::multiply(u, mx::expand_dims(signs_to(sign, u.shape(-1), s), -2, s), s);
     vt = mx::multiply(vt, mx::expand_dims(signs_to(sign, vt.shape(-2), s), -1, s), s);
   }
-  return {plus_zero(r[0], s), plus_zero(r[1], s), plus_zero(r[2], s)};
+  return {plus_zero(u, s), plus_zero(r[1], s), plus_zero(vt, s)};
 }
 
 std::vector<mx::array> emlx_eigh(const mx::array &a0, std::optional<mx::Dtype> out, SD s) {
