@@ -13,8 +13,9 @@ defmodule EMLX.DoctestExclusions do
   ]
 
   # Nx.LinAlg: MLX's LAPACK-based decompositions give results equal up to
-  # float32 rounding (last digits), and eigenvectors of equal eigenvalues or
-  # of opposite sign (equally valid). Each is re-tested in
+  # float32 rounding (last digits), and for equal eigenvalues another basis
+  # of their eigenspace (equally valid; vector signs follow Nx's, largest
+  # entry positive). Each is re-tested in
   # test/emlx/precision_test.exs with tolerances or by its defining property.
   @linalg_excluded [
     cholesky: 1,
