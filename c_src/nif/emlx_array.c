@@ -2,6 +2,8 @@
  * for a few loads and stores, never across a call into MLX but a retain. */
 #include "emlx_array.h"
 
+#include "emlx_codec.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -53,7 +55,7 @@ emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_ar
   emlx_array_res *res;
   *state_out = EMLX_ARR_READY;
   if (!enif_get_resource(env, t, emlx_array_type, (void **)&res)) {
-    snprintf(err, errlen, "expected an EMLX array reference");
+    emlx_set_err(err, errlen, "expected an EMLX array reference");
     return NULL;
   }
   if (res_out) *res_out = res;
@@ -69,15 +71,15 @@ emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_ar
   spin_unlock(res);
   *state_out = state;
   if (state == EMLX_ARR_PENDING) {
-    snprintf(err, errlen, "the tensor is not computed yet");
+    emlx_set_err(err, errlen, "the tensor is not computed yet");
     return NULL;
   }
   if (state == EMLX_ARR_FAILED) return NULL;
   if (dead) {
-    snprintf(err, errlen, "the tensor has been deallocated");
+    emlx_set_err(err, errlen, "the tensor has been deallocated");
     return NULL;
   }
-  if (!copy) snprintf(err, errlen, "out of memory");
+  if (!copy) emlx_set_err(err, errlen, "out of memory");
   return copy;
 }
 

@@ -46,6 +46,22 @@ static const struct {
     {"s", 32},   {"s", 64}, {"f", 16},  {"bf", 16}, {"f", 32},  {"f", 64}, {"c", 64},
 };
 
+/* The kinds' atoms, made at load: an op's output type (decoded at every
+ * eager op) is matched by atom identity, with no copy of the atom's name. */
+static ERL_NIF_TERM dtype_kinds[EMLX_DTYPE_COUNT];
+
+void emlx_codec_load(ErlNifEnv *env) {
+  for (int i = 0; i < EMLX_DTYPE_COUNT; i++) dtype_kinds[i] = enif_make_atom(env, dtype_names[i].kind);
+}
+
+void emlx_set_err(char *err, size_t errlen, const char *msg) {
+  if (!errlen) return;
+  size_t n = strlen(msg);
+  if (n >= errlen) n = errlen - 1;
+  memcpy(err, msg, n);
+  err[n] = 0;
+}
+
 int emlx_decode_dtype(ErlNifEnv *env, ERL_NIF_TERM t, int *dtype) {
   if (enif_is_identical(t, ATOM.bool_)) {
     *dtype = EMLX_BOOL;
@@ -53,13 +69,11 @@ int emlx_decode_dtype(ErlNifEnv *env, ERL_NIF_TERM t, int *dtype) {
   }
   int arity;
   const ERL_NIF_TERM *el;
-  char kind[8];
   int bits;
   if (!enif_get_tuple(env, t, &arity, &el) || arity != 2) return 0;
-  if (enif_get_atom(env, el[0], kind, sizeof kind, ERL_NIF_LATIN1) <= 0) return 0;
   if (!enif_get_int(env, el[1], &bits)) return 0;
   for (int i = 1; i < EMLX_DTYPE_COUNT; i++) {
-    if (dtype_names[i].bits == bits && strcmp(dtype_names[i].kind, kind) == 0) {
+    if (dtype_names[i].bits == bits && enif_is_identical(dtype_kinds[i], el[0])) {
       *dtype = i;
       return 1;
     }

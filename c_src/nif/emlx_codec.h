@@ -19,6 +19,10 @@ ERL_NIF_TERM emlx_raise_arg(ErlNifEnv *env, const char *fmt, ...);
 /* A binary with the string's bytes; 0 when out of memory. */
 int emlx_encode_string(ErlNifEnv *env, const char *s, ERL_NIF_TERM *out);
 
+/* Makes the atoms the codec matches by identity (once, at load). */
+void emlx_codec_load(ErlNifEnv *env);
+/* Copies a fixed message into err (no format: the hot paths use it). */
+void emlx_set_err(char *err, size_t errlen, const char *msg);
 int emlx_decode_dtype(ErlNifEnv *env, ERL_NIF_TERM t, int *dtype);
 ERL_NIF_TERM emlx_encode_dtype(ErlNifEnv *env, int dtype);
 int emlx_decode_dims(ErlNifEnv *env, ERL_NIF_TERM t, int64_t *dims, int *ndim);

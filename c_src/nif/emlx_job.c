@@ -191,23 +191,23 @@ int emlx_job_take_array(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job *job, emlx_arr 
   if (!a) {
     if (state != EMLX_ARR_PENDING) return 0;
     if (res->owner->q != job->qres->q) {
-      snprintf(err, errlen, "a tensor from another command queue must be evaluated before use on this queue");
+      emlx_set_err(err, errlen, "a tensor from another command queue must be evaluated before use on this queue");
       return 0;
     }
     if (!add_fixup(job, res, slot)) {
-      snprintf(err, errlen, "out of memory");
+      emlx_set_err(err, errlen, "out of memory");
       return 0;
     }
     return 1;
   }
   if (!hold(job, a)) {
     drop(job, a);
-    snprintf(err, errlen, "out of memory");
+    emlx_set_err(err, errlen, "out of memory");
     return 0;
   }
   *slot = a;
   if (res->owner->q != job->qres->q && !emlx_arr_is_available(a)) {
-    snprintf(err, errlen, "a tensor from another command queue must be evaluated before use on this queue");
+    emlx_set_err(err, errlen, "a tensor from another command queue must be evaluated before use on this queue");
     return 0;
   }
   return 1;
@@ -222,7 +222,7 @@ int emlx_job_take_arrays(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job *job, int none
   }
   emlx_arr **a = emlx_arena_alloc(&job->arena, sizeof(emlx_arr *) * (len ? len : 1));
   if (!a) {
-    snprintf(err, errlen, "out of memory");
+    emlx_set_err(err, errlen, "out of memory");
     return 0;
   }
   ERL_NIF_TERM head, tail = t;
@@ -257,7 +257,7 @@ int emlx_job_resolve(emlx_job *job, int *kind, char *msg, size_t msglen) {
     if (!hold(job, copy)) {
       drop(job, copy);
       *kind = EMLX_ERR_MLX;
-      snprintf(msg, msglen, "out of memory");
+      emlx_set_err(msg, msglen, "out of memory");
       return 0;
     }
     *job->fixups[i].slot = copy;

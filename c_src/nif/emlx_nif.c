@@ -642,6 +642,7 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   (void)priv;
   set_tf32(env, info);
   if (emlx_resources_load(env) != 0) return 1;
+  emlx_codec_load(env);
   emlx_poll_type = enif_open_resource_type(env, NULL, "emlx_poll", poll_dtor, ERL_NIF_RT_CREATE, NULL);
   if (!emlx_poll_type) return 1;
   atom_emlx_done = enif_make_atom(env, "emlx_done");
