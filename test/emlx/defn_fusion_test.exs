@@ -90,22 +90,6 @@ defmodule EMLX.DefnFusionTest do
   defp rewrite(instrs, outputs \\ nil),
     do: Fusion.rewrite(instrs, outputs || [{:out, length(instrs) - 1}])
 
-  test "a transpose of a transpose becomes one transpose, and computes the same" do
-    pair = [{:transpose, [{:in, 0}, [1, 2, 0]], nil}, {:transpose, [{:out, 0}, [2, 1, 0]], nil}]
-    # axis i of the result is axis p[q[i]] of the input
-    assert List.last(rewrite(pair)) == {:transpose, [{:in, 0}, [0, 2, 1]], nil}
-    # the inner one is used elsewhere (an output): it is computed anyway
-    assert rewrite(pair, [{:out, 1}, {:out, 0}]) == pair
-
-    f = fn x ->
-      x |> Nx.transpose(axes: [1, 2, 0]) |> Nx.transpose(axes: [2, 1, 0]) |> Nx.exp()
-    end
-
-    x = Nx.iota({2, 3, 4}, type: :f32) |> Nx.divide(10)
-    got = Nx.Defn.jit(f, compiler: EMLX).(Nx.backend_copy(x, EMLX.Backend))
-    assert Nx.all_close(to_bin(got), f.(x)) |> Nx.to_number() == 1
-  end
-
   test "the softmax pattern becomes one softmax in place of the divide, every slot kept" do
     fused = List.replace_at(@softmax, 4, {:softmax, [@x, [1]], {:f, 32}})
     assert rewrite(@softmax) == fused

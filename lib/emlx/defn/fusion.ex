@@ -21,8 +21,7 @@ defmodule EMLX.Defn.Fusion do
   #   as MLX's kernel has it) -> MLX's logsumexp kernel;
   # - layer norm: (x - mean) * rsqrt(var + eps) * g + b -> fast::layer_norm;
   # - RMS norm: x * rsqrt(mean(x^2) + eps) * w -> fast::rms_norm (both over
-  #   the last axis; the same ops composed over others);
-  # - a transpose of a transpose -> one transpose.
+  #   the last axis; the same ops composed over others).
   #
   # On the CPU, float32 softmax, log_softmax and logsumexp stay composed:
   # EMLX's float32 exp there is Nx's (computed in double and rounded once)
@@ -75,19 +74,6 @@ defmodule EMLX.Defn.Fusion do
   end
 
   defp fuse({:multiply, [u, v], t} = instr, ctx) when t in @float, do: rms_norm(u, v, instr, ctx)
-
-  # transpose(transpose(x, p), q) -> transpose(x, p∘q): one view instead
-  # of two (Nx's dot gradients transpose operands that EMLX's dot had
-  # already transposed; 4 such pairs in the bench's MLP step).
-  defp fuse({:transpose, [a, q], nil}, ctx) when is_list(q) do
-    case def_of(a, 1, ctx) do
-      {:transpose, [x, p], nil} when is_list(p) ->
-        {:transpose, [x, Enum.map(q, &Enum.at(p, &1))], nil}
-
-      _ ->
-        nil
-    end
-  end
 
   defp fuse(_instr, _ctx), do: nil
 
