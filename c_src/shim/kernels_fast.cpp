@@ -116,11 +116,14 @@ mx::array emlx_fast_rope(const mx::array &x, int64_t dims, bool traditional, dou
                         static_cast<int>(offset), std::nullopt, s);
 }
 
-// offset: an integer scalar array, as mlx-lm's rope(x, offset) passes it.
+// offset: an integer scalar array, as mlx-lm's rope(x, offset) passes it,
+// or one offset per row of x's first axis.
 mx::array emlx_fast_rope_offset(const mx::array &x, int64_t dims, bool traditional, double base, double scale,
                                 const mx::array &offset, SD s) {
   check_rope(x, dims);
-  if (offset.ndim() != 0 || !is_int(offset.dtype())) throw arg_error("EMLX.Fast: offset must be an integer scalar");
+  bool rows = offset.ndim() == 1 && offset.shape(0) == x.shape(0);
+  if ((offset.ndim() != 0 && !rows) || !is_int(offset.dtype()))
+    throw arg_error("EMLX.Fast: offset must be an integer scalar or one integer per row of the first axis");
   return mx::fast::rope(x, static_cast<int>(dims), traditional, static_cast<float>(base), static_cast<float>(scale),
                         mx::astype(offset, mx::int32, s), std::nullopt, s);
 }

@@ -109,18 +109,22 @@ defmodule EMLX.Fast do
   `dims` (even, at most D) features are rotated, the rest pass through;
   `traditional` rotates interleaved pairs (false: split halves, as Qwen3);
   `base` is the angular frequency base, `scale` multiplies positions and
-  `offset` (tokens already in the KV cache) is an integer, or an integer
-  scalar tensor: a decode step then keeps one compiled plan for every
-  position, and runs the same fused kernel as mlx-lm's `rope(x, offset)`.
+  `offset` (tokens already in the KV cache) is an integer, an integer
+  scalar tensor, or an integer vector {B} with one offset per row of `a`'s
+  first axis (left-padded batches). As a tensor, a decode step keeps one
+  compiled plan for every position, and runs the same fused kernel as
+  mlx-lm's `rope(x, offset)`.
   """
   deftransform rope(a, dims, traditional, base, scale, offset) do
     name = "rope/6"
     {a, scale} = rope_args!(a, dims, traditional, scale, 2, name)
     base = positive!(base, name, "base")
     layout = [{:arg, 0}, {:value, dims}, {:value, traditional}, {:value, base}, {:value, scale}]
+    rows = {elem(a.shape, 0)}
 
     case offset do
-      %Nx.Tensor{shape: {}, type: {kind, _}} when kind in [:s, :u] ->
+      %Nx.Tensor{shape: shape, type: {kind, _}}
+      when kind in [:s, :u] and (shape == {} or shape == rows) ->
         fast(name, :fast_rope_offset, [a, offset], layout ++ [{:arg, 1}], a, fn a, o ->
           Reference.rope(a, dims, traditional, base, scale, o)
         end)
@@ -132,8 +136,8 @@ defmodule EMLX.Fast do
 
       other ->
         raise ArgumentError,
-              "EMLX.Fast.#{name}: offset must be a 32-bit integer or an integer scalar tensor, " <>
-                "got: #{inspect(other)}"
+              "EMLX.Fast.#{name}: offset must be a 32-bit integer, an integer scalar tensor " <>
+                "or an integer vector of #{elem(rows, 0)} (the first axis), got: #{inspect(other)}"
     end
   end
 

@@ -144,7 +144,7 @@ defmodule EMLX.FastTest do
       check_grad(&Fast.rope(&1, 8, true, 10_000.0, 1.0, 2), [rand({2, 3, 4, 8}, 1)], [0])
     end
 
-    test "an integer scalar tensor offset gives the integer offset's values" do
+    test "a tensor offset (a scalar, or one per row) gives the integer offsets' values" do
       for type <- @types, {offset, i} <- Enum.with_index([0, 7, 11]) do
         x = rand({2, 3, 5, 8}, i, type)
         o = Nx.tensor(offset, type: :s32)
@@ -154,12 +154,26 @@ defmodule EMLX.FastTest do
         assert_tensor(got, want, tol: tol(want.type))
       end
 
+      # one offset per row of the first axis: row i as rope at offsets[i]
+      for type <- @types do
+        x = rand({2, 3, 5, 8}, 7, type)
+        o = Nx.tensor([3, 9], type: :s32)
+        check(&Fast.rope(&1, 8, false, 10_000.0, 1.0, &2), [x, o], :fast_rope_offset)
+        got = Fast.rope(on_emlx(x), 8, false, 10_000.0, 1.0, on_emlx(o))
+
+        for {off, i} <- Enum.with_index([3, 9]) do
+          want = Fast.rope(x[i..i], 8, false, 10_000.0, 1.0, off)
+          assert_tensor(got[i..i], want, tol: tol(want.type))
+        end
+      end
+
       x = rand({2, 3, 4, 8}, 1)
       check_grad(&Fast.rope(&1, 6, false, 10_000.0, 1.0, &2), [x, Nx.tensor(3)], [0])
+      check_grad(&Fast.rope(&1, 6, false, 10_000.0, 1.0, &2), [x, Nx.tensor([1, 4])], [0])
 
-      for bad <- [Nx.tensor([1, 2]), Nx.tensor(1.0)] do
+      for bad <- [Nx.tensor([1, 2, 3]), Nx.tensor([[1], [2]]), Nx.tensor(1.0)] do
         assert_raise ArgumentError,
-                     ~r/offset must be a 32-bit integer or an integer scalar tensor/,
+                     ~r/offset must be a 32-bit integer, an integer scalar tensor/,
                      fn ->
                        Fast.rope(on_emlx(x), 8, false, 1.0e4, 1.0, bad)
                      end

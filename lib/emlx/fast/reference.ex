@@ -43,11 +43,23 @@ defmodule EMLX.Fast.Reference do
   end
 
   @doc """
-  RoPE of `x` {..., T, D} at positions `offset + t` along axis -2, times `scale`.
+  RoPE of `x` {..., T, D} at positions `offset + t` along axis -2, times
+  `scale`; an offset vector {B} gives each row of x's first axis its own.
   """
   def rope(x, dims, traditional, base, scale, offset) do
     {xf, type} = up(x)
-    t = elem(x.shape, tuple_size(x.shape) - 2)
+    rank = tuple_size(x.shape)
+    t = elem(x.shape, rank - 2)
+
+    offset =
+      case offset do
+        %Nx.Tensor{shape: {b}} ->
+          Nx.reshape(offset, List.to_tuple([b | List.duplicate(1, rank - 1)]))
+
+        other ->
+          other
+      end
+
     pos = Nx.multiply(Nx.add(Nx.iota({t, 1}, type: xf.type), offset), scale)
     angles = Nx.multiply(pos, Nx.reshape(inv_freqs(dims, base, xf.type), {1, div(dims, 2)}))
     xf |> rotate(angles, dims, traditional) |> Nx.as_type(type)

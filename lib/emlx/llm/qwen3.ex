@@ -356,7 +356,9 @@ defmodule EMLX.LLM.Qwen3 do
   def decode_step(params, input, caches, offset, pads, padded?, c) do
     {b, 1} = input.shape
     x = embed(params.embed, input, c)
-    positions = Nx.reshape(Nx.subtract(offset, pads), {b, 1})
+    # every row at `offset` (mlx-lm's rope(x, offset)), or, left-padded,
+    # each row at its own position (MLX's per-row offsets)
+    positions = if padded?, do: Nx.subtract(offset, pads), else: offset
     {_, _, t_max, _} = elem(elem(caches, 0), 0).shape
     k_idx = Nx.iota({1, t_max})
     scale = :math.pow(c.head_dim, -0.5)
@@ -372,15 +374,9 @@ defmodule EMLX.LLM.Qwen3 do
       layers(params.layers, caches, x, fn x, layer, {kc, vc} ->
         {q, k, v} = qkv(x, layer, c)
 
-        # Unpadded, every row is at `offset`: mlx-lm's rope(x, offset) on
-        # the transposed heads, the same fused kernel and graph.
-        {q, k} =
-          if padded?,
-            do:
-              {transpose_heads(rope_at(q, positions, c)),
-               transpose_heads(rope_at(k, positions, c))},
-            else:
-              {rope_from(transpose_heads(q), offset, c), rope_from(transpose_heads(k), offset, c)}
+        # RoPE of the transposed heads {B, N, 1, D}, as mlx-lm's: one fused kernel.
+        q = rope_from(transpose_heads(q), positions, c)
+        k = rope_from(transpose_heads(k), positions, c)
 
         kc = Nx.put_slice(kc, [0, 0, offset, 0], k)
         vc = Nx.put_slice(vc, [0, 0, offset, 0], transpose_heads(v))
