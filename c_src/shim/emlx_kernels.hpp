@@ -52,6 +52,8 @@ mx::array emlx_atan2(const mx::array &y, const mx::array &x, SD s);
 // ---- element-wise, types, reductions (kernels_elementwise.cpp) ----
 mx::array truthy(const mx::array &x, SD s);  // a bool tensor: x != 0
 mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d);
+// re + im·i (complex64) from two real arrays of one shape (non-finite parts kept).
+mx::array complex_from(const mx::array &re, const mx::array &im, SD s);
 mx::array emlx_full(const emlx_scalar &n, const mx::Shape &shape, mx::Dtype d, SD s);
 mx::array emlx_cast(const mx::array &x, mx::Dtype d, SD s);
 bool host_readable(const mx::array &x);       // available, in a small buffer: read on the host in place

@@ -227,8 +227,7 @@ static mx::array conv_typed(const mx::array &x, const mx::array &k, const std::v
     auto f = [&](const mx::array &u, const mx::array &v) { return conv_real(u, v, strides, lo, hi, in_dil, k_dil, groups, s); };
     auto re = mx::subtract(f(a, c), f(b, d), s);
     auto im = mx::add(f(a, d), f(b, c), s);
-    return mx::add(mx::astype(re, mx::complex64, s),
-                   mx::multiply(mx::astype(im, mx::complex64, s), mx::array(std::complex<float>(0.0f, 1.0f)), s), s);
+    return complex_from(re, im, s);
   }
   return conv_real(x, k, strides, lo, hi, in_dil, k_dil, groups, s);
 }

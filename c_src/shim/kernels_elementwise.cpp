@@ -35,6 +35,13 @@ mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d) {
   }
 }
 
+// re + im·i (complex64) from two real arrays of one shape, built from the
+// parts themselves: a product with i would turn an infinite part into NaN.
+mx::array complex_from(const mx::array &re, const mx::array &im, SD s) {
+  auto both = mx::stack({mx::astype(re, mx::float32, s), mx::astype(im, mx::float32, s)}, -1, s);
+  return mx::reshape(mx::view(both, mx::complex64, s), re.shape(), s);
+}
+
 // A scalar is its value, an array with its data already there (as Python
 // MLX's `x + 1.0` makes it): no Full primitive to schedule and evaluate for
 // every Nx.add(t, 1.0). Larger shapes broadcast it.
@@ -46,10 +53,9 @@ mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d) {
 mx::array emlx_full(const emlx_scalar &n, const mx::Shape &shape, mx::Dtype d, SD s) {
   auto v = emlx_scalar_array(n, d);
   if (is_complex(d) && n.kind != EMLX_SCALAR_INT && n.kind != EMLX_SCALAR_UINT &&
-      (!std::isfinite(n.re) || (n.kind != EMLX_SCALAR_FLOAT && !std::isfinite(n.im)))) {
-    float parts[2] = {static_cast<float>(n.re), n.kind == EMLX_SCALAR_FLOAT ? 0.0f : static_cast<float>(n.im)};
-    v = mx::reshape(mx::view(mx::array(parts, {2}, mx::float32), d, s), {}, s);
-  }
+      (!std::isfinite(n.re) || (n.kind != EMLX_SCALAR_FLOAT && !std::isfinite(n.im))))
+    v = complex_from(mx::array(static_cast<float>(n.re)),
+                     mx::array(n.kind == EMLX_SCALAR_FLOAT ? 0.0f : static_cast<float>(n.im)), s);
   return shape.empty() ? v : mx::full(shape, v, s);
 }
 

@@ -215,8 +215,7 @@ mx::array emlx_cbrt(const mx::array &x, SD s) {
   if (via_double(x, s)) return f64_unary(x, F64_CBRT, s);
   // complex: the principal root in polar form, cbrt(|z|) at angle arg(z) / 3
   // (exp(log(z) / 3) makes cbrt(inf + 0i) inf + NaN i). A part whose cosine
-  // or sine is 0 is 0, also for an infinite modulus, and the value is
-  // assembled from its parts (a product with i would give NaN there).
+  // or sine is 0 is 0, also for an infinite modulus.
   if (x.dtype() == mx::complex64) {
     auto re = mx::real(x, s), im = mx::imag(x, s);
     auto mag = mx::power(mx::abs(x, s), mx::array(1.0f / 3.0f), s);
@@ -225,8 +224,7 @@ mx::array emlx_cbrt(const mx::array &x, SD s) {
     auto part = [&](const mx::array &t) {
       return mx::where(mx::equal(t, zero, s), zero, mx::multiply(mag, t, s), s);
     };
-    auto both = mx::stack({part(mx::cos(th, s)), part(mx::sin(th, s))}, -1, s);
-    return mx::reshape(mx::view(both, mx::complex64, s), x.shape(), s);
+    return complex_from(part(mx::cos(th, s)), part(mx::sin(th, s)), s);
   }
   auto third = mx::array(1.0 / 3.0, x.dtype());
   return mx::multiply(mx::sign(x, s), mx::power(mx::abs(x, s), third, s), s);

@@ -120,8 +120,7 @@ mx::array emlx_fft(const mx::array &x, int64_t n, int64_t axis, bool inverse, do
     auto im = mx::imag(r, s);
     re = mx::where(mx::less_equal(mx::abs(re, s), e, s), mx::zeros_like(re, s), re, s);
     im = mx::where(mx::less_equal(mx::abs(im, s), e, s), mx::zeros_like(im, s), im, s);
-    r = mx::add(mx::astype(re, mx::complex64, s),
-                mx::multiply(mx::astype(im, mx::complex64, s), mx::array(std::complex<float>(0.0f, 1.0f)), s), s);
+    r = complex_from(re, im, s);
   }
   return r;
 }
@@ -176,8 +175,7 @@ static mx::array complex_solve(const mx::array &a, const mx::array &b, SD s) {
   mx::Shape start2(x.ndim(), 0);
   start2[start2.size() - 2] = n;
   auto xr = mx::slice(x, start, mid, s), xi = mx::slice(x, start2, xs, s);
-  auto r = mx::add(mx::astype(xr, mx::complex64, s),
-                   mx::multiply(mx::astype(xi, mx::complex64, s), mx::array(std::complex<float>(0.0f, 1.0f)), s), s);
+  auto r = complex_from(xr, xi, s);
   return vec ? mx::squeeze(r, -1, s) : r;
 }
 
