@@ -64,7 +64,7 @@ emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_ar
   int dead = state == EMLX_ARR_READY && res->arr == NULL;
   emlx_arr *copy = state == EMLX_ARR_READY && res->arr ? retain(res->arr, storage) : NULL;
   if (state == EMLX_ARR_FAILED) {
-    snprintf(err, errlen, "%s", res->error ? res->error : "the op producing this tensor failed");
+    emlx_set_err(err, errlen, res->error ? res->error : "the op producing this tensor failed");
     if (kind_out) *kind_out = res->error_kind;
   }
   if (state == EMLX_ARR_PENDING && res->dealloc_requested) dead = 1, state = EMLX_ARR_READY;
@@ -110,7 +110,7 @@ emlx_arr *emlx_array_resolve(emlx_array_res *res, void *storage, int *kind, char
   emlx_arr *copy = state == EMLX_ARR_READY && res->arr ? retain(res->arr, storage) : NULL;
   if (state == EMLX_ARR_FAILED) {
     *kind = res->error_kind;
-    snprintf(msg, msglen, "%s", res->error ? res->error : "the op producing this tensor failed");
+    emlx_set_err(msg, msglen, res->error ? res->error : "the op producing this tensor failed");
   }
   spin_unlock(res);
   if (state == EMLX_ARR_FAILED) return NULL;

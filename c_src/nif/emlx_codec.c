@@ -270,7 +270,7 @@ int emlx_decode_value(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_arena *are
       why = "unknown argument kind";
       break;
   }
-  snprintf(err, errlen, "%s", why);
+  emlx_set_err(err, errlen, why);
   return 0;
 }
 
