@@ -328,7 +328,7 @@ defmodule EMLX.LLM.Qwen3 do
         {q, k} =
           case attention do
             :causal ->
-              {rope(transpose_heads(q), c), rope(transpose_heads(k), c)}
+              {rope(transpose_heads(q), 0, c), rope(transpose_heads(k), 0, c)}
 
             {:padded, positions, _} ->
               {transpose_heads(rope_at(q, positions, c)),
@@ -375,8 +375,8 @@ defmodule EMLX.LLM.Qwen3 do
         {q, k, v} = qkv(x, layer, c)
 
         # RoPE of the transposed heads {B, N, 1, D}, as mlx-lm's: one fused kernel.
-        q = rope_from(transpose_heads(q), positions, c)
-        k = rope_from(transpose_heads(k), positions, c)
+        q = rope(transpose_heads(q), positions, c)
+        k = rope(transpose_heads(k), positions, c)
 
         kc = Nx.put_slice(kc, [0, 0, offset, 0], k)
         vc = Nx.put_slice(vc, [0, 0, offset, 0], transpose_heads(v))
@@ -433,9 +433,7 @@ defmodule EMLX.LLM.Qwen3 do
 
   defp transpose_heads(t), do: Nx.transpose(t, axes: [0, 2, 1, 3])
 
-  defp rope(t, c), do: Fast.rope(t, c.head_dim, false, c.theta, 1.0, 0)
-
-  defp rope_from(t, offset, c), do: Fast.rope(t, c.head_dim, false, c.theta, 1.0, offset)
+  defp rope(t, offset, c), do: Fast.rope(t, c.head_dim, false, c.theta, 1.0, offset)
 
   defp rope_at(t, positions, c),
     do: Fast.rope_with_positions(t, positions, c.head_dim, false, c.theta, 1.0)
