@@ -57,10 +57,11 @@ def mlx_lm(python, model, prompt, new_tokens, runs):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def emlx(model, prompt, new_tokens, device, runs):
+def emlx(model, prompt, new_tokens, device, runs, fuse=False):
     out = run(
         ["mix", "run", "examples/llm_decode.exs", "--model", str(model), "--prompt-ids", prompt,
-         "--max-tokens", str(new_tokens), "--device", device, "--warmup", "1", "--runs", str(runs)],
+         "--max-tokens", str(new_tokens), "--device", device, "--warmup", "1", "--runs", str(runs)]
+        + (["--fuse"] if fuse else []),
         env=dict(os.environ, MIX_ENV=os.environ.get("MIX_ENV", "dev")),
     )
     fields = dict(re.findall(r"^([A-Z_]+): (.*)$", out, re.M))
@@ -81,6 +82,10 @@ def main():
     p.add_argument("--variants", default="bf16,4bit")
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1)
+    # off: EMLX's plans replay MLX's ops one by one (the default); on: under
+    # mx::compile (--fuse); both: each round runs EMLX both ways, the fused
+    # run reported apart (emlx_fused)
+    p.add_argument("--fuse", default="off", choices=["off", "on", "both"])
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -97,10 +102,13 @@ def main():
         rounds = []
         for _ in range(args.rounds):
             ref = mlx_lm(args.python, model, prompt, args.new_tokens, args.runs)
-            got = emlx(model, prompt, args.new_tokens, args.device, args.runs)
-            rounds.append((got["decode_tok_s"] / ref["decode_tok_s"], ref, got))
+            got = emlx(model, prompt, args.new_tokens, args.device, args.runs, args.fuse == "on")
+            fused = None
+            if args.fuse == "both":
+                fused = emlx(model, prompt, args.new_tokens, args.device, args.runs, True)
+            rounds.append((got["decode_tok_s"] / ref["decode_tok_s"], ref, got, fused))
         ratios = [r[0] for r in rounds]
-        _, ref, got = sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
+        _, ref, got, _ = sorted(rounds, key=lambda r: r[0])[len(rounds) // 2]
         entry = {
             "variant": variant,
             "model": str(model),
@@ -110,7 +118,16 @@ def main():
             "decode_ratio": got["decode_tok_s"] / ref["decode_tok_s"],
             "decode_ratios_by_round": ratios,
             "tokens_equal": all(r[2]["tokens"] == r[1]["tokens"] for r in rounds),
+            "emlx_fuse": args.fuse == "on",
         }
+        if args.fuse == "both":
+            fused_ratios = [r[3]["decode_tok_s"] / r[1]["decode_tok_s"] for r in rounds]
+            entry["emlx_fused"] = {
+                "decode_tok_s_by_round": [r[3]["decode_tok_s"] for r in rounds],
+                "decode_ratios_by_round": fused_ratios,
+                "decode_ratio_median": sorted(fused_ratios)[len(fused_ratios) // 2],
+                "tokens_equal": all(r[3]["tokens"] == r[1]["tokens"] for r in rounds),
+            }
         print(
             f"{variant}: decode EMLX {got['decode_tok_s']:.2f} tok/s, mlx-lm {ref['decode_tok_s']:.2f} tok/s "
             f"({entry['decode_ratio']:.3f}x); prefill EMLX {got['prefill_tok_s']:.2f}, "
@@ -119,6 +136,13 @@ def main():
             f"{', '.join(f'{r:.3f}' for r in ratios)}",
             flush=True,
         )
+        if "emlx_fused" in entry:
+            f = entry["emlx_fused"]
+            print(
+                f"{variant}: fused EMLX decode ratio by round: "
+                f"{', '.join(f'{r:.3f}' for r in f['decode_ratios_by_round'])}; tokens equal: {f['tokens_equal']}",
+                flush=True,
+            )
         entries.append(entry)
 
     result = {

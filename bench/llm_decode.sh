@@ -18,7 +18,8 @@
 #   LLM_PROMPT_TOKENS (default 16), LLM_NEW_TOKENS (default 32),
 #   LLM_VARIANTS (default bf16,4bit), LLM_RUNS (timed runs, best kept; default 2),
 #   LLM_ROUNDS (default 1: rounds of mlx-lm then EMLX, the median ratio's reported),
-#   LLM_OUT (default bench/results/llm_<device>.json)
+#   LLM_FUSE (off, the default: EMLX's plans without mx::compile; on; or
+#   both: each round runs EMLX both ways), LLM_OUT (default bench/results/llm_<device>.json)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,4 +53,5 @@ exec "$python" bench/llm_decode.py \
   --variants "${LLM_VARIANTS:-bf16,4bit}" \
   --runs "${LLM_RUNS:-2}" \
   --rounds "${LLM_ROUNDS:-1}" \
+  --fuse "${LLM_FUSE:-off}" \
   --out "${LLM_OUT:-$root/bench/results/llm_$device.json}"

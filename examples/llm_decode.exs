@@ -2,10 +2,11 @@
 # (config.json + model*.safetensors, bf16 or affine-quantized), on EMLX:
 #
 #   mix run examples/llm_decode.exs --model DIR --prompt-ids 1,2,3 --max-tokens N [--device cpu|gpu]
-#                                   [--warmup 1] [--runs 1]
+#                                   [--warmup 1] [--runs 1] [--fuse]
 #
 # Prints the new token ids and the speed of the timed runs (after --warmup
-# untimed runs, default 1; the best of --runs, default 1), measured as
+# untimed runs, default 1; the best of --runs, default 1; --fuse runs the
+# compiled plans under mx::compile, see EMLX.LLM.Qwen3.load/2), measured as
 # scripts/mlx_lm_ref.py measures mlx-lm: prompt tokens over the time to the
 # first new token, and the tokens after the first over the time after it.
 #
@@ -23,13 +24,14 @@
       max_tokens: :integer,
       device: :string,
       warmup: :integer,
-      runs: :integer
+      runs: :integer,
+      fuse: :boolean
     ]
   )
 
 usage =
   "usage: mix run examples/llm_decode.exs --model DIR --prompt-ids 1,2,3 --max-tokens N " <>
-    "[--device cpu|gpu] [--warmup 1] [--runs 1]"
+    "[--device cpu|gpu] [--warmup 1] [--runs 1] [--fuse]"
 
 if invalid != [] or opts[:model] == nil or opts[:prompt_ids] == nil or opts[:max_tokens] == nil do
   IO.puts(:stderr, usage)
@@ -44,7 +46,7 @@ device =
   end
 
 prompt = opts[:prompt_ids] |> String.split(",", trim: true) |> Enum.map(&String.to_integer/1)
-model = EMLX.LLM.Qwen3.load(opts[:model], device: device)
+model = EMLX.LLM.Qwen3.load(opts[:model], device: device, fuse: opts[:fuse] == true)
 run = fn -> EMLX.LLM.Qwen3.generate(model, [prompt], max_tokens: opts[:max_tokens]) end
 
 for _ <- 1..(opts[:warmup] || 1)//1, do: run.()

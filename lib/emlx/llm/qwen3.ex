@@ -44,20 +44,28 @@ defmodule EMLX.LLM.Qwen3 do
   alias EMLX.Quantization.Packed
 
   @enforce_keys [:config, :params, :device, :id]
-  defstruct [:config, :params, :device, :id]
+  defstruct [:config, :params, :device, :id, fuse: false]
 
-  @type t :: %__MODULE__{config: map(), params: map(), device: :cpu | :gpu, id: reference()}
+  @type t :: %__MODULE__{
+          config: map(),
+          params: map(),
+          device: :cpu | :gpu,
+          id: reference(),
+          fuse: boolean()
+        }
 
   ## Loading
 
   @doc """
   Loads an mlx-lm model folder: `config.json` (model_type `"qwen3"`) and
   every `model*.safetensors` in it. Options: `:device` (default
-  `EMLX.default_device/0`).
+  `EMLX.default_device/0`) and `:fuse` (default `false`: the prefill and
+  step plans replay MLX's ops one by one, as mlx-lm runs them; `true`
+  runs them under `mx::compile`, see `EMLX`'s `:fuse` option).
   """
   @spec load(Path.t(), keyword()) :: t()
   def load(dir, opts \\ []) do
-    opts = Keyword.validate!(opts, [:device])
+    opts = Keyword.validate!(opts, [:device, fuse: false])
     device = opts[:device] || EMLX.default_device()
     raw = dir |> Path.join("config.json") |> File.read!() |> JSON.decode!()
     config = model_config!(raw)
@@ -78,7 +86,13 @@ defmodule EMLX.LLM.Qwen3 do
         quantization -> EMLX.Quantization.from_packed(weights, quantization)
       end
 
-    %__MODULE__{config: config, params: params(weights, config), device: device, id: make_ref()}
+    %__MODULE__{
+      config: config,
+      params: params(weights, config),
+      device: device,
+      id: make_ref(),
+      fuse: opts[:fuse] == true
+    }
   end
 
   defp model_config!(%{"model_type" => "qwen3"} = c) do
@@ -166,7 +180,9 @@ defmodule EMLX.LLM.Qwen3 do
 
   Options: `:max_tokens` (default 32), `:max_length` (the KV cache's
   length, at least and by default the longest prompt plus `max_tokens`
-  less one), `:pad_id` (default 0).
+  less one; for prompts of one length, rounded up to a multiple of 256, as
+  mlx-lm's cache grows, so that MLX attends it with the same kernels),
+  `:pad_id` (default 0).
   """
   @spec generate(t(), [[non_neg_integer()]], keyword()) :: {[[non_neg_integer()]], map()}
   def generate(%__MODULE__{} = model, prompts, opts \\ []) do
@@ -180,12 +196,12 @@ defmodule EMLX.LLM.Qwen3 do
     end
 
     # The last step writes its token's keys at longest + n - 2.
-    t_max = opts[:max_length] || longest + n - 1
+    needed = longest + n - 1
 
-    if t_max < longest + n - 1 do
+    if opts[:max_length] && opts[:max_length] < needed do
       raise ArgumentError,
-            "EMLX.LLM.Qwen3.generate/3: max_length #{t_max} is shorter than the longest prompt " <>
-              "(#{longest}) plus max_tokens (#{n}) less one"
+            "EMLX.LLM.Qwen3.generate/3: max_length #{opts[:max_length]} is shorter than the " <>
+              "longest prompt (#{longest}) plus max_tokens (#{n}) less one"
     end
 
     batch = length(prompts)
@@ -194,6 +210,7 @@ defmodule EMLX.LLM.Qwen3 do
     backend = {EMLX.Backend, device: model.device}
     pads_t = Nx.tensor(pads, type: :s32, backend: backend)
     padded? = Enum.any?(pads, &(&1 > 0))
+    t_max = cache_length(opts[:max_length] || needed, padded?)
 
     t0 = System.monotonic_time()
     caches = empty_caches(model, batch, t_max)
@@ -252,6 +269,18 @@ defmodule EMLX.LLM.Qwen3 do
     :ok
   end
 
+  # The caches' length, unpadded: rounded up to a multiple of 256, the step
+  # by which mlx-lm's KV cache grows. MLX's CUDA attention picks its kernel
+  # by it: once 256 keys or more are attended, a prefix of a cache whose
+  # length is a multiple of 256 goes to cuDNN's fused SDPA, any other to
+  # MLX's own vector kernel, which rounds differently (at a length of 272,
+  # the tokens of a 256-token decode parted from mlx-lm's after 240). A
+  # left-padded batch attends the whole cache under a key mask, which MLX
+  # always gives its vector kernel: its length stays as asked.
+  @kv_step 256
+  defp cache_length(n, true = _padded?), do: n
+  defp cache_length(n, false), do: div(n + @kv_step - 1, @kv_step) * @kv_step
+
   defp empty_caches(%__MODULE__{config: c, params: params, device: device}, batch, t_max) do
     zero = Nx.tensor(0, type: params.norm.type, backend: {EMLX.Backend, device: device})
     cache = Nx.broadcast(zero, {batch, c.kv_heads, t_max, c.head_dim})
@@ -267,7 +296,7 @@ defmodule EMLX.LLM.Qwen3 do
       Nx.Defn.jit(&prefill_step(&1, &2, &3, &4, padded?, c),
         compiler: EMLX,
         device: model.device,
-        fuse: false
+        fuse: model.fuse
       )
 
     fun.(model.params, ids, caches, pads)
@@ -284,7 +313,7 @@ defmodule EMLX.LLM.Qwen3 do
       nil ->
         templates = Enum.map(args, &Nx.to_template/1)
         fun = &decode_step(&1, &2, &3, &4, &5, padded?, c)
-        opts = [compiler: EMLX, device: model.device, fuse: false]
+        opts = [compiler: EMLX, device: model.device, fuse: model.fuse]
         compiled = Nx.Defn.compile(fun, templates, opts)
         :persistent_term.put(key, compiled)
         compiled
