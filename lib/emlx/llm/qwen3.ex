@@ -20,11 +20,12 @@ defmodule EMLX.LLM.Qwen3 do
   that a bf16 or quantized model gives mlx-lm's tokens exactly: the prompt
   but its last token runs as one compiled prefill call, then each step
   (the last prompt token first) is one compiled call that returns the
-  next token and the updated KV cache. The cache is preallocated to the
-  longest sequence, `{B, N_kv, T_max, D}` per layer (mlx-lm's layout),
-  kept as device arrays between steps and written at the step's offset
-  (`Nx.put_slice/3` with a tensor offset): every step has the same
-  shapes, so the step's plan is recorded once. Each step attends the
+  next token and the updated KV cache. The cache, `{B, N_kv, T_max, D}`
+  per layer (mlx-lm's layout), is kept as device arrays between steps and
+  written at the step's offset (`Nx.put_slice/3` with a tensor offset).
+  Its length grows as mlx-lm's does, by 256 positions when a step would
+  write past its end, so the step's plan is recorded once per 256
+  positions and then reused. Each step attends the
   cache's filled prefix as mlx-lm does
   (`EMLX.Fast.scaled_dot_product_attention_cached/5`: the same fused SDPA
   call over the same keys), and the plans replay their MLX ops without
@@ -178,10 +179,11 @@ defmodule EMLX.LLM.Qwen3 do
   prompt, and `%{prefill_s: ..., decode_s: ..., prompt_tokens: ...}`
   (seconds to the first new token, and for the ones after it).
 
-  Options: `:max_tokens` (default 32), `:max_length` (the KV cache's
-  length, at least and by default the longest prompt plus `max_tokens`
-  less one; for prompts of one length, rounded up to a multiple of 256, as
-  mlx-lm's cache grows, so that MLX attends it with the same kernels),
+  Options: `:max_tokens` (default 32), `:max_length` (at least the longest
+  prompt plus `max_tokens` less one, the default: the KV cache's length
+  for left-padded prompts; prompts of one length start with a cache of
+  their length rounded up to a multiple of 256 that grows by 256 as
+  mlx-lm's does, so that MLX attends it with the same kernels),
   `:pad_id` (default 0).
   """
   @spec generate(t(), [[non_neg_integer()]], keyword()) :: {[[non_neg_integer()]], map()}
@@ -210,7 +212,9 @@ defmodule EMLX.LLM.Qwen3 do
     backend = {EMLX.Backend, device: model.device}
     pads_t = Nx.tensor(pads, type: :s32, backend: backend)
     padded? = Enum.any?(pads, &(&1 > 0))
-    t_max = cache_length(opts[:max_length] || needed, padded?)
+    # A left-padded batch's caches have their full length from the start;
+    # unpadded ones grow as mlx-lm's (see grow/4).
+    t_max = if padded?, do: opts[:max_length] || needed, else: steps_of(longest - 1)
 
     t0 = System.monotonic_time()
     caches = empty_caches(model, batch, t_max)
@@ -226,11 +230,11 @@ defmodule EMLX.LLM.Qwen3 do
     last = Nx.tensor(Enum.map(ids, &[List.last(&1)]), type: :s32, backend: backend)
     offset_at = &Nx.tensor(longest - 1 + &1, type: :s32, backend: backend)
 
-    step =
-      step_fun(model, {batch, t_max, padded?}, [model.params, last, caches, offset_at.(0), pads_t])
-
     post_step = fn input, caches, i ->
-      out = step.(model.params, input, caches, offset_at.(i), pads_t)
+      caches = grow(model, caches, longest - 1 + i, padded?)
+      {_, _, t_max, _} = elem(elem(caches, 0), 0).shape
+      args = [model.params, input, caches, offset_at.(i), pads_t]
+      out = apply(step_fun(model, {batch, t_max, padded?}, args), args)
       # The posted step's graph holds the last caches now. Letting go of
       # EMLX's own hold (before the step is evaluated) lets MLX write each
       # new key and value into the cache's buffer in place, as mlx-lm's
@@ -269,17 +273,42 @@ defmodule EMLX.LLM.Qwen3 do
     :ok
   end
 
-  # The caches' length, unpadded: rounded up to a multiple of 256, the step
-  # by which mlx-lm's KV cache grows. MLX's CUDA attention picks its kernel
-  # by it: once 256 keys or more are attended, a prefix of a cache whose
-  # length is a multiple of 256 goes to cuDNN's fused SDPA, any other to
-  # MLX's own vector kernel, which rounds differently (at a length of 272,
-  # the tokens of a 256-token decode parted from mlx-lm's after 240). A
-  # left-padded batch attends the whole cache under a key mask, which MLX
-  # always gives its vector kernel: its length stays as asked.
+  # Unpadded caches grow as mlx-lm's KV cache does: they start at the
+  # prompt prefix's length rounded up to a multiple of 256, and a step that
+  # writes past the end first appends 256 positions (a new plan per length,
+  # recorded once). MLX's CUDA attention picks its kernel by the cache's
+  # length: once 256 keys or more are attended, the prefix of a cache whose
+  # length is a multiple of 256 goes to cuDNN's fused SDPA, which rounds by
+  # that length, and any other cache to MLX's own vector kernel. With one
+  # fixed length (272 for 16 + 256 tokens), a 256-token decode parted from
+  # mlx-lm's after 240 tokens. A left-padded batch attends its whole cache
+  # under a key mask, which MLX always gives its vector kernel: its caches
+  # keep the length they start with.
   @kv_step 256
-  defp cache_length(n, true = _padded?), do: n
-  defp cache_length(n, false), do: div(n + @kv_step - 1, @kv_step) * @kv_step
+  defp steps_of(n), do: max(div(n + @kv_step - 1, @kv_step), 1) * @kv_step
+
+  defp grow(_model, caches, _offset, true = _padded?), do: caches
+
+  defp grow(model, caches, offset, false) do
+    {b, n_kv, t_max, d} = elem(elem(caches, 0), 0).shape
+
+    if offset < t_max do
+      caches
+    else
+      zero =
+        Nx.tensor(0, type: model.params.norm.type, backend: {EMLX.Backend, device: model.device})
+
+      more = Nx.broadcast(zero, {b, n_kv, @kv_step, d})
+
+      grown =
+        for {k, v} <- Tuple.to_list(caches) do
+          {Nx.concatenate([k, more], axis: 2), Nx.concatenate([v, more], axis: 2)}
+        end
+
+      release(caches)
+      List.to_tuple(grown)
+    end
+  end
 
   defp empty_caches(%__MODULE__{config: c, params: params, device: device}, batch, t_max) do
     zero = Nx.tensor(0, type: params.norm.type, backend: {EMLX.Backend, device: device})
