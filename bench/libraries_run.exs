@@ -11,7 +11,9 @@
 # compile, since an MLX array cannot be escaped into code), and every test
 # runs with EMLX as the default.
 #
-# Environment: LIBS_SEED (default 0) and LIBS_MAX_CASES (default 2).
+# Environment: LIBS_SEED (default 0), LIBS_MAX_CASES (default 2) and
+# LIBS_FILES (default test/**/*_test.exs: a glob of the test files to run,
+# to look into a few by hand).
 
 [mode] = System.argv()
 
@@ -24,7 +26,7 @@ ExUnit.configure(
   max_cases: String.to_integer(System.get_env("LIBS_MAX_CASES", "2"))
 )
 
-files = "test/**/*_test.exs" |> Path.wildcard() |> Enum.sort()
+files = System.get_env("LIBS_FILES", "test/**/*_test.exs") |> Path.wildcard() |> Enum.sort()
 
 case Kernel.ParallelCompiler.require(files, return_diagnostics: true) do
   {:ok, _modules, _} -> :ok

@@ -331,8 +331,15 @@ mx::array emlx_as_type(const mx::array &x, mx::Dtype d, SD s) {
 // ---- reductions ----
 
 // Half-precision sums accumulate in float32 (the GPU's reduction would
-// accumulate in the half type), rounded once at the end.
+// accumulate in the half type), rounded once at the end. Small float32 sums
+// on the CPU (up to kSmallF32Sum elements) accumulate in float64 and round
+// once, as Nx.BinaryBackend does; MLX's float32 reduction rounds at every
+// step, in its own order.
+constexpr size_t kSmallF32Sum = 16384;
+
 mx::array emlx_sum(const mx::array &x, const std::vector<int> &axes, bool keep, SD s) {
+  if (x.dtype() == mx::float32 && x.size() <= kSmallF32Sum && mx::to_stream(s).device == mx::Device::cpu)
+    return mx::astype(mx::sum(mx::astype(x, mx::float64, s), axes, keep, s), mx::float32, s);
   if (x.dtype() != mx::float16 && x.dtype() != mx::bfloat16) return mx::sum(x, axes, keep, s);
   return mx::astype(mx::sum(mx::astype(x, mx::float32, s), axes, keep, s), x.dtype(), s);
 }

@@ -54,6 +54,10 @@ static mx::array int_matmul_f64(const mx::array &a, const mx::array &b, mx::Dtyp
   return mx::astype(*acc, t, s);
 }
 
+// Multiply-adds up to which a float32 product on the CPU is computed in
+// float64 (see emlx_dot): 2^16, e.g. 32x32 by 32x64.
+constexpr double kSmallF32Gemm = 65536;
+
 mx::array emlx_dot(const mx::array &a0, const std::vector<int> &ca, const std::vector<int> &ba, const mx::array &b0,
                    const std::vector<int> &cb, const std::vector<int> &bb, std::optional<mx::Dtype> out, SD s) {
   if (ca.size() != cb.size() || ba.size() != bb.size()) throw arg_error("dot axes lists must have equal lengths");
@@ -88,7 +92,15 @@ mx::array emlx_dot(const mx::array &a0, const std::vector<int> &ca, const std::v
   auto a3 = mx::reshape(mx::transpose(a, pa, s), batched ? mx::Shape{B, M, K} : mx::Shape{M, K}, s);
   auto b3 = mx::reshape(mx::transpose(b, pb, s), batched ? mx::Shape{B, K, N} : mx::Shape{K, N}, s);
   bool cpu = mx::to_stream(s).device == mx::Device::cpu;
+  double macs = static_cast<double>(B) * M * N * K;
   auto r = [&] {
+    if (cpu && t == mx::float32 && macs <= kSmallF32Gemm)
+      // A small float32 product: a float64 GEMM of the exactly widened
+      // inputs (every product exact, the sums in double), rounded once to
+      // float32, which is what Nx.BinaryBackend computes. BLAS's float32
+      // GEMM rounds at every step (covariance of a 3x2 tensor: 1.5555557
+      // where Nx gives 1.5555555). Above the bound its speed wins.
+      return mx::matmul(mx::astype(a3, mx::float64, s), mx::astype(b3, mx::float64, s), s);
     if (cpu && (t == mx::float16 || t == mx::bfloat16))
       // MLX's CPU GEMM for half types is a plain loop: an f32 GEMM (BLAS) of
       // the exactly widened inputs, rounded once to the half type, is both
