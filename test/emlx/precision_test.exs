@@ -212,6 +212,51 @@ defmodule EMLX.PrecisionTest do
     assert Nx.to_list(Nx.round(emlx([-0.4, -1.5, 2.5]))) == [0.0, -2.0, 3.0]
   end
 
+  # On the CPU, small float32 dots and sums accumulate in float64 and round
+  # once (kernels_linalg.cpp, kernels_elementwise.cpp), as Nx.BinaryBackend
+  # does; larger ones are BLAS's and MLX's float32 (their speed wins).
+  test "small float32 dots and sums on the CPU are Nx's, bit for bit" do
+    cpu = {EMLX.Backend, device: :cpu}
+
+    # Nx's covariance test: BLAS's float32 GEMM gave 1.5555557 for 1.5555555
+    t = Nx.tensor([[4, 5], [2, 3], [1, 0]], backend: cpu)
+
+    assert Nx.to_flat_list(Nx.covariance(t)) == [
+             1.5555554628372192,
+             2.444444417953491,
+             2.444444417953491,
+             4.222222328186035
+           ]
+
+    {a, b, v} =
+      Nx.with_default_backend(Nx.BinaryBackend, fn ->
+        :rand.seed(:exsss, {7, 8, 9})
+
+        r = fn shape ->
+          Nx.tensor(for(_ <- 1..Tuple.product(shape), do: :rand.normal())) |> Nx.reshape(shape)
+        end
+
+        {r.({16, 48}), r.({48, 24}), r.({3, 5000})}
+      end)
+
+    dev = &Nx.backend_copy(&1, cpu)
+    jit = &Nx.Defn.jit(&1, compiler: EMLX)
+
+    for f <- [&Nx.dot/2, jit.(&Nx.dot/2)] do
+      assert Nx.to_binary(f.(dev.(a), dev.(b))) == Nx.to_binary(Nx.dot(a, b))
+    end
+
+    sums = Nx.sum(v, axes: [1])
+
+    for {f, want} <- [
+          {&Nx.sum(&1, axes: [1]), sums},
+          {jit.(&Nx.sum(&1, axes: [1])), sums},
+          {&Nx.mean/1, Nx.mean(v)}
+        ] do
+      assert Nx.to_binary(f.(dev.(v))) == Nx.to_binary(want)
+    end
+  end
+
   # On the CPU (the GPU runs MLX's float32 erf_inv, off in the last digit).
   test "float32 transcendental functions on the CPU are Nx's, bit for bit" do
     cpu = {EMLX.Backend, device: :cpu}
