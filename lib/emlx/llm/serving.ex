@@ -21,8 +21,10 @@ defmodule EMLX.LLM.Serving do
   tokens it gets alone.
 
   Options of `new/2`: `:max_tokens` (default 32), `:sequence_length`
-  (default 128), `:max_length` (the KV cache's length, default
-  `:sequence_length` plus `:max_tokens` less one, the same for every batch).
+  (default 128), `:max_length` (default `:sequence_length` plus
+  `:max_tokens` less one: the KV cache's length for every left-padded
+  batch; a batch whose prompts have one length grows its cache as
+  mlx-lm's does, see `EMLX.LLM.Qwen3.generate/3`).
   """
 
   @behaviour Nx.Serving
