@@ -295,10 +295,7 @@ defmodule EMLX.LLM.Qwen3 do
     if offset < t_max do
       caches
     else
-      zero =
-        Nx.tensor(0, type: model.params.norm.type, backend: {EMLX.Backend, device: model.device})
-
-      more = Nx.broadcast(zero, {b, n_kv, @kv_step, d})
+      more = zeros(model, {b, n_kv, @kv_step, d})
 
       grown =
         for {k, v} <- Tuple.to_list(caches) do
@@ -310,9 +307,14 @@ defmodule EMLX.LLM.Qwen3 do
     end
   end
 
-  defp empty_caches(%__MODULE__{config: c, params: params, device: device}, batch, t_max) do
-    zero = Nx.tensor(0, type: params.norm.type, backend: {EMLX.Backend, device: device})
-    cache = Nx.broadcast(zero, {batch, c.kv_heads, t_max, c.head_dim})
+  # A block of cache positions: zeros of the model's type on its device.
+  defp zeros(%__MODULE__{params: params, device: device}, shape) do
+    Nx.tensor(0, type: params.norm.type, backend: {EMLX.Backend, device: device})
+    |> Nx.broadcast(shape)
+  end
+
+  defp empty_caches(%__MODULE__{config: c, device: device} = model, batch, t_max) do
+    cache = zeros(model, {batch, c.kv_heads, t_max, c.head_dim})
 
     List.to_tuple(
       for _ <- 1..c.layers, do: {cache, Nx.backend_copy(cache, {EMLX.Backend, device: device})}
