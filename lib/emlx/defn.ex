@@ -85,7 +85,7 @@ defmodule EMLX.Defn do
     {device, queue} = target(opts)
     # The parameters are fixed here, and Nx checks each call's arguments
     # against them: one small cache key serves every call.
-    cache_key = Cache.compiled_key(queue, Keyword.get(opts, :hooks, %{}))
+    cache_key = Cache.compiled_key(queue, Keyword.get(opts, :hooks, %{}), opts[:plan_key])
 
     fn args_list ->
       Enum.map(args_list, &run(key, vars, fun, &1, opts, device, queue, cache_key))
@@ -97,7 +97,8 @@ defmodule EMLX.Defn do
     raise ArgumentError, "EMLX does not support sharded compilation (Nx.Defn.shard_jit)"
   end
 
-  defp target(opts) do
+  @doc false
+  def target(opts) do
     case Keyword.get(opts, :command_queue) do
       %CommandQueue{ref: ref, device: device} ->
         {device, ref}
@@ -275,7 +276,8 @@ defmodule EMLX.Defn do
     Enum.reverse(refs)
   end
 
-  defp fill(result, refs, device, queue) do
+  @doc false
+  def fill(result, refs, device, queue) do
     {result, []} =
       Composite.traverse(result, refs, fn %Nx.Tensor{} = t, [ref | rest] ->
         EMLX.GC.produced(t, :program, ref)

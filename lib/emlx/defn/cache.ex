@@ -60,8 +60,8 @@ defmodule EMLX.Defn.Cache do
   each call's lookup cheap (a fingerprint of hundreds of parameters costs
   a lookup about 0.2 ms to hash and copy).
   """
-  def compiled_key(queue, hooks) do
-    {:compiled, make_ref(), queue, hooks |> Map.keys() |> Enum.sort(),
+  def compiled_key(queue, hooks, ref \\ nil) do
+    {:compiled, ref || make_ref(), queue, hooks |> Map.keys() |> Enum.sort(),
      Application.get_env(:emlx, :linalg, :native)}
   end
 

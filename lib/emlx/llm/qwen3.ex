@@ -234,7 +234,7 @@ defmodule EMLX.LLM.Qwen3 do
       caches = grow(model, caches, longest - 1 + i, padded?)
       {_, _, t_max, _} = elem(elem(caches, 0), 0).shape
       args = [model.params, input, caches, offset_at.(i), pads_t]
-      out = apply(step_fun(model, {batch, t_max, padded?}, args), args)
+      out = step(model, {batch, t_max, padded?}, args)
       # The posted step's graph holds the last caches now. Letting go of
       # EMLX's own hold (before the step is evaluated) lets MLX write each
       # new key and value into the cache's buffer in place, as mlx-lm's
@@ -334,23 +334,23 @@ defmodule EMLX.LLM.Qwen3 do
   end
 
   # The step, compiled once per model, batch size and cache length and kept
-  # for the VM's life (`Nx.Defn.compile/3`: a call checks its arguments
-  # against the templates, with no per-call key to build). A serving keeps
-  # the cache length fixed, so it compiles one step per batch size.
-  defp step_fun(%__MODULE__{config: c} = model, {_, _, padded?} = shape, args) do
+  # for the VM's life, with the model's weights bound (EMLX.Defn.Bound): a
+  # step's call walks only the caches and the token, not every weight. A
+  # serving keeps the cache length fixed, so it compiles one step per batch
+  # size.
+  defp step(%__MODULE__{config: c} = model, {_, _, padded?} = shape, [_params | free] = args) do
     key = {__MODULE__, model.id, :step, shape}
 
     case :persistent_term.get(key, nil) do
       nil ->
-        templates = Enum.map(args, &Nx.to_template/1)
         fun = &decode_step(&1, &2, &3, &4, &5, padded?, c)
-        opts = [compiler: EMLX, device: model.device, fuse: model.fuse]
-        compiled = Nx.Defn.compile(fun, templates, opts)
-        :persistent_term.put(key, compiled)
-        compiled
+        opts = [device: model.device, fuse: model.fuse]
+        {out, bound} = EMLX.Defn.Bound.new(fun, args, 1, opts)
+        :persistent_term.put(key, bound)
+        out
 
-      compiled ->
-        compiled
+      bound ->
+        EMLX.Defn.Bound.run(bound, free)
     end
   end
 

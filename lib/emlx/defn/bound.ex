@@ -1,0 +1,115 @@
+defmodule EMLX.Defn.Bound do
+  @moduledoc false
+  # A function compiled by EMLX whose leading arguments are bound once, for
+  # a caller that runs it many times with the same large arguments: a
+  # decoder's step takes the model's weights (hundreds of tensors: three per
+  # linear layer when quantized) and a few small inputs. Called through
+  # `Nx.Defn.compile/3`, every step walks every weight (Nx checks each
+  # argument against its template, EMLX looks each one's array up again):
+  # 4-6 ms a step on a 2-core VM for a 4-bit Qwen3-0.6B, more than MLX's
+  # whole graph build. Bound, the weights' arrays are looked up once, and a
+  # call walks only the arguments that change, checked against their
+  # templates here.
+  #
+  # `new/4` compiles the function and runs it once (which records its plan,
+  # as any first call does) and returns that call's result with the bound
+  # function. A function without a reusable plan (an emulated type, a hook
+  # splitting it, a quantized tensor argument) stays the compiled function:
+  # `run/2` then calls it with all the arguments, as before.
+
+  alias EMLX.Defn.{Cache, Recorder}
+  alias Nx.Defn.Composite
+
+  defstruct [:compiled, :bound, :plan, :output, :inputs, :templates, :device, :queue, :fuse]
+
+  @doc """
+  Compiles `fun` for `args` with `opts` (those of `compiler: EMLX`), binds
+  its first `nbound` arguments, and runs it once. Returns `{result, bound}`.
+  """
+  def new(fun, args, nbound, opts) do
+    templates = Enum.map(args, &Nx.to_template/1)
+    plan_key = make_ref()
+    compiled = Nx.Defn.compile(fun, templates, [compiler: EMLX, plan_key: plan_key] ++ opts)
+    result = apply(compiled, args)
+    {bound_args, free_args} = Enum.split(args, nbound)
+    bound = %__MODULE__{compiled: compiled, bound: bound_args}
+
+    {_device, queue} = EMLX.Defn.target(opts)
+    key = Cache.compiled_key(queue, Keyword.get(opts, :hooks, %{}), plan_key)
+
+    case Cache.lookup(key) do
+      {:plan, plan, output} -> {result, bind(bound, plan, output, bound_args, free_args, opts)}
+      _other -> {result, bound}
+    end
+  end
+
+  @doc "Runs the bound function with the arguments after the bound ones."
+  def run(%__MODULE__{plan: nil, compiled: compiled, bound: bound}, free_args),
+    do: apply(compiled, bound ++ free_args)
+
+  def run(%__MODULE__{} = b, free_args) do
+    free = free_args |> Composite.flatten_list() |> List.to_tuple()
+
+    unless tuple_size(free) == tuple_size(b.templates) and same_templates?(free, b.templates, 0) do
+      raise ArgumentError,
+            "EMLX.Defn.Bound: the arguments do not match the templates the function was " <>
+              "compiled for"
+    end
+
+    inputs =
+      Enum.map(b.inputs, fn
+        {:free, i} -> EMLX.Backend.ref_on(elem(free, i), b.device, b.queue)
+        ref -> ref
+      end)
+
+    refs = Recorder.run_program(b.queue, b.plan.program, inputs, b.fuse)
+    EMLX.Defn.fill(b.output, refs, b.device, b.queue)
+  end
+
+  defp bind(bound, plan, output, bound_args, free_args, opts) do
+    {device, queue} = EMLX.Defn.target(opts)
+    fixed = Composite.flatten_list(bound_args)
+    nfixed = length(fixed)
+    fixed = List.to_tuple(fixed)
+
+    if Enum.any?(Tuple.to_list(fixed), &quantized?/1) do
+      bound
+    else
+      inputs =
+        Enum.map(plan.sources, fn
+          {:param, p} when p < nfixed -> EMLX.Backend.ref_on(elem(fixed, p), device, queue)
+          {:param, p} -> {:free, p - nfixed}
+          {:const, ref} -> ref
+        end)
+
+      templates =
+        free_args |> Composite.flatten_list() |> Enum.map(&{&1.shape, &1.type}) |> List.to_tuple()
+
+      %{
+        bound
+        | plan: plan,
+          output: output,
+          inputs: inputs,
+          templates: templates,
+          device: device,
+          queue: queue,
+          fuse: Keyword.get(opts, :fuse, true)
+      }
+    end
+  end
+
+  defp quantized?(%Nx.Tensor{data: %EMLX.Backend{quantization_config: %{}}}), do: true
+  defp quantized?(_), do: false
+
+  defp same_templates?(free, _templates, i) when i == tuple_size(free), do: true
+
+  defp same_templates?(free, templates, i) do
+    case elem(free, i) do
+      %Nx.Tensor{shape: shape, type: type} ->
+        elem(templates, i) == {shape, type} and same_templates?(free, templates, i + 1)
+
+      _other ->
+        false
+    end
+  end
+end
