@@ -67,6 +67,25 @@ defmodule EMLX.DefnBoundTest do
     end
   end
 
+  test "a vectorized free argument does not match a plain template" do
+    {_, bound} =
+      Bound.new(&layer/3, [params(), Nx.iota({2, 3}, type: :f32), Nx.tensor(1.0)], 1, [])
+
+    x = Nx.iota({1, 2, 3}, type: :f32) |> Nx.vectorize(:rows)
+
+    assert_raise ArgumentError, ~r/do not match the templates/, fn ->
+      Bound.run(bound, [x, Nx.tensor(1.0)])
+    end
+  end
+
+  test "free arguments that are not all tensors (a number) leave the compiled function" do
+    fun = fn p, x, k -> Nx.multiply(Nx.add(x, p), k) end
+    {first, bound} = Bound.new(fun, [Nx.tensor([1.0, 2.0]), Nx.tensor([3.0, 4.0]), 2.0], 1, [])
+    assert bound.plan == nil
+    assert Nx.to_list(first) == [8.0, 12.0]
+    assert Nx.to_list(Bound.run(bound, [Nx.tensor([0.0, 1.0]), 3.0])) == [3.0, 9.0]
+  end
+
   test "a function with no reusable plan (a hook) runs as the compiled function" do
     parent = self()
 

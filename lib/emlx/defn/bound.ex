@@ -15,7 +15,8 @@ defmodule EMLX.Defn.Bound do
   # as any first call does) and returns that call's result with the bound
   # function. A function without a reusable plan (an emulated type, a hook
   # splitting it, a quantized tensor argument) stays the compiled function:
-  # `run/2` then calls it with all the arguments, as before.
+  # `run/2` then calls it with all the arguments, as before; so does one
+  # whose free arguments are not all tensors.
 
   alias EMLX.Defn.{Cache, Recorder}
   alias Nx.Defn.Composite
@@ -56,6 +57,13 @@ defmodule EMLX.Defn.Bound do
               "compiled for"
     end
 
+    # (a quantized tensor is recorded anew each call, as EMLX.Defn does)
+    if Enum.any?(Tuple.to_list(free), &quantized?/1),
+      do: apply(b.compiled, b.bound ++ free_args),
+      else: run_plan(b, free)
+  end
+
+  defp run_plan(b, free) do
     inputs =
       Enum.map(b.inputs, fn
         {:free, i} -> EMLX.Backend.ref_on(elem(free, i), b.device, b.queue)
@@ -72,7 +80,10 @@ defmodule EMLX.Defn.Bound do
     nfixed = length(fixed)
     fixed = List.to_tuple(fixed)
 
-    if Enum.any?(Tuple.to_list(fixed), &quantized?/1) do
+    free = Composite.flatten_list(free_args)
+
+    if Enum.any?(Tuple.to_list(fixed), &quantized?/1) or
+         not Enum.all?(free, &is_struct(&1, Nx.Tensor)) do
       bound
     else
       inputs =
@@ -82,8 +93,7 @@ defmodule EMLX.Defn.Bound do
           {:const, ref} -> ref
         end)
 
-      templates =
-        free_args |> Composite.flatten_list() |> Enum.map(&{&1.shape, &1.type}) |> List.to_tuple()
+      templates = free |> Enum.map(&template/1) |> List.to_tuple()
 
       %{
         bound
@@ -104,12 +114,11 @@ defmodule EMLX.Defn.Bound do
   defp same_templates?(free, _templates, i) when i == tuple_size(free), do: true
 
   defp same_templates?(free, templates, i) do
-    case elem(free, i) do
-      %Nx.Tensor{shape: shape, type: type} ->
-        elem(templates, i) == {shape, type} and same_templates?(free, templates, i + 1)
-
-      _other ->
-        false
-    end
+    elem(templates, i) == template(elem(free, i)) and same_templates?(free, templates, i + 1)
   end
+
+  defp template(%Nx.Tensor{shape: shape, type: type, vectorized_axes: axes}),
+    do: {shape, type, axes}
+
+  defp template(other), do: {:not_a_tensor, other}
 end
