@@ -35,12 +35,16 @@ defmodule EMLX.Defn.Bound do
     {bound_args, free_args} = Enum.split(args, nbound)
     bound = %__MODULE__{compiled: compiled, bound: bound_args}
 
-    {_device, queue} = EMLX.Defn.target(opts)
+    {device, queue} = EMLX.Defn.target(opts)
     key = Cache.compiled_key(queue, Keyword.get(opts, :hooks, %{}), plan_key)
 
     case Cache.lookup(key) do
-      {:plan, plan, output} -> {result, bind(bound, plan, output, bound_args, free_args, opts)}
-      _other -> {result, bound}
+      {:plan, plan, output} ->
+        bound = %{bound | device: device, queue: queue, fuse: Keyword.get(opts, :fuse, true)}
+        {result, bind(bound, plan, output, free_args)}
+
+      _other ->
+        {result, bound}
     end
   end
 
@@ -49,7 +53,8 @@ defmodule EMLX.Defn.Bound do
     do: apply(compiled, bound ++ free_args)
 
   def run(%__MODULE__{} = b, free_args) do
-    free = free_args |> Composite.flatten_list() |> List.to_tuple()
+    free_list = Composite.flatten_list(free_args)
+    free = List.to_tuple(free_list)
 
     unless tuple_size(free) == tuple_size(b.templates) and same_templates?(free, b.templates, 0) do
       raise ArgumentError,
@@ -58,7 +63,7 @@ defmodule EMLX.Defn.Bound do
     end
 
     # (a quantized tensor is recorded anew each call, as EMLX.Defn does)
-    if Enum.any?(Tuple.to_list(free), &quantized?/1),
+    if Enum.any?(free_list, &EMLX.Quantization.quantized?/1),
       do: apply(b.compiled, b.bound ++ free_args),
       else: run_plan(b, free)
   end
@@ -74,15 +79,13 @@ defmodule EMLX.Defn.Bound do
     EMLX.Defn.fill(b.output, refs, b.device, b.queue)
   end
 
-  defp bind(bound, plan, output, bound_args, free_args, opts) do
-    {device, queue} = EMLX.Defn.target(opts)
-    fixed = Composite.flatten_list(bound_args)
-    nfixed = length(fixed)
-    fixed = List.to_tuple(fixed)
-
+  defp bind(%__MODULE__{device: device, queue: queue} = bound, plan, output, free_args) do
+    fixed_list = Composite.flatten_list(bound.bound)
+    nfixed = length(fixed_list)
+    fixed = List.to_tuple(fixed_list)
     free = Composite.flatten_list(free_args)
 
-    if Enum.any?(Tuple.to_list(fixed), &quantized?/1) or
+    if Enum.any?(fixed_list, &EMLX.Quantization.quantized?/1) or
          not Enum.all?(free, &is_struct(&1, Nx.Tensor)) do
       bound
     else
@@ -95,21 +98,9 @@ defmodule EMLX.Defn.Bound do
 
       templates = free |> Enum.map(&template/1) |> List.to_tuple()
 
-      %{
-        bound
-        | plan: plan,
-          output: output,
-          inputs: inputs,
-          templates: templates,
-          device: device,
-          queue: queue,
-          fuse: Keyword.get(opts, :fuse, true)
-      }
+      %{bound | plan: plan, output: output, inputs: inputs, templates: templates}
     end
   end
-
-  defp quantized?(%Nx.Tensor{data: %EMLX.Backend{quantization_config: %{}}}), do: true
-  defp quantized?(_), do: false
 
   defp same_templates?(free, _templates, i) when i == tuple_size(free), do: true
 
