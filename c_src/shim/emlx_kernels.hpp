@@ -77,6 +77,7 @@ mx::array emlx_remainder(const mx::array &a, const mx::array &b, SD s);
 mx::array emlx_quotient(const mx::array &a, const mx::array &b, SD s);
 mx::array emlx_left_shift(const mx::array &a, const mx::array &b, SD s);
 mx::array emlx_right_shift(const mx::array &a, const mx::array &b, SD s);
+mx::array emlx_abs(const mx::array &x, SD s);
 mx::array emlx_as_type(const mx::array &x, mx::Dtype d, SD s);
 mx::array emlx_sum(const mx::array &x, const std::vector<int> &axes, bool keep, SD s);
 mx::array emlx_all(const mx::array &x, const std::vector<int> &axes, bool keep, SD s);

@@ -306,6 +306,24 @@ mx::array emlx_right_shift(const mx::array &a, const mx::array &b, SD s) {
 
 // ---- types ----
 
+// |z| of a complex tensor. mx::abs ends in an AsType from complex64 to
+// float32, which MLX's CUDA fused-kernel generator cannot compile ("no
+// suitable conversion function from complex64_t to float"): a compiled defn
+// on the GPU taking a complex norm raised. There it is computed from the
+// parts instead, as hypot does: max * sqrt(1 + (min / max)^2), 0 for 0, inf
+// when a part is infinite (also with a NaN part), NaN from a NaN part.
+mx::array emlx_abs(const mx::array &x, SD s) {
+  if (x.dtype() != mx::complex64 || mx::to_stream(s).device == mx::Device::cpu) return mx::abs(x, s);
+  auto a = mx::abs(mx::real(x, s), s), b = mx::abs(mx::imag(x, s), s);
+  auto hi = mx::maximum(a, b, s), lo = mx::minimum(a, b, s);
+  auto r = mx::divide(lo, hi, s);
+  auto h = mx::multiply(hi, mx::sqrt(mx::add(mx::array(1.0f), mx::multiply(r, r, s), s), s), s);
+  auto zero = mx::array(0.0f);
+  h = mx::where(mx::equal(hi, zero, s), zero, h, s);
+  auto inf = mx::logical_or(mx::isinf(a, s), mx::isinf(b, s), s);
+  return mx::where(inf, mx::array(INFINITY, mx::float32), h, s);
+}
+
 mx::array emlx_as_type(const mx::array &x, mx::Dtype d, SD s) {
   if (x.dtype() == d) return x;
   if (is_complex(x.dtype()) && !is_complex(d)) return mx::astype(mx::real(x, s), d, s);

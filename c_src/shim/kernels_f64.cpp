@@ -218,7 +218,7 @@ mx::array emlx_cbrt(const mx::array &x, SD s) {
   // or sine is 0 is 0, also for an infinite modulus.
   if (x.dtype() == mx::complex64) {
     auto re = mx::real(x, s), im = mx::imag(x, s);
-    auto mag = mx::power(mx::abs(x, s), mx::array(1.0f / 3.0f), s);
+    auto mag = mx::power(emlx_abs(x, s), mx::array(1.0f / 3.0f), s);
     auto th = mx::divide(mx::arctan2(im, re, s), mx::array(3.0f), s);
     auto zero = mx::array(0.0f);
     auto part = [&](const mx::array &t) {

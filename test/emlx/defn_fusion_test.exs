@@ -286,6 +286,25 @@ defmodule EMLX.DefnFusionTest do
     end
   end
 
+  defn complex_abs_chain(z), do: Nx.abs(z) * 2 + 1
+  defn complex_norm(z), do: Nx.LinAlg.norm(z)
+
+  # mx::abs of a complex tensor ends in an AsType to float32, which MLX's
+  # CUDA fused-kernel generator cannot compile: EMLX takes the real part of
+  # MLX's Abs instead (Nx.LinAlg.norm's doctest raised on :gpu).
+  test "a complex abs inside a fused kernel" do
+    z = emlx([Complex.new(0, 3), Complex.new(4, 0), Complex.new(-3, -4)], type: :c64)
+
+    for fun <- [&complex_abs_chain/1, &complex_norm/1] do
+      want = fun.(to_bin(z))
+      got = Nx.Defn.jit(fun, compiler: EMLX).(z)
+      assert got.type == want.type
+      assert Nx.all_close(to_bin(got), want) |> Nx.to_number() == 1
+    end
+
+    assert Nx.to_list(to_bin(Nx.abs(z))) == [3.0, 4.0, 5.0]
+  end
+
   defp tuple_or(t) when is_tuple(t), do: Tuple.to_list(t)
   defp tuple_or(t), do: t
 end
