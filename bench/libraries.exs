@@ -42,7 +42,7 @@ defmodule EMLXLibs do
   # Failures that are the `==` idiom where the formatter cannot see the
   # values (a custom assertion message, another process, a pattern); each
   # was checked by hand, as its reason says.
-  @checked_by_hand %{
+  @idioms_by_hand %{
     "Scholar.Cluster.HDBSCANTest test degenerate input every numeric dtype gives the same answer" =>
       "idiom: == on tensor structs (under a custom message; checked by hand: the labels are equal)",
     "Scholar.Cluster.HDBSCANTest test degenerate input unsigned input works with every Minkowski exponent" =>
@@ -50,7 +50,11 @@ defmodule EMLXLibs do
     "Nx.Defn.GradTest test metadata computes custom grad" =>
       "idiom: the pattern {x, x} matches two tensor structs only when they are one (equal values)"
   }
-  |> Map.merge(Code.eval_file(Path.join(__DIR__, "libraries_cases.exs")) |> elem(0))
+
+  # The precision and reference cases, with how each was checked.
+  @cases_by_hand __DIR__ |> Path.join("libraries_cases.exs") |> Code.eval_file() |> elem(0)
+
+  @checked_by_hand Map.merge(@idioms_by_hand, @cases_by_hand)
 
   # Classes of the hand-checked cases where EMLX's value is right and the
   # test wants Nx.BinaryBackend's digits or special values.
