@@ -290,8 +290,8 @@ defmodule EMLX.DefnFusionTest do
   defn complex_norm(z), do: Nx.LinAlg.norm(z)
 
   # mx::abs of a complex tensor ends in an AsType to float32, which MLX's
-  # CUDA fused-kernel generator cannot compile: EMLX takes the real part of
-  # MLX's Abs instead (Nx.LinAlg.norm's doctest raised on :gpu).
+  # CUDA fused-kernel generator cannot compile: on the GPU EMLX computes
+  # |z| from the parts (Nx.LinAlg.norm's doctest raised on :gpu).
   test "a complex abs inside a fused kernel" do
     z = emlx([Complex.new(0, 3), Complex.new(4, 0), Complex.new(-3, -4)], type: :c64)
 
@@ -303,6 +303,21 @@ defmodule EMLX.DefnFusionTest do
     end
 
     assert Nx.to_list(to_bin(Nx.abs(z))) == [3.0, 4.0, 5.0]
+
+    # zero, huge parts (no overflow in between), an infinite and a NaN part
+    special = [
+      Complex.new(0, 0),
+      Complex.new(3.0e30, 4.0e30),
+      Complex.new(:infinity, 1),
+      Complex.new(:nan, :infinity),
+      Complex.new(:nan, 2)
+    ]
+
+    z = emlx(special, type: :c64)
+    got = Nx.Defn.jit(&complex_abs_chain/1, compiler: EMLX).(z)
+    want = Nx.tensor([1.0, 1.0e31, :infinity, :infinity, :nan], type: :f32)
+    assert Nx.all_close(to_bin(got), want, equal_nan: true) |> Nx.to_number() == 1
+    assert Nx.to_list(to_bin(got)) |> Enum.drop(2) == [:infinity, :infinity, :nan]
   end
 
   defp tuple_or(t) when is_tuple(t), do: Tuple.to_list(t)
