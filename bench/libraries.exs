@@ -421,8 +421,8 @@ defmodule EMLXLibs do
 
         #{if causes == [], do: "none\n", else: Enum.join(causes)}
         Documented precision and reference cases (failing on EMLX only; each
-        checked by hand: EMLX's value is as close to the exact one, or is the
-        IEEE/C99 one that numpy and Python MLX give):
+        checked by hand: EMLX's value is within a few ulps of the exact one,
+        as Nx's is, or is the IEEE/C99 one that numpy and Python MLX give):
 
         #{if documented == [], do: "none\n", else: Enum.join(documented)}
         BinaryBackend-only test idioms (failing on EMLX only; not EMLX's):
