@@ -98,6 +98,10 @@ defmodule EMLX.Defn do
   end
 
   @doc false
+  # Whether plans run under mx::compile (the `:fuse` option, on by default).
+  def fuse?(opts), do: Keyword.get(opts, :fuse, true)
+
+  @doc false
   def target(opts) do
     case Keyword.get(opts, :command_queue) do
       %CommandQueue{ref: ref, device: device} ->
@@ -115,7 +119,7 @@ defmodule EMLX.Defn do
     if Recorder.active?() do
       inline(key, vars, fun, args, opts)
     else
-      opts = Keyword.put_new(opts, :fuse, true)
+      opts = Keyword.put(opts, :fuse, fuse?(opts))
 
       cache_key =
         cache_key || Cache.key({key, opts[:fuse]}, vars, queue, Keyword.get(opts, :hooks, %{}))

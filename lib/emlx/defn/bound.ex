@@ -40,7 +40,7 @@ defmodule EMLX.Defn.Bound do
 
     case Cache.lookup(key) do
       {:plan, plan, output} ->
-        bound = %{bound | device: device, queue: queue, fuse: Keyword.get(opts, :fuse, true)}
+        bound = %{bound | device: device, queue: queue, fuse: EMLX.Defn.fuse?(opts)}
         {result, bind(bound, plan, output, free_args)}
 
       _other ->
