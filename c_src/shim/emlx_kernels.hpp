@@ -124,6 +124,9 @@ mx::array emlx_conv(const mx::array &x0, const mx::array &k0, const std::vector<
 // ---- linear algebra and FFT (kernels_linalg.cpp) ----
 mx::array emlx_dot(const mx::array &a0, const std::vector<int> &ca, const std::vector<int> &ba, const mx::array &b0,
                    const std::vector<int> &cb, const std::vector<int> &bb, std::optional<mx::Dtype> out, SD s);
+mx::array emlx_dot_transposed(const mx::array &a, const std::vector<int> &ca, const std::vector<int> &ba,
+                              const mx::array &b, const std::vector<int> &cb, const std::vector<int> &bb,
+                              const std::vector<int> &perm, std::optional<mx::Dtype> out, SD s);
 mx::array emlx_fft(const mx::array &x, int64_t n, int64_t axis, bool inverse, double eps, SD s);
 mx::array emlx_triangular_solve(const mx::array &a0, const mx::array &b0, bool left, bool lower, bool transpose,
                                 std::optional<mx::Dtype> out, SD s);

@@ -18,7 +18,8 @@ mx::array truthy(const mx::array &x, SD s) {
     auto zero = mx::array(0.0f);
     return mx::logical_or(mx::not_equal(mx::real(x, s), zero, s), mx::not_equal(mx::imag(x, s), zero, s), s);
   }
-  return mx::not_equal(x, mx::zeros({}, x.dtype(), s), s);
+  // A literal zero, not mx::zeros (a Full primitive: a kernel on the GPU).
+  return mx::not_equal(x, mx::array(0, x.dtype()), s);
 }
 
 mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d) {
@@ -44,7 +45,9 @@ mx::array complex_from(const mx::array &re, const mx::array &im, SD s) {
 
 // A scalar is its value, an array with its data already there (as Python
 // MLX's `x + 1.0` makes it): no Full primitive to schedule and evaluate for
-// every Nx.add(t, 1.0). Larger shapes broadcast it.
+// every Nx.add(t, 1.0). Larger shapes are a broadcast view of it, never a
+// copy: under mx::compile a broadcast fuses into its consumers' kernel
+// (a Full does not, and costs a kernel and a buffer of its own on the GPU).
 //
 // A complex value with a NaN or infinite part is made from its two float
 // parts instead: under mx::compile a scalar with no primitive becomes a
@@ -56,7 +59,7 @@ mx::array emlx_full(const emlx_scalar &n, const mx::Shape &shape, mx::Dtype d, S
       (!std::isfinite(n.re) || (n.kind != EMLX_SCALAR_FLOAT && !std::isfinite(n.im))))
     v = complex_from(mx::array(static_cast<float>(n.re)),
                      mx::array(n.kind == EMLX_SCALAR_FLOAT ? 0.0f : static_cast<float>(n.im)), s);
-  return shape.empty() ? v : mx::full(shape, v, s);
+  return shape.empty() ? v : mx::broadcast_to(v, shape, s);
 }
 
 namespace {

@@ -89,8 +89,14 @@ mx::array emlx_dot(const mx::array &a0, const std::vector<int> &ca, const std::v
   // Without batch axes the product is a plain 2-D matmul (as Python's
   // a @ b), not a batch of one.
   bool batched = !ba.empty();
-  auto a3 = mx::reshape(mx::transpose(a, pa, s), batched ? mx::Shape{B, M, K} : mx::Shape{M, K}, s);
-  auto b3 = mx::reshape(mx::transpose(b, pb, s), batched ? mx::Shape{B, K, N} : mx::Shape{K, N}, s);
+  // An identity permutation is no Transpose node (one less for MLX to schedule).
+  auto permuted = [&](const mx::array &x, const std::vector<int> &p) {
+    for (size_t i = 0; i < p.size(); i++)
+      if (p[i] != static_cast<int>(i)) return mx::transpose(x, p, s);
+    return x;
+  };
+  auto a3 = mx::reshape(permuted(a, pa), batched ? mx::Shape{B, M, K} : mx::Shape{M, K}, s);
+  auto b3 = mx::reshape(permuted(b, pb), batched ? mx::Shape{B, K, N} : mx::Shape{K, N}, s);
   bool cpu = mx::to_stream(s).device == mx::Device::cpu;
   double macs = static_cast<double>(B) * M * N * K;
   auto r = [&] {
@@ -117,6 +123,23 @@ mx::array emlx_dot(const mx::array &a0, const std::vector<int> &ca, const std::v
   for (int v : fa) shape.push_back(a.shape(v));
   for (int v : fb) shape.push_back(b.shape(v));
   return mx::astype(mx::reshape(r, shape, s), t, s);
+}
+
+// transpose(dot(a, b), perm). When perm puts b's free axes before a's (the
+// transposed product of Nx's gradient of a dot), this is dot(b, a): the
+// result comes out contiguous, where a transposed view would make every
+// consumer read it strided (a weight update on the GPU, say).
+mx::array emlx_dot_transposed(const mx::array &a, const std::vector<int> &ca, const std::vector<int> &ba,
+                              const mx::array &b, const std::vector<int> &cb, const std::vector<int> &bb,
+                              const std::vector<int> &perm, std::optional<mx::Dtype> out, SD s) {
+  if (ba.empty() && bb.empty()) {
+    int na = static_cast<int>(a.ndim() - ca.size()), nb = static_cast<int>(b.ndim() - cb.size());
+    std::vector<int> swapped;
+    for (int i = 0; i < nb; i++) swapped.push_back(na + i);
+    for (int i = 0; i < na; i++) swapped.push_back(i);
+    if (perm == swapped) return emlx_dot(b, cb, bb, a, ca, ba, out, s);
+  }
+  return mx::transpose(emlx_dot(a, ca, ba, b, cb, bb, out, s), perm, s);
 }
 
 // ---- FFT ----

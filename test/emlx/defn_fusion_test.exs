@@ -208,6 +208,51 @@ defmodule EMLX.DefnFusionTest do
     end
   end
 
+  test "a dot whose only use is a transpose becomes one dot_transposed" do
+    f32 = {:f, 32}
+    dot = {:dot, [{:in, 0}, [0], [], {:in, 1}, [0], []], f32}
+    prog = [dot, {:transpose, [{:out, 0}, [1, 0]], nil}]
+
+    assert List.last(rewrite(prog)) ==
+             {:dot_transposed, [{:in, 0}, [0], [], {:in, 1}, [0], [], [1, 0]], f32}
+
+    # the product used elsewhere too: it is computed anyway, so as is
+    assert rewrite(prog, [{:out, 1}, {:out, 0}]) == prog
+    # a transpose of something else: as is
+    other = [{:exp, [{:in, 0}], f32}, {:transpose, [{:out, 0}, [1, 0]], nil}]
+    assert rewrite(other) == other
+  end
+
+  # The gradient of x . w transposes a product (the swapped dot), and a
+  # vector-by-rank-3 dot transposed is not the swapped product (as is).
+  defn dot_grad(x, w), do: grad(w, &Nx.sum(Nx.exp(Nx.dot(x, &1))))
+  defn vector_dot_t(v, t), do: Nx.transpose(Nx.dot(v, [0], t, [1])) * 2
+
+  defn batched_dot_t(a, b),
+    do: Nx.transpose(Nx.dot(a, [2], [0], b, [1], [0]), axes: [0, 2, 1]) + 1
+
+  test "transposed products agree with the composed ops" do
+    key = Nx.Random.key(3)
+    {x, key} = Nx.Random.uniform(key, -1.0, 1.0, shape: {5, 7}, type: :f32)
+    {w, key} = Nx.Random.uniform(key, -1.0, 1.0, shape: {7, 3}, type: :f32)
+    {v, key} = Nx.Random.uniform(key, -1.0, 1.0, shape: {4}, type: :f32)
+    {t, key} = Nx.Random.uniform(key, -1.0, 1.0, shape: {2, 4, 3}, type: :f32)
+    {a, key} = Nx.Random.uniform(key, -1.0, 1.0, shape: {2, 3, 4}, type: :f32)
+    {b, _} = Nx.Random.uniform(key, -1.0, 1.0, shape: {2, 4, 5}, type: :f32)
+
+    for {fun, args} <- [
+          {&dot_grad/2, [x, w]},
+          {&dot_grad/2, [Nx.as_type(x, :s32), Nx.as_type(w, :s32)]},
+          {&vector_dot_t/2, [v, t]},
+          {&batched_dot_t/2, [a, b]}
+        ] do
+      want = apply(fun, Enum.map(args, &Nx.backend_copy(&1, Nx.BinaryBackend)))
+      got = apply(Nx.Defn.jit(fun, compiler: EMLX), args)
+      assert got.shape == want.shape and got.type == want.type
+      assert Nx.all_close(to_bin(got), want, atol: 1.0e-5, rtol: 1.0e-5) |> Nx.to_number() == 1
+    end
+  end
+
   # the pattern's results numbered n further
   defp shift({op, args, t}, n),
     do:

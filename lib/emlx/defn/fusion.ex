@@ -22,6 +22,11 @@ defmodule EMLX.Defn.Fusion do
   # - layer norm: (x - mean) * rsqrt(var + eps) * g + b -> fast::layer_norm;
   # - RMS norm: x * rsqrt(mean(x^2) + eps) * w -> fast::rms_norm (both over
   #   the last axis; the same ops composed over others).
+  # - a transposed product: a dot whose only use is a transpose (Nx's
+  #   gradient of a dot transposes it) -> dot_transposed, which computes
+  #   the product with its operands swapped when that is the transpose, so
+  #   the result is contiguous and its consumers (a weight update) read it
+  #   in order.
   #
   # On the CPU, float32 softmax, log_softmax and logsumexp stay composed:
   # EMLX's float32 exp there is Nx's (computed in double and rounded once)
@@ -74,6 +79,13 @@ defmodule EMLX.Defn.Fusion do
   end
 
   defp fuse({:multiply, [u, v], t} = instr, ctx) when t in @float, do: rms_norm(u, v, instr, ctx)
+
+  defp fuse({:transpose, [d, perm], nil}, ctx) do
+    case def_of(d, 1, ctx) do
+      {:dot, args, t} -> {:dot_transposed, args ++ [perm], t}
+      _ -> nil
+    end
+  end
 
   defp fuse(_instr, _ctx), do: nil
 
