@@ -240,7 +240,8 @@ defmodule EMLX.PrecisionTest do
       end)
 
     dev = &Nx.backend_copy(&1, cpu)
-    jit = &Nx.Defn.jit(&1, compiler: EMLX)
+    # (compiled code runs on the compiler's device, the default unless given)
+    jit = &Nx.Defn.jit(&1, compiler: EMLX, device: :cpu)
 
     for f <- [&Nx.dot/2, jit.(&Nx.dot/2)] do
       assert Nx.to_binary(f.(dev.(a), dev.(b))) == Nx.to_binary(Nx.dot(a, b))
