@@ -512,6 +512,7 @@ defmodule EMLXBench do
     target_s = String.to_float(System.get_env("BENCH_TARGET_S", "1.5"))
     only = System.get_env("BENCH_ONLY")
     compiled? = System.get_env("BENCH_EMLX_COMPILED", "1") in ["1", "true"]
+    rounds = String.to_integer(System.get_env("BENCH_ROUNDS", "1"))
     quiet_s = String.to_integer(System.get_env("BENCH_QUIET", "0"))
     device = bench_device()
     emlx = {EMLX.Backend, device: device}
@@ -529,18 +530,31 @@ defmodule EMLXBench do
     entries =
       Enum.map(workloads, fn w ->
         idle = BenchQuiet.wait_quiet(quiet_s)
-        mlx_summary = if python, do: MLXPython.run(python, w.name) <> ", "
-        emlx_result = run_side(w, emlx, target_s, 3, 25)
+        jit = &Nx.Defn.jit(&1, compiler: EMLX, device: device)
+
+        # Each round runs Python MLX, then EMLX eager and compiled, back to
+        # back (BENCH_ROUNDS; Python keeps one entry a round, report.py
+        # takes the median of each side's rounds as this side does).
+        per_round =
+          for _ <- 1..rounds do
+            mlx_summary = if python, do: MLXPython.run(python, w.name) <> ", "
+
+            eager = run_side(w, emlx, target_s, 3, 25)
+
+            compiled =
+              if compiled? and Map.get(w, :defn, true),
+                do: run_side(w, emlx, target_s, 3, 25, jit),
+                else: :skipped
+
+            {mlx_summary, eager, compiled}
+          end
+
+        {mlx_summary, _, _} = List.last(per_round)
+        emlx_result = per_round |> Enum.map(&elem(&1, 1)) |> BenchTiming.combine_rounds()
+        compiled = per_round |> Enum.map(&elem(&1, 2)) |> BenchTiming.combine_rounds()
 
         binary =
           if w.binary, do: run_side(w, @binary, target_s * 2 / 3, 3, 10), else: :skipped
-
-        jit = &Nx.Defn.jit(&1, compiler: EMLX, device: device)
-
-        compiled =
-          if compiled? and Map.get(w, :defn, true),
-            do: run_side(w, emlx, target_s, 3, 25, jit),
-            else: :skipped
 
         IO.puts(
           :stderr,
@@ -600,6 +614,8 @@ defmodule EMLXBench do
     sides = [emlx: emlx, emlx_compiled: compiled, binary: binary]
     errors = for {side, {:error, message}} <- sides, into: %{}, do: {side, message}
 
+    round_s = Map.new(sides, fn {side, result} -> {side, value(result, :round_s)} end)
+
     %{
       name: w.name,
       params: w.params,
@@ -613,9 +629,10 @@ defmodule EMLXBench do
       peak_bytes: Map.new(sides, fn {side, result} -> {side, value(result, :peak_bytes)} end),
       errors: errors
     }
+    |> then(&if(Enum.any?(Map.values(round_s)), do: Map.put(&1, :round_s, round_s), else: &1))
   end
 
-  defp value({:ok, result}, key), do: Map.fetch!(result, key)
+  defp value({:ok, result}, key), do: Map.get(result, key)
   defp value(_, _key), do: nil
 
   defp describe({:ok, %{median_s: s, iters: n}}), do: "#{Float.round(s, 6)} s (#{n} runs)"

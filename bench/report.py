@@ -29,6 +29,10 @@ Each entry, one per workload:
                         BENCH_QUIET; null otherwise)
     iters, min_s, checksums, peak_bytes, errors   per side (min_s: the fastest
                         run; peak_bytes: MLX's peak memory over the timed runs)
+    round_s             with BENCH_ROUNDS > 1 only: each side's median in each
+                        round (the rounds run both sides back to back, one
+                        round after the other); the times above are then the
+                        medians of the rounds' medians
 
 All times are median seconds per iteration after warm-up; null where a side
 did not run. Ratios in the table: emlx/mlx = emlx_s / mlx_python_s (1.0 is
@@ -60,8 +64,45 @@ COLORS = {
 }
 
 
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def combine_rounds(entries):
+    """Python MLX's entries for one workload, one a round (BENCH_ROUNDS):
+    each time the median of the rounds' medians, min_s the fastest run of
+    all, iters summed, round_s each round's median, as emlx_bench.exs does
+    for EMLX's side."""
+    if len(entries) == 1:
+        return entries[0]
+    times = ("mlx_python_s", "mlx_compiled_s", "numpy_s")
+    out = dict(entries[0])
+    for key in times:
+        vals = [e.get(key) for e in entries]
+        out[key] = median(vals) if all(v is not None for v in vals) else None
+    sides = {k for e in entries for k in e["min_s"]}
+    out["min_s"] = {
+        k: min((e["min_s"].get(k) for e in entries if e["min_s"].get(k) is not None), default=None) for k in sides
+    }
+    out["iters"] = {k: sum(e["iters"].get(k) or 0 for e in entries) or None for k in sides}
+    out["peak_bytes"] = {
+        k: max((e["peak_bytes"].get(k) for e in entries if e["peak_bytes"].get(k) is not None), default=None)
+        for k in sides
+    }
+    out["round_s"] = {
+        side: [e.get(key) for e in entries]
+        for side, key in (("mlx_python", "mlx_python_s"), ("mlx_compiled", "mlx_compiled_s"), ("numpy", "numpy_s"))
+    }
+    return out
+
+
 def merge(emlx_entries, mlx_entries):
-    by_name = {e["name"]: e for e in mlx_entries}
+    grouped = {}
+    for m in mlx_entries:
+        grouped.setdefault(m["name"], []).append(m)
+    by_name = {name: combine_rounds(ms) for name, ms in grouped.items()}
     merged = []
     for e in emlx_entries:
         m = by_name.pop(e["name"], None)
@@ -87,6 +128,9 @@ def merge(emlx_entries, mlx_entries):
                 "errors": {**e["errors"], **m["errors"]},
             }
         )
+        rounds = {**(e.get("round_s") or {}), **(m.get("round_s") or {})}
+        if any(rounds.values()):
+            merged[-1]["round_s"] = rounds
     for name in by_name:
         print(f"report: {name} ran on Python MLX only; left out", file=sys.stderr)
     return merged

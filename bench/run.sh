@@ -19,7 +19,10 @@
 # the venv's MLX is the CPU build, so for an NVIDIA GPU use bench/run_gpu.sh,
 # which needs no venv and writes h200.json), BENCH_QUIET=seconds (on a shared
 # machine: before each workload, wait up to that long for the CPUs to be 90%
-# idle; each entry's cpu_idle says how idle they were). The Elixir
+# idle; each entry's cpu_idle says how idle they were), BENCH_ROUNDS=n
+# (default 1: run each workload's sides back to back n times, one round
+# after the other, and report the median of the rounds' medians; each
+# entry's round_s keeps the rounds). The Elixir
 # toolchain and offline deps come from scripts/env.sh unless already set.
 set -euo pipefail
 

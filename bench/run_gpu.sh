@@ -32,7 +32,7 @@
 # NAME.txt (the table), and NAME-parts/ (each side's raw JSON).
 #
 # Environment as for bench/run.sh: BENCH_ONLY=regex (pass 1 only),
-# BENCH_TARGET_S, BENCH_EMLX_COMPILED=0.
+# BENCH_TARGET_S, BENCH_EMLX_COMPILED=0, BENCH_ROUNDS=n.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

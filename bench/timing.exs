@@ -50,6 +50,36 @@ defmodule BenchTiming do
     }
   end
 
+  @doc """
+  One side's results over the rounds of a workload (BENCH_ROUNDS), each a
+  `measure/6` result, `{:error, _}` or `:skipped`: the median of the
+  rounds' medians, the fastest run of all, every run counted, the largest
+  peak, and `round_s`, each round's median. The first error stands for
+  the side.
+  """
+  def combine_rounds([single]), do: single
+
+  def combine_rounds(results) do
+    case Enum.find(results, &(not match?({:ok, _}, &1))) do
+      nil ->
+        rounds = Enum.map(results, fn {:ok, r} -> r end)
+        peaks = rounds |> Enum.map(& &1.peak_bytes) |> Enum.reject(&is_nil/1)
+
+        {:ok,
+         %{
+           median_s: rounds |> Enum.map(& &1.median_s) |> median(),
+           min_s: rounds |> Enum.map(& &1.min_s) |> Enum.min(),
+           iters: rounds |> Enum.map(& &1.iters) |> Enum.sum(),
+           checksum: hd(rounds).checksum,
+           peak_bytes: if(peaks != [], do: Enum.max(peaks)),
+           round_s: Enum.map(rounds, & &1.median_s)
+         }}
+
+      other ->
+        other
+    end
+  end
+
   defp reset_peak(device) do
     :erlang.garbage_collect()
     EMLX.GC.sweep(EMLX.CommandQueue.resolve(device))
@@ -77,7 +107,7 @@ defmodule BenchTiming do
     {System.convert_time_unit(t1 - t0, :native, :nanosecond) / 1.0e9, out}
   end
 
-  defp median(times) do
+  def median(times) do
     sorted = Enum.sort(times)
     n = length(sorted)
     mid = div(n, 2)
