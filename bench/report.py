@@ -36,7 +36,8 @@ Each entry, one per workload:
 
 All times are median seconds per iteration after warm-up; null where a side
 did not run. Ratios in the table: emlx/mlx = emlx_s / mlx_python_s (1.0 is
-parity; above 1, EMLX is slower), binary/emlx = binary_s / emlx_s (how many
+parity; above 1, EMLX is slower; with rounds, the median of the rounds'
+ratios, as for jit/compiled), binary/emlx = binary_s / emlx_s (how many
 times EMLX is faster than BinaryBackend).
 """
 
@@ -96,6 +97,19 @@ def combine_rounds(entries):
         for side, key in (("mlx_python", "mlx_python_s"), ("mlx_compiled", "mlx_compiled_s"), ("numpy", "numpy_s"))
     }
     return out
+
+
+def paired_ratio(e, a, b):
+    """a's time over b's (sides as named in round_s): with rounds, the
+    median of each round's ratio (the two sides of a round ran back to
+    back, so each pairing shares that moment's machine); else the ratio of
+    the medians."""
+    rounds = e.get("round_s") or {}
+    xs, ys = rounds.get(a) or [], rounds.get(b) or []
+    pairs = [x / y for x, y in zip(xs, ys) if x and y]
+    if len(pairs) > 1 and len(pairs) == len(xs) == len(ys):
+        return median(pairs)
+    return ratio(e.get(a + "_s"), e.get(b + "_s"))
 
 
 def merge(emlx_entries, mlx_entries):
@@ -198,9 +212,9 @@ def table(entries):
             [e["name"]]
             + [fmt_time(e.get(key)) for key, _, _ in sides]
             + [
-                fmt_ratio(ratio(e["emlx_s"], e["mlx_python_s"])),
+                fmt_ratio(paired_ratio(e, "emlx", "mlx_python")),
                 fmt_ratio(ratio(e["min_s"].get("emlx"), e["min_s"].get("mlx_python"))),
-                fmt_ratio(ratio(e.get("emlx_compiled_s"), e.get("mlx_compiled_s"))),
+                fmt_ratio(paired_ratio(e, "emlx_compiled", "mlx_compiled")),
             ]
             + ([fmt_ratio(ratio(e["emlx_s"], e.get("numpy_s")))] if numpy else [])
             + [fmt_mb(peak.get("emlx")), fmt_mb(peak.get("mlx_python"))]
@@ -278,7 +292,7 @@ def chart(entries, path, device_label):
     ax.grid(axis="x", which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
 
-    ratios = [ratio(e["emlx_s"], e["mlx_python_s"]) for e in entries]
+    ratios = [paired_ratio(e, "emlx", "mlx_python") for e in entries]
     rax.barh(
         range(n),
         [r or 0 for r in ratios],
