@@ -122,6 +122,12 @@ defmodule EMLX.Defn.Cache do
 
   defp walk(_term, {_seen, count}) when count > @budget, do: throw(:emlx_uncached)
 
+  # A parameter is its position and template (one step; the common case:
+  # every argument of a call).
+  defp walk(%Nx.Tensor{data: %Nx.Defn.Expr{op: :parameter, args: [i]}} = t, {seen, count})
+       when is_integer(i),
+       do: {{:param, i, t.type, t.shape, t.names, t.vectorized_axes}, {seen, count + 1}}
+
   defp walk(%Nx.Tensor{data: %Nx.Defn.Expr{id: id} = expr} = t, {seen, count}) do
     case seen do
       %{^id => n} ->
@@ -172,7 +178,16 @@ defmodule EMLX.Defn.Cache do
   defp walk(other, state), do: {other, bump(state)}
 
   defp walk_map(map, state) do
-    {pairs, state} = walk(map |> Map.to_list() |> Enum.sort(), state)
+    {pairs, state} =
+      map
+      |> Map.to_list()
+      |> Enum.sort()
+      |> Enum.map_reduce(state, fn {k, v}, state ->
+        {k, state} = walk(k, state)
+        {v, state} = walk(v, state)
+        {{k, v}, state}
+      end)
+
     {{:map, pairs}, state}
   end
 
