@@ -61,8 +61,9 @@ emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_ar
   if (res_out) *res_out = res;
   spin_lock(res);
   int state = res->state;
-  int dead = state == EMLX_ARR_READY && res->arr == NULL;
-  emlx_arr *copy = state == EMLX_ARR_READY && res->arr ? retain(res->arr, storage) : NULL;
+  /* (a deallocated array may keep its handle for the jobs reading it) */
+  int dead = state == EMLX_ARR_READY && (res->arr == NULL || res->dealloc_requested);
+  emlx_arr *copy = state == EMLX_ARR_READY && !dead ? retain(res->arr, storage) : NULL;
   if (state == EMLX_ARR_FAILED) {
     emlx_set_err(err, errlen, res->error ? res->error : "the op producing this tensor failed");
     if (kind_out) *kind_out = res->error_kind;
@@ -86,10 +87,17 @@ emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_ar
 /* Used by deallocate: takes the handle out under the lock. */
 emlx_arr *emlx_array_detach(emlx_array_res *res, int *marked_pending) {
   spin_lock(res);
-  emlx_arr *a = res->arr;
-  res->arr = NULL;
-  *marked_pending = res->state == EMLX_ARR_PENDING && !res->dealloc_requested;
-  if (res->state == EMLX_ARR_PENDING) res->dealloc_requested = 1;
+  /* Pending, or still to be read by a job posted while it was: the handle
+   * goes once it is filled and read (emlx_array_fill, drop_reader_locked). */
+  int later = res->state == EMLX_ARR_PENDING || (res->readers && res->arr);
+  *marked_pending = later && !res->dealloc_requested;
+  emlx_arr *a = NULL;
+  if (later) {
+    res->dealloc_requested = 1;
+  } else {
+    a = res->arr;
+    res->arr = NULL;
+  }
   spin_unlock(res);
   return a;
 }
@@ -104,15 +112,39 @@ emlx_arr *emlx_array_swap(emlx_array_res *res, emlx_arr *a) {
 
 /* ---- worker side ---- */
 
+/* One reader fewer: the last one frees a deallocated array's handle. */
+static emlx_arr *drop_reader_locked(emlx_array_res *res) {
+  if (res->readers > 0) res->readers--;
+  if (res->readers || !res->dealloc_requested || res->state != EMLX_ARR_READY) return NULL;
+  emlx_arr *gone = res->arr;
+  res->arr = NULL;
+  return gone;
+}
+
+void emlx_array_add_reader(emlx_array_res *res) {
+  spin_lock(res);
+  res->readers++;
+  spin_unlock(res);
+}
+
+void emlx_array_drop_reader(emlx_array_res *res) {
+  spin_lock(res);
+  emlx_arr *gone = drop_reader_locked(res);
+  spin_unlock(res);
+  if (gone) emlx_arr_free(gone);
+}
+
 emlx_arr *emlx_array_resolve(emlx_array_res *res, void *storage, int *kind, char *msg, size_t msglen) {
   spin_lock(res);
   int state = res->state;
   emlx_arr *copy = state == EMLX_ARR_READY && res->arr ? retain(res->arr, storage) : NULL;
+  emlx_arr *gone = drop_reader_locked(res);
   if (state == EMLX_ARR_FAILED) {
     *kind = res->error_kind;
     emlx_set_err(msg, msglen, res->error ? res->error : "the op producing this tensor failed");
   }
   spin_unlock(res);
+  if (gone) emlx_arr_free(gone);
   if (state == EMLX_ARR_FAILED) return NULL;
   if (!copy) {
     *kind = EMLX_ERR_ARG;
@@ -123,7 +155,7 @@ emlx_arr *emlx_array_resolve(emlx_array_res *res, void *storage, int *kind, char
 
 void emlx_array_fill(emlx_array_res *res, emlx_arr *a) {
   spin_lock(res);
-  int drop = res->dealloc_requested;
+  int drop = res->dealloc_requested && !res->readers;
   res->arr = drop ? NULL : a;
   res->state = EMLX_ARR_READY;
   spin_unlock(res);

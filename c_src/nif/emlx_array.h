@@ -22,6 +22,7 @@ typedef struct {
   atomic_flag lock;
   int state;
   int dealloc_requested; /* deallocated while pending: drop it when filled */
+  int readers;           /* jobs posted to read it while pending (see emlx_array_add_reader) */
   int error_kind;        /* an emlx_status, when FAILED */
   char *error;           /* enif_alloc'd message, when FAILED */
 } emlx_array_res;
@@ -54,6 +55,11 @@ emlx_arr *emlx_array_swap(emlx_array_res *res, emlx_arr *a);
 emlx_arr *emlx_array_resolve(emlx_array_res *res, void *storage, int *kind, char *msg, size_t msglen);
 /* Fills a pending result, or fails it. */
 void emlx_array_fill(emlx_array_res *res, emlx_arr *a);
+/* A job posted now reads the pending array when it runs: deallocating the
+ * array meanwhile keeps its handle for that job. Each reader is dropped by
+ * emlx_array_resolve, or by emlx_array_drop_reader when its job never runs. */
+void emlx_array_add_reader(emlx_array_res *res);
+void emlx_array_drop_reader(emlx_array_res *res);
 void emlx_array_fail(emlx_array_res *res, int kind, const char *msg);
 
 #endif

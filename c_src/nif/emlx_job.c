@@ -111,7 +111,10 @@ static void drop(emlx_job *job, emlx_arr *a) {
 }
 
 void emlx_job_free(emlx_job *job) {
-  for (int i = 0; i < job->nfixups; i++) enif_release_resource(job->fixups[i].res);
+  for (int i = 0; i < job->nfixups; i++) {
+    if (i >= job->nresolved) emlx_array_drop_reader(job->fixups[i].res);
+    enif_release_resource(job->fixups[i].res);
+  }
   for (int i = 0; i < job->nheld; i++) drop(job, job->held[i]);
   emlx_arena_free(&job->arena);
   switch (job->kind) {
@@ -120,6 +123,8 @@ void emlx_job_free(emlx_job *job) {
       break;
     case EMLX_JOB_PROGRAM:
       if (job->program.res) enif_release_resource(job->program.res);
+      for (int i = 0; i < job->program.nresults; i++) enif_release_resource(job->program.results[i]);
+      if (job->program.results) enif_free(job->program.results);
       break;
     case EMLX_JOB_TO_POINTER:
       if (job->to_pointer.res) enif_release_resource(job->to_pointer.res);
@@ -177,6 +182,7 @@ static int add_fixup(emlx_job *job, emlx_array_res *res, emlx_arr **slot) {
     job->cap_fixups = cap;
   }
   enif_keep_resource(res);
+  emlx_array_add_reader(res);
   job->fixups[job->nfixups].res = res;
   job->fixups[job->nfixups].slot = slot;
   job->nfixups++;
@@ -252,6 +258,7 @@ int emlx_job_decode_arg(ErlNifEnv *env, ERL_NIF_TERM t, char kind, emlx_job *job
 
 int emlx_job_resolve(emlx_job *job, int *kind, char *msg, size_t msglen) {
   for (int i = 0; i < job->nfixups; i++) {
+    job->nresolved = i + 1;
     emlx_arr *copy = emlx_array_resolve(job->fixups[i].res, box(job), kind, msg, msglen);
     if (!copy) return 0;
     if (!hold(job, copy)) {

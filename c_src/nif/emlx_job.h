@@ -79,6 +79,10 @@ typedef struct { /* PROGRAM */
   emlx_arr **inputs;
   int ninputs;
   int compile;
+  /* Posted (program_post): the pending outputs (kept, enif_alloc'd), filled
+   * by the worker; no reply. NULL: the outputs come in the reply. */
+  emlx_array_res **results;
+  int nresults;
 } emlx_program_job;
 
 typedef struct { /* TO_POINTER */
@@ -138,6 +142,7 @@ struct emlx_job {
   int nheld, cap_held;
   emlx_fixup *fixups;
   int nfixups, cap_fixups;
+  int nresolved; /* fixups handed to emlx_array_resolve so far */
   emlx_arena arena; /* decoded lists */
   /* The first retained handles live in the job itself, so an op's inputs
    * cost no malloc on the scheduler and no free on the worker. held and

@@ -118,8 +118,6 @@ static emlx_job *queue_job(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job_kind kind, E
 }
 
 
-/* Queue depth at which an op asks its caller to wait for the worker. */
-#define EMLX_BACKPRESSURE 2048
 
 /* ---- queues ---- */
 
@@ -673,6 +671,7 @@ static ErlNifFunc funcs[] = {
     {"async_eval", 2, nif_async_eval, 0},
     {"program_new", 4, emlx_nif_program_new, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"program_run", 4, emlx_nif_program_run, 0},
+    {"program_post", 4, emlx_nif_program_post, 0},
     {"to_pointer", 4, nif_to_pointer, 0},
     {"from_pointer", 4, nif_from_pointer, 0},
     {"shm_unlink", 1, nif_shm_unlink, ERL_NIF_DIRTY_JOB_IO_BOUND},

@@ -10,6 +10,8 @@
 #include "emlx_codec.h"
 #include "emlx_job.h"
 #include "emlx_resources.h"
+#include "emlx_array.h"
+#include "emlx_worker.h"
 
 /* Keeps sub-program q alive as long as program p. */
 static int keep_sub(emlx_program_res *p, emlx_program_res *q) {
@@ -168,24 +170,77 @@ ERL_NIF_TERM emlx_nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
 }
 
 /* program_run(queue, program, inputs, compile?) */
-ERL_NIF_TERM emlx_nif_program_run(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  (void)argc;
+/* A program job from program_run's or program_post's arguments (queue,
+ * program, inputs, compile?); NULL with *raised set when they are wrong. */
+static emlx_job *program_job(ErlNifEnv *env, const ERL_NIF_TERM argv[], ERL_NIF_TERM *raised) {
   emlx_queue_res *qr;
   emlx_program_res *p;
-  if (!enif_get_resource(env, argv[0], emlx_queue_type, (void **)&qr) || qr->q == NULL) return emlx_raise_arg(env, "expected a command queue reference");
-  if (!enif_get_resource(env, argv[1], emlx_program_type, (void **)&p) || !p->prog.instrs)
-    return emlx_raise_arg(env, "expected an EMLX program");
-  if (p->owner->q != qr->q) return emlx_raise_arg(env, "a program runs on the command queue it was made for");
+  if (!enif_get_resource(env, argv[0], emlx_queue_type, (void **)&qr) || qr->q == NULL) {
+    *raised = emlx_raise_arg(env, "expected a command queue reference");
+    return NULL;
+  }
+  if (!enif_get_resource(env, argv[1], emlx_program_type, (void **)&p) || !p->prog.instrs) {
+    *raised = emlx_raise_arg(env, "expected an EMLX program");
+    return NULL;
+  }
+  if (p->owner->q != qr->q) {
+    *raised = emlx_raise_arg(env, "a program runs on the command queue it was made for");
+    return NULL;
+  }
   unsigned len;
-  if (!enif_get_list_length(env, argv[2], &len) || (int)len != p->prog.ninputs)
-    return emlx_raise_arg(env, "the program expects %d inputs", p->prog.ninputs);
+  if (!enif_get_list_length(env, argv[2], &len) || (int)len != p->prog.ninputs) {
+    *raised = emlx_raise_arg(env, "the program expects %d inputs", p->prog.ninputs);
+    return NULL;
+  }
   emlx_job *job = emlx_job_new(EMLX_JOB_PROGRAM, qr);
-  if (!job) return emlx_raise_arg(env, "out of memory");
+  if (!job) {
+    *raised = emlx_raise_arg(env, "out of memory");
+    return NULL;
+  }
   job->program.res = p;
   enif_keep_resource(p);
   job->program.compile = enif_is_identical(argv[3], ATOM.true_);
   char err[256];
-  if (!emlx_job_take_arrays(env, argv[2], job, 0, &job->program.inputs, &job->program.ninputs, err, sizeof err))
-    return emlx_job_fail(env, job, err);
-  return emlx_job_submit(env, job);
+  if (!emlx_job_take_arrays(env, argv[2], job, 0, &job->program.inputs, &job->program.ninputs, err, sizeof err)) {
+    *raised = emlx_job_fail(env, job, err);
+    return NULL;
+  }
+  return job;
+}
+
+ERL_NIF_TERM emlx_nif_program_run(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  ERL_NIF_TERM raised;
+  emlx_job *job = program_job(env, argv, &raised);
+  return job ? emlx_job_submit(env, job) : raised;
+}
+
+ERL_NIF_TERM emlx_nif_program_post(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  ERL_NIF_TERM raised;
+  emlx_job *job = program_job(env, argv, &raised);
+  if (!job) return raised;
+  emlx_queue_res *qr = job->qres;
+  int nouts = job->program.res->prog.nouts;
+  job->program.results = enif_alloc(sizeof(emlx_array_res *) * (size_t)(nouts ? nouts : 1));
+  ERL_NIF_TERM *terms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)(nouts ? nouts : 1));
+  if (!job->program.results || !terms) {
+    if (terms) enif_free(terms);
+    return emlx_job_fail(env, job, "out of memory");
+  }
+  for (int i = 0; i < nouts; i++) {
+    terms[i] = emlx_make_pending(env, qr, &job->program.results[i]);
+    if (!terms[i]) {
+      enif_free(terms);
+      return emlx_job_fail(env, job, "out of memory");
+    }
+    job->program.nresults = i + 1;
+  }
+  ERL_NIF_TERM list = enif_make_list_from_array(env, terms, (unsigned)nouts);
+  enif_free(terms);
+  if (!enif_self(env, &job->pid)) return emlx_job_fail(env, job, "EMLX calls must come from a process");
+  emlx_queue_post(qr->q, job);
+  if (atomic_load_explicit(&qr->q->pending, memory_order_relaxed) > EMLX_BACKPRESSURE)
+    return enif_make_tuple2(env, ATOM.wait, list);
+  return list;
 }

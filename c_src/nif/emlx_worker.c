@@ -109,6 +109,8 @@ static int resolve(emlx_job *job) {
   if (emlx_job_resolve(job, &kind, msg, sizeof msg)) return 1;
   if (job->kind == EMLX_JOB_OP) {
     for (int i = 0; i < job->op.nresults; i++) emlx_array_fail(job->op.results[i], kind, msg);
+  } else if (job->kind == EMLX_JOB_PROGRAM && job->program.results) {
+    for (int i = 0; i < job->program.nresults; i++) emlx_array_fail(job->program.results[i], kind, msg);
   } else if (job->kind == EMLX_JOB_ASYNC_EVAL) {
     /* nothing to start: the failed array raises when it is read */
   } else {
@@ -221,7 +223,15 @@ static void run_program(emlx_queue *q, emlx_job *job) {
     return;
   }
   emlx_status st = emlx_program_run(q->stream, p, job->program.inputs, job->program.ninputs, job->program.compile, outs);
-  if (st != EMLX_OK) {
+  if (job->program.results) {
+    /* posted: the outputs were handed out pending */
+    for (int i = 0; i < job->program.nresults; i++) {
+      if (st == EMLX_OK)
+        emlx_array_fill(job->program.results[i], outs[i]);
+      else
+        emlx_array_fail(job->program.results[i], st, emlx_last_error());
+    }
+  } else if (st != EMLX_OK) {
     emlx_reply_error(job, st);
   } else {
     int ok = 1;

@@ -10,6 +10,10 @@
 #include "emlx_resources.h"
 #include "emlx_shim.h"
 
+/* Queue depth at which an op (or a posted program) asks its caller to wait
+ * for the worker. */
+#define EMLX_BACKPRESSURE 2048
+
 struct emlx_queue {
   pthread_mutex_t mu;
   pthread_cond_t cv;

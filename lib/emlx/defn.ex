@@ -260,7 +260,7 @@ defmodule EMLX.Defn do
       end)
 
     if inputs do
-      refs = Recorder.run_program(queue, plan.program, Enum.reverse(inputs), fuse)
+      refs = Recorder.post_program(queue, plan.program, Enum.reverse(inputs), fuse)
       fill(output, refs, device, queue)
     end
   end

@@ -142,6 +142,14 @@ defmodule EMLX.NIF do
   @spec program_run(queue, reference(), [array], boolean()) :: job
   def program_run(_queue, _program, _inputs, _compile), do: :erlang.nif_error(:nif_not_loaded)
 
+  @doc """
+  Posts a run of a program and returns its outputs at once, pending (filled
+  by the worker in queue order, as an op's results are); `{:wait, outputs}`
+  when the queue is deep enough that the caller should wait for it.
+  """
+  @spec program_post(queue, reference(), [array], boolean()) :: [array] | {:wait, [array]}
+  def program_post(_queue, _program, _inputs, _compile), do: :erlang.nif_error(:nif_not_loaded)
+
   ## Data in and out
 
   @doc "Posts the copy of a binary into a new array."

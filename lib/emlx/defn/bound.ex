@@ -75,7 +75,7 @@ defmodule EMLX.Defn.Bound do
         ref -> ref
       end)
 
-    refs = Recorder.run_program(b.queue, b.plan.program, inputs, b.fuse)
+    refs = Recorder.post_program(b.queue, b.plan.program, inputs, b.fuse)
     EMLX.Defn.fill(b.output, refs, b.device, b.queue)
   end
 

@@ -417,4 +417,21 @@ defmodule EMLX.Defn.Recorder do
   def run_program(queue, program, inputs, fuse \\ true) do
     NIF.program_run(queue, program, inputs, fuse) |> Worker.await()
   end
+
+  @doc """
+  As `run_program/4`, without waiting for the worker: the outputs come back
+  pending, as an op's do, and the worker fills them in queue order. An
+  error of the run is raised by their first use. (A cached plan's run: its
+  program ran once already, when it was recorded.)
+  """
+  def post_program(queue, program, inputs, fuse \\ true) do
+    case NIF.program_post(queue, program, inputs, fuse) do
+      {:wait, refs} ->
+        queue |> NIF.queue_drain() |> Worker.await()
+        refs
+
+      refs ->
+        refs
+    end
+  end
 end
