@@ -44,16 +44,23 @@ defmodule EMLX.Worker do
 
   @doc "Runs `EMLX.NIF.op/4`, waiting for the worker to drain first when the queue is deep."
   @spec run_op(NIF.queue(), atom(), list(), Nx.Type.t() | nil) :: NIF.array() | [NIF.array()]
-  def run_op(queue, name, args, out_type) do
-    case NIF.op(queue, name, args, out_type) do
-      {:wait, result} ->
-        queue |> NIF.queue_drain() |> await()
-        result
+  def run_op(queue, name, args, out_type),
+    do: posted(queue, NIF.op(queue, name, args, out_type))
 
-      result ->
-        result
-    end
+  @doc """
+  Runs `EMLX.NIF.program_post/4` (the outputs come back pending), waiting
+  for the worker to drain first when the queue is deep.
+  """
+  @spec post_program(NIF.queue(), reference(), [NIF.array()], boolean()) :: [NIF.array()]
+  def post_program(queue, program, inputs, fuse),
+    do: posted(queue, NIF.program_post(queue, program, inputs, fuse))
+
+  defp posted(queue, {:wait, result}) do
+    queue |> NIF.queue_drain() |> await()
+    result
   end
+
+  defp posted(_queue, result), do: result
 
   @doc "`{shape, type, owner_queue}` of an array, waiting for a pending one."
   @spec info(NIF.array()) :: {tuple(), NIF.type(), NIF.queue()}

@@ -424,14 +424,6 @@ defmodule EMLX.Defn.Recorder do
   error of the run is raised by their first use. (A cached plan's run: its
   program ran once already, when it was recorded.)
   """
-  def post_program(queue, program, inputs, fuse \\ true) do
-    case NIF.program_post(queue, program, inputs, fuse) do
-      {:wait, refs} ->
-        queue |> NIF.queue_drain() |> Worker.await()
-        refs
-
-      refs ->
-        refs
-    end
-  end
+  def post_program(queue, program, inputs, fuse \\ true),
+    do: Worker.post_program(queue, program, inputs, fuse)
 end
