@@ -18,6 +18,16 @@ defmodule EMLX.PendingTest do
 
   defp binary(t), do: Nx.backend_copy(t, Nx.BinaryBackend)
 
+  defp close?(t, expected), do: Nx.to_number(Nx.all_close(binary(t), expected, atol: 1.0e-5)) == 1
+
+  # The compiled step and its weight, after the call that records the plan.
+  defp recorded(x) do
+    f = Nx.Defn.jit(&step/2, compiler: EMLX)
+    w = tensor([[0.5, -0.25], [0.125, 1.0]])
+    _ = f.(x, w) |> EMLX.eval()
+    {f, w}
+  end
+
   test "a cached plan's outputs feed later calls and ops before they are computed" do
     on(fn ->
       f = Nx.Defn.jit(&step/2, compiler: EMLX)
@@ -32,17 +42,15 @@ defmodule EMLX.PendingTest do
         end)
 
       for {y, r} <- Enum.zip(ys, reference) do
-        assert Nx.to_number(Nx.all_close(binary(y), r, atol: 1.0e-5)) == 1
+        assert close?(y, r)
       end
     end)
   end
 
   test "deallocated while a posted job still reads it" do
     on(fn ->
-      f = Nx.Defn.jit(&step/2, compiler: EMLX)
-      w = tensor([[0.5, -0.25], [0.125, 1.0]])
       x = tensor([[1.0, 2.0]])
-      _ = f.(x, w) |> EMLX.eval()
+      {f, w} = recorded(x)
 
       for _ <- 1..20 do
         y = f.(x, w)
@@ -53,26 +61,22 @@ defmodule EMLX.PendingTest do
 
         expected_y = Nx.Defn.jit_apply(&step/2, [binary(x), binary(w)])
         expected_z = Nx.Defn.jit_apply(&step/2, [expected_y, binary(w)])
-        assert Nx.to_number(Nx.all_close(binary(z), expected_z, atol: 1.0e-5)) == 1
-
-        assert Nx.to_number(Nx.all_close(binary(sum), Nx.add(expected_y, 10.0), atol: 1.0e-5)) ==
-                 1
+        assert close?(z, expected_z)
+        assert close?(sum, Nx.add(expected_y, 10.0))
       end
     end)
   end
 
   test "a pending output deallocated before any reader was posted is gone for every call" do
     on(fn ->
-      f = Nx.Defn.jit(&step/2, compiler: EMLX)
-      w = tensor([[0.5, -0.25], [0.125, 1.0]])
-      _ = f.(tensor([[1.0, 2.0]]), w) |> EMLX.eval()
+      {f, w} = recorded(tensor([[1.0, 2.0]]))
       y = f.(tensor([[3.0, 4.0]]), w)
       assert Nx.backend_deallocate(y) == :ok
       assert_raise ArgumentError, ~r/deallocated/, fn -> f.(y, w) end
       assert_raise ArgumentError, ~r/deallocated/, fn -> Nx.add(y, 1.0) end
       # the queue goes on
       z = f.(tensor([[0.0, 0.0]]), w)
-      assert Nx.to_number(Nx.all_close(binary(z), Nx.tensor([[1.0, 1.0]]))) == 1
+      assert close?(z, Nx.tensor([[1.0, 1.0]]))
     end)
   end
 end
