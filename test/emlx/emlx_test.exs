@@ -24,7 +24,9 @@ defmodule EMLXTest do
     b = EMLX.CommandQueue.with_queue(q, fn -> Nx.multiply(emlx([3.0]), 2) end)
     tree = {a, %{b: b, c: Nx.tensor(7, backend: Nx.BinaryBackend)}}
     pid = self()
-    handler = fn _, _, meta, _ -> send(pid, {:eval, meta.device}) end
+    # (handlers run in the process that evaluates: only this test's evals count,
+    # not those of the async tests running beside it)
+    handler = fn _, _, meta, _ -> if self() == pid, do: send(pid, {:eval, meta.device}) end
     :telemetry.attach("eval-container-#{inspect(pid)}", [:emlx, :eval, :stop], handler, nil)
 
     try do

@@ -23,7 +23,10 @@ defmodule EMLX.Case do
   end
 
   @doc false
-  def read_back(_event, _measurements, _metadata, pid), do: send(pid, :read_back)
+  # (handlers run in the reading process: only the test's own reads count,
+  # not those of the async tests running beside it)
+  def read_back(_event, _measurements, _metadata, pid),
+    do: if(self() == pid, do: send(pid, :read_back), else: :ok)
 
   @doc """
   The device the suite runs on: `EMLX_TEST_DEVICE` (`cpu`, the default, or
