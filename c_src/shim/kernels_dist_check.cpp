@@ -54,10 +54,29 @@ bool send_all(int fd, const void *p, size_t n) {
   return true;
 }
 
+// A check's answer usually comes soon, once the peer reaches the same
+// collective, and a thread blocked in recv sleeps: its wake-up cost more
+// than the exchange. So a read polls the socket for up to kSpinUs before it
+// blocks. Measured on the 2-core VM, an all_sum of 256 floats over the ring
+// (medians of 400 calls): checked 709-1210 us against 454-557 unchecked
+// with blocking reads; checked 437-627 against 439-490 with polling. On a
+// two-H200 host a checked 1 GiB all_sum took 0.5-0.6 ms longer than an
+// unchecked one, the ranks starting each call within 0.1 ms of each other
+// (polling not measured there yet).
+constexpr auto kSpinUs = std::chrono::microseconds(2000);
+
 bool recv_all(int fd, void *p, size_t n) {
   char *c = static_cast<char *>(p);
+  auto spin_until = std::chrono::steady_clock::now() + kSpinUs;
   while (n > 0) {
-    ssize_t k = ::recv(fd, c, n, 0);
+    ssize_t k = ::recv(fd, c, n, MSG_DONTWAIT);
+    if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (std::chrono::steady_clock::now() < spin_until) {
+        std::this_thread::yield();  // (a small host's other threads go first)
+        continue;
+      }
+      k = ::recv(fd, c, n, 0);
+    }
     if (k < 0 && errno == EINTR) continue;
     if (k <= 0) return false;
     c += k;
