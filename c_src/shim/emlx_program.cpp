@@ -4,7 +4,7 @@
 
 #include <functional>
 
-#include "emlx_internal.hpp"
+#include "emlx_kernels.hpp"
 
 struct emlx_compiled {
   std::function<std::vector<mx::array>(const std::vector<mx::array> &)> fn;
@@ -112,7 +112,7 @@ std::vector<mx::array> run_while(const emlx_stream &stream, const emlx_instr &in
   for (int64_t iter = 0;; iter++) {
     auto pred = run(stream, cond, inputs(in.args[2]), true);
     if (pred.size() != 1 || pred[0].size() != 1) throw arg_error("a loop condition must be one scalar");
-    auto go = mx::not_equal(pred[0], mx::array(0, pred[0].dtype()), stream.s);
+    auto go = truthy(pred[0], stream.s);
     std::vector<mx::array> all{go};
     if (iter % 32 == 0) all.insert(all.end(), state.begin(), state.end());
     eval_here(all);
@@ -137,7 +137,7 @@ std::vector<mx::array> run_cond(const emlx_stream &stream, const emlx_instr &in,
   };
   auto pred = run(stream, in.args[0].u.prog, inputs(in.args[1]), true);
   if (pred.size() != 1 || pred[0].size() != 1) throw arg_error("a cond predicate must be one scalar");
-  auto go = mx::not_equal(pred[0], mx::array(0, pred[0].dtype()), stream.s);
+  auto go = truthy(pred[0], stream.s);
   eval_here({go});
   int k = go.item<bool>() ? 2 : 4;
   return run(stream, in.args[k].u.prog, inputs(in.args[k + 1]), true);
