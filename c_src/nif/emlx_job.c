@@ -152,6 +152,25 @@ ERL_NIF_TERM emlx_job_submit(ErlNifEnv *env, emlx_job *job) {
   return ref;
 }
 
+int emlx_job_pending_results(ErlNifEnv *env, emlx_job *job, emlx_array_res **res, int *nres, ERL_NIF_TERM *terms,
+                             int n) {
+  for (int i = 0; i < n; i++) {
+    terms[i] = emlx_make_pending(env, job->qres, &res[i]);
+    if (!terms[i]) return 0;
+    *nres = i + 1;
+  }
+  return 1;
+}
+
+ERL_NIF_TERM emlx_job_post_pending(ErlNifEnv *env, emlx_job *job, ERL_NIF_TERM results) {
+  if (!enif_self(env, &job->pid)) return emlx_job_fail(env, job, "EMLX calls must come from a process");
+  emlx_queue *q = job->qres->q; /* (the job is the worker's once posted) */
+  emlx_queue_post(q, job);
+  if (atomic_load_explicit(&q->pending, memory_order_relaxed) > EMLX_BACKPRESSURE)
+    return enif_make_tuple2(env, ATOM.wait, results);
+  return results;
+}
+
 ERL_NIF_TERM emlx_job_fail(ErlNifEnv *env, emlx_job *job, const char *msg) {
   int kind = job->error_kind;
   emlx_job_free(job);

@@ -173,6 +173,16 @@ void emlx_job_free(emlx_job *job);
 /* Posts the job to its queue and returns the reference its reply will
  * carry; raises (and frees the job) when not called from a process. */
 ERL_NIF_TERM emlx_job_submit(ErlNifEnv *env, emlx_job *job);
+/* A job whose results are handed out before it runs (an op's, a posted
+ * program's): makes n pending arrays of its queue, each kept for the job in
+ * res[] and counted in *nres as it is made, their terms in terms[]; 0 when
+ * out of memory. */
+int emlx_job_pending_results(ErlNifEnv *env, emlx_job *job, emlx_array_res **res, int *nres, ERL_NIF_TERM *terms,
+                             int n);
+/* Posts such a job and returns `results`, or {:wait, results} past the
+ * backpressure depth (the caller waits for the worker); raises as
+ * emlx_job_fail does when there is no calling process. */
+ERL_NIF_TERM emlx_job_post_pending(ErlNifEnv *env, emlx_job *job, ERL_NIF_TERM results);
 /* Frees the job and raises msg with the job's error kind. */
 ERL_NIF_TERM emlx_job_fail(ErlNifEnv *env, emlx_job *job, const char *msg);
 

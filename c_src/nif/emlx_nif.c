@@ -238,17 +238,10 @@ static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) 
   /* The results exist now, pending; the worker fills them in queue order. */
   int nouts = emlx_op_outputs(op);
   ERL_NIF_TERM terms[EMLX_MAX_OUTS];
-  for (int i = 0; i < nouts; i++) {
-    terms[i] = emlx_make_pending(env, qr, &oj->results[i]);
-    if (!terms[i]) return emlx_job_fail(env, job, "out of memory");
-    oj->nresults = i + 1;
-  }
-  if (!enif_self(env, &job->pid)) return emlx_job_fail(env, job, "EMLX calls must come from a process");
-  emlx_queue_post(qr->q, job);
-  ERL_NIF_TERM result = nouts == 1 ? terms[0] : enif_make_list_from_array(env, terms, (unsigned)nouts);
-  if (atomic_load_explicit(&qr->q->pending, memory_order_relaxed) > EMLX_BACKPRESSURE)
-    return enif_make_tuple2(env, ATOM.wait, result);
-  return result;
+  if (!emlx_job_pending_results(env, job, oj->results, &oj->nresults, terms, nouts))
+    return emlx_job_fail(env, job, "out of memory");
+  return emlx_job_post_pending(env, job,
+                               nouts == 1 ? terms[0] : enif_make_list_from_array(env, terms, (unsigned)nouts));
 }
 
 static ERL_NIF_TERM nif_op_list(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {

@@ -1,7 +1,8 @@
 /* Programs: program_new/4 decodes a recorded program (op-table
  * instructions over slots, and the loop and cond instructions that run
  * programs of their own: see emlx_program_run in emlx_shim.h) into a
- * resource of its queue; program_run/4 posts a run of it. */
+ * resource of its queue; program_run/4 posts a run of it and replies with
+ * the outputs, program_post/4 returns them at once, pending. */
 #include "emlx_programs.h"
 
 #include <stdio.h>
@@ -10,8 +11,6 @@
 #include "emlx_codec.h"
 #include "emlx_job.h"
 #include "emlx_resources.h"
-#include "emlx_array.h"
-#include "emlx_worker.h"
 
 /* Keeps sub-program q alive as long as program p. */
 static int keep_sub(emlx_program_res *p, emlx_program_res *q) {
@@ -169,7 +168,6 @@ ERL_NIF_TERM emlx_nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
   return term;
 }
 
-/* program_run(queue, program, inputs, compile?) */
 /* A program job from program_run's or program_post's arguments (queue,
  * program, inputs, compile?); NULL with *raised set when they are wrong. */
 static emlx_job *program_job(ErlNifEnv *env, const ERL_NIF_TERM argv[], ERL_NIF_TERM *raised) {
@@ -220,27 +218,13 @@ ERL_NIF_TERM emlx_nif_program_post(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   ERL_NIF_TERM raised;
   emlx_job *job = program_job(env, argv, &raised);
   if (!job) return raised;
-  emlx_queue_res *qr = job->qres;
   int nouts = job->program.res->prog.nouts;
   job->program.results = enif_alloc(sizeof(emlx_array_res *) * (size_t)(nouts ? nouts : 1));
   ERL_NIF_TERM *terms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)(nouts ? nouts : 1));
-  if (!job->program.results || !terms) {
-    if (terms) enif_free(terms);
-    return emlx_job_fail(env, job, "out of memory");
-  }
-  for (int i = 0; i < nouts; i++) {
-    terms[i] = emlx_make_pending(env, qr, &job->program.results[i]);
-    if (!terms[i]) {
-      enif_free(terms);
-      return emlx_job_fail(env, job, "out of memory");
-    }
-    job->program.nresults = i + 1;
-  }
-  ERL_NIF_TERM list = enif_make_list_from_array(env, terms, (unsigned)nouts);
-  enif_free(terms);
-  if (!enif_self(env, &job->pid)) return emlx_job_fail(env, job, "EMLX calls must come from a process");
-  emlx_queue_post(qr->q, job);
-  if (atomic_load_explicit(&qr->q->pending, memory_order_relaxed) > EMLX_BACKPRESSURE)
-    return enif_make_tuple2(env, ATOM.wait, list);
-  return list;
+  int made = job->program.results && terms &&
+             emlx_job_pending_results(env, job, job->program.results, &job->program.nresults, terms, nouts);
+  ERL_NIF_TERM list = made ? enif_make_list_from_array(env, terms, (unsigned)nouts) : 0;
+  if (terms) enif_free(terms);
+  if (!made) return emlx_job_fail(env, job, "out of memory");
+  return emlx_job_post_pending(env, job, list);
 }
