@@ -92,9 +92,7 @@ std::vector<mx::array> run_op(int op, const mx::Stream &stream, const emlx_arg *
   // Comparisons and logic meet in the promoted type, as MLX would cast
   // them; a scalar literal (Nx.equal(x, 0)) is converted here, on the host,
   // instead of by an AsType primitive (a kernel of its own on the GPU).
-  auto promoted = [&](int k) {
-    return emlx_cast(ARR(k), mx::promote_types(ARR(0).dtype(), ARR(1).dtype()), S);
-  };
+  auto common = [&] { return mx::promote_types(ARR(0).dtype(), ARR(1).dtype()); };
   switch (op) {
 #define UNARY(n, f) \
   case OP_##n:      \
@@ -105,9 +103,11 @@ std::vector<mx::array> run_op(int op, const mx::Stream &stream, const emlx_arg *
 #define BINARY(n, f) \
   case OP_##n:       \
     return {f(cast(ARR(0)), cast(ARR(1)), S)};
-#define BINARY_KEEP(n, f) \
-  case OP_##n:            \
-    return {f(promoted(0), promoted(1), S)};
+#define BINARY_KEEP(n, f)                                      \
+  case OP_##n: {                                               \
+    auto t = common();                                         \
+    return {f(emlx_cast(ARR(0), t, S), emlx_cast(ARR(1), t, S), S)}; \
+  }
 #define REDUCE(n, f) \
   case OP_##n:       \
     return {f(cast(ARR(0)), AXES(1), FLAG(2), S)};
