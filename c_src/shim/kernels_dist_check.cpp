@@ -1,5 +1,6 @@
 // The collectives' type-and-shape check over a side channel: one TCP
-// connection from every rank to rank 0, made once by dist_init. A check is
+// connection from every rank to rank 0, made once, by dist_init (an NCCL
+// group's at its first checked collective, on the GPU stream). A check is
 // one small message each way (each rank sends rank 0 its header, rank 0
 // answers every rank with the verdict), on the worker thread, touching no
 // device stream: no small collective between the data collectives, no wait
@@ -59,10 +60,7 @@ bool send_all(int fd, const void *p, size_t n) {
 // than the exchange. So a read polls the socket for up to kSpinUs before it
 // blocks. Measured on the 2-core VM, an all_sum of 256 floats over the ring
 // (medians of 400 calls): checked 709-1210 us against 454-557 unchecked
-// with blocking reads; checked 437-627 against 439-490 with polling. On a
-// two-H200 host a checked 1 GiB all_sum took 0.5-0.6 ms longer than an
-// unchecked one, the ranks starting each call within 0.1 ms of each other
-// (polling not measured there yet).
+// with blocking reads; checked 437-627 against 439-490 with polling.
 constexpr auto kSpinUs = std::chrono::microseconds(2000);
 
 bool recv_all(int fd, void *p, size_t n) {

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "emlx_kernels.hpp"
@@ -38,6 +39,9 @@ namespace {
 std::mutex group_mu;
 std::optional<dist::Group> group;  // set once by dist_init
 std::atomic<bool> nccl{false};     // the group is NCCL's (backend: :nccl)
+// An NCCL group's side channel is made at its first checked collective
+// (see emlx_dist_init): rank 0's address until then.
+std::optional<std::string> side_channel_host;
 
 constexpr int kMaxDims = 8;
 constexpr int kHeader = kMaxDims + 2;  // dtype code, rank, dims
@@ -76,6 +80,12 @@ std::string describe(const int64_t *h) {
 
 // Every rank must bring the same type and shape.
 void check_same(const mx::array &x, const dist::Group &g, const char *what, SD s) {
+  std::optional<std::string> host;
+  {
+    std::lock_guard<std::mutex> lock(group_mu);
+    host.swap(side_channel_host);
+  }
+  if (host) dist_check_setup(g, *host, s);
   auto mine = header_values(x.shape(), x.dtype());
   int bad;
   std::vector<int64_t> h0, hb;
@@ -150,10 +160,15 @@ mx::array emlx_dist_init(int64_t backend, bool strict, int64_t rank, int64_t siz
     for (auto c : check_host) host.push_back(static_cast<char>(c));
   }
   dist::Group g = *group;
+  // The side channel's set-up is itself a small collective, which an NCCL
+  // group runs on a GPU stream, and this op runs on the CPU's (so does
+  // backend: :any, which may take NCCL): an NCCL group makes its channel at
+  // its first checked collective, which every rank reaches in the same
+  // place.
+  bool later = nccl && mx::to_stream(s).device != mx::Device::gpu;
+  if (later) side_channel_host = host;
   lock.unlock();
-  // (NCCL's set-up collectives run on the GPU stream: the group's queue is
-  // a :gpu one, or for backend: :any, on whatever stream this is.)
-  if (!nccl || mx::to_stream(s).device == mx::Device::gpu) dist_check_setup(g, host, s);
+  if (!later) dist_check_setup(g, host, s);
   int32_t rs[3] = {g.rank(), g.size(), nccl ? 1 : 0};
   return mx::array(rs, {3}, mx::int32);
 }
