@@ -180,6 +180,32 @@ defmodule EMLX.DistPeer do
     assert on_all(peers, :sum_ranks) == [3.0, 3.0]
   end
 
+  @doc """
+  Two new peers join a group (`join/5`'s `backend`), optionally sum once,
+  then rank 1 stops: rank 0's next all_sum raises EMLX.NIFError matching
+  `pattern`, and rank 0's VM still computes.
+  """
+  def assert_gone_peer_raises(backend, pattern, opts \\ []) do
+    [p0, p1] = peers = start(2, opts)
+
+    try do
+      port = 41_000 + :rand.uniform(20_000)
+      joined = on_all(peers, :join, [2, port, 300_000, backend], 300_000)
+      assert joined == [%{rank: 0, size: 2}, %{rank: 1, size: 2}]
+      if opts[:sum_first], do: assert(on_all(peers, :sum_ranks) == [3.0, 3.0])
+      :peer.stop(p1)
+
+      assert {:raised, EMLX.NIFError, message} =
+               :peer.call(p0, __MODULE__, :run, [:sum_ranks, [0]], 60_000)
+
+      assert message =~ pattern
+      code = "Nx.tensor(2.0, backend: EMLX.Backend) |> Nx.multiply(2) |> Nx.to_number()"
+      assert {4.0, _} = :peer.call(p0, Code, :eval_string, [code])
+    after
+      :peer.stop(p0)
+    end
+  end
+
   @doc "Two ranks trained on halves end equal to each other and to one process on the whole batch."
   def assert_trained_like_whole(peers, steps, device) do
     [w0, w1] = on_all(peers, :train, [steps, device], 300_000)
