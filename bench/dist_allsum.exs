@@ -17,12 +17,22 @@ read_each = System.get_env("READ", "each") == "each"
 # TIMELINE=path: each call's start and end (host clock, ns) written to
 # path.RANK, one "start end" line a call, to line the ranks up afterwards
 timeline = System.get_env("TIMELINE")
+# BACKEND=ring: MLX's ring over TCP on :cpu instead (to try the bench on a
+# machine without GPUs, with a small MIB)
+{backend, device} = if System.get_env("BACKEND") == "ring", do: {:ring, :cpu}, else: {:nccl, :gpu}
+# SYNC=ms: each timed call starts at one host-clock instant on both ranks,
+# one every ms (rank 0 picks the first after the warm-up and hands it over
+# in a file), so neither rank's own work between calls (the read-back)
+# shows up as waiting in the other's call; bench/dist_allsum.py does the same
+sync_ms = System.get_env("SYNC")
+sync_file = "/tmp/emlx-dist-sync-#{port}"
+if rank == 0, do: File.rm(sync_file)
 
 hosts = ["127.0.0.1:#{port}", "127.0.0.1:#{port + 1}"]
 
 %{size: size} =
   EMLX.Distributed.init(
-    backend: :nccl,
+    backend: backend,
     rank: rank,
     hosts: hosts,
     timeout: 300_000,
@@ -32,15 +42,50 @@ hosts = ["127.0.0.1:#{port}", "127.0.0.1:#{port + 1}"]
 n = div(mib * 1024 * 1024, 2)
 # a materialized tensor (a broadcast would be copied by each all_sum)
 x =
-  Nx.iota({n}, type: :bf16, backend: {EMLX.Backend, device: :gpu})
+  Nx.iota({n}, type: :bf16, backend: {EMLX.Backend, device: device})
   |> Nx.multiply(0)
   |> Nx.add(rank + 1)
 
 for _ <- 1..3, do: EMLX.Distributed.all_sum(x)
 want = Enum.sum(1..size)
 
+slot_start =
+  if sync_ms do
+    base =
+      if rank == 0 do
+        base = :os.system_time(:nanosecond) + 500_000_000
+        File.write!(sync_file <> ".tmp", Integer.to_string(base))
+        File.rename!(sync_file <> ".tmp", sync_file)
+        base
+      else
+        Stream.repeatedly(fn -> File.read(sync_file) end)
+        |> Enum.find_value(fn
+          {:ok, text} ->
+            String.to_integer(text)
+
+          _ ->
+            Process.sleep(1)
+            nil
+        end)
+      end
+
+    period = String.to_integer(sync_ms) * 1_000_000
+
+    # sleeps to 2 ms before the instant, then spins to it
+    fn i ->
+      target = base + (i - 1) * period
+      ms = div(target - :os.system_time(:nanosecond), 1_000_000) - 2
+      if ms > 0, do: Process.sleep(ms)
+      spin = fn spin -> if :os.system_time(:nanosecond) < target, do: spin.(spin) end
+      spin.(spin)
+    end
+  else
+    fn _ -> :ok end
+  end
+
 calls =
   for i <- 1..iters do
+    slot_start.(i)
     w0 = :os.system_time(:nanosecond)
     t0 = System.monotonic_time(:microsecond)
     y = EMLX.Distributed.all_sum(x)
@@ -73,6 +118,7 @@ IO.puts(
     JSON.encode!(%{
       impl: impl,
       read: if(read_each, do: "each", else: "last"),
+      sync_ms: sync_ms && String.to_integer(sync_ms),
       rank: rank,
       size: size,
       bytes: bytes,

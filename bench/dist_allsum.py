@@ -18,6 +18,13 @@ size = 2
 # between calls, outside the timing; READ=last: only the last result's
 read_each = os.environ.get("READ", "each") == "each"
 n = mib * 1024 * 1024 // 2
+# SYNC=ms: each timed call starts at one host-clock instant on both ranks, one
+# every ms, as in bench/dist_allsum.exs (rank 0 picks the first after the
+# warm-up and hands it over in a file)
+sync_ms = os.environ.get("SYNC")
+sync_file = f"/tmp/emlx-dist-sync-{port}"
+if rank == 0 and os.path.exists(sync_file):
+    os.remove(sync_file)
 
 if impl == "torch":
     import torch
@@ -64,9 +71,36 @@ else:
 for _ in range(3):
     step(prepare())
 want = sum(range(1, size + 1))
+
+if sync_ms:
+    if rank == 0:
+        base = time.time_ns() + 500_000_000
+        with open(sync_file + ".tmp", "w") as f:
+            f.write(str(base))
+        os.rename(sync_file + ".tmp", sync_file)
+    else:
+        while not os.path.exists(sync_file):
+            time.sleep(0.001)
+        base = int(open(sync_file).read())
+    period = int(sync_ms) * 1_000_000
+
+
+def slot_start(i):
+    """Sleeps to 2 ms before call i's instant, then spins to it."""
+    if not sync_ms:
+        return
+    target = base + i * period
+    wait = (target - time.time_ns()) / 1e9 - 0.002
+    if wait > 0:
+        time.sleep(wait)
+    while time.time_ns() < target:
+        pass
+
+
 times = []
 for i in range(iters):
     y = prepare()
+    slot_start(i)
     t0 = time.perf_counter()
     y = step(y)
     times.append(time.perf_counter() - t0)
@@ -77,5 +111,5 @@ times.sort()
 median = times[iters // 2]
 nbytes = n * 2
 busbw = nbytes / median * 2 * (size - 1) / size / 1e9
-print("DIST_RESULT " + json.dumps(dict(impl=impl, read="each" if read_each else "last", rank=rank, size=size, bytes=nbytes, median_s=median,
+print("DIST_RESULT " + json.dumps(dict(impl=impl, read="each" if read_each else "last", sync_ms=int(sync_ms) if sync_ms else None, rank=rank, size=size, bytes=nbytes, median_s=median,
                                        min_s=times[0], busbw_gbs=busbw)), flush=True)

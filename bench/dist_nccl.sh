@@ -7,6 +7,9 @@
 # Writes OUT/nccl.json with each rank's result and the ratios of bus
 # bandwidth, EMLX / PyTorch and EMLX / MLX. READ=last checks only the last
 # result of each run (default READ=each: every result, between the timed calls).
+# SYNC=ms starts each timed call at one host-clock instant on both ranks, one
+# every ms, for every implementation (so one rank's read-back does not show
+# as waiting in the other's call).
 set -uo pipefail
 out="${1:-/tmp/emlx-nccl}"
 mkdir -p "$out"
