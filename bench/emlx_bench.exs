@@ -532,12 +532,16 @@ defmodule EMLXBench do
         idle = BenchQuiet.wait_quiet(quiet_s)
         jit = &Nx.Defn.jit(&1, compiler: EMLX, device: device)
 
-        # Each round runs Python MLX, then EMLX eager and compiled, back to
-        # back (BENCH_ROUNDS; Python keeps one entry a round, report.py
-        # takes the median of each side's rounds as this side does).
+        # Each round runs Python MLX and EMLX (eager, then compiled) back to
+        # back, Python first in odd rounds and last in even ones, so that
+        # what the first side leaves behind (a GPU that has warmed up and
+        # slowed its clock under a long matmul) falls on each side alike
+        # (BENCH_ROUNDS; Python keeps one entry a round, report.py takes the
+        # median of each side's rounds as this side does).
         per_round =
-          for _ <- 1..rounds do
-            mlx_summary = if python, do: MLXPython.run(python, w.name) <> ", "
+          for round <- 1..rounds do
+            python_run = fn -> if python, do: MLXPython.run(python, w.name) <> ", " end
+            first = if rem(round, 2) == 1, do: python_run.()
 
             eager = run_side(w, emlx, target_s, 3, 25)
 
@@ -546,6 +550,7 @@ defmodule EMLXBench do
                 do: run_side(w, emlx, target_s, 3, 25, jit),
                 else: :skipped
 
+            mlx_summary = if rem(round, 2) == 1, do: first, else: python_run.()
             {mlx_summary, eager, compiled}
           end
 
