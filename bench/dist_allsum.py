@@ -22,6 +22,9 @@ n = mib * 1024 * 1024 // 2
 # every ms, as in bench/dist_allsum.exs (rank 0 picks the first after the
 # warm-up and hands it over in a file)
 sync_ms = os.environ.get("SYNC")
+# BATCH=n: each timed call is n all_sums posted back to back and waited for
+# once, as bench/dist_allsum.exs's compiled program of n; time per all_sum
+batch = int(os.environ.get("BATCH", "1"))
 sync_file = f"/tmp/emlx-dist-sync-{port}"
 if rank == 0 and os.path.exists(sync_file):
     os.remove(sync_file)
@@ -35,18 +38,19 @@ if impl == "torch":
     x = torch.full((n,), rank + 1, dtype=torch.bfloat16, device="cuda")
 
     def prepare():
-        # all_reduce works in place: a copy of x, made before the clock starts
-        y = x.clone()
+        # all_reduce works in place: copies of x, made before the clock starts
+        ys = [x.clone() for _ in range(batch)]
         torch.cuda.synchronize()
-        return y
+        return ys
 
-    def step(y):
-        dist.all_reduce(y)
+    def step(ys):
+        for y in ys:
+            dist.all_reduce(y)
         torch.cuda.synchronize()
-        return y
+        return ys
 
-    def last(y):
-        return y[-1].item()
+    def last(ys):
+        return ys[-1][-1].item()
 
 else:
     os.environ.update(MLX_RANK=str(rank), MLX_WORLD_SIZE=str(size), NCCL_HOST_IP="127.0.0.1", NCCL_PORT=str(port))
@@ -60,12 +64,12 @@ else:
         return None
 
     def step(_):
-        y = mx.distributed.all_sum(x, group=group)
-        mx.eval(y)
-        return y
+        ys = [mx.distributed.all_sum(x, group=group) for _ in range(batch)]
+        mx.eval(ys)
+        return ys
 
-    def last(y):
-        return y[-1].item()
+    def last(ys):
+        return ys[-1][-1].item()
 
 
 for _ in range(3):
@@ -103,7 +107,7 @@ for i in range(iters):
     slot_start(i)
     t0 = time.perf_counter()
     y = step(y)
-    times.append(time.perf_counter() - t0)
+    times.append((time.perf_counter() - t0) / batch)
     if read_each or i == iters - 1:
         assert last(y) == want
     del y
@@ -111,5 +115,5 @@ times.sort()
 median = times[iters // 2]
 nbytes = n * 2
 busbw = nbytes / median * 2 * (size - 1) / size / 1e9
-print("DIST_RESULT " + json.dumps(dict(impl=impl, read="each" if read_each else "last", sync_ms=int(sync_ms) if sync_ms else None, rank=rank, size=size, bytes=nbytes, median_s=median,
+print("DIST_RESULT " + json.dumps(dict(impl=impl, read="each" if read_each else "last", sync_ms=int(sync_ms) if sync_ms else None, batch=batch, rank=rank, size=size, bytes=nbytes, median_s=median,
                                        min_s=times[0], busbw_gbs=busbw)), flush=True)

@@ -9,7 +9,9 @@
 # result of each run (default READ=each: every result, between the timed calls).
 # SYNC=ms starts each timed call at one host-clock instant on both ranks, one
 # every ms, for every implementation (so one rank's read-back does not show
-# as waiting in the other's call).
+# as waiting in the other's call). BATCH=n times n all_sums posted back to
+# back and waited for once (EMLX: one compiled program of n), per all_sum,
+# as NCCL's own tests time them.
 set -uo pipefail
 out="${1:-/tmp/emlx-nccl}"
 mkdir -p "$out"
