@@ -346,7 +346,7 @@ defmodule EMLX do
 
   @doc "Builds a tensor from a binary blob."
   def from_blob(blob, shape, type, device \\ default_device()) do
-    ref = NIF.from_binary(resolve_worker(device), blob, shape, type) |> Worker.await()
+    ref = Worker.from_binary(resolve_worker(device), blob, shape, type)
     {device, ref}
   end
 

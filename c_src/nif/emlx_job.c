@@ -121,6 +121,9 @@ void emlx_job_free(emlx_job *job) {
     case EMLX_JOB_OP:
       for (int i = 0; i < job->op.nresults; i++) enif_release_resource(job->op.results[i]);
       break;
+    case EMLX_JOB_FROM_BINARY:
+      if (job->from_binary.nresult) enif_release_resource(job->from_binary.result);
+      break;
     case EMLX_JOB_PROGRAM:
       if (job->program.res) enif_release_resource(job->program.res);
       for (int i = 0; i < job->program.nresults; i++) enif_release_resource(job->program.results[i]);

@@ -62,6 +62,8 @@ typedef struct { /* FROM_BINARY */
   emlx_array_spec spec;
   const void *data; /* a binary held by the job's env */
   size_t nbytes;
+  emlx_array_res *result; /* pending until the array is made (kept) */
+  int nresult;
 } emlx_from_binary_job;
 
 typedef struct { /* TO_BINARY */

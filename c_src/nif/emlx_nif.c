@@ -281,7 +281,12 @@ static ERL_NIF_TERM nif_from_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM
   }
   fb->data = bin.data;
   fb->nbytes = bin.size;
-  return emlx_job_submit(env, job);
+  /* The array exists now, pending, as an op's result: the caller goes on
+   * while the worker copies the bytes in (queue order). */
+  ERL_NIF_TERM term;
+  if (!emlx_job_pending_results(env, job, &fb->result, &fb->nresult, &term, 1))
+    return emlx_job_fail(env, job, "out of memory");
+  return emlx_job_post_pending(env, job, term);
 }
 
 static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {

@@ -153,11 +153,15 @@ static void reply_array(emlx_job *job, emlx_status st, emlx_arr *out) {
     emlx_reply_ok(job, t);
 }
 
+/* Fills the pending array; on error it records the error. */
 static void run_from_binary(emlx_queue *q, emlx_job *job) {
   emlx_from_binary_job *fb = &job->from_binary;
   emlx_arr *out;
   emlx_status st = emlx_arr_from_bytes(q->stream, fb->data, fb->nbytes, fb->spec.dims, fb->spec.ndim, fb->spec.dtype, &out);
-  reply_array(job, st, out);
+  if (st == EMLX_OK)
+    emlx_array_fill(fb->result, out);
+  else
+    emlx_array_fail(fb->result, st, emlx_last_error());
 }
 
 /* Evaluates the array into a row-contiguous host view; replies with the

@@ -21,9 +21,10 @@ defmodule EMLX.Backend do
   # `ref` is the MLX array. While `compiler: EMLX` records a defn, an op's
   # result has no array yet: `ref` is nil and `placeholder` holds the
   # recorder's placeholder; `realize/1` gives data with the real array.
-  # `scalar` is an integer scalar constant's value, which the host knows
-  # (EMLX.Backend.Bounds checks shift amounts with it).
-  defstruct [:ref, :placeholder, :device, :queue, :quantization_config, :scalar]
+  # `scalar` (an integer constant's value) and `host` (a small integer
+  # tensor's bytes, from a binary) are values the host knows, which
+  # EMLX.Backend.Bounds checks shift amounts and indices with.
+  defstruct [:ref, :placeholder, :device, :queue, :quantization_config, :scalar, :host]
 
   alias Nx.Tensor, as: T
   alias EMLX.{CommandQueue, Dispatch, NIF, Types, Worker}
@@ -122,8 +123,8 @@ defmodule EMLX.Backend do
     device = device_option(opts)
     Types.native!(type, :from_binary)
     queue = CommandQueue.resolve(device)
-    ref = NIF.from_binary(queue, binary, shape, type) |> Worker.await()
-    wrap(out, ref, device, queue)
+    ref = Worker.from_binary(queue, binary, shape, type)
+    out |> wrap(ref, device, queue) |> Bounds.keep_host(binary)
   end
 
   defp create(%T{type: type} = out, opts, op, args, callback) do
@@ -684,7 +685,7 @@ defmodule EMLX.Backend do
 
   defp arg_on(%T{shape: shape, type: type} = t, _device, queue) do
     Types.native!(type, :backend_transfer)
-    NIF.from_binary(queue, Nx.to_binary(t), shape, type) |> Worker.await()
+    Worker.from_binary(queue, Nx.to_binary(t), shape, type)
   end
 
   defp arg_on(list, device, queue) when is_list(list) do

@@ -5,8 +5,10 @@ defmodule EMLX.NIF do
 
   Functions that do MLX work (`op/4`, `from_binary/4`, `to_binary/3`,
   `eval/2`, `queue_sync/1`, ...) post a job to the command queue's worker
-  thread and return at once; the result arrives as the message
-  `{ref, result}`, which `EMLX.Worker.await/1` receives. No BEAM scheduler
+  thread and return at once: `op/4`, `from_binary/4` and `program_post/4`
+  with their results, pending until the worker makes them; the others
+  with a job whose result arrives as the message `{ref, result}`, which
+  `EMLX.Worker.await/1` receives. No BEAM scheduler
   waits on MLX. `EMLX.Worker` also holds the calls that wait for pending
   arrays (`EMLX.Worker.info/1`) and for a deep queue (`EMLX.Worker.run_op/4`).
 
@@ -152,8 +154,8 @@ defmodule EMLX.NIF do
 
   ## Data in and out
 
-  @doc "Posts the copy of a binary into a new array."
-  @spec from_binary(queue, binary(), tuple(), Nx.Type.t()) :: job
+  @doc "Posts the copy of a binary into a new array, returned pending."
+  @spec from_binary(queue, binary(), tuple(), Nx.Type.t()) :: array | {:wait, array}
   def from_binary(_queue, _binary, _shape, _type), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc "Posts evaluation and read-back of up to `limit_bytes` of an array."

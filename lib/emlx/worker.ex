@@ -6,8 +6,9 @@ defmodule EMLX.Worker do
   reference whose reply `await/1` receives (a short job's reply may come
   back already, polled for by the NIF: `{:emlx_done, reply}`), or pending
   arrays, which
-  `info/1` and `strides/1` wait for. `run_op/4` posts an op and, when the
-  queue is deep, waits for it to drain (backpressure).
+  `info/1` and `strides/1` wait for. `run_op/4`, `from_binary/4` and
+  `post_program/4` post and, when the queue is deep, wait for it to drain
+  (backpressure).
   """
 
   alias EMLX.NIF
@@ -54,6 +55,14 @@ defmodule EMLX.Worker do
   @spec post_program(NIF.queue(), reference(), [NIF.array()], boolean()) :: [NIF.array()]
   def post_program(queue, program, inputs, fuse),
     do: posted(queue, NIF.program_post(queue, program, inputs, fuse))
+
+  @doc """
+  Runs `EMLX.NIF.from_binary/4` (the array comes back pending), waiting
+  for the worker to drain first when the queue is deep.
+  """
+  @spec from_binary(NIF.queue(), binary(), tuple(), Nx.Type.t()) :: NIF.array()
+  def from_binary(queue, binary, shape, type),
+    do: posted(queue, NIF.from_binary(queue, binary, shape, type))
 
   defp posted(queue, {:wait, result}) do
     queue |> NIF.queue_drain() |> await()

@@ -198,9 +198,7 @@ defmodule EMLX.NIFTest do
     # a queue of its own: the default one is shared with the other async tests
     %EMLX.CommandQueue{ref: q} = EMLX.CommandQueue.new!(device())
 
-    x =
-      NIF.from_binary(q, <<1.0::float-32-native, 2.0::float-32-native>>, {2}, {:f, 32})
-      |> Worker.await()
+    x = Worker.from_binary(q, <<1.0::float-32-native, 2.0::float-32-native>>, {2}, {:f, 32})
 
     last = Enum.reduce(1..500, x, fn _, acc -> Worker.run_op(q, :add, [acc, x], {:f, 32}) end)
     assert NIF.queue_drain(q) |> Worker.await() == :ok
@@ -213,9 +211,20 @@ defmodule EMLX.NIFTest do
              <<501.0::float-32-native, 1002.0::float-32-native>>
   end
 
+  test "from_binary returns its array at once, pending, and ops posted after it read it" do
+    %EMLX.CommandQueue{ref: q} = EMLX.CommandQueue.new!(device())
+    # more than the backpressure depth: some calls wait for the queue to drain
+    arrays =
+      for i <- 1..3_000, do: Worker.from_binary(q, <<i * 1.0::float-32-native>>, {1}, {:f, 32})
+
+    assert Enum.all?(arrays, &is_reference/1)
+    sum = Enum.reduce(arrays, fn a, acc -> Worker.run_op(q, :add, [acc, a], {:f, 32}) end)
+    assert NIF.to_binary(q, sum, 4) |> Worker.await() == <<4_501_500.0::float-32-native>>
+  end
+
   test "array_available: false until computed, then true; false once deallocated" do
     %EMLX.CommandQueue{ref: q} = EMLX.CommandQueue.new!(device())
-    x = NIF.from_binary(q, <<1.0::float-32-native>>, {1}, {:f, 32}) |> Worker.await()
+    x = Worker.from_binary(q, <<1.0::float-32-native>>, {1}, {:f, 32})
     y = Worker.run_op(q, :add, [x, x], {:f, 32})
     assert NIF.queue_drain(q) |> Worker.await() == :ok
     # made, not evaluated (MLX is lazy)

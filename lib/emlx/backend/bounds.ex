@@ -3,17 +3,35 @@ defmodule EMLX.Backend.Bounds do
   # Checks of values the host already has, made as Nx.BinaryBackend makes
   # them and with its messages: out-of-bounds indices of gather and the
   # indexed ops, negative shift amounts. An index or shift tensor is read
-  # when it is computed and readable in place (EMLX.NIF.host_ints/2: a
-  # literal such as `Nx.tensor([[3, -10]])`; on the GPU up to 8 bytes) and
-  # has at most @max values, or is an integer constant whose value the
-  # backend kept (a number operand, as in `Nx.left_shift(t, -1)`); EMLX
-  # never evaluates or waits to check. Other
+  # when the backend kept its values (a literal such as
+  # `Nx.tensor([[3, -10]])` made from a binary, of at most @max values; an
+  # integer constant, a number operand as in `Nx.left_shift(t, -1)`), or
+  # when it is computed and readable in place (EMLX.NIF.host_ints/2; on the
+  # GPU up to 8 bytes) and has at most @max values; EMLX never evaluates or
+  # waits to check. Other
   # tensors (computed lazily, or in a compiled program) are not checked, as
   # under EXLA: EMLX clamps their indices into range before MLX's gather.
 
   alias Nx.Tensor, as: T
 
   @max 4096
+
+  @doc """
+  Keeps `binary`, the bytes `tensor` (an integer tensor of at most @max
+  values) was made from, in its data for the checks; returns `tensor`.
+  """
+  def keep_host(%T{type: {kind, bits}, data: data} = tensor, binary)
+      when kind in [:s, :u] and byte_size(binary) * 8 <= @max * bits do
+    # (a copy when the bytes are a slice of a larger binary, which they would keep)
+    bin =
+      if :binary.referenced_byte_size(binary) > byte_size(binary),
+        do: :binary.copy(binary),
+        else: binary
+
+    %{tensor | data: %{data | host: bin}}
+  end
+
+  def keep_host(tensor, _binary), do: tensor
 
   @doc """
   Raises `ArgumentError` when an index tuple (the last axis of `indices`)
@@ -65,6 +83,12 @@ defmodule EMLX.Backend.Bounds do
   end
 
   defp host_ints(%T{data: %EMLX.Backend{scalar: n}}) when is_integer(n), do: [n]
+
+  defp host_ints(%T{type: {:s, size}, data: %EMLX.Backend{host: bin}}) when is_binary(bin),
+    do: for(<<v::size(size)-signed-native <- bin>>, do: v)
+
+  defp host_ints(%T{type: {:u, size}, data: %EMLX.Backend{host: bin}}) when is_binary(bin),
+    do: for(<<v::size(size)-unsigned-native <- bin>>, do: v)
 
   # (the NIF reads into a buffer of the size it is given: the tensor's own)
   defp host_ints(%T{type: {kind, _}, shape: shape, data: %EMLX.Backend{ref: ref}})

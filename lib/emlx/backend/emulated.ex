@@ -321,7 +321,7 @@ defmodule EMLX.Backend.Emulated do
         r -> <<bits::bitstring, 0::size(8 - r)>>
       end
 
-    ref = NIF.from_binary(queue, bytes, {byte_size(bytes)}, {:u, 8}) |> Worker.await()
+    ref = EMLX.Worker.from_binary(queue, bytes, {byte_size(bytes)}, {:u, 8})
     EMLX.GC.produced(%{t | shape: {byte_size(bytes)}, type: {:u, 8}}, :emulated, ref)
     %{t | data: EMLX.Backend.data(ref, device, queue)}
   end

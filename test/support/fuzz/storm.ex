@@ -25,7 +25,7 @@ defmodule EMLX.Fuzz.Storm do
 
     arr = fn data, type, shape ->
       t = Nx.tensor(data, type: type, backend: Nx.BinaryBackend) |> Nx.reshape(shape)
-      NIF.from_binary(q, Nx.to_binary(t), shape, type) |> Worker.await()
+      Worker.from_binary(q, Nx.to_binary(t), shape, type)
     end
 
     op = fn queue, name, args -> Worker.run_op(queue, name, args, nil) end
@@ -35,8 +35,8 @@ defmodule EMLX.Fuzz.Storm do
     safe = [
       {:f32_2x3, arr.([0.0, 1.0, -2.5, 3.0, :nan, :infinity], {:f, 32}, {2, 3})},
       {:f32_3, f32x3},
-      {:f32_0, NIF.from_binary(q, <<>>, {0}, {:f, 32}) |> Worker.await()},
-      {:f32_3x0, NIF.from_binary(q, <<>>, {3, 0}, {:f, 32}) |> Worker.await()},
+      {:f32_0, Worker.from_binary(q, <<>>, {0}, {:f, 32})},
+      {:f32_3x0, Worker.from_binary(q, <<>>, {3, 0}, {:f, 32})},
       {:f32_scalar, arr.(4.0, {:f, 32}, {})},
       {:f64_2, arr.([1.0e300, -0.0], {:f, 64}, {2})},
       {:f16_4, arr.([1, 2, 3, 4], {:f, 16}, {2, 2})},
@@ -56,7 +56,9 @@ defmodule EMLX.Fuzz.Storm do
       {:lazy_s32_2x3, op.(q, :iota, [[2, 3], 1, {:s, 32}])}
     ]
 
-    q2_avail = NIF.from_binary(q2, <<1.0::float-32-native>>, {1}, {:f, 32}) |> Worker.await()
+    # made, then computed: its queue drained
+    q2_avail = Worker.from_binary(q2, <<1.0::float-32-native>>, {1}, {:f, 32})
+    :ok = q2 |> NIF.queue_drain() |> Worker.await()
 
     other_queue = [
       {:q2_available_f32_1, q2_avail},
@@ -292,9 +294,12 @@ defmodule EMLX.Fuzz.Storm do
   end
 
   defp await(value, NIF, :op, _), do: value
+  # (from_binary's array comes back pending, or {:wait, array} past the backpressure depth)
+  defp await({:wait, value}, NIF, :from_binary, _), do: value
+  defp await(value, NIF, :from_binary, _), do: value
 
   defp await(ref, NIF, fun, _)
-       when fun in [:from_binary, :to_binary, :eval, :queue_sync, :to_pointer, :from_pointer],
+       when fun in [:to_binary, :eval, :queue_sync, :to_pointer, :from_pointer],
        do: Worker.await(ref)
 
   defp await(value, _, _, _), do: value
