@@ -17,7 +17,7 @@ defmodule EMLX.Backend.Bounds do
   @max 4096
 
   @doc """
-  Keeps `binary`, the bytes `tensor` (an integer tensor of at most @max
+  Keeps `binary`, the bytes `tensor` (an integer tensor of at most 4,096
   values) was made from, in its data for the checks; returns `tensor`.
   """
   def keep_host(%T{type: {kind, bits}, data: data} = tensor, binary)
