@@ -1,11 +1,16 @@
-/* Safetensors files through MLX's own reader and writer, on the queue's
- * worker thread like every other piece of MLX work.
+/* Arrays in and out of the VM: binaries and safetensors files.
  *
+ *   from_binary(queue, binary, shape, type) returns the array: a small
+ *   binary for a CPU queue becomes it right here (a copy into MLX's memory,
+ *   which needs no stream); any other is posted, and the array returned
+ *   pending, as an op's result
  *   load_safetensors(queue, path) replies {:ok, {[{name, array}], [{key, value}]}}
  *   save_safetensors(queue, path, [{name, array}], [{key, value}]) replies :ok
  *
- * Names, metadata and the path are binaries; MLX's errors (a missing or
- * malformed file, a failed write) come back as EMLX.NIFError. */
+ * MLX's reader and writer run on the queue's worker thread, like every
+ * other piece of MLX work. Names, metadata and the path are binaries; MLX's
+ * errors (a missing or malformed file, a failed write) come back as
+ * EMLX.NIFError. */
 #include "emlx_io.h"
 
 #include <stdio.h>
@@ -161,4 +166,66 @@ void emlx_run_save_safetensors(emlx_queue *q, emlx_job *job) {
   emlx_save_job *sv = &job->save;
   emlx_reply_status(job, emlx_save_safetensors(q->stream, sv->path, sv->names, sv->arrs, sv->n, sv->meta_keys,
                                                sv->meta_values, sv->nmeta));
+}
+
+/* ---- binaries ---- */
+
+/* A binary of at most this many bytes for a CPU queue becomes its array
+ * right here: a copy into MLX's memory, no job and no wait. Larger ones, and
+ * every one for a GPU queue, are posted. */
+#define INLINE_FROM_BINARY_BYTES (64u * 1024u)
+
+ERL_NIF_TERM emlx_nif_from_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_queue_res *qr;
+  if (!enif_get_resource(env, argv[0], emlx_queue_type, (void **)&qr) || qr->q == NULL)
+    return emlx_raise_arg(env, "expected a command queue reference");
+  ErlNifBinary bin;
+  if (!enif_inspect_binary(env, argv[1], &bin)) return emlx_raise_arg(env, "expected a binary");
+  emlx_array_spec spec;
+  const char *bad = emlx_decode_spec(env, argv[2], argv[3], &spec);
+  if (bad) return emlx_raise_arg(env, "%s", bad);
+  size_t count;
+  if (!emlx_spec_count(&spec, &count)) return emlx_raise_arg(env, "shape too large");
+  size_t isz = emlx_dtype_size(spec.dtype);
+  if (count > SIZE_MAX / isz || count * isz != bin.size) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "binary of %zu bytes does not match the shape and type (%zu bytes expected)", bin.size,
+             count > SIZE_MAX / isz ? SIZE_MAX : count * isz);
+    return emlx_raise_arg(env, "%s", msg);
+  }
+
+  if (qr->q->device == EMLX_DEV_CPU && bin.size <= INLINE_FROM_BINARY_BYTES) {
+    emlx_arr *out;
+    emlx_status st = emlx_arr_from_bytes(NULL, bin.data, bin.size, spec.dims, spec.ndim, spec.dtype, &out);
+    if (st != EMLX_OK) return emlx_raise_kind(env, st, emlx_last_error());
+    ERL_NIF_TERM t = emlx_make_array(env, qr, out);
+    return t ? t : emlx_raise_arg(env, "out of memory");
+  }
+
+  emlx_job *job = emlx_job_new(EMLX_JOB_FROM_BINARY, qr);
+  if (!job) return emlx_raise_arg(env, "out of memory");
+  emlx_from_binary_job *fb = &job->from_binary;
+  fb->spec = spec;
+  ERL_NIF_TERM copy = enif_make_copy(job->env, argv[1]); /* refc binaries are shared, not copied */
+  if (!enif_inspect_binary(job->env, copy, &bin)) return emlx_job_fail(env, job, "expected a binary");
+  fb->data = bin.data;
+  fb->nbytes = bin.size;
+  /* The array exists now, pending, as an op's result: the caller goes on
+   * while the worker copies the bytes in (queue order). */
+  ERL_NIF_TERM term;
+  if (!emlx_job_pending_results(env, job, &fb->result, &fb->nresult, &term, 1))
+    return emlx_job_fail(env, job, "out of memory");
+  return emlx_job_post_pending(env, job, term);
+}
+
+/* Fills the pending array; on error it records the error. */
+void emlx_run_from_binary(emlx_queue *q, emlx_job *job) {
+  emlx_from_binary_job *fb = &job->from_binary;
+  emlx_arr *out;
+  emlx_status st = emlx_arr_from_bytes(q->stream, fb->data, fb->nbytes, fb->spec.dims, fb->spec.ndim, fb->spec.dtype, &out);
+  if (st == EMLX_OK)
+    emlx_array_fill(fb->result, out);
+  else
+    emlx_array_fail(fb->result, st, emlx_last_error());
 }

@@ -257,38 +257,6 @@ static ERL_NIF_TERM nif_op_list(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
 
 /* ---- data in and out ---- */
 
-static ERL_NIF_TERM nif_from_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  (void)argc;
-  emlx_queue_res *qr;
-  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  if (!enif_is_binary(env, argv[1])) return emlx_raise_arg(env, "expected a binary");
-  emlx_job *job = emlx_job_new(EMLX_JOB_FROM_BINARY, qr);
-  if (!job) return emlx_raise_arg(env, "out of memory");
-  emlx_from_binary_job *fb = &job->from_binary;
-  const char *bad = emlx_decode_spec(env, argv[2], argv[3], &fb->spec);
-  if (bad) return emlx_job_fail(env, job, bad);
-  ErlNifBinary bin;
-  ERL_NIF_TERM copy = enif_make_copy(job->env, argv[1]); /* refc binaries are shared, not copied */
-  if (!enif_inspect_binary(job->env, copy, &bin)) return emlx_job_fail(env, job, "expected a binary");
-  size_t count;
-  if (!emlx_spec_count(&fb->spec, &count)) return emlx_job_fail(env, job, "shape too large");
-  size_t isz = emlx_dtype_size(fb->spec.dtype);
-  if (count > SIZE_MAX / isz || count * isz != bin.size) {
-    char msg[200];
-    snprintf(msg, sizeof msg, "binary of %zu bytes does not match the shape and type (%zu bytes expected)", bin.size,
-             count > SIZE_MAX / isz ? SIZE_MAX : count * isz);
-    return emlx_job_fail(env, job, msg);
-  }
-  fb->data = bin.data;
-  fb->nbytes = bin.size;
-  /* The array exists now, pending, as an op's result: the caller goes on
-   * while the worker copies the bytes in (queue order). */
-  ERL_NIF_TERM term;
-  if (!emlx_job_pending_results(env, job, &fb->result, &fb->nresult, &term, 1))
-    return emlx_job_fail(env, job, "out of memory");
-  return emlx_job_post_pending(env, job, term);
-}
-
 static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   emlx_queue_res *qr;
@@ -663,7 +631,7 @@ static ErlNifFunc funcs[] = {
     {"queue_idle", 1, nif_queue_idle, 0},
     {"op", 4, nif_op, 0},
     {"op_list", 0, nif_op_list, 0},
-    {"from_binary", 4, nif_from_binary, 0},
+    {"from_binary", 4, emlx_nif_from_binary, 0},
     {"to_binary", 3, nif_to_binary, 0},
     {"eval", 2, nif_eval, 0},
     {"async_eval", 2, nif_async_eval, 0},

@@ -153,17 +153,6 @@ static void reply_array(emlx_job *job, emlx_status st, emlx_arr *out) {
     emlx_reply_ok(job, t);
 }
 
-/* Fills the pending array; on error it records the error. */
-static void run_from_binary(emlx_queue *q, emlx_job *job) {
-  emlx_from_binary_job *fb = &job->from_binary;
-  emlx_arr *out;
-  emlx_status st = emlx_arr_from_bytes(q->stream, fb->data, fb->nbytes, fb->spec.dims, fb->spec.ndim, fb->spec.dtype, &out);
-  if (st == EMLX_OK)
-    emlx_array_fill(fb->result, out);
-  else
-    emlx_array_fail(fb->result, st, emlx_last_error());
-}
-
 /* Evaluates the array into a row-contiguous host view; replies with the
  * error and returns 0 when it cannot. */
 static int host_view(emlx_queue *q, emlx_job *job, const emlx_arr *arr, emlx_arr **view, const void **data, size_t *nbytes) {
@@ -371,7 +360,7 @@ static void run_from_pointer(emlx_queue *q, emlx_job *job) {
 /* What the worker runs for each kind of job (FREE only frees the job). */
 static void (*const job_bodies[])(emlx_queue *q, emlx_job *job) = {
     [EMLX_JOB_OP] = run_op,
-    [EMLX_JOB_FROM_BINARY] = run_from_binary,
+    [EMLX_JOB_FROM_BINARY] = emlx_run_from_binary,
     [EMLX_JOB_TO_BINARY] = run_to_binary,
     [EMLX_JOB_EVAL] = run_eval,
     [EMLX_JOB_ASYNC_EVAL] = run_async_eval,
