@@ -236,6 +236,7 @@ defmodule EMLXBench do
     [
       dispatch(:no_eval),
       dispatch(:eval_each),
+      tensor_dispatch(),
       round_trip(1_000),
       elementwise(10_000_000, false),
       elementwise(100_000, true),
@@ -269,6 +270,7 @@ defmodule EMLXBench do
     [
       dispatch(:no_eval),
       dispatch(:eval_each),
+      tensor_dispatch(),
       round_trip(1_000),
       elementwise(64_000_000, false),
       matmul(8192, :bf16, false),
@@ -304,6 +306,27 @@ defmodule EMLXBench do
 
           :eval_each ->
             fn -> Enum.reduce(1..@dispatch_n, x, fn _, acc -> force(Nx.add(acc, b)) end) end
+        end
+      end
+    }
+  end
+
+  # A new tensor from host values, then an add, @dispatch_n times, one eval
+  # at the end: Nx.tensor/2 (from_binary) on the dispatch path.
+  defp tensor_dispatch do
+    %{
+      name: "dispatch_tensor_add",
+      params: "#{@dispatch_n} x (Nx.tensor of f32[4] + Nx.add), one eval at the end",
+      size: "#{@dispatch_n} x f32[4]",
+      binary: true,
+      defn: false,
+      setup: fn _jit ->
+        x = evaluated(Nx.iota({4}, type: :f32))
+
+        fn ->
+          Enum.reduce(1..@dispatch_n, x, fn i, acc ->
+            Nx.add(acc, Nx.tensor([i, 0.0, 0.0, 0.0]))
+          end)
         end
       end
     }

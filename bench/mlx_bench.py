@@ -220,6 +220,23 @@ def dispatch(mode):
     return f"dispatch_add_{mode}", f"{DISPATCH_N} x add on f32[4], {how}", setup
 
 
+def tensor_dispatch():
+    """A new array from host values, then an add, DISPATCH_N times, one eval at the end."""
+
+    def setup():
+        x = evaluated(mx.arange(4, dtype=mx.float32))
+
+        def run():
+            acc = x
+            for i in range(1, DISPATCH_N + 1):
+                acc = acc + mx.array([float(i), 0.0, 0.0, 0.0])
+            return acc
+
+        return run, None
+
+    return "dispatch_tensor_add", f"{DISPATCH_N} x (mx.array of f32[4] + add), one eval at the end", setup
+
+
 def round_trip(reps):
     """One eval round trip: a tiny op, then mx.eval, reps times per timed run."""
 
@@ -416,6 +433,7 @@ def while_loop(iters, size):
 WORKLOADS_CPU = [
     dispatch("no_eval"),
     dispatch("eval_each"),
+    tensor_dispatch(),
     round_trip(1_000),
     elementwise(10_000_000),
     elementwise(100_000),
@@ -448,6 +466,7 @@ def workloads_gpu(tf32):
     return [
         dispatch("no_eval"),
         dispatch("eval_each"),
+        tensor_dispatch(),
         round_trip(1_000),
         elementwise(64_000_000),
         matmul_w(8192, "bf16"),
