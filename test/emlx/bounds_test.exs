@@ -2,7 +2,8 @@ defmodule EMLX.BoundsTest do
   # Checks of values the host already has (EMLX.Backend.Bounds): indices
   # and shift amounts given as computed tensors raise as Nx.BinaryBackend
   # does, with its messages; lazy ones are not read. On the CPU (the GPU
-  # reads only arrays of up to 8 bytes).
+  # reads only evaluated arrays of up to 8 bytes in place; literals keep
+  # their bytes on either device).
   use ExUnit.Case, async: true
 
   setup do
