@@ -154,7 +154,10 @@ defmodule EMLX.NIF do
 
   ## Data in and out
 
-  @doc "Posts the copy of a binary into a new array, returned pending."
+  @doc """
+  A new array holding a copy of a binary: made at once from a binary of up
+  to 64 KiB for a CPU queue; otherwise posted, and returned pending.
+  """
   @spec from_binary(queue, binary(), tuple(), Nx.Type.t()) :: array | {:wait, array}
   def from_binary(_queue, _binary, _shape, _type), do: :erlang.nif_error(:nif_not_loaded)
 

@@ -57,8 +57,9 @@ defmodule EMLX.Worker do
     do: posted(queue, NIF.program_post(queue, program, inputs, fuse))
 
   @doc """
-  Runs `EMLX.NIF.from_binary/4` (the array comes back pending), waiting
-  for the worker to drain first when the queue is deep.
+  Runs `EMLX.NIF.from_binary/4` (the array comes back made, or pending
+  when posted), waiting for the worker to drain first when the queue is
+  deep.
   """
   @spec from_binary(NIF.queue(), binary(), tuple(), Nx.Type.t()) :: NIF.array()
   def from_binary(queue, binary, shape, type),
