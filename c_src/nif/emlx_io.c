@@ -34,7 +34,7 @@ static const char *arena_string(ErlNifEnv *env, ERL_NIF_TERM t, emlx_arena *aren
 static emlx_job *file_job(ErlNifEnv *env, const ERL_NIF_TERM argv[], emlx_job_kind kind, const char **path,
                           ERL_NIF_TERM *raised) {
   emlx_queue_res *qr;
-  if (!enif_get_resource(env, argv[0], emlx_queue_type, (void **)&qr) || qr->q == NULL) {
+  if (!emlx_get_queue(env, argv[0], &qr)) {
     *raised = emlx_raise_arg(env, "expected a command queue reference");
     return NULL;
   }
@@ -178,8 +178,7 @@ void emlx_run_save_safetensors(emlx_queue *q, emlx_job *job) {
 ERL_NIF_TERM emlx_nif_from_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   emlx_queue_res *qr;
-  if (!enif_get_resource(env, argv[0], emlx_queue_type, (void **)&qr) || qr->q == NULL)
-    return emlx_raise_arg(env, "expected a command queue reference");
+  if (!emlx_get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
   ErlNifBinary bin;
   if (!enif_inspect_binary(env, argv[1], &bin)) return emlx_raise_arg(env, "expected a binary");
   emlx_array_spec spec;

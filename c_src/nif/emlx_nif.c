@@ -26,13 +26,6 @@
 static ERL_NIF_TERM *op_atoms;
 static int op_count;
 
-/* ---- helpers ---- */
-
-static int get_queue(ErlNifEnv *env, ERL_NIF_TERM t, emlx_queue_res **out) {
-  return enif_get_resource(env, t, emlx_queue_type, (void **)out) && (*out)->q != NULL;
-}
-
-
 /* ---- polled replies ----
  *
  * A short job (an eval, a small read) replies within microseconds, and a
@@ -108,7 +101,7 @@ static ERL_NIF_TERM submit_polled(ErlNifEnv *env, emlx_job *job) {
 /* A new job on the queue of term t; NULL after raising the error in *raised. */
 static emlx_job *queue_job(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job_kind kind, ERL_NIF_TERM *raised) {
   emlx_queue_res *qr;
-  if (!get_queue(env, t, &qr)) {
+  if (!emlx_get_queue(env, t, &qr)) {
     *raised = emlx_raise_arg(env, "expected a command queue reference");
     return NULL;
   }
@@ -146,7 +139,7 @@ static ERL_NIF_TERM nif_queue_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
 static ERL_NIF_TERM nif_queue_device(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   emlx_queue_res *qr;
-  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  if (!emlx_get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
   return qr->q->device == EMLX_DEV_GPU ? ATOM.gpu : ATOM.cpu;
 }
 
@@ -171,7 +164,7 @@ static ERL_NIF_TERM nif_queue_drain(ErlNifEnv *env, int argc, const ERL_NIF_TERM
 static ERL_NIF_TERM nif_queue_idle(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   emlx_queue_res *qr;
-  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  if (!emlx_get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
   return atomic_load_explicit(&qr->q->pending, memory_order_acquire) == 0 ? ATOM.true_ : ATOM.false_;
 }
 
@@ -207,7 +200,7 @@ int emlx_find_op(ERL_NIF_TERM name) {
 static ERL_NIF_TERM nif_op(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   emlx_queue_res *qr;
-  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  if (!emlx_get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
   int op = emlx_find_op(argv[1]);
   if (op < 0) return emlx_raise_arg(env, "unknown EMLX op %T", argv[1]);
   const char *sig = emlx_op_signature(op);
@@ -260,7 +253,7 @@ static ERL_NIF_TERM nif_op_list(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
 static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   emlx_queue_res *qr;
-  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  if (!emlx_get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
   ErlNifUInt64 limit;
   if (!enif_get_uint64(env, argv[2], &limit)) return emlx_raise_arg(env, "limit must be a non-negative integer");
   emlx_job *job = emlx_job_new(EMLX_JOB_TO_BINARY, qr);
@@ -325,7 +318,7 @@ static ERL_NIF_TERM nif_to_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   (void)argc;
   static _Atomic unsigned long counter;
   emlx_queue_res *qr;
-  if (!get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  if (!emlx_get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
   char mode[8];
   unsigned perms;
   if (enif_get_atom(env, argv[2], mode, sizeof mode, ERL_NIF_LATIN1) <= 0 ||

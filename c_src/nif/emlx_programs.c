@@ -91,7 +91,7 @@ static const char *decode_cond(ErlNifEnv *env, ERL_NIF_TERM list, emlx_program_r
 ERL_NIF_TERM emlx_nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   emlx_queue_res *qr;
-  if (!enif_get_resource(env, argv[0], emlx_queue_type, (void **)&qr) || qr->q == NULL) return emlx_raise_arg(env, "expected a command queue reference");
+  if (!emlx_get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
   unsigned n, nouts;
   int ninputs;
   if (!enif_get_list_length(env, argv[1], &n) || n > 1000000) return emlx_raise_arg(env, "expected a list of instructions");
@@ -173,7 +173,7 @@ ERL_NIF_TERM emlx_nif_program_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
 static emlx_job *program_job(ErlNifEnv *env, const ERL_NIF_TERM argv[], ERL_NIF_TERM *raised) {
   emlx_queue_res *qr;
   emlx_program_res *p;
-  if (!enif_get_resource(env, argv[0], emlx_queue_type, (void **)&qr) || qr->q == NULL) {
+  if (!emlx_get_queue(env, argv[0], &qr)) {
     *raised = emlx_raise_arg(env, "expected a command queue reference");
     return NULL;
   }

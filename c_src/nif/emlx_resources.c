@@ -10,6 +10,10 @@ ErlNifResourceType *emlx_program_type;
 ErlNifResourceType *emlx_barrier_type;
 emlx_atoms ATOM;
 
+int emlx_get_queue(ErlNifEnv *env, ERL_NIF_TERM t, emlx_queue_res **out) {
+  return enif_get_resource(env, t, emlx_queue_type, (void **)out) && (*out)->q != NULL;
+}
+
 static void queue_dtor(ErlNifEnv *env, void *obj) {
   (void)env;
   emlx_queue_res *r = obj;

@@ -31,6 +31,9 @@ typedef struct {
   emlx_queue *q;
 } emlx_queue_res;
 
+/* The live queue a term refers to: 1 and *out set, or 0. */
+int emlx_get_queue(ErlNifEnv *env, ERL_NIF_TERM t, emlx_queue_res **out);
+
 /* The NIF resource for a program (see emlx_program_run in emlx_shim.h).
  * It belongs to one queue: MLX's compile cache is per thread. It keeps the
  * programs its loop instructions run (subs). */
