@@ -5,10 +5,11 @@ defmodule EMLX.NIF do
 
   Functions that do MLX work (`op/4`, `from_binary/4`, `to_binary/3`,
   `eval/2`, `queue_sync/1`, ...) post a job to the command queue's worker
-  thread and return at once: `op/4`, `from_binary/4` and `program_post/4`
-  with their results, pending until the worker makes them; the others
-  with a job whose result arrives as the message `{ref, result}`, which
-  `EMLX.Worker.await/1` receives. No BEAM scheduler
+  thread and return at once: `op/4` and `program_post/4` with their
+  results, pending until the worker makes them (so does `from_binary/4`,
+  except that a small binary for a CPU queue is made into its array
+  before it returns); the others with a job whose result arrives as the
+  message `{ref, result}`, which `EMLX.Worker.await/1` receives. No BEAM scheduler
   waits on MLX. `EMLX.Worker` also holds the calls that wait for pending
   arrays (`EMLX.Worker.info/1`) and for a deep queue (`EMLX.Worker.run_op/4`).
 

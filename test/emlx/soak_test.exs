@@ -97,7 +97,8 @@ defmodule EMLX.SoakTest do
   defp batch(q, b) do
     bin = <<b::float-32-native, 1.0::float-32-native, 2.0::float-32-native, 3.0::float-32-native>>
 
-    # arrays made from binaries return at once too, pending
+    # arrays made from binaries return at once too (small ones on a CPU
+    # queue made already, others pending)
     arrays = for _ <- 1..@batch, do: Worker.from_binary(q, bin, {4}, {:f, 32})
 
     # ops return their (pending) results at once

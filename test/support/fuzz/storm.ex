@@ -294,7 +294,8 @@ defmodule EMLX.Fuzz.Storm do
   end
 
   defp await(value, NIF, :op, _), do: value
-  # (from_binary's array comes back pending, or {:wait, array} past the backpressure depth)
+  # (from_binary's array comes back at once, made or pending, or
+  # {:wait, array} past the backpressure depth)
   defp await({:wait, value}, NIF, :from_binary, _), do: value
   defp await(value, NIF, :from_binary, _), do: value
 
