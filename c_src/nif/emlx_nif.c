@@ -32,10 +32,21 @@ static int op_count;
  * reply by message costs a thread wake-up on each side. submit_polled posts
  * the job and polls for its reply from a rescheduled NIF
  * (enif_schedule_nif: the scheduler runs other processes in between), for
- * up to EMLX_POLL_NS; it then returns {:emlx_done, reply}. Past that, the
- * caller gets the job's reference and receives the reply as a message, as
- * after submit. EMLX.Worker.await/1 takes either. */
+ * up to the queue's poll window; it then returns {:emlx_done, reply}. Past
+ * that, the caller gets the job's reference and receives the reply as a
+ * message, as after submit. EMLX.Worker.await/1 takes either.
+ *
+ * The window: 100 us on a CPU queue, where a polling scheduler would take a
+ * core from MLX's own threads. On a GPU queue of a host with 8 cores or
+ * more, 5 ms: a GPU eval of a few milliseconds then returns without the
+ * message's wake-up of the caller's scheduler, which took 50-200 us on the
+ * H200 hosts (eager softmax 8192^2: 826 us a call with 100 us, 747-751 with
+ * 3 ms, against Python MLX's 724-736; a 1 GiB NCCL all_sum, 3.4-4 ms, is
+ * covered by 5 ms). A poll yields to the scheduler's other processes.
+ * EMLX_REPLY_POLL_US sets both windows. */
 #define EMLX_POLL_NS 100000
+#define EMLX_POLL_GPU_NS 5000000
+static long long poll_ns[2] = {EMLX_POLL_NS, EMLX_POLL_NS}; /* by device; set at load */
 
 static ErlNifResourceType *emlx_poll_type;
 static ERL_NIF_TERM atom_emlx_done;
@@ -64,7 +75,10 @@ static ERL_NIF_TERM poll_reply(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     return enif_make_badarg(env);
   emlx_job *job = r->job;
   if (atomic_load_explicit(&job->poll, memory_order_acquire) == EMLX_POLL_WAITING) {
-    if (enif_monotonic_time(ERL_NIF_NSEC) < deadline) return enif_schedule_nif(env, "poll_reply", 0, poll_reply, argc, argv);
+    if (enif_monotonic_time(ERL_NIF_NSEC) < deadline) {
+      enif_consume_timeslice(env, 1); /* yield to the scheduler's other processes every 100 polls */
+      return enif_schedule_nif(env, "poll_reply", 0, poll_reply, argc, argv);
+    }
     int expected = EMLX_POLL_WAITING;
     if (atomic_compare_exchange_strong(&job->poll, &expected, EMLX_POLL_ABANDONED)) {
       r->job = NULL; /* the worker sends the reply and frees the job */
@@ -93,7 +107,7 @@ static ERL_NIF_TERM submit_polled(ErlNifEnv *env, emlx_job *job) {
   atomic_store(&job->poll, EMLX_POLL_WAITING);
   ERL_NIF_TERM res = enif_make_resource(env, r);
   enif_release_resource(r);
-  ERL_NIF_TERM args[3] = {res, enif_make_int64(env, enif_monotonic_time(ERL_NIF_NSEC) + EMLX_POLL_NS), ref};
+  ERL_NIF_TERM args[3] = {res, enif_make_int64(env, enif_monotonic_time(ERL_NIF_NSEC) + poll_ns[job->qres->q->device == EMLX_DEV_GPU]), ref};
   emlx_queue_post(job->qres->q, job);
   return enif_schedule_nif(env, "poll_reply", 0, poll_reply, 3, args);
 }
@@ -595,6 +609,14 @@ static void set_tf32(ErlNifEnv *env, ERL_NIF_TERM info) {
     setenv("MLX_ENABLE_TF32", value, 0);
 }
 
+/* The poll windows (see submit_polled); EMLX_REPLY_POLL_US (microseconds)
+ * sets both. */
+static void tune_poll(void) {
+  if (sysconf(_SC_NPROCESSORS_ONLN) >= 8) poll_ns[1] = EMLX_POLL_GPU_NS;
+  const char *poll = getenv("EMLX_REPLY_POLL_US");
+  if (poll && poll[0]) poll_ns[0] = poll_ns[1] = strtoll(poll, NULL, 10) * 1000LL;
+}
+
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   (void)priv;
   set_tf32(env, info);
@@ -613,6 +635,7 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   qsort(ops_sorted, (size_t)op_count, sizeof(op_by_atom), cmp_op_by_atom);
   restore_sigchld();
   tune_malloc();
+  tune_poll();
   return 0;
 }
 
