@@ -62,6 +62,15 @@ defmodule EMLXBench.Defns do
   # NCHW input, OIHW kernel (Nx's defaults), stride 1, "same" padding.
   defn conv2d(x, k), do: Nx.conv(x, k, padding: :same)
 
+  # The same conv on NHWC tensors (Axon's channels: :last), kernel OIHW.
+  defn conv2d_nhwc(x, k) do
+    Nx.conv(x, k,
+      padding: :same,
+      input_permutation: [0, 3, 1, 2],
+      output_permutation: [0, 3, 1, 2]
+    )
+  end
+
   ## MLP (three layers), ReLU, softmax cross-entropy, plain SGD
 
   defn mlp_predict(p, x) do
@@ -254,6 +263,7 @@ defmodule EMLXBench do
       linalg(:qr, 512),
       linalg(:eigh, 512),
       conv({32, 64, 56, 56}, 64, false),
+      conv_nhwc({32, 64, 56, 56}, 64),
       conv({1, 8, 16, 16}, 8, true),
       mlp([784, 512, 512, 10], 128, false),
       mlp([784, 64, 64, 10], 8, true),
@@ -279,6 +289,7 @@ defmodule EMLXBench do
       softmax(8192, false),
       layer_norm(16384, 4096),
       conv({32, 64, 56, 56}, 64, false),
+      conv_nhwc({32, 64, 56, 56}, 64),
       mlp([784, 512, 512, 10], 128, false),
       transformer(512, 768, 12, false)
     ]
@@ -446,6 +457,24 @@ defmodule EMLXBench do
         x = evaluated(synth(shape, :f32, 1.0, 0.0))
         k = evaluated(synth({out_c, c, 3, 3}, :f32, 1 / :math.sqrt(c * 9), 1.0))
         f = jit.(&Defns.conv2d/2)
+        fn -> f.(x, k) end
+      end
+    }
+  end
+
+  # The conv above with channels last (Nx.conv's input and output
+  # permutations, as Axon's conv layers call it): MLX's own layout, which
+  # Python MLX's side of both rows uses.
+  defp conv_nhwc({batch, c, h, w} = shape, out_c) do
+    %{
+      name: "conv2d_nhwc_b#{batch}_c#{c}_#{h}x#{w}_k3",
+      params: "conv2d NHWC f32[#{batch}x#{h}x#{w}x#{c}], kernel #{out_c}x#{c}x3x3, same padding",
+      size: "#{batch}x#{h}x#{w}x#{c}",
+      binary: false,
+      setup: fn jit ->
+        x = evaluated(Nx.transpose(synth(shape, :f32, 1.0, 0.0), axes: [0, 2, 3, 1]))
+        k = evaluated(synth({out_c, c, 3, 3}, :f32, 1 / :math.sqrt(c * 9), 1.0))
+        f = jit.(&Defns.conv2d_nhwc/2)
         fn -> f.(x, k) end
       end
     }

@@ -351,7 +351,7 @@ def linalg(kind, n):
     return f"{kind}_{n}", params, setup
 
 
-def conv(shape, out_c):
+def conv(shape, out_c, nhwc=False):
     batch, c, h, w = shape
 
     def setup():
@@ -364,6 +364,14 @@ def conv(shape, out_c):
         k = evaluated(k.transpose(0, 2, 3, 1))
         return (lambda: conv2d(x, k)), None
 
+    if nhwc:
+        # EMLX's side takes NHWC tensors too (Nx.conv's permutations): the
+        # same call here
+        return (
+            f"conv2d_nhwc_b{batch}_c{c}_{h}x{w}_k3",
+            f"conv2d NHWC f32[{batch}x{h}x{w}x{c}], kernel {out_c}x{c}x3x3, same padding",
+            setup,
+        )
     return (
         f"conv2d_b{batch}_c{c}_{h}x{w}_k3",
         f"conv2d NCHW f32[{batch}x{c}x{h}x{w}], kernel {out_c}x{c}x3x3, same padding",
@@ -451,6 +459,7 @@ WORKLOADS_CPU = [
     linalg("qr", 512),
     linalg("eigh", 512),
     conv((32, 64, 56, 56), 64),
+    conv((32, 64, 56, 56), 64, nhwc=True),
     conv((1, 8, 16, 16), 8),
     mlp([784, 512, 512, 10], 128),
     mlp([784, 64, 64, 10], 8),
@@ -475,6 +484,7 @@ def workloads_gpu(tf32):
         softmax_w(8192),
         layer_norm_w(16384, 4096),
         conv((32, 64, 56, 56), 64),
+        conv((32, 64, 56, 56), 64, nhwc=True),
         mlp([784, 512, 512, 10], 128),
         transformer(512, 768, 12),
     ]
