@@ -609,12 +609,16 @@ static void set_tf32(ErlNifEnv *env, ERL_NIF_TERM info) {
     setenv("MLX_ENABLE_TF32", value, 0);
 }
 
-/* The poll windows (see submit_polled); EMLX_REPLY_POLL_US (microseconds)
- * sets both. */
+/* The poll windows (see submit_polled); EMLX_REPLY_POLL_US (microseconds,
+ * 0 to 10 s) sets both. */
 static void tune_poll(void) {
   if (sysconf(_SC_NPROCESSORS_ONLN) >= 8) poll_ns[1] = EMLX_POLL_GPU_NS;
   const char *poll = getenv("EMLX_REPLY_POLL_US");
-  if (poll && poll[0]) poll_ns[0] = poll_ns[1] = strtoll(poll, NULL, 10) * 1000LL;
+  if (poll && poll[0]) {
+    long long us = strtoll(poll, NULL, 10);
+    us = us < 0 ? 0 : us > 10000000 ? 10000000 : us;
+    poll_ns[0] = poll_ns[1] = us * 1000LL;
+  }
 }
 
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
