@@ -43,22 +43,49 @@ static int op_count;
  * H200 hosts (eager softmax 8192^2: 826 us a call with 100 us, 747-751 with
  * 3 ms, against Python MLX's 724-736; a 1 GiB NCCL all_sum, 3.4-4 ms, is
  * covered by 5 ms). A poll yields to the scheduler's other processes.
- * EMLX_REPLY_POLL_US sets both windows. */
+ * EMLX_REPLY_POLL_US sets both windows.
+ *
+ * Only a few callers at once poll past 100 us (long_slots, one for each 8
+ * cores): with every scheduler polling, concurrent callers would take the
+ * cores that the workers and MLX's threads need (the GPU suite's parts, run
+ * side by side, ran out of time so). Other callers poll 100 us. */
 #define EMLX_POLL_NS 100000
 #define EMLX_POLL_GPU_NS 5000000
 static long long poll_ns[2] = {EMLX_POLL_NS, EMLX_POLL_NS}; /* by device; set at load */
+static int long_slots = 1;                                   /* set at load */
+static atomic_int long_polls;                                /* callers in a window past 100 us */
 
 static ErlNifResourceType *emlx_poll_type;
 static ERL_NIF_TERM atom_emlx_done;
 
 typedef struct {
   emlx_job *job; /* the polled job; NULL once its reply is taken or left to the worker */
+  int long_slot; /* 1 while it holds one of long_slots */
 } emlx_poll_res;
+
+static void release_long_slot(emlx_poll_res *r) {
+  if (r->long_slot) atomic_fetch_sub(&long_polls, 1);
+  r->long_slot = 0;
+}
+
+/* The window for a job on a queue of device dev: a long one while a slot is
+ * free. */
+static long long poll_window(emlx_poll_res *r, int dev) {
+  long long ns = poll_ns[dev == EMLX_DEV_GPU];
+  if (ns <= EMLX_POLL_NS) return ns;
+  if (atomic_fetch_add(&long_polls, 1) < long_slots) {
+    r->long_slot = 1;
+    return ns;
+  }
+  atomic_fetch_sub(&long_polls, 1);
+  return EMLX_POLL_NS;
+}
 
 /* The polling process is gone before the reply was taken. */
 static void poll_dtor(ErlNifEnv *env, void *obj) {
   (void)env;
   emlx_poll_res *r = obj;
+  release_long_slot(r);
   if (!r->job) return;
   int expected = EMLX_POLL_WAITING;
   if (!atomic_compare_exchange_strong(&r->job->poll, &expected, EMLX_POLL_ABANDONED))
@@ -79,12 +106,14 @@ static ERL_NIF_TERM poll_reply(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
       enif_consume_timeslice(env, 1); /* yield to the scheduler's other processes every 100 polls */
       return enif_schedule_nif(env, "poll_reply", 0, poll_reply, argc, argv);
     }
+    release_long_slot(r);
     int expected = EMLX_POLL_WAITING;
     if (atomic_compare_exchange_strong(&job->poll, &expected, EMLX_POLL_ABANDONED)) {
       r->job = NULL; /* the worker sends the reply and frees the job */
       return argv[2];
     }
   }
+  release_long_slot(r);
   ERL_NIF_TERM result = enif_make_copy(env, job->poll_result);
   r->job = NULL;
   emlx_job_free(job);
@@ -95,6 +124,7 @@ static ERL_NIF_TERM poll_reply(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
 static ERL_NIF_TERM submit_polled(ErlNifEnv *env, emlx_job *job) {
   emlx_poll_res *r = enif_alloc_resource(emlx_poll_type, sizeof(emlx_poll_res));
   if (!r) return emlx_job_submit(env, job);
+  r->long_slot = 0;
   ERL_NIF_TERM ref = enif_make_ref(env);
   job->ref = enif_make_copy(job->env, ref);
   if (!enif_self(env, &job->pid)) {
@@ -107,7 +137,7 @@ static ERL_NIF_TERM submit_polled(ErlNifEnv *env, emlx_job *job) {
   atomic_store(&job->poll, EMLX_POLL_WAITING);
   ERL_NIF_TERM res = enif_make_resource(env, r);
   enif_release_resource(r);
-  ERL_NIF_TERM args[3] = {res, enif_make_int64(env, enif_monotonic_time(ERL_NIF_NSEC) + poll_ns[job->qres->q->device == EMLX_DEV_GPU]), ref};
+  ERL_NIF_TERM args[3] = {res, enif_make_int64(env, enif_monotonic_time(ERL_NIF_NSEC) + poll_window(r, job->qres->q->device)), ref};
   emlx_queue_post(job->qres->q, job);
   return enif_schedule_nif(env, "poll_reply", 0, poll_reply, 3, args);
 }
@@ -612,7 +642,9 @@ static void set_tf32(ErlNifEnv *env, ERL_NIF_TERM info) {
 /* The poll windows (see submit_polled); EMLX_REPLY_POLL_US (microseconds,
  * 0 to 10 s) sets both. */
 static void tune_poll(void) {
-  if (sysconf(_SC_NPROCESSORS_ONLN) >= 8) poll_ns[1] = EMLX_POLL_GPU_NS;
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  if (cores >= 8) poll_ns[1] = EMLX_POLL_GPU_NS;
+  long_slots = cores >= 16 ? (int)(cores / 8) : 1;
   const char *poll = getenv("EMLX_REPLY_POLL_US");
   if (poll && poll[0]) {
     long long us = strtoll(poll, NULL, 10);

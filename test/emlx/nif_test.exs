@@ -152,7 +152,8 @@ defmodule EMLX.NIFTest do
   end
 
   # A reply is polled for up to the queue's window (100 us on a CPU queue,
-  # 5 ms on a GPU queue of a host with 8 cores or more; EMLX_REPLY_POLL_US),
+  # 5 ms on a GPU queue of a host with 8 cores or more, for a few callers at
+  # once; EMLX_REPLY_POLL_US),
   # then comes as a message: which path a job takes depends on its time, so
   # both are checked for results and for leaving nothing in the mailbox,
   # not for which one was taken.
@@ -175,6 +176,29 @@ defmodule EMLX.NIFTest do
 
     assert NIF.eval(q, [big]) |> Worker.await() == :ok
     assert byte_size(NIF.to_binary(q, big, 16) |> Worker.await()) == 16
+    assert NIF.queue_sync(q) |> Worker.await() == :ok
+    refute_received _
+  end
+
+  # Only a few callers at once get the long window (one for each 8 cores);
+  # the rest poll 100 us. Many callers at once all get their own replies.
+  test "many callers polling at once each get their own reply" do
+    q = queue()
+
+    tasks =
+      for k <- 1..24 do
+        Task.async(fn ->
+          for i <- 1..10 do
+            m = Nx.iota({256, 256}, type: :f32, backend: {EMLX.Backend, device: device()})
+            %{data: %{ref: r}} = t = Nx.add(Nx.dot(Nx.divide(m, 65_536.0), m), k * 100 + i)
+            assert NIF.eval(q, [r]) |> Worker.await() == :ok
+            Nx.to_number(t[0][0]) - (k * 100 + i)
+          end
+        end)
+      end
+
+    # row 0 of m/65536 . m: the sum of j^2/256 for j < 256, exact in f32
+    for values <- Task.await_many(tasks, 60_000), v <- values, do: assert(v == 21_717.5)
     assert NIF.queue_sync(q) |> Worker.await() == :ok
     refute_received _
   end
