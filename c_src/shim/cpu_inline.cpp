@@ -288,7 +288,7 @@ void cpu_inline_stop(void *h) {
 void note_work(int64_t n) { work += n; }
 
 void eval_here(std::vector<mx::array> outs) {
-  if (!here) return mx::eval(std::move(outs));
+  if (!here) return gpu_wait_spins() ? gpu_wait_eval(std::move(outs)) : mx::eval(std::move(outs));
   // Big evals make the stream thread watch for MLX's wait on it; a run of
   // small ones makes it quiet. Either way the worker then runs what is
   // still queued, instead of sleeping until it is run.

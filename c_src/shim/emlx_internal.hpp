@@ -83,6 +83,15 @@ void synchronize_here(mx::Stream s);
 // n instructions were posted (tells small evals from big ones).
 void note_work(int64_t n);
 
+// ---- the wait for a GPU eval (gpu_wait.cpp) ----
+
+// Sets this thread's spin window up (a GPU queue's worker).
+void gpu_wait_start();
+// Whether this thread spins for its GPU evals.
+bool gpu_wait_spins();
+// mx::eval, waiting for the GPU by asking its events for up to the window.
+void gpu_wait_eval(std::vector<mx::array> outs);
+
 // The stream that work on `x` runs on: the CPU stream for float64 on a GPU worker.
 const mx::Stream &stream_for_array(const emlx_stream &s, const mx::array &x);
 

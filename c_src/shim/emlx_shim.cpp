@@ -91,8 +91,9 @@ emlx_status emlx_stream_new(emlx_device dev, emlx_stream **out) {
     std::optional<mx::Stream> cpu;
     if (dev == EMLX_DEV_GPU) cpu = mx::new_stream(mx::Device::cpu);
     *out = new emlx_stream(st, cpu);
-    // (a CPU queue only: a GPU queue's evals stay MLX's own, as measured on the H200)
+    // (a CPU queue's small evals run its tasks here; a GPU queue's evals ask the GPU's events)
     if (dev == EMLX_DEV_CPU) (*out)->inl = cpu_inline_start(st);
+    if (dev == EMLX_DEV_GPU) gpu_wait_start();
   });
 }
 
