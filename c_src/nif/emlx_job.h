@@ -121,7 +121,7 @@ typedef struct { /* FREE: handles dropped on the queue's own thread */
   emlx_compiled *compiled;
 } emlx_free_job;
 
-/* A job whose caller polls for its reply (see emlx_poll_* in emlx_nif.c)
+/* A job whose caller polls for its reply (see emlx_poll.c)
  * instead of receiving a message. NONE: a message, as usual. WAITING: the
  * caller polls; the worker leaves the reply in the job and makes it DONE,
  * and the caller frees the job. ABANDONED: the caller stopped polling (it

@@ -19,128 +19,13 @@
 #include "emlx_codec.h"
 #include "emlx_io.h"
 #include "emlx_job.h"
+#include "emlx_poll.h"
 #include "emlx_programs.h"
 #include "emlx_resources.h"
 #include "emlx_worker.h"
 
 static ERL_NIF_TERM *op_atoms;
 static int op_count;
-
-/* ---- polled replies ----
- *
- * A short job (an eval, a small read) replies within microseconds, and a
- * reply by message costs a thread wake-up on each side. submit_polled posts
- * the job and polls for its reply from a rescheduled NIF
- * (enif_schedule_nif: the scheduler runs other processes in between), for
- * up to the queue's poll window; it then returns {:emlx_done, reply}. Past
- * that, the caller gets the job's reference and receives the reply as a
- * message, as after submit. EMLX.Worker.await/1 takes either.
- *
- * The window: 100 us on a CPU queue, where a polling scheduler would take a
- * core from MLX's own threads. On a GPU queue of a host with 8 cores or
- * more, 5 ms: a GPU eval of a few milliseconds then returns without the
- * message's wake-up of the caller's scheduler, which took 50-200 us on the
- * H200 hosts (eager softmax 8192^2: 826 us a call with 100 us, 747-751 with
- * 3 ms, against Python MLX's 724-736; a 1 GiB NCCL all_sum, 3.4-4 ms, is
- * covered by 5 ms). A poll yields to the scheduler's other processes.
- * EMLX_REPLY_POLL_US sets both windows.
- *
- * Only a few callers at once poll past 100 us (long_slots, one for each 8
- * cores): with every scheduler polling, concurrent callers would take the
- * cores that the workers and MLX's threads need (the GPU suite's parts, run
- * side by side, ran out of time so). Other callers poll 100 us. */
-#define EMLX_POLL_NS 100000
-#define EMLX_POLL_GPU_NS 5000000
-static long long poll_ns[2] = {EMLX_POLL_NS, EMLX_POLL_NS}; /* by device; set at load */
-static int long_slots = 1;                                   /* set at load */
-static atomic_int long_polls;                                /* callers in a window past 100 us */
-
-static ErlNifResourceType *emlx_poll_type;
-static ERL_NIF_TERM atom_emlx_done;
-
-typedef struct {
-  emlx_job *job; /* the polled job; NULL once its reply is taken or left to the worker */
-  int long_slot; /* 1 while it holds one of long_slots */
-} emlx_poll_res;
-
-static void release_long_slot(emlx_poll_res *r) {
-  if (r->long_slot) atomic_fetch_sub(&long_polls, 1);
-  r->long_slot = 0;
-}
-
-/* The window for a job on a queue of device dev: a long one while a slot is
- * free. */
-static long long poll_window(emlx_poll_res *r, int dev) {
-  long long ns = poll_ns[dev == EMLX_DEV_GPU];
-  if (ns <= EMLX_POLL_NS) return ns;
-  if (atomic_fetch_add(&long_polls, 1) < long_slots) {
-    r->long_slot = 1;
-    return ns;
-  }
-  atomic_fetch_sub(&long_polls, 1);
-  return EMLX_POLL_NS;
-}
-
-/* The polling process is gone before the reply was taken. */
-static void poll_dtor(ErlNifEnv *env, void *obj) {
-  (void)env;
-  emlx_poll_res *r = obj;
-  release_long_slot(r);
-  if (!r->job) return;
-  int expected = EMLX_POLL_WAITING;
-  if (!atomic_compare_exchange_strong(&r->job->poll, &expected, EMLX_POLL_ABANDONED))
-    emlx_job_free(r->job); /* DONE, never taken */
-  r->job = NULL;
-}
-
-/* poll_reply(poll resource, deadline in ns, job reference) */
-static ERL_NIF_TERM poll_reply(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  emlx_poll_res *r;
-  ErlNifSInt64 deadline;
-  if (!enif_get_resource(env, argv[0], emlx_poll_type, (void **)&r) || !r->job ||
-      !enif_get_int64(env, argv[1], &deadline))
-    return enif_make_badarg(env);
-  emlx_job *job = r->job;
-  if (atomic_load_explicit(&job->poll, memory_order_acquire) == EMLX_POLL_WAITING) {
-    if (enif_monotonic_time(ERL_NIF_NSEC) < deadline) {
-      enif_consume_timeslice(env, 1); /* yield to the scheduler's other processes every 100 polls */
-      return enif_schedule_nif(env, "poll_reply", 0, poll_reply, argc, argv);
-    }
-    release_long_slot(r);
-    int expected = EMLX_POLL_WAITING;
-    if (atomic_compare_exchange_strong(&job->poll, &expected, EMLX_POLL_ABANDONED)) {
-      r->job = NULL; /* the worker sends the reply and frees the job */
-      return argv[2];
-    }
-  }
-  release_long_slot(r);
-  ERL_NIF_TERM result = enif_make_copy(env, job->poll_result);
-  r->job = NULL;
-  emlx_job_free(job);
-  return enif_make_tuple2(env, atom_emlx_done, result);
-}
-
-/* As submit, with the reply polled for (see above). */
-static ERL_NIF_TERM submit_polled(ErlNifEnv *env, emlx_job *job) {
-  emlx_poll_res *r = enif_alloc_resource(emlx_poll_type, sizeof(emlx_poll_res));
-  if (!r) return emlx_job_submit(env, job);
-  r->long_slot = 0;
-  ERL_NIF_TERM ref = enif_make_ref(env);
-  job->ref = enif_make_copy(job->env, ref);
-  if (!enif_self(env, &job->pid)) {
-    r->job = NULL;
-    enif_release_resource(r);
-    emlx_job_free(job);
-    return emlx_raise_arg(env, "EMLX calls must come from a process");
-  }
-  r->job = job;
-  atomic_store(&job->poll, EMLX_POLL_WAITING);
-  ERL_NIF_TERM res = enif_make_resource(env, r);
-  enif_release_resource(r);
-  ERL_NIF_TERM args[3] = {res, enif_make_int64(env, enif_monotonic_time(ERL_NIF_NSEC) + poll_window(r, job->qres->q->device)), ref};
-  emlx_queue_post(job->qres->q, job);
-  return enif_schedule_nif(env, "poll_reply", 0, poll_reply, 3, args);
-}
 
 /* A new job on the queue of term t; NULL after raising the error in *raised. */
 static emlx_job *queue_job(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job_kind kind, ERL_NIF_TERM *raised) {
@@ -192,7 +77,7 @@ static ERL_NIF_TERM queue_barrier(ErlNifEnv *env, ERL_NIF_TERM queue, emlx_job_k
   ERL_NIF_TERM raised;
   emlx_job *job = queue_job(env, queue, kind, &raised);
   if (!job) return raised;
-  return submit_polled(env, job);
+  return emlx_submit_polled(env, job);
 }
 
 static ERL_NIF_TERM nif_queue_sync(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -305,7 +190,7 @@ static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
   char err[256];
   if (!emlx_job_take_array(env, argv[1], job, &job->to_binary.arr, err, sizeof err)) return emlx_job_fail(env, job, err);
   job->to_binary.limit = (size_t)limit;
-  return submit_polled(env, job);
+  return emlx_submit_polled(env, job);
 }
 
 /* An eval job (EVAL or ASYNC_EVAL) on the arrays of argv[1]; NULL after
@@ -336,7 +221,7 @@ static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
   ERL_NIF_TERM raised;
   emlx_job *job = eval_job(env, argv, EMLX_JOB_EVAL, &raised);
   if (!job) return raised;
-  return submit_polled(env, job);
+  return emlx_submit_polled(env, job);
 }
 
 /* ---- pointers ---- */
@@ -639,28 +524,12 @@ static void set_tf32(ErlNifEnv *env, ERL_NIF_TERM info) {
     setenv("MLX_ENABLE_TF32", value, 0);
 }
 
-/* The poll windows (see submit_polled); EMLX_REPLY_POLL_US (microseconds,
- * 0 to 10 s) sets both. */
-static void tune_poll(void) {
-  long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  if (cores >= 8) poll_ns[1] = EMLX_POLL_GPU_NS;
-  long_slots = cores >= 16 ? (int)(cores / 8) : 1;
-  const char *poll = getenv("EMLX_REPLY_POLL_US");
-  if (poll && poll[0]) {
-    long long us = strtoll(poll, NULL, 10);
-    us = us < 0 ? 0 : us > 10000000 ? 10000000 : us;
-    poll_ns[0] = poll_ns[1] = us * 1000LL;
-  }
-}
-
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   (void)priv;
   set_tf32(env, info);
   if (emlx_resources_load(env) != 0) return 1;
   emlx_codec_load(env);
-  emlx_poll_type = enif_open_resource_type(env, NULL, "emlx_poll", poll_dtor, ERL_NIF_RT_CREATE, NULL);
-  if (!emlx_poll_type) return 1;
-  atom_emlx_done = enif_make_atom(env, "emlx_done");
+  if (emlx_poll_load(env) != 0) return 1;
   op_count = emlx_op_count();
   op_atoms = enif_alloc(sizeof(ERL_NIF_TERM) * (size_t)op_count);
   if (!op_atoms) return 1;
@@ -671,7 +540,6 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   qsort(ops_sorted, (size_t)op_count, sizeof(op_by_atom), cmp_op_by_atom);
   restore_sigchld();
   tune_malloc();
-  tune_poll();
   return 0;
 }
 
