@@ -12,11 +12,13 @@
 //
 // The window: 1 ms on a host with 8 cores or more (the worker's core is
 // busy while it spins), else 0 (MLX's own wait). EMLX_GPU_SPIN_US sets
-// it (0 to 10 s).
+// it (0 to 10 s). As with the callers' polls (emlx_poll.c), one worker for
+// each 8 cores spins at a time; the others wait in MLX's way, so that many
+// GPU queues evaluating at once leave the cores to MLX's threads.
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
-#include <thread>
 #include <unistd.h>
 
 #include "emlx_kernels.hpp"
@@ -25,9 +27,17 @@ namespace emlx {
 namespace {
 
 thread_local long long spin_ns = 0;  // this thread's window: set on a GPU worker
+std::atomic<int> spinning{0};        // workers spinning now
+
+long cores() {
+  static const long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n;
+}
+
+int slots() { return cores() >= 16 ? static_cast<int>(cores() / 8) : 1; }
 
 long long window_ns() {
-  long long us = sysconf(_SC_NPROCESSORS_ONLN) >= 8 ? 1000 : 0;
+  long long us = cores() >= 8 ? 1000 : 0;
   if (const char *v = std::getenv("EMLX_GPU_SPIN_US"); v && v[0]) {
     us = std::strtoll(v, nullptr, 10);
     us = us < 0 ? 0 : us > 10000000 ? 10000000 : us;
@@ -41,9 +51,26 @@ void gpu_wait_start() { spin_ns = window_ns(); }
 
 bool gpu_wait_spins() { return spin_ns > 0; }
 
+namespace {
+
+// Holds one of the slots while it lives, if one was free.
+struct Slot {
+  bool held = spinning.fetch_add(1) < slots();
+  Slot() {
+    if (!held) spinning.fetch_sub(1);
+  }
+  ~Slot() {
+    if (held) spinning.fetch_sub(1);
+  }
+};
+
+}  // namespace
+
 void gpu_wait_eval(std::vector<mx::array> outs) {
   for (auto &a : outs)
     if (a.is_tracer()) return mx::eval(std::move(outs));  // (async_eval refuses tracers)
+  Slot slot;
+  if (!slot.held) return mx::eval(std::move(outs));
   mx::async_eval(outs);
   auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns);
   for (auto &a : outs) {
