@@ -11,9 +11,9 @@
 # compile, since an MLX array cannot be escaped into code), and every test
 # runs with EMLX as the default.
 #
-# Environment: LIBS_SEED (default 0), LIBS_MAX_CASES (default 2) and
+# Environment: LIBS_SEED (default 0), LIBS_MAX_CASES (default 2),
 # LIBS_FILES (default test/**/*_test.exs: a glob of the test files to run,
-# to look into a few by hand).
+# to look into a few by hand) and LIBS_ONLY_TESTS (below).
 
 [mode] = System.argv()
 
@@ -27,6 +27,21 @@ ExUnit.configure(
 )
 
 files = System.get_env("LIBS_FILES", "test/**/*_test.exs") |> Path.wildcard() |> Enum.sort()
+
+# LIBS_ONLY_TESTS: a file of "Module<TAB>test name" lines (bench/libraries.sh's
+# reruns): only those tests run.
+case System.get_env("LIBS_ONLY_TESTS") do
+  nil ->
+    :ok
+
+  list ->
+    names =
+      for line <- File.read!(list) |> String.split("\n", trim: true),
+          [_mod, name] = String.split(line, "\t", parts: 2),
+          do: {:test, name}
+
+    ExUnit.configure(exclude: [:test], include: names)
+end
 
 case Kernel.ParallelCompiler.require(files, return_diagnostics: true) do
   {:ok, _modules, _} -> :ok
