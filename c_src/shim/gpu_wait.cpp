@@ -69,16 +69,17 @@ struct Slot {
 void gpu_wait_eval(std::vector<mx::array> outs) {
   for (auto &a : outs)
     if (a.is_tracer()) return mx::eval(std::move(outs));  // (async_eval refuses tracers)
-  Slot slot;
-  if (!slot.held) return mx::eval(std::move(outs));
   mx::async_eval(outs);
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns);
-  for (auto &a : outs) {
-    while (!a.is_available()) {
-      if (std::chrono::steady_clock::now() >= deadline) return mx::eval(std::move(outs));
+  {
+    Slot slot;  // (given back before MLX's wait below)
+    if (slot.held) {
+      auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns);
+      for (auto &a : outs)
+        while (!a.is_available() && std::chrono::steady_clock::now() < deadline) {
+        }
     }
   }
-  mx::eval(std::move(outs));  // (all done: returns at once)
+  mx::eval(std::move(outs));  // waits for what still runs (MLX's way) and raises its errors
 }
 
 }  // namespace emlx
