@@ -84,6 +84,15 @@ emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_ar
   return copy;
 }
 
+int emlx_array_failed(ErlNifEnv *env, ERL_NIF_TERM t) {
+  emlx_array_res *res;
+  if (!enif_get_resource(env, t, emlx_array_type, (void **)&res)) return 0;
+  spin_lock(res);
+  int failed = res->state == EMLX_ARR_FAILED;
+  spin_unlock(res);
+  return failed;
+}
+
 /* Used by deallocate: takes the handle out under the lock. */
 emlx_arr *emlx_array_detach(emlx_array_res *res, int *marked_pending) {
   spin_lock(res);

@@ -41,6 +41,8 @@ ERL_NIF_TERM emlx_make_pending(ErlNifEnv *env, emlx_queue_res *owner, emlx_array
 emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_array_res **res_out, int *state_out,
                           int *kind_out, char *err, size_t errlen);
 
+/* Whether t is an array whose op failed (its error is kept for its reads). */
+int emlx_array_failed(ErlNifEnv *env, ERL_NIF_TERM t);
 /* Takes the handle out; a pending array is marked to be dropped when computed. */
 emlx_arr *emlx_array_detach(emlx_array_res *res, int *marked_pending);
 /* Replaces a live handle and returns the old one; NULL (and keeps nothing)

@@ -206,11 +206,22 @@ static emlx_job *eval_job(ErlNifEnv *env, const ERL_NIF_TERM argv[], emlx_job_ki
   return job;
 }
 
-/* async_eval(queue, arrays): posts mx::async_eval of the arrays; returns :ok at once. */
+/* The list t without the arrays whose op already failed (t itself when it
+ * is no proper list: eval_job then raises). */
+static ERL_NIF_TERM without_failed(ErlNifEnv *env, ERL_NIF_TERM t) {
+  ERL_NIF_TERM head, tail = t, kept = enif_make_list(env, 0);
+  while (enif_get_list_cell(env, tail, &head, &tail))
+    if (!emlx_array_failed(env, head)) kept = enif_make_list_cell(env, head, kept);
+  return enif_is_empty_list(env, tail) ? kept : t; /* (kept is reversed: no matter to an eval) */
+}
+
+/* async_eval(queue, arrays): posts mx::async_eval of the arrays; returns :ok
+ * at once. An array whose op has already failed is left out: its error
+ * comes at its read, as when the op fails after this call. */
 static ERL_NIF_TERM nif_async_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  ERL_NIF_TERM raised;
-  emlx_job *job = eval_job(env, argv, EMLX_JOB_ASYNC_EVAL, &raised);
+  ERL_NIF_TERM raised, args[2] = {argv[0], without_failed(env, argv[1])};
+  emlx_job *job = eval_job(env, args, EMLX_JOB_ASYNC_EVAL, &raised);
   if (!job) return raised;
   emlx_queue_post(job->qres->q, job);
   return ATOM.ok;

@@ -50,16 +50,20 @@ defmodule EMLXTest do
     assert EMLX.async_eval([b]) == [b]
     assert Nx.to_list(b) == [6.0, 9.0]
 
-    bad =
-      EMLX.Fast.scaled_dot_product_attention_cached(
-        emlx(Nx.iota({1, 1, 1, 2}, type: :f32)),
-        emlx(Nx.iota({1, 1, 2, 2}, type: :f32)),
-        emlx(Nx.iota({1, 1, 2, 2}, type: :f32)),
-        1.0,
-        5
-      )
+    q = emlx(Nx.iota({1, 1, 1, 2}, type: :f32))
+    k = emlx(Nx.iota({1, 1, 2, 2}, type: :f32))
+    bad = EMLX.Fast.scaled_dot_product_attention_cached(q, k, k, 1.0, 5)
 
     assert EMLX.async_eval(bad) == bad
+    assert_raise ArgumentError, ~r/does not fit the cache/, fn -> Nx.to_list(bad) end
+
+    # the same once the op has surely failed (the queue waited for): async_eval
+    # still returns, and the read raises
+    %{data: %{queue: queue}} =
+      bad = EMLX.Fast.scaled_dot_product_attention_cached(q, k, k, 1.0, 5)
+
+    assert EMLX.NIF.queue_sync(queue) |> EMLX.Worker.await() == :ok
+    assert EMLX.async_eval([bad, a]) == [bad, a]
     assert_raise ArgumentError, ~r/does not fit the cache/, fn -> Nx.to_list(bad) end
   end
 
