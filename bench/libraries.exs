@@ -302,6 +302,7 @@ defmodule EMLXLibs do
       exit: run.meta["exit"],
       ref: run.meta["ref"],
       switched: run.meta["switched"],
+      linalg: run.meta["linalg"],
       attr_files: run.meta["attr_files"] && String.to_integer(run.meta["attr_files"])
     }
   end
@@ -451,6 +452,17 @@ defmodule EMLXLibs do
 
             _ ->
               ""
+          end
+
+        attrs =
+          case r.emlx do
+            %{linalg: "nx"} ->
+              attrs <>
+                "EMLX ran with `config :emlx, linalg: :nx` (Nx's own linear-algebra " <>
+                "algorithms on MLX ops, not LAPACK's).\n\n"
+
+            _ ->
+              attrs
           end
 
         attrs =

@@ -36,6 +36,13 @@
 # 2400); a run that reaches it is reported with the number of tests it got
 # through. ExUnit's own per-test limit (60 s) applies as upstream.
 # LIBS_SEED (default 0) and LIBS_MAX_CASES (default 2) go to ExUnit.
+# LIBS_EMLX_LINALG=nx runs the EMLX side with `config :emlx, linalg: :nx`
+# (Nx's own linear-algebra algorithms); RESULT_NAME (default libraries)
+# names the summary's files in bench/results. For example, with the
+# upstream results of a first run copied into the second WORK_DIR:
+#
+#     LIBS_EMLX_LINALG=nx SUITES=nx MODES=emlx WORK_DIR=/tmp/emlx-libs-la \
+#       RESULT_NAME=libraries_linalg_nx bash bench/libraries.sh
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,9 +58,11 @@ limit="${SUITE_TIMEOUT:-2400}"
 modes="${MODES:-upstream emlx}"
 mkdir -p "$results" "$root/bench/results"
 
+name="${RESULT_NAME:-libraries}"
+
 summarize() {
   elixir "$root/bench/libraries.exs" summarize "$results" \
-    "$root/bench/results/libraries.md" "$root/bench/results/libraries.json"
+    "$root/bench/results/$name.md" "$root/bench/results/$name.json"
 }
 
 if [ "${1:-}" = "summarize" ]; then
@@ -92,8 +101,9 @@ for suite in $suites; do
     # test files whose module attributes call Nx (tensors compiled into the module)
     attrs="$(cd "$dir" && grep -rlE '^\s*@[a-z_0-9]+ .*Nx\.' test --include='*_test.exs' | wc -l)"
     switched="$(cat "$dir/.emlx_switched" 2>/dev/null)"
-    printf 'seconds=%s\nexit=%s\nref=%s\nattr_files=%s\nswitched=%s\n' \
-      "$seconds" "$what" "$ref" "$attrs" "$switched" >"$out.meta"
+    linalg="$([ "$mode" = emlx ] && echo "${LIBS_EMLX_LINALG:-native}" || echo native)"
+    printf 'seconds=%s\nexit=%s\nref=%s\nattr_files=%s\nswitched=%s\nlinalg=%s\n' \
+      "$seconds" "$what" "$ref" "$attrs" "$switched" "$linalg" >"$out.meta"
     echo "   $what in ${seconds} s; $(tail -n 3 "$out.log" | grep -E 'tests?,' || echo 'no summary line')" >&2
 
     # Tests that waited in vain for a message (1 s) may have lost a race with

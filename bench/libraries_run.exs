@@ -13,7 +13,8 @@
 #
 # Environment: LIBS_SEED (default 0), LIBS_MAX_CASES (default 2),
 # LIBS_FILES (default test/**/*_test.exs: a glob of the test files to run,
-# to look into a few by hand) and LIBS_ONLY_TESTS (below).
+# to look into a few by hand), LIBS_ONLY_TESTS (below) and LIBS_EMLX_LINALG
+# (nx: EMLX runs `config :emlx, linalg: :nx`).
 
 [mode] = System.argv()
 
@@ -51,6 +52,8 @@ end
 if mode == "emlx" do
   {:ok, _} = Application.ensure_all_started(:emlx)
   Nx.global_default_backend(EMLX.Backend)
+  # LIBS_EMLX_LINALG=nx: `config :emlx, linalg: :nx` (Nx's own algorithms)
+  if System.get_env("LIBS_EMLX_LINALG") == "nx", do: Application.put_env(:emlx, :linalg, :nx)
   Nx.Defn.global_default_options(compiler: EMLX)
 end
 
