@@ -67,8 +67,8 @@ defmodule EMLXTest do
     assert_raise ArgumentError, ~r/does not fit the cache/, fn -> Nx.to_list(bad) end
   end
 
-  # On a GPU queue each async_eval is started on the queue's launcher thread
-  # while the worker builds the next step on top of it (gpu_launch.cpp).
+  # Each step is built on the previous one while that one may still be
+  # computing (started by async_eval), as a decode loop builds its steps.
   test "steps built on async_eval'd steps, as a decode loop does, give the eager results" do
     x0 = Nx.iota({64, 64}, type: :f32) |> Nx.divide(4096)
     cache0 = Nx.broadcast(0.0, {8, 64})
