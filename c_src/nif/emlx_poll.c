@@ -1,7 +1,5 @@
 /* Polled replies (see below). */
 #include <stdatomic.h>
-#include <stdlib.h>
-#include <unistd.h>
 
 #include "emlx_poll.h"
 #include "emlx_worker.h"
@@ -123,15 +121,10 @@ ERL_NIF_TERM emlx_submit_polled(ErlNifEnv *env, emlx_job *job) {
 /* The poll windows (see above); EMLX_REPLY_POLL_US (microseconds,
  * 0 to 10 s) sets both. */
 static void tune_poll(void) {
-  long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  if (cores >= 8) poll_ns[1] = EMLX_POLL_GPU_NS;
-  long_slots = cores >= 16 ? (int)(cores / 8) : 1;
-  const char *poll = getenv("EMLX_REPLY_POLL_US");
-  if (poll && poll[0]) {
-    long long us = strtoll(poll, NULL, 10);
-    us = us < 0 ? 0 : us > 10000000 ? 10000000 : us;
-    poll_ns[0] = poll_ns[1] = us * 1000LL;
-  }
+  if (emlx_host_cores() >= 8) poll_ns[1] = EMLX_POLL_GPU_NS;
+  long_slots = emlx_busy_wait_slots();
+  long long us = emlx_env_us("EMLX_REPLY_POLL_US", -1);
+  if (us >= 0) poll_ns[0] = poll_ns[1] = us * 1000LL;
 }
 
 int emlx_poll_load(ErlNifEnv *env) {

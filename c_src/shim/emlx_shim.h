@@ -243,6 +243,16 @@ size_t emlx_set_memory_limit(size_t limit);
 /* ---- version ---- */
 const char *emlx_mlx_version(void);
 
+/* ---- busy waiting: the callers' polls (emlx_poll.c) and the GPU workers'
+ * spin (gpu_wait.cpp) share one policy ---- */
+/* The host's online cores. */
+long emlx_host_cores(void);
+/* How many threads may busy-wait at once: one for each 8 cores, at least 1. */
+int emlx_busy_wait_slots(void);
+/* Environment variable name as microseconds, clamped to 0..10 s; dflt when
+ * it is unset or empty. */
+long long emlx_env_us(const char *name, long long dflt);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,4 +1,5 @@
-// The wait for a GPU eval, on a GPU queue's worker.
+// The wait for a GPU eval, on a GPU queue's worker; and the busy-wait
+// policy it shares with the callers' polls (emlx_poll.c).
 //
 // MLX's eval waits for the GPU on a CUDA event made with
 // cudaEventBlockingSync: the worker sleeps in the driver until the GPU's
@@ -29,25 +30,9 @@ namespace {
 thread_local long long spin_ns = 0;  // this thread's window: set on a GPU worker
 std::atomic<int> spinning{0};        // workers spinning now
 
-long cores() {
-  static const long n = sysconf(_SC_NPROCESSORS_ONLN);
-  return n;
-}
-
-int slots() { return cores() >= 16 ? static_cast<int>(cores() / 8) : 1; }
-
-long long window_ns() {
-  long long us = cores() >= 8 ? 1000 : 0;
-  if (const char *v = std::getenv("EMLX_GPU_SPIN_US"); v && v[0]) {
-    us = std::strtoll(v, nullptr, 10);
-    us = us < 0 ? 0 : us > 10000000 ? 10000000 : us;
-  }
-  return us * 1000;
-}
-
 }  // namespace
 
-void gpu_wait_start() { spin_ns = window_ns(); }
+void gpu_wait_start() { spin_ns = emlx_env_us("EMLX_GPU_SPIN_US", emlx_host_cores() >= 8 ? 1000 : 0) * 1000; }
 
 bool gpu_wait_spins() { return spin_ns > 0; }
 
@@ -55,7 +40,7 @@ namespace {
 
 // Holds one of the slots while it lives, if one was free.
 struct Slot {
-  bool held = spinning.fetch_add(1) < slots();
+  bool held = spinning.fetch_add(1) < emlx_busy_wait_slots();
   Slot() {
     if (!held) spinning.fetch_sub(1);
   }
@@ -83,3 +68,21 @@ void gpu_wait_eval(std::vector<mx::array> outs) {
 }
 
 }  // namespace emlx
+
+extern "C" {
+
+long emlx_host_cores(void) {
+  static const long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n;
+}
+
+int emlx_busy_wait_slots(void) { return emlx_host_cores() >= 16 ? static_cast<int>(emlx_host_cores() / 8) : 1; }
+
+long long emlx_env_us(const char *name, long long dflt) {
+  const char *v = std::getenv(name);
+  if (!v || !v[0]) return dflt;
+  long long us = std::strtoll(v, nullptr, 10);
+  return us < 0 ? 0 : us > 10000000 ? 10000000 : us;
+}
+
+}  // extern "C"
