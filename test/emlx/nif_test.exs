@@ -153,10 +153,9 @@ defmodule EMLX.NIFTest do
 
   # A reply is polled for up to the queue's window (100 us on a CPU queue,
   # 5 ms on a GPU queue of a host with 8 cores or more, for a few callers at
-  # once; EMLX_REPLY_POLL_US),
-  # then comes as a message: which path a job takes depends on its time, so
-  # both are checked for results and for leaving nothing in the mailbox,
-  # not for which one was taken.
+  # once; EMLX_REPLY_POLL_US), then comes as a message: which path a job
+  # takes depends on its time, so both are checked for results and for
+  # leaving nothing in the mailbox, not for which one was taken.
   test "replies are right whether polled for or sent as a message" do
     q = queue()
     %{data: %{ref: small}} = emlx([1.0, 2.0]) |> EMLX.eval()
