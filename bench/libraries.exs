@@ -219,8 +219,9 @@ defmodule EMLXLibs do
   defp reruns(base) do
     run = read_run(base)
 
-    waited = fn %{state: s, class: c} ->
-      s == :failed and String.starts_with?(c || "", @waited)
+    # (not those whose awaited message, in the mailbox, already tells the idiom)
+    waited = fn %{state: s, class: c, detail: d} ->
+      s == :failed and String.starts_with?(in_other_process(c || "", d), @waited)
     end
 
     tests = for {key, t} <- (run && run.tests) || %{}, waited.(t), do: {key, t.file}
