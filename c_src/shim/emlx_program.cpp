@@ -3,6 +3,10 @@
 // and loops (EMLX_OP_WHILE), run here on the worker thread.
 
 #include <functional>
+#include <typeinfo>
+#include <unordered_set>
+
+#include <mlx/primitives.h>
 
 #include "emlx_kernels.hpp"
 
@@ -62,6 +66,26 @@ std::vector<mx::array> replay(const emlx_stream &stream, const emlx_instr *instr
   return outs;
 }
 
+// MLX 0.32's CUDA Compiled::eval_gpu has no guard for empty arrays: a
+// fused kernel whose outputs have no elements divides by zero in its launch
+// arguments (SIGFPE, the VM down; EMLX.FuzzTest found it on the H200). Its
+// eager ops return early on empty outputs. So a compiled run on the GPU
+// whose graph holds such a kernel is dropped and replayed plainly.
+bool empty_fused_kernel(const std::vector<mx::array> &outs) {
+  std::vector<mx::array> todo(outs);
+  std::unordered_set<uintptr_t> seen;
+  while (!todo.empty()) {
+    mx::array a = std::move(todo.back());
+    todo.pop_back();
+    if (!a.has_primitive() || a.status() != mx::array::Status::unscheduled || !seen.insert(a.id()).second) continue;
+    if (typeid(a.primitive()) == typeid(mx::Compiled))
+      for (auto &o : a.outputs())
+        if (o.size() == 0) return true;
+    for (auto &in : a.inputs()) todo.push_back(in);
+  }
+  return false;
+}
+
 // One run of program p: under its mx::compile cache when asked and it can
 // be traced, else a plain replay.
 std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std::vector<mx::array> &in, bool compile) {
@@ -79,7 +103,10 @@ std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std
     p->compiled = new emlx_compiled{mx::compile(body), true};
   }
   try {
-    return p->compiled->fn(in);
+    auto outs = p->compiled->fn(in);
+    if (stream.s.device == mx::Device::gpu && empty_fused_kernel(outs))
+      return replay(stream, p->instrs, p->ninstrs, in, slots);
+    return outs;
   } catch (...) {
     // Tracing failed: an op needs data while tracing ("cannot compile"),
     // or the program is wrong. Either way it replays plainly, now and from

@@ -383,6 +383,41 @@ defmodule EMLX.DefnTest do
     end
   end
 
+  describe "empty arrays under mx::compile" do
+    # MLX 0.32's CUDA fused kernel divides by zero launching over no elements
+    # (SIGFPE, found by EMLX.FuzzTest on the H200): on :gpu such a run
+    # replays plainly. Nx has no empty tensors; EMLX's arrays can be.
+    setup do
+      q = EMLX.Application.default_worker(device())
+      empty = EMLX.Worker.from_binary(q, <<>>, {3, 0}, {:f, 32})
+      {:ok, q: q, empty: empty}
+    end
+
+    test "a compiled program over an empty input", %{q: q, empty: e} do
+      {_, x} = EMLX.Backend.from_nx(emlx(Nx.iota({2, 2}, type: :u8)))
+      p = EMLX.NIF.program_new(q, [{:erf, [1], {:u, 16}}, {:multiply, [2, 2], nil}], 2, [3, 0])
+
+      for compile <- [true, false, true] do
+        [y, x2] = EMLX.NIF.program_run(q, p, [x, e], compile) |> EMLX.Worker.await()
+
+        assert elem(EMLX.Worker.info(y), 0) == {3, 0}
+        assert EMLX.NIF.to_binary(q, y, 64) |> EMLX.Worker.await() == <<>>
+
+        assert elem(EMLX.Worker.info(x2), 0) == {2, 2}
+      end
+
+      # the same compiled program then runs over elements
+      {_, z} = EMLX.Backend.from_nx(emlx(Nx.broadcast(0.0, {1, 2})))
+      [y, _] = EMLX.NIF.program_run(q, p, [x, z], true) |> EMLX.Worker.await()
+      assert EMLX.NIF.to_binary(q, y, 64) |> EMLX.Worker.await() == <<0::16, 0::16>>
+    end
+
+    test "EMLX.Fast's swiglu over an empty array", %{q: q, empty: e} do
+      y = EMLX.Worker.run_op(q, :fast_swiglu, [e, e], nil)
+      assert EMLX.NIF.to_binary(q, y, 64) |> EMLX.Worker.await() == <<>>
+    end
+  end
+
   describe "queues and devices" do
     test ":command_queue runs the program on that queue" do
       q = EMLX.CommandQueue.new!(device())

@@ -14,7 +14,7 @@ defmodule EMLX.Fuzz.Crashes do
   #   m = EMLX.Backend.from_nx(Nx.iota({2, 3}, backend: EMLX.Backend)) |> elem(1)
   #   a = EMLX.Backend.from_nx(Nx.tensor([1.0, 2.0, 3.0], backend: EMLX.Backend)) |> elem(1)
   #   i = EMLX.Backend.from_nx(Nx.tensor(0, backend: EMLX.Backend)) |> elem(1)
-  #   e = EMLX.NIF.from_binary(q, <<>>, {0, 0}, {:f, 32}) |> EMLX.Worker.await()
+  #   e = EMLX.Worker.from_binary(q, <<>>, {0, 0}, {:f, 32})
   #   read = &(EMLX.NIF.to_binary(q, &1, 64) |> EMLX.Worker.await())
   #
   #   iota_axis_out_of_range: EMLX.Worker.run_op(q, :iota, [{2, 3}, 7, {:f, 32}], nil) |> read.()
@@ -47,6 +47,11 @@ defmodule EMLX.Fuzz.Crashes do
   #     EMLX.Backend) |> EMLX.Backend.from_nx() |> EMLX.shape() (the shape was written into a
   #     32-entry stack buffer; 33 dimensions came back truncated, and AddressSanitizer
   #     reported a stack-buffer-overflow in emlx_arr_shape)
+  #   compiled_empty_gpu (on :gpu only): with q on the GPU, x = u8[2][2], e = f32[3][0],
+  #     p = EMLX.NIF.program_new(q, [{:erf, [1], {:u, 16}}], 2, [2, 0]),
+  #     EMLX.NIF.program_run(q, p, [x, e], true) |> EMLX.Worker.await() SIGFPE (MLX's CUDA
+  #     Compiled::eval_gpu divides by the block size of a launch over no elements; the
+  #     shim now replays such a run plainly)
   #
   # Never in the storm (it evaluates no array too big for memory): a failed
   # MLX allocation segfaulted in MLX's CPU copy kernel instead of raising, e.g.
@@ -81,14 +86,14 @@ defmodule EMLX.Fuzz.Crashes do
           do: :rank_over_32,
           else: known_op_crash(st, name, args)
 
-      {EMLX.Fuzz.Gen, :program, [_, instrs | _]} when is_list(instrs) ->
+      {EMLX.Fuzz.Gen, :program, [_, instrs | rest]} when is_list(instrs) ->
         Enum.find_value(int_list(instrs), fn
           {name, args, _} when is_list(args) ->
             crash_class(st, {NIF, :op, [nil, name, args, nil]})
 
           _ ->
             nil
-        end)
+        end) || compiled_empty(st, rest)
 
       {EMLX, fun, args} when fun in [:reshape, :broadcast_to, :full, :ones] ->
         if long_list?(args), do: :rank_over_32
@@ -100,6 +105,15 @@ defmodule EMLX.Fuzz.Crashes do
         nil
     end
   end
+
+  # A compiled run over an empty input (its elementwise ops fuse into a
+  # kernel with no elements).
+  defp compiled_empty(st, [_, _, _, inputs, true]) when is_list(inputs) do
+    if Enum.any?(inputs, &(is_tuple(shape_in(st, &1)) and 0 in Tuple.to_list(shape_in(st, &1)))),
+      do: :compiled_empty_gpu
+  end
+
+  defp compiled_empty(_, _), do: nil
 
   # A shape of more than EMLX_MAX_DIMS (32) dimensions, short enough for
   # the codec (at most 4096 integers).
