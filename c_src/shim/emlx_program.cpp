@@ -3,6 +3,7 @@
 // and loops (EMLX_OP_WHILE), run here on the worker thread.
 
 #include <functional>
+#include <map>
 #include <typeinfo>
 #include <unordered_set>
 
@@ -13,6 +14,9 @@
 struct emlx_compiled {
   std::function<std::vector<mx::array>(const std::vector<mx::array> &)> fn;
   bool traceable;  // false once tracing failed: the program replays plainly from then on
+  // on the GPU, by the inputs' types and shapes (which fix the traced graph):
+  // whether it holds a fused kernel over no elements (empty_fused_kernel)
+  std::map<std::vector<int64_t>, bool> empty_kernel{};
 };
 
 namespace emlx {
@@ -70,7 +74,9 @@ std::vector<mx::array> replay(const emlx_stream &stream, const emlx_instr *instr
 // fused kernel whose outputs have no elements divides by zero in its launch
 // arguments (SIGFPE, the VM down; EMLX.FuzzTest found it on the H200). Its
 // eager ops return early on empty outputs. So a compiled run on the GPU
-// whose graph holds such a kernel is dropped and replayed plainly.
+// whose graph holds such a kernel is dropped and replayed plainly. The walk
+// visits every node of the run's graph, so it runs once per program and
+// input types and shapes (emlx_compiled's empty_kernel), which fix the graph.
 bool empty_fused_kernel(const std::vector<mx::array> &outs) {
   std::vector<mx::array> todo(outs);
   std::unordered_set<uintptr_t> seen;
@@ -103,8 +109,19 @@ std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std
     p->compiled = new emlx_compiled{mx::compile(body), true};
   }
   try {
+    if (stream.s.device != mx::Device::gpu) return p->compiled->fn(in);
+    std::vector<int64_t> key;
+    for (auto &a : in) {
+      key.push_back(static_cast<int64_t>(a.dtype().val()));
+      key.push_back(a.ndim());
+      key.insert(key.end(), a.shape().begin(), a.shape().end());
+    }
+    auto known = p->compiled->empty_kernel.find(key);
+    if (known != p->compiled->empty_kernel.end() && known->second)
+      return replay(stream, p->instrs, p->ninstrs, in, slots);
     auto outs = p->compiled->fn(in);
-    if (stream.s.device == mx::Device::gpu && empty_fused_kernel(outs))
+    if (known == p->compiled->empty_kernel.end() &&
+        p->compiled->empty_kernel.emplace(std::move(key), empty_fused_kernel(outs)).first->second)
       return replay(stream, p->instrs, p->ninstrs, in, slots);
     return outs;
   } catch (...) {
