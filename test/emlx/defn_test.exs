@@ -412,6 +412,59 @@ defmodule EMLX.DefnTest do
       assert EMLX.NIF.to_binary(q, y, 64) |> EMLX.Worker.await() == <<0::16, 0::16>>
     end
 
+    test "every element-wise op and reduction of the op table, eager and compiled",
+         %{q: q, empty: e} do
+      read = fn y -> EMLX.NIF.to_binary(q, y, 64) |> EMLX.Worker.await() end
+
+      # each call returns its result's bytes, or raises as a bad argument
+      # or an MLX error (an integer-only op on f32, say); none may crash
+      outcome = fn f ->
+        try do
+          {:ok, f.()}
+        rescue
+          error in [ArgumentError, EMLX.NIFError] -> {:raised, error}
+        end
+      end
+
+      program = fn instrs, inputs ->
+        p = EMLX.NIF.program_new(q, instrs, length(inputs), [length(inputs)])
+        [y] = EMLX.NIF.program_run(q, p, inputs, true) |> EMLX.Worker.await()
+        read.(y)
+      end
+
+      calls =
+        Enum.flat_map(EMLX.Ops.unary(), fn op ->
+          [
+            fn -> read.(EMLX.Worker.run_op(q, op, [e], nil)) end,
+            fn -> program.([{op, [0], nil}], [e]) end
+          ]
+        end) ++
+          Enum.flat_map(EMLX.Ops.binary(), fn op ->
+            [
+              fn -> read.(EMLX.Worker.run_op(q, op, [e, e], nil)) end,
+              fn -> program.([{op, [0, 1], nil}, {:exp, [2], nil}], [e, e]) end
+            ]
+          end)
+
+      results = Enum.map(calls, outcome)
+      assert Enum.all?(results, &(match?({:ok, <<>>}, &1) or match?({:raised, _}, &1)))
+      assert Enum.count(results, &match?({:ok, _}, &1)) > 100
+
+      # reductions: over the empty axis (3 results) and over the other (none)
+      for op <- EMLX.Ops.with_signature("aIb") do
+        over_empty = outcome.(fn -> read.(EMLX.Worker.run_op(q, op, [e, [1], false], nil)) end)
+        over_other = outcome.(fn -> read.(EMLX.Worker.run_op(q, op, [e, [0], false], nil)) end)
+
+        assert match?({:raised, _}, over_empty) or
+                 (match?({:ok, b} when b != <<>>, over_empty) and
+                    rem(byte_size(elem(over_empty, 1)), 3) == 0),
+               "#{op}: #{inspect(over_empty)}"
+
+        assert over_other == {:ok, <<>>} or match?({:raised, _}, over_other),
+               "#{op}: #{inspect(over_other)}"
+      end
+    end
+
     test "EMLX.Fast's swiglu over an empty array", %{q: q, empty: e} do
       y = EMLX.Worker.run_op(q, :fast_swiglu, [e, e], nil)
       assert EMLX.NIF.to_binary(q, y, 64) |> EMLX.Worker.await() == <<>>
