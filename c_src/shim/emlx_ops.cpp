@@ -206,9 +206,11 @@ std::vector<mx::array> run_instr(int op, const emlx_stream &s, const emlx_arg *a
   auto results = run_op(op, stream, args, out);
   check_results(results);
   // A result with no elements needs no kernel (and MLX's CUDA kernels are
-  // not all safe with empty grids): it becomes an empty constant.
+  // not all safe with empty grids): it becomes an empty constant, of the
+  // output type (a cast of it would be a kernel over no elements too, which
+  // mx::compile fuses; see empty_fused_kernel in emlx_program.cpp).
   for (auto &r : results)
-    if (r.size() == 0) r = mx::zeros(r.shape(), r.dtype(), stream);
+    if (r.size() == 0) r = mx::zeros(r.shape(), out && *out != mx::float64 ? *out : r.dtype(), stream);
   if (out)
     for (auto &r : results)
       if (r.dtype() != *out) r = emlx_as_type(r, *out, r.dtype() == mx::float64 ? stream_for_array(s, r) : stream);

@@ -412,6 +412,17 @@ defmodule EMLX.DefnTest do
       assert EMLX.NIF.to_binary(q, y, 64) |> EMLX.Worker.await() == <<0::16, 0::16>>
     end
 
+    test "all and any over an empty axis: a fused kernel over no elements inside one op",
+         %{q: q, empty: e} do
+      # (their comparison with zero is fused with the reduction's input under
+      # mx::compile: on the GPU the run replays plainly)
+      for {op, want} <- [all: <<1, 1, 1>>, any: <<0, 0, 0>>], compile <- [true, false] do
+        p = EMLX.NIF.program_new(q, [{op, [0, [1], false], nil}], 1, [1])
+        [y] = EMLX.NIF.program_run(q, p, [e], compile) |> EMLX.Worker.await()
+        assert EMLX.NIF.to_binary(q, y, 64) |> EMLX.Worker.await() == want
+      end
+    end
+
     test "every element-wise op and reduction of the op table, eager and compiled",
          %{q: q, empty: e} do
       read = fn y -> EMLX.NIF.to_binary(q, y, 64) |> EMLX.Worker.await() end
