@@ -384,6 +384,9 @@ static void queue_destroy(emlx_queue *q) {
 
 static void *worker_main(void *arg) {
   emlx_queue *q = arg;
+  /* named for perf, top and the kernel's reports (MLX's stream thread,
+   * made on this one, inherits the name) */
+  pthread_setname_np(pthread_self(), q->device == EMLX_DEV_GPU ? "emlx_gpu" : "emlx_cpu");
   emlx_stream *s = NULL;
   emlx_status st = emlx_stream_new(q->device, &s);
   pthread_mutex_lock(&q->mu);
@@ -399,22 +402,30 @@ static void *worker_main(void *arg) {
   pthread_cond_broadcast(&q->cv);
   pthread_mutex_unlock(&q->mu);
 
+  /* The jobs taken off the queue and not yet run, in order: the worker
+   * takes every posted job under one lock, so that in a dispatch-bound loop
+   * the posting caller and the worker do not trade the lock once per job. */
+  emlx_job *batch = NULL;
   for (;;) {
-    /* A caller usually posts its next job right after our reply: look for
-     * it for a short while before sleeping on the condition variable, which
-     * saves a futex wake-up per op in a dispatch-bound loop. */
-    for (int spin = 0; spin < WORKER_SPIN_ROUNDS && !atomic_load_explicit(&q->pending, memory_order_acquire); spin++)
-      sched_yield();
-    pthread_mutex_lock(&q->mu);
-    while (!q->head) {
-      q->sleeping = 1;
-      pthread_cond_wait(&q->cv, &q->mu);
-      q->sleeping = 0;
+    if (!batch) {
+      /* A caller usually posts its next job right after our reply: look for
+       * it for a short while before sleeping on the condition variable,
+       * which saves a futex wake-up per op in a dispatch-bound loop. */
+      for (int spin = 0; spin < WORKER_SPIN_ROUNDS && !atomic_load_explicit(&q->pending, memory_order_acquire);
+           spin++)
+        sched_yield();
+      pthread_mutex_lock(&q->mu);
+      while (!q->head) {
+        q->sleeping = 1;
+        pthread_cond_wait(&q->cv, &q->mu);
+        q->sleeping = 0;
+      }
+      batch = q->head;
+      q->head = q->tail = NULL;
+      pthread_mutex_unlock(&q->mu);
     }
-    emlx_job *job = q->head;
-    q->head = job->next;
-    if (!q->head) q->tail = NULL;
-    pthread_mutex_unlock(&q->mu);
+    emlx_job *job = batch;
+    batch = job->next; /* (the job may be freed below) */
 
     /* A polled job is freed by its reply (or by the caller it replies to).
      * pending counts a job until it is done (see emlx_queue_idle). */
