@@ -81,7 +81,8 @@ emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
   job->error_kind = EMLX_ERR_ARG;
   /* Ops never reply (their results are arrays filled in place), nor does an
    * async eval (its errors surface at the read that waits): no env. */
-  if (kind != EMLX_JOB_FREE && kind != EMLX_JOB_STOP && kind != EMLX_JOB_OP && kind != EMLX_JOB_ASYNC_EVAL) {
+  if (kind != EMLX_JOB_FREE && kind != EMLX_JOB_STOP && kind != EMLX_JOB_OP && kind != EMLX_JOB_ASYNC_EVAL &&
+      kind != EMLX_JOB_QUIESCE) {
     job->env = enif_alloc_env();
     if (!job->env) {
       job_release(job);

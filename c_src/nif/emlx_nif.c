@@ -535,8 +535,14 @@ static void set_tf32(ErlNifEnv *env, ERL_NIF_TERM info) {
     setenv("MLX_ENABLE_TF32", value, 0);
 }
 
+/* At the VM's exit (erlang:halt included), before the libraries' own
+ * destructors: let every queue finish what its stream is computing (see
+ * emlx_queues_quiesce), at most 10 s. */
+static void quiesce_at_exit(void) { emlx_queues_quiesce(10000); }
+
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   (void)priv;
+  if (atexit(quiesce_at_exit) != 0) return 1;
   set_tf32(env, info);
   if (emlx_resources_load(env) != 0) return 1;
   emlx_codec_load(env);

@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "emlx_codec.h"
@@ -196,6 +197,89 @@ static void run_async_eval(emlx_queue *q, emlx_job *job) {
 
 static void run_sync(emlx_queue *q, emlx_job *job) { emlx_reply_status(job, emlx_stream_synchronize(q->stream)); }
 
+/* ---- the running queues, quiesced at the VM's exit ---- */
+
+static pthread_mutex_t running_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t quiesced_cv = PTHREAD_COND_INITIALIZER;
+static emlx_queue **running;
+static int nrunning, cap_running;
+static int quiesce_left; /* QUIESCE jobs posted and not yet done (under running_mu) */
+
+static void running_add(emlx_queue *q) {
+  pthread_mutex_lock(&running_mu);
+  if (nrunning == cap_running) {
+    int cap = cap_running ? cap_running * 2 : 16;
+    emlx_queue **n = realloc(running, sizeof *n * (size_t)cap);
+    if (n) {
+      running = n;
+      cap_running = cap;
+    }
+  }
+  if (nrunning < cap_running) running[nrunning++] = q; /* (no memory: not quiesced at exit) */
+  pthread_mutex_unlock(&running_mu);
+}
+
+static void running_remove_locked(emlx_queue *q) {
+  for (int i = 0; i < nrunning; i++)
+    if (running[i] == q) {
+      running[i] = running[--nrunning];
+      break;
+    }
+}
+
+/* A worker leaves the list as its thread ends; a QUIESCE job left behind
+ * its STOP (in batch or still posted) is counted done. */
+static void running_leave(emlx_queue *q, emlx_job *batch) {
+  pthread_mutex_lock(&q->mu);
+  emlx_job *posted = q->head;
+  q->head = q->tail = NULL;
+  pthread_mutex_unlock(&q->mu);
+  pthread_mutex_lock(&running_mu);
+  running_remove_locked(q);
+  for (emlx_job *lists[2] = {batch, posted}, **l = lists; l < lists + 2; l++)
+    for (emlx_job *j = *l, *next; j; j = next) {
+      next = j->next;
+      if (j->kind == EMLX_JOB_QUIESCE) {
+        quiesce_left--;
+        emlx_job_free(j);
+      }
+    }
+  pthread_cond_broadcast(&quiesced_cv);
+  pthread_mutex_unlock(&running_mu);
+}
+
+static void run_quiesce(emlx_queue *q, emlx_job *job) {
+  (void)job;
+  emlx_stream_synchronize(q->stream);
+  pthread_mutex_lock(&running_mu);
+  quiesce_left--;
+  pthread_cond_broadcast(&quiesced_cv);
+  pthread_mutex_unlock(&running_mu);
+}
+
+void emlx_queues_quiesce(int timeout_ms) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += timeout_ms / 1000;
+  until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  pthread_mutex_lock(&running_mu);
+  /* (a queue stays in the list while its thread runs, so posting to it
+   * under running_mu is safe; its QUIESCE job runs before a later STOP) */
+  for (int i = 0; i < nrunning; i++) {
+    emlx_job *job = emlx_job_new(EMLX_JOB_QUIESCE, NULL);
+    if (!job) continue;
+    quiesce_left++;
+    emlx_queue_post(running[i], job);
+  }
+  while (quiesce_left > 0)
+    if (pthread_cond_timedwait(&quiesced_cv, &running_mu, &until) != 0) break;
+  pthread_mutex_unlock(&running_mu);
+}
+
 /* Every job posted before this one has run: no wait on the stream (the
  * device may still be computing what they asked for). */
 static void run_drain(emlx_queue *q, emlx_job *job) {
@@ -372,6 +456,7 @@ static void (*const job_bodies[])(emlx_queue *q, emlx_job *job) = {
     [EMLX_JOB_LOAD_SAFETENSORS] = emlx_run_load_safetensors,
     [EMLX_JOB_SAVE_SAFETENSORS] = emlx_run_save_safetensors,
     [EMLX_JOB_FREE] = NULL,
+    [EMLX_JOB_QUIESCE] = run_quiesce,
     [EMLX_JOB_STOP] = NULL,
 };
 
@@ -399,6 +484,7 @@ static void *worker_main(void *arg) {
   }
   q->stream = s;
   q->state = 1;
+  running_add(q);
   pthread_cond_broadcast(&q->cv);
   pthread_mutex_unlock(&q->mu);
 
@@ -441,6 +527,7 @@ static void *worker_main(void *arg) {
     atomic_fetch_sub_explicit(&q->pending, 1, memory_order_acq_rel);
     if (stop) break;
   }
+  running_leave(q, batch);
   queue_destroy(q);
   return NULL;
 }

@@ -1,0 +1,48 @@
+defmodule EMLX.VMExitTest do
+  @moduledoc """
+  The VM exits (erlang:halt, as `elixir script.exs` ends) after eager work
+  whose BLAS calls ran on MLX's CPU stream. Debian 12's OpenBLAS (0.3.21)
+  stops its threads in its library destructor at exit, and that join hung
+  for good after this script's work (every run of it on the 2-core VM); the
+  NIF now lets every queue finish its stream's work first, from an atexit
+  handler (`emlx_queues_quiesce`). The script runs in its own OS process.
+  """
+  use ExUnit.Case, async: true
+  @moduletag timeout: 180_000
+
+  @script ~S"""
+  {:ok, _} = Application.ensure_all_started(:emlx)
+  cpu = {EMLX.Backend, device: :cpu}
+  q = EMLX.Application.default_worker(:cpu)
+  a = Nx.tensor([1.0, 2.0, 3.0, 4.0], backend: cpu)
+  b = Nx.tensor([0.5, 0.5, 0.5, 0.5], backend: cpu)
+  big = Nx.iota({1536, 1536}, type: :f32, backend: cpu) |> Nx.divide(1.0e6)
+
+  for _round <- 1..3, mode <- [:same, :chained, :nx] do
+    EMLX.NIF.queue_drain(q) |> EMLX.Worker.await()
+    m = Nx.dot(big, big)
+    :ok = EMLX.NIF.async_eval(q, [m.data.ref])
+
+    case mode do
+      :same -> for _ <- 1..1500, do: EMLX.NIF.op(q, :add, [a.data.ref, b.data.ref], nil)
+      :chained -> Enum.reduce(1..1500, a, fn _, acc -> Nx.add(acc, b) end)
+      :nx -> Enum.reduce(1..1500, a, fn _, acc -> Nx.multiply(acc, b) end)
+    end
+  end
+
+  EMLX.NIF.queue_drain(q) |> EMLX.Worker.await()
+  IO.puts("posted")
+  """
+
+  test "the VM exits after eager work with BLAS calls on MLX's CPU stream" do
+    path = Path.join(System.tmp_dir!(), "emlx_vm_exit_#{System.unique_integer([:positive])}.exs")
+    File.write!(path, @script)
+    on_exit(fn -> File.rm(path) end)
+    paths = for p <- :code.get_path(), String.contains?(to_string(p), "_build"), do: to_string(p)
+    args = ["-s", "KILL", "90", System.find_executable("elixir")]
+    args = args ++ Enum.flat_map(paths, &["-pa", &1]) ++ [path]
+    {out, status} = System.cmd("timeout", args, stderr_to_stdout: true)
+    assert out =~ "posted"
+    assert status == 0, "the script's VM did not exit by itself (status #{status}):\n#{out}"
+  end
+end
