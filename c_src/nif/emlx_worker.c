@@ -484,9 +484,9 @@ static void *worker_main(void *arg) {
   }
   q->stream = s;
   q->state = 1;
-  running_add(q);
   pthread_cond_broadcast(&q->cv);
   pthread_mutex_unlock(&q->mu);
+  running_add(q); /* (not under q->mu: emlx_queues_quiesce posts under running_mu) */
 
   /* The jobs taken off the queue and not yet run, in order: the worker
    * takes every posted job under one lock, so that in a dispatch-bound loop
