@@ -97,8 +97,8 @@ bool empty_fused_kernel(const std::vector<mx::array> &outs) {
 std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std::vector<mx::array> &in, bool compile) {
   note_work(p->ninstrs);
   std::vector<int> slots(p->out_slots, p->out_slots + p->nouts);
-  if (!compile || p->plain || (p->compiled && !p->compiled->traceable))
-    return replay(stream, p->instrs, p->ninstrs, in, slots);
+  auto plainly = [&] { return replay(stream, p->instrs, p->ninstrs, in, slots); };
+  if (!compile || p->plain || (p->compiled && !p->compiled->traceable)) return plainly();
   if (!p->compiled) {
     emlx_stream st = stream;
     const emlx_instr *instrs = p->instrs;
@@ -108,29 +108,35 @@ std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std
     };
     p->compiled = new emlx_compiled{mx::compile(body), true};
   }
-  try {
-    if (stream.s.device != mx::Device::gpu) return p->compiled->fn(in);
-    std::vector<int64_t> key;
+  // On the GPU, a run whose traced graph holds a fused kernel over no
+  // elements replays plainly (see empty_fused_kernel), known by the inputs'
+  // types and shapes after the first such run.
+  bool gpu = stream.s.device == mx::Device::gpu;
+  auto &memo = p->compiled->empty_kernel;
+  auto known = memo.end();
+  std::vector<int64_t> key;
+  if (gpu) {
     for (auto &a : in) {
       key.push_back(static_cast<int64_t>(a.dtype().val()));
       key.push_back(a.ndim());
       key.insert(key.end(), a.shape().begin(), a.shape().end());
     }
-    auto known = p->compiled->empty_kernel.find(key);
-    if (known != p->compiled->empty_kernel.end() && known->second)
-      return replay(stream, p->instrs, p->ninstrs, in, slots);
-    auto outs = p->compiled->fn(in);
-    if (known == p->compiled->empty_kernel.end() &&
-        p->compiled->empty_kernel.emplace(std::move(key), empty_fused_kernel(outs)).first->second)
-      return replay(stream, p->instrs, p->ninstrs, in, slots);
-    return outs;
+    known = memo.find(key);
+    if (known != memo.end() && known->second) return plainly();
+  }
+  std::vector<mx::array> outs;
+  try {
+    outs = p->compiled->fn(in);
   } catch (...) {
     // Tracing failed: an op needs data while tracing ("cannot compile"),
     // or the program is wrong. Either way it replays plainly, now and from
     // then on; a genuine error is raised by that replay, once.
     p->compiled->traceable = false;
-    return replay(stream, p->instrs, p->ninstrs, in, slots);
+    return plainly();
   }
+  if (gpu && known == memo.end() && memo.emplace(std::move(key), empty_fused_kernel(outs)).first->second)
+    return plainly();
+  return outs;
 }
 
 // A loop: the condition and the body are programs of their own, each

@@ -276,8 +276,7 @@ mx::array emlx_fast_swiglu(const mx::array &gate, const mx::array &up, SD s) {
     return mx::multiply(mx::multiply(g, mx::sigmoid(g, st), st), x, st);
   };
   auto st = mx::to_stream(s);
-  // (an empty one too: MLX's fused kernel cannot launch over no elements)
-  if (st.device != mx::Device::gpu || gate.size() == 0) return ops(gate, u, s);
+  if (st.device != mx::Device::gpu) return ops(gate, u, s);
   // On the GPU, one fused kernel (as mlx-lm's compiled swiglu; each op
   // still rounds to the input type, so the values are the same), instead of
   // three launches. MLX's compile cache is per thread, and so is this one.

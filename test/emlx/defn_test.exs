@@ -401,7 +401,7 @@ defmodule EMLX.DefnTest do
         [y, x2] = EMLX.NIF.program_run(q, p, [x, e], compile) |> EMLX.Worker.await()
 
         assert elem(EMLX.Worker.info(y), 0) == {3, 0}
-        assert EMLX.NIF.to_binary(q, y, 64) |> EMLX.Worker.await() == <<>>
+        assert read(q, y) == <<>>
 
         assert elem(EMLX.Worker.info(x2), 0) == {2, 2}
       end
@@ -409,7 +409,7 @@ defmodule EMLX.DefnTest do
       # the same compiled program then runs over elements
       {_, z} = EMLX.Backend.from_nx(emlx(Nx.broadcast(0.0, {1, 2})))
       [y, _] = EMLX.NIF.program_run(q, p, [x, z], true) |> EMLX.Worker.await()
-      assert EMLX.NIF.to_binary(q, y, 64) |> EMLX.Worker.await() == <<0::16, 0::16>>
+      assert read(q, y) == <<0::16, 0::16>>
     end
 
     test "all and any over an empty axis: a fused kernel over no elements inside one op",
@@ -419,14 +419,12 @@ defmodule EMLX.DefnTest do
       for {op, want} <- [all: <<1, 1, 1>>, any: <<0, 0, 0>>], compile <- [true, false] do
         p = EMLX.NIF.program_new(q, [{op, [0, [1], false], nil}], 1, [1])
         [y] = EMLX.NIF.program_run(q, p, [e], compile) |> EMLX.Worker.await()
-        assert EMLX.NIF.to_binary(q, y, 64) |> EMLX.Worker.await() == want
+        assert read(q, y) == want
       end
     end
 
     test "every element-wise op and reduction of the op table, eager and compiled",
          %{q: q, empty: e} do
-      read = fn y -> EMLX.NIF.to_binary(q, y, 64) |> EMLX.Worker.await() end
-
       # each call returns its result's bytes, or raises as a bad argument
       # or an MLX error (an integer-only op on f32, say); none may crash
       outcome = fn f ->
@@ -440,19 +438,19 @@ defmodule EMLX.DefnTest do
       program = fn instrs, inputs ->
         p = EMLX.NIF.program_new(q, instrs, length(inputs), [length(inputs)])
         [y] = EMLX.NIF.program_run(q, p, inputs, true) |> EMLX.Worker.await()
-        read.(y)
+        read(q, y)
       end
 
       calls =
         Enum.flat_map(EMLX.Ops.unary(), fn op ->
           [
-            fn -> read.(EMLX.Worker.run_op(q, op, [e], nil)) end,
+            fn -> read(q, EMLX.Worker.run_op(q, op, [e], nil)) end,
             fn -> program.([{op, [0], nil}], [e]) end
           ]
         end) ++
           Enum.flat_map(EMLX.Ops.binary(), fn op ->
             [
-              fn -> read.(EMLX.Worker.run_op(q, op, [e, e], nil)) end,
+              fn -> read(q, EMLX.Worker.run_op(q, op, [e, e], nil)) end,
               fn -> program.([{op, [0, 1], nil}, {:exp, [2], nil}], [e, e]) end
             ]
           end)
@@ -463,8 +461,8 @@ defmodule EMLX.DefnTest do
 
       # reductions: over the empty axis (3 results) and over the other (none)
       for op <- EMLX.Ops.with_signature("aIb") do
-        over_empty = outcome.(fn -> read.(EMLX.Worker.run_op(q, op, [e, [1], false], nil)) end)
-        over_other = outcome.(fn -> read.(EMLX.Worker.run_op(q, op, [e, [0], false], nil)) end)
+        over_empty = outcome.(fn -> read(q, EMLX.Worker.run_op(q, op, [e, [1], false], nil)) end)
+        over_other = outcome.(fn -> read(q, EMLX.Worker.run_op(q, op, [e, [0], false], nil)) end)
 
         assert match?({:raised, _}, over_empty) or
                  (match?({:ok, b} when b != <<>>, over_empty) and
@@ -478,9 +476,11 @@ defmodule EMLX.DefnTest do
 
     test "EMLX.Fast's swiglu over an empty array", %{q: q, empty: e} do
       y = EMLX.Worker.run_op(q, :fast_swiglu, [e, e], nil)
-      assert EMLX.NIF.to_binary(q, y, 64) |> EMLX.Worker.await() == <<>>
+      assert read(q, y) == <<>>
     end
   end
+
+  defp read(q, array), do: EMLX.NIF.to_binary(q, array, 64) |> EMLX.Worker.await()
 
   describe "queues and devices" do
     test ":command_queue runs the program on that queue" do
