@@ -88,7 +88,7 @@ defmodule EMLX.PointerTest do
     t = emlx([1.25, -2.0, 1.0e10], type: :f64)
     %Nx.Pointer{handle: name} = Nx.to_pointer(t, mode: :ipc)
 
-    {out, 0} = System.cmd(python, ["-c", @python, name, "3", tag], stderr_to_stdout: true)
+    {out, 0} = EMLX.PyEnv.cmd(python, ["-c", @python, name, "3", tag])
     assert String.trim(out) == "1.25,-2.0,10000000000.0"
 
     back =
@@ -128,9 +128,7 @@ defmodule EMLX.PointerTest do
     %Nx.Pointer{kind: :ipc, handle: name} = Nx.to_pointer(t, mode: :ipc)
 
     {out, 0} =
-      System.cmd(System.find_executable("python3"), ["-c", @torch, name, "1000", tag],
-        stderr_to_stdout: true
-      )
+      EMLX.PyEnv.cmd(System.find_executable("python3"), ["-c", @torch, name, "1000", tag])
 
     assert out =~ "499500.0"
 

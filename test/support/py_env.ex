@@ -22,13 +22,31 @@ defmodule EMLX.PyEnv do
     python
   end
 
-  @doc "Runs `python args...` (stdout returned; a failure raises with its output)."
-  def run!(args) do
-    case System.cmd(python!(), args, stderr_to_stdout: true) do
-      {out, 0} -> out
-      {out, status} -> raise "#{Enum.join(args, " ")} exited with #{status}:\n#{out}"
+  @doc "Runs `python args...` with the venv's python (see `cmd/2`)."
+  def run!(args), do: python!() |> cmd(args) |> ok!(args)
+
+  @doc """
+  Runs `exe args...` (stderr with stdout) as `System.cmd/3` does, killed
+  past `EMLX_PY_TIMEOUT` seconds (default 600; status 137): on the GPU host,
+  with the suite's parts side by side, a reference process that never
+  returned left its test module waiting with no timeout of its own.
+  """
+  def cmd(exe, args) do
+    case System.find_executable("timeout") do
+      nil -> System.cmd(exe, args, stderr_to_stdout: true)
+      t -> System.cmd(t, ["-s", "KILL", limit(), exe | args], stderr_to_stdout: true)
     end
   end
+
+  defp limit, do: System.get_env("EMLX_PY_TIMEOUT", "600")
+
+  defp ok!({out, 0}, _args), do: out
+
+  defp ok!({out, 137}, args),
+    do: raise("#{Enum.join(args, " ")} was killed (137: past #{limit()} s, or a signal):\n#{out}")
+
+  defp ok!({out, status}, args),
+    do: raise("#{Enum.join(args, " ")} exited with #{status}:\n#{out}")
 
   @doc "Runs a Python snippet with `argv` (stdout returned)."
   def eval!(code, argv \\ []), do: run!(["-c", code | argv])
