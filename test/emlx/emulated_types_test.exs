@@ -3,8 +3,10 @@ defmodule EMLX.EmulatedTypesTest do
   The types MLX lacks (c128, f8, f8_e4m3fn, u2, u4, s2, s4): stored as
   their Nx binary in a uint8 MLX array and computed with
   Nx.BinaryBackend's implementation (EMLX.Backend.Emulated), eagerly and
-  under `compiler: EMLX`. Every result is compared with Nx.BinaryBackend
-  bit for bit.
+  under `compiler: EMLX`, c128 arithmetic on MLX in float64 pairs
+  (EMLX.Backend.Complex128). Every result is compared with Nx.BinaryBackend
+  bit for bit, but a c128 dot of inexact values (float64 rounding in BLAS's
+  order).
   """
   use EMLX.Case, async: true
 
@@ -110,10 +112,137 @@ defmodule EMLX.EmulatedTypesTest do
       end
     end
 
-    test "dot, sum and product" do
+    test "arithmetic on MLX's float64 pairs gives Nx.BinaryBackend's bits for infinities, NaN and signed zeros" do
+      special = [:nan, :infinity, :neg_infinity, 0.0, -0.0, 1.5, -2.0]
+      values = for re <- special, im <- special, do: Complex.new(re, im)
+      x = bin(values, :c128)
+      y = Nx.reverse(x)
+      z = bin(Enum.shuffle(values), :c128)
+
+      for fun <- [&Nx.add/2, &Nx.subtract/2, &Nx.multiply/2] do
+        assert_emulated(fun, [x, y], device())
+        assert_emulated(fun, [x, z], device())
+        assert_emulated(fun, [x, Nx.as_type(z, :c64)], device())
+      end
+
+      for fun <- [&Nx.negate/1, &Nx.conjugate/1, &Nx.real/1, &Nx.imag/1] do
+        assert_emulated(fun, [x], device())
+      end
+    end
+
+    test "which c128 callbacks run on MLX's float64 pairs" do
+      alias EMLX.Backend.Complex128
+      x = emlx(c128_values(), type: :c128)
+      f32 = emlx([[0.5, -1.0, 2.0, 3.0]], type: :f32)
+      out = %{x | data: nil}
+      assert Complex128.native?(:add, [out, x, x])
+      assert Complex128.native?(:multiply, [out, x, Nx.as_type(x, :c64)])
+      assert Complex128.native?(:negate, [out, x])
+      assert Complex128.native?(:real, [%{out | type: {:f, 64}}, x])
+
+      assert Complex128.native?(:dot, [
+               %{out | shape: {3, 3}},
+               x,
+               [1],
+               [],
+               Nx.transpose(x),
+               [0],
+               []
+             ])
+
+      assert Complex128.native?(:dot, [
+               %{out | shape: {3, 1}},
+               x,
+               [1],
+               [],
+               Nx.transpose(f32),
+               [0],
+               []
+             ])
+
+      # a real operand of add, subtract or multiply, an s64 dot operand, and
+      # what Complex128 leaves alone: Nx.BinaryBackend's implementation
+      refute Complex128.native?(:add, [out, x, f32])
+
+      refute Complex128.native?(:dot, [
+               %{out | shape: {3, 1}},
+               x,
+               [1],
+               [],
+               Nx.iota({4, 1}, type: :s64),
+               [0],
+               []
+             ])
+
+      refute Complex128.native?(:exp, [out, x])
+      refute Complex128.native?(:divide, [out, x, x])
+      refute Complex128.native?(:add, [out, x, Nx.backend_copy(x, Nx.BinaryBackend)])
+    end
+
+    test "dot of exact products equals Nx.BinaryBackend, with c128, c64, f64 and s32 operands" do
+      z = bin(c128_int_values(), :c128)
+      assert_emulated(&Nx.dot(&1, Nx.transpose(&1)), [z], device())
+      assert_emulated(&Nx.dot(&1, [1], &2, [0]), [z, Nx.transpose(z)], device())
+      assert_emulated(&Nx.dot(&1, [0], [], &2, [0], []), [z, Nx.conjugate(z)], device())
+      assert_emulated(&Nx.dot(&1, &2), [z, Nx.transpose(Nx.as_type(z, :c64))], device())
+      assert_emulated(&Nx.dot(&1, &2), [Nx.as_type(z, :c64), Nx.transpose(z)], device())
+      ints = bin([[1, -2, 3], [4, 0, -6], [7, 8, 9], [-1, 1, 2]], :s32)
+      assert_emulated(&Nx.dot(&1, &2), [z, ints], device())
+      assert_emulated(&Nx.dot(&1, &2), [Nx.transpose(ints), Nx.transpose(z)], device())
+      assert_emulated(&Nx.dot(&1, &2), [z, Nx.as_type(ints, :f64)], device())
+
+      # batched: {2, 3, 4} . {2, 4, 3}
+      b = Nx.stack([z, Nx.negate(z)])
+
+      assert_emulated(
+        &Nx.dot(&1, [2], [0], &2, [1], [0]),
+        [b, Nx.transpose(b, axes: [0, 2, 1])],
+        device()
+      )
+    end
+
+    test "dot of inexact values: float64 rounding of Nx.BinaryBackend's sums" do
+      {parts, _} =
+        Nx.with_default_backend(Nx.BinaryBackend, fn ->
+          Nx.Random.normal(Nx.Random.key(7), shape: {2, 48, 40}, type: :f64)
+        end)
+
+      x = Nx.complex(parts[0], parts[1])
+      y = Nx.transpose(Nx.multiply(x, Complex.new(0.5, -0.25)))
+      want = Nx.dot(x, y)
+
+      got =
+        Nx.dot(
+          Nx.backend_copy(x, {EMLX.Backend, device: device()}),
+          Nx.backend_copy(y, {EMLX.Backend, device: device()})
+        )
+
+      assert got.type == {:c, 128} and got.shape == {48, 48}
+      assert %EMLX.Backend{device: dev} = got.data
+      assert dev == device()
+      got = Nx.backend_copy(got, Nx.BinaryBackend)
+      scale = want |> Nx.abs() |> Nx.reduce_max() |> Nx.to_number()
+      err = Nx.subtract(got, want) |> Nx.abs() |> Nx.reduce_max() |> Nx.to_number()
+      assert err <= scale * 1.0e-14, "max error #{err} against entries up to #{scale}"
+
+      # the inexact decimals of c128_values/0
       x = c128()
-      assert_emulated(&Nx.dot(&1, Nx.transpose(&1)), [x], device())
-      assert_emulated(&Nx.dot(&1, [1], &2, [0]), [x, Nx.transpose(x)], device())
+      want = Nx.dot(x, Nx.transpose(x))
+
+      got =
+        Nx.dot(
+          Nx.backend_copy(x, {EMLX.Backend, device: device()}),
+          Nx.transpose(Nx.backend_copy(x, {EMLX.Backend, device: device()}))
+        )
+
+      close =
+        Nx.all_close(Nx.backend_copy(got, Nx.BinaryBackend), want, rtol: 1.0e-15, atol: 1.0e-15)
+
+      assert Nx.to_number(close) == 1
+    end
+
+    test "sum and product" do
+      x = c128()
       assert_emulated(&Nx.sum/1, [x], device())
       assert_emulated(&Nx.sum(&1, axes: [1]), [x], device())
       assert_emulated(&Nx.product(&1, axes: [0], keep_axes: true), [x], device())
@@ -241,19 +370,21 @@ defmodule EMLX.EmulatedTypesTest do
     end
 
     test "a function of c128 runs op by op, as Nx's evaluator on Nx.BinaryBackend" do
-      fun = fn x, y ->
-        {Nx.sum(Nx.multiply(Nx.exp(x), y)), Nx.abs(Nx.dot(x, Nx.transpose(y))), Nx.real(x)}
+      # (the dot's operands have small integer parts: its sums are exact)
+      fun = fn x, y, z ->
+        {Nx.sum(Nx.multiply(Nx.exp(x), y)), Nx.abs(Nx.dot(z, Nx.transpose(z))), Nx.real(x)}
       end
 
       x = c128()
       y = Nx.multiply(x, Complex.new(0.5, -0.25))
-      {s, a, r} = jit_same(fun, [x, y])
+      z = bin(c128_int_values(), :c128)
+      {s, a, r} = jit_same(fun, [x, y, z])
       assert s.data.device == device()
       assert a.type == {:f, 64}
       assert r.type == {:f, 64}
 
       # the second call reuses the cached decision (and gives the same bits)
-      {s2, _, _} = jit_same(fun, [x, y])
+      {s2, _, _} = jit_same(fun, [x, y, z])
       assert Nx.to_binary(s2) == Nx.to_binary(s)
     end
 

@@ -64,6 +64,19 @@ defmodule EMLX.EmulatedCases do
     ]
   end
 
+  @doc """
+  Complex values with small integer parts, as a {3, 4} list: their products
+  and sums are exact in float64, so any order of summation gives the same
+  bits (EMLX's c128 dot sums in BLAS's order).
+  """
+  def c128_int_values do
+    [
+      [Complex.new(1, 2), Complex.new(-3, 0), Complex.new(4, -1), Complex.new(0, 5)],
+      [Complex.new(2, 2), Complex.new(0, -7), Complex.new(-6, 3), Complex.new(1, 1)],
+      [Complex.new(-2, 9), Complex.new(8, 0), Complex.new(3, -3), Complex.new(-1, -4)]
+    ]
+  end
+
   @doc "Values for each 8-bit float type: exact ones, ones that round, and specials."
   def f8_values({:f, 8}), do: [0.0, 1.5, -3.0, 0.1, 100.0, 1.0e-3, 57_344.0, -0.5]
   def f8_values({:f8_e4m3fn, 8}), do: [0.0, 1.5, -3.0, 0.1, 100.0, 1.0e-3, 448.0, -0.5]

@@ -1,7 +1,8 @@
 defmodule EMLX.Backend.Emulated do
   @moduledoc false
   # The types MLX lacks (EMLX.Types.emulated/0: c128, f8, f8_e4m3fn, u2,
-  # u4, s2, s4), computed exactly with Nx.BinaryBackend's implementation.
+  # u4, s2, s4), computed exactly with Nx.BinaryBackend's implementation
+  # (c128 arithmetic that float64 pairs on MLX give alike: Complex128).
   #
   # (EMLX.Backend's struct is matched as a map here: EMLX.Backend is compiled
   # after this module, which it uses.)
@@ -216,8 +217,15 @@ defmodule EMLX.Backend.Emulated do
     to_emlx(result, device, queue)
   end
 
-  # Every other callback: the out template first, then its arguments.
+  # Every other callback: the out template first, then its arguments (c128
+  # arithmetic that float64 pairs on MLX compute alike: EMLX.Backend.Complex128).
   def call(name, [out | args]) do
+    if EMLX.Backend.Complex128.native?(name, [out | args]),
+      do: EMLX.Backend.Complex128.run(name, [out | args]),
+      else: binary_callback(name, out, args)
+  end
+
+  defp binary_callback(name, out, args) do
     fits_host!(name, [out | args])
     {device, queue} = target(args)
     recording()

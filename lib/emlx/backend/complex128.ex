@@ -1,0 +1,158 @@
+defmodule EMLX.Backend.Complex128 do
+  @moduledoc false
+  # c128 arithmetic on MLX, in float64 pairs, for the callbacks where that
+  # gives Nx.BinaryBackend's answer (EMLX.Backend.Emulated runs every other
+  # c128 callback on the BEAM, at Nx.BinaryBackend's speed).
+  #
+  # A c128 tensor's storage is its Nx binary in a uint8 array (see
+  # EMLX.Backend.Emulated): little-endian float64 pairs, real part first.
+  # Viewed as float64 (MLX's view, no copy) and split along a last axis of
+  # 2, it gives the real and imaginary parts as EMLX f64 tensors; a result
+  # is stacked back and viewed as uint8. float64 on EMLX is IEEE double, as
+  # the BEAM's floats are, so:
+  #
+  # * add, subtract, multiply (of two complex operands: c128 with c128 or
+  #   c64), negate, conjugate, real and imag compute what `Complex` computes
+  #   part by part, (a+bi)(c+di) as (ac - bd) + (bc + ad)i, with Nx's NaN
+  #   (every NaN result is written as Nx.BinaryBackend writes one): the
+  #   same bits. A real operand (whose imaginary part `Complex` treats
+  #   apart for infinities) goes to Nx.BinaryBackend.
+  # * dot is four float64 dots (BLAS on the CPU), (A + iB)(C + iD) =
+  #   (AC - BD) + i(AD + BC), of the operands' parts (a real operand's
+  #   imaginary part is zero): each entry rounds as an f64 dot on EMLX
+  #   does, in BLAS's order where Nx.BinaryBackend adds the products one by
+  #   one, so the last bits may differ; sums of exactly representable
+  #   products are equal. A 128x128 c128 dot: 4.3 s on the BEAM, 1.2 ms
+  #   here (bench/emulated_types.exs).
+  #
+  # Not while `compiler: EMLX` records (a defn with c128 is run by Nx's
+  # evaluator; only a defn inlined into another's recording gets here), and
+  # not for vectorized tensors: those take Nx.BinaryBackend's path.
+
+  alias EMLX.Defn.Recorder
+  alias Nx.Tensor, as: T
+
+  @elementwise [:add, :subtract, :multiply]
+  @unary [:negate, :conjugate]
+  @parts [:real, :imag]
+
+  @doc "Whether callback `name` with `args` (the out template first) runs here."
+  def native?(name, [%T{} = out | args]) do
+    tensors = [out | Enum.filter(args, &is_struct(&1, T))]
+
+    Enum.all?(tensors, &(&1.vectorized_axes == [])) and
+      Enum.all?(args, &(not is_struct(&1, T) or emlx?(&1))) and
+      not Recorder.active?() and fits?(name, out, args)
+  end
+
+  def native?(_name, _args), do: false
+
+  defp emlx?(%T{data: %{__struct__: EMLX.Backend, quantization_config: nil}}), do: true
+  defp emlx?(_), do: false
+
+  defp fits?(name, %T{type: {:c, 128}}, [a, b]) when name in @elementwise,
+    do: complex?(a) and complex?(b)
+
+  defp fits?(name, %T{type: {:c, 128}}, [%T{type: {:c, 128}}]) when name in @unary, do: true
+  defp fits?(name, %T{type: {:f, 64}}, [%T{type: {:c, 128}}]) when name in @parts, do: true
+
+  defp fits?(:dot, %T{type: {:c, 128}}, [a, _, _, b, _, _]),
+    do: exact_in_f64?(a) and exact_in_f64?(b)
+
+  defp fits?(_name, _out, _args), do: false
+
+  defp complex?(%T{type: {:c, _}}), do: true
+  defp complex?(_), do: false
+
+  # Types whose every value a float64 holds exactly.
+  defp exact_in_f64?(%T{type: {:c, _}}), do: true
+  defp exact_in_f64?(%T{type: {:f, _}}), do: true
+  defp exact_in_f64?(%T{type: {:bf, 16}}), do: true
+  defp exact_in_f64?(%T{type: {kind, bits}}) when kind in [:s, :u] and bits <= 32, do: true
+  defp exact_in_f64?(_), do: false
+
+  @doc "Runs callback `name` (see native?/2)."
+  def run(name, [out, a, b]) when name in @elementwise do
+    {ar, ai} = parts(a)
+    {br, bi} = parts(b)
+
+    case name do
+      :add ->
+        join(out, Nx.add(ar, br), Nx.add(ai, bi))
+
+      :subtract ->
+        join(out, Nx.subtract(ar, br), Nx.subtract(ai, bi))
+
+      :multiply ->
+        re = Nx.subtract(Nx.multiply(ar, br), Nx.multiply(ai, bi))
+        join(out, re, Nx.add(Nx.multiply(ai, br), Nx.multiply(ar, bi)))
+    end
+  end
+
+  def run(:negate, [out, t]) do
+    {re, im} = parts(t)
+    join(out, Nx.negate(re), Nx.negate(im))
+  end
+
+  def run(:conjugate, [out, t]) do
+    {re, im} = parts(t)
+    join(out, re, Nx.negate(im))
+  end
+
+  def run(name, [out, t]) when name in @parts do
+    {re, im} = parts(t)
+    part = if name == :real, do: re, else: im
+    %{out | data: canonical_nan(part).data}
+  end
+
+  def run(:dot, [out, a, ca, ba, b, cb, bb]) do
+    {ar, ai} = parts(a)
+    {br, bi} = parts(b)
+    dot = fn x, y -> Nx.dot(x, ca, ba, y, cb, bb) end
+    re = Nx.subtract(dot.(ar, br), dot.(ai, bi))
+    join(out, re, Nx.add(dot.(ar, bi), dot.(ai, br)))
+  end
+
+  # The real and imaginary parts of a tensor as EMLX f64 tensors of its
+  # shape, unnamed (a real tensor's imaginary part is zero).
+  defp parts(%T{type: {:c, 128}, shape: shape} = t) do
+    n = Tuple.product(shape)
+    rank = tuple_size(shape)
+    bytes = %{t | type: {:u, 8}, shape: {n * 16}, names: [nil]}
+    pairs = EMLX.Backend.bitcast(%{bytes | type: {:f, 64}, shape: {n * 2}}, bytes)
+    pairs = Nx.reshape(pairs, Tuple.insert_at(shape, rank, 2))
+    part = fn i -> pairs |> Nx.slice_along_axis(i, 1, axis: rank) |> Nx.squeeze(axes: [rank]) end
+    {part.(0), part.(1)}
+  end
+
+  defp parts(%T{type: {:c, 64}} = t) do
+    t = unnamed(t)
+    {Nx.as_type(Nx.real(t), :f64), Nx.as_type(Nx.imag(t), :f64)}
+  end
+
+  defp parts(%T{} = t) do
+    re = Nx.as_type(unnamed(t), :f64)
+    {re, Nx.broadcast(Nx.tensor(0.0, type: :f64, backend: backend(t)), re.shape)}
+  end
+
+  defp unnamed(%T{shape: shape} = t), do: Nx.rename(t, List.duplicate(nil, tuple_size(shape)))
+
+  defp backend(%T{data: %{device: device}}), do: {EMLX.Backend, device: device}
+
+  # out (a c128 template) holding re + im i.
+  defp join(%T{shape: shape} = out, re, im) do
+    n = Tuple.product(shape)
+    re = re |> Nx.broadcast(shape) |> canonical_nan()
+    im = im |> Nx.broadcast(shape) |> canonical_nan()
+    pairs = [re, im] |> Nx.stack(axis: -1) |> Nx.reshape({n * 2})
+    bytes = EMLX.Backend.bitcast(%{pairs | type: {:u, 8}, shape: {n * 16}}, pairs)
+    %{out | data: bytes.data}
+  end
+
+  # Every NaN as Nx writes one (a positive quiet NaN): IEEE arithmetic may
+  # give another sign or payload, which Nx.BinaryBackend's :nan does not.
+  defp canonical_nan(x) do
+    nan = Nx.Constants.nan(:f64, backend: backend(x))
+    Nx.select(Nx.is_nan(x), nan, x)
+  end
+end
