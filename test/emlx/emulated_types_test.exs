@@ -177,6 +177,21 @@ defmodule EMLX.EmulatedTypesTest do
       refute Complex128.native?(:exp, [out, x])
       refute Complex128.native?(:divide, [out, x, x])
       refute Complex128.native?(:add, [out, x, Nx.backend_copy(x, Nx.BinaryBackend)])
+
+      # whole elements moved on a uint8 view
+      t = %{out | shape: {4, 3}}
+      assert Complex128.native?(:transpose, [t, x, [1, 0]])
+      assert Complex128.native?(:reshape, [t, x])
+      assert Complex128.native?(:slice, [%{out | shape: {1, 2}}, x, [emlx(1), 0], [1, 2], [1, 1]])
+      assert Complex128.native?(:put_slice, [out, x, [0, 0], x])
+      assert Complex128.native?(:concatenate, [%{out | shape: {6, 4}}, [x, x], 0])
+      refute Complex128.native?(:put_slice, [out, x, [0, 0], Nx.as_type(x, :c64)])
+
+      refute Complex128.native?(:concatenate, [
+               %{out | shape: {6, 4}},
+               [x, Nx.as_type(x, :c64)],
+               0
+             ])
     end
 
     test "dot of exact products equals Nx.BinaryBackend, with c128, c64, f64 and s32 operands" do
@@ -254,6 +269,14 @@ defmodule EMLX.EmulatedTypesTest do
       assert_emulated(&Nx.transpose/1, [x], device())
       assert_emulated(&Nx.slice(&1, [1, 1], [2, 2]), [x], device())
       assert_emulated(&Nx.slice(&1, [0, 0], [3, 2], strides: [2, 1]), [x], device())
+      assert_emulated(&Nx.slice(&1, [Nx.tensor(2), Nx.tensor(1)], [2, 2]), [x], device())
+      assert_emulated(&Nx.put_slice(&1, [Nx.tensor(1), 0], Nx.reverse(&1)), [x], device())
+      assert_emulated(&Nx.broadcast(&1, {2, 3, 4}), [x], device())
+      assert_emulated(&Nx.broadcast(&1[0], {3, 4}, axes: [1]), [x], device())
+      assert_emulated(&Nx.squeeze(Nx.reshape(&1, {1, 3, 1, 4})), [x], device())
+      assert_emulated(&Nx.transpose(Nx.reshape(&1, {2, 3, 2}), axes: [2, 0, 1]), [x], device())
+      assert_emulated(&Nx.reverse(&1, axes: [1]), [x], device())
+      assert_emulated(&Nx.concatenate([&1, Nx.reverse(&1)], axis: 0), [x], device())
       assert_emulated(&Nx.concatenate([&1, &1], axis: 1), [x], device())
       assert_emulated(&Nx.stack([&1, &1]), [x], device())
       assert_emulated(&Nx.put_slice(&1, [1, 2], Nx.tensor([[Complex.new(9, 9)]])), [x], device())

@@ -25,6 +25,11 @@ defmodule EMLX.Backend.Complex128 do
   #   products are equal. A 128x128 c128 dot: 4.3 s on the BEAM, 1.2 ms
   #   here (bench/emulated_types.exs).
   #
+  # * reshape, squeeze, transpose, reverse, broadcast, slice, put_slice,
+  #   concatenate and stack of c128 tensors move whole elements: on a
+  #   uint8 view of shape `shape ++ {16}` (an element's 16 bytes on a last
+  #   axis the op leaves whole), so every bit is kept.
+  #
   # Not while `compiler: EMLX` records (a defn with c128 is run by Nx's
   # evaluator; only a defn inlined into another's recording gets here), and
   # not for vectorized tensors: those take Nx.BinaryBackend's path.
@@ -36,16 +41,28 @@ defmodule EMLX.Backend.Complex128 do
   @unary [:negate, :conjugate]
   @parts [:real, :imag]
 
+  @movement [:reshape, :squeeze, :transpose, :reverse, :broadcast, :slice, :put_slice] ++
+              [:concatenate, :stack]
+
   @doc "Whether callback `name` with `args` (the out template first) runs here."
   def native?(name, [%T{} = out | args]) do
-    tensors = [out | Enum.filter(args, &is_struct(&1, T))]
+    inputs = tensors(args)
 
-    Enum.all?(tensors, &(&1.vectorized_axes == [])) and
-      Enum.all?(args, &(not is_struct(&1, T) or emlx?(&1))) and
+    Enum.all?([out | inputs], &(&1.vectorized_axes == [])) and Enum.all?(inputs, &emlx?/1) and
       not Recorder.active?() and fits?(name, out, args)
   end
 
   def native?(_name, _args), do: false
+
+  # The tensors among the arguments, in lists too (a concatenate's
+  # operands, a slice's start indices).
+  defp tensors(args) do
+    Enum.flat_map(args, fn
+      %T{} = t -> [t]
+      list when is_list(list) -> Enum.filter(list, &is_struct(&1, T))
+      _ -> []
+    end)
+  end
 
   defp emlx?(%T{data: %{__struct__: EMLX.Backend, quantization_config: nil}}), do: true
   defp emlx?(_), do: false
@@ -58,6 +75,12 @@ defmodule EMLX.Backend.Complex128 do
 
   defp fits?(:dot, %T{type: {:c, 128}}, [a, _, _, b, _, _]),
     do: exact_in_f64?(a) and exact_in_f64?(b)
+
+  defp fits?(name, %T{type: {:c, 128}}, [%T{type: {:c, 128}} | rest]) when name in @movement,
+    do: name != :put_slice or match?([_, %T{type: {:c, 128}}], rest)
+
+  defp fits?(name, %T{type: {:c, 128}}, [list | _]) when name in [:concatenate, :stack],
+    do: Enum.all?(list, &match?(%T{type: {:c, 128}}, &1))
 
   defp fits?(_name, _out, _args), do: false
 
@@ -111,6 +134,50 @@ defmodule EMLX.Backend.Complex128 do
     dot = fn x, y -> Nx.dot(x, ca, ba, y, cb, bb) end
     re = Nx.subtract(dot.(ar, br), dot.(ai, bi))
     join(out, re, Nx.add(dot.(ar, bi), dot.(ai, br)))
+  end
+
+  # Same bytes, another shape.
+  def run(name, [out, t | _]) when name in [:reshape, :squeeze], do: %{out | data: t.data}
+
+  def run(:transpose, [out, t, axes]),
+    do: store(out, Nx.transpose(bytes(t), axes: axes ++ [length(axes)]))
+
+  def run(:reverse, [out, t, axes]), do: store(out, Nx.reverse(bytes(t), axes: axes))
+
+  def run(:broadcast, [out, t, shape, axes]) do
+    rank = tuple_size(shape)
+    store(out, Nx.broadcast(bytes(t), Tuple.insert_at(shape, rank, 16), axes: axes ++ [rank]))
+  end
+
+  def run(:slice, [out, t, starts, lengths, strides]),
+    do: store(out, Nx.slice(bytes(t), starts ++ [0], lengths ++ [16], strides: strides ++ [1]))
+
+  def run(:put_slice, [out, t, starts, slice]),
+    do: store(out, Nx.put_slice(bytes(t), starts ++ [0], bytes(slice)))
+
+  def run(:concatenate, [out, list, axis]),
+    do: store(out, Nx.concatenate(Enum.map(list, &bytes/1), axis: axis))
+
+  def run(:stack, [out, list, axis]),
+    do: store(out, Nx.stack(Enum.map(list, &bytes/1), axis: axis))
+
+  # A c128 tensor's bytes as an unnamed uint8 tensor of shape `shape ++ {16}`.
+  defp bytes(%T{shape: shape} = t) do
+    n = Tuple.product(shape)
+    flat = %{t | type: {:u, 8}, shape: {n * 16}, names: [nil]}
+    shape = Tuple.insert_at(shape, tuple_size(shape), 16)
+
+    EMLX.Backend.reshape(
+      %{flat | shape: shape, names: List.duplicate(nil, tuple_size(shape))},
+      flat
+    )
+  end
+
+  # out (a c128 template) holding the bytes of u (uint8, shape `out.shape ++ {16}`).
+  defp store(%T{shape: shape} = out, %T{} = u) do
+    n = Tuple.product(shape)
+    flat = EMLX.Backend.reshape(%{u | shape: {n * 16}, names: [nil]}, u)
+    %{out | data: flat.data}
   end
 
   # The real and imaginary parts of a tensor as EMLX f64 tensors of its
