@@ -125,9 +125,18 @@ defmodule EMLX.EmulatedTypesTest do
         assert_emulated(fun, [x, Nx.as_type(z, :c64)], device())
       end
 
-      for fun <- [&Nx.negate/1, &Nx.conjugate/1, &Nx.real/1, &Nx.imag/1] do
+      for fun <- [&Nx.negate/1, &Nx.conjugate/1, &Nx.real/1, &Nx.imag/1, &Nx.abs/1] do
         assert_emulated(fun, [x], device())
       end
+
+      # abs's branches (a zero part, the larger part first or second, -0.0
+      # kept as Erlang's abs keeps it) and a sum with infinities and NaN
+      y =
+        bin([Complex.new(-0.0, -0.0), Complex.new(3.0, -4.0), Complex.new(-1.0e-300, 2.0)], :c128)
+
+      assert_emulated(&Nx.abs/1, [y], device())
+      assert_emulated(&Nx.sum(&1, axes: [0]), [Nx.reshape(x, {7, 7})], device())
+      assert_emulated(&Nx.select(Nx.greater(Nx.real(&1), 0), &1, &2), [x, z], device())
     end
 
     test "which c128 callbacks run on MLX's float64 pairs" do
@@ -177,6 +186,11 @@ defmodule EMLX.EmulatedTypesTest do
       refute Complex128.native?(:exp, [out, x])
       refute Complex128.native?(:divide, [out, x, x])
       refute Complex128.native?(:add, [out, x, Nx.backend_copy(x, Nx.BinaryBackend)])
+
+      assert Complex128.native?(:abs, [%{out | type: {:f, 64}}, x])
+      assert Complex128.native?(:sum, [%{out | shape: {}}, x, [axes: [0, 1], keep_axes: false]])
+      assert Complex128.native?(:select, [out, emlx(1, type: :u8), x, x])
+      refute Complex128.native?(:select, [out, emlx(1, type: :u8), x, Nx.as_type(x, :c64)])
 
       # whole elements moved on a uint8 view
       t = %{out | shape: {4, 3}}

@@ -25,6 +25,11 @@ defmodule EMLX.Backend.Complex128 do
   #   products are equal. A 128x128 c128 dot: 4.3 s on the BEAM, 1.2 ms
   #   here (bench/emulated_types.exs).
   #
+  # * abs follows Complex.abs/1 step by step (Erlang's abs keeps -0.0; the
+  #   larger part times sqrt(1 + (smaller/larger)^2)): the same bits.
+  #   sum adds the parts as EMLX's f64 sums do (MLX's CPU reduction; its
+  #   bits matched Nx.BinaryBackend's in the tests, which is not promised).
+  #   select picks whole elements (below).
   # * reshape, squeeze, transpose, reverse, broadcast, slice, put_slice,
   #   concatenate and stack of c128 tensors move whole elements: on a
   #   uint8 view of shape `shape ++ {16}` (an element's 16 bytes on a last
@@ -39,10 +44,10 @@ defmodule EMLX.Backend.Complex128 do
 
   @elementwise [:add, :subtract, :multiply]
   @unary [:negate, :conjugate]
-  @parts [:real, :imag]
+  @parts [:real, :imag, :abs]
 
   @movement [:reshape, :squeeze, :transpose, :reverse, :broadcast, :slice, :put_slice] ++
-              [:concatenate, :stack]
+              [:concatenate, :stack, :select]
 
   @doc "Whether callback `name` with `args` (the out template first) runs here."
   def native?(name, [%T{} = out | args]) do
@@ -70,11 +75,15 @@ defmodule EMLX.Backend.Complex128 do
   defp fits?(name, %T{type: {:c, 128}}, [a, b]) when name in @elementwise,
     do: complex?(a) and complex?(b)
 
+  defp fits?(:sum, %T{type: {:c, 128}}, [%T{type: {:c, 128}}, _opts]), do: true
   defp fits?(name, %T{type: {:c, 128}}, [%T{type: {:c, 128}}]) when name in @unary, do: true
   defp fits?(name, %T{type: {:f, 64}}, [%T{type: {:c, 128}}]) when name in @parts, do: true
 
   defp fits?(:dot, %T{type: {:c, 128}}, [a, _, _, b, _, _]),
     do: exact_in_f64?(a) and exact_in_f64?(b)
+
+  defp fits?(:select, %T{type: {:c, 128}}, [_pred, a, b]),
+    do: match?(%T{type: {:c, 128}}, a) and match?(%T{type: {:c, 128}}, b)
 
   defp fits?(name, %T{type: {:c, 128}}, [%T{type: {:c, 128}} | rest]) when name in @movement,
     do: name != :put_slice or match?([_, %T{type: {:c, 128}}], rest)
@@ -122,9 +131,22 @@ defmodule EMLX.Backend.Complex128 do
     join(out, re, Nx.negate(im))
   end
 
+  def run(:sum, [out, t, opts]) do
+    {re, im} = parts(t)
+    sum = &Nx.sum(&1, axes: opts[:axes], keep_axes: opts[:keep_axes])
+    join(out, sum.(re), sum.(im))
+  end
+
   def run(name, [out, t]) when name in @parts do
     {re, im} = parts(t)
-    part = if name == :real, do: re, else: im
+
+    part =
+      case name do
+        :real -> re
+        :imag -> im
+        :abs -> magnitude(re, im)
+      end
+
     %{out | data: canonical_nan(part).data}
   end
 
@@ -134,6 +156,14 @@ defmodule EMLX.Backend.Complex128 do
     dot = fn x, y -> Nx.dot(x, ca, ba, y, cb, bb) end
     re = Nx.subtract(dot.(ar, br), dot.(ai, bi))
     join(out, re, Nx.add(dot.(ar, bi), dot.(ai, br)))
+  end
+
+  # select: the pred broadcast over each element's bytes.
+  def run(:select, [%T{shape: shape} = out, pred, a, b]) do
+    rank = tuple_size(shape)
+    full = Tuple.insert_at(shape, rank, 16)
+    pred = pred |> unnamed() |> Nx.broadcast(shape) |> Nx.new_axis(rank) |> Nx.broadcast(full)
+    store(out, Nx.select(pred, bytes(a), bytes(b)))
   end
 
   # Same bytes, another shape.
@@ -160,6 +190,33 @@ defmodule EMLX.Backend.Complex128 do
 
   def run(:stack, [out, list, axis]),
     do: store(out, Nx.stack(Enum.map(list, &bytes/1), axis: axis))
+
+  # Complex.abs/1: both parts NaN give NaN, any other infinite or NaN part
+  # infinity; else, with Erlang's abs (which keeps -0.0), the larger part
+  # times sqrt(1 + (smaller/larger)^2), or a part when the other is zero,
+  # each step an IEEE double operation as on the BEAM.
+  defp magnitude(re, im) do
+    erlang_abs = &Nx.select(Nx.less(&1, 0), Nx.negate(&1), &1)
+    x = erlang_abs.(re)
+    y = erlang_abs.(im)
+    one = Nx.tensor(1.0, type: :f64, backend: backend(re))
+
+    scaled = fn big, small ->
+      Nx.multiply(
+        big,
+        Nx.sqrt(Nx.add(one, Nx.multiply(Nx.divide(small, big), Nx.divide(small, big))))
+      )
+    end
+
+    finite = Nx.select(Nx.greater(x, y), scaled.(x, y), scaled.(y, x))
+    finite = Nx.select(Nx.equal(y, 0), x, finite)
+    finite = Nx.select(Nx.equal(x, 0), y, finite)
+    odd = fn v -> Nx.logical_or(Nx.is_nan(v), Nx.is_infinity(v)) end
+    inf = Nx.Constants.infinity(:f64, backend: backend(re))
+    nan = Nx.Constants.nan(:f64, backend: backend(re))
+    result = Nx.select(Nx.logical_or(odd.(re), odd.(im)), inf, finite)
+    Nx.select(Nx.logical_and(Nx.is_nan(re), Nx.is_nan(im)), nan, result)
+  end
 
   # A c128 tensor's bytes as an unnamed uint8 tensor of shape `shape ++ {16}`.
   defp bytes(%T{shape: shape} = t) do
