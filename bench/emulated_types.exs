@@ -6,8 +6,9 @@
 #
 # "add": 10k eager f32 adds of two 4-element tensors (the dispatch-bound
 # case every eager op pays), best of 5 rounds, per op.
-# "c128": a 256x256 c128 multiply+add and a 128x128 dot, against c64 on
-# EMLX and c128 on Nx.BinaryBackend, best of 3 rounds.
+# "c128": a 256x256 c128 multiply+add, a 128x128 dot and a 256x256
+# transpose+slice+reverse, against c64 on EMLX and c128 on
+# Nx.BinaryBackend, best of 3 rounds.
 
 defmodule Bench.Emulated do
   def time(rounds, fun) do
@@ -45,9 +46,15 @@ defmodule Bench.Emulated do
       mul_add = time(3, fn -> a |> Nx.multiply(b) |> Nx.add(a) |> sync.() end)
       dot = time(3, fn -> Nx.dot(a128, b128) |> sync.() end)
 
+      moves =
+        time(3, fn ->
+          a |> Nx.transpose() |> Nx.slice([1, 1], [128, 128]) |> Nx.reverse() |> sync.()
+        end)
+
       IO.puts(
         "#{inspect(backend)} #{Nx.Type.to_string(type)}: 256x256 multiply+add " <>
-          "#{Float.round(mul_add / 1000, 2)} ms, 128x128 dot #{Float.round(dot / 1000, 2)} ms"
+          "#{Float.round(mul_add / 1000, 2)} ms, 128x128 dot #{Float.round(dot / 1000, 2)} ms, " <>
+          "256x256 transpose+slice+reverse #{Float.round(moves / 1000, 2)} ms"
       )
     end
   end
