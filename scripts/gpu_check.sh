@@ -84,7 +84,13 @@ PY
 }
 
 status=0
-files=$(ls test/emlx/*_test.exs | grep -v nx_doctest_test)
+# The files that compile the most CUDA kernels on a host whose kernel cache
+# is cold come first, so that the parts (every PARTS-th file) each get one:
+# session 22's cold run took 481 s for the part that held both fast_test and
+# quantization_test, and more than 500 s for differential_test with fuzz_test.
+heavy="differential fast quantization llm fuzz defn"
+files=$( (for h in $heavy; do echo "test/emlx/${h}_test.exs"; done
+  ls test/emlx/*_test.exs | grep -v nx_doctest_test | grep -vxF "$(for h in $heavy; do echo "test/emlx/${h}_test.exs"; done)"))
 case "$part" in
 tests)
   watched "$out/tests.log" $files
