@@ -119,11 +119,15 @@ defmodule EMLX.EmulatedTypesTest do
       y = Nx.reverse(x)
       z = bin(Enum.shuffle(values), :c128)
 
-      for fun <- [&Nx.add/2, &Nx.subtract/2, &Nx.multiply/2] do
+      for fun <- [&Nx.add/2, &Nx.subtract/2, &Nx.multiply/2, &Nx.equal/2, &Nx.not_equal/2] do
         assert_emulated(fun, [x, y], device())
         assert_emulated(fun, [x, z], device())
         assert_emulated(fun, [x, Nx.as_type(z, :c64)], device())
       end
+
+      # a NaN part equals a NaN part there, as Complex structs compare
+      assert_emulated(&Nx.equal(&1, &1), [x], device())
+      assert_emulated(&Nx.not_equal(&1, &1), [x], device())
 
       for fun <- [&Nx.negate/1, &Nx.conjugate/1, &Nx.real/1, &Nx.imag/1, &Nx.abs/1] do
         assert_emulated(fun, [x], device())
@@ -188,6 +192,8 @@ defmodule EMLX.EmulatedTypesTest do
       refute Complex128.native?(:add, [out, x, Nx.backend_copy(x, Nx.BinaryBackend)])
 
       assert Complex128.native?(:abs, [%{out | type: {:f, 64}}, x])
+      assert Complex128.native?(:equal, [%{out | type: {:u, 8}}, x, Nx.as_type(x, :c64)])
+      refute Complex128.native?(:equal, [%{out | type: {:u, 8}}, x, f32])
       assert Complex128.native?(:sum, [%{out | shape: {}}, x, [axes: [0, 1], keep_axes: false]])
       assert Complex128.native?(:select, [out, emlx(1, type: :u8), x, x])
       refute Complex128.native?(:select, [out, emlx(1, type: :u8), x, Nx.as_type(x, :c64)])

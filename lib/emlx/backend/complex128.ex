@@ -30,6 +30,8 @@ defmodule EMLX.Backend.Complex128 do
   #   sum adds the parts as EMLX's f64 sums do (MLX's CPU reduction; its
   #   bits matched Nx.BinaryBackend's in the tests, which is not promised).
   #   select picks whole elements (below).
+  # * equal and not_equal of two complex operands compare as
+  #   Nx.BinaryBackend's Complex structs do (a NaN part equals a NaN part).
   # * reshape, squeeze, transpose, reverse, broadcast, slice, put_slice,
   #   concatenate and stack of c128 tensors move whole elements: on a
   #   uint8 view of shape `shape ++ {16}` (an element's 16 bytes on a last
@@ -73,6 +75,9 @@ defmodule EMLX.Backend.Complex128 do
   defp emlx?(_), do: false
 
   defp fits?(name, %T{type: {:c, 128}}, [a, b]) when name in @elementwise,
+    do: complex?(a) and complex?(b)
+
+  defp fits?(name, %T{type: {:u, 8}}, [a, b]) when name in [:equal, :not_equal],
     do: complex?(a) and complex?(b)
 
   defp fits?(:sum, %T{type: {:c, 128}}, [%T{type: {:c, 128}}, _opts]), do: true
@@ -119,6 +124,18 @@ defmodule EMLX.Backend.Complex128 do
         re = Nx.subtract(Nx.multiply(ar, br), Nx.multiply(ai, bi))
         join(out, re, Nx.add(Nx.multiply(ai, br), Nx.multiply(ar, bi)))
     end
+  end
+
+  # Nx.BinaryBackend compares two complex numbers as Complex structs with
+  # ==: part by part, a NaN part (the atom :nan there) equal to a NaN part.
+  def run(name, [out, a, b]) when name in [:equal, :not_equal] do
+    {ar, ai} = parts(a)
+    {br, bi} = parts(b)
+    same = &Nx.logical_or(Nx.equal(&1, &2), Nx.logical_and(Nx.is_nan(&1), Nx.is_nan(&2)))
+    eq = Nx.logical_and(same.(ar, br), same.(ai, bi))
+    eq = if name == :equal, do: eq, else: Nx.logical_not(eq)
+    result = eq |> Nx.broadcast(out.shape) |> Nx.as_type(:u8)
+    %{out | data: result.data}
   end
 
   def run(:negate, [out, t]) do
