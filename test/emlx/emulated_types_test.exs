@@ -129,7 +129,7 @@ defmodule EMLX.EmulatedTypesTest do
       assert_emulated(&Nx.equal(&1, &1), [x], device())
       assert_emulated(&Nx.not_equal(&1, &1), [x], device())
 
-      for fun <- [&Nx.negate/1, &Nx.conjugate/1, &Nx.real/1, &Nx.imag/1, &Nx.abs/1] do
+      for fun <- [&Nx.negate/1, &Nx.conjugate/1, &Nx.real/1, &Nx.imag/1, &Nx.abs/1, &Nx.exp/1] do
         assert_emulated(fun, [x], device())
       end
 
@@ -141,6 +141,37 @@ defmodule EMLX.EmulatedTypesTest do
       assert_emulated(&Nx.abs/1, [y], device())
       assert_emulated(&Nx.sum(&1, axes: [0]), [Nx.reshape(x, {7, 7})], device())
       assert_emulated(&Nx.select(Nx.greater(Nx.real(&1), 0), &1, &2), [x, z], device())
+    end
+
+    test "float64 pairs on MLX give Nx.BinaryBackend's bits over 2,000 random values" do
+      {r, _} =
+        Nx.with_default_backend(Nx.BinaryBackend, fn ->
+          Nx.Random.uniform(Nx.Random.key(11), -60.0, 60.0, shape: {4, 2000}, type: :f64)
+        end)
+
+      x = Nx.complex(r[0], r[1])
+      y = Nx.complex(r[2], r[3])
+
+      for fun <- [&Nx.add/2, &Nx.subtract/2, &Nx.multiply/2, &Nx.equal/2] do
+        assert_emulated(fun, [x, y], device())
+      end
+
+      for fun <- [&Nx.exp/1, &Nx.abs/1, &Nx.negate/1, &Nx.conjugate/1, &Nx.imag/1] do
+        assert_emulated(fun, [x], device())
+      end
+    end
+
+    test "a float64 overflow gives IEEE's infinity, where Nx.BinaryBackend raises Erlang's ArithmeticError" do
+      a = bin([Complex.new(1.0e200, 1.0)], :c128)
+      assert_raise ArithmeticError, fn -> Nx.multiply(a, a) end
+
+      got =
+        Nx.multiply(
+          Nx.backend_copy(a, {EMLX.Backend, device: device()}),
+          Nx.backend_copy(a, {EMLX.Backend, device: device()})
+        )
+
+      assert Nx.to_binary(got) == Nx.to_binary(bin([Complex.new(:infinity, 2.0e200)], :c128))
     end
 
     test "which c128 callbacks run on MLX's float64 pairs" do
@@ -187,11 +218,12 @@ defmodule EMLX.EmulatedTypesTest do
                []
              ])
 
-      refute Complex128.native?(:exp, [out, x])
+      refute Complex128.native?(:log, [out, x])
       refute Complex128.native?(:divide, [out, x, x])
       refute Complex128.native?(:add, [out, x, Nx.backend_copy(x, Nx.BinaryBackend)])
 
       assert Complex128.native?(:abs, [%{out | type: {:f, 64}}, x])
+      assert Complex128.native?(:exp, [out, x])
       assert Complex128.native?(:equal, [%{out | type: {:u, 8}}, x, Nx.as_type(x, :c64)])
       refute Complex128.native?(:equal, [%{out | type: {:u, 8}}, x, f32])
       assert Complex128.native?(:sum, [%{out | shape: {}}, x, [axes: [0, 1], keep_axes: false]])
