@@ -174,6 +174,17 @@ defmodule EMLX.EmulatedTypesTest do
       assert Nx.to_binary(got) == Nx.to_binary(bin([Complex.new(:infinity, 2.0e200)], :c128))
     end
 
+    test "a c128 result is its own array: deallocating its input leaves it" do
+      for fun <- [&Nx.reshape(&1, {4, 3}), &Nx.transpose/1, &Nx.negate/1, &Nx.squeeze(&1[0..0])] do
+        x = emlx(c128_values(), type: :c128)
+        want = Nx.to_binary(Nx.with_default_backend(Nx.BinaryBackend, fn -> fun.(c128()) end))
+        y = fun.(x)
+        Nx.backend_deallocate(x)
+        assert Nx.to_binary(y) == want
+        assert_raise ArgumentError, ~r/deallocated/, fn -> Nx.to_binary(x) end
+      end
+    end
+
     test "which c128 callbacks run on MLX's float64 pairs" do
       alias EMLX.Backend.Complex128
       x = emlx(c128_values(), type: :c128)

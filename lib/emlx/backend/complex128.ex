@@ -209,8 +209,8 @@ defmodule EMLX.Backend.Complex128 do
     store(out, Nx.select(pred, bytes(a), bytes(b)))
   end
 
-  # Same bytes, another shape.
-  def run(name, [out, t | _]) when name in [:reshape, :squeeze], do: %{out | data: t.data}
+  # Same bytes, another shape (a new array: deallocating one leaves the other).
+  def run(name, [out, t | _]) when name in [:reshape, :squeeze], do: store(out, bytes(t))
 
   def run(:transpose, [out, t, axes]),
     do: store(out, Nx.transpose(bytes(t), axes: axes ++ [length(axes)]))
