@@ -125,6 +125,15 @@ defmodule EMLX.EmulatedTypesTest do
         assert_emulated(fun, [x, Nx.as_type(z, :c64)], device())
       end
 
+      # as_type to c128 from c64 and real types, specials included
+      reals = bin([:nan, :infinity, :neg_infinity, 0.0, -0.0, 1.5, 1.0e-310, -3.0e38], :f64)
+      assert_emulated(&Nx.as_type(&1, :c128), [reals], device())
+      assert_emulated(&Nx.as_type(&1, :c128), [Nx.as_type(reals, :f32)], device())
+      assert_emulated(&Nx.as_type(&1, :c128), [Nx.as_type(reals, :bf16)], device())
+      assert_emulated(&Nx.as_type(&1, :c128), [Nx.as_type(x, :c64)], device())
+      assert_emulated(&Nx.as_type(&1, :c128), [bin([-7, 0, 2_000_000_000], :s32)], device())
+      assert_emulated(&Nx.as_type(&1, :c128), [bin([0, 255], :u8)], device())
+
       # a NaN part equals a NaN part there, as Complex structs compare
       assert_emulated(&Nx.equal(&1, &1), [x], device())
       assert_emulated(&Nx.not_equal(&1, &1), [x], device())
@@ -230,11 +239,17 @@ defmodule EMLX.EmulatedTypesTest do
              ])
 
       refute Complex128.native?(:log, [out, x])
+      # past 2^31 bytes (MLX's dimensions are 32-bit)
+      big = %{out | shape: {46_340, 46_340}}
+      refute Complex128.native?(:negate, [big, %{x | shape: {46_340, 46_340}}])
       refute Complex128.native?(:divide, [out, x, x])
       refute Complex128.native?(:add, [out, x, Nx.backend_copy(x, Nx.BinaryBackend)])
 
       assert Complex128.native?(:abs, [%{out | type: {:f, 64}}, x])
       assert Complex128.native?(:exp, [out, x])
+      assert Complex128.native?(:as_type, [out, Nx.as_type(x, :c64)])
+      assert Complex128.native?(:as_type, [%{out | shape: {1, 4}}, f32])
+      refute Complex128.native?(:as_type, [out, Nx.iota({3, 4}, type: :s64)])
       assert Complex128.native?(:equal, [%{out | type: {:u, 8}}, x, Nx.as_type(x, :c64)])
       refute Complex128.native?(:equal, [%{out | type: {:u, 8}}, x, f32])
       assert Complex128.native?(:sum, [%{out | shape: {}}, x, [axes: [0, 1], keep_axes: false]])
@@ -721,10 +736,11 @@ defmodule EMLX.EmulatedTypesLimitTest do
   test "work on the host past :emulated_max_bytes raises instead of filling the host's memory" do
     # (the fuzz storm's as_type of a 46,340² f32 iota to c128 wanted 43 GB
     # of binaries and the VM went down)
-    x = emlx(Enum.to_list(1..200), type: :f32)
+    # (as_type to c128 runs on MLX now: EMLX.Backend.Complex128)
+    x = Nx.as_type(emlx(Enum.to_list(1..200), type: :f32), :c128)
 
-    assert_raise ArgumentError, ~r/as_type with a type MLX lacks .* past the limit of 1000/, fn ->
-      Nx.as_type(x, :c128)
+    assert_raise ArgumentError, ~r/log with a type MLX lacks .* past the limit of 1000/, fn ->
+      Nx.log(x)
     end
 
     assert_raise ArgumentError, ~r/iota .* past the limit/, fn ->
@@ -732,7 +748,7 @@ defmodule EMLX.EmulatedTypesLimitTest do
     end
 
     # under the limit the work is done as before
-    small = Nx.as_type(emlx([1, 2], type: :f32), :c128)
-    assert Nx.to_flat_list(small) == [Complex.new(1.0, 0.0), Complex.new(2.0, 0.0)]
+    small = Nx.log(Nx.as_type(emlx([1, 2], type: :f32), :c128))
+    assert Nx.to_flat_list(small) == [Complex.new(0.0, 0.0), Complex.new(:math.log(2), 0.0)]
   end
 end

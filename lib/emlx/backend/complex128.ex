@@ -32,6 +32,8 @@ defmodule EMLX.Backend.Complex128 do
   #   select picks whole elements (below).
   # * exp follows Complex.exp/1, its cases for infinities and NaN
   #   included; glibc's exp, sin and cos serve both sides: the same bits.
+  # * as_type to c128 from c64, a float type or an integer type of up to
+  #   32 bits: x + 0i, every value exact in float64.
   # * equal and not_equal of two complex operands compare as
   #   Nx.BinaryBackend's Complex structs do (a NaN part equals a NaN part).
   # * reshape, squeeze, transpose, reverse, broadcast, slice, put_slice,
@@ -57,8 +59,8 @@ defmodule EMLX.Backend.Complex128 do
   def native?(name, [%T{} = out | args]) do
     inputs = tensors(args)
 
-    Enum.all?([out | inputs], &(&1.vectorized_axes == [])) and Enum.all?(inputs, &emlx?/1) and
-      not Recorder.active?() and fits?(name, out, args)
+    Enum.all?([out | inputs], &(&1.vectorized_axes == [] and viewable?(&1))) and
+      Enum.all?(inputs, &emlx?/1) and not Recorder.active?() and fits?(name, out, args)
   end
 
   def native?(_name, _args), do: false
@@ -73,6 +75,11 @@ defmodule EMLX.Backend.Complex128 do
     end)
   end
 
+  # A c128 tensor's bytes as one uint8 axis: MLX's dimensions are 32-bit.
+  # (Larger ones take Nx.BinaryBackend's path, which refuses them past
+  # :emulated_max_bytes with a message that says so.)
+  defp viewable?(%T{shape: shape}), do: Tuple.product(shape) * 16 < 2 ** 31
+
   defp emlx?(%T{data: %{__struct__: EMLX.Backend, quantization_config: nil}}), do: true
   defp emlx?(_), do: false
 
@@ -81,6 +88,8 @@ defmodule EMLX.Backend.Complex128 do
 
   defp fits?(name, %T{type: {:u, 8}}, [a, b]) when name in [:equal, :not_equal],
     do: complex?(a) and complex?(b)
+
+  defp fits?(:as_type, %T{type: {:c, 128}}, [t]), do: exact_in_f64?(t)
 
   defp fits?(:sum, %T{type: {:c, 128}}, [%T{type: {:c, 128}}, _opts]), do: true
   defp fits?(name, %T{type: {:c, 128}}, [%T{type: {:c, 128}}]) when name in @unary, do: true
@@ -162,6 +171,12 @@ defmodule EMLX.Backend.Complex128 do
       |> pick.(Nx.equal(re, Nx.negate(inf)), {f64.(0.0), f64.(0.0)})
 
     join(out, r, i)
+  end
+
+  # A real value x becomes x + 0i (NaN as Nx writes it), a c64 its parts.
+  def run(:as_type, [out, t]) do
+    {re, im} = parts(t)
+    join(out, re, im)
   end
 
   def run(:negate, [out, t]) do
