@@ -1,49 +1,47 @@
 defmodule EMLX.Backend.Complex128 do
   @moduledoc false
-  # c128 arithmetic on MLX, in float64 pairs, for the callbacks where that
-  # gives Nx.BinaryBackend's answer (EMLX.Backend.Emulated runs every other
-  # c128 callback on the BEAM, at Nx.BinaryBackend's speed).
+  # c128 on MLX, for the callbacks where float64 pairs give
+  # Nx.BinaryBackend's answer (EMLX.Backend.Emulated runs every other c128
+  # callback on the BEAM, at Nx.BinaryBackend's speed).
   #
   # A c128 tensor's storage is its Nx binary in a uint8 array (see
   # EMLX.Backend.Emulated): little-endian float64 pairs, real part first.
   # Viewed as float64 (MLX's view, no copy) and split along a last axis of
   # 2, it gives the real and imaginary parts as EMLX f64 tensors; a result
-  # is stacked back and viewed as uint8. float64 on EMLX is IEEE double, as
-  # the BEAM's floats are, so:
+  # is stacked back and viewed as uint8, every NaN written as Nx writes one.
+  # float64 on EMLX is IEEE double, as the BEAM's floats are, and glibc
+  # serves MLX's float64 CPU kernels and the BEAM's :math alike, so these
+  # give Nx.BinaryBackend's bits:
   #
-  # * add, subtract, multiply (of two complex operands: c128 with c128 or
-  #   c64), negate, conjugate, real and imag compute what `Complex` computes
-  #   part by part, (a+bi)(c+di) as (ac - bd) + (bc + ad)i, with Nx's NaN
-  #   (every NaN result is written as Nx.BinaryBackend writes one): the
-  #   same bits. A real operand (whose imaginary part `Complex` treats
-  #   apart for infinities) goes to Nx.BinaryBackend.
-  # * dot is four float64 dots (BLAS on the CPU), (A + iB)(C + iD) =
-  #   (AC - BD) + i(AD + BC), of the operands' parts (a real operand's
-  #   imaginary part is zero): each entry rounds as an f64 dot on EMLX
-  #   does, in BLAS's order where Nx.BinaryBackend adds the products one by
-  #   one, so the last bits may differ; sums of exactly representable
-  #   products are equal. A 128x128 c128 dot: 4.3 s on the BEAM, 1.2 ms
-  #   here (bench/emulated_types.exs).
-  #
-  # * abs follows Complex.abs/1 step by step (Erlang's abs keeps -0.0; the
-  #   larger part times sqrt(1 + (smaller/larger)^2)): the same bits.
-  #   sum adds the parts as EMLX's f64 sums do (MLX's CPU reduction; its
-  #   bits matched Nx.BinaryBackend's in the tests, which is not promised).
-  #   select picks whole elements (below).
-  # * exp follows Complex.exp/1, its cases for infinities and NaN
-  #   included; glibc's exp, sin and cos serve both sides: the same bits.
-  # * as_type to c128 from c64, a float type or an integer type of up to
-  #   32 bits: x + 0i, every value exact in float64.
-  # * equal and not_equal of two complex operands compare as
-  #   Nx.BinaryBackend's Complex structs do (a NaN part equals a NaN part).
+  # * add, subtract and multiply of two complex operands (c128 with c128 or
+  #   c64), part by part as Complex computes them, (a+bi)(c+di) as
+  #   (ac - bd) + (bc + ad)i. A real operand (whose imaginary part Complex
+  #   treats apart for infinities) goes to Nx.BinaryBackend.
+  # * equal and not_equal of two complex operands, as Complex structs
+  #   compare (a NaN part equals a NaN part).
+  # * as_type to c128 from c64, floats and integers of up to 32 bits (x + 0i).
+  # * negate, conjugate, real, imag; abs and exp step by step as
+  #   Complex.abs/1 and Complex.exp/1 (Erlang's abs keeps -0.0; exp's cases
+  #   for infinities and NaN in Complex's order).
   # * reshape, squeeze, transpose, reverse, broadcast, slice, put_slice,
-  #   concatenate and stack of c128 tensors move whole elements: on a
-  #   uint8 view of shape `shape ++ {16}` (an element's 16 bytes on a last
-  #   axis the op leaves whole), so every bit is kept.
+  #   concatenate, stack and select move whole elements, on a uint8 view of
+  #   shape `shape ++ {16}` (an element's 16 bytes on a last axis the op
+  #   leaves whole).
+  #
+  # With float64 rounding instead: dot is four float64 dots (BLAS on the
+  # CPU), (A + iB)(C + iD) = (AC - BD) + i(AD + BC), of the operands' parts
+  # (a real operand's imaginary part is zero), summed in BLAS's order where
+  # Nx.BinaryBackend adds the products one by one: the last bits may differ,
+  # sums of exact products do not (128x128: 3.1 s on the BEAM, 1.0 ms here,
+  # bench/emulated_types.exs). sum adds the parts as EMLX's f64 sums do.
+  #
+  # Where a float overflows, Nx.BinaryBackend raises Erlang's ArithmeticError
+  # (the BEAM's floats have no infinity); these give IEEE's infinity.
   #
   # Not while `compiler: EMLX` records (a defn with c128 is run by Nx's
-  # evaluator; only a defn inlined into another's recording gets here), and
-  # not for vectorized tensors: those take Nx.BinaryBackend's path.
+  # evaluator; only a defn inlined into another's recording gets here), not
+  # for vectorized tensors, and not past 2^27 elements (viewable?/1): those
+  # take Nx.BinaryBackend's path.
 
   alias EMLX.Defn.Recorder
   alias Nx.Tensor, as: T
