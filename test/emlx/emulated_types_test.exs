@@ -145,7 +145,8 @@ defmodule EMLX.EmulatedTypesTest do
             &Nx.imag/1,
             &Nx.abs/1,
             &Nx.exp/1,
-            &Nx.log/1
+            &Nx.log/1,
+            &Nx.sqrt/1
           ] do
         assert_emulated(fun, [x], device())
       end
@@ -173,7 +174,15 @@ defmodule EMLX.EmulatedTypesTest do
         assert_emulated(fun, [x, y], device())
       end
 
-      for fun <- [&Nx.exp/1, &Nx.log/1, &Nx.abs/1, &Nx.negate/1, &Nx.conjugate/1, &Nx.imag/1] do
+      for fun <- [
+            &Nx.exp/1,
+            &Nx.log/1,
+            &Nx.sqrt/1,
+            &Nx.abs/1,
+            &Nx.negate/1,
+            &Nx.conjugate/1,
+            &Nx.imag/1
+          ] do
         assert_emulated(fun, [x], device())
       end
     end
@@ -256,6 +265,7 @@ defmodule EMLX.EmulatedTypesTest do
       assert Complex128.native?(:abs, [%{out | type: {:f, 64}}, x])
       assert Complex128.native?(:exp, [out, x])
       assert Complex128.native?(:log, [out, x])
+      assert Complex128.native?(:sqrt, [out, x])
       assert Complex128.native?(:as_type, [out, Nx.as_type(x, :c64)])
       assert Complex128.native?(:as_type, [%{out | shape: {1, 4}}, f32])
       refute Complex128.native?(:as_type, [out, Nx.iota({3, 4}, type: :s64)])

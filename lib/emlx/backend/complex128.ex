@@ -20,9 +20,9 @@ defmodule EMLX.Backend.Complex128 do
   # * equal and not_equal of two complex operands, as Complex structs
   #   compare (a NaN part equals a NaN part).
   # * as_type to c128 from c64, floats and integers of up to 32 bits (x + 0i).
-  # * negate, conjugate, real, imag; abs, exp and log step by step as
-  #   Complex.abs/1, Complex.exp/1 and Complex.log/1 (Erlang's abs keeps
-  #   -0.0; the cases for infinities and NaN in Complex's order).
+  # * negate, conjugate, real, imag; abs, exp, log and sqrt step by step
+  #   as Complex's functions (Erlang's abs keeps -0.0; the cases for
+  #   infinities and NaN in Complex's order).
   # * reshape, squeeze, transpose, reverse, broadcast, slice, put_slice,
   #   concatenate, stack and select move whole elements, on a uint8 view of
   #   shape `shape ++ {16}` (an element's 16 bytes on a last axis the op
@@ -47,7 +47,7 @@ defmodule EMLX.Backend.Complex128 do
   alias Nx.Tensor, as: T
 
   @elementwise [:add, :subtract, :multiply]
-  @unary [:negate, :conjugate, :exp, :log]
+  @unary [:negate, :conjugate, :exp, :log, :sqrt]
   @parts [:real, :imag, :abs]
 
   @movement [:reshape, :squeeze, :transpose, :reverse, :broadcast, :slice, :put_slice] ++
@@ -187,6 +187,54 @@ defmodule EMLX.Backend.Complex128 do
       Nx.select(Nx.logical_and(finite_im, Nx.equal(re, Nx.negate(inf))), f64.(:math.pi()), angle)
 
     join(out, Nx.log(magnitude(re, im)), angle)
+  end
+
+  # Complex.sqrt/1: its cases for NaN and infinite parts, in its order (the
+  # last pick here is its first clause); then a zero stays as it is, and
+  # otherwise w from the larger of |re| and |im| (Erlang's abs), as there.
+  def run(:sqrt, [out, t]) do
+    {re, im} = parts(t)
+    f64 = &Nx.tensor(&1, type: :f64, backend: backend(re))
+    pick = fn {r, i}, cond, {r2, i2} -> {Nx.select(cond, r2, r), Nx.select(cond, i2, i)} end
+    erlang_abs = &Nx.select(Nx.less(&1, 0), Nx.negate(&1), &1)
+    {x, y} = {erlang_abs.(re), erlang_abs.(im)}
+    half_sqrt = fn v -> Nx.sqrt(Nx.multiply(f64.(0.5), v)) end
+    q1 = Nx.divide(y, x)
+
+    w1 =
+      Nx.multiply(
+        Nx.sqrt(x),
+        half_sqrt.(Nx.add(f64.(1.0), Nx.sqrt(Nx.add(f64.(1.0), Nx.multiply(q1, q1)))))
+      )
+
+    q2 = Nx.divide(x, y)
+
+    w2 =
+      Nx.multiply(
+        Nx.sqrt(y),
+        half_sqrt.(Nx.add(q2, Nx.sqrt(Nx.add(f64.(1.0), Nx.multiply(q2, q2)))))
+      )
+
+    w = Nx.select(Nx.greater_equal(x, y), w1, w2)
+    i2 = Nx.select(Nx.greater_equal(im, 0), w, Nx.negate(w))
+    pos = Nx.greater_equal(re, 0)
+
+    finite =
+      {Nx.select(pos, w, Nx.divide(im, Nx.multiply(f64.(2.0), i2))),
+       Nx.select(pos, Nx.divide(im, Nx.multiply(f64.(2.0), w)), i2)}
+
+    inf = f64.(:infinity)
+
+    {r, i} =
+      finite
+      |> pick.(Nx.logical_and(Nx.equal(re, 0), Nx.equal(im, 0)), {re, im})
+      |> pick.(Nx.equal(re, f64.(:neg_infinity)), {f64.(0.0), inf})
+      |> pick.(Nx.equal(re, inf), {inf, f64.(0.0)})
+      |> pick.(Nx.equal(im, f64.(:neg_infinity)), {inf, f64.(:neg_infinity)})
+      |> pick.(Nx.equal(im, inf), {inf, inf})
+      |> pick.(Nx.logical_or(Nx.is_nan(re), Nx.is_nan(im)), {f64.(:nan), f64.(:nan)})
+
+    join(out, r, i)
   end
 
   # A real value x becomes x + 0i (NaN as Nx writes it), a c64 its parts.
