@@ -20,9 +20,11 @@ defmodule EMLX.Backend.Complex128 do
   # * equal and not_equal of two complex operands, as Complex structs
   #   compare (a NaN part equals a NaN part).
   # * as_type to c128 from c64, floats and integers of up to 32 bits (x + 0i).
-  # * negate, conjugate, real, imag; abs, exp, log and sqrt step by step
-  #   as Complex's functions (Erlang's abs keeps -0.0; the cases for
-  #   infinities and NaN in Complex's order).
+  # * negate, conjugate, real, imag; abs, exp, log, sqrt, sin and cos step
+  #   by step as Complex's functions, down to the sign of a zero (Erlang's
+  #   abs keeps -0.0; cos's -:math.sin(re) is 0.0 - sin(re) in OTP 25's
+  #   compiled code; the tests would show another OTP's difference), the
+  #   cases for infinities and NaN in Complex's order.
   # * reshape, squeeze, transpose, reverse, broadcast, slice, put_slice,
   #   concatenate, stack and select move whole elements, on a uint8 view of
   #   shape `shape ++ {16}` (an element's 16 bytes on a last axis the op
@@ -47,7 +49,7 @@ defmodule EMLX.Backend.Complex128 do
   alias Nx.Tensor, as: T
 
   @elementwise [:add, :subtract, :multiply]
-  @unary [:negate, :conjugate, :exp, :log, :sqrt]
+  @unary [:negate, :conjugate, :exp, :log, :sqrt, :sin, :cos]
   @parts [:real, :imag, :abs]
 
   @movement [:reshape, :squeeze, :transpose, :reverse, :broadcast, :slice, :put_slice] ++
@@ -235,6 +237,46 @@ defmodule EMLX.Backend.Complex128 do
       |> pick.(Nx.logical_or(Nx.is_nan(re), Nx.is_nan(im)), {f64.(:nan), f64.(:nan)})
 
     join(out, r, i)
+  end
+
+  # Complex.sin/1 and Complex.cos/1: sin re cosh im + i cos re sinh im, and
+  # cos re cosh im - i sin re sinh im, with their cases: a NaN part, or an
+  # infinite re, gives NaN + NaN i; a finite re with an infinite im gives,
+  # for sin, (re * im) + im i, for cos, infinity + (-im * re) i, where
+  # Complex.multiply of an infinity by a finite number follows its sign and
+  # gives NaN for zero.
+  def run(name, [out, t]) when name in [:sin, :cos] do
+    {re, im} = parts(t)
+    f64 = &Nx.tensor(&1, type: :f64, backend: backend(re))
+    nan = f64.(:nan)
+    inf_im = Nx.is_infinity(im)
+    finite_re = Nx.logical_not(Nx.logical_or(Nx.is_nan(re), Nx.is_infinity(re)))
+    # infinity * re with the sign of im (re a finite number)
+    signed_inf = Nx.select(Nx.greater(im, 0), inf_times(re, f64), Nx.negate(inf_times(re, f64)))
+
+    {r, i} =
+      case name do
+        :sin ->
+          {{Nx.multiply(Nx.sin(re), Nx.cosh(im)), Nx.multiply(Nx.cos(re), Nx.sinh(im))},
+           {signed_inf, im}}
+
+        :cos ->
+          # Complex.cos's `-:math.sin(re)` is 0.0 - sin(re) in the BEAM's
+          # compiled code (OTP 25: -0.0 there is +0.0), then times sinh(im);
+          # and -im * re: (the infinity of -im) times re
+          minus_sin = Nx.subtract(f64.(0.0), Nx.sin(re))
+
+          {{Nx.multiply(Nx.cos(re), Nx.cosh(im)), Nx.multiply(minus_sin, Nx.sinh(im))},
+           {f64.(:infinity), Nx.negate(signed_inf)}}
+      end
+      |> then(fn {finite, {r2, i2}} ->
+        {r, i} = finite
+        cond = Nx.logical_and(finite_re, inf_im)
+        {Nx.select(cond, r2, r), Nx.select(cond, i2, i)}
+      end)
+
+    odd = Nx.logical_or(Nx.logical_or(Nx.is_nan(re), Nx.is_nan(im)), Nx.logical_not(finite_re))
+    join(out, Nx.select(odd, nan, r), Nx.select(odd, nan, i))
   end
 
   # A real value x becomes x + 0i (NaN as Nx writes it), a c64 its parts.
