@@ -27,6 +27,12 @@ defmodule EMLX.Complex128Test do
       assert_emulated(fun, [x, Nx.as_type(z, :c64)], device())
     end
 
+    # divide, zero divisors included: their numerator is zero too (each of
+    # its terms has a part of the divisor), and Complex's 0/0 is NaN
+    assert_emulated(&Nx.divide/2, [x, y], device())
+    assert_emulated(&Nx.divide/2, [x, z], device())
+    assert_emulated(&Nx.divide/2, [x, Nx.as_type(z, :c64)], device())
+
     # as_type to c128 from c64 and real types, specials included
     reals = bin([:nan, :infinity, :neg_infinity, 0.0, -0.0, 1.5, 1.0e-310, -3.0e38], :f64)
     assert_emulated(&Nx.as_type(&1, :c128), [reals], device())
@@ -74,7 +80,7 @@ defmodule EMLX.Complex128Test do
     x = Nx.complex(r[0], r[1])
     y = Nx.complex(r[2], r[3])
 
-    for fun <- [&Nx.add/2, &Nx.subtract/2, &Nx.multiply/2, &Nx.equal/2] do
+    for fun <- [&Nx.add/2, &Nx.subtract/2, &Nx.multiply/2, &Nx.divide/2, &Nx.equal/2] do
       assert_emulated(fun, [x, y], device())
     end
 
@@ -166,7 +172,8 @@ defmodule EMLX.Complex128Test do
     # past 2^31 bytes (MLX's dimensions are 32-bit)
     big = %{out | shape: {46_340, 46_340}}
     refute Complex128.native?(:negate, [big, %{x | shape: {46_340, 46_340}}])
-    refute Complex128.native?(:divide, [out, x, x])
+    assert Complex128.native?(:divide, [out, x, x])
+    refute Complex128.native?(:divide, [out, x, f32])
     refute Complex128.native?(:add, [out, x, Nx.backend_copy(x, Nx.BinaryBackend)])
 
     assert Complex128.native?(:abs, [%{out | type: {:f, 64}}, x])

@@ -13,9 +13,9 @@ defmodule EMLX.Backend.Complex128 do
   # serves MLX's float64 CPU kernels and the BEAM's :math alike, so these
   # give Nx.BinaryBackend's bits:
   #
-  # * add, subtract and multiply of two complex operands (c128 with c128 or
-  #   c64), part by part as Complex computes them, (a+bi)(c+di) as
-  #   (ac - bd) + (bc + ad)i. A real operand (whose imaginary part Complex
+  # * add, subtract, multiply and divide of two complex operands (c128
+  #   with c128 or c64), part by part as Complex computes them, (a+bi)(c+di)
+  #   as (ac - bd) + (bc + ad)i, a quotient as in quotient/4. A real operand (whose imaginary part Complex
   #   treats apart for infinities) goes to Nx.BinaryBackend.
   # * equal and not_equal of two complex operands, as Complex structs
   #   compare (a NaN part equals a NaN part).
@@ -48,7 +48,7 @@ defmodule EMLX.Backend.Complex128 do
   alias EMLX.Defn.Recorder
   alias Nx.Tensor, as: T
 
-  @elementwise [:add, :subtract, :multiply]
+  @elementwise [:add, :subtract, :multiply, :divide]
   @unary [:negate, :conjugate, :exp, :log, :sqrt, :sin, :cos]
   @parts [:real, :imag, :abs]
 
@@ -134,6 +134,10 @@ defmodule EMLX.Backend.Complex128 do
       :multiply ->
         re = Nx.subtract(Nx.multiply(ar, br), Nx.multiply(ai, bi))
         join(out, re, Nx.add(Nx.multiply(ai, br), Nx.multiply(ar, bi)))
+
+      :divide ->
+        {re, im} = quotient(ar, ai, br, bi)
+        join(out, re, im)
     end
   end
 
@@ -354,6 +358,32 @@ defmodule EMLX.Backend.Complex128 do
 
   def run(:stack, [out, list, axis]),
     do: store(out, Nx.stack(Enum.map(list, &bytes/1), axis: axis))
+
+  # Complex.divide/2 of two complex numbers: ((r1 r2 + i1 i2) + (i1 r2 -
+  # r1 i2) i) / (r2^2 + i2^2), where a finite part over an infinite
+  # denominator is +0.0 (Complex's 0, where IEEE keeps the sign), and a
+  # finite numerator over (+-infinity + 0i) is 0 + 0i. (Over a zero
+  # divisor the numerator is zero too, and 0/0 is NaN on both sides.)
+  defp quotient(r1, i1, r2, i2) do
+    f64 = &Nx.tensor(&1, type: :f64, backend: backend(r1))
+    finite = &Nx.logical_not(Nx.logical_or(Nx.is_nan(&1), Nx.is_infinity(&1)))
+    den = Nx.add(Nx.multiply(r2, r2), Nx.multiply(i2, i2))
+
+    part = fn num ->
+      Nx.select(Nx.logical_and(Nx.is_infinity(den), finite.(num)), f64.(0.0), Nx.divide(num, den))
+    end
+
+    re = part.(Nx.add(Nx.multiply(r1, r2), Nx.multiply(i1, i2)))
+    im = part.(Nx.subtract(Nx.multiply(i1, r2), Nx.multiply(r1, i2)))
+
+    zero =
+      Nx.logical_and(
+        Nx.logical_and(finite.(r1), finite.(i1)),
+        Nx.logical_and(Nx.is_infinity(r2), Nx.equal(i2, 0))
+      )
+
+    {Nx.select(zero, f64.(0.0), re), Nx.select(zero, f64.(0.0), im)}
+  end
 
   # Complex.multiply(:infinity, x) for a number x: infinity, NaN or -infinity by x's sign.
   defp inf_times(x, f64) do
