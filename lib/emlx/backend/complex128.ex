@@ -52,8 +52,9 @@ defmodule EMLX.Backend.Complex128 do
   @unary [:negate, :conjugate, :exp, :log, :sqrt, :sin, :cos]
   @parts [:real, :imag, :abs]
 
-  @movement [:reshape, :squeeze, :transpose, :reverse, :broadcast, :slice, :put_slice] ++
-              [:concatenate, :stack, :select]
+  # one c128 tensor's elements moved (concatenate, stack and select have
+  # clauses of their own)
+  @movement [:reshape, :squeeze, :transpose, :reverse, :broadcast, :slice, :put_slice]
 
   @doc "Whether callback `name` with `args` (the out template first) runs here."
   def native?(name, [%T{} = out | args]) do
@@ -159,20 +160,17 @@ defmodule EMLX.Backend.Complex128 do
   # the BEAM's :math alike: the same bits (checked over 20,000 values).
   def run(:exp, [out, t]) do
     {re, im} = parts(t)
-    f64 = &Nx.tensor(&1, type: :f64, backend: backend(re))
-    nan = Nx.Constants.nan(:f64, backend: backend(re))
-    inf = Nx.Constants.infinity(:f64, backend: backend(re))
+    {nan, inf} = {const(:nan, re), const(:infinity, re)}
     pos_inf = Nx.equal(re, inf)
     rho = Nx.exp(re)
-    pick = fn {r, i}, cond, {r2, i2} -> {Nx.select(cond, r2, r), Nx.select(cond, i2, i)} end
-    odd = Nx.logical_or(Nx.is_nan(im), Nx.is_infinity(im))
+    odd = non_finite(im)
 
     {r, i} =
       {Nx.multiply(rho, Nx.cos(im)), Nx.multiply(rho, Nx.sin(im))}
-      |> pick.(Nx.logical_or(odd, Nx.is_nan(re)), {nan, nan})
-      |> pick.(Nx.logical_and(pos_inf, Nx.logical_not(odd)), {inf, inf_times(im, f64)})
-      |> pick.(Nx.logical_and(pos_inf, Nx.is_nan(im)), {inf, nan})
-      |> pick.(Nx.equal(re, Nx.negate(inf)), {f64.(0.0), f64.(0.0)})
+      |> pick(Nx.logical_or(odd, Nx.is_nan(re)), {nan, nan})
+      |> pick(Nx.logical_and(pos_inf, Nx.logical_not(odd)), {inf, inf_times(im)})
+      |> pick(Nx.logical_and(pos_inf, Nx.is_nan(im)), {inf, nan})
+      |> pick(Nx.equal(re, const(:neg_infinity, re)), {const(0.0, re), const(0.0, re)})
 
     join(out, r, i)
   end
@@ -183,15 +181,18 @@ defmodule EMLX.Backend.Complex128 do
   # MLX's float64 atan2 gave :math.atan2's bits on 20,000 of 20,000 values.
   def run(:log, [out, t]) do
     {re, im} = parts(t)
-    f64 = &Nx.tensor(&1, type: :f64, backend: backend(re))
-    inf = Nx.Constants.infinity(:f64, backend: backend(re))
-    finite_im = Nx.logical_not(Nx.logical_or(Nx.is_nan(im), Nx.is_infinity(im)))
+    finite_im = Nx.logical_not(non_finite(im))
     angle = Nx.atan2(im, re)
-    angle = Nx.select(Nx.logical_and(finite_im, Nx.equal(re, inf)), f64.(0.0), angle)
 
     angle =
-      Nx.select(Nx.logical_and(finite_im, Nx.equal(re, Nx.negate(inf))), f64.(:math.pi()), angle)
+      Nx.select(
+        Nx.logical_and(finite_im, Nx.equal(re, const(:infinity, re))),
+        const(0.0, re),
+        angle
+      )
 
+    minus_inf = Nx.equal(re, const(:neg_infinity, re))
+    angle = Nx.select(Nx.logical_and(finite_im, minus_inf), const(:math.pi(), re), angle)
     join(out, Nx.log(magnitude(re, im)), angle)
   end
 
@@ -200,10 +201,8 @@ defmodule EMLX.Backend.Complex128 do
   # otherwise w from the larger of |re| and |im| (Erlang's abs), as there.
   def run(:sqrt, [out, t]) do
     {re, im} = parts(t)
-    f64 = &Nx.tensor(&1, type: :f64, backend: backend(re))
-    pick = fn {r, i}, cond, {r2, i2} -> {Nx.select(cond, r2, r), Nx.select(cond, i2, i)} end
-    erlang_abs = &Nx.select(Nx.less(&1, 0), Nx.negate(&1), &1)
-    {x, y} = {erlang_abs.(re), erlang_abs.(im)}
+    f64 = &const(&1, re)
+    {x, y} = {erlang_abs(re), erlang_abs(im)}
     half_sqrt = fn v -> Nx.sqrt(Nx.multiply(f64.(0.5), v)) end
     q1 = Nx.divide(y, x)
 
@@ -229,16 +228,16 @@ defmodule EMLX.Backend.Complex128 do
       {Nx.select(pos, w, Nx.divide(im, Nx.multiply(f64.(2.0), i2))),
        Nx.select(pos, Nx.divide(im, Nx.multiply(f64.(2.0), w)), i2)}
 
-    inf = f64.(:infinity)
+    {inf, neg_inf} = {f64.(:infinity), f64.(:neg_infinity)}
 
     {r, i} =
       finite
-      |> pick.(Nx.logical_and(Nx.equal(re, 0), Nx.equal(im, 0)), {re, im})
-      |> pick.(Nx.equal(re, f64.(:neg_infinity)), {f64.(0.0), inf})
-      |> pick.(Nx.equal(re, inf), {inf, f64.(0.0)})
-      |> pick.(Nx.equal(im, f64.(:neg_infinity)), {inf, f64.(:neg_infinity)})
-      |> pick.(Nx.equal(im, inf), {inf, inf})
-      |> pick.(Nx.logical_or(Nx.is_nan(re), Nx.is_nan(im)), {f64.(:nan), f64.(:nan)})
+      |> pick(Nx.logical_and(Nx.equal(re, 0), Nx.equal(im, 0)), {re, im})
+      |> pick(Nx.equal(re, neg_inf), {f64.(0.0), inf})
+      |> pick(Nx.equal(re, inf), {inf, f64.(0.0)})
+      |> pick(Nx.equal(im, neg_inf), {inf, neg_inf})
+      |> pick(Nx.equal(im, inf), {inf, inf})
+      |> pick(Nx.logical_or(Nx.is_nan(re), Nx.is_nan(im)), {f64.(:nan), f64.(:nan)})
 
     join(out, r, i)
   end
@@ -251,14 +250,11 @@ defmodule EMLX.Backend.Complex128 do
   # gives NaN for zero.
   def run(name, [out, t]) when name in [:sin, :cos] do
     {re, im} = parts(t)
-    f64 = &Nx.tensor(&1, type: :f64, backend: backend(re))
-    nan = f64.(:nan)
-    inf_im = Nx.is_infinity(im)
-    finite_re = Nx.logical_not(Nx.logical_or(Nx.is_nan(re), Nx.is_infinity(re)))
+    finite_re = Nx.logical_not(non_finite(re))
     # infinity * re with the sign of im (re a finite number)
-    signed_inf = Nx.select(Nx.greater(im, 0), inf_times(re, f64), Nx.negate(inf_times(re, f64)))
+    signed_inf = Nx.select(Nx.greater(im, 0), inf_times(re), Nx.negate(inf_times(re)))
 
-    {r, i} =
+    {finite, infinite_im} =
       case name do
         :sin ->
           {{Nx.multiply(Nx.sin(re), Nx.cosh(im)), Nx.multiply(Nx.cos(re), Nx.sinh(im))},
@@ -268,19 +264,21 @@ defmodule EMLX.Backend.Complex128 do
           # Complex.cos's `-:math.sin(re)` is 0.0 - sin(re) in the BEAM's
           # compiled code (OTP 25: -0.0 there is +0.0), then times sinh(im);
           # and -im * re: (the infinity of -im) times re
-          minus_sin = Nx.subtract(f64.(0.0), Nx.sin(re))
+          minus_sin = Nx.subtract(const(0.0, re), Nx.sin(re))
 
           {{Nx.multiply(Nx.cos(re), Nx.cosh(im)), Nx.multiply(minus_sin, Nx.sinh(im))},
-           {f64.(:infinity), Nx.negate(signed_inf)}}
+           {const(:infinity, re), Nx.negate(signed_inf)}}
       end
-      |> then(fn {finite, {r2, i2}} ->
-        {r, i} = finite
-        cond = Nx.logical_and(finite_re, inf_im)
-        {Nx.select(cond, r2, r), Nx.select(cond, i2, i)}
-      end)
 
     odd = Nx.logical_or(Nx.logical_or(Nx.is_nan(re), Nx.is_nan(im)), Nx.logical_not(finite_re))
-    join(out, Nx.select(odd, nan, r), Nx.select(odd, nan, i))
+    nan = const(:nan, re)
+
+    {r, i} =
+      finite
+      |> pick(Nx.logical_and(finite_re, Nx.is_infinity(im)), infinite_im)
+      |> pick(odd, {nan, nan})
+
+    join(out, r, i)
   end
 
   # A real value x becomes x + 0i (NaN as Nx writes it), a c64 its parts.
@@ -365,32 +363,23 @@ defmodule EMLX.Backend.Complex128 do
   # finite numerator over (+-infinity + 0i) is 0 + 0i. (Over a zero
   # divisor the numerator is zero too, and 0/0 is NaN on both sides.)
   defp quotient(r1, i1, r2, i2) do
-    f64 = &Nx.tensor(&1, type: :f64, backend: backend(r1))
-    finite = &Nx.logical_not(Nx.logical_or(Nx.is_nan(&1), Nx.is_infinity(&1)))
+    zero = const(0.0, r1)
+    finite = &Nx.logical_not(non_finite(&1))
     den = Nx.add(Nx.multiply(r2, r2), Nx.multiply(i2, i2))
-
-    part = fn num ->
-      Nx.select(Nx.logical_and(Nx.is_infinity(den), finite.(num)), f64.(0.0), Nx.divide(num, den))
-    end
-
+    part = &Nx.select(Nx.logical_and(Nx.is_infinity(den), finite.(&1)), zero, Nx.divide(&1, den))
     re = part.(Nx.add(Nx.multiply(r1, r2), Nx.multiply(i1, i2)))
     im = part.(Nx.subtract(Nx.multiply(i1, r2), Nx.multiply(r1, i2)))
-
-    zero =
-      Nx.logical_and(
-        Nx.logical_and(finite.(r1), finite.(i1)),
-        Nx.logical_and(Nx.is_infinity(r2), Nx.equal(i2, 0))
-      )
-
-    {Nx.select(zero, f64.(0.0), re), Nx.select(zero, f64.(0.0), im)}
+    finite_num = Nx.logical_and(finite.(r1), finite.(i1))
+    over_inf = Nx.logical_and(finite_num, Nx.logical_and(Nx.is_infinity(r2), Nx.equal(i2, 0)))
+    pick({re, im}, over_inf, {zero, zero})
   end
 
   # Complex.multiply(:infinity, x) for a number x: infinity, NaN or -infinity by x's sign.
-  defp inf_times(x, f64) do
+  defp inf_times(x) do
     Nx.select(
       Nx.greater(x, 0),
-      f64.(:infinity),
-      Nx.select(Nx.less(x, 0), f64.(:neg_infinity), f64.(:nan))
+      const(:infinity, x),
+      Nx.select(Nx.less(x, 0), const(:neg_infinity, x), const(:nan, x))
     )
   end
 
@@ -399,10 +388,8 @@ defmodule EMLX.Backend.Complex128 do
   # times sqrt(1 + (smaller/larger)^2), or a part when the other is zero,
   # each step an IEEE double operation as on the BEAM.
   defp magnitude(re, im) do
-    erlang_abs = &Nx.select(Nx.less(&1, 0), Nx.negate(&1), &1)
-    x = erlang_abs.(re)
-    y = erlang_abs.(im)
-    one = Nx.tensor(1.0, type: :f64, backend: backend(re))
+    {x, y} = {erlang_abs(re), erlang_abs(im)}
+    one = const(1.0, re)
 
     scaled = fn big, small ->
       Nx.multiply(
@@ -414,17 +401,32 @@ defmodule EMLX.Backend.Complex128 do
     finite = Nx.select(Nx.greater(x, y), scaled.(x, y), scaled.(y, x))
     finite = Nx.select(Nx.equal(y, 0), x, finite)
     finite = Nx.select(Nx.equal(x, 0), y, finite)
-    odd = fn v -> Nx.logical_or(Nx.is_nan(v), Nx.is_infinity(v)) end
-    inf = Nx.Constants.infinity(:f64, backend: backend(re))
-    nan = Nx.Constants.nan(:f64, backend: backend(re))
-    result = Nx.select(Nx.logical_or(odd.(re), odd.(im)), inf, finite)
-    Nx.select(Nx.logical_and(Nx.is_nan(re), Nx.is_nan(im)), nan, result)
+
+    result =
+      Nx.select(Nx.logical_or(non_finite(re), non_finite(im)), const(:infinity, re), finite)
+
+    Nx.select(Nx.logical_and(Nx.is_nan(re), Nx.is_nan(im)), const(:nan, re), result)
   end
+
+  # Erlang's abs/1 of a float: -x below zero, else x (-0.0 stays -0.0).
+  defp erlang_abs(x), do: Nx.select(Nx.less(x, 0), Nx.negate(x), x)
+
+  defp non_finite(x), do: Nx.logical_or(Nx.is_nan(x), Nx.is_infinity(x))
+
+  # {re, im} where cond holds, else {r, i}: the special cases of Complex's
+  # functions, applied from its last clause to its first.
+  defp pick({r, i}, cond, {r2, i2}), do: {Nx.select(cond, r2, r), Nx.select(cond, i2, i)}
+
+  # An f64 scalar on like's device (Nx's encodings of :nan and the infinities).
+  defp const(value, like), do: Nx.tensor(value, type: :f64, backend: backend(like))
+
+  # A c128 tensor's stored array as it is: a uint8 vector of its bytes.
+  defp flat_bytes(%T{shape: shape} = t),
+    do: %{t | type: {:u, 8}, shape: {Tuple.product(shape) * 16}, names: [nil]}
 
   # A c128 tensor's bytes as an unnamed uint8 tensor of shape `shape ++ {16}`.
   defp bytes(%T{shape: shape} = t) do
-    n = Tuple.product(shape)
-    flat = %{t | type: {:u, 8}, shape: {n * 16}, names: [nil]}
+    flat = flat_bytes(t)
     shape = Tuple.insert_at(shape, tuple_size(shape), 16)
 
     EMLX.Backend.reshape(
@@ -443,10 +445,12 @@ defmodule EMLX.Backend.Complex128 do
   # The real and imaginary parts of a tensor as EMLX f64 tensors of its
   # shape, unnamed (a real tensor's imaginary part is zero).
   defp parts(%T{type: {:c, 128}, shape: shape} = t) do
-    n = Tuple.product(shape)
     rank = tuple_size(shape)
-    bytes = %{t | type: {:u, 8}, shape: {n * 16}, names: [nil]}
-    pairs = EMLX.Backend.bitcast(%{bytes | type: {:f, 64}, shape: {n * 2}}, bytes)
+    bytes = flat_bytes(t)
+
+    pairs =
+      EMLX.Backend.bitcast(%{bytes | type: {:f, 64}, shape: {Tuple.product(shape) * 2}}, bytes)
+
     pairs = Nx.reshape(pairs, Tuple.insert_at(shape, rank, 2))
     part = fn i -> pairs |> Nx.slice_along_axis(i, 1, axis: rank) |> Nx.squeeze(axes: [rank]) end
     {part.(0), part.(1)}
@@ -459,7 +463,7 @@ defmodule EMLX.Backend.Complex128 do
 
   defp parts(%T{} = t) do
     re = Nx.as_type(unnamed(t), :f64)
-    {re, Nx.broadcast(Nx.tensor(0.0, type: :f64, backend: backend(t)), re.shape)}
+    {re, Nx.broadcast(const(0.0, t), re.shape)}
   end
 
   defp unnamed(%T{shape: shape} = t), do: Nx.rename(t, List.duplicate(nil, tuple_size(shape)))
@@ -478,8 +482,5 @@ defmodule EMLX.Backend.Complex128 do
 
   # Every NaN as Nx writes one (a positive quiet NaN): IEEE arithmetic may
   # give another sign or payload, which Nx.BinaryBackend's :nan does not.
-  defp canonical_nan(x) do
-    nan = Nx.Constants.nan(:f64, backend: backend(x))
-    Nx.select(Nx.is_nan(x), nan, x)
-  end
+  defp canonical_nan(x), do: Nx.select(Nx.is_nan(x), const(:nan, x), x)
 end
