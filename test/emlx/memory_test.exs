@@ -5,12 +5,30 @@ defmodule EMLX.MemoryTest do
   defp big,
     do: Nx.iota({1024, 1024}, type: :f32, backend: EMLX.Backend) |> Nx.multiply(2) |> EMLX.eval()
 
-  test "active and peak memory grow with live tensors; dropping them and clearing the cache releases it" do
+  # MLX's allocator is process-wide: arrays whose last reference another test
+  # process dropped are freed whenever that process is collected, so a
+  # measurement can see a few bytes go while the 4 MiB arrive. One attempt out
+  # of three with no such release is enough.
+  defp grow_once do
     EMLX.clear_cache()
     before = EMLX.memory_info()
     t = big()
     during = EMLX.memory_info()
-    assert during.active_memory >= before.active_memory + 4 * 1024 * 1024
+
+    if during.active_memory >= before.active_memory + 4 * 1024 * 1024,
+      do: {:ok, t, during},
+      else: {:error, before, during}
+  end
+
+  test "active and peak memory grow with live tensors; dropping them and clearing the cache releases it" do
+    assert {:ok, t, during} =
+             Enum.reduce_while(1..3, nil, fn _, _ ->
+               case grow_once() do
+                 {:ok, _, _} = ok -> {:halt, ok}
+                 other -> {:cont, other}
+               end
+             end)
+
     assert during.peak_memory >= during.active_memory
 
     Nx.backend_deallocate(t)
