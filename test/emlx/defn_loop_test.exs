@@ -148,6 +148,22 @@ defmodule EMLX.DefnLoopTest do
       assert EMLX.Defn.Cache.size() == 1
     end
 
+    test "a block whose default implementation loops runs it here too (Nx's eigh, linalg: :nx)" do
+      m = [[4.0, 1.0, 0.5, 0.0], [1.0, 3.0, 0.2, 0.1], [0.5, 0.2, 2.0, 0.3], [0.0, 0.1, 0.3, 1.0]]
+      Application.put_env(:emlx, :linalg, :nx)
+
+      try do
+        {vals, vecs} = emlx_jit(&Nx.LinAlg.eigh/1).(emlx(m))
+        refute_received :read_back
+
+        {want_vals, want_vecs} = Nx.LinAlg.eigh(Nx.tensor(m, backend: Nx.BinaryBackend))
+        assert_tensor(vals, want_vals)
+        assert_tensor(vecs, want_vecs)
+      after
+        Application.delete_env(:emlx, :linalg)
+      end
+    end
+
     test "a thousand iterations take far less than a thousand recordings" do
       f = emlx_jit(&decay/2)
       x = emlx(List.duplicate(1.0, 16))

@@ -96,12 +96,54 @@ defmodule EMLX.Defn.Callbacks do
     end
   end
 
+  # A block (`Nx.Block`: linear algebra, FFT2, top_k...) runs EMLX.Backend's
+  # kernel when it has one; else the backend calls the block's callback,
+  # which traces Nx's default implementation again and runs it through Nx's
+  # evaluator: a loop there is a read-back and a new program per iteration
+  # (Nx's QR, SVD and eigh under `linalg: :nx`). When the body loops, the
+  # callback becomes the block's body, traced once already, evaluated into
+  # the recording with its loops run by `EMLX.Defn.Loop`. A body without a
+  # loop keeps the callback: it runs on real tensors, as eagerly (an f64
+  # EMLX.Fast reference then rounds its float constants to f32 as eager Nx
+  # does, where a traced body keeps them exact).
+  defp rewrite_node(%T{data: %Expr{op: :block, args: args}} = t, seen, opts) do
+    [struct, in_args, body, callback] = args
+    {in_args, seen} = Enum.map_reduce(in_args, seen, &rewrite(&1, &2, opts))
+
+    callback =
+      (loops?(body) &&
+         EMLX.Defn.Sub.block_callback(body, length(in_args) + 1, compiler_opts(opts))) ||
+        callback
+
+    {put_in(t.data.args, [struct, in_args, body, callback]), seen}
+  end
+
   defp rewrite_node(t, seen, opts), do: rewrite_args(t, seen, opts)
 
   defp rewrite_args(t, seen, opts) do
     {args, seen} = Tree.apply_args(t, :all, seen, &rewrite(&1, &2, opts))
     {put_in(t.data.args, callbacks(t.data.op, args)), seen}
   end
+
+  # Whether `expr` holds a `while`, nested blocks' bodies included.
+  defp loops?(expr) do
+    {_, found} = Composite.traverse(expr, {%{}, false}, &loop_node/2)
+    elem(found, 1)
+  end
+
+  defp loop_node(t, {_, true} = acc), do: {t, acc}
+
+  defp loop_node(%T{data: %Expr{id: id, op: op}} = t, {seen, false}) do
+    cond do
+      Map.has_key?(seen, id) -> {t, {seen, false}}
+      op == :while -> {t, {seen, true}}
+      true ->
+        {_, acc} = Tree.apply_args(t, :all, {Map.put(seen, id, true), false}, &loop_node/2)
+        {t, acc}
+    end
+  end
+
+  defp loop_node(other, acc), do: {other, acc}
 
   defp compiler_opts(opts), do: Keyword.delete(opts, :emlx_scope)
 

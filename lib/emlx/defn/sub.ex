@@ -80,6 +80,32 @@ defmodule EMLX.Defn.Sub do
     handles(result, device, queue)
   end
 
+  @doc """
+  A block's callback of arity `arity` (the block's struct, its tensors, its
+  options) that evaluates `body`, the block's traced default implementation,
+  over the given tensors, into the current recording. `nil` past arity 8.
+  """
+  def block_callback(body, arity, opts) when arity <= 8 do
+    run = fn [_struct | args] ->
+      tensors = Enum.take_while(args, &(not is_list(&1)))
+      [result] = evaluator(body, opts).([Enum.map(tensors, &fn -> &1 end)])
+      result
+    end
+
+    case arity do
+      1 -> fn a -> run.([a]) end
+      2 -> fn a, b -> run.([a, b]) end
+      3 -> fn a, b, c -> run.([a, b, c]) end
+      4 -> fn a, b, c, d -> run.([a, b, c, d]) end
+      5 -> fn a, b, c, d, e -> run.([a, b, c, d, e]) end
+      6 -> fn a, b, c, d, e, f -> run.([a, b, c, d, e, f]) end
+      7 -> fn a, b, c, d, e, f, g -> run.([a, b, c, d, e, f, g]) end
+      8 -> fn a, b, c, d, e, f, g, h -> run.([a, b, c, d, e, f, g, h]) end
+    end
+  end
+
+  def block_callback(_body, _arity, _opts), do: nil
+
   @doc "The handles of every tensor of `result` (other backends' data moved in)."
   def handles(result, device, queue) do
     [result]
