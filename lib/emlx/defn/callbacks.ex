@@ -135,8 +135,12 @@ defmodule EMLX.Defn.Callbacks do
 
   defp loop_node(%T{data: %Expr{id: id, op: op}} = t, {seen, false}) do
     cond do
-      Map.has_key?(seen, id) -> {t, {seen, false}}
-      op == :while -> {t, {seen, true}}
+      Map.has_key?(seen, id) ->
+        {t, {seen, false}}
+
+      op == :while ->
+        {t, {seen, true}}
+
       true ->
         {_, acc} = Tree.apply_args(t, :all, {Map.put(seen, id, true), false}, &loop_node/2)
         {t, acc}
