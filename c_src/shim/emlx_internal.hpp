@@ -70,6 +70,9 @@ void hand_out(std::vector<mx::array> &results, emlx_arr **outs);
 // when its own type differs. Throws on failure.
 std::vector<mx::array> run_instr(int op, const emlx_stream &stream, const emlx_arg *args, int out_dtype);
 
+// Whether op is the op table's `full` (a value broadcast to a shape).
+bool is_full_op(int op);
+
 // ---- CPU tasks on the worker's thread (cpu_inline.cpp) ----
 
 // Sets it up for a CPU stream made on this thread (nullptr: not set up).

@@ -55,6 +55,10 @@ mx::array emlx_scalar_array(const emlx_scalar &n, mx::Dtype d);
 // re + im·i (complex64) from two real arrays of one shape (non-finite parts kept).
 mx::array complex_from(const mx::array &re, const mx::array &im, SD s);
 mx::array emlx_full(const emlx_scalar &n, const mx::Shape &shape, mx::Dtype d, SD s);
+// While a program is traced for mx::compile (emlx_program.cpp): the value of
+// its next `full` instruction, an input of the compiled function, when it
+// has type d.
+std::optional<mx::array> traced_constant(mx::Dtype d);
 mx::array emlx_cast(const mx::array &x, mx::Dtype d, SD s);
 bool host_readable(const mx::array &x);       // available, in a small buffer: read on the host in place
 bool host_int(const mx::array &x, int64_t &v);  // an integer scalar's value, when host_readable

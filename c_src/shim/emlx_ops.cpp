@@ -162,6 +162,12 @@ bool cpu_only_op(int op) {
   }
 }
 
+}  // namespace
+
+bool is_full_op(int op) { return op == OP_full; }
+
+namespace {
+
 bool scatter_op(int op) { return op == OP_indexed_add || op == OP_indexed_put || op == OP_window_scatter; }
 
 // Complex inverse hyperbolic functions have no CUDA kernel.

@@ -17,9 +17,31 @@ struct emlx_compiled {
   // on the GPU, by the inputs' types and shapes (which fix the traced graph):
   // whether it holds a fused kernel over no elements (empty_fused_kernel)
   std::map<std::vector<int64_t>, bool> empty_kernel{};
+  // the values of the program's `full` instructions, in order: inputs of the
+  // compiled function after the program's own (see emlx_full)
+  std::vector<mx::array> consts{};
 };
 
 namespace emlx {
+namespace {
+
+// The values the program being traced on this thread hands to its `full`
+// instructions (a program traced inside another's trace has its own).
+struct ConstSupply {
+  const std::vector<mx::array> *values = nullptr;
+  size_t next = 0;
+};
+thread_local ConstSupply supply;
+
+}  // namespace
+
+std::optional<mx::array> traced_constant(mx::Dtype d) {
+  if (!supply.values || supply.next >= supply.values->size()) return std::nullopt;
+  const mx::array &c = (*supply.values)[supply.next++];
+  if (c.dtype() != d) return std::nullopt;
+  return c;
+}
+
 namespace {
 
 std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std::vector<mx::array> &in, bool compile);
@@ -103,10 +125,22 @@ std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std
     emlx_stream st = stream;
     const emlx_instr *instrs = p->instrs;
     int ninstrs = p->ninstrs;
-    auto body = [st, instrs, ninstrs, slots](const std::vector<mx::array> &args) {
-      return replay(st, instrs, ninstrs, args, slots);
+    std::vector<mx::array> consts;
+    for (int i = 0; i < ninstrs; i++)
+      if (is_full_op(instrs[i].op))
+        consts.push_back(emlx_scalar_array(instrs[i].args[0].u.scalar, to_dtype(instrs[i].args[2].u.dtype)));
+    size_t nin = in.size();
+    // (MLX calls it to trace: the program's own inputs, then the constants)
+    auto body = [st, instrs, ninstrs, slots, nin](const std::vector<mx::array> &args) {
+      std::vector<mx::array> own(args.begin(), args.begin() + nin), values(args.begin() + nin, args.end());
+      struct Supplying {
+        ConstSupply saved = supply;
+        explicit Supplying(const std::vector<mx::array> *v) { supply = {v, 0}; }
+        ~Supplying() { supply = saved; }
+      } supplying(&values);
+      return replay(st, instrs, ninstrs, own, slots);
     };
-    p->compiled = new emlx_compiled{mx::compile(body), true};
+    p->compiled = new emlx_compiled{mx::compile(body), true, {}, std::move(consts)};
   }
   // On the GPU, a run whose traced graph holds a fused kernel over no
   // elements replays plainly (see empty_fused_kernel), known by the inputs'
@@ -126,7 +160,9 @@ std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std
   }
   std::vector<mx::array> outs;
   try {
-    outs = p->compiled->fn(in);
+    std::vector<mx::array> args(in);
+    args.insert(args.end(), p->compiled->consts.begin(), p->compiled->consts.end());
+    outs = p->compiled->fn(args);
   } catch (...) {
     // Tracing failed: an op needs data while tracing ("cannot compile"),
     // or the program is wrong. Either way it replays plainly, now and from
