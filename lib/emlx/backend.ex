@@ -28,7 +28,10 @@ defmodule EMLX.Backend do
 
   alias Nx.Tensor, as: T
   alias EMLX.{CommandQueue, Dispatch, NIF, Types, Worker}
-  alias EMLX.Backend.{Bounds, Fold}
+  alias EMLX.Backend.{Bounds, Fold, LinAlg}
+
+  @linalg_blocks LinAlg.blocks()
+
   import EMLX.Backend.Emulated, only: [emulated_tensor: 1]
 
   @doc "The Nx types EMLX.Backend stores: MLX's and the emulated ones (see `EMLX.Types`)."
@@ -400,36 +403,12 @@ defmodule EMLX.Backend do
   def block(%Nx.Block.TakeAlongAxis{axis: axis}, out, [t, indices | _], _fun),
     do: run(out, :take_along_axis, [t, indices, axis], nil)
 
-  def block(%Nx.Block.LinAlg.QR{mode: mode} = struct, out, [t | _] = args, fun) do
-    if linalg_native?([t]),
-      do: run_multi(out, :qr, [t, mode == :complete]),
-      else: nx_linalg(struct, args, fun)
-  end
-
-  def block(%Nx.Block.LinAlg.SVD{full_matrices?: full} = struct, out, [t | _] = args, fun) do
-    if linalg_native?([t]),
-      do: run_multi(out, :svd, [t, full]),
-      else: nx_linalg(struct, args, fun)
-  end
-
-  def block(%Nx.Block.LinAlg.Eigh{} = struct, out, [t | _] = args, fun) do
-    if linalg_native?([t]), do: run_multi(out, :eigh, [t]), else: nx_linalg(struct, args, fun)
-  end
-
-  def block(%Nx.Block.LinAlg.LU{} = struct, out, [t | _] = args, fun) do
-    if linalg_native?([t]), do: run_multi(out, :lu, [t]), else: nx_linalg(struct, args, fun)
-  end
-
-  def block(%Nx.Block.LinAlg.Cholesky{} = struct, out, [t | _] = args, fun) do
-    if linalg_native?([t]), do: run(out, :cholesky, [t]), else: nx_linalg(struct, args, fun)
-  end
-
-  def block(%Nx.Block.LinAlg.Solve{} = struct, out, [a, b | _] = args, fun) do
-    if linalg_native?([a, b]), do: run(out, :solve, [a, b]), else: nx_linalg(struct, args, fun)
-  end
-
-  def block(%Nx.Block.LinAlg.Determinant{} = struct, out, [t | _] = args, fun) do
-    if linalg_native?([t]), do: run(out, :determinant, [t]), else: nx_linalg(struct, args, fun)
+  def block(%mod{} = struct, out, args, fun) when mod in @linalg_blocks do
+    case LinAlg.plan(struct, args) do
+      {:one, op, op_args} -> run(out, op, op_args)
+      {:multi, op, op_args} -> run_multi(out, op, op_args)
+      :nx -> LinAlg.nx(struct, args, fun)
+    end
   end
 
   # EMLX.Fast: one fused MLX op where MLX's kernels take the types (no f64);
@@ -534,36 +513,6 @@ defmodule EMLX.Backend do
     # worker's check instead of letting the error surface at a later read.
     with %__MODULE__{ref: ref} when is_reference(ref) <- result.data, do: Worker.info(ref)
     result
-  end
-
-  # `config :emlx, linalg: :nx`: Nx's own algorithms (on MLX ops), not MLX's
-  # LAPACK kernels: Nx's digits and signs, at a large cost in speed.
-  # Complex matrices take them too.
-  #
-  # Eagerly, the algorithm (`fun`, a defn full of loops) is compiled by EMLX
-  # on the matrices' device, so its loops run on the worker thread; called
-  # from Nx's evaluator it would read every iteration's condition back.
-  # Inside a recording, the compiler has already made `fun` the block's body.
-  defp nx_linalg(struct, args, fun) do
-    {tensors, opts} = Enum.split_while(args, &(not is_list(&1)))
-
-    case tensors do
-      [%T{data: %__MODULE__{device: device}} | _] ->
-        if EMLX.Defn.Recorder.active?() do
-          apply(fun, [struct | args])
-        else
-          run = fn tuple -> apply(fun, [struct | Tuple.to_list(tuple) ++ opts]) end
-          Nx.Defn.jit_apply(run, [List.to_tuple(tensors)], compiler: EMLX, device: device)
-        end
-
-      _ ->
-        apply(fun, [struct | args])
-    end
-  end
-
-  defp linalg_native?(tensors) do
-    Application.get_env(:emlx, :linalg, :native) == :native and
-      Enum.all?(tensors, fn %T{type: {kind, _}} -> kind != :c end)
   end
 
   ## Pointers (EMLX.Backend.Pointer)

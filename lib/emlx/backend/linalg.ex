@@ -1,0 +1,70 @@
+defmodule EMLX.Backend.LinAlg do
+  @moduledoc false
+  # Nx's linear-algebra blocks (`Nx.Block.LinAlg.*`) for EMLX.Backend: MLX's
+  # LAPACK kernels by default, or Nx's own algorithms.
+  #
+  # `config :emlx, linalg: :nx` takes Nx's algorithms (on MLX ops), not
+  # MLX's kernels: Nx's digits and signs, at a large cost in speed. Complex
+  # matrices take them too. Eagerly, the algorithm (the block's callback, a
+  # defn full of loops) is compiled by EMLX on the matrices' device, so its
+  # loops run on the worker thread; called from Nx's evaluator it would read
+  # every iteration's condition back. Inside a recording, the compiler has
+  # already made the callback the block's traced body.
+
+  alias Nx.Tensor, as: T
+
+  @blocks [
+    Nx.Block.LinAlg.QR,
+    Nx.Block.LinAlg.SVD,
+    Nx.Block.LinAlg.Eigh,
+    Nx.Block.LinAlg.LU,
+    Nx.Block.LinAlg.Cholesky,
+    Nx.Block.LinAlg.Solve,
+    Nx.Block.LinAlg.Determinant
+  ]
+
+  @doc "The block structs this module serves."
+  def blocks, do: @blocks
+
+  @doc """
+  How EMLX.Backend runs the block `struct` over `args`: `{:one, op, op_args}`
+  or `{:multi, op, op_args}` (MLX's kernel, one result or several), or
+  `:nx` (Nx's algorithm, `nx/3`).
+  """
+  def plan(struct, [t | rest]) do
+    tensors = [t | Enum.take_while(rest, &match?(%T{}, &1))]
+
+    if native?(tensors), do: native(struct, tensors), else: :nx
+  end
+
+  defp native(%Nx.Block.LinAlg.QR{mode: mode}, [t]), do: {:multi, :qr, [t, mode == :complete]}
+  defp native(%Nx.Block.LinAlg.SVD{full_matrices?: full}, [t]), do: {:multi, :svd, [t, full]}
+  defp native(%Nx.Block.LinAlg.Eigh{}, [t]), do: {:multi, :eigh, [t]}
+  defp native(%Nx.Block.LinAlg.LU{}, [t]), do: {:multi, :lu, [t]}
+  defp native(%Nx.Block.LinAlg.Cholesky{}, [t]), do: {:one, :cholesky, [t]}
+  defp native(%Nx.Block.LinAlg.Solve{}, [a, b]), do: {:one, :solve, [a, b]}
+  defp native(%Nx.Block.LinAlg.Determinant{}, [t]), do: {:one, :determinant, [t]}
+
+  defp native?(tensors) do
+    Application.get_env(:emlx, :linalg, :native) == :native and
+      Enum.all?(tensors, fn %T{type: {kind, _}} -> kind != :c end)
+  end
+
+  @doc "Nx's algorithm for the block `struct` (its callback `fun`) over `args`."
+  def nx(struct, args, fun) do
+    {tensors, opts} = Enum.split_while(args, &(not is_list(&1)))
+
+    case tensors do
+      [%T{data: %EMLX.Backend{device: device}} | _] ->
+        if EMLX.Defn.Recorder.active?() do
+          apply(fun, [struct | args])
+        else
+          run = fn tuple -> apply(fun, [struct | Tuple.to_list(tuple) ++ opts]) end
+          Nx.Defn.jit_apply(run, [List.to_tuple(tensors)], compiler: EMLX, device: device)
+        end
+
+      _ ->
+        apply(fun, [struct | args])
+    end
+  end
+end
