@@ -33,6 +33,14 @@ struct ConstSupply {
 };
 thread_local ConstSupply supply;
 
+// Sets this thread's supply for a scope (values nullptr: none, for a plain
+// replay inside another program's trace), then puts the previous one back.
+struct Supplying {
+  ConstSupply saved = supply;
+  explicit Supplying(const std::vector<mx::array> *values) { supply = {values, 0}; }
+  ~Supplying() { supply = saved; }
+};
+
 }  // namespace
 
 std::optional<mx::array> traced_constant(mx::Dtype d) {
@@ -119,7 +127,10 @@ bool empty_fused_kernel(const std::vector<mx::array> &outs) {
 std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std::vector<mx::array> &in, bool compile) {
   note_work(p->ninstrs);
   std::vector<int> slots(p->out_slots, p->out_slots + p->nouts);
-  auto plainly = [&] { return replay(stream, p->instrs, p->ninstrs, in, slots); };
+  auto plainly = [&] {
+    Supplying none(nullptr);
+    return replay(stream, p->instrs, p->ninstrs, in, slots);
+  };
   if (!compile || p->plain || (p->compiled && !p->compiled->traceable)) return plainly();
   if (!p->compiled) {
     emlx_stream st = stream;
@@ -133,11 +144,7 @@ std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std
     // (MLX calls it to trace: the program's own inputs, then the constants)
     auto body = [st, instrs, ninstrs, slots, nin](const std::vector<mx::array> &args) {
       std::vector<mx::array> own(args.begin(), args.begin() + nin), values(args.begin() + nin, args.end());
-      struct Supplying {
-        ConstSupply saved = supply;
-        explicit Supplying(const std::vector<mx::array> *v) { supply = {v, 0}; }
-        ~Supplying() { supply = saved; }
-      } supplying(&values);
+      Supplying supplying(&values);
       return replay(st, instrs, ninstrs, own, slots);
     };
     p->compiled = new emlx_compiled{mx::compile(body), true, {}, std::move(consts)};
