@@ -14,6 +14,20 @@ defmodule EMLX.Complex128Test do
 
   defp c128, do: bin(c128_values(), :c128)
 
+  # the one-operand callbacks Complex128 runs on MLX
+  @unary [
+    &Nx.negate/1,
+    &Nx.conjugate/1,
+    &Nx.real/1,
+    &Nx.imag/1,
+    &Nx.abs/1,
+    &Nx.exp/1,
+    &Nx.log/1,
+    &Nx.sqrt/1,
+    &Nx.sin/1,
+    &Nx.cos/1
+  ]
+
   test "arithmetic on MLX's float64 pairs gives Nx.BinaryBackend's bits for infinities, NaN and signed zeros" do
     special = [:nan, :infinity, :neg_infinity, 0.0, -0.0, 1.5, -2.0]
     values = for re <- special, im <- special, do: Complex.new(re, im)
@@ -46,20 +60,7 @@ defmodule EMLX.Complex128Test do
     assert_emulated(&Nx.equal(&1, &1), [x], device())
     assert_emulated(&Nx.not_equal(&1, &1), [x], device())
 
-    for fun <- [
-          &Nx.negate/1,
-          &Nx.conjugate/1,
-          &Nx.real/1,
-          &Nx.imag/1,
-          &Nx.abs/1,
-          &Nx.exp/1,
-          &Nx.log/1,
-          &Nx.sqrt/1,
-          &Nx.sin/1,
-          &Nx.cos/1
-        ] do
-      assert_emulated(fun, [x], device())
-    end
+    for fun <- @unary, do: assert_emulated(fun, [x], device())
 
     # abs's branches (a zero part, the larger part first or second, -0.0
     # kept as Erlang's abs keeps it) and a sum with infinities and NaN
@@ -84,19 +85,7 @@ defmodule EMLX.Complex128Test do
       assert_emulated(fun, [x, y], device())
     end
 
-    for fun <- [
-          &Nx.exp/1,
-          &Nx.log/1,
-          &Nx.sqrt/1,
-          &Nx.sin/1,
-          &Nx.cos/1,
-          &Nx.abs/1,
-          &Nx.negate/1,
-          &Nx.conjugate/1,
-          &Nx.imag/1
-        ] do
-      assert_emulated(fun, [x], device())
-    end
+    for fun <- @unary, do: assert_emulated(fun, [x], device())
   end
 
   test "a float64 overflow gives IEEE's infinity, where Nx.BinaryBackend raises Erlang's ArithmeticError" do
