@@ -70,8 +70,9 @@ void hand_out(std::vector<mx::array> &results, emlx_arr **outs);
 // when its own type differs. Throws on failure.
 std::vector<mx::array> run_instr(int op, const emlx_stream &stream, const emlx_arg *args, int out_dtype);
 
-// Whether op is the op table's `full` (a value broadcast to a shape).
-bool is_full_op(int op);
+// The value of a `full` instruction (the op table's value broadcast to a
+// shape): its scalar in its type, with no primitive; nullopt for other ops.
+std::optional<mx::array> full_value(int op, const emlx_arg *args);
 
 // ---- CPU tasks on the worker's thread (cpu_inline.cpp) ----
 

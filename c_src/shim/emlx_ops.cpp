@@ -128,12 +128,23 @@ std::vector<mx::array> run_op(int op, const mx::Stream &stream, const emlx_arg *
 #undef AXES
 #undef INTS
 #undef FLT
-#undef DT
 #undef FLAG
+}
+
+}  // namespace
+
+// (the op table's argument layout of `full`: "nIt", the value, the shape, the type)
+std::optional<mx::array> full_value(int op, const emlx_arg *args) {
+  if (op != OP_full) return std::nullopt;
+  return emlx_scalar_array(NUM(0), DT(2));
+}
+
+namespace {
+
+#undef DT
 #undef NUM
 #undef S
 #undef OUT
-}
 
 // Where an op runs on a GPU worker. MLX's CUDA backend has no float64, no
 // linear algebra (LU, QR, SVD, eigh, Cholesky, inverse, solves), no scatter
@@ -161,12 +172,6 @@ bool cpu_only_op(int op) {
       return false;
   }
 }
-
-}  // namespace
-
-bool is_full_op(int op) { return op == OP_full; }
-
-namespace {
 
 bool scatter_op(int op) { return op == OP_indexed_add || op == OP_indexed_put || op == OP_window_scatter; }
 

@@ -138,8 +138,7 @@ std::vector<mx::array> run(const emlx_stream &stream, emlx_program *p, const std
     int ninstrs = p->ninstrs;
     std::vector<mx::array> consts;
     for (int i = 0; i < ninstrs; i++)
-      if (is_full_op(instrs[i].op))
-        consts.push_back(emlx_scalar_array(instrs[i].args[0].u.scalar, to_dtype(instrs[i].args[2].u.dtype)));
+      if (auto v = full_value(instrs[i].op, instrs[i].args)) consts.push_back(std::move(*v));
     size_t nin = in.size();
     // (MLX calls it to trace: the program's own inputs, then the constants)
     auto body = [st, instrs, ninstrs, slots, nin](const std::vector<mx::array> &args) {

@@ -31,11 +31,13 @@ defmodule EMLX.Backend.LinAlg do
   or `{:multi, op, op_args}` (MLX's kernel, one result or several), or
   `:nx` (Nx's algorithm, `nx/3`).
   """
-  def plan(struct, [t | rest]) do
-    tensors = [t | Enum.take_while(rest, &match?(%T{}, &1))]
-
+  def plan(struct, args) do
+    {tensors, _opts} = split(args)
     if native?(tensors), do: native(struct, tensors), else: :nx
   end
+
+  # A block's arguments: its tensors, then its options (a keyword list).
+  defp split(args), do: Enum.split_while(args, &(not is_list(&1)))
 
   defp native(%Nx.Block.LinAlg.QR{mode: mode}, [t]), do: {:multi, :qr, [t, mode == :complete]}
   defp native(%Nx.Block.LinAlg.SVD{full_matrices?: full}, [t]), do: {:multi, :svd, [t, full]}
@@ -52,7 +54,7 @@ defmodule EMLX.Backend.LinAlg do
 
   @doc "Nx's algorithm for the block `struct` (its callback `fun`) over `args`."
   def nx(struct, args, fun) do
-    {tensors, opts} = Enum.split_while(args, &(not is_list(&1)))
+    {tensors, opts} = split(args)
 
     case tensors do
       [%T{data: %EMLX.Backend{device: device}} | _] ->
