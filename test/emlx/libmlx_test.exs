@@ -26,6 +26,28 @@ defmodule EMLX.LibMLXTest do
     assert File.exists?(Path.join(info.include, "mlx/mlx.h"))
   end
 
+  test "the NIF finds its libraries inside priv/, so a release carries them" do
+    priv = :code.priv_dir(:emlx) |> to_string()
+    {out, 0} = System.cmd("ldd", [Path.join(priv, "libemlx.so")])
+
+    # the C and C++ runtimes and NVIDIA's libraries come from the host
+    host =
+      ~r/^(linux-vdso|ld-linux|lib(c|m|pthread|dl|rt|stdc\+\+|gcc_s)\.so|lib(cuda|cu|nv|nccl|cudnn))/
+
+    libs =
+      for line <- String.split(out, "\n", trim: true),
+          [_, name, path] <- [Regex.run(~r/^\s*(\S+) => (\S+)/, line)],
+          not Regex.match?(host, name),
+          do: {name, path}
+
+    assert {"libmlx.so", _} = List.keyfind(libs, "libmlx.so", 0)
+
+    for {name, path} <- libs do
+      assert String.starts_with?(Path.expand(path), Path.expand(priv)),
+             "#{name} resolves to #{path}, outside #{priv}"
+    end
+  end
+
   test "an unknown variant says what to set" do
     with_env([{"LIBMLX_VARIANT", "rocm"}, {"MLX_DIR", ""}, {"LIBMLX_BUILD", ""}], fn ->
       assert_raise Mix.Error, ~r/unknown LIBMLX_VARIANT="rocm".*cpu.*cuda1[23]/, fn ->
