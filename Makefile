@@ -21,10 +21,17 @@ CXXFLAGS_EMLX = -std=c++20 -Wall -Wextra -Werror -fPIC -fvisibility=hidden $(OPT
 # libopenblas0-pthread, set up by scripts/setup.sh) the NIF lists it as a
 # dependency ahead of libmlx, so the dynamic linker binds MLX's cblas_* and
 # LAPACK calls to OpenBLAS first. EMLX_BLAS=bundled keeps MLX's own.
+# OpenBLAS and its Fortran runtime are copied beside libmlx
+# (priv/libmlx/openblas/), so that a release runs on a host without them;
+# the NIF lists the runtime too, so the loader takes these copies for
+# OpenBLAS's own dependencies (it matches loaded libraries by soname).
 OPENBLAS ?= $(firstword $(wildcard /usr/lib/$(shell $(CC) -dumpmachine)/libopenblas.so.0 /usr/lib64/libopenblas.so.0))
 ifneq ($(EMLX_BLAS),bundled)
 ifneq ($(OPENBLAS),)
-BLAS_LDFLAGS = -Wl,--no-as-needed $(OPENBLAS) -Wl,--as-needed
+BLAS_DIR = $(PRIV_DIR)/libmlx/openblas
+BLAS_RUNTIME = $(shell ldd $(OPENBLAS) | awk '/lib(gfortran|quadmath)/ {print $$3}')
+BLAS_COPIES = $(BLAS_DIR)/libopenblas.so.0 $(addprefix $(BLAS_DIR)/,$(notdir $(BLAS_RUNTIME)))
+BLAS_LDFLAGS = -Wl,-rpath,'$$ORIGIN/libmlx/openblas' -Wl,--no-as-needed $(BLAS_COPIES) -Wl,--as-needed
 endif
 endif
 LDFLAGS_EMLX = -shared -L$(MLX_LIB_DIR) -Wl,-rpath,'$$ORIGIN/libmlx/mlx/lib' $(BLAS_LDFLAGS) -lmlx -lpthread
@@ -48,7 +55,15 @@ $(BUILD_DIR)/shim/%.o: c_src/shim/%.cpp
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS_EMLX) $(DEPFLAGS) $(EXTRA_CFLAGS) -c $< -o $@
 
-$(TARGET): $(OBJS)
+$(BLAS_DIR)/libopenblas.so.0: $(OPENBLAS)
+	@mkdir -p $(@D)
+	cp -L $< $@
+
+$(BLAS_DIR)/%: $(BLAS_RUNTIME)
+	@mkdir -p $(@D)
+	cp -L $(filter %/$*,$(BLAS_RUNTIME)) $@
+
+$(TARGET): $(OBJS) $(BLAS_COPIES)
 	@mkdir -p $(PRIV_DIR)
 	$(CXX) $(OBJS) $(LDFLAGS_EMLX) $(EXTRA_LDFLAGS) -o $@
 

@@ -56,9 +56,10 @@ fi
 echo "==> packing"
 elixir_dir=$(dirname "$(dirname "$(command -v elixir)")")
 # The wheels travel as they are (already compressed); the device unpacks them,
-# and mix copies libmlx into the build's priv/libmlx there.
+# and mix copies libmlx into the build's priv/libmlx there (the NIF's
+# OpenBLAS copies, priv/libmlx/openblas, travel with the build).
 wheels=("$HOME"/.cache/emlx/wheels/mlx_cuda_13-0.32.4-*.whl "$STAGE"/mlx-0.32.4-cp312-*.whl "$STAGE"/mlx_lm-0.32.0-py3-none-any.whl)
-tar -C / --exclude='*/priv/libmlx' --exclude='*/src/*.erl' --exclude='*/examples' --exclude='*/doc' --exclude='*/man' -cf - \
+tar -C / --exclude='*/priv/libmlx/mlx' --exclude='*/priv/libmlx/*.libs' --exclude='*/src/*.erl' --exclude='*/examples' --exclude='*/doc' --exclude='*/man' -cf - \
   usr/lib/erlang \
   "${elixir_dir#/}/bin" "${elixir_dir#/}/lib" \
   "${HOME#/}/.mix/archives" \

@@ -537,12 +537,21 @@ static void set_tf32(ErlNifEnv *env, ERL_NIF_TERM info) {
 
 /* At the VM's exit (erlang:halt included), before the libraries' own
  * destructors: let every queue finish what its stream is computing (see
- * emlx_queues_quiesce), at most 10 s. */
-static void quiesce_at_exit(void) { emlx_queues_quiesce(10000); }
+ * emlx_queues_quiesce), at most 10 s. Then an exception that escapes an
+ * MLX thread while the libraries tear down ends the process with the exit's
+ * own status, not an abort (emlx_exit_begin): with Debian 12's OpenBLAS on
+ * an H200 host the VM aborted at exit in most runs of vm_exit_test with
+ * "cudaSetDevice(device_) failed: driver shutting down". */
+static void quiesce_at_exit(int status, void *arg) {
+  (void)arg;
+  emlx_queues_quiesce(10000);
+  emlx_exit_begin(status);
+}
 
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   (void)priv;
-  if (atexit(quiesce_at_exit) != 0) return 1;
+  if (on_exit(quiesce_at_exit, NULL) != 0) return 1;
+  emlx_exit_guard_install();
   set_tf32(env, info);
   if (emlx_resources_load(env) != 0) return 1;
   emlx_codec_load(env);

@@ -5,7 +5,12 @@
 
 #include <mlx/version.h>
 
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <new>
 #include <string>
 
@@ -105,6 +110,25 @@ void emlx_stream_free(emlx_stream *s) {
   }
   delete s;
 }
+
+// ---- the process's exit ----
+
+static std::atomic<int> exit_status{-1};
+static std::terminate_handler previous_terminate;
+
+[[noreturn]] static void terminate_at_exit() {
+  int status = exit_status.load();
+  if (status >= 0) _exit(status);
+  if (previous_terminate) previous_terminate();
+  std::abort();
+}
+
+void emlx_exit_guard_install(void) {
+  std::terminate_handler was = std::set_terminate(terminate_at_exit);
+  if (was != terminate_at_exit) previous_terminate = was;
+}
+
+void emlx_exit_begin(int status) { exit_status.store(status & 0xff); }
 
 emlx_status emlx_stream_synchronize(emlx_stream *s) {
   return guard([&] { synchronize_here(s->s); });

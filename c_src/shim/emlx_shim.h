@@ -166,6 +166,15 @@ void emlx_compiled_free(emlx_compiled *c);
 
 /* ---- streams (one per worker thread, created on that thread) ---- */
 int emlx_device_available(emlx_device dev);
+/* The process's exit has begun with `status` (called from the NIF's exit
+ * handler, once the queues are quiesced): from now on, a C++ exception
+ * that escapes any thread (MLX's CUDA teardown racing the driver's own,
+ * "cudaSetDevice ... driver shutting down") ends the process with that
+ * status instead of std::terminate's abort. Installed by
+ * emlx_exit_guard_install at load; before the exit the previous
+ * terminate handler runs as it would. */
+void emlx_exit_guard_install(void);
+void emlx_exit_begin(int status);
 emlx_status emlx_stream_new(emlx_device dev, emlx_stream **out);
 void emlx_stream_free(emlx_stream *s);
 emlx_status emlx_stream_synchronize(emlx_stream *s);

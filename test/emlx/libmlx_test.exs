@@ -30,10 +30,9 @@ defmodule EMLX.LibMLXTest do
     priv = :code.priv_dir(:emlx) |> to_string()
     {out, 0} = System.cmd("ldd", [Path.join(priv, "libemlx.so")])
 
-    # the C and C++ runtimes, NVIDIA's libraries and OpenBLAS (with its
-    # Fortran runtime, see Makefile) come from the host
+    # the C and C++ runtimes and NVIDIA's libraries come from the host
     host =
-      ~r/^(linux-vdso|ld-linux|lib(c|m|pthread|dl|rt|stdc\+\+|gcc_s)\.so|lib(cuda|cu|nv|nccl|cudnn)|lib(openblas|gfortran|quadmath)\.so)/
+      ~r/^(linux-vdso|ld-linux|lib(c|m|pthread|dl|rt|stdc\+\+|gcc_s)\.so|lib(cuda|cu|nv|nccl|cudnn))/
 
     libs =
       for line <- String.split(out, "\n", trim: true),
