@@ -3,6 +3,7 @@
  * Every function here decodes and checks its terms on the calling
  * scheduler, then hands MLX work to the queue's worker thread and returns
  * a reference at once; the result arrives as a message {Ref, Result}. */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #if defined(__GLIBC__)
@@ -548,8 +549,18 @@ static void quiesce_at_exit(int status, void *arg) {
   emlx_exit_begin(status);
 }
 
+/* The library stays mapped for the process's life (RTLD_NODELETE): its
+ * worker threads and MLX's run its code until the exit, and on_exit (unlike
+ * atexit) would keep calling quiesce_at_exit after a dlclose. */
+static void pin_library(void) {
+  Dl_info self;
+  if (dladdr((void *)pin_library, &self) && self.dli_fname)
+    (void)dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   (void)priv;
+  pin_library();
   if (on_exit(quiesce_at_exit, NULL) != 0) return 1;
   emlx_exit_guard_install();
   set_tf32(env, info);
