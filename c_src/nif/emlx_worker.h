@@ -35,10 +35,11 @@ void emlx_queue_post(emlx_queue *q, emlx_job *job);
 /* Posts a stop job: the thread ends after the jobs before it and frees q. */
 void emlx_queue_stop(emlx_queue *q);
 /* Waits (up to timeout_ms in all) until every running queue has run the
- * jobs posted so far and its stream's work is done. Registered with atexit
- * at load: at the VM's exit, OpenBLAS's library destructor stops its
- * threads, and it hangs when a BLAS call of an MLX stream is still in
- * flight then (an async eval the script never read, say). */
+ * jobs posted so far and its stream's work is done. Called from the NIF's
+ * exit handler (on_exit, registered at load): at the VM's exit, OpenBLAS's
+ * library destructor stops its threads, and it hangs when a BLAS call of an
+ * MLX stream is still in flight then (an async eval the script never read,
+ * say). */
 void emlx_queues_quiesce(int timeout_ms);
 /* Frees a handle and/or a compiled replay on the queue's thread (right
  * here when no job can be allocated). Either may be NULL. */

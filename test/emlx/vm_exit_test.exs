@@ -4,8 +4,12 @@ defmodule EMLX.VMExitTest do
   whose BLAS calls ran on MLX's CPU stream. Debian 12's OpenBLAS (0.3.21)
   stops its threads in its library destructor at exit, and that join hung
   for good after this script's work (every run of it on the 2-core VM); the
-  NIF now lets every queue finish its stream's work first, from an atexit
-  handler (`emlx_queues_quiesce`). The script runs in its own OS process.
+  NIF now lets every queue finish its stream's work first, from an exit
+  handler (`emlx_queues_quiesce`). On a GPU host, with Debian's OpenBLAS,
+  an MLX thread's "cudaSetDevice ... driver shutting down" then escaped
+  during the libraries' teardown and aborted the VM (status 134); after
+  the exit handler such an exception ends the process with the exit's
+  status (`emlx_exit_begin`). The script runs in its own OS process.
   """
   use ExUnit.Case, async: true
   @moduletag timeout: 180_000
