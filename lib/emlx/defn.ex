@@ -55,6 +55,14 @@ defmodule EMLX.Defn do
       an eager MLX program runs them (the same kernels, hence the same
       rounding in half precision: `EMLX.LLM.Qwen3` uses it to give mlx-lm's
       tokens exactly on the GPU)
+
+  `config :emlx, :fuse_after, n` (default 0) runs a plan's first `n` calls
+  without `mx::compile`, and fuses from call `n + 1` on. MLX builds each
+  new fused kernel with the C++ compiler on the CPU (about a second each)
+  and NVRTC on the GPU, so a function called once or twice (a test suite,
+  a script, a model fitted once) costs less unfused; a training step
+  called thousands of times is fused after its first `n`. Half-precision
+  results of the first calls then round as eager ops do (see `:fuse`).
   """
 
   alias EMLX.CommandQueue
@@ -100,6 +108,31 @@ defmodule EMLX.Defn do
   @doc false
   # Whether plans run under mx::compile (the `:fuse` option, on by default).
   def fuse?(opts), do: Keyword.get(opts, :fuse, true)
+
+  @doc false
+  # How many calls of a plan run unfused first (`config :emlx, :fuse_after`).
+  def fuse_after, do: Application.get_env(:emlx, :fuse_after, 0)
+
+  @doc false
+  # A new plan (its recording was call 1) with its call counter.
+  def counted(nil), do: nil
+  def counted(plan), do: Map.put(plan, :calls, :counters.new(1, [:write_concurrency]))
+
+  @doc false
+  # Whether this call of `plan` fuses: `fuse` once the plan has run
+  # `fuse_after` times.
+  def fuse_call?(false, _plan), do: false
+
+  def fuse_call?(true, %{calls: calls}) do
+    case fuse_after() do
+      0 ->
+        true
+
+      n ->
+        :counters.add(calls, 1, 1)
+        :counters.get(calls, 1) >= n
+    end
+  end
 
   @doc false
   def target(opts) do
@@ -228,8 +261,8 @@ defmodule EMLX.Defn do
         {result, collect(result, device, queue)}
       end)
 
-    {refs, plan} = Recorder.finish(rec, outputs, opts[:fuse])
-    {fill(result, refs, device, queue), plan}
+    {refs, plan} = Recorder.finish(rec, outputs, opts[:fuse] and fuse_after() == 0)
+    {fill(result, refs, device, queue), counted(plan)}
   end
 
   # A quantized parameter (EMLX.Quantization) keeps its scales and biases;
@@ -260,6 +293,7 @@ defmodule EMLX.Defn do
       end)
 
     if inputs do
+      fuse = fuse_call?(fuse, plan)
       refs = Recorder.post_program(queue, plan.program, Enum.reverse(inputs), fuse)
       fill(output, refs, device, queue)
     end

@@ -75,7 +75,8 @@ defmodule EMLX.Defn.Bound do
         ref -> ref
       end)
 
-    refs = Recorder.post_program(b.queue, b.plan.program, inputs, b.fuse)
+    fuse = EMLX.Defn.fuse_call?(b.fuse, b.plan)
+    refs = Recorder.post_program(b.queue, b.plan.program, inputs, fuse)
     EMLX.Defn.fill(b.output, refs, b.device, b.queue)
   end
 
