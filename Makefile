@@ -29,8 +29,8 @@ OPENBLAS ?= $(firstword $(wildcard /usr/lib/$(shell $(CC) -dumpmachine)/libopenb
 ifneq ($(EMLX_BLAS),bundled)
 ifneq ($(OPENBLAS),)
 BLAS_DIR = $(PRIV_DIR)/libmlx/openblas
-BLAS_RUNTIME = $(shell ldd $(OPENBLAS) | awk '/lib(gfortran|quadmath)/ {print $$3}')
-BLAS_COPIES = $(BLAS_DIR)/libopenblas.so.0 $(addprefix $(BLAS_DIR)/,$(notdir $(BLAS_RUNTIME)))
+BLAS_RUNTIME := $(shell ldd $(OPENBLAS) | awk '/lib(gfortran|quadmath)/ {print $$3}')
+BLAS_COPIES := $(BLAS_DIR)/libopenblas.so.0 $(addprefix $(BLAS_DIR)/,$(notdir $(BLAS_RUNTIME)))
 BLAS_LDFLAGS = -Wl,-rpath,'$$ORIGIN/libmlx/openblas' -Wl,--no-as-needed $(BLAS_COPIES) -Wl,--as-needed
 endif
 endif
