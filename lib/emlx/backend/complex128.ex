@@ -158,6 +158,12 @@ defmodule EMLX.Backend.Complex128 do
   # and NaN parts, checked in its order (the last select here is its first
   # clause). glibc's exp, cos and sin serve MLX's float64 CPU kernels and
   # the BEAM's :math alike: the same bits (checked over 20,000 values).
+  # At re = +infinity and a finite im, Complex 0.6.0 gives infinity + i
+  # (im's sign) infinity; its later code (what Nx 0.13's `~> 0.7` asks for,
+  # and Nx's own non-finite tests expect) gives the signs of cos im and
+  # sin im. EMLX follows the Complex it is compiled with.
+  @exp_inf_by_angle Complex.exp(Complex.new(:infinity, 2.0)).re == :neg_infinity
+
   def run(:exp, [out, t]) do
     {re, im} = parts(t)
     {nan, inf} = {const(:nan, re), const(:infinity, re)}
@@ -168,7 +174,7 @@ defmodule EMLX.Backend.Complex128 do
     {r, i} =
       {Nx.multiply(rho, Nx.cos(im)), Nx.multiply(rho, Nx.sin(im))}
       |> pick(Nx.logical_or(odd, Nx.is_nan(re)), {nan, nan})
-      |> pick(Nx.logical_and(pos_inf, Nx.logical_not(odd)), {inf, inf_times(im)})
+      |> pick(Nx.logical_and(pos_inf, Nx.logical_not(odd)), exp_at_infinity(inf, im))
       |> pick(Nx.logical_and(pos_inf, Nx.is_nan(im)), {inf, nan})
       |> pick(Nx.equal(re, const(:neg_infinity, re)), {const(0.0, re), const(0.0, re)})
 
@@ -375,6 +381,12 @@ defmodule EMLX.Backend.Complex128 do
   end
 
   # Complex.multiply(:infinity, x) for a number x: infinity, NaN or -infinity by x's sign.
+  defp exp_at_infinity(inf, im) do
+    if @exp_inf_by_angle,
+      do: {inf_times(Nx.cos(im)), inf_times(Nx.sin(im))},
+      else: {inf, inf_times(im)}
+  end
+
   defp inf_times(x) do
     Nx.select(
       Nx.greater(x, 0),
