@@ -47,8 +47,11 @@ static emlx_job *queue_job(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job_kind kind, E
 static ERL_NIF_TERM nif_queue_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   emlx_device dev;
+  int run_ahead;
   if (!emlx_decode_device(env, argv[0], &dev)) return emlx_raise_arg(env, "device must be :cpu or :gpu");
-  emlx_queue *q = emlx_queue_start(dev);
+  if (!enif_get_int(env, argv[1], &run_ahead) || run_ahead < -1)
+    return emlx_raise_arg(env, "run_ahead must be a non-negative integer or -1 (the default)");
+  emlx_queue *q = emlx_queue_start(dev, run_ahead);
   if (!q) return enif_make_tuple2(env, ATOM.error, enif_make_string(env, "out of memory", ERL_NIF_LATIN1));
   if (q->state != 1) {
     ERL_NIF_TERM msg = enif_make_string(env, q->error, ERL_NIF_LATIN1);
@@ -371,6 +374,19 @@ static ERL_NIF_TERM nif_array_available(ErlNifEnv *env, int argc, const ERL_NIF_
   return available ? ATOM.true_ : ATOM.false_;
 }
 
+/* Whether an array's computation has started or is done (run-ahead, async_eval). */
+static ERL_NIF_TERM nif_array_scheduled(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  char err[256];
+  emlx_array_res *res;
+  int state, kind = EMLX_ERR_ARG;
+  emlx_arr *a = emlx_take_array(env, argv[0], NULL, &res, &state, &kind, err, sizeof err);
+  if (!a) return ATOM.false_;
+  int scheduled = emlx_arr_is_scheduled(a);
+  emlx_arr_free(a);
+  return scheduled ? ATOM.true_ : ATOM.false_;
+}
+
 /* host_ints(array, max): the values of an integer array that is already
  * computed and readable on the host as it stands (emlx_arr_host_ints), as
  * a list; nil otherwise (pending, lazy, too large, device memory). Never
@@ -581,7 +597,7 @@ static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
 }
 
 static ErlNifFunc funcs[] = {
-    {"queue_new", 1, nif_queue_new, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"queue_new", 2, nif_queue_new, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"queue_device", 1, nif_queue_device, 0},
     {"queue_sync", 1, nif_queue_sync, 0},
     {"queue_drain", 1, nif_queue_drain, 0},
@@ -603,6 +619,7 @@ static ErlNifFunc funcs[] = {
     {"array_info", 1, nif_array_info, 0},
     {"array_strides", 1, nif_array_strides, 0},
     {"array_available", 1, nif_array_available, 0},
+    {"array_scheduled", 1, nif_array_scheduled, 0},
     {"host_ints", 2, nif_host_ints, 0},
     {"deallocate", 1, nif_deallocate, 0},
     {"device_available", 1, nif_device_available, 0},

@@ -122,6 +122,49 @@ static int resolve(emlx_job *job) {
 
 /* ---- job bodies ---- */
 
+/* Run-ahead (GPU queues). Eager ops only build MLX's lazy graph; the
+ * device computes nothing until something reads a result. In a loop of
+ * small eager ops the worker waits for the BEAM's next op most of the time
+ * and the GPU idles, then the whole graph runs at the first read. So once a
+ * queue has run q->run_ahead eager ops since its last background eval, it
+ * keeps a handle on the newest op's result, and when it next finds no job
+ * posted (it has caught up with its callers) it starts that result's graph
+ * with mx::async_eval: the GPU computes while the BEAM posts, as PyTorch's
+ * CUDA queue does. A caller posting faster than the worker runs never
+ * triggers it. Results are the same (eager ops are not fused either way);
+ * an error of that eval is left for the read that waits on the array, as
+ * with EMLX.async_eval. The count is the queue's `run_ahead` option (see
+ * EMLX.CommandQueue); without one, EMLX_RUN_AHEAD=n as the VM starts, else
+ * 256 on the GPU, and 0 (off) on the CPU, where MLX's stream thread and
+ * the BEAM share the cores. */
+#define RUN_AHEAD_GPU_DEFAULT 256
+
+static int run_ahead_for(emlx_device dev) { /* (the default) */
+  const char *v = getenv("EMLX_RUN_AHEAD");
+  if (!v || !v[0]) return dev == EMLX_DEV_GPU ? RUN_AHEAD_GPU_DEFAULT : 0;
+  long n = strtol(v, NULL, 10);
+  return n < 0 ? 0 : n > 1000000 ? 1000000 : (int)n;
+}
+
+static void drop_ahead(emlx_queue *q) {
+  if (q->ahead) emlx_arr_drop_at(q->ahead);
+  q->ahead = NULL;
+}
+
+static void note_lazy_op(emlx_queue *q, const emlx_arr *out) {
+  if (!q->run_ahead || ++q->lazy_ops < q->run_ahead) return;
+  drop_ahead(q);
+  q->ahead = emlx_arr_retain_at(out, q->ahead_store);
+}
+
+/* Called by the worker when it has no job in hand. */
+static void run_ahead_when_idle(emlx_queue *q) {
+  if (!q->ahead || atomic_load_explicit(&q->pending, memory_order_acquire) != 0) return;
+  (void)emlx_async_eval(q->stream, &q->ahead, 1); /* an error shows at the read */
+  drop_ahead(q);
+  q->lazy_ops = 0;
+}
+
 /* Fills the op's pending results; on error each result records it. */
 static void run_op(emlx_queue *q, emlx_job *job) {
   emlx_op_job *op = &job->op;
@@ -138,6 +181,7 @@ static void run_op(emlx_queue *q, emlx_job *job) {
     for (int i = 0; i < op->nresults; i++) emlx_array_fail(op->results[i], st, msg);
     return;
   }
+  note_lazy_op(q, outs[0]);
   for (int i = 0; i < n; i++) emlx_array_fill(op->results[i], outs[i]);
 }
 
@@ -461,6 +505,7 @@ static void (*const job_bodies[])(emlx_queue *q, emlx_job *job) = {
 };
 
 static void queue_destroy(emlx_queue *q) {
+  drop_ahead(q);
   if (q->stream) emlx_stream_free(q->stream);
   pthread_cond_destroy(&q->cv);
   pthread_mutex_destroy(&q->mu);
@@ -494,6 +539,7 @@ static void *worker_main(void *arg) {
   emlx_job *batch = NULL;
   for (;;) {
     if (!batch) {
+      run_ahead_when_idle(q);
       /* A caller usually posts its next job right after our reply: look for
        * it for a short while before sleeping on the condition variable,
        * which saves a futex wake-up per op in a dispatch-bound loop. */
@@ -532,11 +578,12 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
-emlx_queue *emlx_queue_start(emlx_device dev) {
+emlx_queue *emlx_queue_start(emlx_device dev, int run_ahead) {
   emlx_queue *q = enif_alloc(sizeof(emlx_queue));
   if (!q) return NULL;
   memset(q, 0, sizeof *q);
   q->device = dev;
+  q->run_ahead = run_ahead >= 0 ? run_ahead : run_ahead_for(dev);
   pthread_mutex_init(&q->mu, NULL);
   pthread_cond_init(&q->cv, NULL);
 

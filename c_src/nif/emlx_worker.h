@@ -24,12 +24,17 @@ struct emlx_queue {
   emlx_device device;
   int state; /* 0 starting, 1 running, -1 failed to start */
   char error[512];
+  int run_ahead; /* eager ops between background evals while idle; 0: off */
+  int lazy_ops;  /* eager ops run since the last background eval */
+  emlx_arr *ahead; /* the newest op's result once lazy_ops reached run_ahead (in ahead_store) */
+  _Alignas(8) char ahead_store[EMLX_ARR_BYTES];
 };
 
 /* Starts a queue's thread and waits until its stream exists: state 1, or
  * -1 with a message in error (then free it with emlx_queue_discard).
- * NULL when out of memory. */
-emlx_queue *emlx_queue_start(emlx_device dev);
+ * run_ahead: see emlx_worker.c (negative: the default). NULL when out of
+ * memory. */
+emlx_queue *emlx_queue_start(emlx_device dev, int run_ahead);
 void emlx_queue_discard(emlx_queue *q); /* for a queue whose thread never started */
 void emlx_queue_post(emlx_queue *q, emlx_job *job);
 /* Posts a stop job: the thread ends after the jobs before it and frees q. */

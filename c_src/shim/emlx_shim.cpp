@@ -182,6 +182,14 @@ int emlx_arr_is_available(const emlx_arr *a) {
   }
 }
 
+int emlx_arr_is_scheduled(const emlx_arr *a) {
+  try {
+    return a->a.status() != mx::array::Status::unscheduled ? 1 : 0;
+  } catch (...) {
+    return 0;
+  }
+}
+
 int emlx_arr_host_ints(const emlx_arr *h, int max, int any_size, int64_t *out) {
   try {
     return emlx::host_ints(h->a, max, any_size != 0, out);

@@ -195,6 +195,9 @@ int emlx_arr_dtype(const emlx_arr *a);
  * BEAM thread while its worker uses the array): one started by async_eval
  * and not yet waited for counts as not computed. */
 int emlx_arr_is_available(const emlx_arr *a);
+/* Whether the array's computation has started (an eval or async_eval took
+ * it) or is done: read the same way. */
+int emlx_arr_is_scheduled(const emlx_arr *a);
 /* An available, row-contiguous integer array's values, read in place (no
  * evaluation, no stream): the count, or -1 when it has more than max
  * elements, is not computed yet, or its memory may not be the host's (on

@@ -37,24 +37,51 @@ defmodule EMLX.CommandQueue do
   Allocates a new command queue for `device`: a dedicated OS thread and a
   new MLX stream on it. Returns `{:error, reason}` when the stream cannot be
   made (for example `:gpu` on a CPU-only build).
+
+  ## Options
+
+    * `:run_ahead` - eager ops only build MLX's lazy graph; nothing is
+      computed until a result is read. Once the queue has run this many
+      eager ops since it last started a computation, and its worker has no
+      job waiting, the worker starts the newest result's graph in the
+      background (`mx::async_eval`), so the device computes while the
+      caller posts more ops. Results are the same. `0` turns it off.
+      Defaults to the `:run_ahead` setting of the `:emlx` application,
+      else the `EMLX_RUN_AHEAD` environment variable as the VM starts,
+      else 256 on `:gpu` and 0 on `:cpu`.
   """
-  @spec new(:cpu | :gpu) :: {:ok, t()} | {:error, list()}
-  def new(device) when device in [:cpu, :gpu] do
-    case NIF.queue_new(device) do
+  @spec new(:cpu | :gpu, keyword()) :: {:ok, t()} | {:error, list()}
+  def new(device, opts \\ [])
+
+  def new(device, opts) when device in [:cpu, :gpu] do
+    case NIF.queue_new(device, run_ahead(opts)) do
       {:ok, ref} -> {:ok, %__MODULE__{ref: ref, device: device}}
       {:error, reason} -> {:error, reason}
     end
   end
 
-  def new(device),
+  def new(device, _opts),
     do: raise(ArgumentError, "device must be :cpu or :gpu, got: #{inspect(device)}")
 
+  defp run_ahead(opts) do
+    case Keyword.get_lazy(opts, :run_ahead, fn -> Application.get_env(:emlx, :run_ahead) end) do
+      nil ->
+        -1
+
+      n when is_integer(n) and n >= 0 ->
+        n
+
+      other ->
+        raise ArgumentError, ":run_ahead must be a non-negative integer, got: #{inspect(other)}"
+    end
+  end
+
   @doc """
-  Like `new/1` but raises `EMLX.NIFError` on failure.
+  Like `new/2` but raises `EMLX.NIFError` on failure.
   """
-  @spec new!(:cpu | :gpu) :: t()
-  def new!(device) do
-    case new(device) do
+  @spec new!(:cpu | :gpu, keyword()) :: t()
+  def new!(device, opts \\ []) do
+    case new(device, opts) do
       {:ok, queue} ->
         queue
 
@@ -192,7 +219,7 @@ defmodule EMLX.CommandQueue do
     key = default_key(device)
 
     if NIF.device_available(device) and :persistent_term.get(key, nil) == nil do
-      case NIF.queue_new(device) do
+      case NIF.queue_new(device, run_ahead([])) do
         {:ok, ref} -> :persistent_term.put(key, ref)
         {:error, _reason} -> :skip
       end

@@ -94,9 +94,13 @@ defmodule EMLX.NIF do
 
   ## Command queues
 
-  @doc "Starts a worker thread with a new MLX stream on `device`."
-  @spec queue_new(device) :: {:ok, queue} | {:error, charlist()}
-  def queue_new(_device), do: :erlang.nif_error(:nif_not_loaded)
+  @doc """
+  Starts a worker thread with a new MLX stream on `device`; `run_ahead` is
+  its eager-op count between background evals (0: off; -1: the default,
+  see `EMLX.CommandQueue.new/2`).
+  """
+  @spec queue_new(device, integer()) :: {:ok, queue} | {:error, charlist()}
+  def queue_new(_device, _run_ahead), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc "The device of a queue."
   @spec queue_device(queue) :: device
@@ -213,6 +217,13 @@ defmodule EMLX.NIF do
   @doc "Whether an array is computed (false while pending, failed or deallocated)."
   @spec array_available(array) :: boolean()
   def array_available(_array), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc """
+  Whether an array's computation has started (an eval, `EMLX.async_eval/1`
+  or the worker's run-ahead took it) or is done; false for a lazy one.
+  """
+  @spec array_scheduled(array) :: boolean()
+  def array_scheduled(_array), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc """
   An integer array's values when it is computed and readable on the host as

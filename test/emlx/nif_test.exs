@@ -70,7 +70,7 @@ defmodule EMLX.NIFTest do
       NIF.op(queue(), :all, [a, [0], :maybe], nil)
     end
 
-    assert_raise ArgumentError, ~r/device/, fn -> NIF.queue_new(:tpu) end
+    assert_raise ArgumentError, ~r/device/, fn -> NIF.queue_new(:tpu, -1) end
 
     assert_raise ArgumentError, ~r/does not match/, fn ->
       NIF.from_binary(queue(), <<1, 2, 3>>, {2}, {:s, 32})

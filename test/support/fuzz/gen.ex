@@ -186,7 +186,7 @@ defmodule EMLX.Fuzz.Gen do
 
       7 ->
         dev = if chance(0.05), do: :cpu, else: pick([:gpu, :tpu, nil, "cpu", 0, garbage()])
-        {NIF, :queue_new, [dev]}
+        {NIF, :queue_new, [dev, pick([-1, 0, 8, -2, 1.5, garbage()])]}
 
       8 ->
         {NIF, :queue_sync, [queue_arg()]}

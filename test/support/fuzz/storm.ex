@@ -21,7 +21,7 @@ defmodule EMLX.Fuzz.Storm do
   def new(seed) do
     :rand.seed(:exsss, {seed, 0x5EED, 0xF022})
     q = EMLX.Application.default_worker(EMLX.Case.device())
-    {:ok, q2} = NIF.queue_new(EMLX.Case.device())
+    {:ok, q2} = NIF.queue_new(EMLX.Case.device(), -1)
 
     arr = fn data, type, shape ->
       t = Nx.tensor(data, type: type, backend: Nx.BinaryBackend) |> Nx.reshape(shape)
