@@ -77,6 +77,9 @@ mx::array emlx_phase(const mx::array &x, SD s);
 mx::array emlx_population_count(const mx::array &x, SD s);
 mx::array emlx_count_leading_zeros(const mx::array &x, SD s);
 mx::array emlx_pow(const mx::array &a, const mx::array &b, SD s);
+// Complex a ** b with Complex.pow/2's values where a or b has a non-finite
+// part (kernels_f64.cpp); r is MLX's power.
+mx::array complex_pow_nonfinite(const mx::array &a, const mx::array &b, const mx::array &r, SD s);
 mx::array emlx_remainder(const mx::array &a, const mx::array &b, SD s);
 mx::array emlx_quotient(const mx::array &a, const mx::array &b, SD s);
 mx::array emlx_left_shift(const mx::array &a, const mx::array &b, SD s);

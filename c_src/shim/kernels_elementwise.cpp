@@ -247,7 +247,8 @@ mx::array emlx_pow(const mx::array &a, const mx::array &b, SD s) {
     }
     return acc;
   }
-  return mx::power(a, b, s);
+  auto r = mx::power(a, b, s);
+  return r.dtype() == mx::complex64 ? complex_pow_nonfinite(a, b, r, s) : r;
 }
 
 // A divisor that cannot trap: 0 becomes 1 and (signed) -1 becomes 1.

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <limits>
 #include <memory>
 
 namespace emlx {
@@ -180,6 +181,125 @@ bool via_double(const mx::array &x, SD s) {
     return mlx_expr;                                    \
   }
 
+// ---- complex arguments with an infinite or NaN part ----
+//
+// MLX (like numpy) follows C99's Annex G there: tanh(inf + 3i) is 1, and
+// asinh(inf + 3i) is inf + 0i. Nx defines these functions by the formulas
+// of its Complex library, and Nx's own tests check what those give: tanh as
+// sinh / cosh (NaN + NaN i at inf + 3i), atan, atanh, acosh and asinh by
+// their logarithm formulas (asinh(inf + 3i) = log(z + sqrt(z z + 1)) =
+// inf + i pi/4), and NaN + NaN i from acos and asin. Finite arguments keep
+// MLX's result; the others take the formula, in the same complex
+// arithmetic (C99 products and quotients, as BinaryBackend's give there).
+namespace {
+
+enum class CFn { tanh, acos, asin, atan, acosh, asinh, atanh };
+
+mx::array c1(float re, float im) { return mx::array(std::complex<float>(re, im)); }
+
+// z z as Complex.multiply/2 computes it, part by part with no C99
+// recovery: (inf + inf i)^2 is NaN + NaN i there, not inf + inf i.
+mx::array square_plain(const mx::array &z, SD s) {
+  auto a = mx::real(z, s), b = mx::imag(z, s);
+  auto ab = mx::multiply(a, b, s);
+  return complex_from(mx::subtract(mx::multiply(a, a, s), mx::multiply(b, b, s), s), mx::add(ab, ab, s), s);
+}
+
+// Complex.sqrt/1 and Complex.log/1 at non-finite parts (C99's csqrt and
+// clog keep more infinities): sqrt gives NaN + NaN i for a NaN part, then
+// inf +- inf i for an infinite im, inf + 0i for re = inf and 0 + inf i for
+// re = -inf; log is log(abs z) + i atan2(im, re) with Complex.abs/1 (NaN
+// for two NaN parts, else inf for any non-finite part) and its atan2 (a
+// finite im over re = inf gives +0, over -inf +pi).
+mx::array where_c(const mx::array &m, float re, float im, const mx::array &x, SD s) {
+  return mx::where(m, c1(re, im), x, s);
+}
+
+mx::array sqrt_nx(const mx::array &z, SD s) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  auto a = mx::real(z, s), b = mx::imag(z, s);
+  auto r = mx::sqrt(z, s);
+  r = where_c(mx::equal(a, mx::array(-inf), s), 0.0f, inf, r, s);
+  r = where_c(mx::equal(a, mx::array(inf), s), inf, 0.0f, r, s);
+  r = where_c(mx::equal(b, mx::array(-inf), s), inf, -inf, r, s);
+  r = where_c(mx::equal(b, mx::array(inf), s), inf, inf, r, s);
+  auto nans = complex_from(mx::full_like(a, nan, s), mx::full_like(a, nan, s), s);
+  return mx::where(mx::logical_or(mx::isnan(a, s), mx::isnan(b, s), s), nans, r, s);
+}
+
+mx::array log_nx(const mx::array &z, SD s) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  auto a = mx::real(z, s), b = mx::imag(z, s);
+  auto odd = mx::logical_not(mx::logical_and(mx::isfinite(a, s), mx::isfinite(b, s), s), s);
+  auto mag = mx::where(odd, mx::array(inf), emlx_abs(z, s), s);
+  mag = mx::where(mx::logical_and(mx::isnan(a, s), mx::isnan(b, s), s), mx::array(nan), mag, s);
+  auto angle = mx::arctan2(b, a, s);
+  auto finite_b = mx::isfinite(b, s);
+  angle = mx::where(mx::logical_and(finite_b, mx::equal(a, mx::array(inf), s), s), mx::array(0.0f), angle, s);
+  angle = mx::where(mx::logical_and(finite_b, mx::equal(a, mx::array(-inf), s), s),
+                    mx::array(static_cast<float>(M_PI)), angle, s);
+  return complex_from(mx::log(mag, s), angle, s);
+}
+
+mx::array nx_formula(CFn f, const mx::array &z, SD s) {
+  auto one = c1(1.0f, 0.0f), i = c1(0.0f, 1.0f);
+  switch (f) {
+    case CFn::tanh: return mx::divide(mx::sinh(z, s), mx::cosh(z, s), s);
+    case CFn::acos:
+    case CFn::asin: {
+      auto nan = mx::broadcast_to(mx::array(std::numeric_limits<float>::quiet_NaN()), z.shape(), s);
+      return complex_from(nan, nan, s);
+    }
+    case CFn::atan: {  // 0.5 i (log(1 - i z) - log(1 + i z))
+      auto iz = mx::multiply(i, z, s);
+      auto d = mx::subtract(log_nx(mx::subtract(one, iz, s), s), log_nx(mx::add(one, iz, s), s), s);
+      return mx::multiply(c1(0.0f, 0.5f), d, s);
+    }
+    case CFn::atanh:  // 0.5 log((1 + z) / (1 - z))
+      return mx::multiply(c1(0.5f, 0.0f), log_nx(mx::divide(mx::add(one, z, s), mx::subtract(one, z, s), s), s), s);
+    case CFn::acosh:  // log(z + sqrt(z z - 1))
+      return log_nx(mx::add(z, sqrt_nx(mx::subtract(square_plain(z, s), one, s), s), s), s);
+    case CFn::asinh:  // log(z + sqrt(z z + 1))
+      return log_nx(mx::add(z, sqrt_nx(mx::add(square_plain(z, s), one, s), s), s), s);
+  }
+  return z;
+}
+
+mx::array finite_parts(const mx::array &z, SD s) {
+  return mx::logical_and(mx::isfinite(mx::real(z, s), s), mx::isfinite(mx::imag(z, s), s), s);
+}
+
+// MLX's result r of f(z), with Nx's value where z has a non-finite part.
+mx::array nx_nonfinite(CFn f, const mx::array &z, const mx::array &r, SD s) {
+  if (z.dtype() != mx::complex64) return r;
+  return mx::where(finite_parts(z, s), r, nx_formula(f, z, s), s);
+}
+
+}  // namespace
+
+// Complex a ** b: Complex.pow/2 gives NaN + NaN i when either has a
+// non-finite part, but 0 for a zero base and an exponent of +infinity + 0i,
+// and 1 for 0 ** 0.
+mx::array complex_pow_nonfinite(const mx::array &a0, const mx::array &b0, const mx::array &r, SD s) {
+  auto a = mx::astype(a0, mx::complex64, s), b = mx::astype(b0, mx::complex64, s);
+  auto nan = mx::broadcast_to(mx::array(std::numeric_limits<float>::quiet_NaN()), r.shape(), s);
+  auto zero = mx::array(0.0f);
+  auto nans = complex_from(nan, nan, s);
+  auto base_zero = mx::equal(a, c1(0.0f, 0.0f), s);
+  auto exp_inf = mx::logical_and(mx::equal(mx::real(b, s), mx::array(std::numeric_limits<float>::infinity()), s),
+                                 mx::equal(mx::imag(b, s), zero, s), s);
+  auto out = mx::where(mx::logical_and(finite_parts(a, s), finite_parts(b, s), s), r, nans, s);
+  out = mx::where(mx::logical_and(base_zero, exp_inf, s), c1(0.0f, 0.0f), out, s);
+  // 0 ** 0 is 1 (MLX's exp(0 log 0) is NaN)
+  return mx::where(mx::logical_and(base_zero, mx::equal(b, c1(0.0f, 0.0f), s), s), c1(1.0f, 0.0f), out, s);
+}
+
+#define F64_OR_MLX_NX(name, code, mlx_expr, cfn)              \
+  mx::array emlx_##name(const mx::array &x, SD s) {           \
+    if (via_double(x, s)) return f64_unary(x, code, s);        \
+    return nx_nonfinite(cfn, x, mlx_expr, s);                  \
+  }
+
 F64_OR_MLX(exp, F64_EXP, mx::exp(x, s))
 F64_OR_MLX(expm1, F64_EXPM1,
            x.dtype() == mx::complex64 ? mx::subtract(mx::exp(x, s), mx::array(std::complex<float>(1.0f, 0.0f)), s)
@@ -190,14 +310,14 @@ F64_OR_MLX(cos, F64_COS, mx::cos(x, s))
 F64_OR_MLX(tan, F64_TAN, mx::tan(x, s))
 F64_OR_MLX(sinh, F64_SINH, mx::sinh(x, s))
 F64_OR_MLX(cosh, F64_COSH, mx::cosh(x, s))
-F64_OR_MLX(asin, F64_ASIN, mx::arcsin(x, s))
-F64_OR_MLX(acos, F64_ACOS, mx::arccos(x, s))
-F64_OR_MLX(atan, F64_ATAN, mx::arctan(x, s))
-F64_OR_MLX(asinh, F64_ASINH, mx::arcsinh(x, s))
-F64_OR_MLX(acosh, F64_ACOSH, mx::arccosh(x, s))
-F64_OR_MLX(atanh, F64_ATANH, mx::arctanh(x, s))
+F64_OR_MLX_NX(asin, F64_ASIN, mx::arcsin(x, s), CFn::asin)
+F64_OR_MLX_NX(acos, F64_ACOS, mx::arccos(x, s), CFn::acos)
+F64_OR_MLX_NX(atan, F64_ATAN, mx::arctan(x, s), CFn::atan)
+F64_OR_MLX_NX(asinh, F64_ASINH, mx::arcsinh(x, s), CFn::asinh)
+F64_OR_MLX_NX(acosh, F64_ACOSH, mx::arccosh(x, s), CFn::acosh)
+F64_OR_MLX_NX(atanh, F64_ATANH, mx::arctanh(x, s), CFn::atanh)
 F64_OR_MLX(erf, F64_ERF, mx::erf(x, s))
-F64_OR_MLX(tanh, F64_TANH, mx::tanh(x, s))
+F64_OR_MLX_NX(tanh, F64_TANH, mx::tanh(x, s), CFn::tanh)
 F64_OR_MLX(rsqrt, F64_RSQRT, mx::rsqrt(x, s))
 
 // On the GPU, float32 takes a double-precision kernel of ours as well
