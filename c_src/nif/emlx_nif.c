@@ -358,33 +358,32 @@ static ERL_NIF_TERM nif_array_strides(ErlNifEnv *env, int argc, const ERL_NIF_TE
   return array_meta(env, argv[0], 1);
 }
 
+/* pred(array) of an array term: false for a pending, failed or
+ * deallocated array. */
+static ERL_NIF_TERM array_test(ErlNifEnv *env, ERL_NIF_TERM term, int (*pred)(const emlx_arr *)) {
+  char err[256];
+  emlx_array_res *res;
+  int state, kind = EMLX_ERR_ARG;
+  emlx_arr *a = emlx_take_array(env, term, NULL, &res, &state, &kind, err, sizeof err);
+  if (!a) return ATOM.false_;
+  int yes = pred(a);
+  emlx_arr_free(a);
+  return yes ? ATOM.true_ : ATOM.false_;
+}
+
 /* Whether the array is computed (emlx_arr_is_available, the check a job
  * makes of an array from another queue): such an array needs no evaluation
  * on its own queue first. A pending, failed or deallocated array, or one
  * started by async_eval and not yet waited for, answers false. */
 static ERL_NIF_TERM nif_array_available(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  char err[256];
-  emlx_array_res *res;
-  int state, kind = EMLX_ERR_ARG;
-  emlx_arr *a = emlx_take_array(env, argv[0], NULL, &res, &state, &kind, err, sizeof err);
-  if (!a) return ATOM.false_;
-  int available = emlx_arr_is_available(a);
-  emlx_arr_free(a);
-  return available ? ATOM.true_ : ATOM.false_;
+  return array_test(env, argv[0], emlx_arr_is_available);
 }
 
 /* Whether an array's computation has started or is done (run-ahead, async_eval). */
 static ERL_NIF_TERM nif_array_scheduled(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  char err[256];
-  emlx_array_res *res;
-  int state, kind = EMLX_ERR_ARG;
-  emlx_arr *a = emlx_take_array(env, argv[0], NULL, &res, &state, &kind, err, sizeof err);
-  if (!a) return ATOM.false_;
-  int scheduled = emlx_arr_is_scheduled(a);
-  emlx_arr_free(a);
-  return scheduled ? ATOM.true_ : ATOM.false_;
+  return array_test(env, argv[0], emlx_arr_is_scheduled);
 }
 
 /* host_ints(array, max): the values of an integer array that is already
