@@ -140,10 +140,8 @@ static int resolve(emlx_job *job) {
 #define RUN_AHEAD_GPU_DEFAULT 256
 
 static int run_ahead_for(emlx_device dev) { /* (the default) */
-  const char *v = getenv("EMLX_RUN_AHEAD");
-  if (!v || !v[0]) return dev == EMLX_DEV_GPU ? RUN_AHEAD_GPU_DEFAULT : 0;
-  long n = strtol(v, NULL, 10);
-  return n < 0 ? 0 : n > 1000000 ? 1000000 : (int)n;
+  long long n = emlx_env_us("EMLX_RUN_AHEAD", dev == EMLX_DEV_GPU ? RUN_AHEAD_GPU_DEFAULT : 0);
+  return n > 1000000 ? 1000000 : (int)n;
 }
 
 static void drop_ahead(emlx_queue *q) {

@@ -261,8 +261,9 @@ const char *emlx_mlx_version(void);
 long emlx_host_cores(void);
 /* How many threads may busy-wait at once: one for each 8 cores, at least 1. */
 int emlx_busy_wait_slots(void);
-/* Environment variable name as microseconds, clamped to 0..10 s; dflt when
- * it is unset or empty. */
+/* Environment variable name as a non-negative integer (microseconds for the
+ * waits: 0..10 s), clamped to 0..10^7; dflt when it is unset or empty.
+ * Also read for counts (EMLX_RUN_AHEAD, emlx_worker.c). */
 long long emlx_env_us(const char *name, long long dflt);
 
 #ifdef __cplusplus

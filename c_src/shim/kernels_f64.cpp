@@ -195,7 +195,20 @@ namespace {
 
 enum class CFn { tanh, acos, asin, atan, acosh, asinh, atanh };
 
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
 mx::array c1(float re, float im) { return mx::array(std::complex<float>(re, im)); }
+
+// NaN + NaN i of a shape, made from its parts (see complex_from).
+mx::array nan_nan(const mx::Shape &shape, SD s) {
+  auto nan = mx::broadcast_to(mx::array(kNaN), shape, s);
+  return complex_from(nan, nan, s);
+}
+
+mx::array finite_parts(const mx::array &z, SD s) {
+  return mx::logical_and(mx::isfinite(mx::real(z, s), s), mx::isfinite(mx::imag(z, s), s), s);
+}
 
 // z z as Complex.multiply/2 computes it, part by part with no C99
 // recovery: (inf + inf i)^2 is NaN + NaN i there, not inf + inf i.
@@ -216,27 +229,23 @@ mx::array where_c(const mx::array &m, float re, float im, const mx::array &x, SD
 }
 
 mx::array sqrt_nx(const mx::array &z, SD s) {
-  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
   auto a = mx::real(z, s), b = mx::imag(z, s);
   auto r = mx::sqrt(z, s);
-  r = where_c(mx::equal(a, mx::array(-inf), s), 0.0f, inf, r, s);
-  r = where_c(mx::equal(a, mx::array(inf), s), inf, 0.0f, r, s);
-  r = where_c(mx::equal(b, mx::array(-inf), s), inf, -inf, r, s);
-  r = where_c(mx::equal(b, mx::array(inf), s), inf, inf, r, s);
-  auto nans = complex_from(mx::full_like(a, nan, s), mx::full_like(a, nan, s), s);
-  return mx::where(mx::logical_or(mx::isnan(a, s), mx::isnan(b, s), s), nans, r, s);
+  r = where_c(mx::equal(a, mx::array(-kInf), s), 0.0f, kInf, r, s);
+  r = where_c(mx::equal(a, mx::array(kInf), s), kInf, 0.0f, r, s);
+  r = where_c(mx::equal(b, mx::array(-kInf), s), kInf, -kInf, r, s);
+  r = where_c(mx::equal(b, mx::array(kInf), s), kInf, kInf, r, s);
+  return mx::where(mx::logical_or(mx::isnan(a, s), mx::isnan(b, s), s), nan_nan(z.shape(), s), r, s);
 }
 
 mx::array log_nx(const mx::array &z, SD s) {
-  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
   auto a = mx::real(z, s), b = mx::imag(z, s);
-  auto odd = mx::logical_not(mx::logical_and(mx::isfinite(a, s), mx::isfinite(b, s), s), s);
-  auto mag = mx::where(odd, mx::array(inf), emlx_abs(z, s), s);
-  mag = mx::where(mx::logical_and(mx::isnan(a, s), mx::isnan(b, s), s), mx::array(nan), mag, s);
+  auto mag = mx::where(finite_parts(z, s), emlx_abs(z, s), mx::array(kInf), s);
+  mag = mx::where(mx::logical_and(mx::isnan(a, s), mx::isnan(b, s), s), mx::array(kNaN), mag, s);
   auto angle = mx::arctan2(b, a, s);
   auto finite_b = mx::isfinite(b, s);
-  angle = mx::where(mx::logical_and(finite_b, mx::equal(a, mx::array(inf), s), s), mx::array(0.0f), angle, s);
-  angle = mx::where(mx::logical_and(finite_b, mx::equal(a, mx::array(-inf), s), s),
+  angle = mx::where(mx::logical_and(finite_b, mx::equal(a, mx::array(kInf), s), s), mx::array(0.0f), angle, s);
+  angle = mx::where(mx::logical_and(finite_b, mx::equal(a, mx::array(-kInf), s), s),
                     mx::array(static_cast<float>(M_PI)), angle, s);
   return complex_from(mx::log(mag, s), angle, s);
 }
@@ -246,10 +255,7 @@ mx::array nx_formula(CFn f, const mx::array &z, SD s) {
   switch (f) {
     case CFn::tanh: return mx::divide(mx::sinh(z, s), mx::cosh(z, s), s);
     case CFn::acos:
-    case CFn::asin: {
-      auto nan = mx::broadcast_to(mx::array(std::numeric_limits<float>::quiet_NaN()), z.shape(), s);
-      return complex_from(nan, nan, s);
-    }
+    case CFn::asin: return nan_nan(z.shape(), s);
     case CFn::atan: {  // 0.5 i (log(1 - i z) - log(1 + i z))
       auto iz = mx::multiply(i, z, s);
       auto d = mx::subtract(log_nx(mx::subtract(one, iz, s), s), log_nx(mx::add(one, iz, s), s), s);
@@ -265,10 +271,6 @@ mx::array nx_formula(CFn f, const mx::array &z, SD s) {
   return z;
 }
 
-mx::array finite_parts(const mx::array &z, SD s) {
-  return mx::logical_and(mx::isfinite(mx::real(z, s), s), mx::isfinite(mx::imag(z, s), s), s);
-}
-
 // MLX's result r of f(z), with Nx's value where z has a non-finite part.
 mx::array nx_nonfinite(CFn f, const mx::array &z, const mx::array &r, SD s) {
   if (z.dtype() != mx::complex64) return r;
@@ -282,23 +284,14 @@ mx::array nx_nonfinite(CFn f, const mx::array &z, const mx::array &r, SD s) {
 // and 1 for 0 ** 0.
 mx::array complex_pow_nonfinite(const mx::array &a0, const mx::array &b0, const mx::array &r, SD s) {
   auto a = mx::astype(a0, mx::complex64, s), b = mx::astype(b0, mx::complex64, s);
-  auto nan = mx::broadcast_to(mx::array(std::numeric_limits<float>::quiet_NaN()), r.shape(), s);
-  auto zero = mx::array(0.0f);
-  auto nans = complex_from(nan, nan, s);
   auto base_zero = mx::equal(a, c1(0.0f, 0.0f), s);
-  auto exp_inf = mx::logical_and(mx::equal(mx::real(b, s), mx::array(std::numeric_limits<float>::infinity()), s),
-                                 mx::equal(mx::imag(b, s), zero, s), s);
-  auto out = mx::where(mx::logical_and(finite_parts(a, s), finite_parts(b, s), s), r, nans, s);
+  auto exp_inf = mx::logical_and(mx::equal(mx::real(b, s), mx::array(kInf), s),
+                                 mx::equal(mx::imag(b, s), mx::array(0.0f), s), s);
+  auto out = mx::where(mx::logical_and(finite_parts(a, s), finite_parts(b, s), s), r, nan_nan(r.shape(), s), s);
   out = mx::where(mx::logical_and(base_zero, exp_inf, s), c1(0.0f, 0.0f), out, s);
   // 0 ** 0 is 1 (MLX's exp(0 log 0) is NaN)
   return mx::where(mx::logical_and(base_zero, mx::equal(b, c1(0.0f, 0.0f), s), s), c1(1.0f, 0.0f), out, s);
 }
-
-#define F64_OR_MLX_NX(name, code, mlx_expr, cfn)              \
-  mx::array emlx_##name(const mx::array &x, SD s) {           \
-    if (via_double(x, s)) return f64_unary(x, code, s);        \
-    return nx_nonfinite(cfn, x, mlx_expr, s);                  \
-  }
 
 F64_OR_MLX(exp, F64_EXP, mx::exp(x, s))
 F64_OR_MLX(expm1, F64_EXPM1,
@@ -310,14 +303,14 @@ F64_OR_MLX(cos, F64_COS, mx::cos(x, s))
 F64_OR_MLX(tan, F64_TAN, mx::tan(x, s))
 F64_OR_MLX(sinh, F64_SINH, mx::sinh(x, s))
 F64_OR_MLX(cosh, F64_COSH, mx::cosh(x, s))
-F64_OR_MLX_NX(asin, F64_ASIN, mx::arcsin(x, s), CFn::asin)
-F64_OR_MLX_NX(acos, F64_ACOS, mx::arccos(x, s), CFn::acos)
-F64_OR_MLX_NX(atan, F64_ATAN, mx::arctan(x, s), CFn::atan)
-F64_OR_MLX_NX(asinh, F64_ASINH, mx::arcsinh(x, s), CFn::asinh)
-F64_OR_MLX_NX(acosh, F64_ACOSH, mx::arccosh(x, s), CFn::acosh)
-F64_OR_MLX_NX(atanh, F64_ATANH, mx::arctanh(x, s), CFn::atanh)
+F64_OR_MLX(asin, F64_ASIN, nx_nonfinite(CFn::asin, x, mx::arcsin(x, s), s))
+F64_OR_MLX(acos, F64_ACOS, nx_nonfinite(CFn::acos, x, mx::arccos(x, s), s))
+F64_OR_MLX(atan, F64_ATAN, nx_nonfinite(CFn::atan, x, mx::arctan(x, s), s))
+F64_OR_MLX(asinh, F64_ASINH, nx_nonfinite(CFn::asinh, x, mx::arcsinh(x, s), s))
+F64_OR_MLX(acosh, F64_ACOSH, nx_nonfinite(CFn::acosh, x, mx::arccosh(x, s), s))
+F64_OR_MLX(atanh, F64_ATANH, nx_nonfinite(CFn::atanh, x, mx::arctanh(x, s), s))
 F64_OR_MLX(erf, F64_ERF, mx::erf(x, s))
-F64_OR_MLX_NX(tanh, F64_TANH, mx::tanh(x, s), CFn::tanh)
+F64_OR_MLX(tanh, F64_TANH, nx_nonfinite(CFn::tanh, x, mx::tanh(x, s), s))
 F64_OR_MLX(rsqrt, F64_RSQRT, mx::rsqrt(x, s))
 
 // On the GPU, float32 takes a double-precision kernel of ours as well
