@@ -657,8 +657,11 @@ defmodule EMLX.Backend do
     ref
   end
 
-  defp arg_on(%T{shape: shape, type: type} = t, _device, queue) do
+  # (a vectorized tensor of another backend, a defn argument, moves whole:
+  # its binary holds the vectorized axes too)
+  defp arg_on(%T{type: type} = t, _device, queue) do
     Types.native!(type, :backend_transfer)
+    %T{shape: shape} = Nx.devectorize(t, keep_names: false)
     Worker.from_binary(queue, Nx.to_binary(t), shape, type)
   end
 

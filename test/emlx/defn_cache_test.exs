@@ -226,6 +226,26 @@ defmodule EMLX.DefnCacheTest do
       assert {Nx.to_list(Nx.add(a, 0)), Nx.to_list(Nx.add(b, 0))} == {[2], [3]}
     end
 
+    # (a hook on a parameter needs no data from the recording, so nothing
+    # split it: the first call's plan was cached and later calls skipped
+    # the hook; found by test/emlx/defn_fuzz_test.exs)
+    test "a hook on an input, or on a constant, runs on every call" do
+      pid = self()
+
+      f =
+        jit(fn x ->
+          x = Nx.Defn.Kernel.hook(x, &send(pid, {:input, Nx.to_list(&1)}))
+          c = Nx.Defn.Kernel.hook(Nx.tensor([5]), &send(pid, {:constant, Nx.to_list(&1)}))
+          Nx.add(x, c)
+        end)
+
+      for v <- [[1, 2], [3, 4], [5, 6]] do
+        assert Nx.to_list(f.(emlx(v))) == Enum.map(v, &(&1 + 5))
+        assert_received {:input, ^v}
+        assert_received {:constant, [5]}
+      end
+    end
+
     def keep(t, pid) do
       send(pid, {:kept, t})
       Nx.multiply(t, 3)

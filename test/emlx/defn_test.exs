@@ -94,6 +94,18 @@ defmodule EMLX.DefnTest do
     end
   end
 
+  # (the argument moved to MLX with its vectorized shape only, from a
+  # binary that holds every entry: "binary of 8 bytes does not match the
+  # shape and type"; found by test/emlx/defn_fuzz_test.exs)
+  test "a vectorized argument of another backend" do
+    p = Nx.tensor([1.0, 0.0], backend: Nx.BinaryBackend) |> Nx.vectorize(:v)
+    x = Nx.tensor([[1.0, 2.0], [3.0, 4.0]], backend: Nx.BinaryBackend) |> Nx.vectorize(:v)
+    f = fn p, x -> Nx.select(Nx.greater(p, 0.5), Nx.add(x, 1), Nx.multiply(x, 2)) end
+    got = Nx.Defn.jit_apply(f, [p, x], compiler: EMLX)
+    assert got.vectorized_axes == [v: 2]
+    assert Nx.to_list(Nx.devectorize(got)) == [[2.0, 3.0], [6.0, 8.0]]
+  end
+
   # The same node seen as a vectorized and as a devectorized tensor keeps
   # both shapes (issue 14: Nx's "mixed vectorized axes" grad tests).
   test "grad over tensors vectorized on different axes" do

@@ -47,10 +47,19 @@ defmodule EMLX.Defn.Callbacks do
   def realizing(nil), do: nil
 
   def realizing(f) when is_function(f, 1),
-    do: fn value -> f.(realize(value)) end
+    do: fn value -> f.(realize(uncached(value))) end
 
   defp realizing2(f) when is_function(f, 2),
-    do: fn value, opts -> f.(realize(value), opts) end
+    do: fn value, opts -> f.(realize(uncached(value)), opts) end
+
+  # A callback must run on every call: a recording that runs one caches no
+  # plan (a plan would replay its ops and skip the callback). One whose
+  # value needs the data splits the recording and caches none anyway; this
+  # covers the rest, such as a hook on a parameter or a constant.
+  defp uncached(value) do
+    if EMLX.Defn.Recorder.active?(), do: EMLX.Defn.Recorder.no_plan()
+    value
+  end
 
   # The container with every EMLX tensor backed by a real array.
   defp realize(container) do

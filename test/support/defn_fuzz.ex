@@ -1,0 +1,211 @@
+defmodule EMLX.DefnFuzz do
+  @moduledoc """
+  Differential fuzzing of the `defn` compiler: seeded random programs
+  (`EMLX.DefnFuzz.Gen`) run under `compiler: EMLX` and under Nx's
+  evaluator on Nx.BinaryBackend, and their outputs compared.
+
+  Each program is checked three times, through one jitted function (one
+  closure, whose captured program is part of EMLX's plan key):
+
+    1. inputs as a tuple;
+    2. new input values, the same tuple: a plan-cache hit must compute
+       with the new values;
+    3. the first values as a map (`%{i0: ..., i1: ...}`): the same flat
+       shapes in another container must not reuse the tuple's plan;
+    4. both value sets at once, stacked and vectorized (`Nx.vectorize/2`).
+
+  A failure reproduces from its seed alone:
+
+      EMLX.DefnFuzz.check(seed)        # :ok or {:error, message}
+      EMLX.DefnFuzz.Gen.program(seed)  # the program, as data
+  """
+
+  alias EMLX.DefnFuzz.{Gen, Interp}
+
+  @doc """
+  Checks the program of `seed`. Options: `:device` (default `:cpu`),
+  `:fuse` (default true).
+  """
+  def check(seed, opts \\ []), do: check_program(Gen.program(seed), seed, opts)
+
+  @doc """
+  Checks a program given as data (`Gen.program/1`'s form, a failing one
+  cut down by hand, say), with inputs from `seed`.
+  """
+  def check_program(prog, seed, opts \\ []) do
+    device = Keyword.get(opts, :device, :cpu)
+    fuse = Keyword.get(opts, :fuse, true)
+    fun = fn container -> Interp.run(prog, container) end
+    first = inputs(prog, seed * 2)
+    second = inputs(prog, seed * 2 + 1)
+
+    calls = [
+      {"tuple", List.to_tuple(first)},
+      {"tuple, new values", List.to_tuple(second)},
+      {"map", Map.new(Enum.with_index(first), fn {t, i} -> {:"i#{i}", t} end)},
+      {"vectorized",
+       first |> Enum.zip_with(second, &Nx.vectorize(Nx.stack([&1, &2]), :v)) |> List.to_tuple()}
+    ]
+
+    Enum.reduce_while(calls, :ok, fn {label, container}, :ok ->
+      case compare(fun, container, device, fuse, prog.float, label == "vectorized") do
+        :ok -> {:cont, :ok}
+        {:error, msg} -> {:halt, {:error, "seed #{seed} (#{label}, fuse: #{fuse}): #{msg}"}}
+      end
+    end)
+  end
+
+  # (a program Nx cannot vectorize, such as a slice at a computed start,
+  # raises in Nx's front end for both compilers; such a call is skipped)
+  defp compare(fun, container, device, fuse, float, vectorized?) do
+    _stale = hooks(0)
+
+    case reference(fun, container) do
+      {:raised, _} when vectorized? ->
+        :ok
+
+      {:raised, e} ->
+        raise e
+
+      {:ok, want} ->
+        want_hooks = hooks(0)
+
+        with :ok <- compare_emlx(fun, container, device, fuse, float, want) do
+          compare_hooks(hooks(0), want_hooks, float)
+        end
+    end
+  rescue
+    e -> {:error, "raised #{Exception.format(:error, e, __STACKTRACE__)}"}
+  end
+
+  # The values the program's hooks have sent so far, in order (hooks run
+  # in the calling process, before the call returns).
+  defp hooks(settle, acc \\ []) do
+    receive do
+      {:fuzz_hook, k, t} -> hooks(settle, [{k, t} | acc])
+    after
+      settle -> Enum.reverse(acc)
+    end
+  end
+
+  # By hook, the values it got, in order, a value repeated at once counted
+  # once: Nx's evaluator runs a hook inside a cond branch again wherever a
+  # later hook's token holds it, where EMLX runs it once, and the reverse
+  # for a vectorized cond (a hook's run count is not part of its contract).
+  # The values alone are compared: Nx's evaluator hands a hook on a
+  # vectorized value the vectorized or the devectorized tensor, by the
+  # order in which it first meets the node.
+  defp compare_hooks(got, want, float) do
+    {got, want} = {by_hook(got), by_hook(want)}
+
+    if Map.keys(got) != Map.keys(want) do
+      {:error, "hooks ran #{inspect(Map.keys(got))}, want #{inspect(Map.keys(want))}"}
+    else
+      Enum.find_value(want, :ok, fn {k, values} ->
+        cond do
+          length(got[k]) != length(values) ->
+            {:error, "hook #{k} got #{length(got[k])} values, want #{length(values)}"}
+
+          (result = compare_outputs(List.to_tuple(got[k]), List.to_tuple(values), float)) != :ok ->
+            {:error, "hook #{k} values: " <> elem(result, 1)}
+
+          true ->
+            nil
+        end
+      end)
+    end
+  end
+
+  defp by_hook(hooks) do
+    hooks
+    |> Enum.group_by(&elem(&1, 0), &Nx.devectorize(elem(&1, 1), keep_names: false))
+    |> Map.new(fn {k, values} -> {k, Enum.dedup_by(values, &{&1.shape, Nx.to_binary(&1)})} end)
+  end
+
+  defp reference(fun, container) do
+    Nx.with_default_backend(Nx.BinaryBackend, fn ->
+      {:ok, Nx.Defn.jit_apply(fun, [container], compiler: Nx.Defn.Evaluator)}
+    end)
+  rescue
+    e in ArgumentError -> {:raised, e}
+  end
+
+  defp compare_emlx(fun, container, device, fuse, float, want) do
+    on_emlx =
+      Nx.Defn.Composite.traverse(container, &Nx.backend_copy(&1, {EMLX.Backend, device: device}))
+
+    got = Nx.Defn.jit_apply(fun, [on_emlx], compiler: EMLX, device: device, fuse: fuse)
+    compare_outputs(got, want, float)
+  end
+
+  @doc """
+  Compares two outputs (any container): the same structure, types and
+  shapes, integers equal, floats within 1e-4 (1e-9 for f64 programs) of
+  the largest magnitude. Returns `:ok` or `{:error, message}`.
+  """
+  def compare_outputs(got, want, float) do
+    if shape_of(got) != shape_of(want) do
+      {:error,
+       "output containers differ: #{inspect(shape_of(got))} vs #{inspect(shape_of(want))}"}
+    else
+      [got, want]
+      |> Enum.map(&Nx.Defn.Composite.flatten_list([&1]))
+      |> Enum.zip()
+      |> Enum.with_index()
+      |> Enum.find_value(:ok, fn {{g, w}, k} ->
+        g = g |> Nx.backend_copy(Nx.BinaryBackend) |> Nx.devectorize(keep_names: false)
+
+        case differ(g, Nx.devectorize(w, keep_names: false), float) do
+          nil -> nil
+          msg -> {:error, "output #{k}: #{msg}"}
+        end
+      end)
+    end
+  end
+
+  defp shape_of(%Nx.Tensor{} = t), do: {:tensor, t.type, t.shape, t.vectorized_axes}
+
+  defp shape_of(t) when is_tuple(t),
+    do: t |> Tuple.to_list() |> Enum.map(&shape_of/1) |> List.to_tuple()
+
+  defp shape_of(%{} = m), do: Map.new(m, fn {k, v} -> {k, shape_of(v)} end)
+
+  defp differ(g, w, float) do
+    cond do
+      g.type != w.type or g.shape != w.shape ->
+        "#{inspect(g.type)}#{inspect(g.shape)} vs #{inspect(w.type)}#{inspect(w.shape)}"
+
+      match?({:f, _}, w.type) ->
+        tol = if float == {:f, 64}, do: 1.0e-9, else: 1.0e-4
+        scale = max(1.0, w |> Nx.abs() |> Nx.reduce_max() |> Nx.to_number() |> finite_or(1.0))
+        close = Nx.all_close(g, w, rtol: tol, atol: tol * scale, equal_nan: true)
+        if Nx.to_number(close) == 1, do: nil, else: "values differ:\n#{inspect(g)}\n#{inspect(w)}"
+
+      Nx.to_binary(g) == Nx.to_binary(w) ->
+        nil
+
+      true ->
+        "values differ:\n#{inspect(g)}\n#{inspect(w)}"
+    end
+  end
+
+  defp finite_or(x, _) when is_float(x), do: x
+  defp finite_or(_, default), do: default
+
+  @doc "Seeded random inputs for a program, on Nx.BinaryBackend."
+  def inputs(%{inputs: specs}, seed) do
+    :rand.seed(:exsss, {seed, 3, 99})
+
+    for {type, shape} <- specs do
+      n = shape |> Tuple.to_list() |> Enum.product()
+
+      data =
+        case type do
+          {:s, _} -> for _ <- 1..n//1, do: Enum.random(-9..9)
+          _ -> for _ <- 1..n//1, do: :rand.uniform() * 4 - 2
+        end
+
+      data |> Nx.tensor(type: type, backend: Nx.BinaryBackend) |> Nx.reshape(shape)
+    end
+  end
+end
