@@ -246,6 +246,35 @@ defmodule EMLX.DefnCacheTest do
       end
     end
 
+    # (Nx's evaluator met the hooked node through its vectorized view first
+    # and EMLX.Backend reshaped the conv's array to the vectorized shape
+    # alone: "[reshape] Cannot reshape array of size 6 into shape (3,1,1)";
+    # found by test/emlx/defn_fuzz_test.exs)
+    test "a hook on a vectorized value gets it devectorized" do
+      pid = self()
+      k = Nx.iota({1, 4, 1}, type: :f32, backend: Nx.BinaryBackend)
+
+      fun = fn x ->
+        c = Nx.conv(x, k, strides: [2], padding: :same)
+        Nx.Defn.Kernel.hook(c, &send(pid, {:conv, &1}))
+      end
+
+      x = Nx.iota({2, 3, 4, 2}, type: :f32, backend: Nx.BinaryBackend) |> Nx.vectorize(:v)
+
+      want =
+        Nx.with_default_backend(Nx.BinaryBackend, fn ->
+          Nx.Defn.jit_apply(fun, [x], compiler: Nx.Defn.Evaluator)
+        end)
+
+      assert_received {:conv, _}
+      got = jit(fun).(Nx.backend_copy(x, EMLX.Backend))
+      assert got.vectorized_axes == [v: 2]
+      assert_tensor(Nx.devectorize(got), Nx.devectorize(want))
+      assert_received {:conv, hooked}
+      assert hooked.vectorized_axes == [] and hooked.shape == {2, 3, 1, 1}
+      assert_tensor(hooked, Nx.devectorize(want, keep_names: false))
+    end
+
     def keep(t, pid) do
       send(pid, {:kept, t})
       Nx.multiply(t, 3)

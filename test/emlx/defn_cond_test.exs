@@ -26,6 +26,19 @@ defmodule EMLX.DefnCondTest do
     if flag, do: x + y, else: x
   end
 
+  # a value only the branches read, made with a function of its own
+  # (Nx.reduce's): the function's parameters are not the scope's
+  defn reduce_in_branch(x) do
+    r = Nx.reduce(x, 0, [axes: [1]], fn a, b -> a + b end)
+    c = if Nx.reduce_max(x) > 0.3, do: Nx.sqrt(Nx.abs(r)), else: Nx.sin(r)
+    Nx.cumulative_sum(c, axis: 0)
+  end
+
+  defn window_reduce_in_branch(x, y) do
+    r = Nx.window_reduce(x, 0, {2}, fn a, b -> Nx.max(a, b) * 1 end)
+    if Nx.reduce_max(y) > 0.3, do: r * 2, else: r - 1
+  end
+
   defn nested(x) do
     if Nx.sum(x) > 0 do
       if Nx.reduce_max(x) > 5, do: x * 10, else: x * 2
@@ -139,6 +152,16 @@ defmodule EMLX.DefnCondTest do
     opts = [command_queue: EMLX.CommandQueue.new!(device())]
     assert Nx.to_list(emlx_jit(&lazy_branches/2, opts).(emlx([1.0, 2.0]), emlx(1))) == [3.0, 6.0]
     assert Nx.to_list(emlx_jit(&lazy_branches_in_loop/1, opts).(emlx([1.0, 2.0]))) == [27.0, 54.0]
+  end
+
+  # (its parameters were taken for free variables of the scope and read
+  # at the scope's positions: an Enum.OutOfBoundsError in Nx's evaluator;
+  # found by test/emlx/defn_fuzz_test.exs)
+  test "a branch reads a value made with a function of its own" do
+    assert_compiled_same(&reduce_in_branch/1, [[[1.0, 2.0, 3.0]]])
+    assert_compiled_same(&reduce_in_branch/1, [[[-1.0, -2.0, -3.0], [0.1, 0.2, -5.0]]])
+    assert_compiled_same(&window_reduce_in_branch/2, [[1.0, 4.0, 2.0, 3.0], [1.0]])
+    assert_compiled_same(&window_reduce_in_branch/2, [[1.0, 4.0, 2.0, 3.0], [-1.0]])
   end
 
   test "a hook runs in the branch taken only" do

@@ -23,13 +23,14 @@ defmodule EMLX.DefnFuzzTest do
     from = env_int("EMLX_DEFN_FUZZ_FROM", 1)
     n = env_int("EMLX_DEFN_FUZZ_SEEDS", 120)
 
-    failures =
+    results =
       for seed <- from..(from + n - 1),
-          result = EMLX.DefnFuzz.check(seed, device: device(), fuse: rem(seed, 2) == 1),
-          result != :ok,
-          do: elem(result, 1)
+          do: EMLX.DefnFuzz.check(seed, device: device(), fuse: rem(seed, 2) == 1)
 
+    failures = for {:error, msg} <- results, do: msg
     assert failures == [], Enum.join(failures, "\n\n")
+    # (a call is skipped where Nx's evaluator cannot compute the reference)
+    assert Enum.count(results, &match?({:skipped, _}, &1)) <= div(n, 10)
   end
 
   test "a program reproduces from its seed" do

@@ -160,15 +160,24 @@ defmodule EMLX.Defn.Callbacks do
 
   defp compiler_opts(opts), do: Keyword.delete(opts, :emlx_scope)
 
-  defp callbacks(:hook, [expr, spec, template, ref]), do: [expr, spec(spec), template, ref]
+  # A callback's input is read devectorized, as Nx's evaluator reads every
+  # other node: a vectorized view makes the evaluator, when it meets the
+  # node there first, call the backend with a vectorized output template
+  # (a reshape to the vectorized shape alone, of an array that holds every
+  # entry), and hand the callback a vectorized or a devectorized tensor by
+  # the order of the walk.
+  defp callbacks(:hook, [expr, spec, template, ref]),
+    do: [devectorized(expr), spec(spec), template, ref]
 
   defp callbacks(:runtime_call, [expr, f, template, opts]),
-    do: [expr, realizing2(f), template, opts]
+    do: [devectorized(expr), realizing2(f), template, opts]
 
   defp callbacks(_op, args), do: args
 
   defp spec({:fn, f}), do: {:fn, realizing(f)}
   defp spec({:named, name, f}), do: {:named, name, realizing(f)}
-  defp spec({:token_hook, expr, inner}), do: {:token_hook, expr, spec(inner)}
+  defp spec({:token_hook, expr, inner}), do: {:token_hook, devectorized(expr), spec(inner)}
   defp spec(other), do: other
+
+  defp devectorized(expr), do: Composite.traverse(expr, &Nx.devectorize(&1, keep_names: false))
 end

@@ -114,6 +114,13 @@ defmodule EMLX.Defn.Cond do
       op == :constant ->
         acc
 
+      # a function (Nx.reduce's, window_reduce's) is a scope of its own: its
+      # arguments are its own parameters, never the scope's (walked as free
+      # variables, they came in as the scope's parameters of the same
+      # position: an evaluator error, or another tensor)
+      op == :fun ->
+        acc
+
       # a parameter is read by position, so it always comes in
       Map.has_key?(scope, id) or op == :parameter ->
         {Map.put(seen, id, true), [t | free]}

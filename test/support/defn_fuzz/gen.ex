@@ -25,6 +25,7 @@ defmodule EMLX.DefnFuzz.Gen do
   @binary_float ~w(add subtract multiply divide max min atan2 pow)a
   @binary_smooth ~w(add subtract multiply divide)a
   @binary_int ~w(add subtract multiply max min bitwise_and bitwise_or bitwise_xor remainder quotient left_shift right_shift)a
+  @ints [{:s, 8}, {:u, 8}, {:s, 16}, {:u, 16}, {:s, 32}, {:u, 32}, {:s, 64}]
 
   @doc "The program of `seed`."
   def program(seed) do
@@ -34,7 +35,7 @@ defmodule EMLX.DefnFuzz.Gen do
 
     inputs =
       for _ <- 1..n_in do
-        type = if :rand.uniform(5) == 1, do: {:s, 32}, else: float
+        type = if :rand.uniform(4) == 1, do: Enum.random(@ints), else: float
         {type, random_shape()}
       end
 
@@ -70,9 +71,13 @@ defmodule EMLX.DefnFuzz.Gen do
            indexed gather conv batched_dot custom_reduce)a
       )
 
-    case step(kind, st) do
-      nil -> add_step(st)
-      {step, vals} -> %{st | steps: [step | st.steps], vals: st.vals ++ vals}
+    with {step, vals} <- step(kind, st),
+         {:ok, traced} <- EMLX.DefnFuzz.Interp.result_types(step, st.vals) do
+      # the types and shapes Nx gives (the generator's own are a guess)
+      vals = Enum.zip_with(vals, traced, fn v, {t, s} -> %{v | t: t, s: s} end)
+      %{st | steps: [step | st.steps], vals: st.vals ++ vals}
+    else
+      _ -> add_step(st)
     end
   end
 
@@ -99,8 +104,11 @@ defmodule EMLX.DefnFuzz.Gen do
         {{:unary, name, i}, [%{v | x: v.x and name in [:negate, :abs]}]}
 
       {i, v} ->
-        case Enum.random([:negate, :abs, :sign, :bitwise_not, :to_float]) do
+        ops = [:negate, :abs, :sign, :bitwise_not, :count_leading_zeros, :population_count]
+
+        case Enum.random([:to_float, :to_int | ops]) do
           :to_float -> {{:as_type, i, st.float}, [%{v | t: st.float}]}
+          :to_int -> {{:as_type, i, Enum.random(@ints)}, [v]}
           name -> {{:unary, name, i}, [v]}
         end
     end
@@ -109,10 +117,11 @@ defmodule EMLX.DefnFuzz.Gen do
   defp step(:binary, st) do
     {i, a} = pick(st, fn _ -> true end)
 
-    case pick(st, &(&1.t == a.t and broadcastable?(&1, a.s))) do
+    # (of mixed types too: Nx promotes, u8 with s8 to s16, s64 with f32 to f32)
+    case pick(st, &(broadcastable?(&1, a.s) and (int?(&1) == int?(a) or :rand.uniform(3) == 1))) do
       {j, b} ->
         {name, exact} =
-          if int?(a),
+          if int?(a) and int?(b),
             do: {Enum.random(@binary_int), true},
             else:
               (fn n -> {n, n in [:max, :min] and a.x and b.x} end).(Enum.random(@binary_float))

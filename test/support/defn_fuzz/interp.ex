@@ -14,6 +14,25 @@ defmodule EMLX.DefnFuzz.Interp do
     output(out, vals)
   end
 
+  @doc """
+  The `{type, shape}` of each value `step` makes from values of the given
+  types and shapes, as Nx traces it: `{:ok, list}`, or `:error` when Nx
+  rejects the step.
+  """
+  def result_types(step, vals) do
+    args = vals |> Enum.map(&Nx.template(&1.s, &1.t)) |> List.to_tuple()
+    n = tuple_size(args)
+
+    fun = fn args ->
+      args |> then(&apply_step(step, &1)) |> Tuple.to_list() |> Enum.drop(n) |> List.to_tuple()
+    end
+
+    out = Nx.Defn.debug_expr_apply(fun, [args])
+    {:ok, out |> Tuple.to_list() |> Enum.map(&{&1.type, &1.shape})}
+  rescue
+    _ in [ArgumentError, CompileError] -> :error
+  end
+
   defp output({:single, i}, vals), do: elem(vals, i)
   defp output({:tuple, is}, vals), do: is |> Enum.map(&elem(vals, &1)) |> List.to_tuple()
   defp output({:map, is}, vals), do: Map.new(is, &{:"o#{&1}", elem(vals, &1)})
@@ -158,8 +177,10 @@ defmodule EMLX.DefnFuzz.Interp do
   defp op({:while, i, j, n, body}, v),
     do: while_prog(elem(v, i), elem(v, j), n: n, body: body)
 
-  # a start index computed from a value
-  defp start_from(t), do: t |> Nx.abs() |> Nx.reduce_max() |> Nx.as_type(:s32)
+  # a start index computed from a value (from all its entries when it is
+  # vectorized: Nx takes no vectorized start)
+  defp start_from(t),
+    do: t |> Nx.devectorize() |> Nx.abs() |> Nx.reduce_max() |> Nx.as_type(:s32)
 
   # -- element-wise, bounded --
 
