@@ -48,8 +48,10 @@ defmodule EMLX.DefnFuzz do
     ]
 
     Enum.reduce_while(calls, :ok, fn {label, container}, acc ->
-      case compare(fun, container, device, fuse, prog.float) do
+      case compare(fun, container, device, fuse, prog.float, hooks?(prog.steps)) do
         :ok -> {:cont, acc}
+        # (a vectorized call Nx's evaluator cannot compute is no finding)
+        {:skipped, _} when label == "vectorized" -> {:cont, acc}
         {:skipped, why} -> {:cont, {:skipped, "#{label}: #{why}"}}
         {:error, msg} -> {:halt, {:error, "seed #{seed} (#{label}, fuse: #{fuse}): #{msg}"}}
       end
@@ -62,25 +64,29 @@ defmodule EMLX.DefnFuzz do
   # a one-entry vector with itself is a MatchError in Nx.BinaryBackend's
   # sum), or one whose values overflow Erlang's floats (Nx.BinaryBackend
   # computes f32 in doubles, which have no infinity: an ArithmeticError).
-  defp compare(fun, container, device, fuse, float) do
+  #
+  # Nor is a vectorized call of a program with a hook: Nx 0.13.1's evaluator
+  # computes wrong values after a hook on a vectorized value (a strided
+  # slice of it reads the flat data: `hook(tanh(x))[0..2//2]` of x =
+  # [[0, 1, 2, 3], [4, 5, 6, 7]] vectorized gives [tanh 0, tanh 1] for the
+  # first entry), its hook gets the vectorized or the devectorized tensor
+  # by the order of its walk, and a hook on a vectorized gather gets one
+  # with no data.
+  defp compare(fun, container, device, fuse, float, hooks?) do
     _stale = hooks(0)
 
-    case reference(fun, container) do
+    case if(hooks? and vectorized?(container), do: :hooked, else: reference(fun, container)) do
+      :hooked ->
+        {:skipped, "a hook in a vectorized program"}
+
       {:raised, e} ->
         {:skipped, e.__struct__ |> inspect() |> Kernel.<>(" in the reference")}
 
       {:ok, want} ->
         want_hooks = hooks(0)
 
-        got = compare_emlx(fun, container, device, fuse, float, want)
-
-        # (hooks are not compared for vectorized calls: there Nx's evaluator
-        # hands a hook the vectorized or the devectorized tensor by the
-        # order in which it meets the node, and a hook on a vectorized
-        # gather gets a tensor with no data)
-        if got == :ok and not vectorized?(container),
-          do: compare_hooks(hooks(0), want_hooks, float),
-          else: got
+        with :ok <- compare_emlx(fun, container, device, fuse, float, want),
+             do: compare_hooks(hooks(0), want_hooks, float)
     end
   rescue
     e -> {:error, "raised #{Exception.format(:error, e, __STACKTRACE__)}"}
@@ -95,6 +101,11 @@ defmodule EMLX.DefnFuzz do
       settle -> Enum.reverse(acc)
     end
   end
+
+  defp hooks?(term) when is_tuple(term) and elem(term, 0) == :hook, do: true
+  defp hooks?(term) when is_tuple(term), do: hooks?(Tuple.to_list(term))
+  defp hooks?(term) when is_list(term), do: Enum.any?(term, &hooks?/1)
+  defp hooks?(_term), do: false
 
   defp vectorized?(container),
     do: [container] |> Nx.Defn.Composite.flatten_list() |> Enum.any?(&(&1.vectorized_axes != []))
