@@ -287,7 +287,38 @@ void cpu_inline_stop(void *h) {
 
 void note_work(int64_t n) { work += n; }
 
+namespace {
+
+// MLX's eval makes one Synchronizer primitive over all its outputs, on the
+// stream of the first one not yet scheduled (else the default stream: the
+// GPU's on a CUDA build), and a GPU primitive refuses float64 inputs
+// ("float64 is not supported on the GPU"). A loop's first state read, or an
+// EMLX.eval, over a float64 array and a GPU one raised so. Float64 arrays,
+// computed on the CPU stream, are evaluated apart: those not yet scheduled
+// by an eval of their own (its synchronizer on their CPU stream), those
+// already scheduled by waiting for them. The rest stay in outs.
+void float64_apart(std::vector<mx::array> &outs, bool async) {
+  if (mx::default_device() != mx::Device::gpu) return;
+  std::vector<mx::array> unscheduled, scheduled, rest;
+  for (auto &a : outs) {
+    if (a.dtype() != mx::float64)
+      rest.push_back(a);
+    else if (a.status() == mx::array::Status::unscheduled)
+      unscheduled.push_back(a);
+    else if (!async)
+      scheduled.push_back(a);
+  }
+  if (rest.size() == outs.size()) return;
+  if (!unscheduled.empty()) async ? mx::async_eval(unscheduled) : mx::eval(unscheduled);
+  for (auto &a : scheduled) a.wait();
+  outs = std::move(rest);
+}
+
+}  // namespace
+
 void eval_here(std::vector<mx::array> outs) {
+  float64_apart(outs, false);
+  if (outs.empty()) return;
   if (!here) return gpu_wait_spins() ? gpu_wait_eval(std::move(outs)) : mx::eval(std::move(outs));
   // Big evals make the stream thread watch for MLX's wait on it; a run of
   // small ones makes it quiet. Either way the worker then runs what is
@@ -306,6 +337,8 @@ void eval_here(std::vector<mx::array> outs) {
 }
 
 void async_eval_here(std::vector<mx::array> outs) {
+  float64_apart(outs, true);
+  if (outs.empty()) return;
   work = 0;
   smalls = 0;
   if (here) here->set_mode(kServe);

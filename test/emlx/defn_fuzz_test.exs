@@ -11,7 +11,9 @@ defmodule EMLX.DefnFuzzTest do
   vectorized; half of them fused (`mx::compile`), half replayed op by op.
 
   Environment: `EMLX_DEFN_FUZZ_SEEDS` - how many programs (default 120),
-  `EMLX_DEFN_FUZZ_FROM` - the first seed (default 1). A failure names its
+  `EMLX_DEFN_FUZZ_FROM` - the first seed (default 1),
+  `EMLX_DEFN_FUZZ_FUSE` - `alternate` (default: odd seeds fused), `on` or
+  `off`. A failure names its
   seed: `EMLX.DefnFuzz.check(seed, fuse: ...)` reproduces it and
   `EMLX.DefnFuzz.Gen.program(seed)` shows the program.
   """
@@ -25,7 +27,7 @@ defmodule EMLX.DefnFuzzTest do
 
     results =
       for seed <- from..(from + n - 1),
-          do: EMLX.DefnFuzz.check(seed, device: device(), fuse: rem(seed, 2) == 1)
+          do: EMLX.DefnFuzz.check(seed, device: device(), fuse: fuse?(seed))
 
     failures = for {:error, msg} <- results, do: msg
     assert failures == [], Enum.join(failures, "\n\n")
@@ -44,6 +46,14 @@ defmodule EMLX.DefnFuzzTest do
     assert {:error, _} = EMLX.DefnFuzz.compare_outputs({Nx.add(x, 1.0e-2)}, {x}, {:f, 32})
     assert {:error, _} = EMLX.DefnFuzz.compare_outputs({Nx.as_type(x, :f64)}, {x}, {:f, 32})
     assert {:error, _} = EMLX.DefnFuzz.compare_outputs(%{a: x}, {x}, {:f, 32})
+  end
+
+  defp fuse?(seed) do
+    case System.get_env("EMLX_DEFN_FUZZ_FUSE", "alternate") do
+      "alternate" -> rem(seed, 2) == 1
+      "on" -> true
+      "off" -> false
+    end
   end
 
   defp env_int(name, default) do

@@ -5,6 +5,7 @@ defmodule EMLX.DeviceTest do
   `EMLX_TEST_DEVICE=gpu mix test`; on the CPU the same assertions hold.
   """
   use EMLX.Case, async: true
+  import Nx.Defn
 
   defp on_device?(%Nx.Tensor{data: %EMLX.Backend{device: d}}), do: d == device()
 
@@ -79,6 +80,33 @@ defmodule EMLX.DeviceTest do
     assert on_device?(got) and got.type == {:f, 64}
     assert_in_delta Nx.to_number(got), :math.exp(0.5) + :math.exp(1.5), 1.0e-14
   end
+
+  defn tanh_loop(x) do
+    {x, _} = while {x, i = 0}, i < 3, do: {Nx.tanh(x) + 1.5, i + 1}
+    x
+  end
+
+  # (MLX's eval makes one synchronizer over what it evaluates, on the GPU
+  # stream when a GPU array comes first, and a GPU primitive refuses
+  # float64 inputs: "float64 is not supported on the GPU" on :gpu, in a
+  # loop's first read of its state; found by test/emlx/defn_fuzz_test.exs)
+  test "a float64 loop, and float64 evaluated with other types" do
+    got = Nx.Defn.jit(&tanh_loop/1, compiler: EMLX).(emlx([0.5, 1.0], type: :f64))
+    assert on_device?(got) and got.type == {:f, 64}
+
+    want =
+      Enum.map([0.5, 1.0], fn v -> Enum.reduce(1..3, v, fn _, a -> :math.tanh(a) + 1.5 end) end)
+
+    assert_in_delta_list(Nx.to_list(got), want, 1.0e-14)
+
+    a = Nx.exp(emlx([0.5], type: :f64))
+    b = Nx.exp(emlx([0.5]))
+    assert [%Nx.Tensor{}, %Nx.Tensor{}] = EMLX.eval([b, a])
+    assert Nx.to_list(a) == [:math.exp(0.5)]
+  end
+
+  defp assert_in_delta_list(got, want, delta),
+    do: Enum.zip_with(got, want, &assert_in_delta(&1, &2, delta))
 
   test "copies between the CPU and the test device keep values" do
     x = emlx([1.5, -2.0, 3.25])

@@ -185,6 +185,10 @@ defmodule EMLX.DefnFuzz.Interp do
   # -- element-wise, bounded --
 
   defp unary(:exp, x), do: Nx.exp(Nx.clip(x, -4, 4))
+  # (the sine of a large argument is ill-conditioned: an ulp of x moves it
+  # anywhere, so computed values would differ by more than rounding)
+  defp unary(:sin, x), do: Nx.sin(Nx.clip(x, -8, 8))
+  defp unary(:cos, x), do: Nx.cos(Nx.clip(x, -8, 8))
   defp unary(:expm1, x), do: Nx.expm1(Nx.clip(x, -3, 3))
   defp unary(:log, x), do: Nx.log(Nx.add(Nx.abs(x), 0.5))
   defp unary(:rsqrt, x), do: Nx.rsqrt(Nx.add(Nx.abs(x), 0.5))
