@@ -170,8 +170,8 @@ defmodule EMLX.DefnFuzz do
 
   @doc """
   Compares two outputs (any container): the same structure, types and
-  shapes, integers equal, floats within 1e-4 (1e-9 for f64 programs) of
-  the largest magnitude. Returns `:ok` or `{:error, message}`.
+  shapes, integers equal, floats within 1e-4 (f64 programs: 1e-9, f16:
+  3e-2, bf16: 6e-2) of the largest magnitude. Returns `:ok` or `{:error, message}`.
   """
   def compare_outputs(got, want, float) do
     if shape_of(got) != shape_of(want) do
@@ -205,8 +205,8 @@ defmodule EMLX.DefnFuzz do
       g.type != w.type or g.shape != w.shape ->
         "#{inspect(g.type)}#{inspect(g.shape)} vs #{inspect(w.type)}#{inspect(w.shape)}"
 
-      match?({:f, _}, w.type) ->
-        tol = if float == {:f, 64}, do: 1.0e-9, else: 1.0e-4
+      elem(w.type, 0) in [:f, :bf] ->
+        tol = tolerance(float)
         scale = max(1.0, w |> Nx.abs() |> Nx.reduce_max() |> Nx.to_number() |> finite_or(1.0))
         close = Nx.all_close(g, w, rtol: tol, atol: tol * scale, equal_nan: true)
         if Nx.to_number(close) == 1, do: nil, else: "values differ:\n#{inspect(g)}\n#{inspect(w)}"
@@ -218,6 +218,13 @@ defmodule EMLX.DefnFuzz do
         "values differ:\n#{inspect(g)}\n#{inspect(w)}"
     end
   end
+
+  # by the program's float type: half precision rounds every step of a
+  # chain (eagerly) or none of them (fused), f64 is exact on both sides
+  defp tolerance({:f, 64}), do: 1.0e-9
+  defp tolerance({:f, 32}), do: 1.0e-4
+  defp tolerance({:f, 16}), do: 3.0e-2
+  defp tolerance({:bf, 16}), do: 6.0e-2
 
   defp finite_or(x, _) when is_float(x), do: x
   defp finite_or(_, default), do: default

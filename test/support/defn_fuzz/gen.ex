@@ -30,7 +30,15 @@ defmodule EMLX.DefnFuzz.Gen do
   @doc "The program of `seed`."
   def program(seed) do
     :rand.seed(:exsss, {seed, 17, 4242})
-    float = if :rand.uniform(6) == 1, do: {:f, 64}, else: {:f, 32}
+
+    float =
+      case :rand.uniform(12) do
+        r when r <= 2 -> {:f, 64}
+        3 -> {:f, 16}
+        4 -> {:bf, 16}
+        _ -> {:f, 32}
+      end
+
     n_in = Enum.random(1..4)
 
     inputs =
@@ -88,18 +96,18 @@ defmodule EMLX.DefnFuzz.Gen do
     end
   end
 
-  defp float?(%{t: {k, _}}), do: k == :f
+  defp float?(%{t: {k, _}}), do: k in [:f, :bf]
   defp int?(%{t: {k, _}}), do: k in [:s, :u]
 
   # -- element-wise --
 
   defp step(:unary, st) do
     case pick(st, fn _ -> true end) do
-      {i, %{t: {:f, _}, x: true} = v} ->
+      {i, %{t: {k, _}, x: true} = v} when k in [:f, :bf] ->
         name = Enum.random(@unary_float ++ @unary_exact_float)
         {{:unary, name, i}, [%{v | x: name in [:negate, :abs | @unary_exact_float]}]}
 
-      {i, %{t: {:f, _}} = v} ->
+      {i, %{t: {k, _}} = v} when k in [:f, :bf] ->
         name = Enum.random(@unary_float)
         {{:unary, name, i}, [%{v | x: v.x and name in [:negate, :abs]}]}
 
@@ -464,56 +472,100 @@ defmodule EMLX.DefnFuzz.Gen do
     with {p, _} <- pick(st, &(&1.x and float?(&1))),
          {i, x} <- pick(st, &(float?(&1) and &1.t == st.float)),
          {j, _} <- pick(st, &(&1.t == x.t and broadcastable?(&1, x.s))) do
-      {{:cond, p, i, j, chain(:float), chain(:float)}, [%{x | x: false}]}
+      {{:cond, p, i, j, chain(:float, x.s), chain(:float, x.s)}, [%{x | x: false}]}
     end
   end
 
   defp step(:while, st) do
     with {i, x} <- pick(st, &(float?(&1) and &1.t == st.float)),
          {j, _} <- pick(st, &(&1.t == x.t and broadcastable?(&1, x.s))) do
-      {{:while, i, j, Enum.random(1..4), chain(:loop)}, [%{x | x: false}]}
+      {{:while, i, j, Enum.random(1..4), chain(:loop, x.s)}, [%{x | x: false}]}
     end
   end
 
   defp step(:grad, st) do
     with {i, x} <- pick(st, &(float?(&1) and &1.t == st.float)),
          {j, _} <- pick(st, &(&1.t == x.t and broadcastable?(&1, x.s))) do
-      {{:grad, i, j, chain(:smooth), :rand.uniform(2) == 1},
+      {{:grad, i, j, chain(:smooth, x.s), :rand.uniform(2) == 1},
        [%{t: x.t, s: {}, x: false}, %{x | x: false}]}
     end
   end
 
-  # A chain of element-wise steps over [x, y | earlier]: value 0 is x, 1 is
-  # y. Branches (:float) and loop bodies (:loop) may hook a value; a loop
-  # body may branch on its counter (a cond inside a while).
-  defp chain(kind) do
+  # A chain of steps over [x, y | earlier], each of x's shape: value 0 is
+  # x, 1 is y. Element-wise steps, and (on x's shape, smooth ones) sums
+  # broadcast back, reverses, cumulative sums, softmax and norms, a matmul
+  # by a constant, window sums, shifts and permuting takes, so that
+  # gradients flow through more than element-wise ops. Branches (:float)
+  # and loop bodies (:loop) may hook a value; a loop body may branch on
+  # its counter (a cond inside a while).
+  defp chain(kind, shape) do
     {unary, binary} =
       if kind == :smooth, do: {@unary_smooth, @binary_smooth}, else: {@unary_float, @binary_float}
 
     {steps, _} =
       Enum.map_reduce(1..Enum.random(1..4), 2, fn _, n ->
+        i = Enum.random(0..(n - 1))
+
         step =
-          case :rand.uniform(10) do
+          case :rand.uniform(12) do
             r when r <= 4 ->
-              {:unary, Enum.random(unary), Enum.random(0..(n - 1))}
+              {:unary, Enum.random(unary), i}
 
-            r when r <= 8 or kind == :smooth ->
-              {:binary, Enum.random(binary), Enum.random(0..(n - 1)), Enum.random(0..(n - 1))}
+            r when r <= 7 ->
+              {:binary, Enum.random(binary), i, Enum.random(0..(n - 1))}
 
-            9 ->
-              {:hook, Enum.random(0..(n - 1)), 1000 + :rand.uniform(1_000_000)}
+            r when r <= 9 and tuple_size(shape) > 0 ->
+              shaped(i, shape)
 
-            10 when kind == :loop ->
-              {:counter_cond, Enum.random(0..(n - 1)), chain(:float), chain(:float)}
+            10 when kind != :smooth ->
+              {:hook, i, 1000 + :rand.uniform(1_000_000)}
 
-            10 ->
-              {:unary, Enum.random(unary), Enum.random(0..(n - 1))}
+            11 when kind == :loop ->
+              {:counter_cond, i, chain(:float, shape), chain(:float, shape)}
+
+            _ ->
+              {:unary, Enum.random(unary), i}
           end
 
         {step, n + 1}
       end)
 
     steps
+  end
+
+  # a differentiable step that keeps the shape
+  defp shaped(i, shape) do
+    r = tuple_size(shape)
+    axis = Enum.random(0..(r - 1))
+    last = r - 1
+
+    case Enum.random(~w(rsum reverse cumsum pattern matmul window shift take)a) do
+      :rsum ->
+        {:rsum, i, axis}
+
+      :reverse ->
+        {:reverse, i, [axis]}
+
+      :cumsum ->
+        {:cumulative, :cumulative_sum, i, axis, :rand.uniform(2) == 1}
+
+      :pattern ->
+        {:pattern, Enum.random([:softmax, :log_softmax, :layer_norm, :rms_norm]), i, last}
+
+      :matmul ->
+        {:matmul_const, i, elem(shape, last)}
+
+      :window ->
+        {:window, :window_sum, i,
+         put_elem(Tuple.duplicate(1, r), axis, min(2, elem(shape, axis))), List.duplicate(1, r),
+         :same}
+
+      :shift ->
+        {:shift, i, axis}
+
+      :take ->
+        {:take, i, Enum.shuffle(0..(elem(shape, axis) - 1)), axis}
+    end
   end
 
   # -- shapes --

@@ -109,6 +109,24 @@ defmodule EMLX.DefnFuzz.Interp do
 
   defp op({:sort, i, axis, dir}, v), do: Nx.sort(elem(v, i), axis: axis, direction: dir)
 
+  # (the steps of chains that keep the shape)
+  defp op({:rsum, i, axis}, v) do
+    t = elem(v, i)
+    Nx.broadcast(Nx.sum(t, axes: [axis], keep_axes: true), t.shape)
+  end
+
+  defp op({:matmul_const, i, d}, v) do
+    t = elem(v, i)
+    m = Nx.iota({d, d}, type: t.type) |> Nx.multiply(1.0 / (d * d)) |> Nx.subtract(0.4)
+    Nx.dot(t, [Nx.rank(t) - 1], m, [0])
+  end
+
+  defp op({:shift, i, axis}, v) do
+    t = elem(v, i)
+    config = for a <- 0..(Nx.rank(t) - 1), do: if(a == axis, do: {1, -1, 0}, else: {0, 0, 0})
+    Nx.pad(t, Nx.tensor(0, type: t.type), config)
+  end
+
   defp op({:hook, i, k}, v) do
     pid = self()
 
@@ -198,6 +216,9 @@ defmodule EMLX.DefnFuzz.Interp do
   defp unary(name, x), do: apply(Nx, name, [x])
 
   defp binary(:divide, a, b), do: Nx.divide(a, Nx.add(Nx.abs(b), 1.5))
+  # (not at b = 0: Nx.BinaryBackend's abs(-0.0) is -0.0, so atan2(-0.0,
+  # abs(-0.0)) is -pi there and -0.0 on EMLX, as IEEE and numpy give)
+  defp binary(:atan2, a, b), do: Nx.atan2(a, Nx.select(Nx.equal(b, 0), 0.125, b))
   defp binary(:pow, a, b), do: Nx.pow(Nx.add(Nx.abs(a), 0.5), Nx.clip(b, -2, 2))
 
   defp binary(name, a, b) when name in [:remainder, :quotient],
