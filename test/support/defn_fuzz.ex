@@ -12,7 +12,8 @@ defmodule EMLX.DefnFuzz do
        with the new values;
     3. the first values as a map (`%{i0: ..., i1: ...}`): the same flat
        shapes in another container must not reuse the tuple's plan;
-    4. both value sets at once, stacked and vectorized (`Nx.vectorize/2`).
+    4. both value sets at once, stacked and vectorized (`Nx.vectorize/2`);
+    5. the first values eagerly: Nx's evaluator op by op on EMLX.Backend.
 
   A failure reproduces from its seed alone:
 
@@ -44,11 +45,14 @@ defmodule EMLX.DefnFuzz do
       {"tuple, new values", List.to_tuple(second)},
       {"map", Map.new(Enum.with_index(first), fn {t, i} -> {:"i#{i}", t} end)},
       {"vectorized",
-       first |> Enum.zip_with(second, &Nx.vectorize(Nx.stack([&1, &2]), :v)) |> List.to_tuple()}
+       first |> Enum.zip_with(second, &Nx.vectorize(Nx.stack([&1, &2]), :v)) |> List.to_tuple()},
+      {"eager", List.to_tuple(first)}
     ]
 
     Enum.reduce_while(calls, :ok, fn {label, container}, acc ->
-      case compare(fun, container, device, fuse, prog.float, hooks?(prog.steps)) do
+      run = if label == "eager", do: :eager, else: fuse
+
+      case compare(fun, container, device, run, prog.float, hooks?(prog.steps)) do
         :ok -> {:cont, acc}
         # (a vectorized call Nx's evaluator cannot compute is no finding)
         {:skipped, _} when label == "vectorized" -> {:cont, acc}
@@ -164,7 +168,14 @@ defmodule EMLX.DefnFuzz do
     on_emlx =
       Nx.Defn.Composite.traverse(container, &Nx.backend_copy(&1, {EMLX.Backend, device: device}))
 
-    got = Nx.Defn.jit_apply(fun, [on_emlx], compiler: EMLX, device: device, fuse: fuse)
+    got =
+      if fuse == :eager,
+        do:
+          Nx.with_default_backend({EMLX.Backend, device: device}, fn ->
+            Nx.Defn.jit_apply(fun, [on_emlx], compiler: Nx.Defn.Evaluator)
+          end),
+        else: Nx.Defn.jit_apply(fun, [on_emlx], compiler: EMLX, device: device, fuse: fuse)
+
     compare_outputs(got, want, float)
   end
 
