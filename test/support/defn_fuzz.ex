@@ -13,7 +13,8 @@ defmodule EMLX.DefnFuzz do
     3. the first values as a map (`%{i0: ..., i1: ...}`): the same flat
        shapes in another container must not reuse the tuple's plan;
     4. both value sets at once, stacked and vectorized (`Nx.vectorize/2`);
-    5. the first values eagerly: Nx's evaluator op by op on EMLX.Backend.
+    5. the first values eagerly: Nx's evaluator op by op on EMLX.Backend;
+    6. the new values through `Nx.Defn.compile/3` (compiled from templates).
 
   A failure reproduces from its seed alone:
 
@@ -46,11 +47,17 @@ defmodule EMLX.DefnFuzz do
       {"map", Map.new(Enum.with_index(first), fn {t, i} -> {:"i#{i}", t} end)},
       {"vectorized",
        first |> Enum.zip_with(second, &Nx.vectorize(Nx.stack([&1, &2]), :v)) |> List.to_tuple()},
-      {"eager", List.to_tuple(first)}
+      {"eager", List.to_tuple(first)},
+      {"Nx.Defn.compile", List.to_tuple(second)}
     ]
 
     Enum.reduce_while(calls, :ok, fn {label, container}, acc ->
-      run = if label == "eager", do: :eager, else: fuse
+      run =
+        case label do
+          "eager" -> :eager
+          "Nx.Defn.compile" -> {:ahead, fuse}
+          _ -> fuse
+        end
 
       case compare(fun, container, device, run, prog.float, hooks?(prog.steps)) do
         :ok -> {:cont, acc}
@@ -169,12 +176,20 @@ defmodule EMLX.DefnFuzz do
       Nx.Defn.Composite.traverse(container, &Nx.backend_copy(&1, {EMLX.Backend, device: device}))
 
     got =
-      if fuse == :eager,
-        do:
+      case fuse do
+        :eager ->
           Nx.with_default_backend({EMLX.Backend, device: device}, fn ->
             Nx.Defn.jit_apply(fun, [on_emlx], compiler: Nx.Defn.Evaluator)
-          end),
-        else: Nx.Defn.jit_apply(fun, [on_emlx], compiler: EMLX, device: device, fuse: fuse)
+          end)
+
+        {:ahead, fuse} ->
+          templates = Nx.Defn.Composite.traverse(container, &Nx.to_template/1)
+          compiled = Nx.Defn.compile(fun, [templates], compiler: EMLX, device: device, fuse: fuse)
+          compiled.(on_emlx)
+
+        fuse ->
+          Nx.Defn.jit_apply(fun, [on_emlx], compiler: EMLX, device: device, fuse: fuse)
+      end
 
     compare_outputs(got, want, float)
   end
