@@ -76,7 +76,7 @@ defmodule EMLX.DefnFuzz.Gen do
       Enum.random(
         ~w(unary unary binary binary binary reduce shape shape dot select cast cumulative
            pattern window take const cond while grad sort hook random dynamic put_slice
-           indexed gather conv batched_dot custom_reduce)a
+           indexed gather conv batched_dot custom_reduce linalg)a
       )
 
     with {step, vals} <- step(kind, st),
@@ -463,6 +463,18 @@ defmodule EMLX.DefnFuzz.Gen do
 
       {{:custom_reduce, name, i, axes},
        [%{v | s: reduced(v.s, axes, false), x: v.x and name == :max}]}
+    end
+  end
+
+  # linear algebra on a well-conditioned matrix made from a value (the
+  # outer product of its first k entries plus k times the identity), with
+  # results that are unique: a Cholesky factor, a solve, a determinant, an
+  # inverse, a triangular solve, Q times R, sorted eigen- and singular values
+  defp step(:linalg, st) do
+    with {i, v} <- pick(st, &(&1.t in [{:f, 32}, {:f, 64}] and tuple_size(&1.s) > 0)) do
+      k = min(5, v.s |> Tuple.to_list() |> Enum.product())
+      name = Enum.random(~w(cholesky solve determinant invert triangular_solve qr eigh svd)a)
+      {{:linalg, name, i, k}, [%{v | x: false}]}
     end
   end
 

@@ -109,6 +109,12 @@ defmodule EMLX.DefnFuzz.Interp do
 
   defp op({:sort, i, axis, dir}, v), do: Nx.sort(elem(v, i), axis: axis, direction: dir)
 
+  defp op({:linalg, name, i, k}, v) do
+    u = elem(v, i) |> Nx.flatten() |> Nx.slice([0], [k])
+    a = Nx.add(Nx.outer(u, u), Nx.multiply(Nx.eye(k, type: u.type), k))
+    linalg(name, a, u)
+  end
+
   # (the steps of chains that keep the shape)
   defp op({:rsum, i, axis}, v) do
     t = elem(v, i)
@@ -199,6 +205,20 @@ defmodule EMLX.DefnFuzz.Interp do
   # vectorized: Nx takes no vectorized start)
   defp start_from(t),
     do: t |> Nx.devectorize() |> Nx.abs() |> Nx.reduce_max() |> Nx.as_type(:s32)
+
+  defp linalg(:cholesky, a, _u), do: Nx.LinAlg.cholesky(a)
+  defp linalg(:solve, a, u), do: Nx.LinAlg.solve(a, u)
+  defp linalg(:determinant, a, _u), do: Nx.LinAlg.determinant(a)
+  defp linalg(:invert, a, _u), do: Nx.LinAlg.invert(a)
+  defp linalg(:triangular_solve, a, u), do: Nx.LinAlg.triangular_solve(Nx.LinAlg.cholesky(a), u)
+
+  defp linalg(:qr, a, _u) do
+    {q, r} = Nx.LinAlg.qr(a)
+    Nx.dot(q, r)
+  end
+
+  defp linalg(:eigh, a, _u), do: a |> Nx.LinAlg.eigh() |> elem(0) |> Nx.sort()
+  defp linalg(:svd, a, _u), do: a |> Nx.LinAlg.svd() |> elem(1) |> Nx.sort()
 
   # -- element-wise, bounded --
 
