@@ -473,7 +473,9 @@ defmodule EMLX.DefnFuzz.Gen do
   defp step(:linalg, st) do
     with {i, v} <- pick(st, &(&1.t in [{:f, 32}, {:f, 64}] and tuple_size(&1.s) > 0)) do
       k = min(5, v.s |> Tuple.to_list() |> Enum.product())
-      name = Enum.random(~w(cholesky solve determinant invert triangular_solve qr eigh svd)a)
+      # (not svd in float64: Nx's own, the reference, is 1e-6 off there)
+      names = ~w(cholesky solve determinant invert triangular_solve qr eigh)a
+      name = Enum.random(if v.t == {:f, 64}, do: names, else: [:svd | names])
       {{:linalg, name, i, k}, [%{v | x: false}]}
     end
   end

@@ -217,7 +217,14 @@ defmodule EMLX.DefnFuzz.Interp do
     Nx.dot(q, r)
   end
 
-  defp linalg(:eigh, a, _u), do: a |> Nx.LinAlg.eigh() |> elem(0) |> Nx.sort()
+  # (Nx's Jacobi eigh stops once the off-diagonal entries are below :eps,
+  # 1.0e-4 by default: with small ones it returns the diagonal, 1e-6 off
+  # in a float64 program, where LAPACK is exact)
+  defp linalg(:eigh, a, _u) do
+    eps = if a.type == {:f, 64}, do: 1.0e-13, else: 1.0e-4
+    a |> Nx.LinAlg.eigh(eps: eps) |> elem(0) |> Nx.sort()
+  end
+
   defp linalg(:svd, a, _u), do: a |> Nx.LinAlg.svd() |> elem(1) |> Nx.sort()
 
   # -- element-wise, bounded --
