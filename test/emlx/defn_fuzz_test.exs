@@ -55,11 +55,4 @@ defmodule EMLX.DefnFuzzTest do
       "off" -> false
     end
   end
-
-  defp env_int(name, default) do
-    case System.get_env(name) do
-      nil -> default
-      v -> String.to_integer(v)
-    end
-  end
 end

@@ -132,11 +132,4 @@ defmodule EMLX.FuzzTest do
         watch(pid, mon, progress, now)
     end
   end
-
-  defp env_int(name, default) do
-    case System.get_env(name) do
-      nil -> default
-      v -> String.to_integer(v)
-    end
-  end
 end

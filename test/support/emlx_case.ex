@@ -56,6 +56,14 @@ defmodule EMLX.Case do
     |> Task.await_many(60_000)
   end
 
+  @doc "The integer in environment variable `name`, or `default`."
+  def env_int(name, default) do
+    case System.get_env(name) do
+      nil -> default
+      v -> String.to_integer(v)
+    end
+  end
+
   @doc "A tensor on EMLX (on the test device)."
   def emlx(data, opts \\ []),
     do: Nx.tensor(data, Keyword.put(opts, :backend, {EMLX.Backend, device: device()}))
