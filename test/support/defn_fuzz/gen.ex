@@ -76,7 +76,7 @@ defmodule EMLX.DefnFuzz.Gen do
       Enum.random(
         ~w(unary unary binary binary binary reduce shape shape dot select cast cumulative
            pattern window take const cond while grad sort hook random dynamic put_slice
-           indexed gather conv batched_dot custom_reduce linalg)a
+           indexed gather conv batched_dot custom_reduce linalg fft)a
       )
 
     with {step, vals} <- step(kind, st),
@@ -98,6 +98,7 @@ defmodule EMLX.DefnFuzz.Gen do
 
   defp float?(%{t: {k, _}}), do: k in [:f, :bf]
   defp int?(%{t: {k, _}}), do: k in [:s, :u]
+  defp complex?(%{t: {k, _}}), do: k == :c
 
   # -- element-wise --
 
@@ -110,6 +111,9 @@ defmodule EMLX.DefnFuzz.Gen do
       {i, %{t: {k, _}} = v} when k in [:f, :bf] ->
         name = Enum.random(@unary_float)
         {{:unary, name, i}, [%{v | x: v.x and name in [:negate, :abs]}]}
+
+      {i, %{t: {:c, _}} = v} ->
+        {{:unary, Enum.random([:negate, :conjugate, :real, :imag, :abs]), i}, [%{v | x: false}]}
 
       {i, v} ->
         ops = [:negate, :abs, :sign, :bitwise_not, :count_leading_zeros, :population_count]
@@ -129,10 +133,16 @@ defmodule EMLX.DefnFuzz.Gen do
     case pick(st, &(broadcastable?(&1, a.s) and (int?(&1) == int?(a) or :rand.uniform(3) == 1))) do
       {j, b} ->
         {name, exact} =
-          if int?(a) and int?(b),
-            do: {Enum.random(@binary_int), true},
-            else:
+          cond do
+            int?(a) and int?(b) ->
+              {Enum.random(@binary_int), true}
+
+            complex?(a) or complex?(b) ->
+              {Enum.random([:add, :subtract, :multiply]), false}
+
+            true ->
               (fn n -> {n, n in [:max, :min] and a.x and b.x} end).(Enum.random(@binary_float))
+          end
 
         {{:binary, name, i, j}, [%{t: a.t, s: a.s, x: exact}]}
 
@@ -477,6 +487,14 @@ defmodule EMLX.DefnFuzz.Gen do
       names = ~w(cholesky solve determinant invert triangular_solve qr eigh)a
       name = Enum.random(if v.t == {:f, 64}, do: names, else: [:svd | names])
       {{:linalg, name, i, k}, [%{v | x: false}]}
+    end
+  end
+
+  # an FFT of a real value along its last axis: complex values (c64 from
+  # f32, c128 from f64, which EMLX emulates) for the steps that take them
+  defp step(:fft, st) do
+    with {i, v} <- pick(st, &(&1.t in [{:f, 32}, {:f, 64}] and tuple_size(&1.s) > 0)) do
+      {{:fft, Enum.random([:fft, :ifft]), i}, [%{v | t: Nx.Type.to_complex(v.t), x: false}]}
     end
   end
 
