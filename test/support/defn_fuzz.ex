@@ -83,7 +83,7 @@ defmodule EMLX.DefnFuzz do
   # first entry), its hook gets the vectorized or the devectorized tensor
   # by the order of its walk, and a hook on a vectorized gather gets one
   # with no data.
-  defp compare(fun, container, device, fuse, float, hooks?) do
+  defp compare(fun, container, device, run, float, hooks?) do
     _stale = hooks(0)
 
     case if(hooks? and vectorized?(container), do: :hooked, else: reference(fun, container)) do
@@ -98,7 +98,7 @@ defmodule EMLX.DefnFuzz do
       {:ok, want} ->
         want_hooks = hooks(0)
 
-        with :ok <- compare_emlx(fun, container, device, fuse, float, want),
+        with :ok <- compare_emlx(fun, container, device, run, float, want),
              do: compare_hooks(hooks(0), want_hooks, float)
     end
   rescue
@@ -173,12 +173,14 @@ defmodule EMLX.DefnFuzz do
 
   defp whole?(_), do: true
 
-  defp compare_emlx(fun, container, device, fuse, float, want) do
+  # run: :eager (Nx's evaluator on EMLX.Backend), {:ahead, fuse}
+  # (Nx.Defn.compile), or the :fuse option of a jit call
+  defp compare_emlx(fun, container, device, run, float, want) do
     on_emlx =
       Nx.Defn.Composite.traverse(container, &Nx.backend_copy(&1, {EMLX.Backend, device: device}))
 
     got =
-      case fuse do
+      case run do
         :eager ->
           Nx.with_default_backend({EMLX.Backend, device: device}, fn ->
             Nx.Defn.jit_apply(fun, [on_emlx], compiler: Nx.Defn.Evaluator)
