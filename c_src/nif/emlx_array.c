@@ -50,8 +50,10 @@ static emlx_arr *retain(const emlx_arr *a, void *storage) {
   return storage ? emlx_arr_retain_at(a, storage) : emlx_arr_retain(a);
 }
 
-emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_array_res **res_out, int *state_out,
-                          int *kind_out, char *err, size_t errlen) {
+/* The READY array of term t: retained (in storage when not NULL), or,
+ * with visit, read by visit under the lock and not retained. */
+static emlx_arr *take(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, void (*visit)(const emlx_arr *, void *),
+                      void *ctx, emlx_array_res **res_out, int *state_out, int *kind_out, char *err, size_t errlen) {
   emlx_array_res *res;
   *state_out = EMLX_ARR_READY;
   if (!enif_get_resource(env, t, emlx_array_type, (void **)&res)) {
@@ -63,7 +65,15 @@ emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_ar
   int state = res->state;
   /* (a deallocated array may keep its handle for the jobs reading it) */
   int dead = state == EMLX_ARR_READY && (res->arr == NULL || res->dealloc_requested);
-  emlx_arr *copy = state == EMLX_ARR_READY && !dead ? retain(res->arr, storage) : NULL;
+  emlx_arr *copy = NULL;
+  if (state == EMLX_ARR_READY && !dead) {
+    if (visit) {
+      visit(res->arr, ctx);
+      copy = res->arr; /* (not the caller's: only says it was read) */
+    } else {
+      copy = retain(res->arr, storage);
+    }
+  }
   if (state == EMLX_ARR_FAILED) {
     emlx_set_err(err, errlen, res->error ? res->error : "the op producing this tensor failed");
     if (kind_out) *kind_out = res->error_kind;
@@ -82,6 +92,16 @@ emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_ar
   }
   if (!copy) emlx_set_err(err, errlen, "out of memory");
   return copy;
+}
+
+emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_array_res **res_out, int *state_out,
+                          int *kind_out, char *err, size_t errlen) {
+  return take(env, t, storage, NULL, NULL, res_out, state_out, kind_out, err, errlen);
+}
+
+int emlx_peek_array(ErlNifEnv *env, ERL_NIF_TERM t, void (*visit)(const emlx_arr *, void *), void *ctx,
+                    emlx_array_res **res_out, int *state_out, int *kind_out, char *err, size_t errlen) {
+  return take(env, t, NULL, visit, ctx, res_out, state_out, kind_out, err, errlen) != NULL;
 }
 
 int emlx_array_failed(ErlNifEnv *env, ERL_NIF_TERM t) {

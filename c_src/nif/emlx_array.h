@@ -41,6 +41,14 @@ ERL_NIF_TERM emlx_make_pending(ErlNifEnv *env, emlx_queue_res *owner, emlx_array
 emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_array_res **res_out, int *state_out,
                           int *kind_out, char *err, size_t errlen);
 
+/* As emlx_take_array, but retains nothing: visit(handle, ctx) reads the
+ * READY array under the resource's lock, on the calling thread. For reads
+ * on a scheduler (shape, type, state): a handle retained there would be
+ * dropped there, and an MLX array is dropped only on its queue's thread.
+ * 1 when visited, else 0 as emlx_take_array's NULL. */
+int emlx_peek_array(ErlNifEnv *env, ERL_NIF_TERM t, void (*visit)(const emlx_arr *, void *), void *ctx,
+                    emlx_array_res **res_out, int *state_out, int *kind_out, char *err, size_t errlen);
+
 /* Whether t is an array whose op failed (its error is kept for its reads). */
 int emlx_array_failed(ErlNifEnv *env, ERL_NIF_TERM t);
 /* Takes the handle out; a pending array is marked to be dropped when computed. */

@@ -111,12 +111,16 @@ static void drop(emlx_job *job, emlx_arr *a) {
     emlx_arr_free(a);
 }
 
-void emlx_job_free(emlx_job *job) {
-  for (int i = 0; i < job->nfixups; i++) {
-    if (i >= job->nresolved) emlx_array_drop_reader(job->fixups[i].res);
-    enif_release_resource(job->fixups[i].res);
-  }
+void emlx_job_release_arrays(emlx_job *job) {
+  for (int i = job->nresolved; i < job->nfixups; i++) emlx_array_drop_reader(job->fixups[i].res);
+  job->nresolved = job->nfixups;
   for (int i = 0; i < job->nheld; i++) drop(job, job->held[i]);
+  job->nheld = 0;
+}
+
+void emlx_job_free(emlx_job *job) {
+  emlx_job_release_arrays(job);
+  for (int i = 0; i < job->nfixups; i++) enif_release_resource(job->fixups[i].res);
   emlx_arena_free(&job->arena);
   switch (job->kind) {
     case EMLX_JOB_OP:

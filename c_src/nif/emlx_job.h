@@ -171,6 +171,12 @@ struct emlx_job {
 /* A new job (NULL when out of memory); keeps qres when given. FREE and STOP
  * jobs get no reply env. */
 emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres);
+/* Drops the job's array handles (the inputs it held, its reader marks):
+ * done on the worker before a polled job's reply, since the caller's
+ * scheduler frees that job, and MLX arrays are dropped only on their
+ * queue's thread (an array's description is not thread-safe: a last
+ * reference dropped elsewhere tears down a graph the worker is using). */
+void emlx_job_release_arrays(emlx_job *job);
 void emlx_job_free(emlx_job *job);
 
 /* Posts the job to its queue and returns the reference its reply will

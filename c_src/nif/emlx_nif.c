@@ -323,29 +323,40 @@ static ERL_NIF_TERM nif_shm_unlink(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   return ATOM.ok;
 }
 
-/* ---- array metadata (immutable once made, so read on the scheduler) ---- */
+/* ---- array metadata (read on the scheduler, under the array's lock) ---- */
+
+/* What array_meta reads of an array. */
+typedef struct {
+  int strides, nd, dt;
+  int64_t v[EMLX_MAX_DIMS];
+} meta_read;
+
+static void read_meta(const emlx_arr *a, void *ctx) {
+  meta_read *m = ctx;
+  m->nd = emlx_arr_ndim(a);
+  if (m->nd > EMLX_MAX_DIMS) m->nd = EMLX_MAX_DIMS;
+  if (m->strides)
+    emlx_arr_strides(a, m->v);
+  else
+    emlx_arr_shape(a, m->v);
+  m->dt = emlx_arr_dtype(a);
+}
 
 /* array_info ({shape, type, queue}) and array_strides. A pending array
- * answers {:pending, queue}: the caller waits on the queue and asks again. */
+ * answers {:pending, queue}: the caller waits on the queue and asks again.
+ * (These reads, here and below, take no handle of their own: see
+ * emlx_peek_array.) */
 static ERL_NIF_TERM array_meta(ErlNifEnv *env, ERL_NIF_TERM t, int strides) {
   char err[256];
   emlx_array_res *res;
   int state, kind = EMLX_ERR_ARG;
-  emlx_arr *a = emlx_take_array(env, t, NULL, &res, &state, &kind, err, sizeof err);
-  if (!a && state == EMLX_ARR_PENDING) return enif_make_tuple2(env, ATOM.pending, enif_make_resource(env, res->owner));
-  if (!a) return emlx_raise_kind(env, kind, err);
-  int64_t v[EMLX_MAX_DIMS];
-  int nd = emlx_arr_ndim(a);
-  if (nd > EMLX_MAX_DIMS) nd = EMLX_MAX_DIMS;
-  if (strides)
-    emlx_arr_strides(a, v);
-  else
-    emlx_arr_shape(a, v);
-  int dt = emlx_arr_dtype(a);
-  emlx_arr_free(a);
-  if (strides) return emlx_encode_dims(env, v, nd);
+  meta_read m = {.strides = strides};
+  int read = emlx_peek_array(env, t, read_meta, &m, &res, &state, &kind, err, sizeof err);
+  if (!read && state == EMLX_ARR_PENDING) return enif_make_tuple2(env, ATOM.pending, enif_make_resource(env, res->owner));
+  if (!read) return emlx_raise_kind(env, kind, err);
+  if (strides) return emlx_encode_dims(env, m.v, m.nd);
   ERL_NIF_TERM owner = enif_make_resource(env, res->owner);
-  return enif_make_tuple3(env, emlx_encode_dims(env, v, nd), emlx_encode_dtype(env, dt), owner);
+  return enif_make_tuple3(env, emlx_encode_dims(env, m.v, m.nd), emlx_encode_dtype(env, m.dt), owner);
 }
 
 static ERL_NIF_TERM nif_array_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -358,17 +369,25 @@ static ERL_NIF_TERM nif_array_strides(ErlNifEnv *env, int argc, const ERL_NIF_TE
   return array_meta(env, argv[0], 1);
 }
 
+typedef struct {
+  int (*pred)(const emlx_arr *);
+  int yes;
+} test_read;
+
+static void read_test(const emlx_arr *a, void *ctx) {
+  test_read *r = ctx;
+  r->yes = r->pred(a);
+}
+
 /* pred(array) of an array term: false for a pending, failed or
  * deallocated array. */
 static ERL_NIF_TERM array_test(ErlNifEnv *env, ERL_NIF_TERM term, int (*pred)(const emlx_arr *)) {
   char err[256];
   emlx_array_res *res;
   int state, kind = EMLX_ERR_ARG;
-  emlx_arr *a = emlx_take_array(env, term, NULL, &res, &state, &kind, err, sizeof err);
-  if (!a) return ATOM.false_;
-  int yes = pred(a);
-  emlx_arr_free(a);
-  return yes ? ATOM.true_ : ATOM.false_;
+  test_read r = {.pred = pred, .yes = 0};
+  if (!emlx_peek_array(env, term, read_test, &r, &res, &state, &kind, err, sizeof err)) return ATOM.false_;
+  return r.yes ? ATOM.true_ : ATOM.false_;
 }
 
 /* Whether the array is computed (emlx_arr_is_available, the check a job
@@ -386,6 +405,16 @@ static ERL_NIF_TERM nif_array_scheduled(ErlNifEnv *env, int argc, const ERL_NIF_
   return array_test(env, argv[0], emlx_arr_is_scheduled);
 }
 
+typedef struct {
+  int max, any_size, n;
+  int64_t *vals;
+} ints_read;
+
+static void read_ints(const emlx_arr *a, void *ctx) {
+  ints_read *r = ctx;
+  r->n = emlx_arr_host_ints(a, r->max, r->any_size, r->vals);
+}
+
 /* host_ints(array, max): the values of an integer array that is already
  * computed and readable on the host as it stands (emlx_arr_host_ints), as
  * a list; nil otherwise (pending, lazy, too large, device memory). Never
@@ -396,18 +425,17 @@ static ERL_NIF_TERM nif_host_ints(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
   emlx_array_res *res;
   int state, kind = EMLX_ERR_ARG, max;
   if (!enif_get_int(env, argv[1], &max) || max < 0 || max > 65536) return emlx_raise_arg(env, "expected a count up to 65536");
-  emlx_arr *a = emlx_take_array(env, argv[0], NULL, &res, &state, &kind, err, sizeof err);
-  if (!a) return ATOM.nil;
-  int64_t *vals = max ? enif_alloc(sizeof(int64_t) * (size_t)max) : NULL;
-  int n = -1;
-  if (vals || !max) n = emlx_arr_host_ints(a, max, res->owner->q->device == EMLX_DEV_CPU, vals);
-  emlx_arr_free(a);
+  if (!enif_get_resource(env, argv[0], emlx_array_type, (void **)&res)) return ATOM.nil;
+  ints_read r = {.max = max, .any_size = res->owner && res->owner->q->device == EMLX_DEV_CPU, .n = -1};
+  r.vals = max ? enif_alloc(sizeof(int64_t) * (size_t)max) : NULL;
+  if (max && !r.vals) return ATOM.nil;
+  emlx_peek_array(env, argv[0], read_ints, &r, &res, &state, &kind, err, sizeof err);
   ERL_NIF_TERM list = ATOM.nil;
-  if (n >= 0) {
+  if (r.n >= 0) {
     list = enif_make_list(env, 0);
-    for (int i = n - 1; i >= 0; i--) list = enif_make_list_cell(env, enif_make_int64(env, vals[i]), list);
+    for (int i = r.n - 1; i >= 0; i--) list = enif_make_list_cell(env, enif_make_int64(env, r.vals[i]), list);
   }
-  if (vals) enif_free(vals);
+  if (r.vals) enif_free(r.vals);
   return list;
 }
 

@@ -64,6 +64,7 @@ void emlx_queue_free_later(emlx_queue *q, emlx_arr *a, emlx_compiled *c) {
 static void reply(emlx_job *job, ERL_NIF_TERM result) {
   int polled = atomic_load_explicit(&job->poll, memory_order_relaxed) != EMLX_POLL_NONE;
   if (polled) {
+    emlx_job_release_arrays(job); /* (here, on the worker: the caller frees the job) */
     job->poll_result = result;
     int expected = EMLX_POLL_WAITING;
     if (atomic_compare_exchange_strong_explicit(&job->poll, &expected, EMLX_POLL_DONE, memory_order_acq_rel,

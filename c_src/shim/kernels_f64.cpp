@@ -126,7 +126,11 @@ class F64Unary : public mx::UnaryPrimitive {
     auto &enc = mx::cpu::get_command_encoder(stream());
     enc.set_input_array(in);
     enc.set_output_array(out);
-    enc.dispatch([in = in, out = out, fn = fn_]() mutable {
+    // (the task, run and dropped on the stream's thread, holds views of the
+    // two buffers, never the arrays themselves: an array's description is
+    // not thread-safe, and the worker detaches and drops it meanwhile. MLX's
+    // own kernels do the same; the input's buffer is kept alive by cpu::eval.)
+    enc.dispatch([in = mx::array::unsafe_weak_copy(in), out = mx::array::unsafe_weak_copy(out), fn = fn_]() mutable {
       size_t n = in.size();
       if (in.dtype() == mx::float32) {
         const float *src = in.data<float>();
