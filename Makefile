@@ -80,7 +80,10 @@ clean:
 #                   $(ASAN_PRIV_DIR)/libemlx.so (objects in $(ASAN_BUILD_DIR))
 #   make asan-test  compiles the project into ASAN_MIX_BUILD_PATH, swaps the
 #                   instrumented library into its priv dir, and runs ASAN_TESTS
-#                   on a BEAM started with libasan preloaded
+#                   on a BEAM started with libasan preloaded; with
+#                   ASAN_KERNELS=1 the kernels MLX compiles for fused CPU
+#                   graphs are instrumented too (scripts/asan-bin/g++, in a
+#                   kernel cache of their own)
 #
 # MLX_INCLUDE_DIR, MLX_LIB_DIR and ERTS_INCLUDE_DIR (set by mix for the normal
 # build) default here to the cached MLX wheel and the Erlang on PATH.
@@ -106,7 +109,9 @@ asan-test:
 	MIX_ENV=test MIX_BUILD_PATH="$(ASAN_MIX_BUILD_PATH)" mix compile
 	$(MAKE) --no-print-directory asan ASAN_PRIV_DIR="$(ASAN_MIX_BUILD_PATH)/lib/emlx/priv" \
 	  ASAN_BUILD_DIR="$(ASAN_MIX_BUILD_PATH)/asan_obj"
+	$(if $(ASAN_KERNELS),mkdir -p "$(abspath $(ASAN_DIR))/kernels" &&) \
 	MIX_ENV=test MIX_BUILD_PATH="$(ASAN_MIX_BUILD_PATH)" LD_PRELOAD="$(ASAN_LIB)" \
+	  $(if $(ASAN_KERNELS),PATH="$(CURDIR)/scripts/asan-bin:$$PATH" TMPDIR="$(abspath $(ASAN_DIR))/kernels") \
 	  ASAN_OPTIONS="$(ASAN_RUN_OPTIONS)" mix test --no-compile $(ASAN_TESTS)
 
 .PHONY: asan asan-test

@@ -191,6 +191,66 @@ static mx::array precise_for_linalg(const mx::array &x, std::optional<mx::Dtype>
   return float_for_linalg(x, out, s);
 }
 
+// ---- LU ----
+//
+// MLX 0.32's LU kernel (LUF: behind linalg::lu, lu_factor and solve) gives
+// its factor a data_size of its byte count, not its element count
+// (backend/cpu/luf.cpp, lu.set_data(..., lu.nbytes(), ...); the same on
+// MLX's main branch). MLX's kernels walk a contiguous array by data_size:
+// element-wise ops on a batched factor, ops over a 1x1 (or n x 1) one, and
+// fused kernels that give the factor's buffer to their output then read and
+// write itemsize times past the buffer: the heap corruption the defn
+// fuzzer found (1x1 solves in compiled cond branches). Here the factor from
+// lu_factor is read once, by a general copy (mx::contiguous of the
+// column-major factor: a new buffer, data_size right), and only the copy is
+// handed on. (LUF itself is not exported by libmlx: the row indices, its
+// third output, are the factor's second sibling.)
+
+// {LU factor (safe), pivots, row indices}
+static std::vector<mx::array> lu_factors(const mx::array &a, SD s) {
+  check_matrix(a);
+  auto [lu, pivots] = mx::linalg::lu_factor(a, s);
+  auto &sib = lu.siblings();
+  mx::Shape rows(a.shape().begin(), a.shape().end() - 1);
+  if (sib.size() != 2 || sib[1].dtype() != mx::uint32 || sib[1].shape() != rows)
+    throw std::runtime_error("linalg::lu_factor: unexpected outputs");
+  auto row_indices = sib[1];
+  return {mx::contiguous(lu, false, s), pivots, row_indices};
+}
+
+// As MLX's linalg::lu, over lu_factors: {row permutation, L, U}.
+static std::vector<mx::array> plu(const mx::array &a, SD s) {
+  auto f = lu_factors(a, s);
+  auto l = mx::tril(f[0], -1, s), u = mx::triu(f[0], 0, s);
+  int m = a.shape(-2), n = a.shape(-1), k = std::min(m, n);
+  if (n != k) {
+    auto stop = l.shape();
+    stop.back() = k;
+    l = mx::slice(l, mx::Shape(l.ndim(), 0), stop, s);
+  } else if (m != k) {
+    auto stop = u.shape();
+    stop[u.ndim() - 2] = k;
+    u = mx::slice(u, mx::Shape(u.ndim(), 0), stop, s);
+  }
+  l = mx::add(l, mx::eye(m, k, 0, l.dtype(), s), s);
+  return {f[2], l, u};
+}
+
+// As MLX's linalg::solve (a square, b's rows or vector matching), over plu.
+static mx::array lu_solve(const mx::array &a, const mx::array &b, SD s) {
+  if (a.shape(-1) != a.shape(-2)) throw arg_error("solve expects a square matrix");
+  auto f = plu(a, s);
+  auto perm = mx::argsort(f[0], -1, s);
+  int axis = -1;
+  if (b.ndim() >= 2) {
+    perm = mx::expand_dims(perm, -1, s);
+    axis = -2;
+  }
+  auto pb = mx::take_along_axis(b, perm, axis, s);
+  auto y = mx::linalg::solve_triangular(f[1], pb, false, s);
+  return mx::linalg::solve_triangular(f[2], y, true, s);
+}
+
 // Complex systems through the real embedding [[Ar, -Ai], [Ai, Ar]].
 static mx::array complex_solve(const mx::array &a, const mx::array &b, SD s) {
   check_matrix(a);
@@ -202,7 +262,7 @@ static mx::array complex_solve(const mx::array &a, const mx::array &b, SD s) {
   auto bottom = mx::concatenate({ai, ar}, -1, s);
   auto m = mx::concatenate({top, bottom}, -2, s);
   auto rhs = mx::concatenate({br, bi}, -2, s);
-  auto x = mx::linalg::solve(m, rhs, s);
+  auto x = lu_solve(m, rhs, s);
   int n = a.shape(-1);
   auto xs = x.shape();
   mx::Shape start(x.ndim(), 0), mid = xs;
@@ -389,7 +449,7 @@ std::vector<mx::array> emlx_eigh(const mx::array &a0, std::optional<mx::Dtype> o
 
 std::vector<mx::array> emlx_lu(const mx::array &a0, std::optional<mx::Dtype> out, SD s) {
   auto a = float_for_linalg(a0, out, s);
-  auto r = mx::linalg::lu(a, s);  // {pivots as a permutation vector, L, U}
+  auto r = plu(a, s);  // {pivots as a permutation vector, L, U}
   // Nx returns P as a matrix with A = P.L.U
   int n = a.shape(-2);
   auto p = mx::astype(r[0], mx::int32, s);
@@ -407,7 +467,7 @@ mx::array emlx_solve(const mx::array &a0, const mx::array &b0, std::optional<mx:
   auto a = float_for_linalg(a0, out, s), b = cast_for_linalg(b0, out, s);
   if (b.size() == 0) throw arg_error("linear algebra expects non-empty operands");
   bool vec = b.ndim() == a.ndim() - 1;
-  auto x = mx::linalg::solve(a, vec ? mx::expand_dims(b, -1, s) : b, s);
+  auto x = lu_solve(a, vec ? mx::expand_dims(b, -1, s) : b, s);
   return vec ? mx::squeeze(x, -1, s) : x;
 }
 
@@ -419,7 +479,8 @@ mx::array emlx_determinant(const mx::array &a0, std::optional<mx::Dtype> out, SD
   auto a = float_for_linalg(a0, out, s);
   int n = a.shape(-1);
   if (n <= 3 || n != a.shape(-2)) return mx::linalg::det(a, s);
-  auto [lu, pivots] = mx::linalg::lu_factor(a, s);
+  auto f = lu_factors(a, s);
+  auto &lu = f[0], &pivots = f[1];
   auto swaps = mx::sum(mx::not_equal(mx::astype(pivots, mx::int32, s), mx::arange(0, n, mx::int32, s), s), -1,
                        false, s);
   auto odd = mx::equal(mx::remainder(swaps, mx::array(2, mx::int32), s), mx::array(1, mx::int32), s);
