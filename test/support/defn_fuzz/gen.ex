@@ -76,7 +76,7 @@ defmodule EMLX.DefnFuzz.Gen do
       Enum.random(
         ~w(unary unary binary binary binary reduce shape shape dot select cast cumulative
            pattern window take const cond while grad sort hook random dynamic put_slice
-           indexed gather conv batched_dot custom_reduce linalg fft)a
+           indexed gather conv batched_dot custom_reduce linalg fft extra extra)a
       )
 
     with {step, vals} <- step(kind, st),
@@ -492,6 +492,8 @@ defmodule EMLX.DefnFuzz.Gen do
 
   # an FFT of a real value along its last axis: complex values (c64 from
   # f32, c128 from f64, which EMLX emulates) for the steps that take them
+  defp step(:extra, st), do: EMLX.DefnFuzz.Extra.step(st)
+
   defp step(:fft, st) do
     with {i, v} <- pick(st, &(&1.t in [{:f, 32}, {:f, 64}] and tuple_size(&1.s) > 0)) do
       {{:fft, Enum.random([:fft, :ifft]), i}, [%{v | t: Nx.Type.to_complex(v.t), x: false}]}

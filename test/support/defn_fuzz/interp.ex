@@ -50,6 +50,7 @@ defmodule EMLX.DefnFuzz.Interp do
 
   defp push(vals, v), do: Tuple.insert_at(vals, tuple_size(vals), v)
 
+  defp op(step, v) when elem(step, 0) == :extra, do: EMLX.DefnFuzz.Extra.op(step, v)
   defp op({:unary, name, i}, v), do: unary(name, elem(v, i))
   defp op({:binary, name, i, j}, v), do: binary(name, elem(v, i), elem(v, j))
 
