@@ -11,6 +11,8 @@ defmodule EMLX.DefnFuzz.Extra do
   near-ties cannot flip.
   """
 
+  import EMLX.DefnFuzz.Gen, only: [pick: 2]
+
   @kinds ~w(clip argsort top_k take_along logical is_nan tile stack strided bitcast window_scatter)a
 
   @doc "A random extra step for the generator's state, or nil."
@@ -148,13 +150,6 @@ defmodule EMLX.DefnFuzz.Extra do
     src = elem(v, j) |> Nx.flatten() |> Nx.tile([n]) |> Nx.slice([0], [n])
     src = Nx.reshape(src, List.to_tuple(counts))
     apply(Nx, name, [t, src, 0.0, List.to_tuple(window), [strides: window]])
-  end
-
-  defp pick(st, filter) do
-    case for({v, i} <- Enum.with_index(st.vals), filter.(v), do: {i, v}) do
-      [] -> nil
-      list -> Enum.random(list)
-    end
   end
 
   defp rank(v), do: tuple_size(v.s)

@@ -89,7 +89,9 @@ defmodule EMLX.DefnFuzz.Gen do
     end
   end
 
-  defp pick(st, filter) do
+  @doc false
+  # a random value of the state that passes filter, as {index, value}; nil when none
+  def pick(st, filter) do
     case for({v, i} <- Enum.with_index(st.vals), filter.(v), do: {i, v}) do
       [] -> nil
       list -> Enum.random(list)
