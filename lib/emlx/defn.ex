@@ -176,21 +176,22 @@ defmodule EMLX.Defn do
         run_plan(plan, output, args, device, queue, opts[:fuse]) ||
           record(vars, fun, args, opts, device, queue) |> elem(0)
 
-      {:eager, eval} ->
-        run_eager(eval, args, device, queue)
+      :emulated ->
+        run_eager(eager_eval(cache_key, vars, fun, opts), args, device, queue)
 
       :dynamic ->
         record(vars, fun, args, opts, device, queue) |> elem(0)
 
       nil ->
         {result, plan} = record(vars, fun, args, opts, device, queue)
+        with {:eager, eval} <- plan, do: remember_eager(cache_key, eval)
         Cache.store(cache_key, cache_value(plan, result))
         result
     end
   end
 
   defp cache_value(nil, _result), do: :dynamic
-  defp cache_value({:eager, _eval} = eager, _result), do: eager
+  defp cache_value({:eager, _eval}, _result), do: :emulated
   defp cache_value(plan, result), do: {:plan, plan, Composite.traverse(result, &Nx.to_template/1)}
 
   # Hooks (and runtime calls) receive tensors backed by real arrays.
@@ -218,6 +219,35 @@ defmodule EMLX.Defn do
     after
       Process.delete(flag)
     end
+  end
+
+  # An emulated program's evaluator is kept in the calling process (the
+  # last @eager_kept of them), never in the plan cache's ETS table: the
+  # closure holds the traced expression, and ETS copies a term without its
+  # sharing (a c128 FFT beside an eigh block made 19,414 words a
+  # 5,172,086,361-word copy, and the VM went down). The table only says
+  # that the program runs eagerly; another process compiles its own.
+  @eager_evals {__MODULE__, :eager_evals}
+  @eager_kept 8
+
+  defp eager_eval(key, vars, fun, opts) do
+    case List.keyfind(Process.get(@eager_evals, []), key, 0) do
+      {_, eval} ->
+        eval
+
+      nil ->
+        {eval, _} = compile(vars, fun, opts)
+        remember_eager(key, eval)
+        eval
+    end
+  end
+
+  defp remember_eager(:uncached, _eval), do: :ok
+
+  defp remember_eager(key, eval) do
+    kept = Process.get(@eager_evals, []) |> List.keydelete(key, 0)
+    Process.put(@eager_evals, Enum.take([{key, eval} | kept], @eager_kept))
+    :ok
   end
 
   # Types MLX lacks: Nx's evaluator runs the expression op by op on

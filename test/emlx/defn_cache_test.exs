@@ -117,6 +117,43 @@ defmodule EMLX.DefnCacheTest do
   end
 
   describe "the key is cheap" do
+    # A program with a type MLX lacks (c128) runs through Nx's evaluator;
+    # its evaluator closure holds the expression, whose eigh block shares
+    # subexpressions heavily (19,414 words, 5,172,086,361 unshared). Kept
+    # in the plan cache's ETS table, which copies without sharing, it took
+    # the VM down (the defn fuzzer's seed 6254).
+    test "an emulated program with a heavily shared expression is cached without copying it" do
+      f = fn x ->
+        u = Nx.slice(x, [0], [3])
+        a = Nx.add(Nx.outer(u, u), Nx.multiply(Nx.eye(3, type: :f64), 3))
+        {Nx.ifft(x), a |> Nx.LinAlg.eigh() |> elem(0)}
+      end
+
+      jitted = Nx.Defn.jit(f, compiler: EMLX)
+
+      for v <- [[0.3, -0.7, 1.1], [1.0, 0.5, -0.25]] do
+        x = Nx.tensor(v, type: :f64)
+        {want_f, want_e} = f.(x)
+        {got_f, got_e} = jitted.(Nx.backend_copy(x, EMLX.Backend))
+        assert got_f.type == {:c, 128}
+        assert Nx.all_close(Nx.backend_copy(got_f), want_f, atol: 1.0e-12) |> Nx.to_number() == 1
+        assert Nx.all_close(Nx.backend_copy(got_e), want_e, atol: 1.0e-9) |> Nx.to_number() == 1
+      end
+
+      # another process: the plan says "eager", and it compiles its own
+      task =
+        Task.async(fn ->
+          jitted.(emlx([0.3, -0.7, 1.1], type: :f64)) |> elem(1) |> Nx.backend_copy()
+        end)
+
+      assert Nx.all_close(
+               Task.await(task),
+               f.(Nx.tensor([0.3, -0.7, 1.1], type: :f64)) |> elem(1),
+               atol: 1.0e-9
+             )
+             |> Nx.to_number() == 1
+    end
+
     test "a heavily shared expression DAG (depth 45) as the function's capture" do
       depth = 45
       x = emlx([1.0, 2.0])
