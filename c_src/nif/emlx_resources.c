@@ -20,10 +20,6 @@ static void queue_dtor(ErlNifEnv *env, void *obj) {
   if (r->q) emlx_queue_stop(r->q);
 }
 
-/* Dropping a handle only decrements MLX's reference counts (atomic), and
- * every job holds its own handles, so a handle is freed right here, on
- * whichever thread the garbage collector runs the destructor: posting a job
- * per dead tensor to the worker cost more than the op that made it. */
 /* An array is dropped on its queue's own thread, as a deallocated one is:
  * the BEAM runs this destructor on whichever scheduler collects the term,
  * and an MLX array freed there raced with the worker, which frees and walks
