@@ -11,7 +11,7 @@ defmodule EMLX.DefnFuzz.Extra do
   near-ties cannot flip.
   """
 
-  import EMLX.DefnFuzz.Gen, only: [pick: 2]
+  import EMLX.DefnFuzz.Gen, only: [pick: 2, float?: 1, int?: 1, complex?: 1]
 
   @kinds ~w(clip argsort top_k take_along logical is_nan tile stack strided bitcast window_scatter)a
 
@@ -154,9 +154,6 @@ defmodule EMLX.DefnFuzz.Extra do
 
   defp rank(v), do: tuple_size(v.s)
   defp size(v), do: v.s |> Tuple.to_list() |> Enum.product()
-  defp float?(%{t: {k, _}}), do: k in [:f, :bf]
-  defp int?(%{t: {k, _}}), do: k in [:s, :u]
-  defp complex?(%{t: {k, _}}), do: k == :c
   defp real?(v), do: float?(v) or int?(v)
   defp bool_like?(%{t: t}), do: t == {:u, 8}
 end

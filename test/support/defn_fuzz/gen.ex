@@ -98,9 +98,12 @@ defmodule EMLX.DefnFuzz.Gen do
     end
   end
 
-  defp float?(%{t: {k, _}}), do: k in [:f, :bf]
-  defp int?(%{t: {k, _}}), do: k in [:s, :u]
-  defp complex?(%{t: {k, _}}), do: k == :c
+  @doc false
+  def float?(%{t: {k, _}}), do: k in [:f, :bf]
+  @doc false
+  def int?(%{t: {k, _}}), do: k in [:s, :u]
+  @doc false
+  def complex?(%{t: {k, _}}), do: k == :c
 
   # -- element-wise --
 
