@@ -34,7 +34,13 @@ BLAS_COPIES := $(BLAS_DIR)/libopenblas.so.0 $(addprefix $(BLAS_DIR)/,$(notdir $(
 BLAS_LDFLAGS = -Wl,-rpath,'$$ORIGIN/libmlx/openblas' -Wl,--no-as-needed $(BLAS_COPIES) -Wl,--as-needed
 endif
 endif
-LDFLAGS_EMLX = -shared -L$(MLX_LIB_DIR) -Wl,-rpath,'$$ORIGIN/libmlx/mlx/lib' $(BLAS_LDFLAGS) -lmlx -lpthread
+# The search path is written as DT_RPATH (--disable-new-dtags), which the
+# dynamic loader reads before LD_LIBRARY_PATH: a folder there that holds
+# another libmlx.so or libquadmath.so.0 (a host's /lib, say) cannot take
+# the place of the copies in priv/. DT_RUNPATH comes after LD_LIBRARY_PATH.
+# NVIDIA's libraries, which priv/ does not hold, are still found on
+# LD_LIBRARY_PATH.
+LDFLAGS_EMLX = -shared -L$(MLX_LIB_DIR) -Wl,--disable-new-dtags -Wl,-rpath,'$$ORIGIN/libmlx/mlx/lib' $(BLAS_LDFLAGS) -lmlx -lpthread
 
 # The NIF: plain C11, sees MLX only through c_src/shim/emlx_shim.h.
 NIF_SRCS = $(addprefix c_src/nif/,emlx_nif.c emlx_poll.c emlx_resources.c emlx_array.c emlx_job.c emlx_arena.c emlx_codec.c \
@@ -55,15 +61,17 @@ $(BUILD_DIR)/shim/%.o: c_src/shim/%.cpp
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS_EMLX) $(DEPFLAGS) $(EXTRA_CFLAGS) -c $< -o $@
 
+# (copied under a temporary name and renamed: a process loading the NIF
+# meanwhile sees the old file or the new one, never a part of one)
 $(BLAS_DIR)/libopenblas.so.0: $(OPENBLAS)
 	@mkdir -p $(@D)
-	cp -L $< $@
+	cp -L $< $@.tmp$$$$ && mv -f $@.tmp$$$$ $@
 
 $(BLAS_DIR)/%: $(BLAS_RUNTIME)
 	@mkdir -p $(@D)
-	cp -L $(filter %/$*,$(BLAS_RUNTIME)) $@
+	cp -L $(filter %/$*,$(BLAS_RUNTIME)) $@.tmp$$$$ && mv -f $@.tmp$$$$ $@
 
-$(TARGET): $(OBJS) $(BLAS_COPIES)
+$(TARGET): $(OBJS) $(BLAS_COPIES) Makefile
 	@mkdir -p $(PRIV_DIR)
 	$(CXX) $(OBJS) $(LDFLAGS_EMLX) $(EXTRA_LDFLAGS) -o $@
 

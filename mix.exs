@@ -121,7 +121,7 @@ defmodule EMLX.LibMLX do
   end
 
   @doc """
-  Copies libmlx into `dest` (the NIF's priv/libmlx, which its RUNPATH
+  Copies libmlx into `dest` (the NIF's priv/libmlx, which its RPATH
   names relative to itself): the wheel's `mlx/lib` and its bundled
   `*.libs` folder, keeping the wheel's layout so libmlx's own relative
   RPATH still finds them. A file already there with the same size stays.

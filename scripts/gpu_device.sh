@@ -48,7 +48,10 @@ run)
   # The NIF built with the pack serves as long as the C sources are the same
   # (else make rebuilds it here); Mix recompiles the Elixir side as needed.
   if sha256sum --quiet -c /work/gpubuild/_build/csrc.sha256 >/dev/null 2>&1; then
-    touch /work/gpubuild/_build/lib/emlx/c_obj/* /work/gpubuild/_build/lib/emlx/priv/*
+    # (the OpenBLAS copies too: a host with its own, newer OpenBLAS would
+    # otherwise have make copy that one in and relink)
+    touch /work/gpubuild/_build/lib/emlx/c_obj/* /work/gpubuild/_build/lib/emlx/priv/libmlx/openblas/* \
+      /work/gpubuild/_build/lib/emlx/priv/*
   else
     echo "C sources differ from the pack's build: make rebuilds the NIF here" >&2
   fi

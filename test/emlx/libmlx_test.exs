@@ -27,8 +27,29 @@ defmodule EMLX.LibMLXTest do
   end
 
   test "the NIF finds libmlx and the wheel's libraries inside priv/, so a release carries them" do
+    assert_found_in_priv([])
+  end
+
+  # A GPU host of session 27 had its system folder on LD_LIBRARY_PATH: its
+  # libquadmath.so.0 took the place of the copy in priv/ while the NIF's
+  # search path was DT_RUNPATH, which the loader reads after LD_LIBRARY_PATH.
+  test "a folder on LD_LIBRARY_PATH holding the same libraries does not take priv/'s place" do
+    system =
+      Enum.find(
+        ["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64"],
+        fn dir ->
+          File.exists?(Path.join(dir, "libm.so.6"))
+        end
+      )
+
+    assert system, "no system library folder found"
+    path = Enum.join([system | List.wrap(System.get_env("LD_LIBRARY_PATH"))], ":")
+    assert_found_in_priv([{"LD_LIBRARY_PATH", path}])
+  end
+
+  defp assert_found_in_priv(env) do
     priv = :code.priv_dir(:emlx) |> to_string()
-    {out, 0} = System.cmd("ldd", [Path.join(priv, "libemlx.so")])
+    {out, 0} = System.cmd("ldd", [Path.join(priv, "libemlx.so")], env: env)
 
     # the C and C++ runtimes and NVIDIA's libraries come from the host
     host =
