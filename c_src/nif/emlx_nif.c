@@ -101,6 +101,15 @@ static ERL_NIF_TERM nif_queue_idle(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   return atomic_load_explicit(&qr->q->pending, memory_order_acquire) == 0 ? ATOM.true_ : ATOM.false_;
 }
 
+/* Backpressure: :ok, or a reference answered with {Ref, :ok} once the
+ * queue's depth is low (see emlx_queue_wait_low). */
+static ERL_NIF_TERM nif_queue_wait_low(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+  (void)argc;
+  emlx_queue_res *qr;
+  if (!emlx_get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  return emlx_queue_wait_low(env, qr->q);
+}
+
 /* ---- ops ---- */
 
 /* Atoms are immediate terms, equal exactly when their values are: the op
@@ -629,6 +638,7 @@ static ErlNifFunc funcs[] = {
     {"queue_sync", 1, nif_queue_sync, 0},
     {"queue_drain", 1, nif_queue_drain, 0},
     {"queue_idle", 1, nif_queue_idle, 0},
+    {"queue_wait_low", 1, nif_queue_wait_low, 0},
     {"op", 4, nif_op, 0},
     {"op_list", 0, nif_op_list, 0},
     {"from_binary", 4, emlx_nif_from_binary, 0},

@@ -37,6 +37,63 @@ void emlx_queue_post(emlx_queue *q, emlx_job *job) {
   pthread_mutex_unlock(&q->mu);
 }
 
+/* ---- backpressure ----
+ * A waiter registers, then reads the depth; the worker lowers the depth,
+ * then reads the waiter count (both sequentially consistent): one of the
+ * two sees the other, so no wake-up is lost. */
+
+static void bp_notify(emlx_queue *q) {
+  pthread_mutex_lock(&q->bp_mu);
+  for (int i = 0; i < atomic_load(&q->bp_n); i++) {
+    emlx_bp_waiter *w = &q->bp[i];
+    enif_send(NULL, &w->pid, w->env, enif_make_tuple2(w->env, w->ref, ATOM.ok));
+    enif_free_env(w->env);
+  }
+  atomic_store(&q->bp_n, 0);
+  pthread_mutex_unlock(&q->bp_mu);
+}
+
+/* A job is done: counted off, and waiters told once the depth is low. */
+static void job_done(emlx_queue *q) {
+  int left = atomic_fetch_sub(&q->pending, 1) - 1;
+  if (atomic_load(&q->bp_n) && left <= q->bp_low) bp_notify(q);
+}
+
+ERL_NIF_TERM emlx_queue_wait_low(ErlNifEnv *env, emlx_queue *q) {
+  if (atomic_load(&q->pending) <= q->bp_low) return ATOM.ok;
+  emlx_bp_waiter w = {.env = enif_alloc_env()};
+  if (!w.env || !enif_self(env, &w.pid)) {
+    if (w.env) enif_free_env(w.env);
+    return enif_raise_exception(env, enif_make_atom(env, "out_of_memory"));
+  }
+  w.ref = enif_make_ref(w.env);
+  ERL_NIF_TERM ref = enif_make_copy(env, w.ref);
+  pthread_mutex_lock(&q->bp_mu);
+  int n = atomic_load(&q->bp_n);
+  if (n == q->bp_cap) {
+    int cap = q->bp_cap ? q->bp_cap * 2 : 4;
+    emlx_bp_waiter *grown = enif_realloc(q->bp, sizeof *grown * (size_t)cap);
+    if (!grown) {
+      pthread_mutex_unlock(&q->bp_mu);
+      enif_free_env(w.env);
+      return enif_raise_exception(env, enif_make_atom(env, "out_of_memory"));
+    }
+    q->bp = grown;
+    q->bp_cap = cap;
+  }
+  q->bp[n] = w;
+  atomic_store(&q->bp_n, n + 1);
+  if (atomic_load(&q->pending) <= q->bp_low) {
+    /* the worker got there first: no message will come for this one */
+    atomic_store(&q->bp_n, n);
+    pthread_mutex_unlock(&q->bp_mu);
+    enif_free_env(w.env);
+    return ATOM.ok;
+  }
+  pthread_mutex_unlock(&q->bp_mu);
+  return ref;
+}
+
 void emlx_queue_stop(emlx_queue *q) {
   emlx_job *stop = emlx_job_new(EMLX_JOB_STOP, NULL);
   if (stop) emlx_queue_post(q, stop);
@@ -504,6 +561,9 @@ static void (*const job_bodies[])(emlx_queue *q, emlx_job *job) = {
 };
 
 static void queue_destroy(emlx_queue *q) {
+  bp_notify(q); /* (none is left: the depth reached 0) */
+  enif_free(q->bp);
+  pthread_mutex_destroy(&q->bp_mu);
   drop_ahead(q);
   if (q->stream) emlx_stream_free(q->stream);
   pthread_cond_destroy(&q->cv);
@@ -563,13 +623,13 @@ static void *worker_main(void *arg) {
     int polled = atomic_load_explicit(&job->poll, memory_order_relaxed) != EMLX_POLL_NONE;
     if (job->nfixups && !resolve(job)) {
       if (!polled) emlx_job_free(job);
-      atomic_fetch_sub_explicit(&q->pending, 1, memory_order_acq_rel);
+      job_done(q);
       continue;
     }
     int stop = job->kind == EMLX_JOB_STOP;
     if (job_bodies[job->kind]) job_bodies[job->kind](q, job);
     if (!polled) emlx_job_free(job);
-    atomic_fetch_sub_explicit(&q->pending, 1, memory_order_acq_rel);
+    job_done(q);
     if (stop) break;
   }
   running_leave(q, batch);
@@ -585,6 +645,10 @@ emlx_queue *emlx_queue_start(emlx_device dev, int run_ahead) {
   q->run_ahead = run_ahead >= 0 ? run_ahead : run_ahead_for(dev);
   pthread_mutex_init(&q->mu, NULL);
   pthread_cond_init(&q->cv, NULL);
+  pthread_mutex_init(&q->bp_mu, NULL);
+  const char *low = getenv("EMLX_BACKPRESSURE_LOW");
+  q->bp_low = low ? atoi(low) : EMLX_BACKPRESSURE_LOW;
+  if (q->bp_low < 0 || q->bp_low > EMLX_BACKPRESSURE) q->bp_low = EMLX_BACKPRESSURE_LOW;
 
   pthread_attr_t attr;
   pthread_t tid;

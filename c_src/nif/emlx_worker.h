@@ -11,8 +11,20 @@
 #include "emlx_shim.h"
 
 /* Queue depth at which an op (or a posted program) asks its caller to wait
- * for the worker. */
+ * for the worker, and the depth at which that wait ends: the worker keeps
+ * the jobs below it to run while the caller posts more. EMLX_BACKPRESSURE_LOW
+ * in the environment when a queue starts sets the latter (0: the queue
+ * drains first). */
 #define EMLX_BACKPRESSURE 2048
+#define EMLX_BACKPRESSURE_LOW 1024
+
+/* A caller waiting for the depth to fall to the low mark: {ref, :ok} goes
+ * to pid then. */
+typedef struct {
+  ErlNifPid pid;
+  ErlNifEnv *env;
+  ERL_NIF_TERM ref;
+} emlx_bp_waiter;
 
 struct emlx_queue {
   pthread_mutex_t mu;
@@ -28,6 +40,11 @@ struct emlx_queue {
   int lazy_ops;  /* eager ops run since the last background eval */
   emlx_arr *ahead; /* the newest op's result once lazy_ops reached run_ahead (in ahead_store) */
   _Alignas(8) char ahead_store[EMLX_ARR_BYTES];
+  int bp_low;            /* the depth a backpressure wait ends at */
+  pthread_mutex_t bp_mu; /* guards bp and bp_cap */
+  atomic_int bp_n;       /* waiters in bp */
+  emlx_bp_waiter *bp;
+  int bp_cap;
 };
 
 /* Starts a queue's thread and waits until its stream exists: state 1, or
@@ -37,6 +54,10 @@ struct emlx_queue {
 emlx_queue *emlx_queue_start(emlx_device dev, int run_ahead);
 void emlx_queue_discard(emlx_queue *q); /* for a queue whose thread never started */
 void emlx_queue_post(emlx_queue *q, emlx_job *job);
+/* For a caller told to wait (past EMLX_BACKPRESSURE): :ok when the queue's
+ * depth is at its low mark already, else a reference Ref; {Ref, :ok} is
+ * sent to the caller once the depth falls to the mark. */
+ERL_NIF_TERM emlx_queue_wait_low(ErlNifEnv *env, emlx_queue *q);
 /* Posts a stop job: the thread ends after the jobs before it and frees q. */
 void emlx_queue_stop(emlx_queue *q);
 /* Waits (up to timeout_ms in all) until every running queue has run the

@@ -121,6 +121,14 @@ defmodule EMLX.NIF do
   @spec queue_idle(queue) :: boolean()
   def queue_idle(_queue), do: :erlang.nif_error(:nif_not_loaded)
 
+  @doc """
+  For a caller told to wait (`{:wait, result}`): `:ok` when the queue's
+  depth is at its low mark already, else a reference `ref`, and
+  `{ref, :ok}` is sent once the worker has brought the depth down to it.
+  """
+  @spec queue_wait_low(queue) :: :ok | reference()
+  def queue_wait_low(_queue), do: :erlang.nif_error(:nif_not_loaded)
+
   ## Ops and programs
 
   @doc "The op table: `[{name, signature}]` (see `EMLX.Ops`)."

@@ -7,8 +7,8 @@ defmodule EMLX.Worker do
   back already, polled for by the NIF: `{:emlx_done, reply}`), or pending
   arrays, which
   `info/1` and `strides/1` wait for. `run_op/4`, `from_binary/4` and
-  `post_program/4` post and, when the queue is deep, wait for it to drain
-  (backpressure).
+  `post_program/4` post and, when the queue is deep, wait until the worker
+  has brought it down to its low mark (backpressure).
   """
 
   alias EMLX.NIF
@@ -43,14 +43,14 @@ defmodule EMLX.Worker do
   defp unwrap({:error, :argument, message}), do: raise(ArgumentError, message)
   defp unwrap({:error, :mlx, message}), do: raise(EMLX.NIFError, message)
 
-  @doc "Runs `EMLX.NIF.op/4`, waiting for the worker to drain first when the queue is deep."
+  @doc "Runs `EMLX.NIF.op/4`, waiting for the worker when the queue is deep."
   @spec run_op(NIF.queue(), atom(), list(), Nx.Type.t() | nil) :: NIF.array() | [NIF.array()]
   def run_op(queue, name, args, out_type),
     do: posted(queue, NIF.op(queue, name, args, out_type))
 
   @doc """
   Runs `EMLX.NIF.program_post/4` (the outputs come back pending), waiting
-  for the worker to drain first when the queue is deep.
+  for the worker when the queue is deep.
   """
   @spec post_program(NIF.queue(), reference(), [NIF.array()], boolean()) :: [NIF.array()]
   def post_program(queue, program, inputs, fuse),
@@ -58,15 +58,17 @@ defmodule EMLX.Worker do
 
   @doc """
   Runs `EMLX.NIF.from_binary/4` (the array comes back made, or pending
-  when posted), waiting for the worker to drain first when the queue is
-  deep.
+  when posted), waiting for the worker when the queue is deep.
   """
   @spec from_binary(NIF.queue(), binary(), tuple(), Nx.Type.t()) :: NIF.array()
   def from_binary(queue, binary, shape, type),
     do: posted(queue, NIF.from_binary(queue, binary, shape, type))
 
+  # Past the backpressure depth the caller waits until the worker has
+  # brought the queue down to its low mark, not until it is empty: the
+  # worker keeps jobs to run while the caller posts more.
   defp posted(queue, {:wait, result}) do
-    queue |> NIF.queue_drain() |> await()
+    with ref when is_reference(ref) <- NIF.queue_wait_low(queue), do: await(ref)
     result
   end
 
