@@ -562,7 +562,7 @@ static void (*const job_bodies[])(emlx_queue *q, emlx_job *job) = {
 
 static void queue_destroy(emlx_queue *q) {
   bp_notify(q); /* (none is left: the depth reached 0) */
-  enif_free(q->bp);
+  if (q->bp) enif_free(q->bp);
   pthread_mutex_destroy(&q->bp_mu);
   drop_ahead(q);
   if (q->stream) emlx_stream_free(q->stream);
