@@ -50,28 +50,23 @@ static emlx_arr *retain(const emlx_arr *a, void *storage) {
   return storage ? emlx_arr_retain_at(a, storage) : emlx_arr_retain(a);
 }
 
-/* The READY array of term t: retained (in storage when not NULL), or,
- * with visit, read by visit under the lock and not retained. */
-static emlx_arr *take(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, void (*visit)(const emlx_arr *, void *),
-                      void *ctx, emlx_array_res **res_out, int *state_out, int *kind_out, char *err, size_t errlen) {
-  emlx_array_res *res;
-  *state_out = EMLX_ARR_READY;
-  if (!enif_get_resource(env, t, emlx_array_type, (void **)&res)) {
-    emlx_set_err(err, errlen, "expected an EMLX array reference");
-    return NULL;
-  }
-  if (res_out) *res_out = res;
+/* The READY array of res: retained into *out (in storage when not NULL),
+ * or, with visit, read by visit under the lock and not retained. 1 when
+ * retained or read; else 0, with state_out, kind_out and err saying why. */
+static int take_res(emlx_array_res *res, void *storage, void (*visit)(const emlx_arr *, void *), void *ctx,
+                    emlx_arr **out, int *state_out, int *kind_out, char *err, size_t errlen) {
   spin_lock(res);
   int state = res->state;
   /* (a deallocated array may keep its handle for the jobs reading it) */
   int dead = state == EMLX_ARR_READY && (res->arr == NULL || res->dealloc_requested);
-  emlx_arr *copy = NULL;
+  int done = 0;
   if (state == EMLX_ARR_READY && !dead) {
     if (visit) {
       visit(res->arr, ctx);
-      copy = res->arr; /* (not the caller's: only says it was read) */
+      done = 1;
     } else {
-      copy = retain(res->arr, storage);
+      *out = retain(res->arr, storage);
+      done = *out != NULL;
     }
   }
   if (state == EMLX_ARR_FAILED) {
@@ -83,25 +78,45 @@ static emlx_arr *take(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, void (*visi
   *state_out = state;
   if (state == EMLX_ARR_PENDING) {
     emlx_set_err(err, errlen, "the tensor is not computed yet");
-    return NULL;
+    return 0;
   }
-  if (state == EMLX_ARR_FAILED) return NULL;
+  if (state == EMLX_ARR_FAILED) return 0;
   if (dead) {
     emlx_set_err(err, errlen, "the tensor has been deallocated");
-    return NULL;
+    return 0;
   }
-  if (!copy) emlx_set_err(err, errlen, "out of memory");
-  return copy;
+  if (!done) emlx_set_err(err, errlen, "out of memory");
+  return done;
+}
+
+static emlx_array_res *lookup(ErlNifEnv *env, ERL_NIF_TERM t, int *state_out, char *err, size_t errlen) {
+  emlx_array_res *res;
+  *state_out = EMLX_ARR_READY;
+  if (enif_get_resource(env, t, emlx_array_type, (void **)&res)) return res;
+  emlx_set_err(err, errlen, "expected an EMLX array reference");
+  return NULL;
 }
 
 emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_array_res **res_out, int *state_out,
                           int *kind_out, char *err, size_t errlen) {
-  return take(env, t, storage, NULL, NULL, res_out, state_out, kind_out, err, errlen);
+  emlx_array_res *res = lookup(env, t, state_out, err, errlen);
+  if (!res) return NULL;
+  if (res_out) *res_out = res;
+  emlx_arr *a = NULL;
+  return take_res(res, storage, NULL, NULL, &a, state_out, kind_out, err, errlen) ? a : NULL;
 }
 
 int emlx_peek_array(ErlNifEnv *env, ERL_NIF_TERM t, void (*visit)(const emlx_arr *, void *), void *ctx,
                     emlx_array_res **res_out, int *state_out, int *kind_out, char *err, size_t errlen) {
-  return take(env, t, NULL, visit, ctx, res_out, state_out, kind_out, err, errlen) != NULL;
+  emlx_array_res *res = lookup(env, t, state_out, err, errlen);
+  if (!res) return 0;
+  if (res_out) *res_out = res;
+  return take_res(res, NULL, visit, ctx, NULL, state_out, kind_out, err, errlen);
+}
+
+int emlx_peek_res(emlx_array_res *res, void (*visit)(const emlx_arr *, void *), void *ctx, int *state_out,
+                  int *kind_out, char *err, size_t errlen) {
+  return take_res(res, NULL, visit, ctx, NULL, state_out, kind_out, err, errlen);
 }
 
 int emlx_array_failed(ErlNifEnv *env, ERL_NIF_TERM t) {

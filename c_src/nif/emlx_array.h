@@ -48,6 +48,9 @@ emlx_arr *emlx_take_array(ErlNifEnv *env, ERL_NIF_TERM t, void *storage, emlx_ar
  * 1 when visited, else 0 as emlx_take_array's NULL. */
 int emlx_peek_array(ErlNifEnv *env, ERL_NIF_TERM t, void (*visit)(const emlx_arr *, void *), void *ctx,
                     emlx_array_res **res_out, int *state_out, int *kind_out, char *err, size_t errlen);
+/* As emlx_peek_array, for a resource already looked up. */
+int emlx_peek_res(emlx_array_res *res, void (*visit)(const emlx_arr *, void *), void *ctx, int *state_out,
+                  int *kind_out, char *err, size_t errlen);
 
 /* Whether t is an array whose op failed (its error is kept for its reads). */
 int emlx_array_failed(ErlNifEnv *env, ERL_NIF_TERM t);

@@ -438,7 +438,7 @@ static ERL_NIF_TERM nif_host_ints(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
   ints_read r = {.max = max, .any_size = res->owner && res->owner->q->device == EMLX_DEV_CPU, .n = -1};
   r.vals = max ? enif_alloc(sizeof(int64_t) * (size_t)max) : NULL;
   if (max && !r.vals) return ATOM.nil;
-  emlx_peek_array(env, argv[0], read_ints, &r, &res, &state, &kind, err, sizeof err);
+  emlx_peek_res(res, read_ints, &r, &state, &kind, err, sizeof err);
   ERL_NIF_TERM list = ATOM.nil;
   if (r.n >= 0) {
     list = enif_make_list(env, 0);
