@@ -30,9 +30,10 @@ defmodule EMLX.LibMLXTest do
     assert_found_in_priv([])
   end
 
-  # A GPU host of session 27 had its system folder on LD_LIBRARY_PATH: its
-  # libquadmath.so.0 took the place of the copy in priv/ while the NIF's
-  # search path was DT_RUNPATH, which the loader reads after LD_LIBRARY_PATH.
+  # A GPU host of session 27 resolved libquadmath.so.0 to its own system
+  # copy instead of priv/'s. While the NIF's search path was DT_RUNPATH,
+  # which the loader reads after LD_LIBRARY_PATH, a system folder there did
+  # exactly that (that host's environment was not recorded).
   test "a folder on LD_LIBRARY_PATH holding the same libraries does not take priv/'s place" do
     system =
       Enum.find(

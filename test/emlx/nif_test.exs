@@ -247,7 +247,7 @@ defmodule EMLX.NIFTest do
     m = Worker.run_op(q, :iota, [{size, size}, 0, {:f, 32}], nil)
     busy = NIF.eval(q, [Worker.run_op(q, :dot, [m, [1], [], m, [0], []], {:f, 32})])
 
-    {last, told} =
+    {waited, told} =
       Enum.reduce_while(1..50_000, {one, nil}, fn i, {acc, nil} ->
         case NIF.op(q, :add, [acc, one], {:f, 32}) do
           {:wait, r} -> {:halt, {{r, i}, NIF.queue_wait_low(q)}}
@@ -255,7 +255,7 @@ defmodule EMLX.NIFTest do
         end
       end)
 
-    assert {last, n} = last, "the queue never got past the backpressure depth"
+    assert {last, n} = waited, "the queue never got past the backpressure depth"
     # still deep (the worker has more than the low mark to run): a reference
     # and its message; or already at the mark
     case told do
