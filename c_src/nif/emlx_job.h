@@ -30,7 +30,7 @@ typedef enum {
   EMLX_JOB_LOAD_SAFETENSORS,
   EMLX_JOB_SAVE_SAFETENSORS,
   EMLX_JOB_FREE,
-  EMLX_JOB_QUIESCE, /* at the VM's exit: the stream's work done (emlx_queues_quiesce) */
+  EMLX_JOB_QUIESCE, /* at the VM's exit: the stream's work done, then the worker parks (emlx_queues_quiesce) */
   EMLX_JOB_STOP
 } emlx_job_kind;
 

@@ -613,6 +613,7 @@ static void pin_library(void) {
 static int load(ErlNifEnv *env, void **priv, ERL_NIF_TERM info) {
   (void)priv;
   pin_library();
+  emlx_statics_init(); /* before on_exit: see emlx_shim.h */
   if (on_exit(quiesce_at_exit, NULL) != 0) return 1;
   emlx_exit_guard_install();
   set_tf32(env, info);

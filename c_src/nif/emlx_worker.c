@@ -304,6 +304,7 @@ static pthread_cond_t quiesced_cv = PTHREAD_COND_INITIALIZER;
 static emlx_queue **running;
 static int nrunning, cap_running;
 static int quiesce_left; /* QUIESCE jobs posted and not yet done (under running_mu) */
+static pthread_cond_t parked_cv = PTHREAD_COND_INITIALIZER; /* workers parked at the exit wait here */
 
 static void running_add(emlx_queue *q) {
   pthread_mutex_lock(&running_mu);
@@ -348,13 +349,17 @@ static void running_leave(emlx_queue *q, emlx_job *batch) {
   pthread_mutex_unlock(&running_mu);
 }
 
+/* The process is exiting: the worker finishes its stream's work, reports
+ * it, and then stays parked, so that it no longer touches MLX while the
+ * libraries tear down (a job posted meanwhile, e.g. freeing an array
+ * collected as the VM stops, is left undone: the process ends). */
 static void run_quiesce(emlx_queue *q, emlx_job *job) {
   (void)job;
   emlx_stream_synchronize(q->stream);
   pthread_mutex_lock(&running_mu);
   quiesce_left--;
   pthread_cond_broadcast(&quiesced_cv);
-  pthread_mutex_unlock(&running_mu);
+  for (;;) pthread_cond_wait(&parked_cv, &running_mu); /* (never signalled) */
 }
 
 void emlx_queues_quiesce(int timeout_ms) {

@@ -130,6 +130,22 @@ void emlx_exit_guard_install(void) {
 
 void emlx_exit_begin(int status) { exit_status.store(status & 0xff); }
 
+// MLX 0.32's CPU allocator is a function-local static (`static
+// CommonAllocator allocator_` in common_allocator()), made at its first use
+// and destroyed at exit; the scheduler and the CUDA allocator are leaked on
+// purpose. Made lazily, it was registered after the NIF's exit handler and so
+// destroyed before it: a worker freeing arrays while the queues were
+// quiesced (a lazy graph dropped as the VM stopped) used it destroyed, and
+// glibc aborted ("malloc(): unaligned fastbin chunk detected") or the VM
+// segfaulted at exit, in about a third of the runs of a script that left an
+// unevaluated Nx.Random.normal behind.
+void emlx_statics_init(void) {
+  try {
+    (void)mx::get_active_memory();
+  } catch (...) {
+  }
+}
+
 emlx_status emlx_stream_synchronize(emlx_stream *s) {
   return guard([&] { synchronize_here(s->s); });
 }

@@ -175,6 +175,12 @@ int emlx_device_available(emlx_device dev);
  * terminate handler runs as it would. */
 void emlx_exit_guard_install(void);
 void emlx_exit_begin(int status);
+/* Makes MLX's function-local statics that are destroyed at the process's
+ * exit (the CPU build's allocator) before the NIF registers its exit
+ * handler: exit handlers and static destructors run in the reverse order of
+ * their registration, so the handler that quiesces the queues then runs
+ * before they are destroyed. Call it at load, before on_exit. */
+void emlx_statics_init(void);
 emlx_status emlx_stream_new(emlx_device dev, emlx_stream **out);
 void emlx_stream_free(emlx_stream *s);
 emlx_status emlx_stream_synchronize(emlx_stream *s);
