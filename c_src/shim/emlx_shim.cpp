@@ -138,10 +138,12 @@ void emlx_exit_begin(int status) { exit_status.store(status & 0xff); }
 // quiesced (a lazy graph dropped as the VM stopped) used it destroyed, and
 // glibc aborted ("malloc(): unaligned fastbin chunk detected") or the VM
 // segfaulted at exit, in about a third of the runs of a script that left an
-// unevaluated Nx.Random.normal behind.
+// unevaluated Nx.Random.normal behind. A CUDA build's allocator is that
+// leaked one (and making it at load would start CUDA there): only the CPU
+// build's is made here (MLX's gpu::is_available is a constant of the build).
 void emlx_statics_init(void) {
   try {
-    (void)mx::get_active_memory();
+    if (!mx::is_available(mx::Device::gpu)) (void)mx::get_active_memory();
   } catch (...) {
   }
 }
