@@ -111,7 +111,7 @@ int emlx_peek_array(ErlNifEnv *env, ERL_NIF_TERM t, void (*visit)(const emlx_arr
   emlx_array_res *res = lookup(env, t, state_out, err, errlen);
   if (!res) return 0;
   if (res_out) *res_out = res;
-  return take_res(res, NULL, visit, ctx, NULL, state_out, kind_out, err, errlen);
+  return emlx_peek_res(res, visit, ctx, state_out, kind_out, err, errlen);
 }
 
 int emlx_peek_res(emlx_array_res *res, void (*visit)(const emlx_arr *, void *), void *ctx, int *state_out,
