@@ -44,7 +44,7 @@ LDFLAGS_EMLX = -shared -L$(MLX_LIB_DIR) -Wl,--disable-new-dtags -Wl,-rpath,'$$OR
 
 # The NIF: plain C11, sees MLX only through c_src/shim/emlx_shim.h.
 NIF_SRCS = $(addprefix c_src/nif/,emlx_nif.c emlx_poll.c emlx_resources.c emlx_array.c emlx_job.c emlx_arena.c emlx_codec.c \
-  emlx_worker.c emlx_io.c emlx_programs.c)
+  emlx_worker.c emlx_io.c emlx_pointer.c emlx_programs.c)
 # The shim: the only C++, every entry point extern "C".
 SHIM_SRCS = $(addprefix c_src/shim/,emlx_shim.cpp emlx_ops.cpp emlx_program.cpp \
   kernels_elementwise.cpp kernels_f64.cpp kernels_shape.cpp kernels_conv.cpp kernels_linalg.cpp \

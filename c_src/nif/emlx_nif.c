@@ -4,8 +4,6 @@
  * scheduler, then hands MLX work to the queue's worker thread and returns
  * a reference at once; the result arrives as a message {Ref, Result}. */
 #include <dlfcn.h>
-#include <errno.h>
-#include <fcntl.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -13,13 +11,12 @@
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "emlx_array.h"
 #include "emlx_codec.h"
 #include "emlx_io.h"
 #include "emlx_job.h"
+#include "emlx_pointer.h"
 #include "emlx_poll.h"
 #include "emlx_programs.h"
 #include "emlx_resources.h"
@@ -246,90 +243,6 @@ static ERL_NIF_TERM nif_eval(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
   emlx_job *job = eval_job(env, argv, EMLX_JOB_EVAL, &raised);
   if (!job) return raised;
   return emlx_submit_polled(env, job);
-}
-
-/* ---- pointers ---- */
-
-static int valid_shm_name(const char *name) {
-  if (name[0] != '/' || strlen(name) < 2) return 0;
-  for (const char *c = name + 1; *c; c++)
-    if (*c == '/') return 0;
-  return 1;
-}
-
-static int get_shm_name(ErlNifEnv *env, ERL_NIF_TERM t, char *out, size_t len) {
-  ErlNifBinary bin;
-  if (!enif_inspect_binary(env, t, &bin) || bin.size == 0 || bin.size + 2 > len) return 0;
-  size_t off = 0;
-  if (bin.data[0] != '/') out[off++] = '/';
-  memcpy(out + off, bin.data, bin.size);
-  out[off + bin.size] = 0;
-  return memchr(bin.data, 0, bin.size) == NULL && valid_shm_name(out);
-}
-
-static ERL_NIF_TERM nif_to_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  (void)argc;
-  static _Atomic unsigned long counter;
-  emlx_queue_res *qr;
-  if (!emlx_get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  char mode[8];
-  unsigned perms;
-  if (enif_get_atom(env, argv[2], mode, sizeof mode, ERL_NIF_LATIN1) <= 0 ||
-      (strcmp(mode, "local") != 0 && strcmp(mode, "ipc") != 0))
-    return emlx_raise_arg(env, "pointer mode must be :local or :ipc");
-  if (!enif_get_uint(env, argv[3], &perms) || perms > 0777)
-    return emlx_raise_arg(env, "permissions must be a file mode between 0 and 0o777");
-  emlx_job *job = emlx_job_new(EMLX_JOB_TO_POINTER, qr);
-  if (!job) return emlx_raise_arg(env, "out of memory");
-  char err[256];
-  emlx_array_res *res;
-  emlx_to_pointer_job *tp = &job->to_pointer;
-  if (!emlx_job_take_array(env, argv[1], job, &tp->arr, err, sizeof err)) return emlx_job_fail(env, job, err);
-  enif_get_resource(env, argv[1], emlx_array_type, (void **)&res);
-  tp->res = res;
-  enif_keep_resource(res);
-  tp->ipc = strcmp(mode, "ipc") == 0;
-  tp->permissions = perms;
-  snprintf(tp->shm_name, sizeof tp->shm_name, "/emlx-%ld-%lu", (long)getpid(), ++counter);
-  return emlx_job_submit(env, job);
-}
-
-static ERL_NIF_TERM nif_from_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  (void)argc;
-  ERL_NIF_TERM raised;
-  emlx_job *job = queue_job(env, argv[0], EMLX_JOB_FROM_POINTER, &raised);
-  if (!job) return raised;
-  emlx_from_pointer_job *fp = &job->from_pointer;
-  ErlNifUInt64 addr;
-  if (enif_get_uint64(env, argv[1], &addr)) {
-    if (addr == 0) return emlx_job_fail(env, job, "the pointer address is null");
-    fp->ipc = 0;
-    fp->address = (uintptr_t)addr;
-  } else if (get_shm_name(env, argv[1], fp->shm_name, sizeof fp->shm_name)) {
-    fp->ipc = 1;
-  } else {
-    return emlx_job_fail(env, job, "expected an address (integer) or a shared-memory name (binary)");
-  }
-  const char *bad = emlx_decode_spec(env, argv[2], argv[3], &fp->spec);
-  if (bad) return emlx_job_fail(env, job, bad);
-  size_t count;
-  if (!emlx_spec_count(&fp->spec, &count)) return emlx_job_fail(env, job, "shape too large");
-  size_t isz = emlx_dtype_size(fp->spec.dtype);
-  if (count > (SIZE_MAX >> 4) / isz) return emlx_job_fail(env, job, "shape too large");
-  fp->nbytes = count * isz;
-  return emlx_job_submit(env, job);
-}
-
-static ERL_NIF_TERM nif_shm_unlink(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-  (void)argc;
-  char name[64];
-  if (!get_shm_name(env, argv[0], name, sizeof name)) return emlx_raise_arg(env, "invalid shared-memory name");
-  if (shm_unlink(name) != 0 && errno != ENOENT) {
-    char msg[200];
-    snprintf(msg, sizeof msg, "shm_unlink %s: %s", name, strerror(errno));
-    return enif_make_tuple2(env, ATOM.error, enif_make_string(env, msg, ERL_NIF_LATIN1));
-  }
-  return ATOM.ok;
 }
 
 /* ---- array metadata (read on the scheduler, under the array's lock) ---- */
@@ -649,9 +562,9 @@ static ErlNifFunc funcs[] = {
     {"program_new", 4, emlx_nif_program_new, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"program_run", 4, emlx_nif_program_run, 0},
     {"program_post", 4, emlx_nif_program_post, 0},
-    {"to_pointer", 4, nif_to_pointer, 0},
-    {"from_pointer", 4, nif_from_pointer, 0},
-    {"shm_unlink", 1, nif_shm_unlink, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"to_pointer", 4, emlx_nif_to_pointer, 0},
+    {"from_pointer", 4, emlx_nif_from_pointer, 0},
+    {"shm_unlink", 1, emlx_nif_shm_unlink, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"load_safetensors", 2, emlx_nif_load_safetensors, 0},
     {"save_safetensors", 4, emlx_nif_save_safetensors, 0},
     {"array_info", 1, nif_array_info, 0},

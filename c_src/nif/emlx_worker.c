@@ -6,20 +6,16 @@
  * calling process with enif_send as {Ref, Result}. */
 #include "emlx_worker.h"
 
-#include <errno.h>
 #include <sched.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "emlx_codec.h"
 #include "emlx_io.h"
+#include "emlx_pointer.h"
 
 #define WORKER_STACK_BYTES (64u * 1024u * 1024u)
 #define WORKER_SPIN_ROUNDS 200
@@ -136,21 +132,21 @@ static void reply(emlx_job *job, ERL_NIF_TERM result) {
 
 void emlx_reply_ok(emlx_job *job, ERL_NIF_TERM value) { reply(job, enif_make_tuple2(job->env, ATOM.ok, value)); }
 
-static ERL_NIF_TERM make_string(ErlNifEnv *env, const char *s) {
+ERL_NIF_TERM emlx_reply_string(ErlNifEnv *env, const char *s) {
   ERL_NIF_TERM t;
   return emlx_encode_string(env, s, &t) ? t : enif_make_atom(env, "out_of_memory");
 }
 
 /* {:error, :argument | :mlx, message} */
-static void reply_failure(emlx_job *job, int kind, const char *msg) {
+void emlx_reply_failure(emlx_job *job, int kind, const char *msg) {
   ERL_NIF_TERM k = kind == EMLX_ERR_ARG ? ATOM.argument : ATOM.mlx;
-  reply(job, enif_make_tuple3(job->env, ATOM.error, k, make_string(job->env, msg)));
+  reply(job, enif_make_tuple3(job->env, ATOM.error, k, emlx_reply_string(job->env, msg)));
 }
 
 /* The error of the shim call that returned st. */
-void emlx_reply_error(emlx_job *job, emlx_status st) { reply_failure(job, st, emlx_last_error()); }
+void emlx_reply_error(emlx_job *job, emlx_status st) { emlx_reply_failure(job, st, emlx_last_error()); }
 
-void emlx_reply_oom(emlx_job *job) { reply_failure(job, EMLX_ERR_MLX, "out of memory"); }
+void emlx_reply_oom(emlx_job *job) { emlx_reply_failure(job, EMLX_ERR_MLX, "out of memory"); }
 
 /* :ok, or the error of the shim call that returned st. */
 void emlx_reply_status(emlx_job *job, emlx_status st) {
@@ -173,7 +169,7 @@ static int resolve(emlx_job *job) {
   } else if (job->kind == EMLX_JOB_ASYNC_EVAL) {
     /* nothing to start: the failed array raises when it is read */
   } else {
-    reply_failure(job, kind, msg);
+    emlx_reply_failure(job, kind, msg);
   }
   return 0;
 }
@@ -242,7 +238,7 @@ static void run_op(emlx_queue *q, emlx_job *job) {
 }
 
 /* Replies with a new array (or the error that kept it from being made). */
-static void reply_array(emlx_job *job, emlx_status st, emlx_arr *out) {
+void emlx_reply_array(emlx_job *job, emlx_status st, emlx_arr *out) {
   if (st != EMLX_OK) {
     emlx_reply_error(job, st);
     return;
@@ -256,7 +252,7 @@ static void reply_array(emlx_job *job, emlx_status st, emlx_arr *out) {
 
 /* Evaluates the array into a row-contiguous host view; replies with the
  * error and returns 0 when it cannot. */
-static int host_view(emlx_queue *q, emlx_job *job, const emlx_arr *arr, emlx_arr **view, const void **data, size_t *nbytes) {
+int emlx_host_view(emlx_queue *q, emlx_job *job, const emlx_arr *arr, emlx_arr **view, const void **data, size_t *nbytes) {
   emlx_status st = emlx_arr_host_view(q->stream, arr, view, data, nbytes);
   if (st == EMLX_OK) return 1;
   emlx_reply_error(job, st);
@@ -269,7 +265,7 @@ static void run_to_binary(emlx_queue *q, emlx_job *job) {
   emlx_arr *view;
   const void *data;
   size_t nbytes;
-  if (!host_view(q, job, job->to_binary.arr, &view, &data, &nbytes)) return;
+  if (!emlx_host_view(q, job, job->to_binary.arr, &view, &data, &nbytes)) return;
   emlx_array_res *res = emlx_array_res_new(job->qres, view, EMLX_ARR_READY);
   if (!res) {
     emlx_arr_free(view);
@@ -434,116 +430,6 @@ static void run_program(emlx_queue *q, emlx_job *job) {
   enif_free(terms);
 }
 
-/* ---- pointers ---- */
-
-static void reply_errno(emlx_job *job, const char *what) {
-  char msg[256];
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(errno));
-  reply_failure(job, EMLX_ERR_ARG, msg);
-}
-
-/* The tensor is evaluated and made row-contiguous; the contiguous array
- * replaces the resource's own handle (same values), so the address stays
- * valid while the tensor lives. :ipc copies it into a new POSIX
- * shared-memory segment (MLX arrays are immutable: a memcpy is needed). */
-static void run_to_pointer(emlx_queue *q, emlx_job *job) {
-  emlx_to_pointer_job *tp = &job->to_pointer;
-  emlx_arr *view;
-  const void *data;
-  size_t nbytes;
-  if (!host_view(q, job, tp->arr, &view, &data, &nbytes)) return;
-  if (!tp->ipc) {
-    emlx_arr *old = emlx_array_swap(tp->res, view);
-    if (!old) {
-      emlx_arr_free(view);
-      reply_failure(job, EMLX_ERR_ARG, "the tensor has been deallocated");
-      return;
-    }
-    emlx_arr_free(old);
-    emlx_reply_ok(job, enif_make_tuple2(job->env, enif_make_uint64(job->env, (ErlNifUInt64)(uintptr_t)data),
-                                   enif_make_uint64(job->env, nbytes)));
-    return;
-  }
-  int fd = shm_open(tp->shm_name, O_CREAT | O_EXCL | O_RDWR, (mode_t)tp->permissions);
-  if (fd < 0) {
-    emlx_arr_free(view);
-    reply_errno(job, "shm_open");
-    return;
-  }
-  size_t map = nbytes ? nbytes : 1;
-  void *dst = MAP_FAILED;
-  if (ftruncate(fd, (off_t)map) == 0) dst = mmap(NULL, map, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (dst == MAP_FAILED) {
-    int e = errno;
-    close(fd);
-    shm_unlink(tp->shm_name);
-    emlx_arr_free(view);
-    errno = e;
-    reply_errno(job, "shared memory");
-    return;
-  }
-  memcpy(dst, data, nbytes);
-  munmap(dst, map);
-  close(fd);
-  emlx_arr_free(view);
-  emlx_reply_ok(job, enif_make_tuple2(job->env, make_string(job->env, tp->shm_name), enif_make_uint64(job->env, nbytes)));
-}
-
-/* :local copies from an address of this process with process_vm_readv,
- * which fails with EFAULT on a bad address instead of crashing. :ipc maps
- * the named segment, copies it, and unlinks it (the receiver owns it). The
- * copy is deliberate: MLX may reuse an input's buffer for an output in
- * place, which must never write into memory EMLX does not own. */
-static void run_from_pointer(emlx_queue *q, emlx_job *job) {
-  emlx_from_pointer_job *fp = &job->from_pointer;
-  void *buf = enif_alloc(fp->nbytes ? fp->nbytes : 1);
-  if (!buf) {
-    emlx_reply_oom(job);
-    return;
-  }
-  if (!fp->ipc) {
-    struct iovec local = {buf, fp->nbytes}, remote = {(void *)fp->address, fp->nbytes};
-    ssize_t got = fp->nbytes ? process_vm_readv(getpid(), &local, 1, &remote, 1, 0) : 0;
-    if (got < 0 || (size_t)got != fp->nbytes) {
-      enif_free(buf);
-      if (got >= 0) errno = EFAULT;
-      reply_errno(job, "cannot read the pointer's memory");
-      return;
-    }
-  } else {
-    int fd = shm_open(fp->shm_name, O_RDONLY, 0);
-    if (fd < 0) {
-      enif_free(buf);
-      reply_errno(job, "shm_open");
-      return;
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || (size_t)sb.st_size < fp->nbytes) {
-      close(fd);
-      enif_free(buf);
-      errno = EINVAL;
-      reply_errno(job, "the shared-memory segment is smaller than the tensor");
-      return;
-    }
-    void *src = fp->nbytes ? mmap(NULL, fp->nbytes, PROT_READ, MAP_SHARED, fd, 0) : NULL;
-    close(fd);
-    if (src == MAP_FAILED) {
-      enif_free(buf);
-      reply_errno(job, "mmap");
-      return;
-    }
-    if (src) {
-      memcpy(buf, src, fp->nbytes);
-      munmap(src, fp->nbytes);
-    }
-    shm_unlink(fp->shm_name);
-  }
-  emlx_arr *out;
-  emlx_status st = emlx_arr_from_bytes(q->stream, buf, fp->nbytes, fp->spec.dims, fp->spec.ndim, fp->spec.dtype, &out);
-  enif_free(buf);
-  reply_array(job, st, out);
-}
-
 /* ---- the thread ---- */
 
 /* What the worker runs for each kind of job (FREE only frees the job). */
@@ -556,8 +442,8 @@ static void (*const job_bodies[])(emlx_queue *q, emlx_job *job) = {
     [EMLX_JOB_SYNC] = run_sync,
     [EMLX_JOB_DRAIN] = run_drain,
     [EMLX_JOB_PROGRAM] = run_program,
-    [EMLX_JOB_TO_POINTER] = run_to_pointer,
-    [EMLX_JOB_FROM_POINTER] = run_from_pointer,
+    [EMLX_JOB_TO_POINTER] = emlx_run_to_pointer,
+    [EMLX_JOB_FROM_POINTER] = emlx_run_from_pointer,
     [EMLX_JOB_LOAD_SAFETENSORS] = emlx_run_load_safetensors,
     [EMLX_JOB_SAVE_SAFETENSORS] = emlx_run_save_safetensors,
     [EMLX_JOB_FREE] = NULL,

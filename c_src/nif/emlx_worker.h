@@ -77,5 +77,14 @@ void emlx_reply_ok(emlx_job *job, ERL_NIF_TERM value);
 void emlx_reply_status(emlx_job *job, emlx_status st);
 void emlx_reply_error(emlx_job *job, emlx_status st);
 void emlx_reply_oom(emlx_job *job);
+/* {:error, :argument | :mlx, msg} (kind EMLX_ERR_ARG or an MLX status) */
+void emlx_reply_failure(emlx_job *job, int kind, const char *msg);
+/* {:ok, array}, or the error of the shim call that returned st */
+void emlx_reply_array(emlx_job *job, emlx_status st, emlx_arr *out);
+/* A binary term of s in env (the atom out_of_memory when none can be made). */
+ERL_NIF_TERM emlx_reply_string(ErlNifEnv *env, const char *s);
+/* Evaluates arr into a row-contiguous host view (view retained, data and
+ * nbytes into it); on failure replies with the error and returns 0. */
+int emlx_host_view(emlx_queue *q, emlx_job *job, const emlx_arr *arr, emlx_arr **view, const void **data, size_t *nbytes);
 
 #endif
