@@ -13,19 +13,11 @@
  * usually freed on a worker: through malloc, each free takes the lock of
  * the scheduler thread's arena, which that thread's own mallocs contend for
  * (measured with perf in a dispatch-bound loop: futex waits on glibc's
- * arena lock on both threads). Each thread keeps up to EMLX_LOCAL_JOBS
- * spent jobs of its own and trades them with the shared list EMLX_JOB_BULK
- * at a time, so that the scheduler making jobs and the worker freeing them
- * do not pass the list's lock (held for a copy of pointers) back and forth
- * once per job. */
+ * arena lock on both threads). The list's lock is held for a pointer swap. */
 #define EMLX_SPARE_JOBS 256
-#define EMLX_LOCAL_JOBS 32
-#define EMLX_JOB_BULK 16
 static atomic_flag spare_lock = ATOMIC_FLAG_INIT;
 static emlx_job *spare[EMLX_SPARE_JOBS];
 static int nspare;
-static _Thread_local emlx_job *local_jobs[EMLX_LOCAL_JOBS];
-static _Thread_local int nlocal;
 
 static void spare_lock_take(void) {
   while (atomic_flag_test_and_set_explicit(&spare_lock, memory_order_acquire)) {
@@ -34,42 +26,13 @@ static void spare_lock_take(void) {
 
 static void spare_lock_give(void) { atomic_flag_clear_explicit(&spare_lock, memory_order_release); }
 
-static void job_destroy(emlx_job *job) {
-  free(job->held);
-  free(job->fixups);
-  free(job);
-}
-
-/* Moves n of this thread's jobs to the shared list; those that do not fit
- * are freed. */
-static void give_back(int n) {
-  emlx_job *over[EMLX_LOCAL_JOBS];
-  int nover = 0;
-  spare_lock_take();
-  while (n-- > 0) {
-    emlx_job *job = local_jobs[--nlocal];
-    if (nspare < EMLX_SPARE_JOBS)
-      spare[nspare++] = job;
-    else
-      over[nover++] = job;
-  }
-  spare_lock_give();
-  for (int i = 0; i < nover; i++) job_destroy(over[i]);
-}
-
-void emlx_job_cache_release(void) { give_back(nlocal); }
-
 static emlx_job *job_alloc(void) {
-  if (nlocal == 0) {
-    spare_lock_take();
-    int n = nspare < EMLX_JOB_BULK ? nspare : EMLX_JOB_BULK;
-    nspare -= n;
-    memcpy(local_jobs, spare + nspare, sizeof(emlx_job *) * (size_t)n);
-    spare_lock_give();
-    nlocal = n;
-  }
-  if (nlocal > 0) return local_jobs[--nlocal];
-  emlx_job *job = malloc(sizeof(emlx_job));
+  emlx_job *job = NULL;
+  spare_lock_take();
+  if (nspare > 0) job = spare[--nspare];
+  spare_lock_give();
+  if (job) return job;
+  job = malloc(sizeof(emlx_job));
   if (!job) return NULL;
   /* the buffers a reused job carries over */
   job->held = NULL;
@@ -80,8 +43,14 @@ static emlx_job *job_alloc(void) {
 }
 
 static void job_release(emlx_job *job) {
-  if (nlocal == EMLX_LOCAL_JOBS) give_back(EMLX_JOB_BULK);
-  local_jobs[nlocal++] = job;
+  spare_lock_take();
+  int kept = nspare < EMLX_SPARE_JOBS;
+  if (kept) spare[nspare++] = job;
+  spare_lock_give();
+  if (kept) return;
+  free(job->held);
+  free(job->fixups);
+  free(job);
 }
 
 emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
@@ -203,7 +172,10 @@ int emlx_job_pending_results(ErlNifEnv *env, emlx_job *job, emlx_array_res **res
 
 ERL_NIF_TERM emlx_job_post_pending(ErlNifEnv *env, emlx_job *job, ERL_NIF_TERM results) {
   if (!enif_self(env, &job->pid)) return emlx_job_fail(env, job, "EMLX calls must come from a process");
-  if (emlx_queue_post_chained(job->qres->q, job)) return enif_make_tuple2(env, ATOM.wait, results);
+  emlx_queue *q = job->qres->q; /* (the job is the worker's once posted) */
+  emlx_queue_post(q, job);
+  if (atomic_load_explicit(&q->pending, memory_order_relaxed) > EMLX_BACKPRESSURE)
+    return enif_make_tuple2(env, ATOM.wait, results);
   return results;
 }
 

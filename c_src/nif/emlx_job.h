@@ -178,9 +178,6 @@ emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres);
  * reference dropped elsewhere tears down a graph the worker is using). */
 void emlx_job_release_arrays(emlx_job *job);
 void emlx_job_free(emlx_job *job);
-/* Hands the calling thread's spent jobs to the shared list (a worker, as
- * its thread ends). */
-void emlx_job_cache_release(void);
 
 /* Posts the job to its queue and returns the reference its reply will
  * carry; raises (and frees the job) when not called from a process. */

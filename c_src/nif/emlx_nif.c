@@ -95,7 +95,7 @@ static ERL_NIF_TERM nif_queue_idle(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
   (void)argc;
   emlx_queue_res *qr;
   if (!emlx_get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  return emlx_queue_idle(qr->q) ? ATOM.true_ : ATOM.false_;
+  return atomic_load_explicit(&qr->q->pending, memory_order_acquire) == 0 ? ATOM.true_ : ATOM.false_;
 }
 
 /* Backpressure: :ok, or a reference answered with {Ref, :ok} once the

@@ -20,63 +20,17 @@
 #define WORKER_STACK_BYTES (64u * 1024u * 1024u)
 #define WORKER_SPIN_ROUNDS 200
 
-/* Hands jobs head..tail (n of them) to the worker. */
-static void post_locked(emlx_queue *q, emlx_job *head, emlx_job *tail, int n) {
+void emlx_queue_post(emlx_queue *q, emlx_job *job) {
+  job->next = NULL;
   pthread_mutex_lock(&q->mu);
   if (q->tail)
-    q->tail->next = head;
+    q->tail->next = job;
   else
-    q->head = head;
-  q->tail = tail;
-  atomic_fetch_add_explicit(&q->pending, n, memory_order_acq_rel);
+    q->head = job;
+  q->tail = job;
+  atomic_fetch_add_explicit(&q->pending, 1, memory_order_acq_rel);
   if (q->sleeping) pthread_cond_signal(&q->cv);
   pthread_mutex_unlock(&q->mu);
-}
-
-/* Appends job to the open chain (under open_mu). */
-static void chain_locked(emlx_queue *q, emlx_job *job) {
-  job->next = NULL;
-  if (q->open_tail)
-    q->open_tail->next = job;
-  else
-    q->open_head = job;
-  q->open_tail = job;
-  q->open_n++;
-}
-
-/* Posts the open chain (under open_mu). */
-static void flush_locked(emlx_queue *q) {
-  if (!q->open_n) return;
-  post_locked(q, q->open_head, q->open_tail, q->open_n);
-  q->open_head = q->open_tail = NULL;
-  q->open_n = 0;
-  atomic_store_explicit(&q->open_count, 0, memory_order_release);
-}
-
-void emlx_queue_post(emlx_queue *q, emlx_job *job) {
-  pthread_mutex_lock(&q->open_mu);
-  chain_locked(q, job);
-  flush_locked(q);
-  pthread_mutex_unlock(&q->open_mu);
-}
-
-int emlx_queue_post_chained(emlx_queue *q, emlx_job *job) {
-  int wait = 0;
-  pthread_mutex_lock(&q->open_mu);
-  chain_locked(q, job);
-  if (q->open_n >= q->chain_max) {
-    flush_locked(q);
-    wait = atomic_load_explicit(&q->pending, memory_order_relaxed) > EMLX_BACKPRESSURE;
-  } else {
-    atomic_store_explicit(&q->open_count, q->open_n, memory_order_release);
-  }
-  pthread_mutex_unlock(&q->open_mu);
-  return wait;
-}
-
-int emlx_queue_idle(emlx_queue *q) {
-  return atomic_load_explicit(&q->open_count, memory_order_acquire) == 0 &&
-         atomic_load_explicit(&q->pending, memory_order_acquire) == 0;
 }
 
 /* ---- backpressure ----
@@ -151,11 +105,7 @@ void emlx_queue_free_later(emlx_queue *q, emlx_arr *a, emlx_compiled *c) {
   }
   job->free.arr = a;
   job->free.compiled = c;
-  /* Not after the open chain: a chained job holds the handles it reads,
-   * and destructors run on any thread, the worker's too, which then takes
-   * no lock but the queue's. */
-  job->next = NULL;
-  post_locked(q, job, job, 1);
+  emlx_queue_post(q, job);
 }
 
 /* ---- replies ---- */
@@ -509,7 +459,6 @@ static void queue_destroy(emlx_queue *q) {
   if (q->stream) emlx_stream_free(q->stream);
   pthread_cond_destroy(&q->cv);
   pthread_mutex_destroy(&q->mu);
-  pthread_mutex_destroy(&q->open_mu);
   enif_free(q);
 }
 
@@ -576,7 +525,6 @@ static void *worker_main(void *arg) {
   }
   running_leave(q, batch);
   queue_destroy(q);
-  emlx_job_cache_release();
   return NULL;
 }
 
@@ -586,9 +534,6 @@ emlx_queue *emlx_queue_start(emlx_device dev, int run_ahead) {
   memset(q, 0, sizeof *q);
   q->device = dev;
   q->run_ahead = run_ahead >= 0 ? run_ahead : run_ahead_for(dev);
-  long long chain = emlx_env_us("EMLX_CHAIN", EMLX_CHAIN_MAX);
-  q->chain_max = chain < 1 ? 1 : chain > 4096 ? 4096 : (int)chain;
-  pthread_mutex_init(&q->open_mu, NULL);
   pthread_mutex_init(&q->mu, NULL);
   pthread_cond_init(&q->cv, NULL);
   pthread_mutex_init(&q->bp_mu, NULL);

@@ -26,21 +26,7 @@ typedef struct {
   ERL_NIF_TERM ref;
 } emlx_bp_waiter;
 
-/* Jobs whose results are handed out pending (ops, posted programs, arrays
- * from binaries) wait in the queue's open chain, unseen by the worker,
- * until EMLX_CHAIN_MAX of them are there or any other job is posted (see
- * emlx_queue_post_chained). EMLX_CHAIN=n when a queue starts sets the
- * length (1: each is posted at once). */
-#define EMLX_CHAIN_MAX 32
-
 struct emlx_queue {
-  /* the open chain; taken before mu when both are */
-  pthread_mutex_t open_mu;
-  emlx_job *open_head, *open_tail;
-  int open_n;
-  atomic_int open_count; /* open_n, for reads without the lock */
-  int chain_max;
-
   pthread_mutex_t mu;
   pthread_cond_t cv;
   emlx_job *head, *tail;
@@ -67,17 +53,7 @@ struct emlx_queue {
  * memory. */
 emlx_queue *emlx_queue_start(emlx_device dev, int run_ahead);
 void emlx_queue_discard(emlx_queue *q); /* for a queue whose thread never started */
-/* Posts the open chain, then job. */
 void emlx_queue_post(emlx_queue *q, emlx_job *job);
-/* Adds a job whose results are already handed out (pending) to the open
- * chain, and posts the chain once it holds chain_max jobs. Returns 1 when
- * the caller should wait for the worker (the chain was posted past
- * EMLX_BACKPRESSURE jobs). The chain runs before any job posted after it,
- * so whatever reads a pending result (a read, an eval, a drain, another
- * op's decoding on the worker) comes after the job that fills it. */
-int emlx_queue_post_chained(emlx_queue *q, emlx_job *job);
-/* No job posted or chained is left to run. */
-int emlx_queue_idle(emlx_queue *q);
 /* For a caller told to wait (past EMLX_BACKPRESSURE): :ok when the queue's
  * depth is at its low mark already, else a reference Ref; {Ref, :ok} is
  * sent to the caller once the depth falls to the mark. */
