@@ -2,6 +2,8 @@ defmodule EMLX.DefnCacheTest do
   # Not async: some tests count the plans in the shared cache table.
   use EMLX.Case, async: false
 
+  import Nx.Defn, only: [defn: 2]
+
   alias EMLX.Test.{KernelSpec, Raising}
 
   # The table is shared and bounded: start each test from an empty one, so
@@ -11,6 +13,15 @@ defmodule EMLX.DefnCacheTest do
   end
 
   defp jit(fun, opts \\ []), do: Nx.Defn.jit(fun, Keyword.put(opts, :compiler, EMLX))
+
+  defn cache_loop(x, opts \\ []) do
+    {_, acc} =
+      while {i = 0, acc = x}, i < opts[:n] do
+        {i + 1, Nx.tanh(acc * 0.9 + 0.1)}
+      end
+
+    acc
+  end
 
   defp double_all(c), do: Nx.Defn.Composite.traverse(c, &Nx.multiply(&1, 2))
 
@@ -44,6 +55,76 @@ defmodule EMLX.DefnCacheTest do
       assert Nx.to_list(f.(%KernelSpec{x: x, kind: :poly})) == [4.0, 9.0, 16.0]
       assert Nx.to_list(f.(%KernelSpec{x: x, kind: :linear})) == [2.0, 3.0, 4.0]
       assert Nx.to_list(f.(%KernelSpec{x: x, kind: :poly})) == [4.0, 9.0, 16.0]
+    end
+
+    test "processes calling the same functions at once, with other containers, shapes and options, each get their own answer" do
+      scaled = fn x, opts ->
+        y = Nx.add(Nx.multiply(x, opts[:scale]), Nx.sin(x))
+        if opts[:max], do: Nx.reduce_max(y, axes: [-1]), else: Nx.sum(y, axes: [-1])
+      end
+
+      pairs = fn
+        %{a: a, b: b} -> {Nx.add(a, b), Nx.dot(a, Nx.transpose(b))}
+        {a, b} -> %{s: Nx.subtract(a, b), p: Nx.multiply(Nx.exp(a), b)}
+      end
+
+      loop = &cache_loop/2
+
+      flat = fn out ->
+        [out] |> Nx.Defn.Composite.flatten_list() |> Enum.map(&Nx.flatten/1) |> Nx.concatenate()
+      end
+
+      results =
+        1..6
+        |> Enum.map(fn seed ->
+          Task.async(fn ->
+            :rand.seed(:exsss, {seed, 7, 11})
+
+            for i <- 1..30 do
+              shape = Enum.random([{3}, {2, 3}, {4, 2}, {2, 2, 5}])
+
+              data =
+                Nx.iota(shape, type: :f32, backend: Nx.BinaryBackend)
+                |> Nx.multiply(:rand.uniform())
+
+              x = Nx.backend_copy(data, EMLX.Backend)
+
+              {fun, args, ref_args} =
+                case rem(i, 4) do
+                  0 ->
+                    opts = [scale: Enum.random([1.0, 2.0, -0.5]), max: Enum.random([true, false])]
+                    {scaled, [x, opts], [data, opts]}
+
+                  1 ->
+                    # (a matrix, for the dot)
+                    d2 = Nx.reshape(data, {:auto, elem(shape, tuple_size(shape) - 1)})
+                    x2 = Nx.backend_copy(d2, EMLX.Backend)
+                    {pairs, [%{a: x2, b: x2}], [%{a: d2, b: d2}]}
+
+                  2 ->
+                    {pairs, [{x, x}], [{data, data}]}
+
+                  3 ->
+                    n = Enum.random(0..4)
+                    {loop, [x, [n: n]], [data, [n: n]]}
+                end
+
+              got = apply(jit(fun), args)
+              want = apply(Nx.Defn.jit(fun, compiler: Nx.Defn.Evaluator), ref_args)
+              same_kind = is_map(got) == is_map(want) and is_tuple(got) == is_tuple(want)
+              g = got |> flat.() |> Nx.backend_copy(Nx.BinaryBackend)
+              w = flat.(want)
+
+              same_kind and Nx.shape(g) == Nx.shape(w) and
+                Nx.to_number(Nx.all_close(g, w, atol: 1.0e-4)) == 1
+            end
+          end)
+        end)
+        |> Task.await_many(120_000)
+        |> List.flatten()
+
+      assert length(results) == 180
+      assert Enum.all?(results)
     end
 
     test "non-tensor arguments (options) get their own plans" do
