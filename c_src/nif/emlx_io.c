@@ -33,16 +33,8 @@ static const char *arena_string(ErlNifEnv *env, ERL_NIF_TERM t, emlx_arena *aren
  * raising in *raised. */
 static emlx_job *file_job(ErlNifEnv *env, const ERL_NIF_TERM argv[], emlx_job_kind kind, const char **path,
                           ERL_NIF_TERM *raised) {
-  emlx_queue_res *qr;
-  if (!emlx_get_queue(env, argv[0], &qr)) {
-    *raised = emlx_raise_arg(env, "expected a command queue reference");
-    return NULL;
-  }
-  emlx_job *job = emlx_job_new(kind, qr);
-  if (!job) {
-    *raised = emlx_raise_arg(env, "out of memory");
-    return NULL;
-  }
+  emlx_job *job = emlx_job_for_queue(env, argv[0], kind, raised);
+  if (!job) return NULL;
   *path = arena_string(env, argv[1], &job->arena);
   if (!*path || !**path) {
     *raised = emlx_job_fail(env, job, "the path must be a non-empty binary without NUL bytes");

@@ -96,6 +96,17 @@ emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres) {
   return job;
 }
 
+emlx_job *emlx_job_for_queue(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job_kind kind, ERL_NIF_TERM *raised) {
+  emlx_queue_res *qr;
+  if (!emlx_get_queue(env, t, &qr)) {
+    *raised = emlx_raise_arg(env, "expected a command queue reference");
+    return NULL;
+  }
+  emlx_job *job = emlx_job_new(kind, qr);
+  if (!job) *raised = emlx_raise_arg(env, "out of memory");
+  return job;
+}
+
 /* Storage in the job for one more retained handle, or NULL when it is full. */
 static void *box(emlx_job *job) { return job->nboxes < EMLX_JOB_BOXES ? job->boxes[job->nboxes].bytes : NULL; }
 

@@ -171,6 +171,9 @@ struct emlx_job {
 /* A new job (NULL when out of memory); keeps qres when given. FREE and STOP
  * jobs get no reply env. */
 emlx_job *emlx_job_new(emlx_job_kind kind, emlx_queue_res *qres);
+/* A new job of kind on the queue of term t; NULL after raising the error
+ * (not a queue, out of memory) in *raised. */
+emlx_job *emlx_job_for_queue(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job_kind kind, ERL_NIF_TERM *raised);
 /* Drops the job's array handles (the inputs it held, its reader marks):
  * done on the worker before a polled job's reply, since the caller's
  * scheduler frees that job, and MLX arrays are dropped only on their

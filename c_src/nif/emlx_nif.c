@@ -25,20 +25,6 @@
 static ERL_NIF_TERM *op_atoms;
 static int op_count;
 
-/* A new job on the queue of term t; NULL after raising the error in *raised. */
-static emlx_job *queue_job(ErlNifEnv *env, ERL_NIF_TERM t, emlx_job_kind kind, ERL_NIF_TERM *raised) {
-  emlx_queue_res *qr;
-  if (!emlx_get_queue(env, t, &qr)) {
-    *raised = emlx_raise_arg(env, "expected a command queue reference");
-    return NULL;
-  }
-  emlx_job *job = emlx_job_new(kind, qr);
-  if (!job) *raised = emlx_raise_arg(env, "out of memory");
-  return job;
-}
-
-
-
 /* ---- queues ---- */
 
 static ERL_NIF_TERM nif_queue_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -76,7 +62,7 @@ static ERL_NIF_TERM nif_queue_device(ErlNifEnv *env, int argc, const ERL_NIF_TER
 /* A barrier job: SYNC (the jobs before it, then the stream) or DRAIN (the jobs only). */
 static ERL_NIF_TERM queue_barrier(ErlNifEnv *env, ERL_NIF_TERM queue, emlx_job_kind kind) {
   ERL_NIF_TERM raised;
-  emlx_job *job = queue_job(env, queue, kind, &raised);
+  emlx_job *job = emlx_job_for_queue(env, queue, kind, &raised);
   if (!job) return raised;
   return emlx_submit_polled(env, job);
 }
@@ -206,7 +192,7 @@ static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
 /* An eval job (EVAL or ASYNC_EVAL) on the arrays of argv[1]; NULL after
  * raising the error in *raised. */
 static emlx_job *eval_job(ErlNifEnv *env, const ERL_NIF_TERM argv[], emlx_job_kind kind, ERL_NIF_TERM *raised) {
-  emlx_job *job = queue_job(env, argv[0], kind, raised);
+  emlx_job *job = emlx_job_for_queue(env, argv[0], kind, raised);
   if (!job) return NULL;
   char err[256];
   if (!emlx_job_take_arrays(env, argv[1], job, 0, &job->eval.inputs, &job->eval.ninputs, err, sizeof err)) {

@@ -65,10 +65,9 @@ ERL_NIF_TERM emlx_nif_to_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
 
 ERL_NIF_TERM emlx_nif_from_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  emlx_queue_res *qr;
-  if (!emlx_get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
-  emlx_job *job = emlx_job_new(EMLX_JOB_FROM_POINTER, qr);
-  if (!job) return emlx_raise_arg(env, "out of memory");
+  ERL_NIF_TERM raised;
+  emlx_job *job = emlx_job_for_queue(env, argv[0], EMLX_JOB_FROM_POINTER, &raised);
+  if (!job) return raised;
   emlx_from_pointer_job *fp = &job->from_pointer;
   ErlNifUInt64 addr;
   if (enif_get_uint64(env, argv[1], &addr)) {
