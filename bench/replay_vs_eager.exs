@@ -32,39 +32,20 @@ fused = Nx.Defn.jit(chain, compiler: EMLX)
 read = fn acc -> [10_000.0 | _] = Nx.to_flat_list(acc) end
 timed = fn f -> elem(:timer.tc(fn -> read.(f.()) end), 0) end
 
-python =
+Code.require_file("python_loop.exs", __DIR__)
+
+python_runs =
   case System.get_env("BENCH_PYTHON", "python3") do
-    "none" ->
-      nil
-
-    exe ->
-      path =
-        if String.contains?(exe, "/"), do: Path.expand(exe), else: System.find_executable(exe)
-
-      Port.open({:spawn_executable, path}, [
-        :binary,
-        {:line, 100_000},
-        args: [Path.join(__DIR__, "run_ahead.py"), to_string(device)]
-      ])
+    "none" -> nil
+    python -> BenchPythonLoop.start(python, device)
   end
-
-python_runs = fn n ->
-  Port.command(python, "#{n}\n")
-
-  receive do
-    {^python, {:data, {:eol, line}}} ->
-      line |> String.split() |> Enum.map(&round(String.to_float(&1) * 1.0e6))
-  after
-    120_000 -> raise "no answer from bench/run_ahead.py"
-  end
-end
 
 sides =
   [
     eager: fn -> for _ <- 1..per, do: timed.(fn -> chain.(x, b) end) end,
     program: fn -> for _ <- 1..per, do: timed.(fn -> unfused.(x, b) end) end,
     fused: fn -> for _ <- 1..per, do: timed.(fn -> fused.(x, b) end) end
-  ] ++ if(python, do: [python: fn -> python_runs.(per) end], else: [])
+  ] ++ if(python_runs, do: [python: fn -> python_runs.(per) end], else: [])
 
 for {_, run} <- sides, do: run.()
 

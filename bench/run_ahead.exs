@@ -37,26 +37,8 @@ emlx_run = fn queue ->
   |> Task.await(60_000)
 end
 
-python = System.find_executable(System.get_env("BENCH_PYTHON", "python3"))
-script = Path.join(__DIR__, "run_ahead.py")
-
-port =
-  Port.open({:spawn_executable, python}, [
-    :binary,
-    {:line, 100_000},
-    args: [script, to_string(device)]
-  ])
-
-python_run = fn n ->
-  Port.command(port, "#{n}\n")
-
-  receive do
-    {^port, {:data, {:eol, line}}} ->
-      line |> String.split() |> Enum.map(&round(String.to_float(&1) * 1.0e6))
-  after
-    120_000 -> raise "no answer from #{script}"
-  end
-end
+Code.require_file("python_loop.exs", __DIR__)
+python_run = BenchPythonLoop.start(System.get_env("BENCH_PYTHON", "python3"), device)
 
 # warm-up
 Enum.each(counts, &emlx_run.(queues[&1]))
