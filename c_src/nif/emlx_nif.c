@@ -177,12 +177,11 @@ static ERL_NIF_TERM nif_op_list(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
 
 static ERL_NIF_TERM nif_to_binary(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
-  emlx_queue_res *qr;
-  if (!emlx_get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  ERL_NIF_TERM raised;
+  emlx_job *job = emlx_job_for_queue(env, argv[0], EMLX_JOB_TO_BINARY, &raised);
+  if (!job) return raised;
   ErlNifUInt64 limit;
-  if (!enif_get_uint64(env, argv[2], &limit)) return emlx_raise_arg(env, "limit must be a non-negative integer");
-  emlx_job *job = emlx_job_new(EMLX_JOB_TO_BINARY, qr);
-  if (!job) return emlx_raise_arg(env, "out of memory");
+  if (!enif_get_uint64(env, argv[2], &limit)) return emlx_job_fail(env, job, "limit must be a non-negative integer");
   char err[256];
   if (!emlx_job_take_array(env, argv[1], job, &job->to_binary.arr, err, sizeof err)) return emlx_job_fail(env, job, err);
   job->to_binary.limit = (size_t)limit;

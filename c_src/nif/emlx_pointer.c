@@ -39,17 +39,16 @@ static int get_shm_name(ErlNifEnv *env, ERL_NIF_TERM t, char *out, size_t len) {
 ERL_NIF_TERM emlx_nif_to_pointer(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
   (void)argc;
   static _Atomic unsigned long counter;
-  emlx_queue_res *qr;
-  if (!emlx_get_queue(env, argv[0], &qr)) return emlx_raise_arg(env, "expected a command queue reference");
+  ERL_NIF_TERM raised;
+  emlx_job *job = emlx_job_for_queue(env, argv[0], EMLX_JOB_TO_POINTER, &raised);
+  if (!job) return raised;
   char mode[8];
   unsigned perms;
   if (enif_get_atom(env, argv[2], mode, sizeof mode, ERL_NIF_LATIN1) <= 0 ||
       (strcmp(mode, "local") != 0 && strcmp(mode, "ipc") != 0))
-    return emlx_raise_arg(env, "pointer mode must be :local or :ipc");
+    return emlx_job_fail(env, job, "pointer mode must be :local or :ipc");
   if (!enif_get_uint(env, argv[3], &perms) || perms > 0777)
-    return emlx_raise_arg(env, "permissions must be a file mode between 0 and 0o777");
-  emlx_job *job = emlx_job_new(EMLX_JOB_TO_POINTER, qr);
-  if (!job) return emlx_raise_arg(env, "out of memory");
+    return emlx_job_fail(env, job, "permissions must be a file mode between 0 and 0o777");
   char err[256];
   emlx_array_res *res;
   emlx_to_pointer_job *tp = &job->to_pointer;

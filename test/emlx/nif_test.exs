@@ -81,7 +81,21 @@ defmodule EMLX.NIFTest do
     end
 
     assert_raise ArgumentError, ~r/type/, fn -> NIF.from_binary(queue(), <<0>>, {1}, {:u, 4}) end
-    assert_raise ArgumentError, fn -> NIF.to_binary(queue(), a, -1) end
+    assert_raise ArgumentError, ~r/limit/, fn -> NIF.to_binary(queue(), a, -1) end
+    assert_raise ArgumentError, ~r/command queue/, fn -> NIF.to_binary(make_ref(), a, 0) end
+
+    assert_raise ArgumentError, ~r/pointer mode/, fn ->
+      NIF.to_pointer(queue(), a, :bad, 0o600)
+    end
+
+    assert_raise ArgumentError, ~r/permissions/, fn ->
+      NIF.to_pointer(queue(), a, :local, 0o1777)
+    end
+
+    assert_raise ArgumentError, ~r/command queue/, fn ->
+      NIF.to_pointer(make_ref(), a, :local, 0o600)
+    end
+
     assert_raise ArgumentError, fn -> NIF.array_info(:not_an_array) end
   end
 
