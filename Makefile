@@ -47,7 +47,7 @@ NIF_SRCS = $(addprefix c_src/nif/,emlx_nif.c emlx_poll.c emlx_resources.c emlx_a
   emlx_worker.c emlx_io.c emlx_pointer.c emlx_programs.c)
 # The shim: the only C++, every entry point extern "C".
 SHIM_SRCS = $(addprefix c_src/shim/,emlx_shim.cpp emlx_ops.cpp emlx_program.cpp \
-  kernels_elementwise.cpp kernels_f64.cpp kernels_shape.cpp kernels_conv.cpp kernels_linalg.cpp \
+  kernels_elementwise.cpp kernels_f64.cpp kernels_shape.cpp kernels_conv.cpp kernels_linalg.cpp kernels_nx_linalg.cpp \
   kernels_fast.cpp kernels_distributed.cpp kernels_dist_check.cpp kernels_quant.cpp kernels_gpu_math.cpp emlx_io.cpp cpu_inline.cpp gpu_wait.cpp)
 OBJS = $(NIF_SRCS:c_src/%.c=$(BUILD_DIR)/%.o) $(SHIM_SRCS:c_src/%.cpp=$(BUILD_DIR)/%.o)
 

@@ -145,6 +145,13 @@ mx::array emlx_cholesky(const mx::array &a0, std::optional<mx::Dtype> out, SD s)
 mx::array emlx_solve(const mx::array &a0, const mx::array &b0, std::optional<mx::Dtype> out, SD s);
 mx::array emlx_determinant(const mx::array &a0, std::optional<mx::Dtype> out, SD s);
 
+// ---- small float32 decompositions as Nx rounds them (kernels_nx_linalg.cpp) ----
+std::vector<mx::array> emlx_nx_qr(const mx::array &a, bool complete, double eps, SD s);
+std::vector<mx::array> emlx_nx_lu(const mx::array &a, SD s);
+mx::array emlx_nx_cholesky(const mx::array &a, SD s);
+mx::array emlx_nx_solve(const mx::array &a, const mx::array &b, SD s);
+mx::array emlx_nx_determinant(const mx::array &a, SD s);
+
 // ---- MLX's fused transformer kernels (kernels_fast.cpp) ----
 mx::array emlx_fast_rms_norm(const mx::array &x, const mx::array &w, double eps, SD s);
 mx::array emlx_fast_layer_norm(const mx::array &x, const mx::array &w, const std::optional<mx::array> &b, double eps,

@@ -161,6 +161,11 @@ bool cpu_only_op(int op) {
     case OP_solve:
     case OP_determinant:
     case OP_triangular_solve:
+    case OP_nx_qr:
+    case OP_nx_lu:
+    case OP_nx_cholesky:
+    case OP_nx_solve:
+    case OP_nx_determinant:
     case OP_dist_init:
       return true;
     // MLX's ring backend (TCP) works on host memory, NCCL on the GPU's

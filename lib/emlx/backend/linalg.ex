@@ -33,8 +33,46 @@ defmodule EMLX.Backend.LinAlg do
   """
   def plan(struct, args) do
     {tensors, _opts} = split(args)
-    if native?(tensors), do: native(struct, tensors), else: :nx
+
+    cond do
+      not native?(tensors) -> :nx
+      small?(struct, tensors) -> small(struct, tensors)
+      true -> native(struct, tensors)
+    end
   end
+
+  # Float32 matrices (integer ones become float32) of at most
+  # `config :emlx, :linalg_small` rows and columns (16 by default; 0 turns
+  # it off) take Nx's own algorithms in Nx's rounding, computed on the host
+  # (c_src/shim/kernels_nx_linalg.cpp): Nx.BinaryBackend's digits, bit for
+  # bit. LAPACK's last digits differ, as its order of operations does.
+  @small_blocks [
+    Nx.Block.LinAlg.QR,
+    Nx.Block.LinAlg.LU,
+    Nx.Block.LinAlg.Cholesky,
+    Nx.Block.LinAlg.Solve,
+    Nx.Block.LinAlg.Determinant
+  ]
+
+  defp small?(%mod{}, [%T{shape: shape} | _] = tensors) when mod in @small_blocks do
+    max = Application.get_env(:emlx, :linalg_small, 16)
+    rank = tuple_size(shape)
+
+    rank >= 2 and elem(shape, rank - 1) <= max and elem(shape, rank - 2) <= max and
+      Enum.all?(tensors, fn %T{type: {kind, size}} ->
+        kind in [:s, :u] or {kind, size} == {:f, 32}
+      end)
+  end
+
+  defp small?(_struct, _tensors), do: false
+
+  defp small(%Nx.Block.LinAlg.QR{mode: mode, eps: eps}, [t]),
+    do: {:multi, :nx_qr, [t, mode == :complete, eps * 1.0]}
+
+  defp small(%Nx.Block.LinAlg.LU{}, [t]), do: {:multi, :nx_lu, [t]}
+  defp small(%Nx.Block.LinAlg.Cholesky{}, [t]), do: {:one, :nx_cholesky, [t]}
+  defp small(%Nx.Block.LinAlg.Solve{}, [a, b]), do: {:one, :nx_solve, [a, b]}
+  defp small(%Nx.Block.LinAlg.Determinant{}, [t]), do: {:one, :nx_determinant, [t]}
 
   # A block's arguments: its tensors, then its options (a keyword list).
   defp split(args), do: Enum.split_while(args, &(not is_list(&1)))
