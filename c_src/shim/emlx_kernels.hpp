@@ -148,6 +148,7 @@ mx::array emlx_determinant(const mx::array &a0, std::optional<mx::Dtype> out, SD
 // ---- small float32 decompositions as Nx rounds them (kernels_nx_linalg.cpp) ----
 std::vector<mx::array> emlx_nx_qr(const mx::array &a, bool complete, double eps, SD s);
 std::vector<mx::array> emlx_nx_lu(const mx::array &a, SD s);
+std::vector<mx::array> emlx_nx_eigh(const mx::array &a, double eps, int64_t max_iter, SD s);
 mx::array emlx_nx_cholesky(const mx::array &a, SD s);
 mx::array emlx_nx_solve(const mx::array &a, const mx::array &b, SD s);
 mx::array emlx_nx_determinant(const mx::array &a, SD s);

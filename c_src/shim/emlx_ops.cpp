@@ -163,6 +163,7 @@ bool cpu_only_op(int op) {
     case OP_triangular_solve:
     case OP_nx_qr:
     case OP_nx_lu:
+    case OP_nx_eigh:
     case OP_nx_cholesky:
     case OP_nx_solve:
     case OP_nx_determinant:

@@ -30,7 +30,7 @@
 namespace emlx {
 namespace {
 
-enum NxKind { NX_CHOLESKY, NX_LU, NX_QR, NX_SOLVE, NX_DET };
+enum NxKind { NX_CHOLESKY, NX_LU, NX_QR, NX_SOLVE, NX_DET, NX_EIGH };
 
 // A row-major float matrix of one batch entry.
 struct Mat {
@@ -278,12 +278,153 @@ std::pair<Mat, Mat> qr(const Mat &a0, bool complete, float eps) {
   return {qo, ro};
 }
 
+// ---- eigh (Nx's BlockEigh: parallel Jacobi over the four blocks) ----
+
+// The rotation of each diagonal entry pair: {rt1, rt2, c, s} per index.
+struct Rot {
+  std::vector<float> rt1, rt2, c, s;
+};
+
+Rot rotations(const Mat &tl, const Mat &tr, const Mat &br) {
+  int k = tl.r;
+  Rot o{std::vector<float>(k), std::vector<float>(k), std::vector<float>(k), std::vector<float>(k)};
+  for (int i = 0; i < k; i++) {
+    float a = tl.at(i, i), b = tr.at(i, i), d = br.at(i, i);
+    bool z = b == 0.0f;
+    float tau = z ? 0.0f : (d - a) / (2.0f * (z ? 1.0f : b));
+    float t = std::sqrt(1.0f + tau * tau);
+    t = 1.0f / (tau + (tau >= 0.0f ? t : -t));
+    if (std::fabs(b) <= 1.0e-5f * std::min(std::fabs(d), std::fabs(a))) t = 0.0f;
+    // c = 1 / sqrt(1 + t^2) and s = t * c, which Nx's expression builder
+    // rewrites as t / sqrt(1 + t^2) (a product by 1 / y becomes a quotient)
+    float root = std::sqrt(1.0f + t * t);
+    o.c[i] = 1.0f / root;
+    o.s[i] = t / root;
+    o.rt1[i] = a - t * b;
+    o.rt2[i] = d + t * b;
+  }
+  return o;
+}
+
+// {x, y} rotated by rows (c, s of each row) or by columns.
+void rotate(Mat &x, Mat &y, const Rot &r, bool rows) {
+  for (int a = 0; a < x.r; a++)
+    for (int b = 0; b < x.c; b++) {
+      int k = rows ? a : b;
+      float c = r.c[k], s = r.s[k], xv = x.at(a, b), yv = y.at(a, b);
+      x.at(a, b) = xv * c - yv * s;
+      y.at(a, b) = xv * s + yv * c;
+    }
+}
+
+// Nx's permute_rows_in_col (rows = true) and permute_cols_in_row.
+void permute(Mat &top, Mat &bottom, bool rows) {
+  int k = top.r;
+  if (k == 1) return;
+  Mat t2(top), b2(bottom);
+  auto get = [&](const Mat &m, int i, int j) { return rows ? m.at(i, j) : m.at(j, i); };
+  auto set = [&](Mat &m, int i, int j, float v) { (rows ? m.at(i, j) : m.at(j, i)) = v; };
+  for (int j = 0; j < k; j++) {
+    set(t2, 0, j, get(top, 0, j));
+    set(t2, 1, j, get(bottom, 0, j));
+    for (int i = 2; i < k; i++) set(t2, i, j, get(top, i - 1, j));
+    for (int i = 0; i < k - 1; i++) set(b2, i, j, get(bottom, i + 1, j));
+    set(b2, k - 1, j, get(top, k - 1, j));
+  }
+  top = std::move(t2);
+  bottom = std::move(b2);
+}
+
+float sq_norm(const Mat &tl, const Mat &tr, const Mat &bl, const Mat &br, bool off) {
+  double acc = 0.0;
+  for (int a = 0; a < tl.r; a++)
+    for (int b = 0; b < tl.c; b++) {
+      float x = off && a == b ? 0.0f : std::fabs(tl.at(a, b)), y = std::fabs(tr.at(a, b));
+      float z = std::fabs(bl.at(a, b)), w = off && a == b ? 0.0f : std::fabs(br.at(a, b));
+      acc = acc + static_cast<double>(x * x + y * y + z * z + w * w);
+    }
+  return static_cast<float>(acc);
+}
+
+// {eigenvalues, eigenvectors (columns)} as Nx's BlockEigh gives them.
+std::pair<std::vector<float>, Mat> eigh(const Mat &a, double eps_d, int max_iter) {
+  int n = a.r;
+  float eps = static_cast<float>(eps_d);
+  if (n == 1) {
+    Mat v(1, 1);
+    v.at(0, 0) = 1.0f;
+    return {{a.at(0, 0)}, v};
+  }
+  int mid = (n + 1) / 2;
+  Mat tl(mid, mid), tr(mid, mid), bl(mid, mid), br(mid, mid);
+  auto at = [&](int i, int j) { return i < n && j < n ? a.at(i, j) : 0.0f; };
+  for (int i = 0; i < mid; i++)
+    for (int j = 0; j < mid; j++) {
+      tl.at(i, j) = at(i, j);
+      tr.at(i, j) = at(i, mid + j);
+      bl.at(i, j) = at(mid + i, j);
+      br.at(i, j) = at(mid + i, mid + j);
+    }
+  Mat vtl(mid, mid), vtr(mid, mid), vbl(mid, mid), vbr(mid, mid);
+  for (int i = 0; i < mid; i++) vtl.at(i, i) = vbr.at(i, i) = 1.0f;
+  float thr_factor = static_cast<float>(eps_d * eps_d);
+  float frob = sq_norm(tl, tr, bl, br, false), off = sq_norm(tl, tr, bl, br, true);
+  for (int iter = 0; off > thr_factor * frob && iter < max_iter; iter++) {
+    for (int sweep = 0; sweep < n; sweep++) {
+      Rot r = rotations(tl, tr, br);
+      rotate(tl, bl, r, true);   // tl c - bl s, tl s + bl c
+      rotate(tr, br, r, true);   // tr c - br s, tr s + br c
+      rotate(tl, tr, r, false);  // tl c - tr s, tl s + tr c
+      rotate(bl, br, r, false);  // bl c - br s, bl s + br c
+      for (int i = 0; i < mid; i++) {
+        tl.at(i, i) = r.rt1[i];
+        tr.at(i, i) = 0.0f;
+        bl.at(i, i) = 0.0f;
+        br.at(i, i) = r.rt2[i];
+      }
+      permute(tl, tr, false);
+      permute(bl, br, false);
+      permute(tl, bl, true);
+      permute(tr, br, true);
+      rotate(vtl, vbl, r, true);
+      rotate(vtr, vbr, r, true);
+      permute(vtl, vbl, true);
+      permute(vtr, vbr, true);
+    }
+    frob = sq_norm(tl, tr, bl, br, false);
+    off = sq_norm(tl, tr, bl, br, true);
+  }
+  std::vector<float> w(n);
+  for (int i = 0; i < n; i++) w[i] = i < mid ? tl.at(i, i) : br.at(i - mid, i - mid);
+  // v = [[vtl, vtr], [vbl, vbr]] transposed: column j of the result is row j
+  auto vfull = [&](int i, int j) {
+    const Mat &blk = i < mid ? (j < mid ? vtl : vtr) : (j < mid ? vbl : vbr);
+    return blk.at(i % mid, j % mid);
+  };
+  // by magnitude, the largest first; NaN first; equals keep their order
+  std::vector<int> order(n);
+  for (int i = 0; i < n; i++) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int x, int y) {
+    float ax = std::fabs(w[x]), ay = std::fabs(w[y]);
+    if (std::isnan(ay)) return false;
+    if (std::isnan(ax)) return true;
+    return ax > ay;
+  });
+  std::vector<float> wo(n);
+  Mat v(n, n);
+  for (int k = 0; k < n; k++) {
+    wo[k] = approx_zero(w[order[k]], eps);
+    for (int i = 0; i < n; i++) v.at(i, k) = approx_zero(vfull(order[k], i), eps);
+  }
+  return {wo, v};
+}
+
 // ---- the primitive ----
 
 class NxLinalg : public mx::Primitive {
  public:
-  NxLinalg(mx::Stream s, int kind, bool flag, float eps, IntType ty)
-      : mx::Primitive(s), kind_(kind), flag_(flag), eps_(eps), ty_(ty) {}
+  NxLinalg(mx::Stream s, int kind, bool flag, double eps, int iters, IntType ty)
+      : mx::Primitive(s), kind_(kind), flag_(flag), eps_(eps), iters_(iters), ty_(ty) {}
 
   void eval_cpu(const std::vector<mx::array> &inputs, std::vector<mx::array> &outputs) override {
     for (auto &o : outputs) o.set_data(mx::allocator::malloc(std::max<size_t>(o.nbytes(), 1)));
@@ -298,8 +439,8 @@ class NxLinalg : public mx::Primitive {
       out.push_back(mx::array::unsafe_weak_copy(o));
     }
     // (views of the buffers only: see F64Unary in kernels_f64.cpp)
-    enc.dispatch([in = std::move(in), out = std::move(out), kind = kind_, flag = flag_, eps = eps_,
-                  ty = ty_]() mutable { run(in, out, kind, flag, eps, ty); });
+    enc.dispatch([in = std::move(in), out = std::move(out), kind = kind_, flag = flag_, eps = eps_, iters = iters_,
+                  ty = ty_]() mutable { run(in, out, kind, flag, eps, iters, ty); });
   }
 
   void eval_gpu(const std::vector<mx::array> &, std::vector<mx::array> &) override {
@@ -310,7 +451,8 @@ class NxLinalg : public mx::Primitive {
 
   bool is_equivalent(const mx::Primitive &other) const override {
     auto *o = dynamic_cast<const NxLinalg *>(&other);
-    return o && o->kind_ == kind_ && o->flag_ == flag_ && o->eps_ == eps_ && o->ty_.bits == ty_.bits &&
+    return o && o->kind_ == kind_ && o->flag_ == flag_ && o->eps_ == eps_ && o->iters_ == iters_ &&
+           o->ty_.bits == ty_.bits &&
            o->ty_.is_signed == ty_.is_signed;
   }
 
@@ -325,8 +467,8 @@ class NxLinalg : public mx::Primitive {
     std::memcpy(a.data<float>() + b * m.v.size(), m.v.data(), m.v.size() * sizeof(float));
   }
 
-  static void run(std::vector<mx::array> &in, std::vector<mx::array> &out, int kind, bool flag, float eps,
-                  IntType ty) {
+  static void run(std::vector<mx::array> &in, std::vector<mx::array> &out, int kind, bool flag, double eps,
+                  int iters, IntType ty) {
     const mx::array &a = in[0];
     int r = a.shape(-2), c = a.shape(-1);
     if (kind == NX_SOLVE) out[1].data<float>()[0] = 0.0f;
@@ -344,9 +486,15 @@ class NxLinalg : public mx::Primitive {
           break;
         }
         case NX_QR: {
-          auto [q, rr] = qr(read(a, b), flag, eps);
+          auto [q, rr] = qr(read(a, b), flag, static_cast<float>(eps));
           write(out[0], b, q);
           write(out[1], b, rr);
+          break;
+        }
+        case NX_EIGH: {
+          auto [w, v] = eigh(read(a, b), eps, iters);
+          std::memcpy(out[0].data<float>() + b * r, w.data(), w.size() * sizeof(float));
+          write(out[1], b, v);
           break;
         }
         case NX_SOLVE: {
@@ -372,7 +520,8 @@ class NxLinalg : public mx::Primitive {
 
   int kind_;
   bool flag_;
-  float eps_;
+  double eps_;
+  int iters_;
   IntType ty_;
 };
 
@@ -388,10 +537,10 @@ mx::array f32(const mx::array &a, const mx::Stream &st) {
   return mx::contiguous(mx::astype(a, mx::float32, st), false, st);
 }
 
-std::vector<mx::array> make(const mx::Stream &st, int kind, bool flag, float eps, const std::vector<mx::Shape> &shapes,
-                            const std::vector<mx::array> &inputs, IntType ty = {32, true}) {
+std::vector<mx::array> make(const mx::Stream &st, int kind, bool flag, double eps, const std::vector<mx::Shape> &shapes,
+                            const std::vector<mx::array> &inputs, IntType ty = {32, true}, int iters = 0) {
   std::vector<mx::Dtype> types(shapes.size(), mx::float32);
-  return mx::array::make_arrays(shapes, types, std::make_shared<NxLinalg>(st, kind, flag, eps, ty), inputs);
+  return mx::array::make_arrays(shapes, types, std::make_shared<NxLinalg>(st, kind, flag, eps, iters, ty), inputs);
 }
 
 void check_matrix_arg(const mx::array &a) {
@@ -412,7 +561,7 @@ std::vector<mx::array> emlx_nx_qr(const mx::array &a, bool complete, double eps,
   int qc = m < n ? m : (!complete && m > n ? n : m);
   int rr = qc;
   auto b = batch_of(a);
-  return make(st, NX_QR, complete, static_cast<float>(eps), {with(b, m, qc), with(b, rr, n)}, {f32(a, st)});
+  return make(st, NX_QR, complete, eps, {with(b, m, qc), with(b, rr, n)}, {f32(a, st)});
 }
 
 std::vector<mx::array> emlx_nx_lu(const mx::array &a, SD s) {
@@ -440,6 +589,17 @@ mx::array emlx_nx_solve(const mx::array &a, const mx::array &b0, SD s) {
   eval_here({r[1]});
   if (r[1].item<float>() != 0.0f) throw arg_error("can't solve for singular matrix");
   return vec ? mx::squeeze(r[0], -1, st) : r[0];
+}
+
+std::vector<mx::array> emlx_nx_eigh(const mx::array &a, double eps, int64_t max_iter, SD s) {
+  check_square(a);
+  auto st = mx::to_stream(s);
+  int n = a.shape(-1);
+  auto b = batch_of(a);
+  auto w = b;
+  w.push_back(n);
+  return make(st, NX_EIGH, false, eps, {w, with(b, n, n)}, {f32(a, st)}, {32, true},
+              static_cast<int>(std::min<int64_t>(max_iter, 1 << 30)));
 }
 
 mx::array emlx_nx_determinant(const mx::array &a, SD s) {

@@ -53,6 +53,29 @@ defmodule EMLX.LinAlgSmallTest do
     end
   end
 
+  test "eigh, the thin SVD, pinv and least_squares are Nx's, bit for bit" do
+    for n <- [1, 2, 3, 4, 5, 8, 16] do
+      a = random({n, n}, 300 + n)
+      sym = Nx.add(a, Nx.transpose(a))
+      assert_bitwise(:eigh, &Nx.LinAlg.eigh/1, [sym])
+      # (Nx.BinaryBackend's own thin SVD of this 16x16 divides by zero)
+      if n <= 8, do: assert_bitwise(:svd_thin, &Nx.LinAlg.svd(&1, full_matrices?: false), [a])
+    end
+
+    # repeated eigenvalues: Nx's basis of the eigenspace, not another one
+    assert_bitwise(:eigh_repeated, &Nx.LinAlg.eigh/1, [
+      Nx.tensor([[2.0, 1.0, 1.0], [1.0, 2.0, 1.0], [1.0, 1.0, 2.0]])
+    ])
+
+    tall = random({5, 3}, 400)
+    assert_bitwise(:svd_thin_tall, &Nx.LinAlg.svd(&1, full_matrices?: false), [tall])
+
+    assert_bitwise(:svd_thin_wide, &Nx.LinAlg.svd(&1, full_matrices?: false), [Nx.transpose(tall)])
+
+    assert_bitwise(:pinv, &Nx.LinAlg.pinv/1, [tall])
+    assert_bitwise(:least_squares, &Nx.LinAlg.least_squares/2, [tall, random({5}, 401)])
+  end
+
   test "tall and wide QR, reduced and complete" do
     for {m, n} <- [{3, 2}, {4, 3}, {6, 2}, {2, 3}, {3, 5}, {16, 9}],
         mode <- [:reduced, :complete] do

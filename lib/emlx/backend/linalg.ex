@@ -49,6 +49,8 @@ defmodule EMLX.Backend.LinAlg do
   @small_blocks [
     Nx.Block.LinAlg.QR,
     Nx.Block.LinAlg.LU,
+    Nx.Block.LinAlg.Eigh,
+    Nx.Block.LinAlg.SVD,
     Nx.Block.LinAlg.Cholesky,
     Nx.Block.LinAlg.Solve,
     Nx.Block.LinAlg.Determinant
@@ -70,6 +72,17 @@ defmodule EMLX.Backend.LinAlg do
     do: {:multi, :nx_qr, [t, mode == :complete, eps * 1.0]}
 
   defp small(%Nx.Block.LinAlg.LU{}, [t]), do: {:multi, :nx_lu, [t]}
+
+  # The thin SVD (full_matrices?: false, what pinv and least_squares take)
+  # is Nx's composition, the eigh of the Gram matrix, on EMLX's ops (its
+  # eigh is the kernel above): 0.5-0.7 ms at these sizes. The full SVD stays
+  # LAPACK's: Nx's QDWH iteration takes about 7 ms there (0.1-0.2 ms).
+  defp small(%Nx.Block.LinAlg.SVD{full_matrices?: false}, [_t]), do: :nx
+  defp small(%Nx.Block.LinAlg.SVD{} = svd, tensors), do: native(svd, tensors)
+
+  defp small(%Nx.Block.LinAlg.Eigh{eps: eps, max_iter: max_iter}, [t]),
+    do: {:multi, :nx_eigh, [t, eps * 1.0, max_iter]}
+
   defp small(%Nx.Block.LinAlg.Cholesky{}, [t]), do: {:one, :nx_cholesky, [t]}
   defp small(%Nx.Block.LinAlg.Solve{}, [a, b]), do: {:one, :nx_solve, [a, b]}
   defp small(%Nx.Block.LinAlg.Determinant{}, [t]), do: {:one, :nx_determinant, [t]}
