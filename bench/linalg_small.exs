@@ -71,7 +71,9 @@ IO.puts("| op | n | EMLX (Nx's algorithms) µs | EMLX (LAPACK) µs | Nx.BinaryBa
 IO.puts("| --- | --- | --- | --- | --- |")
 
 for r <- rows do
-  IO.puts("| #{r.op} | #{r.n} | #{r.emlx_us} | #{r.emlx_lapack_us} | #{r.binary_backend_us || "-"} |")
+  IO.puts(
+    "| #{r.op} | #{r.n} | #{r.emlx_us} | #{r.emlx_lapack_us} | #{r.binary_backend_us || "-"} |"
+  )
 end
 
 if path = System.get_env("RESULT") do

@@ -32,8 +32,13 @@ defmodule EMLX.DoctestExclusions do
   @random_excluded []
   @random_excluded_gpu [normal: 4, multivariate_normal: 4]
 
+  # On the GPU, float32 exp and log are MLX's CUDA ones, which differ from
+  # Nx's (computed in double and rounded once, as EMLX does on the CPU) in
+  # the last digit: logsumexp's examples print it.
+  @excluded_gpu [erf_inv: 1, logsumexp: 2]
+
   @doc "Excluded from `doctest Nx`."
-  def nx, do: @excluded
+  def nx, do: if(EMLX.Case.device() == :gpu, do: @excluded_gpu, else: @excluded)
   @doc "Excluded from `doctest Nx.LinAlg`."
   def linalg,
     do: if(EMLX.Case.device() == :gpu, do: @linalg_excluded_gpu, else: @linalg_excluded)
