@@ -36,7 +36,7 @@ defmodule EMLX.Backend.LinAlg do
 
     cond do
       not native?(tensors) -> :nx
-      small?(struct, tensors) -> small(struct, tensors)
+      small?(tensors) -> small(struct, tensors)
       true -> native(struct, tensors)
     end
   end
@@ -46,17 +46,7 @@ defmodule EMLX.Backend.LinAlg do
   # it off) take Nx's own algorithms in Nx's rounding, computed on the host
   # (c_src/shim/kernels_nx_linalg.cpp): Nx.BinaryBackend's digits, bit for
   # bit. LAPACK's last digits differ, as its order of operations does.
-  @small_blocks [
-    Nx.Block.LinAlg.QR,
-    Nx.Block.LinAlg.LU,
-    Nx.Block.LinAlg.Eigh,
-    Nx.Block.LinAlg.SVD,
-    Nx.Block.LinAlg.Cholesky,
-    Nx.Block.LinAlg.Solve,
-    Nx.Block.LinAlg.Determinant
-  ]
-
-  defp small?(%mod{}, [%T{shape: shape} | _] = tensors) when mod in @small_blocks do
+  defp small?([%T{shape: shape} | _] = tensors) do
     max = Application.get_env(:emlx, :linalg_small, 16)
     rank = tuple_size(shape)
 
@@ -65,8 +55,6 @@ defmodule EMLX.Backend.LinAlg do
         kind in [:s, :u] or {kind, size} == {:f, 32}
       end)
   end
-
-  defp small?(_struct, _tensors), do: false
 
   defp small(%Nx.Block.LinAlg.QR{mode: mode, eps: eps}, [t]),
     do: {:multi, :nx_qr, [t, mode == :complete, eps * 1.0]}
