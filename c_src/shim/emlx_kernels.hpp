@@ -137,6 +137,8 @@ mx::array emlx_dot_transposed(const mx::array &a, const std::vector<int> &ca, co
 mx::array emlx_fft(const mx::array &x, int64_t n, int64_t axis, bool inverse, double eps, SD s);
 mx::array emlx_triangular_solve(const mx::array &a0, const mx::array &b0, bool left, bool lower, bool transpose,
                                 std::optional<mx::Dtype> out, SD s);
+// ArgumentError unless x is a non-empty matrix (or a batch of them).
+void check_matrix(const mx::array &x);
 std::vector<mx::array> emlx_qr(const mx::array &a0, bool complete, std::optional<mx::Dtype> out, SD s);
 std::vector<mx::array> emlx_svd(const mx::array &a0, bool full, std::optional<mx::Dtype> out, SD s);
 std::vector<mx::array> emlx_eigh(const mx::array &a0, std::optional<mx::Dtype> out, SD s);

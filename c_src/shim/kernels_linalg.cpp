@@ -164,7 +164,7 @@ mx::array emlx_fft(const mx::array &x, int64_t n, int64_t axis, bool inverse, do
 
 // Decompositions run in the output's float type (f32 for half types and
 // integers, f64 stays f64).
-static void check_matrix(const mx::array &x) {
+void check_matrix(const mx::array &x) {
   if (x.ndim() < 2) throw arg_error("linear algebra expects a matrix (at least two dimensions)");
   for (size_t i = 0; i < x.ndim(); i++)
     if (x.shape(static_cast<int>(i)) == 0) throw arg_error("linear algebra expects a non-empty matrix");

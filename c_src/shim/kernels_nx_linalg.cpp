@@ -268,12 +268,11 @@ std::pair<Mat, Mat> qr(const Mat &a0, bool complete, float eps) {
   }
   for (auto &e : q.v) e = approx_zero(e, eps);
   for (auto &e : r.v) e = approx_zero(e, eps);
-  int qc = wide ? m_in : (!complete && m_in > n_in ? n_in : m);
-  int rr = wide ? m_in : (!complete && m_in > n_in ? n_in : m);
-  Mat qo(m_in, qc), ro(rr, n_in);
+  int k = !complete && m_in > n_in ? n_in : m_in;  // Q's columns, R's rows
+  Mat qo(m_in, k), ro(k, n_in);
   for (int i = 0; i < m_in; i++)
-    for (int j = 0; j < qc; j++) qo.at(i, j) = q.at(i, j);
-  for (int i = 0; i < rr; i++)
+    for (int j = 0; j < k; j++) qo.at(i, j) = q.at(i, j);
+  for (int i = 0; i < k; i++)
     for (int j = 0; j < n_in; j++) ro.at(i, j) = r.at(i, j);
   return {qo, ro};
 }
@@ -543,25 +542,20 @@ std::vector<mx::array> make(const mx::Stream &st, int kind, bool flag, double ep
   return mx::array::make_arrays(shapes, types, std::make_shared<NxLinalg>(st, kind, flag, eps, iters, ty), inputs);
 }
 
-void check_matrix_arg(const mx::array &a) {
-  if (a.ndim() < 2 || a.size() == 0) throw arg_error("linear algebra expects non-empty matrices");
-}
-
 void check_square(const mx::array &a) {
-  check_matrix_arg(a);
+  check_matrix(a);
   if (a.shape(-1) != a.shape(-2)) throw arg_error("expected a square matrix or a batch of them");
 }
 
 }  // namespace
 
 std::vector<mx::array> emlx_nx_qr(const mx::array &a, bool complete, double eps, SD s) {
-  check_matrix_arg(a);
+  check_matrix(a);
   auto st = mx::to_stream(s);
   int m = a.shape(-2), n = a.shape(-1);
-  int qc = m < n ? m : (!complete && m > n ? n : m);
-  int rr = qc;
+  int k = !complete && m > n ? n : m;  // Q's columns, R's rows
   auto b = batch_of(a);
-  return make(st, NX_QR, complete, eps, {with(b, m, qc), with(b, rr, n)}, {f32(a, st)});
+  return make(st, NX_QR, complete, eps, {with(b, m, k), with(b, k, n)}, {f32(a, st)});
 }
 
 std::vector<mx::array> emlx_nx_lu(const mx::array &a, SD s) {
