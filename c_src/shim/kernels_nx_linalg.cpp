@@ -577,7 +577,10 @@ mx::array emlx_nx_solve(const mx::array &a, const mx::array &b0, SD s) {
   auto st = mx::to_stream(s);
   bool vec = b0.ndim() == a.ndim() - 1;
   auto b = vec ? mx::expand_dims(b0, -1, st) : b0;
-  if (b.ndim() != a.ndim() || b.shape(-2) != a.shape(-1)) throw arg_error("solve: b does not match a");
+  // (the kernel reads b's matrices batch by batch beside a's)
+  if (b.ndim() != a.ndim() || b.shape(-2) != a.shape(-1) ||
+      !std::equal(a.shape().begin(), a.shape().end() - 2, b.shape().begin()))
+    throw arg_error("solve: b does not match a");
   auto r = make(st, NX_SOLVE, false, 0.0f, {b.shape(), {}}, {f32(a, st), f32(b, st)});
   // As Nx, a singular matrix raises (read here, as triangular_solve does).
   eval_here({r[1]});

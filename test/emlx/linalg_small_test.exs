@@ -175,6 +175,17 @@ defmodule EMLX.LinAlgSmallTest do
     assert last == :nan
   end
 
+  test "the solve kernel takes only a right side of a's batch (checked in the shim)" do
+    queue = EMLX.Application.default_worker(EMLX.Case.device())
+    {_, a} = EMLX.Backend.from_nx(emlx(Nx.to_list(Nx.add(Nx.iota({2, 3, 3}), Nx.eye(3)))))
+    {_, b} = EMLX.Backend.from_nx(emlx(Nx.to_list(Nx.iota({3, 3, 2}))))
+
+    assert_raise ArgumentError, ~r/solve: b does not match a/, fn ->
+      ref = EMLX.NIF.op(queue, :nx_solve, [a, b], nil)
+      {EMLX.Case.device(), ref} |> EMLX.Backend.to_nx() |> Nx.to_list()
+    end
+  end
+
   test "past the size, and with linalg_small: 0, LAPACK answers (close to Nx's)" do
     a = random({17, 17}, 17)
     spd17 = spd(17, 18)
